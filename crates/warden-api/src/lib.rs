@@ -1,0 +1,353 @@
+//! Wire types of warden's HTTP/JSON API.
+//!
+//! This is the only crate whose types are serialized onto the wire; the server, the client and
+//! the CLI all speak through them, so a field renamed here is a breaking change for callers.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The lifecycle state of a job as callers see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+    MutationDetected,
+    Error,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 8] = [
+        JobStatus::Queued,
+        JobStatus::Running,
+        JobStatus::Succeeded,
+        JobStatus::Failed,
+        JobStatus::TimedOut,
+        JobStatus::Cancelled,
+        JobStatus::MutationDetected,
+        JobStatus::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::TimedOut => "timed_out",
+            JobStatus::Cancelled => "cancelled",
+            JobStatus::MutationDetected => "mutation_detected",
+            JobStatus::Error => "error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobStatus> {
+        JobStatus::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Terminal states never change again.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, JobStatus::Queued | JobStatus::Running)
+    }
+
+    /// The exit code of `warden job submit --wait` / `warden job get --wait` for this status.
+    /// Documented in the README; 2 is reserved for usage errors.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            JobStatus::Succeeded => 0,
+            JobStatus::Failed => 1,
+            JobStatus::TimedOut => 3,
+            JobStatus::Cancelled => 4,
+            JobStatus::MutationDetected => 5,
+            JobStatus::Error => 6,
+            JobStatus::Queued | JobStatus::Running => 7,
+        }
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `POST /jobs` body. Unknown fields are refused so that a typo never silently drops intent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitJobRequest {
+    pub job_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// `POST /jobs` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubmitJobResponse {
+    pub job_id: String,
+    pub artifact_dir: String,
+    pub status: JobStatus,
+    /// True when an earlier submission with the same idempotency key was returned.
+    #[serde(default)]
+    pub idempotent_replay: bool,
+}
+
+/// Resource usage measured for a finished job.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResourceUsage {
+    pub wall_ms: u64,
+    pub user_cpu_ms: u64,
+    pub system_cpu_ms: u64,
+    /// Peak resident set of the largest process of the job, in KiB.
+    pub max_rss_kb: u64,
+}
+
+/// The whole record of a job, `GET /jobs/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobView {
+    pub job_id: String,
+    pub tenant: String,
+    pub job_type: String,
+    pub status: JobStatus,
+    /// Why the job ended as it did when the status alone does not say (`output_limit`,
+    /// `worker_lost`, `sandbox_unavailable`, ...).
+    pub reason: Option<String>,
+    pub repo_name: Option<String>,
+    pub remote_url: Option<String>,
+    pub sha: Option<String>,
+    pub params: BTreeMap<String, String>,
+    pub idempotency_key: Option<String>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub cancel_requested: bool,
+    /// The job ran (or would run) without the kernel sandbox because the operator set
+    /// `unsafe_fallback: true`.
+    pub unsafe_fallback: bool,
+    pub warnings: Vec<String>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+    pub log_truncated: bool,
+    pub resources: Option<ResourceUsage>,
+    pub artifact_dir: String,
+}
+
+/// `GET /jobs` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListJobsResponse {
+    pub jobs: Vec<JobView>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /jobs/{id}/logs` answer (non-follow mode).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogsResponse {
+    pub job_id: String,
+    pub stream: String,
+    /// The last `tail` lines (lossily decoded as UTF-8; use `format=raw` for exact bytes).
+    pub lines: Vec<String>,
+    /// Byte offset in the stream where `lines` begin.
+    pub offset: u64,
+    /// Byte offset just past the last byte returned; resume following from here.
+    pub next_offset: u64,
+    pub truncated: bool,
+    pub status: JobStatus,
+}
+
+/// One live log event sent by `follow=true` (server-sent event `log`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogEvent {
+    pub offset: u64,
+    pub next_offset: u64,
+    pub text: String,
+}
+
+/// The final server-sent event `end` of a followed log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogEnd {
+    pub status: JobStatus,
+    pub next_offset: u64,
+    pub truncated: bool,
+}
+
+/// One entry of `GET /jobs/{id}/artifacts`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArtifactEntry {
+    pub path: String,
+    /// `file`, `dir`, `symlink` or `other` (fifo, socket, device). Only files can be downloaded.
+    pub kind: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArtifactsResponse {
+    pub job_id: String,
+    pub artifacts: Vec<ArtifactEntry>,
+}
+
+/// One entry of `GET /job-types`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobTypeView {
+    pub name: String,
+    pub argv: Vec<String>,
+    pub timeout_s: u64,
+    pub requires_repo: bool,
+    pub allowed_params: Vec<String>,
+    pub network: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobTypesResponse {
+    pub job_types: Vec<JobTypeView>,
+}
+
+/// Machine-readable error codes. Every error body is `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    MalformedJson,
+    InvalidRequest,
+    UnknownField,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    UnknownJobType,
+    UnknownParam,
+    InvalidParam,
+    InvalidJobId,
+    InvalidQuery,
+    InvalidPath,
+    RepoRequired,
+    RepoNotAllowed,
+    JobNotFound,
+    ArtifactNotFound,
+    NotAFile,
+    IdempotencyConflict,
+    JobFinished,
+    ShuttingDown,
+    NotFound,
+    MethodNotAllowed,
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status for this code: 4xx for the caller's mistakes, 5xx only for warden's own.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::MalformedJson
+            | ErrorCode::InvalidRequest
+            | ErrorCode::InvalidJobId
+            | ErrorCode::InvalidQuery
+            | ErrorCode::InvalidPath => 400,
+            ErrorCode::JobNotFound | ErrorCode::ArtifactNotFound | ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::IdempotencyConflict | ErrorCode::JobFinished => 409,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::UnsupportedMediaType => 415,
+            ErrorCode::UnknownField
+            | ErrorCode::UnknownJobType
+            | ErrorCode::UnknownParam
+            | ErrorCode::InvalidParam
+            | ErrorCode::RepoRequired
+            | ErrorCode::RepoNotAllowed
+            | ErrorCode::NotAFile => 422,
+            ErrorCode::ShuttingDown => 503,
+            ErrorCode::Internal => 500,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::MalformedJson => "malformed_json",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::UnknownField => "unknown_field",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::UnknownJobType => "unknown_job_type",
+            ErrorCode::UnknownParam => "unknown_param",
+            ErrorCode::InvalidParam => "invalid_param",
+            ErrorCode::InvalidJobId => "invalid_job_id",
+            ErrorCode::InvalidQuery => "invalid_query",
+            ErrorCode::InvalidPath => "invalid_path",
+            ErrorCode::RepoRequired => "repo_required",
+            ErrorCode::RepoNotAllowed => "repo_not_allowed",
+            ErrorCode::JobNotFound => "job_not_found",
+            ErrorCode::ArtifactNotFound => "artifact_not_found",
+            ErrorCode::NotAFile => "not_a_file",
+            ErrorCode::IdempotencyConflict => "idempotency_conflict",
+            ErrorCode::JobFinished => "job_finished",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// The body of every error answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_code_strings_match_serde() {
+        for code in [
+            ErrorCode::MalformedJson,
+            ErrorCode::IdempotencyConflict,
+            ErrorCode::Internal,
+            ErrorCode::RepoNotAllowed,
+        ] {
+            let json = serde_json::to_value(code).unwrap();
+            assert_eq!(json.as_str().unwrap(), code.as_str());
+        }
+    }
+
+    #[test]
+    fn status_round_trips_and_exit_codes_are_distinct() {
+        let mut codes = std::collections::HashSet::new();
+        for st in JobStatus::ALL {
+            assert_eq!(JobStatus::parse(st.as_str()), Some(st));
+            let json = serde_json::to_string(&st).unwrap();
+            assert_eq!(json, format!("\"{}\"", st.as_str()));
+            if st.is_terminal() {
+                assert!(codes.insert(st.exit_code()), "duplicate exit code for {st}");
+                assert_ne!(st.exit_code(), 2, "2 is reserved for usage errors");
+            }
+        }
+    }
+
+    #[test]
+    fn submit_request_refuses_unknown_fields() {
+        let err = serde_json::from_str::<SubmitJobRequest>(r#"{"job_type":"x","argv":["sh"]}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown field `argv`"), "{err}");
+    }
+}

@@ -1,0 +1,552 @@
+//! The embedded store: one SQLite database in WAL mode under the data directory.
+//!
+//! One connection serialises all writes (SQLite allows one writer at a time anyway); calls run
+//! on tokio's blocking pool so the async runtime never waits on disk. `synchronous = NORMAL` in
+//! WAL mode keeps every committed transaction across a crash of warden (kill -9); only a power
+//! loss may drop the last few commits.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use warden_api::ResourceUsage;
+use warden_core::state::can_transition;
+use warden_core::{JobId, JobStatus};
+use warden_store::{
+    CancelOutcome, Claimed, Completion, HeartbeatReply, JobRecord, Lease, ListFilter, LogStream,
+    Millis, NewJob, Reaped, Result, Store, StoreError, SubmitOutcome,
+};
+
+/// Migrations, applied in order, each once. Append-only.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_jobs.sql"))];
+
+const COLUMNS: &str = "id, tenant, job_type, repo_name, remote_url, sha, params, \
+    idempotency_key, status, reason, exit_code, signal, attempts, max_attempts, cancel_requested, \
+    unsafe_fallback, warnings, created_at, started_at, finished_at, stdout_bytes, stderr_bytes, \
+    log_truncated, resources, lease_owner, lease_token, lease_expires_at";
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        let conn = Connection::open(path)
+            .map_err(|e| StoreError::Backend(format!("open {}: {e}", path.display())))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
+             PRAGMA foreign_keys = ON;
+             PRAGMA busy_timeout = 5000;",
+        )
+        .map_err(backend)?;
+        migrate(&conn)?;
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    async fn with<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+    }
+}
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn migrate(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY) STRICT;",
+    )
+    .map_err(backend)?;
+    let applied: i64 = conn
+        .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0))
+        .map_err(backend)?;
+    let newest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+    if applied > newest {
+        return Err(StoreError::Backend(format!(
+            "database schema version {applied} is newer than this warden understands ({newest})"
+        )));
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > applied) {
+        let tx = conn.unchecked_transaction().map_err(backend)?;
+        tx.execute_batch(sql).map_err(backend)?;
+        tx.execute("INSERT INTO schema_migrations (version) VALUES (?1)", [version])
+            .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        tracing::info!(version, "applied store migration");
+    }
+    Ok(())
+}
+
+fn stream_code(s: LogStream) -> i64 {
+    match s {
+        LogStream::Stdout => 1,
+        LogStream::Stderr => 2,
+    }
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(format!("{what}: {e}").into())
+}
+
+fn row_to_job(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
+    let id: String = row.get(0)?;
+    let params: String = row.get(6)?;
+    let status: String = row.get(8)?;
+    let warnings: String = row.get(16)?;
+    let resources: Option<String> = row.get(23)?;
+    Ok(JobRecord {
+        id: id.parse().map_err(|e| corrupt("job id", e))?,
+        tenant: row.get(1)?,
+        job_type: row.get(2)?,
+        repo_name: row.get(3)?,
+        remote_url: row.get(4)?,
+        sha: row.get(5)?,
+        params: serde_json::from_str::<BTreeMap<String, String>>(&params)
+            .map_err(|e| corrupt("params", e))?,
+        idempotency_key: row.get(7)?,
+        status: JobStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
+        reason: row.get(9)?,
+        exit_code: row.get(10)?,
+        signal: row.get(11)?,
+        attempts: row.get(12)?,
+        max_attempts: row.get(13)?,
+        cancel_requested: row.get(14)?,
+        unsafe_fallback: row.get(15)?,
+        warnings: serde_json::from_str(&warnings).map_err(|e| corrupt("warnings", e))?,
+        created_at: row.get(17)?,
+        started_at: row.get(18)?,
+        finished_at: row.get(19)?,
+        stdout_bytes: row.get::<_, i64>(20)? as u64,
+        stderr_bytes: row.get::<_, i64>(21)? as u64,
+        log_truncated: row.get(22)?,
+        resources: resources
+            .map(|r| serde_json::from_str::<ResourceUsage>(&r))
+            .transpose()
+            .map_err(|e| corrupt("resources", e))?,
+        lease_owner: row.get(24)?,
+        lease_token: row.get(25)?,
+        lease_expires_at: row.get(26)?,
+    })
+}
+
+fn load(conn: &Connection, id: JobId) -> Result<JobRecord> {
+    conn.query_row(&format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"), [id.to_string()], |r| {
+        row_to_job(r)
+    })
+    .optional()
+    .map_err(backend)?
+    .ok_or(StoreError::NotFound(id))
+}
+
+/// Loads a job and checks that `lease` is its current claim.
+fn load_leased(conn: &Connection, lease: &Lease) -> Result<JobRecord> {
+    let job = load(conn, lease.job_id)?;
+    if job.status != JobStatus::Running
+        || job.lease_token != lease.token
+        || job.lease_owner.as_deref() != Some(lease.worker.as_str())
+    {
+        return Err(StoreError::LeaseLost(lease.job_id));
+    }
+    Ok(job)
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::Backend(e.to_string()))
+}
+
+/// Puts a running job back in the queue, with its logs reset: the next attempt writes from 0.
+fn requeue(conn: &Connection, id: JobId, count_attempt: bool) -> Result<()> {
+    conn.execute(
+        "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,
+             started_at = NULL, stdout_bytes = 0, stderr_bytes = 0, log_truncated = 0,
+             attempts = attempts - ?2
+         WHERE id = ?1",
+        params![id.to_string(), if count_attempt { 0 } else { 1 }],
+    )
+    .map_err(backend)?;
+    conn.execute("DELETE FROM log_chunks WHERE job_id = ?1", [id.to_string()]).map_err(backend)?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn submit(&self, job: NewJob) -> Result<SubmitOutcome> {
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            if let Some(key) = &job.idempotency_key {
+                let existing: Option<String> = tx
+                    .query_row(
+                        "SELECT id FROM jobs WHERE tenant = ?1 AND idempotency_key = ?2",
+                        params![job.tenant, key],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(backend)?;
+                if let Some(existing) = existing {
+                    let id: JobId =
+                        existing.parse().map_err(|e| StoreError::Corrupt(format!("{e}")))?;
+                    let record = load(&tx, id)?;
+                    return if job.same_request(&record) {
+                        Ok(SubmitOutcome::Existing(record))
+                    } else {
+                        Err(StoreError::IdempotencyConflict { key: key.clone(), existing: id })
+                    };
+                }
+            }
+            tx.execute(
+                "INSERT INTO jobs (id, tenant, job_type, repo_name, remote_url, sha, params,
+                     idempotency_key, status, max_attempts, unsafe_fallback, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10, ?11)",
+                params![
+                    job.id.to_string(),
+                    job.tenant,
+                    job.job_type,
+                    job.repo_name,
+                    job.remote_url,
+                    job.sha,
+                    to_json(&job.params)?,
+                    job.idempotency_key,
+                    job.max_attempts,
+                    job.unsafe_fallback,
+                    job.created_at,
+                ],
+            )
+            .map_err(backend)?;
+            let record = load(&tx, job.id)?;
+            tx.commit().map_err(backend)?;
+            Ok(SubmitOutcome::Created(record))
+        })
+        .await
+    }
+
+    async fn get(&self, id: JobId) -> Result<JobRecord> {
+        self.with(move |conn| load(conn, id)).await
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<JobRecord>> {
+        let filter = filter.clone();
+        self.with(move |conn| {
+            let mut sql = format!("SELECT {COLUMNS} FROM jobs WHERE 1 = 1");
+            let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
+            if let Some(t) = filter.tenant {
+                args.push(Box::new(t));
+                sql.push_str(&format!(" AND tenant = ?{}", args.len()));
+            }
+            if let Some(s) = filter.status {
+                args.push(Box::new(s.as_str()));
+                sql.push_str(&format!(" AND status = ?{}", args.len()));
+            }
+            if let Some(t) = filter.job_type {
+                args.push(Box::new(t));
+                sql.push_str(&format!(" AND job_type = ?{}", args.len()));
+            }
+            if let Some(b) = filter.before {
+                args.push(Box::new(b.to_string()));
+                sql.push_str(&format!(" AND id < ?{}", args.len()));
+            }
+            args.push(Box::new(filter.limit));
+            sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", args.len()));
+            let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(args.iter()), row_to_job)
+                .map_err(backend)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn claim(&self, worker: &str, lease_ms: i64, now: Millis) -> Result<Option<Claimed>> {
+        let worker = worker.to_string();
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let id: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)?;
+            let Some(id) = id else { return Ok(None) };
+            tx.execute(
+                "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?2,
+                     lease_owner = ?3, lease_token = lease_token + 1, lease_expires_at = ?4
+                 WHERE id = ?1",
+                params![id, now, worker, now + lease_ms],
+            )
+            .map_err(backend)?;
+            let id: JobId = id.parse().map_err(|e| StoreError::Corrupt(format!("{e}")))?;
+            let job = load(&tx, id)?;
+            tx.commit().map_err(backend)?;
+            let lease = Lease { job_id: id, worker, token: job.lease_token };
+            Ok(Some(Claimed { job, lease }))
+        })
+        .await
+    }
+
+    async fn heartbeat(&self, lease: &Lease, lease_ms: i64, now: Millis) -> Result<HeartbeatReply> {
+        let lease = lease.clone();
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let job = load_leased(&tx, &lease)?;
+            tx.execute(
+                "UPDATE jobs SET lease_expires_at = ?2 WHERE id = ?1",
+                params![lease.job_id.to_string(), now + lease_ms],
+            )
+            .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(HeartbeatReply { cancel_requested: job.cancel_requested })
+        })
+        .await
+    }
+
+    async fn append_log(
+        &self,
+        lease: &Lease,
+        stream: LogStream,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        let lease = lease.clone();
+        let data = data.to_vec();
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let job = load_leased(&tx, &lease)?;
+            let len = job.log_len(stream);
+            if offset != len {
+                return Err(StoreError::LogOffset { job: lease.job_id, offset, len });
+            }
+            if data.is_empty() {
+                return Ok(());
+            }
+            tx.execute(
+                "INSERT INTO log_chunks (job_id, stream, offset, data) VALUES (?1, ?2, ?3, ?4)",
+                params![lease.job_id.to_string(), stream_code(stream), offset as i64, data],
+            )
+            .map_err(backend)?;
+            let column = match stream {
+                LogStream::Stdout => "stdout_bytes",
+                LogStream::Stderr => "stderr_bytes",
+            };
+            tx.execute(
+                &format!("UPDATE jobs SET {column} = {column} + ?2 WHERE id = ?1"),
+                params![lease.job_id.to_string(), data.len() as i64],
+            )
+            .map_err(backend)?;
+            tx.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn complete(&self, lease: &Lease, done: Completion, now: Millis) -> Result<JobRecord> {
+        let lease = lease.clone();
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let job = load_leased(&tx, &lease)?;
+            let status = done.status.unwrap_or(JobStatus::Error);
+            if !status.is_terminal() || !can_transition(job.status, status) {
+                return Err(StoreError::Backend(format!(
+                    "job {} cannot move from {} to {status}",
+                    job.id, job.status
+                )));
+            }
+            tx.execute(
+                "UPDATE jobs SET status = ?2, reason = ?3, exit_code = ?4, signal = ?5,
+                     warnings = ?6, resources = ?7, log_truncated = ?8, finished_at = ?9,
+                     lease_owner = NULL, lease_expires_at = NULL
+                 WHERE id = ?1",
+                params![
+                    lease.job_id.to_string(),
+                    status.as_str(),
+                    done.reason,
+                    done.exit_code,
+                    done.signal,
+                    to_json(&done.warnings)?,
+                    done.resources.as_ref().map(to_json).transpose()?,
+                    done.log_truncated,
+                    now,
+                ],
+            )
+            .map_err(backend)?;
+            let record = load(&tx, lease.job_id)?;
+            tx.commit().map_err(backend)?;
+            Ok(record)
+        })
+        .await
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<()> {
+        let lease = lease.clone();
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            load_leased(&tx, &lease)?;
+            requeue(&tx, lease.job_id, false)?;
+            tx.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn request_cancel(&self, id: JobId, now: Millis) -> Result<CancelOutcome> {
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let job = load(&tx, id)?;
+            let outcome = match job.status {
+                JobStatus::Queued => {
+                    tx.execute(
+                        "UPDATE jobs SET status = 'cancelled', cancel_requested = 1,
+                             reason = 'cancelled while queued', finished_at = ?2
+                         WHERE id = ?1",
+                        params![id.to_string(), now],
+                    )
+                    .map_err(backend)?;
+                    CancelOutcome::Cancelled(load(&tx, id)?)
+                }
+                JobStatus::Running => {
+                    tx.execute(
+                        "UPDATE jobs SET cancel_requested = 1 WHERE id = ?1",
+                        [id.to_string()],
+                    )
+                    .map_err(backend)?;
+                    CancelOutcome::Requested(load(&tx, id)?)
+                }
+                _ => CancelOutcome::AlreadyFinished(job),
+            };
+            tx.commit().map_err(backend)?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn reap_expired(&self, now: Millis) -> Result<Vec<Reaped>> {
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let expired: Vec<(String, u32, u32)> = {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "SELECT id, attempts, max_attempts FROM jobs
+                         WHERE status = 'running' AND lease_expires_at < ?1 ORDER BY id",
+                    )
+                    .map_err(backend)?;
+                stmt.query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .map_err(backend)?
+                    .collect::<rusqlite::Result<_>>()
+                    .map_err(backend)?
+            };
+            let mut reaped = Vec::with_capacity(expired.len());
+            for (id, attempts, max_attempts) in expired {
+                let id: JobId = id.parse().map_err(|e| StoreError::Corrupt(format!("{e}")))?;
+                if attempts < max_attempts {
+                    requeue(&tx, id, true)?;
+                    reaped.push(Reaped { job_id: id, now: JobStatus::Queued });
+                } else {
+                    tx.execute(
+                        "UPDATE jobs SET status = 'error', reason = 'worker_lost',
+                             finished_at = ?2, lease_owner = NULL, lease_expires_at = NULL
+                         WHERE id = ?1",
+                        params![id.to_string(), now],
+                    )
+                    .map_err(backend)?;
+                    reaped.push(Reaped { job_id: id, now: JobStatus::Error });
+                }
+            }
+            tx.commit().map_err(backend)?;
+            Ok(reaped)
+        })
+        .await
+    }
+
+    async fn read_log(
+        &self,
+        id: JobId,
+        stream: LogStream,
+        offset: u64,
+        max: usize,
+    ) -> Result<Vec<u8>> {
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT offset, data FROM log_chunks
+                     WHERE job_id = ?1 AND stream = ?2 AND offset + length(data) > ?3
+                     ORDER BY offset",
+                )
+                .map_err(backend)?;
+            let mut rows = stmt
+                .query(params![id.to_string(), stream_code(stream), offset as i64])
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(backend)? {
+                let start: i64 = row.get(0).map_err(backend)?;
+                let data: Vec<u8> = row.get(1).map_err(backend)?;
+                let skip = (offset as i64 - start).max(0) as usize;
+                let take = (max - out.len()).min(data.len().saturating_sub(skip));
+                out.extend_from_slice(&data[skip..skip + take]);
+                if out.len() >= max {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn fresh() -> (SqliteStore, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("warden.db")).unwrap();
+        (store, dir)
+    }
+
+    mod conformance {
+        use super::fresh;
+        warden_store::conformance_tests!(fresh());
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_jobs_and_does_not_reapply_migrations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("warden.db");
+        let id = {
+            let store = SqliteStore::open(&path).unwrap();
+            let job = NewJob {
+                id: JobId::new(),
+                tenant: "default".into(),
+                job_type: "t".into(),
+                repo_name: None,
+                remote_url: None,
+                sha: None,
+                params: BTreeMap::new(),
+                idempotency_key: None,
+                max_attempts: 1,
+                unsafe_fallback: false,
+                created_at: 1,
+            };
+            store.submit(job).await.unwrap().job().id
+        };
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.get(id).await.unwrap().status, JobStatus::Queued);
+        let mode: String = store
+            .with(|c| c.query_row("PRAGMA journal_mode", [], |r| r.get(0)).map_err(backend))
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+}

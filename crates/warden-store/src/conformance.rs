@@ -1,0 +1,306 @@
+//! Behaviour every [`Store`] backend must show. A backend's tests run these with
+//! [`conformance_tests!`](crate::conformance_tests), giving a fresh, empty store to each check.
+
+use std::collections::BTreeMap;
+
+use warden_api::ResourceUsage;
+use warden_core::{JobId, JobStatus};
+
+use crate::{
+    CancelOutcome, Completion, ListFilter, LogStream, NewJob, Store, StoreError, SubmitOutcome,
+};
+
+/// Generates one `#[tokio::test]` per conformance check. `$make` is an expression producing a
+/// future of `(store, guard)`; the guard (a temp dir, a database to drop) lives for the test.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@each $make;
+            submit_and_get_round_trip,
+            idempotency_key_returns_the_same_job,
+            idempotency_key_with_other_request_conflicts,
+            idempotency_keys_are_per_tenant,
+            claim_is_fifo_and_exclusive,
+            stale_lease_is_fenced_out,
+            logs_are_offset_addressed_and_byte_exact,
+            cancel_queued_running_and_finished,
+            expired_leases_are_requeued_then_lost,
+            release_requeues_without_counting_the_attempt,
+            list_filters_and_paginates_newest_first,
+            complete_records_the_outcome_once
+        );
+    };
+    (@each $make:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let (store, _guard) = $make.await;
+                $crate::conformance::$name(&store).await;
+            }
+        )*
+    };
+}
+
+const LEASE_MS: i64 = 30_000;
+
+fn new_job(job_type: &str, key: Option<&str>, now: i64) -> NewJob {
+    NewJob {
+        id: JobId::new(),
+        tenant: "default".into(),
+        job_type: job_type.into(),
+        repo_name: None,
+        remote_url: None,
+        sha: None,
+        params: BTreeMap::from([("GREETING".to_string(), "hi".to_string())]),
+        idempotency_key: key.map(str::to_string),
+        max_attempts: 2,
+        unsafe_fallback: false,
+        created_at: now,
+    }
+}
+
+async fn submit(store: &dyn Store, job: NewJob) -> crate::JobRecord {
+    match store.submit(job).await.unwrap() {
+        SubmitOutcome::Created(j) => j,
+        other => panic!("expected a new job, got {other:?}"),
+    }
+}
+
+pub async fn submit_and_get_round_trip(store: &dyn Store) {
+    let mut job = new_job("echo", Some("k1"), 1_000);
+    job.repo_name = Some("click".into());
+    job.remote_url = Some("https://example.invalid/click.git".into());
+    job.sha = Some("a".repeat(40));
+    job.unsafe_fallback = true;
+    let created = submit(store, job.clone()).await;
+    let got = store.get(job.id).await.unwrap();
+    assert_eq!(created, got);
+    assert_eq!(got.status, JobStatus::Queued);
+    assert_eq!(got.params, job.params);
+    assert_eq!(got.sha, job.sha);
+    assert_eq!(got.attempts, 0);
+    assert!(got.unsafe_fallback);
+    assert_eq!(got.created_at, 1_000);
+    assert!(matches!(store.get(JobId::new()).await, Err(StoreError::NotFound(_))));
+}
+
+pub async fn idempotency_key_returns_the_same_job(store: &dyn Store) {
+    let first = submit(store, new_job("echo", Some("same"), 1)).await;
+    let again = store.submit(new_job("echo", Some("same"), 2)).await.unwrap();
+    match again {
+        SubmitOutcome::Existing(j) => assert_eq!(j.id, first.id),
+        other => panic!("expected the existing job, got {other:?}"),
+    }
+}
+
+pub async fn idempotency_key_with_other_request_conflicts(store: &dyn Store) {
+    let first = submit(store, new_job("echo", Some("k"), 1)).await;
+    let mut other = new_job("echo", Some("k"), 2);
+    other.params.insert("GREETING".into(), "different".into());
+    match store.submit(other).await {
+        Err(StoreError::IdempotencyConflict { key, existing }) => {
+            assert_eq!(key, "k");
+            assert_eq!(existing, first.id);
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
+
+pub async fn idempotency_keys_are_per_tenant(store: &dyn Store) {
+    let a = submit(store, new_job("echo", Some("k"), 1)).await;
+    let mut job = new_job("echo", Some("k"), 2);
+    job.tenant = "other".into();
+    let b = submit(store, job).await;
+    assert_ne!(a.id, b.id);
+}
+
+pub async fn claim_is_fifo_and_exclusive(store: &dyn Store) {
+    assert!(store.claim("w", LEASE_MS, 10).await.unwrap().is_none());
+    let a = submit(store, new_job("echo", None, 1)).await;
+    let b = submit(store, new_job("echo", None, 2)).await;
+    let ca = store.claim("w1", LEASE_MS, 10).await.unwrap().unwrap();
+    let cb = store.claim("w2", LEASE_MS, 10).await.unwrap().unwrap();
+    assert_eq!(ca.job.id, a.id);
+    assert_eq!(cb.job.id, b.id);
+    assert!(store.claim("w3", LEASE_MS, 10).await.unwrap().is_none());
+    assert_eq!(ca.job.status, JobStatus::Running);
+    assert_eq!(ca.job.attempts, 1);
+    assert_eq!(ca.job.started_at, Some(10));
+    assert_eq!(ca.lease.worker, "w1");
+    assert_eq!(ca.job.lease_expires_at, Some(10 + LEASE_MS));
+}
+
+pub async fn stale_lease_is_fenced_out(store: &dyn Store) {
+    let job = submit(store, new_job("echo", None, 1)).await;
+    let first = store.claim("w1", 100, 10).await.unwrap().unwrap();
+    // The lease expires and the job is claimed again by someone else.
+    let reaped = store.reap_expired(1_000).await.unwrap();
+    assert_eq!(reaped.len(), 1);
+    let second = store.claim("w2", LEASE_MS, 1_001).await.unwrap().unwrap();
+    assert_eq!(second.job.id, job.id);
+    assert!(second.lease.token > first.lease.token, "fencing tokens must grow");
+
+    let hb = store.heartbeat(&first.lease, LEASE_MS, 1_002).await;
+    assert!(matches!(hb, Err(StoreError::LeaseLost(_))), "{hb:?}");
+    let log = store.append_log(&first.lease, LogStream::Stdout, 0, b"late").await;
+    assert!(matches!(log, Err(StoreError::LeaseLost(_))), "{log:?}");
+    let done = Completion { status: Some(JobStatus::Succeeded), ..Completion::default() };
+    let late = store.complete(&first.lease, done.clone(), 1_003).await;
+    assert!(matches!(late, Err(StoreError::LeaseLost(_))), "{late:?}");
+
+    assert!(!store.heartbeat(&second.lease, LEASE_MS, 1_004).await.unwrap().cancel_requested);
+    let rec = store.complete(&second.lease, done, 1_005).await.unwrap();
+    assert_eq!(rec.status, JobStatus::Succeeded);
+    assert_eq!(rec.attempts, 2);
+}
+
+pub async fn logs_are_offset_addressed_and_byte_exact(store: &dyn Store) {
+    let job = submit(store, new_job("echo", None, 1)).await;
+    let c = store.claim("w", LEASE_MS, 2).await.unwrap().unwrap();
+    let chunk1: Vec<u8> = vec![0xff, 0xfe, 0x00, b'a', b'\n'];
+    let chunk2: Vec<u8> = (0..=255u8).collect();
+    store.append_log(&c.lease, LogStream::Stdout, 0, &chunk1).await.unwrap();
+    store.append_log(&c.lease, LogStream::Stdout, 5, &chunk2).await.unwrap();
+    store.append_log(&c.lease, LogStream::Stderr, 0, b"err\n").await.unwrap();
+    let gap = store.append_log(&c.lease, LogStream::Stdout, 999, b"x").await;
+    assert!(matches!(gap, Err(StoreError::LogOffset { len: 261, .. })), "{gap:?}");
+    let replay = store.append_log(&c.lease, LogStream::Stdout, 0, b"x").await;
+    assert!(matches!(replay, Err(StoreError::LogOffset { .. })), "{replay:?}");
+
+    let all = store.read_log(job.id, LogStream::Stdout, 0, 1 << 20).await.unwrap();
+    let mut expected = chunk1.clone();
+    expected.extend_from_slice(&chunk2);
+    assert_eq!(all, expected);
+    // Reads that start and end inside chunks.
+    let mid = store.read_log(job.id, LogStream::Stdout, 3, 10).await.unwrap();
+    assert_eq!(mid, expected[3..13]);
+    let past = store.read_log(job.id, LogStream::Stdout, 261, 10).await.unwrap();
+    assert!(past.is_empty());
+    assert_eq!(store.read_log(job.id, LogStream::Stderr, 0, 100).await.unwrap(), b"err\n");
+    let rec = store.get(job.id).await.unwrap();
+    assert_eq!((rec.stdout_bytes, rec.stderr_bytes), (261, 4));
+}
+
+pub async fn cancel_queued_running_and_finished(store: &dyn Store) {
+    let queued = submit(store, new_job("echo", None, 1)).await;
+    let running = submit(store, new_job("echo", None, 2)).await;
+    match store.request_cancel(queued.id, 5).await.unwrap() {
+        CancelOutcome::Cancelled(j) => {
+            assert_eq!(j.status, JobStatus::Cancelled);
+            assert_eq!(j.finished_at, Some(5));
+        }
+        other => panic!("expected cancelled, got {other:?}"),
+    }
+    let c = store.claim("w", LEASE_MS, 6).await.unwrap().unwrap();
+    assert_eq!(c.job.id, running.id, "a cancelled job is never claimed");
+    match store.request_cancel(running.id, 7).await.unwrap() {
+        CancelOutcome::Requested(j) => assert!(j.cancel_requested),
+        other => panic!("expected requested, got {other:?}"),
+    }
+    assert!(store.heartbeat(&c.lease, LEASE_MS, 8).await.unwrap().cancel_requested);
+    let done = Completion { status: Some(JobStatus::Cancelled), ..Completion::default() };
+    store.complete(&c.lease, done, 9).await.unwrap();
+    assert!(matches!(
+        store.request_cancel(running.id, 10).await.unwrap(),
+        CancelOutcome::AlreadyFinished(j) if j.status == JobStatus::Cancelled
+    ));
+    assert!(matches!(store.request_cancel(JobId::new(), 1).await, Err(StoreError::NotFound(_))));
+}
+
+pub async fn expired_leases_are_requeued_then_lost(store: &dyn Store) {
+    let job = submit(store, new_job("echo", None, 1)).await; // max_attempts = 2
+    let c1 = store.claim("w", 100, 10).await.unwrap().unwrap();
+    assert!(store.reap_expired(50).await.unwrap().is_empty(), "lease still valid");
+    // A heartbeat moves the expiry.
+    store.heartbeat(&c1.lease, 100, 100).await.unwrap();
+    assert!(store.reap_expired(150).await.unwrap().is_empty());
+    let r = store.reap_expired(201).await.unwrap();
+    assert_eq!(r, vec![crate::Reaped { job_id: job.id, now: JobStatus::Queued }]);
+    let c2 = store.claim("w", 100, 300).await.unwrap().unwrap();
+    assert_eq!(c2.job.attempts, 2);
+    let r = store.reap_expired(401).await.unwrap();
+    assert_eq!(r, vec![crate::Reaped { job_id: job.id, now: JobStatus::Error }]);
+    let rec = store.get(job.id).await.unwrap();
+    assert_eq!(rec.status, JobStatus::Error);
+    assert_eq!(rec.reason.as_deref(), Some("worker_lost"));
+    assert_eq!(rec.finished_at, Some(401));
+    assert!(store.claim("w", 100, 500).await.unwrap().is_none());
+}
+
+pub async fn release_requeues_without_counting_the_attempt(store: &dyn Store) {
+    let job = submit(store, new_job("echo", None, 1)).await;
+    let c = store.claim("w", LEASE_MS, 2).await.unwrap().unwrap();
+    store.append_log(&c.lease, LogStream::Stdout, 0, b"partial").await.unwrap();
+    store.release(&c.lease).await.unwrap();
+    let rec = store.get(job.id).await.unwrap();
+    assert_eq!(rec.status, JobStatus::Queued);
+    assert_eq!(rec.attempts, 0);
+    assert_eq!(rec.stdout_bytes, 0, "a re-run starts its logs afresh");
+    assert!(store.read_log(job.id, LogStream::Stdout, 0, 100).await.unwrap().is_empty());
+    assert!(matches!(store.release(&c.lease).await, Err(StoreError::LeaseLost(_))));
+    let again = store.claim("w2", LEASE_MS, 3).await.unwrap().unwrap();
+    assert_eq!(again.job.attempts, 1);
+}
+
+pub async fn list_filters_and_paginates_newest_first(store: &dyn Store) {
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let ty = if i % 2 == 0 { "even" } else { "odd" };
+        ids.push(submit(store, new_job(ty, None, i)).await.id);
+    }
+    let page1 = store.list(&ListFilter { limit: 2, ..ListFilter::default() }).await.unwrap();
+    assert_eq!(page1.iter().map(|j| j.id).collect::<Vec<_>>(), [ids[4], ids[3]]);
+    let page2 = store
+        .list(&ListFilter { limit: 2, before: Some(ids[3]), ..ListFilter::default() })
+        .await
+        .unwrap();
+    assert_eq!(page2.iter().map(|j| j.id).collect::<Vec<_>>(), [ids[2], ids[1]]);
+    let odd = store
+        .list(&ListFilter { limit: 10, job_type: Some("odd".into()), ..ListFilter::default() })
+        .await
+        .unwrap();
+    assert_eq!(odd.iter().map(|j| j.id).collect::<Vec<_>>(), [ids[3], ids[1]]);
+    store.claim("w", LEASE_MS, 10).await.unwrap().unwrap();
+    let running = store
+        .list(&ListFilter {
+            limit: 10,
+            status: Some(JobStatus::Running),
+            ..ListFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(running.iter().map(|j| j.id).collect::<Vec<_>>(), [ids[0]]);
+    let none = store
+        .list(&ListFilter { limit: 10, tenant: Some("nobody".into()), ..ListFilter::default() })
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+}
+
+pub async fn complete_records_the_outcome_once(store: &dyn Store) {
+    let job = submit(store, new_job("echo", None, 1)).await;
+    let c = store.claim("w", LEASE_MS, 2).await.unwrap().unwrap();
+    let usage = ResourceUsage { wall_ms: 12, user_cpu_ms: 3, system_cpu_ms: 4, max_rss_kb: 2048 };
+    let done = Completion {
+        status: Some(JobStatus::Failed),
+        reason: Some("output_limit".into()),
+        exit_code: None,
+        signal: Some(9),
+        warnings: vec!["SIZE_CAP_EXCEEDED".into()],
+        resources: Some(usage.clone()),
+        log_truncated: true,
+    };
+    let rec = store.complete(&c.lease, done.clone(), 20).await.unwrap();
+    assert_eq!(rec.id, job.id);
+    assert_eq!(rec.status, JobStatus::Failed);
+    assert_eq!(rec.reason.as_deref(), Some("output_limit"));
+    assert_eq!(rec.signal, Some(9));
+    assert_eq!(rec.warnings, ["SIZE_CAP_EXCEEDED"]);
+    assert_eq!(rec.resources, Some(usage));
+    assert!(rec.log_truncated);
+    assert_eq!(rec.finished_at, Some(20));
+    assert_eq!(rec.lease_owner, None);
+    assert_eq!(store.get(job.id).await.unwrap(), rec);
+    let twice = store.complete(&c.lease, done, 21).await;
+    assert!(matches!(twice, Err(StoreError::LeaseLost(_))), "{twice:?}");
+}

@@ -1,0 +1,260 @@
+//! The durable queue and job store, as a trait.
+//!
+//! Every state change a job goes through is one call here, and every call that a worker makes on
+//! a running job carries its [`Lease`]: a store refuses writes whose fencing token is not the
+//! current one, so a worker that lost its claim can never overwrite the job's fate.
+//!
+//! Backends: `warden-store-sqlite` (embedded default). The [`conformance`] module holds the
+//! behaviour every backend must show; a backend runs it with [`conformance_tests!`].
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use warden_api::ResourceUsage;
+use warden_core::{JobId, JobStatus};
+
+pub mod conformance;
+
+/// Milliseconds since the Unix epoch. The store never reads the clock itself: callers pass
+/// `now`, which keeps the lease logic testable.
+pub type Millis = i64;
+
+pub fn now_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+impl LogStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<LogStream> {
+        match s {
+            "stdout" => Some(LogStream::Stdout),
+            "stderr" => Some(LogStream::Stderr),
+            _ => None,
+        }
+    }
+}
+
+/// A job as the service layer accepts it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    pub id: JobId,
+    pub tenant: String,
+    pub job_type: String,
+    pub repo_name: Option<String>,
+    pub remote_url: Option<String>,
+    pub sha: Option<String>,
+    pub params: BTreeMap<String, String>,
+    pub idempotency_key: Option<String>,
+    pub max_attempts: u32,
+    pub unsafe_fallback: bool,
+    pub created_at: Millis,
+}
+
+impl NewJob {
+    /// Whether `other` asks for the same work (used to judge an idempotency-key replay).
+    pub fn same_request(&self, other: &JobRecord) -> bool {
+        self.tenant == other.tenant
+            && self.job_type == other.job_type
+            && self.repo_name == other.repo_name
+            && self.remote_url == other.remote_url
+            && self.sha == other.sha
+            && self.params == other.params
+    }
+}
+
+/// Everything the store knows about a job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub tenant: String,
+    pub job_type: String,
+    pub repo_name: Option<String>,
+    pub remote_url: Option<String>,
+    pub sha: Option<String>,
+    pub params: BTreeMap<String, String>,
+    pub idempotency_key: Option<String>,
+    pub status: JobStatus,
+    pub reason: Option<String>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub cancel_requested: bool,
+    pub unsafe_fallback: bool,
+    pub warnings: Vec<String>,
+    pub created_at: Millis,
+    pub started_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+    pub log_truncated: bool,
+    pub resources: Option<ResourceUsage>,
+    pub lease_owner: Option<String>,
+    pub lease_token: i64,
+    pub lease_expires_at: Option<Millis>,
+}
+
+impl JobRecord {
+    pub fn log_len(&self, stream: LogStream) -> u64 {
+        match stream {
+            LogStream::Stdout => self.stdout_bytes,
+            LogStream::Stderr => self.stderr_bytes,
+        }
+    }
+}
+
+/// A worker's claim on a running job. `token` is the fencing token: it grows with every claim
+/// of the job, and only the holder of the current one may write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub job_id: JobId,
+    pub worker: String,
+    pub token: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    pub job: JobRecord,
+    pub lease: Lease,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SubmitOutcome {
+    Created(JobRecord),
+    /// The same idempotency key and the same request: the earlier job.
+    Existing(JobRecord),
+}
+
+impl SubmitOutcome {
+    pub fn job(&self) -> &JobRecord {
+        match self {
+            SubmitOutcome::Created(j) | SubmitOutcome::Existing(j) => j,
+        }
+    }
+}
+
+/// How a running job ended.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Completion {
+    pub status: Option<JobStatus>,
+    pub reason: Option<String>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub warnings: Vec<String>,
+    pub resources: Option<ResourceUsage>,
+    pub log_truncated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CancelOutcome {
+    /// It was queued and is now `cancelled`.
+    Cancelled(JobRecord),
+    /// It is running; its worker is told through the heartbeat (and directly when in-process).
+    Requested(JobRecord),
+    AlreadyFinished(JobRecord),
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ListFilter {
+    pub tenant: Option<String>,
+    pub status: Option<JobStatus>,
+    pub job_type: Option<String>,
+    /// Return jobs older than this one (the cursor of the previous page).
+    pub before: Option<JobId>,
+    pub limit: u32,
+}
+
+/// What a heartbeat tells the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeartbeatReply {
+    pub cancel_requested: bool,
+}
+
+/// What the reaper did to one job whose lease had expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reaped {
+    pub job_id: JobId,
+    /// `queued` (attempts left) or `error` (`worker_lost`).
+    pub now: JobStatus,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("job {0} not found")]
+    NotFound(JobId),
+    #[error("idempotency key {key:?} was used for job {existing} with a different request")]
+    IdempotencyConflict { key: String, existing: JobId },
+    #[error("lease on job {0} is no longer held (fenced out)")]
+    LeaseLost(JobId),
+    #[error("log write for job {job} at offset {offset} does not continue the stream (length {len})")]
+    LogOffset { job: JobId, offset: u64, len: u64 },
+    #[error("store backend: {0}")]
+    Backend(String),
+    #[error("store data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Records a new job as `queued`, or returns the earlier job with the same
+    /// `(tenant, idempotency_key)`; a different request under the same key is a conflict.
+    async fn submit(&self, job: NewJob) -> Result<SubmitOutcome>;
+
+    async fn get(&self, id: JobId) -> Result<JobRecord>;
+
+    /// Newest first, `filter.limit` at most.
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<JobRecord>>;
+
+    /// Takes the oldest queued job, marks it `running` under a new lease for `worker`.
+    async fn claim(&self, worker: &str, lease_ms: i64, now: Millis) -> Result<Option<Claimed>>;
+
+    /// Extends the lease; fails with `LeaseLost` when it is no longer current.
+    async fn heartbeat(&self, lease: &Lease, lease_ms: i64, now: Millis) -> Result<HeartbeatReply>;
+
+    /// Appends `data` to a stream at `offset`, which must equal the stream's current length.
+    async fn append_log(
+        &self,
+        lease: &Lease,
+        stream: LogStream,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()>;
+
+    /// Ends a running job under its lease.
+    async fn complete(&self, lease: &Lease, done: Completion, now: Millis) -> Result<JobRecord>;
+
+    /// Gives a running job back to the queue without counting the attempt (graceful shutdown).
+    async fn release(&self, lease: &Lease) -> Result<()>;
+
+    async fn request_cancel(&self, id: JobId, now: Millis) -> Result<CancelOutcome>;
+
+    /// Re-queues running jobs whose lease expired before `now` (attempts left) or ends them
+    /// `error` with reason `worker_lost`.
+    async fn reap_expired(&self, now: Millis) -> Result<Vec<Reaped>>;
+
+    /// Up to `max` bytes of a stream from `offset`.
+    async fn read_log(
+        &self,
+        id: JobId,
+        stream: LogStream,
+        offset: u64,
+        max: usize,
+    ) -> Result<Vec<u8>>;
+}
