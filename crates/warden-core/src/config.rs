@@ -8,8 +8,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 
 use crate::params::{RESERVED_NAMES, is_valid_param_name};
 
@@ -384,7 +384,10 @@ repos:
     fn the_documented_shape_is_accepted() {
         let c = Config::from_yaml_str(ISSUE_SHAPE, "warden.yaml").unwrap();
         assert_eq!(c.slots.get(), 2);
-        assert!(!c.unsafe_fallback, "a file must opt in to running unsandboxed");
+        assert!(
+            !c.unsafe_fallback,
+            "a file must opt in to running unsandboxed"
+        );
         let py = c.job_type("pytest").unwrap();
         assert_eq!(py.limits.memory_mb, Some(Positive(2048)));
         assert_eq!(py.limits.output_bytes(), 64 << 20);
@@ -424,7 +427,11 @@ repos:
             Some(4),
             "got -1",
         );
-        check("job_types:\n  t:\n    argv: [x]\n", Some(3), "missing field `timeout_s`");
+        check(
+            "job_types:\n  t:\n    argv: [x]\n",
+            Some(3),
+            "missing field `timeout_s`",
+        );
         check(
             "job_types:\n  t:\n    argv: []\n    timeout_s: 5\n",
             Some(2),
@@ -450,10 +457,18 @@ repos:
             Some(5),
             "unknown field `swap`",
         );
-        check("job_types:\n  Bad Name:\n    argv: [x]\n    timeout_s: 5\n", Some(2), "is invalid");
+        check(
+            "job_types:\n  Bad Name:\n    argv: [x]\n    timeout_s: 5\n",
+            Some(2),
+            "is invalid",
+        );
         check("listen: nowhere\n", Some(1), "invalid socket address");
         check("listen: 0.0.0.0:8080\n", None, "not loopback");
-        check("slots: 'unterminated\n", Some(2), "found unexpected end of stream");
+        check(
+            "slots: 'unterminated\n",
+            Some(2),
+            "found unexpected end of stream",
+        );
     }
 
     #[test]

@@ -42,7 +42,9 @@ impl FromStr for JobId {
         if s.len() != 36 {
             return Err(InvalidJobId(truncate(s)));
         }
-        Uuid::try_parse(s).map(JobId).map_err(|_| InvalidJobId(truncate(s)))
+        Uuid::try_parse(s)
+            .map(JobId)
+            .map_err(|_| InvalidJobId(truncate(s)))
     }
 }
 
@@ -64,7 +66,13 @@ mod tests {
 
     #[test]
     fn bad_ids_are_refused() {
-        for bad in ["", "1", "../etc", "0192f5e47b1c7d3a9c2e5f0a1b2c3d4e", &"a".repeat(100)] {
+        for bad in [
+            "",
+            "1",
+            "../etc",
+            "0192f5e47b1c7d3a9c2e5f0a1b2c3d4e",
+            &"a".repeat(100),
+        ] {
             assert!(bad.parse::<JobId>().is_err(), "{bad:?} accepted");
         }
     }

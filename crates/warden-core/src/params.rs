@@ -16,7 +16,11 @@ pub enum ParamError {
     #[error("param name {0:?} is invalid: names match ^[A-Z][A-Z0-9_]{{0,63}}$")]
     InvalidName(String),
     #[error("param {name:?} is not allowed for job type {job_type:?} (allowed: {allowed})")]
-    Unknown { name: String, job_type: String, allowed: String },
+    Unknown {
+        name: String,
+        job_type: String,
+        allowed: String,
+    },
     #[error("param {0:?} contains a NUL byte")]
     Nul(String),
     #[error("param {name:?} is {len} bytes long; the limit is {MAX_PARAM_VALUE_BYTES}")]
@@ -29,7 +33,9 @@ pub fn is_valid_param_name(name: &str) -> bool {
     !bytes.is_empty()
         && bytes.len() <= 64
         && bytes[0].is_ascii_uppercase()
-        && bytes[1..].iter().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'_')
+        && bytes[1..]
+            .iter()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'_')
 }
 
 /// Checks every param of a submission against its job type.
@@ -58,7 +64,10 @@ pub fn validate_params(
             return Err(ParamError::Nul(name.clone()));
         }
         if value.len() > MAX_PARAM_VALUE_BYTES {
-            return Err(ParamError::TooLong { name: name.clone(), len: value.len() });
+            return Err(ParamError::TooLong {
+                name: name.clone(),
+                len: value.len(),
+            });
         }
     }
     Ok(())
@@ -97,7 +106,11 @@ mod tests {
         check("1FOO", "x", Err("invalid"));
         check("FO-O", "x", Err("invalid"));
         check(&"A".repeat(65), "x", Err("invalid"));
-        check("BAR", "x", Err("not allowed for job type \"t\" (allowed: FOO, B_2)"));
+        check(
+            "BAR",
+            "x",
+            Err("not allowed for job type \"t\" (allowed: FOO, B_2)"),
+        );
         check("", "x", Err("invalid"));
     }
 

@@ -35,6 +35,9 @@ mod tests {
         assert!(!can_transition(JobStatus::Queued, JobStatus::Succeeded));
         assert!(can_transition(JobStatus::Queued, JobStatus::Running));
         assert!(can_transition(JobStatus::Running, JobStatus::Queued));
-        assert!(can_transition(JobStatus::Running, JobStatus::MutationDetected));
+        assert!(can_transition(
+            JobStatus::Running,
+            JobStatus::MutationDetected
+        ));
     }
 }

@@ -45,7 +45,9 @@ impl SqliteStore {
         )
         .map_err(backend)?;
         migrate(&conn)?;
-        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)) })
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
     }
 
     async fn with<T, F>(&self, f: F) -> Result<T>
@@ -73,7 +75,11 @@ fn migrate(conn: &Connection) -> Result<()> {
     )
     .map_err(backend)?;
     let applied: i64 = conn
-        .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0))
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get(0),
+        )
         .map_err(backend)?;
     let newest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
     if applied > newest {
@@ -84,8 +90,11 @@ fn migrate(conn: &Connection) -> Result<()> {
     for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > applied) {
         let tx = conn.unchecked_transaction().map_err(backend)?;
         tx.execute_batch(sql).map_err(backend)?;
-        tx.execute("INSERT INTO schema_migrations (version) VALUES (?1)", [version])
-            .map_err(backend)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version) VALUES (?1)",
+            [version],
+        )
+        .map_err(backend)?;
         tx.commit().map_err(backend)?;
         tracing::info!(version, "applied store migration");
     }
@@ -145,9 +154,11 @@ fn row_to_job(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
 }
 
 fn load(conn: &Connection, id: JobId) -> Result<JobRecord> {
-    conn.query_row(&format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"), [id.to_string()], |r| {
-        row_to_job(r)
-    })
+    conn.query_row(
+        &format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"),
+        [id.to_string()],
+        |r| row_to_job(r),
+    )
     .optional()
     .map_err(backend)?
     .ok_or(StoreError::NotFound(id))
@@ -179,7 +190,8 @@ fn requeue(conn: &Connection, id: JobId, count_attempt: bool) -> Result<()> {
         params![id.to_string(), if count_attempt { 0 } else { 1 }],
     )
     .map_err(backend)?;
-    conn.execute("DELETE FROM log_chunks WHERE job_id = ?1", [id.to_string()]).map_err(backend)?;
+    conn.execute("DELETE FROM log_chunks WHERE job_id = ?1", [id.to_string()])
+        .map_err(backend)?;
     Ok(())
 }
 
@@ -187,7 +199,9 @@ fn requeue(conn: &Connection, id: JobId, count_attempt: bool) -> Result<()> {
 impl Store for SqliteStore {
     async fn submit(&self, job: NewJob) -> Result<SubmitOutcome> {
         self.with(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
             if let Some(key) = &job.idempotency_key {
                 let existing: Option<String> = tx
                     .query_row(
@@ -198,13 +212,17 @@ impl Store for SqliteStore {
                     .optional()
                     .map_err(backend)?;
                 if let Some(existing) = existing {
-                    let id: JobId =
-                        existing.parse().map_err(|e| StoreError::Corrupt(format!("{e}")))?;
+                    let id: JobId = existing
+                        .parse()
+                        .map_err(|e| StoreError::Corrupt(format!("{e}")))?;
                     let record = load(&tx, id)?;
                     return if job.same_request(&record) {
                         Ok(SubmitOutcome::Existing(record))
                     } else {
-                        Err(StoreError::IdempotencyConflict { key: key.clone(), existing: id })
+                        Err(StoreError::IdempotencyConflict {
+                            key: key.clone(),
+                            existing: id,
+                        })
                     };
                 }
             }
@@ -273,7 +291,9 @@ impl Store for SqliteStore {
     async fn claim(&self, worker: &str, lease_ms: i64, now: Millis) -> Result<Option<Claimed>> {
         let worker = worker.to_string();
         self.with(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
             let id: Option<String> = tx
                 .query_row(
                     "SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1",
@@ -290,10 +310,16 @@ impl Store for SqliteStore {
                 params![id, now, worker, now + lease_ms],
             )
             .map_err(backend)?;
-            let id: JobId = id.parse().map_err(|e| StoreError::Corrupt(format!("{e}")))?;
+            let id: JobId = id
+                .parse()
+                .map_err(|e| StoreError::Corrupt(format!("{e}")))?;
             let job = load(&tx, id)?;
             tx.commit().map_err(backend)?;
-            let lease = Lease { job_id: id, worker, token: job.lease_token };
+            let lease = Lease {
+                job_id: id,
+                worker,
+                token: job.lease_token,
+            };
             Ok(Some(Claimed { job, lease }))
         })
         .await
@@ -302,7 +328,9 @@ impl Store for SqliteStore {
     async fn heartbeat(&self, lease: &Lease, lease_ms: i64, now: Millis) -> Result<HeartbeatReply> {
         let lease = lease.clone();
         self.with(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
             let job = load_leased(&tx, &lease)?;
             tx.execute(
                 "UPDATE jobs SET lease_expires_at = ?2 WHERE id = ?1",
@@ -310,7 +338,9 @@ impl Store for SqliteStore {
             )
             .map_err(backend)?;
             tx.commit().map_err(backend)?;
-            Ok(HeartbeatReply { cancel_requested: job.cancel_requested })
+            Ok(HeartbeatReply {
+                cancel_requested: job.cancel_requested,
+            })
         })
         .await
     }
@@ -325,18 +355,29 @@ impl Store for SqliteStore {
         let lease = lease.clone();
         let data = data.to_vec();
         self.with(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
             let job = load_leased(&tx, &lease)?;
             let len = job.log_len(stream);
             if offset != len {
-                return Err(StoreError::LogOffset { job: lease.job_id, offset, len });
+                return Err(StoreError::LogOffset {
+                    job: lease.job_id,
+                    offset,
+                    len,
+                });
             }
             if data.is_empty() {
                 return Ok(());
             }
             tx.execute(
                 "INSERT INTO log_chunks (job_id, stream, offset, data) VALUES (?1, ?2, ?3, ?4)",
-                params![lease.job_id.to_string(), stream_code(stream), offset as i64, data],
+                params![
+                    lease.job_id.to_string(),
+                    stream_code(stream),
+                    offset as i64,
+                    data
+                ],
             )
             .map_err(backend)?;
             let column = match stream {
@@ -356,7 +397,9 @@ impl Store for SqliteStore {
     async fn complete(&self, lease: &Lease, done: Completion, now: Millis) -> Result<JobRecord> {
         let lease = lease.clone();
         self.with(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
             let job = load_leased(&tx, &lease)?;
             let status = done.status.unwrap_or(JobStatus::Error);
             if !status.is_terminal() || !can_transition(job.status, status) {
@@ -393,7 +436,9 @@ impl Store for SqliteStore {
     async fn release(&self, lease: &Lease) -> Result<()> {
         let lease = lease.clone();
         self.with(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
             load_leased(&tx, &lease)?;
             requeue(&tx, lease.job_id, false)?;
             tx.commit().map_err(backend)
@@ -403,7 +448,9 @@ impl Store for SqliteStore {
 
     async fn request_cancel(&self, id: JobId, now: Millis) -> Result<CancelOutcome> {
         self.with(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
             let job = load(&tx, id)?;
             let outcome = match job.status {
                 JobStatus::Queued => {
@@ -434,7 +481,9 @@ impl Store for SqliteStore {
 
     async fn reap_expired(&self, now: Millis) -> Result<Vec<Reaped>> {
         self.with(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
             let expired: Vec<(String, u32, u32)> = {
                 let mut stmt = tx
                     .prepare_cached(
@@ -449,10 +498,15 @@ impl Store for SqliteStore {
             };
             let mut reaped = Vec::with_capacity(expired.len());
             for (id, attempts, max_attempts) in expired {
-                let id: JobId = id.parse().map_err(|e| StoreError::Corrupt(format!("{e}")))?;
+                let id: JobId = id
+                    .parse()
+                    .map_err(|e| StoreError::Corrupt(format!("{e}")))?;
                 if attempts < max_attempts {
                     requeue(&tx, id, true)?;
-                    reaped.push(Reaped { job_id: id, now: JobStatus::Queued });
+                    reaped.push(Reaped {
+                        job_id: id,
+                        now: JobStatus::Queued,
+                    });
                 } else {
                     tx.execute(
                         "UPDATE jobs SET status = 'error', reason = 'worker_lost',
@@ -461,7 +515,10 @@ impl Store for SqliteStore {
                         params![id.to_string(), now],
                     )
                     .map_err(backend)?;
-                    reaped.push(Reaped { job_id: id, now: JobStatus::Error });
+                    reaped.push(Reaped {
+                        job_id: id,
+                        now: JobStatus::Error,
+                    });
                 }
             }
             tx.commit().map_err(backend)?;
@@ -544,7 +601,10 @@ mod tests {
         let store = SqliteStore::open(&path).unwrap();
         assert_eq!(store.get(id).await.unwrap().status, JobStatus::Queued);
         let mode: String = store
-            .with(|c| c.query_row("PRAGMA journal_mode", [], |r| r.get(0)).map_err(backend))
+            .with(|c| {
+                c.query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                    .map_err(backend)
+            })
             .await
             .unwrap();
         assert_eq!(mode, "wal");

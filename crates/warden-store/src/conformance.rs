@@ -81,12 +81,18 @@ pub async fn submit_and_get_round_trip(store: &dyn Store) {
     assert_eq!(got.attempts, 0);
     assert!(got.unsafe_fallback);
     assert_eq!(got.created_at, 1_000);
-    assert!(matches!(store.get(JobId::new()).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        store.get(JobId::new()).await,
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 pub async fn idempotency_key_returns_the_same_job(store: &dyn Store) {
     let first = submit(store, new_job("echo", Some("same"), 1)).await;
-    let again = store.submit(new_job("echo", Some("same"), 2)).await.unwrap();
+    let again = store
+        .submit(new_job("echo", Some("same"), 2))
+        .await
+        .unwrap();
     match again {
         SubmitOutcome::Existing(j) => assert_eq!(j.id, first.id),
         other => panic!("expected the existing job, got {other:?}"),
@@ -138,17 +144,31 @@ pub async fn stale_lease_is_fenced_out(store: &dyn Store) {
     assert_eq!(reaped.len(), 1);
     let second = store.claim("w2", LEASE_MS, 1_001).await.unwrap().unwrap();
     assert_eq!(second.job.id, job.id);
-    assert!(second.lease.token > first.lease.token, "fencing tokens must grow");
+    assert!(
+        second.lease.token > first.lease.token,
+        "fencing tokens must grow"
+    );
 
     let hb = store.heartbeat(&first.lease, LEASE_MS, 1_002).await;
     assert!(matches!(hb, Err(StoreError::LeaseLost(_))), "{hb:?}");
-    let log = store.append_log(&first.lease, LogStream::Stdout, 0, b"late").await;
+    let log = store
+        .append_log(&first.lease, LogStream::Stdout, 0, b"late")
+        .await;
     assert!(matches!(log, Err(StoreError::LeaseLost(_))), "{log:?}");
-    let done = Completion { status: Some(JobStatus::Succeeded), ..Completion::default() };
+    let done = Completion {
+        status: Some(JobStatus::Succeeded),
+        ..Completion::default()
+    };
     let late = store.complete(&first.lease, done.clone(), 1_003).await;
     assert!(matches!(late, Err(StoreError::LeaseLost(_))), "{late:?}");
 
-    assert!(!store.heartbeat(&second.lease, LEASE_MS, 1_004).await.unwrap().cancel_requested);
+    assert!(
+        !store
+            .heartbeat(&second.lease, LEASE_MS, 1_004)
+            .await
+            .unwrap()
+            .cancel_requested
+    );
     let rec = store.complete(&second.lease, done, 1_005).await.unwrap();
     assert_eq!(rec.status, JobStatus::Succeeded);
     assert_eq!(rec.attempts, 2);
@@ -159,24 +179,56 @@ pub async fn logs_are_offset_addressed_and_byte_exact(store: &dyn Store) {
     let c = store.claim("w", LEASE_MS, 2).await.unwrap().unwrap();
     let chunk1: Vec<u8> = vec![0xff, 0xfe, 0x00, b'a', b'\n'];
     let chunk2: Vec<u8> = (0..=255u8).collect();
-    store.append_log(&c.lease, LogStream::Stdout, 0, &chunk1).await.unwrap();
-    store.append_log(&c.lease, LogStream::Stdout, 5, &chunk2).await.unwrap();
-    store.append_log(&c.lease, LogStream::Stderr, 0, b"err\n").await.unwrap();
-    let gap = store.append_log(&c.lease, LogStream::Stdout, 999, b"x").await;
-    assert!(matches!(gap, Err(StoreError::LogOffset { len: 261, .. })), "{gap:?}");
+    store
+        .append_log(&c.lease, LogStream::Stdout, 0, &chunk1)
+        .await
+        .unwrap();
+    store
+        .append_log(&c.lease, LogStream::Stdout, 5, &chunk2)
+        .await
+        .unwrap();
+    store
+        .append_log(&c.lease, LogStream::Stderr, 0, b"err\n")
+        .await
+        .unwrap();
+    let gap = store
+        .append_log(&c.lease, LogStream::Stdout, 999, b"x")
+        .await;
+    assert!(
+        matches!(gap, Err(StoreError::LogOffset { len: 261, .. })),
+        "{gap:?}"
+    );
     let replay = store.append_log(&c.lease, LogStream::Stdout, 0, b"x").await;
-    assert!(matches!(replay, Err(StoreError::LogOffset { .. })), "{replay:?}");
+    assert!(
+        matches!(replay, Err(StoreError::LogOffset { .. })),
+        "{replay:?}"
+    );
 
-    let all = store.read_log(job.id, LogStream::Stdout, 0, 1 << 20).await.unwrap();
+    let all = store
+        .read_log(job.id, LogStream::Stdout, 0, 1 << 20)
+        .await
+        .unwrap();
     let mut expected = chunk1.clone();
     expected.extend_from_slice(&chunk2);
     assert_eq!(all, expected);
     // Reads that start and end inside chunks.
-    let mid = store.read_log(job.id, LogStream::Stdout, 3, 10).await.unwrap();
+    let mid = store
+        .read_log(job.id, LogStream::Stdout, 3, 10)
+        .await
+        .unwrap();
     assert_eq!(mid, expected[3..13]);
-    let past = store.read_log(job.id, LogStream::Stdout, 261, 10).await.unwrap();
+    let past = store
+        .read_log(job.id, LogStream::Stdout, 261, 10)
+        .await
+        .unwrap();
     assert!(past.is_empty());
-    assert_eq!(store.read_log(job.id, LogStream::Stderr, 0, 100).await.unwrap(), b"err\n");
+    assert_eq!(
+        store
+            .read_log(job.id, LogStream::Stderr, 0, 100)
+            .await
+            .unwrap(),
+        b"err\n"
+    );
     let rec = store.get(job.id).await.unwrap();
     assert_eq!((rec.stdout_bytes, rec.stderr_bytes), (261, 4));
 }
@@ -197,29 +249,56 @@ pub async fn cancel_queued_running_and_finished(store: &dyn Store) {
         CancelOutcome::Requested(j) => assert!(j.cancel_requested),
         other => panic!("expected requested, got {other:?}"),
     }
-    assert!(store.heartbeat(&c.lease, LEASE_MS, 8).await.unwrap().cancel_requested);
-    let done = Completion { status: Some(JobStatus::Cancelled), ..Completion::default() };
+    assert!(
+        store
+            .heartbeat(&c.lease, LEASE_MS, 8)
+            .await
+            .unwrap()
+            .cancel_requested
+    );
+    let done = Completion {
+        status: Some(JobStatus::Cancelled),
+        ..Completion::default()
+    };
     store.complete(&c.lease, done, 9).await.unwrap();
     assert!(matches!(
         store.request_cancel(running.id, 10).await.unwrap(),
         CancelOutcome::AlreadyFinished(j) if j.status == JobStatus::Cancelled
     ));
-    assert!(matches!(store.request_cancel(JobId::new(), 1).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        store.request_cancel(JobId::new(), 1).await,
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 pub async fn expired_leases_are_requeued_then_lost(store: &dyn Store) {
     let job = submit(store, new_job("echo", None, 1)).await; // max_attempts = 2
     let c1 = store.claim("w", 100, 10).await.unwrap().unwrap();
-    assert!(store.reap_expired(50).await.unwrap().is_empty(), "lease still valid");
+    assert!(
+        store.reap_expired(50).await.unwrap().is_empty(),
+        "lease still valid"
+    );
     // A heartbeat moves the expiry.
     store.heartbeat(&c1.lease, 100, 100).await.unwrap();
     assert!(store.reap_expired(150).await.unwrap().is_empty());
     let r = store.reap_expired(201).await.unwrap();
-    assert_eq!(r, vec![crate::Reaped { job_id: job.id, now: JobStatus::Queued }]);
+    assert_eq!(
+        r,
+        vec![crate::Reaped {
+            job_id: job.id,
+            now: JobStatus::Queued
+        }]
+    );
     let c2 = store.claim("w", 100, 300).await.unwrap().unwrap();
     assert_eq!(c2.job.attempts, 2);
     let r = store.reap_expired(401).await.unwrap();
-    assert_eq!(r, vec![crate::Reaped { job_id: job.id, now: JobStatus::Error }]);
+    assert_eq!(
+        r,
+        vec![crate::Reaped {
+            job_id: job.id,
+            now: JobStatus::Error
+        }]
+    );
     let rec = store.get(job.id).await.unwrap();
     assert_eq!(rec.status, JobStatus::Error);
     assert_eq!(rec.reason.as_deref(), Some("worker_lost"));
@@ -230,14 +309,26 @@ pub async fn expired_leases_are_requeued_then_lost(store: &dyn Store) {
 pub async fn release_requeues_without_counting_the_attempt(store: &dyn Store) {
     let job = submit(store, new_job("echo", None, 1)).await;
     let c = store.claim("w", LEASE_MS, 2).await.unwrap().unwrap();
-    store.append_log(&c.lease, LogStream::Stdout, 0, b"partial").await.unwrap();
+    store
+        .append_log(&c.lease, LogStream::Stdout, 0, b"partial")
+        .await
+        .unwrap();
     store.release(&c.lease).await.unwrap();
     let rec = store.get(job.id).await.unwrap();
     assert_eq!(rec.status, JobStatus::Queued);
     assert_eq!(rec.attempts, 0);
     assert_eq!(rec.stdout_bytes, 0, "a re-run starts its logs afresh");
-    assert!(store.read_log(job.id, LogStream::Stdout, 0, 100).await.unwrap().is_empty());
-    assert!(matches!(store.release(&c.lease).await, Err(StoreError::LeaseLost(_))));
+    assert!(
+        store
+            .read_log(job.id, LogStream::Stdout, 0, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(matches!(
+        store.release(&c.lease).await,
+        Err(StoreError::LeaseLost(_))
+    ));
     let again = store.claim("w2", LEASE_MS, 3).await.unwrap().unwrap();
     assert_eq!(again.job.attempts, 1);
 }
@@ -248,18 +339,41 @@ pub async fn list_filters_and_paginates_newest_first(store: &dyn Store) {
         let ty = if i % 2 == 0 { "even" } else { "odd" };
         ids.push(submit(store, new_job(ty, None, i)).await.id);
     }
-    let page1 = store.list(&ListFilter { limit: 2, ..ListFilter::default() }).await.unwrap();
-    assert_eq!(page1.iter().map(|j| j.id).collect::<Vec<_>>(), [ids[4], ids[3]]);
+    let page1 = store
+        .list(&ListFilter {
+            limit: 2,
+            ..ListFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page1.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [ids[4], ids[3]]
+    );
     let page2 = store
-        .list(&ListFilter { limit: 2, before: Some(ids[3]), ..ListFilter::default() })
+        .list(&ListFilter {
+            limit: 2,
+            before: Some(ids[3]),
+            ..ListFilter::default()
+        })
         .await
         .unwrap();
-    assert_eq!(page2.iter().map(|j| j.id).collect::<Vec<_>>(), [ids[2], ids[1]]);
+    assert_eq!(
+        page2.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [ids[2], ids[1]]
+    );
     let odd = store
-        .list(&ListFilter { limit: 10, job_type: Some("odd".into()), ..ListFilter::default() })
+        .list(&ListFilter {
+            limit: 10,
+            job_type: Some("odd".into()),
+            ..ListFilter::default()
+        })
         .await
         .unwrap();
-    assert_eq!(odd.iter().map(|j| j.id).collect::<Vec<_>>(), [ids[3], ids[1]]);
+    assert_eq!(
+        odd.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [ids[3], ids[1]]
+    );
     store.claim("w", LEASE_MS, 10).await.unwrap().unwrap();
     let running = store
         .list(&ListFilter {
@@ -271,7 +385,11 @@ pub async fn list_filters_and_paginates_newest_first(store: &dyn Store) {
         .unwrap();
     assert_eq!(running.iter().map(|j| j.id).collect::<Vec<_>>(), [ids[0]]);
     let none = store
-        .list(&ListFilter { limit: 10, tenant: Some("nobody".into()), ..ListFilter::default() })
+        .list(&ListFilter {
+            limit: 10,
+            tenant: Some("nobody".into()),
+            ..ListFilter::default()
+        })
         .await
         .unwrap();
     assert!(none.is_empty());
@@ -280,7 +398,12 @@ pub async fn list_filters_and_paginates_newest_first(store: &dyn Store) {
 pub async fn complete_records_the_outcome_once(store: &dyn Store) {
     let job = submit(store, new_job("echo", None, 1)).await;
     let c = store.claim("w", LEASE_MS, 2).await.unwrap().unwrap();
-    let usage = ResourceUsage { wall_ms: 12, user_cpu_ms: 3, system_cpu_ms: 4, max_rss_kb: 2048 };
+    let usage = ResourceUsage {
+        wall_ms: 12,
+        user_cpu_ms: 3,
+        system_cpu_ms: 4,
+        max_rss_kb: 2048,
+    };
     let done = Completion {
         status: Some(JobStatus::Failed),
         reason: Some("output_limit".into()),

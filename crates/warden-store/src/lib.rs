@@ -201,7 +201,9 @@ pub enum StoreError {
     IdempotencyConflict { key: String, existing: JobId },
     #[error("lease on job {0} is no longer held (fenced out)")]
     LeaseLost(JobId),
-    #[error("log write for job {job} at offset {offset} does not continue the stream (length {len})")]
+    #[error(
+        "log write for job {job} at offset {offset} does not continue the stream (length {len})"
+    )]
     LogOffset { job: JobId, offset: u64, len: u64 },
     #[error("store backend: {0}")]
     Backend(String),

@@ -1,0 +1,348 @@
+//! A typed client for warden's HTTP/JSON API.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use warden_api::{
+    ArtifactsResponse, ErrorBody, ErrorCode, JobTypesResponse, JobView, ListJobsResponse, LogEnd,
+    LogEvent, LogsResponse, SubmitJobRequest, SubmitJobResponse,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error body.
+    #[error("{message} ({code:?}, HTTP {status})")]
+    Api {
+        status: u16,
+        code: ErrorCode,
+        message: String,
+    },
+    #[error("cannot reach warden at {server}: {detail}")]
+    Unreachable { server: String, detail: String },
+    #[error("unexpected answer from warden: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// True when the request itself was at fault (a 4xx), not the server or the network.
+    pub fn is_caller_error(&self) -> bool {
+        matches!(self, ClientError::Api { status, .. } if (400..500).contains(status))
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+    token: Option<String>,
+    timeout: Duration,
+}
+
+/// Filters for [`Client::list`].
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub status: Option<String>,
+    pub job_type: Option<String>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+/// One item of a followed log.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FollowItem {
+    Log(LogEvent),
+    End(LogEnd),
+}
+
+impl Client {
+    /// `server` like `http://127.0.0.1:8080`; `timeout` bounds each request (not follows).
+    pub fn new(
+        server: &str,
+        timeout: Duration,
+        token: Option<String>,
+    ) -> Result<Client, ClientError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(timeout)
+            .build()
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let base = server.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ClientError::Protocol(format!(
+                "server {server:?} must start with http:// or https://"
+            )));
+        }
+        Ok(Client {
+            base,
+            http,
+            token,
+            timeout,
+        })
+    }
+
+    pub fn server(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.request_untimed(method, path).timeout(self.timeout)
+    }
+
+    /// For streams that last as long as the job does.
+    fn request_untimed(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let mut rb = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            rb = rb.bearer_auth(t);
+        }
+        rb
+    }
+
+    async fn send(&self, rb: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let resp = rb.send().await.map_err(|e| ClientError::Unreachable {
+            server: self.base.clone(),
+            detail: root_cause(&e),
+        })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let body = resp.bytes().await.unwrap_or_default();
+        Err(match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(b) => ClientError::Api {
+                status: status.as_u16(),
+                code: b.error.code,
+                message: b.error.message,
+            },
+            Err(_) => ClientError::Protocol(format!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(&body)
+                    .chars()
+                    .take(200)
+                    .collect::<String>()
+            )),
+        })
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let resp = self.send(rb).await?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    pub async fn healthz(&self) -> Result<serde_json::Value, ClientError> {
+        self.json(self.request(Method::GET, "/healthz")).await
+    }
+
+    pub async fn submit(&self, req: &SubmitJobRequest) -> Result<SubmitJobResponse, ClientError> {
+        self.json(self.request(Method::POST, "/jobs").json(req))
+            .await
+    }
+
+    pub async fn get(&self, id: &str) -> Result<JobView, ClientError> {
+        self.json(self.request(Method::GET, &format!("/jobs/{}", enc(id))))
+            .await
+    }
+
+    pub async fn list(&self, q: &ListQuery) -> Result<ListJobsResponse, ClientError> {
+        let mut params: Vec<(&str, String)> = Vec::new();
+        if let Some(s) = &q.status {
+            params.push(("status", s.clone()));
+        }
+        if let Some(t) = &q.job_type {
+            params.push(("job_type", t.clone()));
+        }
+        if let Some(l) = q.limit {
+            params.push(("limit", l.to_string()));
+        }
+        if let Some(c) = &q.cursor {
+            params.push(("cursor", c.clone()));
+        }
+        self.json(self.request(Method::GET, "/jobs").query(&params))
+            .await
+    }
+
+    pub async fn cancel(&self, id: &str) -> Result<JobView, ClientError> {
+        self.json(self.request(Method::POST, &format!("/jobs/{}/cancel", enc(id))))
+            .await
+    }
+
+    pub async fn logs(
+        &self,
+        id: &str,
+        stream: &str,
+        tail: usize,
+    ) -> Result<LogsResponse, ClientError> {
+        let rb = self
+            .request(Method::GET, &format!("/jobs/{}/logs", enc(id)))
+            .query(&[("stream", stream.to_string()), ("tail", tail.to_string())]);
+        self.json(rb).await
+    }
+
+    /// Exact bytes of a stream from `offset`.
+    pub async fn logs_raw(
+        &self,
+        id: &str,
+        stream: &str,
+        offset: u64,
+    ) -> Result<Vec<u8>, ClientError> {
+        let rb = self
+            .request(Method::GET, &format!("/jobs/{}/logs", enc(id)))
+            .query(&[
+                ("stream", stream.to_string()),
+                ("format", "raw".to_string()),
+                ("offset", offset.to_string()),
+            ]);
+        let resp = self.send(rb).await?;
+        Ok(resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+            .to_vec())
+    }
+
+    /// Follows a stream live, calling `on_item` for each event, until the job ends.
+    /// Starts at `offset`, or at the last `tail` lines when `offset` is `None`.
+    pub async fn follow(
+        &self,
+        id: &str,
+        stream: &str,
+        offset: Option<u64>,
+        tail: Option<usize>,
+        mut on_item: impl FnMut(FollowItem),
+    ) -> Result<LogEnd, ClientError> {
+        let mut query = vec![
+            ("stream", stream.to_string()),
+            ("follow", "true".to_string()),
+        ];
+        if let Some(o) = offset {
+            query.push(("offset", o.to_string()));
+        } else if let Some(t) = tail {
+            query.push(("tail", t.to_string()));
+        }
+        let rb = self
+            .request_untimed(Method::GET, &format!("/jobs/{}/logs", enc(id)))
+            .query(&query);
+        let resp = self.send(rb).await?;
+        let mut body = resp.bytes_stream();
+        let mut buf: Vec<u8> = Vec::new();
+        let (mut event, mut data) = (String::new(), String::new());
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| ClientError::Unreachable {
+                server: self.base.clone(),
+                detail: root_cause(&e),
+            })?;
+            buf.extend_from_slice(&chunk);
+            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=pos).collect();
+                let line = String::from_utf8_lossy(&line[..line.len() - 1])
+                    .trim_end_matches('\r')
+                    .to_string();
+                if line.is_empty() {
+                    match event.as_str() {
+                        "log" => {
+                            let ev: LogEvent = serde_json::from_str(&data)
+                                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                            on_item(FollowItem::Log(ev));
+                        }
+                        "end" => {
+                            let end: LogEnd = serde_json::from_str(&data)
+                                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                            on_item(FollowItem::End(end.clone()));
+                            return Ok(end);
+                        }
+                        "error" => {
+                            return Err(ClientError::Protocol(format!("log stream failed: {data}")));
+                        }
+                        _ => {}
+                    }
+                    event.clear();
+                    data.clear();
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    event = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    if !data.is_empty() {
+                        data.push('\n');
+                    }
+                    data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                }
+            }
+        }
+        Err(ClientError::Protocol(
+            "log stream ended before the job did (server stopping?)".into(),
+        ))
+    }
+
+    pub async fn artifacts(&self, id: &str) -> Result<ArtifactsResponse, ClientError> {
+        self.json(self.request(Method::GET, &format!("/jobs/{}/artifacts", enc(id))))
+            .await
+    }
+
+    pub async fn artifact(&self, id: &str, path: &str) -> Result<Vec<u8>, ClientError> {
+        let path: Vec<String> = path.split('/').map(enc).collect();
+        let rb = self.request_untimed(
+            Method::GET,
+            &format!("/jobs/{}/artifacts/{}", enc(id), path.join("/")),
+        );
+        let resp = self.send(rb).await?;
+        Ok(resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+            .to_vec())
+    }
+
+    pub async fn job_types(&self) -> Result<JobTypesResponse, ClientError> {
+        self.json(self.request(Method::GET, "/job-types")).await
+    }
+
+    /// Polls until the job is terminal, calling `tick` with each view.
+    pub async fn wait(
+        &self,
+        id: &str,
+        mut tick: impl FnMut(&JobView),
+    ) -> Result<JobView, ClientError> {
+        let mut delay = Duration::from_millis(20);
+        loop {
+            let job = self.get(id).await?;
+            tick(&job);
+            if job.status.is_terminal() {
+                return Ok(job);
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(500));
+        }
+    }
+}
+
+fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+impl From<StatusCode> for ClientError {
+    fn from(s: StatusCode) -> ClientError {
+        ClientError::Protocol(format!("HTTP {s}"))
+    }
+}

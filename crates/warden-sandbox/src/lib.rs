@@ -1,0 +1,95 @@
+//! Launching and containing jobs.
+//!
+//! A job never runs as a direct child of warden. warden starts a *supervisor* — its own binary
+//! re-executed as `warden __supervise` — and hands it a [`SpawnSpec`] over a private socket. The
+//! supervisor becomes a child subreaper, starts the job in a new session, and from then on owns
+//! the job's whole process tree: every orphan (a `setsid` + double-fork daemon included) is
+//! re-parented to it, so it can kill all of it when the job ends, when the deadline passes, when
+//! warden asks, or when warden itself dies (the socket reaches EOF).
+//!
+//! This is the only crate with `unsafe` code.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+mod launcher;
+mod proc_tree;
+pub mod supervisor;
+
+pub use launcher::{Launcher, RunningJob};
+
+/// The argv[1] that turns the `warden` binary into a supervisor.
+pub const SUPERVISE_ARG: &str = "__supervise";
+
+/// How strongly a job is isolated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    /// A supervised process tree with rlimits but no namespaces, seccomp or Landlock. Only used
+    /// when the operator set `unsafe_fallback: true`; recorded on the job.
+    UnsafeFallback,
+}
+
+/// Everything the supervisor needs to start one job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpawnSpec {
+    pub argv: Vec<String>,
+    /// The job's whole environment: nothing of warden's own is inherited.
+    pub env: BTreeMap<String, String>,
+    pub cwd: PathBuf,
+    /// Wall-clock limit; the supervisor kills the tree when it passes.
+    pub timeout_ms: u64,
+    pub rlimits: Rlimits,
+    pub isolation: Isolation,
+}
+
+/// Per-process kernel limits applied before exec. `None` leaves the inherited limit.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rlimits {
+    pub cpu_s: Option<u64>,
+    pub file_size_bytes: Option<u64>,
+    pub open_files: Option<u64>,
+}
+
+/// Why the supervisor killed the job, when it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KilledBy {
+    /// The wall-clock deadline passed.
+    Timeout,
+    /// warden asked (cancel, output limit, shutdown).
+    Request,
+}
+
+/// What the supervisor reports when the job's tree is gone.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExitReport {
+    /// Set when the job could not be started at all: `<step>: <error>`.
+    pub setup_error: Option<String>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub killed_by: Option<KilledBy>,
+    pub wall_ms: u64,
+    pub user_cpu_ms: u64,
+    pub system_cpu_ms: u64,
+    pub max_rss_kb: u64,
+    /// How many processes were still alive after the main one ended and were killed.
+    pub stragglers_killed: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("start supervisor {exe}: {source}")]
+    Spawn {
+        exe: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("talk to supervisor: {0}")]
+    Control(#[source] std::io::Error),
+    #[error("supervisor ended without a report (exit status {0})")]
+    NoReport(String),
+    #[error("supervisor sent a malformed report: {0}")]
+    BadReport(String),
+}

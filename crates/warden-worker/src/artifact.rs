@@ -1,0 +1,142 @@
+//! `artifact.json`: the record of a finished job, written into its artifact directory.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use serde::Serialize;
+use warden_api::{JobStatus, ResourceUsage};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ArtifactJson {
+    pub job_id: String,
+    pub job_type: String,
+    pub tenant: String,
+    pub repo: Option<String>,
+    pub remote_url: Option<String>,
+    pub sha: Option<String>,
+    pub params: BTreeMap<String, String>,
+    pub status: JobStatus,
+    pub reason: Option<String>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub attempt: u32,
+    pub timings: Timings,
+    pub resources: Option<ResourceUsage>,
+    /// What enforced each limit (`rlimit`, `supervisor`, `worker`) or that it was not enforced.
+    pub limits: BTreeMap<String, String>,
+    pub invariants: Invariants,
+    pub isolation: String,
+    pub unsafe_fallback: bool,
+    pub warnings: Vec<String>,
+    pub log: LogSummary,
+    /// Files the job left in its artifact directory (relative paths), artifact.json excluded.
+    pub outputs: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Timings {
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: String,
+    pub queue_ms: u64,
+    pub wall_ms: u64,
+}
+
+/// The guarantees checked after the job. `None` where they do not apply: a job without a
+/// repository has no worktree to keep read-only or clean.
+#[derive(Debug, Clone, Serialize)]
+pub struct Invariants {
+    pub read_only_ok: Option<bool>,
+    pub clean_tree_ok: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LogSummary {
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+    pub truncated: bool,
+}
+
+/// Writes `artifact.json` without trusting anything the job left in the directory: the file is
+/// created under a fresh name (`create_new` never follows or reuses an existing entry) and
+/// renamed into place, which replaces a planted symlink instead of writing through it.
+pub fn write_artifact_json(dir: &Path, record: &ArtifactJson) -> std::io::Result<()> {
+    let body = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
+    let tmp = dir.join(format!(".artifact.json.{}", uuid::Uuid::now_v7().simple()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)?;
+    file.write_all(&body)?;
+    file.write_all(b"\n")?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, dir.join("artifact.json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> ArtifactJson {
+        ArtifactJson {
+            job_id: "j".into(),
+            job_type: "t".into(),
+            tenant: "default".into(),
+            repo: None,
+            remote_url: None,
+            sha: None,
+            params: BTreeMap::new(),
+            status: JobStatus::Succeeded,
+            reason: None,
+            exit_code: Some(0),
+            signal: None,
+            attempt: 1,
+            timings: Timings {
+                created_at: "x".into(),
+                started_at: None,
+                finished_at: "y".into(),
+                queue_ms: 0,
+                wall_ms: 1,
+            },
+            resources: None,
+            limits: BTreeMap::new(),
+            invariants: Invariants {
+                read_only_ok: None,
+                clean_tree_ok: None,
+            },
+            isolation: "unsafe_fallback".into(),
+            unsafe_fallback: true,
+            warnings: vec![],
+            log: LogSummary {
+                stdout_bytes: 0,
+                stderr_bytes: 0,
+                truncated: false,
+            },
+            outputs: vec![],
+        }
+    }
+
+    #[test]
+    fn a_planted_symlink_is_replaced_not_followed() {
+        let dir = tempfile_dir();
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join("artifact.json")).unwrap();
+        write_artifact_json(&dir, &sample()).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        let meta = std::fs::symlink_metadata(dir.join("artifact.json")).unwrap();
+        assert!(meta.is_file());
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("artifact.json")).unwrap()).unwrap();
+        assert_eq!(v["status"], "succeeded");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("warden-art-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

@@ -1,0 +1,47 @@
+//! Where things live under the data directory.
+
+use std::path::{Path, PathBuf};
+
+use warden_core::JobId;
+
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    /// `root` should be absolute (the server canonicalises it at start).
+    pub fn new(root: impl Into<PathBuf>) -> DataDir {
+        DataDir { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn database(&self) -> PathBuf {
+        self.root.join("warden.db")
+    }
+
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join("warden.lock")
+    }
+
+    pub fn artifacts_root(&self) -> PathBuf {
+        self.root.join("artifacts")
+    }
+
+    /// A job's artifact directory, its `ARTIFACT_DIR`.
+    pub fn artifacts(&self, id: JobId) -> PathBuf {
+        self.artifacts_root().join(id.to_string())
+    }
+
+    pub fn scratch_root(&self) -> PathBuf {
+        self.root.join("scratch")
+    }
+
+    /// A job's private scratch space (`HOME`, `TMPDIR`, working directory), removed afterwards.
+    pub fn scratch(&self, id: JobId) -> PathBuf {
+        self.scratch_root().join(id.to_string())
+    }
+}

@@ -1,0 +1,95 @@
+//! The worker: claims jobs under a lease, runs each through an [`Executor`], streams its output
+//! as offset-addressed log chunks, enforces the output cap, writes `artifact.json`, and reports
+//! the outcome under the same lease.
+//!
+//! The worker talks to a [`Coordinator`], never to a database directly: embedded in the server
+//! the coordinator is the store itself; a remote worker's coordinator is the control plane.
+
+mod artifact;
+mod events;
+mod executor;
+mod layout;
+mod pool;
+mod run;
+
+pub use artifact::{ArtifactJson, write_artifact_json};
+pub use events::Events;
+pub use executor::{Execution, Executor, SupervisedExecutor};
+pub use layout::DataDir;
+pub use pool::{WorkerConfig, WorkerHandle, WorkerPool};
+
+use async_trait::async_trait;
+use warden_store::{
+    Claimed, Completion, HeartbeatReply, JobRecord, Lease, LogStream, Millis, Store, StoreError,
+};
+
+/// What a worker needs from whoever hands out jobs.
+#[async_trait]
+pub trait Coordinator: Send + Sync + 'static {
+    async fn claim(
+        &self,
+        worker: &str,
+        lease_ms: i64,
+        now: Millis,
+    ) -> Result<Option<Claimed>, StoreError>;
+    async fn heartbeat(
+        &self,
+        lease: &Lease,
+        lease_ms: i64,
+        now: Millis,
+    ) -> Result<HeartbeatReply, StoreError>;
+    async fn append_log(
+        &self,
+        lease: &Lease,
+        stream: LogStream,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), StoreError>;
+    async fn complete(
+        &self,
+        lease: &Lease,
+        done: Completion,
+        now: Millis,
+    ) -> Result<JobRecord, StoreError>;
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError>;
+}
+
+#[async_trait]
+impl<S: Store + ?Sized> Coordinator for S {
+    async fn claim(
+        &self,
+        worker: &str,
+        lease_ms: i64,
+        now: Millis,
+    ) -> Result<Option<Claimed>, StoreError> {
+        Store::claim(self, worker, lease_ms, now).await
+    }
+    async fn heartbeat(
+        &self,
+        lease: &Lease,
+        lease_ms: i64,
+        now: Millis,
+    ) -> Result<HeartbeatReply, StoreError> {
+        Store::heartbeat(self, lease, lease_ms, now).await
+    }
+    async fn append_log(
+        &self,
+        lease: &Lease,
+        stream: LogStream,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), StoreError> {
+        Store::append_log(self, lease, stream, offset, data).await
+    }
+    async fn complete(
+        &self,
+        lease: &Lease,
+        done: Completion,
+        now: Millis,
+    ) -> Result<JobRecord, StoreError> {
+        Store::complete(self, lease, done, now).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        Store::release(self, lease).await
+    }
+}

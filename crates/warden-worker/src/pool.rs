@@ -1,0 +1,185 @@
+//! The slot pool: `slots` loops that each claim a job, run it, and claim the next.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use warden_core::{Config, JobId};
+use warden_store::now_millis;
+
+use crate::run::{JobSignals, run_job};
+use crate::{Coordinator, DataDir, Events, Executor};
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Names this worker in leases.
+    pub worker_id: String,
+    pub slots: usize,
+    pub lease_ms: i64,
+    pub cancel_grace: Duration,
+    /// How often an idle slot looks for work when nobody wakes it.
+    pub idle_poll: Duration,
+}
+
+impl WorkerConfig {
+    pub fn from_config(config: &Config) -> WorkerConfig {
+        WorkerConfig {
+            worker_id: format!("embedded-{}", uuid::Uuid::now_v7().simple()),
+            slots: config.slots.get() as usize,
+            lease_ms: (config.lease_s.get() as i64).saturating_mul(1000),
+            cancel_grace: Duration::from_secs(config.cancel_grace_s.get()),
+            idle_poll: Duration::from_millis(500),
+        }
+    }
+
+    /// Heartbeats go out three times per lease, so one lost beat never costs the lease.
+    pub(crate) fn heartbeat_every(&self) -> Duration {
+        Duration::from_millis((self.lease_ms / 3).max(10) as u64)
+    }
+}
+
+/// What every slot shares.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub coordinator: Arc<dyn Coordinator>,
+    pub executor: Arc<dyn Executor>,
+    pub config: Arc<Config>,
+    pub data: DataDir,
+    pub events: Events,
+    pub worker: WorkerConfig,
+}
+
+pub struct WorkerPool;
+
+/// Steers a started pool.
+pub struct WorkerHandle {
+    shared: Shared,
+    wake: watch::Sender<u64>,
+    running: Arc<Mutex<HashMap<JobId, JobSignals>>>,
+    stop_claiming: CancellationToken,
+    slots: tokio::sync::Mutex<JoinSet<()>>,
+}
+
+impl WorkerPool {
+    pub fn start(
+        coordinator: Arc<dyn Coordinator>,
+        executor: Arc<dyn Executor>,
+        config: Arc<Config>,
+        data: DataDir,
+        events: Events,
+        worker: WorkerConfig,
+    ) -> Arc<WorkerHandle> {
+        let shared = Shared {
+            coordinator,
+            executor,
+            config,
+            data,
+            events,
+            worker,
+        };
+        let handle = Arc::new(WorkerHandle {
+            shared: shared.clone(),
+            wake: watch::Sender::new(0),
+            running: Arc::default(),
+            stop_claiming: CancellationToken::new(),
+            slots: tokio::sync::Mutex::new(JoinSet::new()),
+        });
+        let mut set = JoinSet::new();
+        for slot in 0..shared.worker.slots {
+            let h = handle.clone();
+            set.spawn(async move { h.slot_loop(slot).await });
+        }
+        // The JoinSet is only ever locked here and at shutdown.
+        if let Ok(mut guard) = handle.slots.try_lock() {
+            *guard = set;
+        }
+        handle
+    }
+}
+
+impl WorkerHandle {
+    /// A job was queued: idle slots look now instead of at their next poll.
+    pub fn wake(&self) {
+        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Cancels a job running in this pool at once. False when it is not running here.
+    pub fn cancel(&self, id: JobId) -> bool {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        match running.get(&id) {
+            Some(signals) => {
+                signals.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn running_jobs(&self) -> usize {
+        self.running.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Stops claiming, lets running jobs go on for `grace`, then kills what is left and gives
+    /// it back to the queue. Returns when every slot has stopped.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.stop_claiming.cancel();
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.running_jobs() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        {
+            let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            for signals in running.values() {
+                signals.shutdown.cancel();
+            }
+        }
+        let mut slots = self.slots.lock().await;
+        while slots.join_next().await.is_some() {}
+    }
+
+    async fn slot_loop(self: Arc<Self>, slot: usize) {
+        let mut wake = self.wake.subscribe();
+        let shared = &self.shared;
+        loop {
+            if self.stop_claiming.is_cancelled() {
+                return;
+            }
+            wake.borrow_and_update();
+            let claimed = tokio::select! {
+                c = shared.coordinator.claim(&shared.worker.worker_id, shared.worker.lease_ms, now_millis()) => c,
+                _ = self.stop_claiming.cancelled() => return,
+            };
+            match claimed {
+                Ok(Some(claimed)) => {
+                    let id = claimed.job.id;
+                    tracing::info!(job = %id, slot, job_type = %claimed.job.job_type, "job started");
+                    shared.events.bump();
+                    let signals = JobSignals::default();
+                    self.running
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(id, signals.clone());
+                    run_job(shared, claimed, signals).await;
+                    self.running
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
+                }
+                Ok(None) => {
+                    tokio::select! {
+                        _ = wake.changed() => {}
+                        _ = tokio::time::sleep(shared.worker.idle_poll) => {}
+                        _ = self.stop_claiming.cancelled() => return,
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(slot, error = %e, "claiming a job failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,510 @@
+//! One job, from claim to completion.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, UNIX_EPOCH};
+
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+use tokio_util::sync::CancellationToken;
+use warden_api::{JobStatus, ResourceUsage};
+use warden_core::{JobType, Limits};
+use warden_sandbox::{ExitReport, Isolation, KilledBy, Rlimits, SpawnSpec};
+use warden_store::{Claimed, Completion, JobRecord, Lease, LogStream, StoreError, now_millis};
+
+use crate::artifact::{ArtifactJson, Invariants, LogSummary, Timings, write_artifact_json};
+use crate::pool::Shared;
+
+/// Signals the pool can send to a running job.
+#[derive(Clone, Default)]
+pub(crate) struct JobSignals {
+    /// The caller cancelled it: SIGTERM, grace, SIGKILL; ends `cancelled`.
+    pub cancel: CancellationToken,
+    /// warden is stopping and the grace period is over: kill it and give it back to the queue.
+    pub shutdown: CancellationToken,
+}
+
+/// What the run left for the record, when the job got as far as running.
+struct ExecInfo {
+    report: Option<ExitReport>,
+    limits: BTreeMap<String, String>,
+    log_bytes: (u64, u64),
+}
+
+/// What to tell the coordinator at the end.
+enum Outcome {
+    Complete(Completion),
+    /// Back to the queue (shutdown): the attempt does not count.
+    Release,
+    /// The lease was lost: someone else owns the job now; say nothing.
+    Abandon,
+}
+
+fn refuse(reason: impl Into<String>) -> Outcome {
+    Outcome::Complete(Completion {
+        status: Some(JobStatus::Error),
+        reason: Some(reason.into()),
+        ..Completion::default()
+    })
+}
+
+pub(crate) async fn run_job(shared: &Shared, claimed: Claimed, signals: JobSignals) {
+    let Claimed { job, lease } = claimed;
+    let started_ms = job.started_at.unwrap_or_else(now_millis);
+    let (outcome, info) = match prepare(shared, &job) {
+        Err(reason) => (refuse(reason), None),
+        Ok(prepared) => {
+            let (outcome, info) = execute(shared, &job, &lease, prepared, &signals).await;
+            (outcome, Some(info))
+        }
+    };
+    let id = job.id;
+    match outcome {
+        Outcome::Abandon => {
+            tracing::warn!(job = %id, "lease lost; another worker owns the job now");
+        }
+        Outcome::Release => {
+            if let Err(e) = shared.coordinator.release(&lease).await {
+                tracing::warn!(job = %id, error = %e, "could not give the job back to the queue");
+            } else {
+                tracing::info!(job = %id, "job re-queued at shutdown");
+            }
+        }
+        Outcome::Complete(mut done) => {
+            let finished_ms = now_millis();
+            done.resources = info
+                .as_ref()
+                .and_then(|i| i.report.as_ref())
+                .map(|r| ResourceUsage {
+                    wall_ms: r.wall_ms,
+                    user_cpu_ms: r.user_cpu_ms,
+                    system_cpu_ms: r.system_cpu_ms,
+                    max_rss_kb: r.max_rss_kb,
+                });
+            let artifact_dir = shared.data.artifacts(id);
+            if artifact_dir.is_dir() {
+                let record =
+                    artifact_record(shared, &job, &done, started_ms, finished_ms, info.as_ref());
+                if let Err(e) = write_artifact_json(&artifact_dir, &record) {
+                    tracing::error!(job = %id, error = %e, "could not write artifact.json");
+                    done.warnings.push("ARTIFACT_JSON_WRITE_FAILED".into());
+                }
+            }
+            match shared.coordinator.complete(&lease, done, finished_ms).await {
+                Ok(rec) => tracing::info!(job = %id, status = %rec.status, "job finished"),
+                Err(StoreError::LeaseLost(_)) => {
+                    tracing::warn!(job = %id, "lease lost before completion was recorded")
+                }
+                Err(e) => tracing::error!(job = %id, error = %e, "could not record completion"),
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(shared.data.scratch(id));
+    shared.events.bump();
+}
+
+struct Prepared {
+    spec: SpawnSpec,
+    job_type: JobType,
+}
+
+/// Checks the job may run here and lays out its directories. An `Err` is the refusal reason.
+fn prepare(shared: &Shared, job: &JobRecord) -> Result<Prepared, String> {
+    let Some(job_type) = shared.config.job_type(&job.job_type).cloned() else {
+        return Err(format!(
+            "unknown_job_type: {:?} is no longer configured",
+            job.job_type
+        ));
+    };
+    if job_type.requires_repo {
+        // Fail closed: a repository job never runs without its pinned, read-only worktree.
+        return Err(
+            "repo_checkout_unavailable: this version of warden cannot check out \
+                    repositories yet"
+                .into(),
+        );
+    }
+    if shared.executor.isolation() == Isolation::UnsafeFallback && !shared.config.unsafe_fallback {
+        return Err(
+            "sandbox_unavailable: the kernel sandbox is not available in this build and \
+                    unsafe_fallback is not enabled"
+                .into(),
+        );
+    }
+    let artifacts = shared.data.artifacts(job.id);
+    let scratch = shared.data.scratch(job.id);
+    let (home, tmp, work) = (
+        scratch.join("home"),
+        scratch.join("tmp"),
+        scratch.join("work"),
+    );
+    let setup = || -> std::io::Result<()> {
+        // A re-run after a lost worker starts from an empty artifact directory.
+        if artifacts.exists() {
+            std::fs::remove_dir_all(&artifacts)?;
+        }
+        if scratch.exists() {
+            std::fs::remove_dir_all(&scratch)?;
+        }
+        std::fs::create_dir_all(&artifacts)?;
+        for dir in [&home, &tmp, &work] {
+            std::fs::create_dir_all(dir)?;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o555))?;
+        Ok(())
+    };
+    setup().map_err(|e| format!("sandbox_setup_failed: directories: {e}"))?;
+
+    let mut env: BTreeMap<String, String> = job.params.clone();
+    env.insert("ARTIFACT_DIR".into(), path_str(&artifacts));
+    env.insert("WARDEN_JOB_ID".into(), job.id.to_string());
+    env.insert("HOME".into(), path_str(&home));
+    env.insert("TMPDIR".into(), path_str(&tmp));
+    env.insert("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into());
+    let limits = &job_type.limits;
+    let spec = SpawnSpec {
+        argv: job_type.argv.clone(),
+        env,
+        cwd: work,
+        timeout_ms: job_type.timeout_s.get().saturating_mul(1000),
+        rlimits: Rlimits {
+            cpu_s: limits.cpu_s.map(|p| p.get()),
+            file_size_bytes: limits.file_size_mb.map(|p| p.get().saturating_mul(1 << 20)),
+            open_files: limits.open_files.map(|p| p.get()),
+        },
+        isolation: shared.executor.isolation(),
+    };
+    Ok(Prepared { spec, job_type })
+}
+
+fn path_str(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// Which mechanism enforces each limit under the given isolation, for the record.
+fn limit_enforcement(limits: &Limits, isolation: Isolation) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    m.insert("wall_time".into(), "supervisor".into());
+    m.insert("output_bytes".into(), "worker".into());
+    m.insert("core_dumps".into(), "rlimit (off)".into());
+    let rl = |on: bool| if on { "rlimit" } else { "not set" }.to_string();
+    m.insert("cpu_time".into(), rl(limits.cpu_s.is_some()));
+    m.insert("file_size".into(), rl(limits.file_size_mb.is_some()));
+    m.insert("open_files".into(), rl(limits.open_files.is_some()));
+    match isolation {
+        Isolation::UnsafeFallback => {
+            for (name, set) in [
+                ("memory", limits.memory_mb.is_some()),
+                ("pids", limits.pids.is_some()),
+                ("tmpfs", limits.tmpfs_mb.is_some()),
+            ] {
+                if set {
+                    m.insert(
+                        name.into(),
+                        "not enforced (unsafe_fallback: no sandbox)".into(),
+                    );
+                }
+            }
+        }
+    }
+    m
+}
+
+async fn execute(
+    shared: &Shared,
+    job: &JobRecord,
+    lease: &Lease,
+    prepared: Prepared,
+    signals: &JobSignals,
+) -> (Outcome, ExecInfo) {
+    let Prepared { spec, job_type } = prepared;
+    let mut info = ExecInfo {
+        report: None,
+        limits: limit_enforcement(&job_type.limits, spec.isolation),
+        log_bytes: (0, 0),
+    };
+    let execution = match shared.executor.start(spec).await {
+        Ok(e) => e,
+        Err(e) => return (refuse(format!("sandbox_setup_failed: start: {e}")), info),
+    };
+    let control = execution.job.control.clone();
+    let output = Arc::new(OutputBudget::new(job_type.limits.output_bytes()));
+    let pumps = [
+        (LogStream::Stdout, execution.stdout),
+        (LogStream::Stderr, execution.stderr),
+    ]
+    .map(|(stream, reader)| {
+        tokio::spawn(pump(
+            shared.clone(),
+            lease.clone(),
+            stream,
+            reader,
+            output.clone(),
+        ))
+    });
+
+    let wait = execution.job.wait();
+    tokio::pin!(wait);
+    let mut heartbeat = tokio::time::interval(shared.worker.heartbeat_every());
+    heartbeat.tick().await;
+    let mut cancelled = false;
+    let mut shutting_down = false;
+    let mut lease_lost = false;
+    let mut kill_at: Option<tokio::time::Instant> = None;
+
+    let report = loop {
+        let grace = async {
+            match kill_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            report = &mut wait => break report,
+            _ = heartbeat.tick() => {
+                match shared.coordinator.heartbeat(lease, shared.worker.lease_ms, now_millis()).await {
+                    Ok(reply) if reply.cancel_requested && !cancelled => signals.cancel.cancel(),
+                    Ok(_) => {}
+                    Err(StoreError::LeaseLost(_)) => {
+                        lease_lost = true;
+                        control.kill().await;
+                    }
+                    Err(e) => tracing::warn!(job = %job.id, error = %e, "heartbeat failed"),
+                }
+            }
+            _ = signals.cancel.cancelled(), if !cancelled => {
+                cancelled = true;
+                control.terminate().await;
+                kill_at = Some(tokio::time::Instant::now() + shared.worker.cancel_grace);
+            }
+            _ = grace => {
+                kill_at = None;
+                control.kill().await;
+            }
+            _ = signals.shutdown.cancelled(), if !shutting_down => {
+                shutting_down = true;
+                control.kill().await;
+            }
+            _ = output.exceeded.cancelled(), if !output.killed.swap(true, Ordering::SeqCst) => {
+                control.kill().await;
+            }
+        }
+    };
+    let [out, err] = pumps;
+    info.log_bytes = (out.await.unwrap_or(0), err.await.unwrap_or(0));
+    let truncated = output.exceeded.is_cancelled();
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                refuse(format!("sandbox_setup_failed: supervisor: {e}")),
+                info,
+            );
+        }
+    };
+    info.report = Some(report.clone());
+    if let Some(err) = &report.setup_error {
+        return (refuse(format!("sandbox_setup_failed: {err}")), info);
+    }
+    let ended_by_kill = report.killed_by.is_some();
+    let (status, reason) = if lease_lost {
+        return (Outcome::Abandon, info);
+    } else if cancelled {
+        (JobStatus::Cancelled, Some("cancelled".to_string()))
+    } else if shutting_down && ended_by_kill {
+        return (Outcome::Release, info);
+    } else if truncated {
+        (JobStatus::Failed, Some("output_limit".to_string()))
+    } else if report.killed_by == Some(KilledBy::Timeout) {
+        (JobStatus::TimedOut, Some("timed_out".to_string()))
+    } else if report.exit_code == Some(0) {
+        (JobStatus::Succeeded, None)
+    } else if let Some(sig) = report.signal {
+        (JobStatus::Failed, Some(format!("signal: {sig}")))
+    } else {
+        (
+            JobStatus::Failed,
+            Some(format!("exit_code: {}", report.exit_code.unwrap_or(-1))),
+        )
+    };
+    let done = Completion {
+        status: Some(status),
+        reason,
+        exit_code: report.exit_code,
+        signal: report.signal,
+        warnings: Vec::new(),
+        resources: None,
+        log_truncated: truncated,
+    };
+    (Outcome::Complete(done), info)
+}
+
+/// The output cap shared by a job's two streams.
+struct OutputBudget {
+    limit: u64,
+    used: AtomicU64,
+    exceeded: CancellationToken,
+    killed: AtomicBool,
+}
+
+impl OutputBudget {
+    fn new(limit: u64) -> OutputBudget {
+        OutputBudget {
+            limit,
+            used: AtomicU64::new(0),
+            exceeded: CancellationToken::new(),
+            killed: AtomicBool::new(false),
+        }
+    }
+
+    /// How many of `n` new bytes may still be kept.
+    fn admit(&self, n: usize) -> usize {
+        let before = self.used.fetch_add(n as u64, Ordering::SeqCst);
+        let left = self.limit.saturating_sub(before);
+        let keep = left.min(n as u64) as usize;
+        if keep < n {
+            self.exceeded.cancel();
+        }
+        keep
+    }
+}
+
+/// Copies one stream into the log, chunk by chunk, until the job's tree closes it. Returns the
+/// number of bytes stored.
+async fn pump(
+    shared: Shared,
+    lease: Lease,
+    stream: LogStream,
+    mut reader: pipe::Receiver,
+    budget: Arc<OutputBudget>,
+) -> u64 {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut offset = 0u64;
+    let mut writing = true;
+    loop {
+        let n = match reader.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(job = %lease.job_id, error = %e, "reading job output failed");
+                break;
+            }
+        };
+        // Past the cap or after a failed write, keep draining so the job never blocks on a full
+        // pipe before it is killed.
+        if !writing {
+            continue;
+        }
+        let keep = budget.admit(n);
+        if keep == 0 {
+            writing = false;
+            continue;
+        }
+        match shared
+            .coordinator
+            .append_log(&lease, stream, offset, &buf[..keep])
+            .await
+        {
+            Ok(()) => {
+                offset += keep as u64;
+                shared.events.bump();
+            }
+            Err(e) => {
+                tracing::warn!(job = %lease.job_id, error = %e, "log append failed");
+                writing = false;
+            }
+        }
+        if keep < n {
+            writing = false;
+        }
+    }
+    offset
+}
+
+fn rfc3339(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn artifact_record(
+    shared: &Shared,
+    job: &JobRecord,
+    done: &Completion,
+    started_ms: i64,
+    finished_ms: i64,
+    info: Option<&ExecInfo>,
+) -> ArtifactJson {
+    let outputs = list_outputs(&shared.data.artifacts(job.id));
+    let (stdout_bytes, stderr_bytes) = info.map(|i| i.log_bytes).unwrap_or_default();
+    ArtifactJson {
+        job_id: job.id.to_string(),
+        job_type: job.job_type.clone(),
+        tenant: job.tenant.clone(),
+        repo: job.repo_name.clone(),
+        remote_url: job.remote_url.clone(),
+        sha: job.sha.clone(),
+        params: job.params.clone(),
+        status: done.status.unwrap_or(JobStatus::Error),
+        reason: done.reason.clone(),
+        exit_code: done.exit_code,
+        signal: done.signal,
+        attempt: job.attempts,
+        timings: Timings {
+            created_at: rfc3339(job.created_at),
+            started_at: Some(rfc3339(started_ms)),
+            finished_at: rfc3339(finished_ms),
+            queue_ms: (started_ms - job.created_at).max(0) as u64,
+            wall_ms: done.resources.as_ref().map(|r| r.wall_ms).unwrap_or(0),
+        },
+        resources: done.resources.clone(),
+        limits: info.map(|i| i.limits.clone()).unwrap_or_default(),
+        invariants: Invariants {
+            read_only_ok: None,
+            clean_tree_ok: None,
+        },
+        isolation: match shared.executor.isolation() {
+            Isolation::UnsafeFallback => "unsafe_fallback".into(),
+        },
+        unsafe_fallback: shared.executor.isolation() == Isolation::UnsafeFallback,
+        warnings: done.warnings.clone(),
+        log: LogSummary {
+            stdout_bytes,
+            stderr_bytes,
+            truncated: done.log_truncated,
+        },
+        outputs,
+    }
+}
+
+/// Relative paths of the regular files under `dir`, never following links, at most 10,000.
+fn list_outputs(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack: Vec<PathBuf> = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(ft) = entry.file_type() else { continue };
+            let path = entry.path();
+            if ft.is_dir() {
+                stack.push(path);
+            } else if ft.is_file()
+                && let Ok(rel) = path.strip_prefix(dir)
+            {
+                let rel = rel.to_string_lossy().into_owned();
+                if rel != "artifact.json" && !rel.starts_with(".artifact.json.") {
+                    out.push(rel);
+                }
+            }
+            if out.len() >= 10_000 {
+                return out;
+            }
+        }
+    }
+    out.sort();
+    out
+}

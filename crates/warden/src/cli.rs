@@ -1,0 +1,236 @@
+//! Command-line definitions and dispatch.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::commands;
+use crate::exit;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "warden",
+    version,
+    about = "A secure, API-first, headless job runner"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane with its embedded worker (SQLite under the data directory).
+    Serve(ServeArgs),
+    /// Submit, inspect, follow and cancel jobs on a warden server.
+    Job(JobArgs),
+    /// Manage the client configuration ($HOME/.warden/config): contexts and the current one.
+    Config(ConfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Server configuration file (YAML). Without it, the built-in default is used.
+    #[arg(long, env = "WARDEN_SERVE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where the database, artifacts and scratch space live (overrides the file).
+    #[arg(long, env = "WARDEN_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on, loopback only (overrides the file).
+    #[arg(long, env = "WARDEN_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Jobs run at once (overrides the file).
+    #[arg(long, env = "WARDEN_SLOTS", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub slots: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+/// How to reach the server; shared by every client command.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Client configuration file (default $HOME/.warden/config).
+    #[arg(long, global = true, env = "WARDEN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Use this context instead of the current one.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+    /// Server URL, overriding the context (e.g. http://127.0.0.1:8080).
+    #[arg(long, global = true, env = "WARDEN_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// Request timeout in seconds.
+    #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub timeout: Option<u64>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: JobCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Submit a job of a configured type.
+    Submit(SubmitArgs),
+    /// Show one job.
+    Get {
+        job_id: String,
+        /// Wait until the job ends; exit with its status code.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List jobs, newest first.
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        job_type: Option<String>,
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=500))]
+        limit: Option<u32>,
+        /// Continue after a previous page (its next_cursor).
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Show a job's output; -f follows it live until the job ends.
+    Logs {
+        job_id: String,
+        #[arg(long, value_parser = ["stdout", "stderr"], default_value = "stdout")]
+        stream: String,
+        /// How many of the last lines to show.
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+        tail: u64,
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+    /// Cancel a queued or running job.
+    Cancel { job_id: String },
+    /// List a job's artifacts, or download one with --get.
+    Artifacts {
+        job_id: String,
+        /// Artifact path to download (relative to the job's artifact directory).
+        #[arg(long, value_name = "PATH")]
+        get: Option<String>,
+        /// Where to write the download (default: standard output).
+        #[arg(long, value_name = "FILE", requires = "get")]
+        out: Option<PathBuf>,
+    },
+    /// List the job types the server offers.
+    Types,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    pub job_type: String,
+    /// A declared parameter, KEY=VALUE (repeatable). Reaches the job as an environment variable.
+    #[arg(short = 'p', long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
+    pub params: Vec<(String, String)>,
+    #[arg(long)]
+    pub repo: Option<String>,
+    #[arg(long)]
+    pub remote_url: Option<String>,
+    #[arg(long)]
+    pub sha: Option<String>,
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Wait until the job ends and exit with its status code.
+    #[arg(long)]
+    pub wait: bool,
+    /// Follow the job's stdout live (implies --wait).
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+}
+
+fn parse_param(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// Client configuration file (default $HOME/.warden/config).
+    #[arg(long, global = true, env = "WARDEN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: ConfigCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Add or update a context.
+    SetContext {
+        name: String,
+        #[arg(long)]
+        server: String,
+        #[arg(long = "timeout", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        timeout_seconds: Option<u64>,
+        /// Read the API token from this file (never pass secrets in argv).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+    },
+    /// Make a context the current one.
+    UseContext { name: String },
+    /// Remove a context.
+    DeleteContext { name: String },
+    /// List contexts.
+    GetContexts,
+    /// Print the current context's name.
+    CurrentContext,
+}
+
+/// Parses arguments, runs the command, returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    exit::OK
+                }
+                _ => exit::USAGE,
+            };
+        }
+    };
+    let default_level = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return exit::UNAVAILABLE;
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => commands::serve::run(args).await,
+            Command::Job(args) => commands::job::run(args).await,
+            Command::Config(args) => commands::config::run(args),
+        }
+    })
+}

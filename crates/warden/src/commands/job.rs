@@ -1,0 +1,330 @@
+//! `warden job …`: the API from the command line.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use warden_api::{JobView, SubmitJobRequest};
+use warden_client::{Client, ClientError, FollowItem, ListQuery};
+
+use crate::cli::{ClientArgs, JobArgs, JobCommand, OutputFormat, SubmitArgs};
+use crate::clientconfig::{self, ClientConfig};
+use crate::exit;
+use crate::output::{self, sanitize};
+
+pub async fn run(args: JobArgs) -> i32 {
+    let client = match connect(&args.client) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let fmt = args.client.output;
+    let result = match args.command {
+        JobCommand::Submit(s) => submit(&client, s, fmt).await,
+        JobCommand::Get { job_id, wait } => get(&client, &job_id, wait, fmt).await,
+        JobCommand::List {
+            status,
+            job_type,
+            limit,
+            cursor,
+        } => {
+            list(
+                &client,
+                ListQuery {
+                    status,
+                    job_type,
+                    limit,
+                    cursor,
+                },
+                fmt,
+            )
+            .await
+        }
+        JobCommand::Logs {
+            job_id,
+            stream,
+            tail,
+            follow,
+        } => logs(&client, &job_id, &stream, tail as usize, follow, fmt).await,
+        JobCommand::Cancel { job_id } => cancel(&client, &job_id, fmt).await,
+        JobCommand::Artifacts { job_id, get, out } => {
+            artifacts(&client, &job_id, get, out, fmt).await
+        }
+        JobCommand::Types => types(&client, fmt).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            if e.is_caller_error() {
+                exit::USAGE
+            } else {
+                exit::UNAVAILABLE
+            }
+        }
+    }
+}
+
+fn connect(args: &ClientArgs) -> Result<Client, i32> {
+    let path = clientconfig::path(args.config.as_deref());
+    let config = ClientConfig::load(&path).map_err(|e| {
+        eprintln!("error: {e}");
+        exit::USAGE
+    })?;
+    let resolved = clientconfig::resolve(
+        &config,
+        args.context.as_deref(),
+        args.server.as_deref(),
+        args.timeout,
+    )
+    .map_err(|e| {
+        eprintln!("error: {e}");
+        exit::USAGE
+    })?;
+    Client::new(
+        &resolved.server,
+        Duration::from_secs(resolved.timeout_s),
+        resolved.token,
+    )
+    .map_err(|e| {
+        eprintln!("error: {e}");
+        exit::USAGE
+    })
+}
+
+fn job_row(j: &JobView) -> Vec<String> {
+    vec![
+        j.job_id.clone(),
+        j.job_type.clone(),
+        j.status.to_string(),
+        j.reason.as_deref().map(sanitize).unwrap_or_default(),
+        j.exit_code
+            .map(|c| c.to_string())
+            .or(j.signal.map(|s| format!("sig {s}")))
+            .unwrap_or_default(),
+        j.created_at.clone(),
+    ]
+}
+
+const JOB_HEADER: [&str; 6] = ["JOB ID", "TYPE", "STATUS", "REASON", "EXIT", "CREATED"];
+
+fn print_job(j: &JobView, fmt: OutputFormat) {
+    match fmt {
+        OutputFormat::Json => output::json(j),
+        OutputFormat::Table => {
+            output::table(&JOB_HEADER, &[job_row(j)]);
+            if j.unsafe_fallback {
+                eprintln!("note: this job ran without the kernel sandbox (unsafe_fallback)");
+            }
+        }
+    }
+}
+
+/// A spinner on a terminal, nothing otherwise.
+fn spinner(message: &str) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let pb = indicatif::ProgressBar::new_spinner();
+    pb.set_message(message.to_string());
+    pb.enable_steady_tick(Duration::from_millis(100));
+    Some(pb)
+}
+
+async fn wait_for(client: &Client, id: &str) -> Result<JobView, ClientError> {
+    let pb = spinner(&format!("waiting for job {id}"));
+    let job = client
+        .wait(id, |j| {
+            if let Some(pb) = &pb {
+                pb.set_message(format!("job {id}: {}", j.status));
+            }
+        })
+        .await;
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    job
+}
+
+async fn submit(client: &Client, args: SubmitArgs, fmt: OutputFormat) -> Result<i32, ClientError> {
+    let params: BTreeMap<String, String> = args.params.into_iter().collect();
+    let req = SubmitJobRequest {
+        job_type: args.job_type,
+        repo_name: args.repo,
+        remote_url: args.remote_url,
+        sha: args.sha,
+        params,
+        idempotency_key: args.idempotency_key,
+    };
+    let resp = client.submit(&req).await?;
+    if args.follow {
+        let mut out = std::io::stdout().lock();
+        client
+            .follow(&resp.job_id, "stdout", Some(0), None, |item| {
+                if let FollowItem::Log(ev) = item {
+                    let _ = out.write_all(ev.text.as_bytes());
+                    let _ = out.flush();
+                }
+            })
+            .await?;
+        drop(out);
+    }
+    if args.wait || args.follow {
+        let job = wait_for(client, &resp.job_id).await?;
+        if !args.follow || fmt == OutputFormat::Json {
+            print_job(&job, fmt);
+        } else {
+            eprintln!("job {} {}", job.job_id, job.status);
+        }
+        return Ok(exit::for_status(job.status));
+    }
+    match fmt {
+        OutputFormat::Json => output::json(&resp),
+        OutputFormat::Table => output::table(
+            &["JOB ID", "STATUS", "ARTIFACT DIR"],
+            &[vec![
+                resp.job_id.clone(),
+                resp.status.to_string(),
+                resp.artifact_dir.clone(),
+            ]],
+        ),
+    }
+    Ok(exit::OK)
+}
+
+async fn get(client: &Client, id: &str, wait: bool, fmt: OutputFormat) -> Result<i32, ClientError> {
+    let job = if wait {
+        wait_for(client, id).await?
+    } else {
+        client.get(id).await?
+    };
+    print_job(&job, fmt);
+    Ok(if wait {
+        exit::for_status(job.status)
+    } else {
+        exit::OK
+    })
+}
+
+async fn list(client: &Client, q: ListQuery, fmt: OutputFormat) -> Result<i32, ClientError> {
+    let page = client.list(&q).await?;
+    match fmt {
+        OutputFormat::Json => output::json(&page),
+        OutputFormat::Table => {
+            let rows: Vec<Vec<String>> = page.jobs.iter().map(job_row).collect();
+            output::table(&JOB_HEADER, &rows);
+            if let Some(c) = &page.next_cursor {
+                eprintln!("more: --cursor {c}");
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+async fn logs(
+    client: &Client,
+    id: &str,
+    stream: &str,
+    tail: usize,
+    follow: bool,
+    fmt: OutputFormat,
+) -> Result<i32, ClientError> {
+    if follow {
+        let mut out = std::io::stdout().lock();
+        let end = client
+            .follow(id, stream, None, Some(tail), |item| match (item, fmt) {
+                (FollowItem::Log(ev), OutputFormat::Table) => {
+                    let _ = out.write_all(ev.text.as_bytes());
+                    let _ = out.flush();
+                }
+                (FollowItem::Log(ev), OutputFormat::Json) => {
+                    let _ = writeln!(out, "{}", serde_json::to_string(&ev).unwrap_or_default());
+                }
+                (FollowItem::End(end), OutputFormat::Json) => {
+                    let _ = writeln!(out, "{}", serde_json::to_string(&end).unwrap_or_default());
+                }
+                (FollowItem::End(_), OutputFormat::Table) => {}
+            })
+            .await?;
+        if fmt == OutputFormat::Table {
+            eprintln!("job {id} {}", end.status);
+        }
+        return Ok(exit::OK);
+    }
+    let resp = client.logs(id, stream, tail).await?;
+    match fmt {
+        OutputFormat::Json => output::json(&resp),
+        OutputFormat::Table => {
+            let mut out = std::io::stdout().lock();
+            for line in &resp.lines {
+                let _ = writeln!(out, "{line}");
+            }
+            if resp.truncated {
+                eprintln!("note: output was truncated at the job's output limit");
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+async fn cancel(client: &Client, id: &str, fmt: OutputFormat) -> Result<i32, ClientError> {
+    let job = client.cancel(id).await?;
+    print_job(&job, fmt);
+    Ok(exit::OK)
+}
+
+async fn artifacts(
+    client: &Client,
+    id: &str,
+    get: Option<String>,
+    out: Option<std::path::PathBuf>,
+    fmt: OutputFormat,
+) -> Result<i32, ClientError> {
+    if let Some(path) = get {
+        let bytes = client.artifact(id, &path).await?;
+        let written = match &out {
+            Some(file) => std::fs::write(file, &bytes),
+            None => std::io::stdout().lock().write_all(&bytes),
+        };
+        if let Err(e) = written {
+            eprintln!("error: cannot write the artifact: {e}");
+            return Ok(exit::UNAVAILABLE);
+        }
+        return Ok(exit::OK);
+    }
+    let resp = client.artifacts(id).await?;
+    match fmt {
+        OutputFormat::Json => output::json(&resp),
+        OutputFormat::Table => {
+            let rows: Vec<Vec<String>> = resp
+                .artifacts
+                .iter()
+                .map(|a| vec![sanitize(&a.path), a.kind.clone(), a.size.to_string()])
+                .collect();
+            output::table(&["PATH", "KIND", "SIZE"], &rows);
+        }
+    }
+    Ok(exit::OK)
+}
+
+async fn types(client: &Client, fmt: OutputFormat) -> Result<i32, ClientError> {
+    let resp = client.job_types().await?;
+    match fmt {
+        OutputFormat::Json => output::json(&resp),
+        OutputFormat::Table => {
+            let rows: Vec<Vec<String>> = resp
+                .job_types
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.name.clone(),
+                        t.timeout_s.to_string(),
+                        t.requires_repo.to_string(),
+                        t.allowed_params.join(","),
+                    ]
+                })
+                .collect();
+            output::table(&["NAME", "TIMEOUT_S", "REPO", "PARAMS"], &rows);
+        }
+    }
+    Ok(exit::OK)
+}

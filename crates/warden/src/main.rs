@@ -1,0 +1,12 @@
+//! The `warden` binary: sets up error reporting and hands over to [`warden::cli`].
+
+fn main() {
+    // A job's supervisor is this same binary; it must start before anything else exists in the
+    // process (no threads, no runtime, no logging).
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(warden_sandbox::SUPERVISE_ARG))
+    {
+        warden_sandbox::supervisor::main();
+    }
+    std::process::exit(warden::cli::main());
+}
