@@ -252,7 +252,6 @@ impl ErrorCode {
     pub fn http_status(self) -> u16 {
         match self {
             ErrorCode::MalformedJson
-            | ErrorCode::InvalidRequest
             | ErrorCode::InvalidJobId
             | ErrorCode::InvalidQuery
             | ErrorCode::InvalidPath => 400,
@@ -262,6 +261,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::UnknownField
+            | ErrorCode::InvalidRequest
             | ErrorCode::UnknownJobType
             | ErrorCode::UnknownParam
             | ErrorCode::InvalidParam

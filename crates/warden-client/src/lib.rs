@@ -65,6 +65,7 @@ impl Client {
     ) -> Result<Client, ClientError> {
         let http = reqwest::Client::builder()
             .connect_timeout(timeout)
+            .tcp_nodelay(true)
             .build()
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let base = server.trim_end_matches('/').to_string();
@@ -258,7 +259,9 @@ impl Client {
                             return Ok(end);
                         }
                         "error" => {
-                            return Err(ClientError::Protocol(format!("log stream failed: {data}")));
+                            return Err(ClientError::Protocol(format!(
+                                "log stream failed: {data}"
+                            )));
                         }
                         _ => {}
                     }

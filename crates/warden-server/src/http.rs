@@ -43,7 +43,20 @@ pub fn app(service: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
         .with_state(service)
+}
+
+/// A bug in a handler answers 500 with the usual error body instead of dropping the connection.
+fn panic_response(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = err
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| err.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    ApiError::internal("request handler panicked", detail).into_response()
 }
 
 async fn not_found() -> ApiError {
@@ -131,13 +144,13 @@ fn parse_query(raw: Option<String>, allowed: &[&str]) -> Result<HashMap<String, 
     Ok(out)
 }
 
-fn query_num<T: std::str::FromStr>(
+fn query_num<T>(
     q: &HashMap<String, String>,
     name: &str,
     range: std::ops::RangeInclusive<T>,
 ) -> Result<Option<T>, ApiError>
 where
-    T: PartialOrd + std::fmt::Display,
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
 {
     let Some(raw) = q.get(name) else {
         return Ok(None);

@@ -69,7 +69,7 @@ pub async fn run(
     let store: Arc<dyn Store> = sqlite.clone();
     // Every lease in this database was held by a previous run of this very server, which is gone
     // (we hold the lock): re-queue its jobs now, or end them `worker_lost` when out of attempts.
-    for r in store.reap_expired(i64::MAX).await? {
+    for r in store.reap_expired(i64::MAX, now_millis()).await? {
         tracing::warn!(job = %r.job_id, now = %r.now, "recovered a job from a previous run");
     }
     // Scratch space of jobs from a previous run is never reused.
@@ -118,7 +118,8 @@ pub async fn run(
                 tokio::time::interval(Duration::from_millis((lease_ms / 2).max(100) as u64));
             loop {
                 tick.tick().await;
-                match store.reap_expired(now_millis()).await {
+                let now = now_millis();
+                match store.reap_expired(now, now).await {
                     Ok(r) if !r.is_empty() => {
                         for j in &r {
                             tracing::warn!(job = %j.job_id, now = %j.now, "lease expired");
@@ -161,6 +162,13 @@ pub async fn run(
             tracing::info!("all slots stopped; unfinished jobs are back in the queue");
         }
     };
+    // Small answers (a job id, one log event) must not wait for delayed ACKs (Nagle).
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app(service))
         .with_graceful_shutdown(shutdown)
         .await?;

@@ -52,9 +52,11 @@ pub fn normalize_repo_url(url: &str) -> String {
     u.trim_end_matches('/').to_string()
 }
 
+/// Formats a timestamp; values beyond year 9999 (which RFC 3339 cannot write) are clamped.
 pub fn rfc3339(ms: i64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
-        .to_string()
+    const MAX_MS: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+    let ms = ms.clamp(0, MAX_MS) as u64;
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 impl JobService {
@@ -125,24 +127,22 @@ impl JobService {
                 format!("job type {:?} needs repo_name (and sha)", req.job_type),
             ));
         }
-        if let Some(name) = &repo_name {
-            if job_type.requires_repo_allowlist {
-                let Some(repo) = self.config.repos.get(name) else {
-                    return Err(invalid(
-                        ErrorCode::RepoNotAllowed,
-                        format!("repository {name:?} is not in the server's repos allowlist"),
-                    ));
-                };
-                if let Some(url) = &remote_url
-                    && normalize_repo_url(url) != normalize_repo_url(&repo.url)
-                {
-                    return Err(invalid(
-                        ErrorCode::RepoNotAllowed,
-                        format!(
-                            "remote_url {url:?} does not match the allowlisted URL of {name:?}"
-                        ),
-                    ));
-                }
+        if let Some(name) = &repo_name
+            && job_type.requires_repo_allowlist
+        {
+            let Some(repo) = self.config.repos.get(name) else {
+                return Err(invalid(
+                    ErrorCode::RepoNotAllowed,
+                    format!("repository {name:?} is not in the server's repos allowlist"),
+                ));
+            };
+            if let Some(url) = &remote_url
+                && normalize_repo_url(url) != normalize_repo_url(&repo.url)
+            {
+                return Err(invalid(
+                    ErrorCode::RepoNotAllowed,
+                    format!("remote_url {url:?} does not match the allowlisted URL of {name:?}"),
+                ));
             }
         }
         if let Some(sha) = &sha
@@ -498,6 +498,12 @@ mod tests {
         assert_eq!(lines, ["x", "y"]);
         assert_eq!(off, 105);
         assert_eq!(last_lines(b"", 0, 5, true), (vec![], 0));
+    }
+
+    #[test]
+    fn timestamps_beyond_rfc3339_are_clamped_not_a_panic() {
+        assert_eq!(rfc3339(i64::MAX), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339(-5), "1970-01-01T00:00:00.000Z");
     }
 
     #[test]

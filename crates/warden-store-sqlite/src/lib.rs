@@ -157,7 +157,7 @@ fn load(conn: &Connection, id: JobId) -> Result<JobRecord> {
     conn.query_row(
         &format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"),
         [id.to_string()],
-        |r| row_to_job(r),
+        row_to_job,
     )
     .optional()
     .map_err(backend)?
@@ -479,7 +479,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn reap_expired(&self, now: Millis) -> Result<Vec<Reaped>> {
+    async fn reap_expired(&self, expired_before: Millis, now: Millis) -> Result<Vec<Reaped>> {
         self.with(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -491,7 +491,7 @@ impl Store for SqliteStore {
                          WHERE status = 'running' AND lease_expires_at < ?1 ORDER BY id",
                     )
                     .map_err(backend)?;
-                stmt.query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                stmt.query_map([expired_before], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                     .map_err(backend)?
                     .collect::<rusqlite::Result<_>>()
                     .map_err(backend)?

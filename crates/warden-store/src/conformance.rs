@@ -7,7 +7,8 @@ use warden_api::ResourceUsage;
 use warden_core::{JobId, JobStatus};
 
 use crate::{
-    CancelOutcome, Completion, ListFilter, LogStream, NewJob, Store, StoreError, SubmitOutcome,
+    CancelOutcome, Completion, ListFilter, LogStream, Millis, NewJob, Store, StoreError,
+    SubmitOutcome,
 };
 
 /// Generates one `#[tokio::test]` per conformance check. `$make` is an expression producing a
@@ -140,7 +141,7 @@ pub async fn stale_lease_is_fenced_out(store: &dyn Store) {
     let job = submit(store, new_job("echo", None, 1)).await;
     let first = store.claim("w1", 100, 10).await.unwrap().unwrap();
     // The lease expires and the job is claimed again by someone else.
-    let reaped = store.reap_expired(1_000).await.unwrap();
+    let reaped = store.reap_expired(1_000, 1_000).await.unwrap();
     assert_eq!(reaped.len(), 1);
     let second = store.claim("w2", LEASE_MS, 1_001).await.unwrap().unwrap();
     assert_eq!(second.job.id, job.id);
@@ -275,13 +276,13 @@ pub async fn expired_leases_are_requeued_then_lost(store: &dyn Store) {
     let job = submit(store, new_job("echo", None, 1)).await; // max_attempts = 2
     let c1 = store.claim("w", 100, 10).await.unwrap().unwrap();
     assert!(
-        store.reap_expired(50).await.unwrap().is_empty(),
+        store.reap_expired(50, 50).await.unwrap().is_empty(),
         "lease still valid"
     );
     // A heartbeat moves the expiry.
     store.heartbeat(&c1.lease, 100, 100).await.unwrap();
-    assert!(store.reap_expired(150).await.unwrap().is_empty());
-    let r = store.reap_expired(201).await.unwrap();
+    assert!(store.reap_expired(150, 150).await.unwrap().is_empty());
+    let r = store.reap_expired(201, 201).await.unwrap();
     assert_eq!(
         r,
         vec![crate::Reaped {
@@ -291,7 +292,7 @@ pub async fn expired_leases_are_requeued_then_lost(store: &dyn Store) {
     );
     let c2 = store.claim("w", 100, 300).await.unwrap().unwrap();
     assert_eq!(c2.job.attempts, 2);
-    let r = store.reap_expired(401).await.unwrap();
+    let r = store.reap_expired(401, 401).await.unwrap();
     assert_eq!(
         r,
         vec![crate::Reaped {
@@ -304,6 +305,19 @@ pub async fn expired_leases_are_requeued_then_lost(store: &dyn Store) {
     assert_eq!(rec.reason.as_deref(), Some("worker_lost"));
     assert_eq!(rec.finished_at, Some(401));
     assert!(store.claim("w", 100, 500).await.unwrap().is_none());
+    // Recovering every lease at once still stamps the real time.
+    submit(store, new_job("echo", None, 600)).await;
+    let c = store.claim("w", 100, 601).await.unwrap().unwrap();
+    store.reap_expired(Millis::MAX, 602).await.unwrap();
+    let again = store.claim("w", 100, 603).await.unwrap().unwrap();
+    assert_eq!(again.job.id, c.job.id);
+    assert_eq!(again.job.attempts, 2);
+    store.reap_expired(Millis::MAX, 700).await.unwrap();
+    let lost = store.get(c.job.id).await.unwrap();
+    assert_eq!(
+        (lost.status, lost.finished_at),
+        (JobStatus::Error, Some(700))
+    );
 }
 
 pub async fn release_requeues_without_counting_the_attempt(store: &dyn Store) {

@@ -247,9 +247,10 @@ pub trait Store: Send + Sync + 'static {
 
     async fn request_cancel(&self, id: JobId, now: Millis) -> Result<CancelOutcome>;
 
-    /// Re-queues running jobs whose lease expired before `now` (attempts left) or ends them
-    /// `error` with reason `worker_lost`.
-    async fn reap_expired(&self, now: Millis) -> Result<Vec<Reaped>>;
+    /// Re-queues running jobs whose lease expired before `expired_before` (attempts left) or
+    /// ends them `error` with reason `worker_lost` at `now`. A server that owns every lease of
+    /// its database (the embedded default, at start) passes `Millis::MAX` to recover them all.
+    async fn reap_expired(&self, expired_before: Millis, now: Millis) -> Result<Vec<Reaped>>;
 
     /// Up to `max` bytes of a stream from `offset`.
     async fn read_log(

@@ -1,0 +1,655 @@
+//! The HTTP API through the router, without a socket: a real store and a real worker pool.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+use warden_core::Config;
+use warden_sandbox::{Isolation, Launcher};
+use warden_server::{JobService, app};
+use warden_store::Store;
+use warden_store_sqlite::SqliteStore;
+use warden_worker::{DataDir, Events, SupervisedExecutor, WorkerConfig, WorkerPool};
+
+use crate::support::{TEST_JOB_TYPES, WARDEN};
+
+struct TestApp {
+    router: Router,
+    _dir: tempfile::TempDir,
+}
+
+fn test_app() -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!("unsafe_fallback: true\n{TEST_JOB_TYPES}");
+    let config = Arc::new(Config::from_yaml_str(&yaml, "test.yaml").unwrap());
+    let data = DataDir::new(dir.path());
+    std::fs::create_dir_all(data.artifacts_root()).unwrap();
+    std::fs::create_dir_all(data.scratch_root()).unwrap();
+    let sqlite = Arc::new(SqliteStore::open(&data.database()).unwrap());
+    let store: Arc<dyn Store> = sqlite.clone();
+    let events = Events::new();
+    let executor = Arc::new(SupervisedExecutor::new(
+        Launcher::new(WARDEN),
+        Isolation::UnsafeFallback,
+    ));
+    let worker = WorkerPool::start(
+        sqlite,
+        executor,
+        config.clone(),
+        data.clone(),
+        events.clone(),
+        WorkerConfig::from_config(&config),
+    );
+    let service = JobService::new(store, config, data, events, Some(worker));
+    TestApp {
+        router: app(Arc::new(service)),
+        _dir: dir,
+    }
+}
+
+async fn call(
+    router: &Router,
+    method: &str,
+    uri: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> (StatusCode, serde_json::Value) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    let resp = router
+        .clone()
+        .oneshot(req.body(Body::from(body)).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+async fn post_json(router: &Router, uri: &str, body: &str) -> (StatusCode, serde_json::Value) {
+    call(
+        router,
+        "POST",
+        uri,
+        Some("application/json"),
+        body.as_bytes().to_vec(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn healthz_job_types_submit_get_and_list() {
+    let t = test_app();
+    let (st, body) = call(&t.router, "GET", "/healthz", None, vec![]).await;
+    assert_eq!(
+        (st, body),
+        (StatusCode::OK, serde_json::json!({"ok": true}))
+    );
+
+    let (st, types) = call(&t.router, "GET", "/job-types", None, vec![]).await;
+    assert_eq!(st, StatusCode::OK);
+    let echo = types["job_types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "echo")
+        .unwrap();
+    assert_eq!(echo["allowed_params"], serde_json::json!(["GREETING"]));
+
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (st, sub) = post_json(&t.router, "/jobs", r#"{"job_type":"echo"}"#).await;
+        assert_eq!(st, StatusCode::CREATED, "{sub}");
+        assert!(matches!(
+            sub["status"].as_str(),
+            Some("queued" | "running" | "succeeded")
+        ));
+        ids.push(sub["job_id"].as_str().unwrap().to_string());
+    }
+    let (st, job) = call(&t.router, "GET", &format!("/jobs/{}", ids[0]), None, vec![]).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(job["job_type"], "echo");
+    assert_eq!(job["tenant"], "default");
+
+    let (_, page1) = call(&t.router, "GET", "/jobs?limit=2", None, vec![]).await;
+    let got: Vec<&str> = page1["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["job_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, [ids[2].as_str(), ids[1].as_str()]);
+    let cursor = page1["next_cursor"].as_str().unwrap();
+    let (_, page2) = call(
+        &t.router,
+        "GET",
+        &format!("/jobs?limit=2&cursor={cursor}"),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(page2["jobs"][0]["job_id"], ids[0].as_str());
+    assert!(page2["next_cursor"].is_null());
+    let (_, filtered) = call(&t.router, "GET", "/jobs?job_type=fail", None, vec![]).await;
+    assert!(filtered["jobs"].as_array().unwrap().is_empty());
+}
+
+/// One bad request and its exact answer.
+struct Bad {
+    what: &'static str,
+    method: &'static str,
+    uri: String,
+    content_type: Option<&'static str>,
+    body: Vec<u8>,
+    status: u16,
+    code: &'static str,
+    message: &'static str,
+}
+
+fn bad(
+    what: &'static str,
+    method: &'static str,
+    uri: &str,
+    body: &str,
+    status: u16,
+    code: &'static str,
+    message: &'static str,
+) -> Bad {
+    Bad {
+        what,
+        method,
+        uri: uri.to_string(),
+        content_type: Some("application/json"),
+        body: body.as_bytes().to_vec(),
+        status,
+        code,
+        message,
+    }
+}
+
+#[tokio::test]
+async fn bad_api_inputs_get_exact_4xx_answers() {
+    let t = test_app();
+    let (_, sub) = post_json(&t.router, "/jobs", r#"{"job_type":"echo"}"#).await;
+    let id = sub["job_id"].as_str().unwrap().to_string();
+    let unknown_id = warden_core::JobId::new().to_string();
+    let long_value = format!(
+        r#"{{"job_type":"echo","params":{{"GREETING":"{}"}}}}"#,
+        "x".repeat(4097)
+    );
+    let long_key = format!(
+        r#"{{"job_type":"echo","idempotency_key":"{}"}}"#,
+        "k".repeat(300)
+    );
+    let huge = format!(
+        r#"{{"job_type":"echo","params":{{"GREETING":"{}"}}}}"#,
+        "x".repeat(1_100_000)
+    );
+    let repo = r#""job_type":"needs_repo""#;
+    let sha = "0".repeat(40);
+    let cases = vec![
+        bad(
+            "truncated JSON",
+            "POST",
+            "/jobs",
+            "{",
+            400,
+            "malformed_json",
+            "malformed JSON",
+        ),
+        bad(
+            "empty body",
+            "POST",
+            "/jobs",
+            "",
+            400,
+            "malformed_json",
+            "EOF",
+        ),
+        bad(
+            "JSON array",
+            "POST",
+            "/jobs",
+            "[]",
+            422,
+            "invalid_request",
+            "expected struct SubmitJobRequest",
+        ),
+        bad(
+            "missing job_type",
+            "POST",
+            "/jobs",
+            "{}",
+            422,
+            "invalid_request",
+            "missing field `job_type`",
+        ),
+        bad(
+            "job_type not a string",
+            "POST",
+            "/jobs",
+            r#"{"job_type":5}"#,
+            422,
+            "invalid_request",
+            "invalid type",
+        ),
+        bad(
+            "unknown job type",
+            "POST",
+            "/jobs",
+            r#"{"job_type":"rm_rf"}"#,
+            422,
+            "unknown_job_type",
+            "configured job types: bg_holds_stdout, binary, echo",
+        ),
+        bad(
+            "caller tries argv",
+            "POST",
+            "/jobs",
+            r#"{"job_type":"echo","argv":["rm","-rf","/"]}"#,
+            422,
+            "unknown_field",
+            "unknown field `argv`",
+        ),
+        bad(
+            "duplicate field",
+            "POST",
+            "/jobs",
+            r#"{"job_type":"echo","job_type":"fail"}"#,
+            422,
+            "invalid_request",
+            "duplicate field",
+        ),
+        bad(
+            "undeclared param",
+            "POST",
+            "/jobs",
+            r#"{"job_type":"echo","params":{"PATH":"/tmp"}}"#,
+            422,
+            "unknown_param",
+            "not allowed for job type \"echo\" (allowed: GREETING)",
+        ),
+        bad(
+            "lowercase param",
+            "POST",
+            "/jobs",
+            r#"{"job_type":"echo","params":{"greeting":"x"}}"#,
+            422,
+            "invalid_param",
+            "^[A-Z][A-Z0-9_]{0,63}$",
+        ),
+        bad(
+            "param with NUL",
+            "POST",
+            "/jobs",
+            r#"{"job_type":"echo","params":{"GREETING":"a\u0000b"}}"#,
+            422,
+            "invalid_param",
+            "NUL",
+        ),
+        bad(
+            "param too long",
+            "POST",
+            "/jobs",
+            &long_value,
+            422,
+            "invalid_param",
+            "4097 bytes long",
+        ),
+        bad(
+            "param not a string",
+            "POST",
+            "/jobs",
+            r#"{"job_type":"echo","params":{"GREETING":5}}"#,
+            422,
+            "invalid_request",
+            "invalid type: integer",
+        ),
+        bad(
+            "params null",
+            "POST",
+            "/jobs",
+            r#"{"job_type":"echo","params":null}"#,
+            422,
+            "invalid_request",
+            "invalid type: null",
+        ),
+        bad(
+            "idempotency key too long",
+            "POST",
+            "/jobs",
+            &long_key,
+            422,
+            "invalid_request",
+            "at most 255 bytes",
+        ),
+        bad(
+            "body over 1 MiB",
+            "POST",
+            "/jobs",
+            &huge,
+            413,
+            "payload_too_large",
+            "larger than 1048576 bytes",
+        ),
+        Bad {
+            content_type: Some("text/plain"),
+            ..bad(
+                "wrong content type",
+                "POST",
+                "/jobs",
+                r#"{"job_type":"echo"}"#,
+                415,
+                "unsupported_media_type",
+                "send application/json",
+            )
+        },
+        bad(
+            "repo job without repo",
+            "POST",
+            "/jobs",
+            &format!("{{{repo}}}"),
+            422,
+            "repo_required",
+            "needs repo_name",
+        ),
+        bad(
+            "repo not allowlisted",
+            "POST",
+            "/jobs",
+            &format!(r#"{{{repo},"repo_name":"evil","sha":"{sha}"}}"#),
+            422,
+            "repo_not_allowed",
+            "repository \"evil\" is not in the server's repos allowlist",
+        ),
+        bad(
+            "remote_url mismatch",
+            "POST",
+            "/jobs",
+            &format!(
+                r#"{{{repo},"repo_name":"demo","remote_url":"https://evil.invalid/demo.git","sha":"{sha}"}}"#
+            ),
+            422,
+            "repo_not_allowed",
+            "does not match the allowlisted URL",
+        ),
+        bad(
+            "short sha",
+            "POST",
+            "/jobs",
+            &format!(r#"{{{repo},"repo_name":"demo","sha":"abc123"}}"#),
+            422,
+            "invalid_request",
+            "full commit id",
+        ),
+        bad(
+            "repo job without sha",
+            "POST",
+            "/jobs",
+            &format!(r#"{{{repo},"repo_name":"demo"}}"#),
+            422,
+            "invalid_request",
+            "needs sha",
+        ),
+        bad(
+            "bad job id",
+            "GET",
+            "/jobs/not-a-uuid",
+            "",
+            400,
+            "invalid_job_id",
+            "invalid job id",
+        ),
+        bad(
+            "unknown job id",
+            "GET",
+            &format!("/jobs/{unknown_id}"),
+            "",
+            404,
+            "job_not_found",
+            "not found",
+        ),
+        bad(
+            "cancel bad id",
+            "POST",
+            "/jobs/%2e%2e/cancel",
+            "",
+            400,
+            "invalid_job_id",
+            "invalid job id",
+        ),
+        bad(
+            "cancel unknown job",
+            "POST",
+            &format!("/jobs/{unknown_id}/cancel"),
+            "",
+            404,
+            "job_not_found",
+            "not found",
+        ),
+        bad(
+            "list bad status",
+            "GET",
+            "/jobs?status=done",
+            "",
+            400,
+            "invalid_query",
+            "one of: queued, running",
+        ),
+        bad(
+            "list limit zero",
+            "GET",
+            "/jobs?limit=0",
+            "",
+            400,
+            "invalid_query",
+            "from 1 to 500",
+        ),
+        bad(
+            "list limit not a number",
+            "GET",
+            "/jobs?limit=ten",
+            "",
+            400,
+            "invalid_query",
+            "from 1 to 500",
+        ),
+        bad(
+            "list bad cursor",
+            "GET",
+            "/jobs?cursor=page2",
+            "",
+            400,
+            "invalid_query",
+            "not a cursor",
+        ),
+        bad(
+            "list unknown parameter",
+            "GET",
+            "/jobs?sort=asc",
+            "",
+            400,
+            "invalid_query",
+            "unknown query parameter \"sort\"",
+        ),
+        bad(
+            "list repeated parameter",
+            "GET",
+            "/jobs?limit=1&limit=2",
+            "",
+            400,
+            "invalid_query",
+            "given twice",
+        ),
+        bad(
+            "logs bad stream",
+            "GET",
+            &format!("/jobs/{id}/logs?stream=stdin"),
+            "",
+            400,
+            "invalid_query",
+            "stdout or stderr",
+        ),
+        bad(
+            "logs negative tail",
+            "GET",
+            &format!("/jobs/{id}/logs?tail=-1"),
+            "",
+            400,
+            "invalid_query",
+            "tail=\"-1\" is invalid",
+        ),
+        bad(
+            "logs bad follow",
+            "GET",
+            &format!("/jobs/{id}/logs?follow=maybe"),
+            "",
+            400,
+            "invalid_query",
+            "true or false",
+        ),
+        bad(
+            "logs bad format",
+            "GET",
+            &format!("/jobs/{id}/logs?format=xml"),
+            "",
+            400,
+            "invalid_query",
+            "json or raw",
+        ),
+        bad(
+            "logs of unknown job",
+            "GET",
+            &format!("/jobs/{unknown_id}/logs"),
+            "",
+            404,
+            "job_not_found",
+            "not found",
+        ),
+        bad(
+            "artifact traversal",
+            "GET",
+            &format!("/jobs/{id}/artifacts/..%2F..%2Fwarden.db"),
+            "",
+            400,
+            "invalid_path",
+            "may not contain '..'",
+        ),
+        bad(
+            "artifacts of bad id",
+            "GET",
+            "/jobs/x/artifacts",
+            "",
+            400,
+            "invalid_job_id",
+            "invalid job id",
+        ),
+        bad(
+            "unknown endpoint",
+            "GET",
+            "/admin",
+            "",
+            404,
+            "not_found",
+            "no such endpoint",
+        ),
+        bad(
+            "wrong method",
+            "DELETE",
+            "/jobs",
+            "",
+            405,
+            "method_not_allowed",
+            "method not allowed",
+        ),
+    ];
+    assert!(cases.len() >= 30);
+    for case in cases {
+        let (st, body) = call(
+            &t.router,
+            case.method,
+            &case.uri,
+            case.content_type,
+            case.body,
+        )
+        .await;
+        assert_eq!(st.as_u16(), case.status, "{}: {body}", case.what);
+        assert_eq!(body["error"]["code"], case.code, "{}: {body}", case.what);
+        let message = body["error"]["message"].as_str().unwrap_or("");
+        assert!(
+            message.contains(case.message),
+            "{}: {message:?} lacks {:?}",
+            case.what,
+            case.message
+        );
+    }
+    // Nothing the bad requests sent created a job.
+    let (_, all) = call(&t.router, "GET", "/jobs", None, vec![]).await;
+    assert_eq!(all["jobs"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn logs_tail_returns_the_last_lines_with_offsets() {
+    let t = test_app();
+    let (_, sub) = post_json(
+        &t.router,
+        "/jobs",
+        r#"{"job_type":"echo","params":{"GREETING":"tail"}}"#,
+    )
+    .await;
+    let id = sub["job_id"].as_str().unwrap();
+    // Follow to the end through the SSE endpoint: its body ends when the job does.
+    let req = Request::get(format!("/jobs/{id}/logs?follow=true"))
+        .body(Body::empty())
+        .unwrap();
+    let resp = t.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let text = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(text.contains("event: log\n"), "{text}");
+    assert!(text.contains("\"text\":\"hello tail\\n\""), "{text}");
+    assert!(text.contains("event: end\n"), "{text}");
+    assert!(text.contains("\"status\":\"succeeded\""), "{text}");
+
+    let (st, logs) = call(
+        &t.router,
+        "GET",
+        &format!("/jobs/{id}/logs?tail=1"),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(logs["lines"], serde_json::json!(["hello tail"]));
+    assert_eq!(logs["offset"], 0);
+    assert_eq!(logs["next_offset"], 11);
+    // Resume past the end: only the end event.
+    let req = Request::get(format!("/jobs/{id}/logs?follow=true&offset=11"))
+        .body(Body::empty())
+        .unwrap();
+    let resp = t.router.clone().oneshot(req).await.unwrap();
+    let text = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(!text.contains("event: log"), "{text}");
+    assert!(text.contains("event: end"), "{text}");
+}

@@ -1,0 +1,263 @@
+//! The `warden` command line: exit codes, bad flags, config files, contexts.
+
+use std::process::Command;
+
+use crate::support::*;
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn warden(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut cmd = Command::new(WARDEN);
+    cmd.args(args)
+        .env_remove("WARDEN_CONFIG")
+        .env_remove("WARDEN_SERVER");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn bad_flags_and_config_files_exit_2_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_yaml = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad_yaml,
+        "slots: 2\njob_types:\n  t:\n    argv: [x]\n    timeout_s: 0\n",
+    )
+    .unwrap();
+    let unknown_key = dir.path().join("unknown.yaml");
+    std::fs::write(&unknown_key, "slots: 2\nsandbox: off\n").unwrap();
+    let bad_client = dir.path().join("client.yaml");
+    std::fs::write(
+        &bad_client,
+        "contexts: [{name: a, server: http://x, colour: red}]\n",
+    )
+    .unwrap();
+    let bad_client_s = bad_client.to_str().unwrap();
+    let bad_yaml_s = bad_yaml.to_str().unwrap();
+    let unknown_s = unknown_key.to_str().unwrap();
+    let missing = dir.path().join("missing.yaml");
+    let missing_s = missing.to_str().unwrap();
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (vec!["serve", "--config", bad_yaml_s], vec![], "bad.yaml:5:"),
+        (
+            vec!["serve", "--config", bad_yaml_s],
+            vec![],
+            "0 never means unlimited",
+        ),
+        (
+            vec!["serve", "--config", unknown_s],
+            vec![],
+            "unknown.yaml:2:1: unknown field `sandbox`",
+        ),
+        (
+            vec!["serve", "--config", missing_s],
+            vec![],
+            "cannot read config file",
+        ),
+        (
+            vec!["serve", "--slots", "0"],
+            vec![],
+            "0 is not in 1..=1024",
+        ),
+        (
+            vec!["serve", "--listen", "nowhere"],
+            vec![],
+            "invalid socket address",
+        ),
+        (
+            vec!["serve", "--listen", "0.0.0.0:8080"],
+            vec![],
+            "is not loopback",
+        ),
+        (
+            vec!["serve"],
+            vec![("WARDEN_SLOTS", "many")],
+            "invalid value 'many'",
+        ),
+        (
+            vec!["job", "submit", "echo", "-p", "NOEQUALS"],
+            vec![],
+            "is not KEY=VALUE",
+        ),
+        (
+            vec!["job", "list", "--limit", "0"],
+            vec![],
+            "0 is not in 1..=500",
+        ),
+        (
+            vec!["job", "--server", "ftp://x", "list"],
+            vec![],
+            "must start with http://",
+        ),
+        (
+            vec!["job", "list", "-o", "yaml"],
+            vec![],
+            "invalid value 'yaml'",
+        ),
+        (
+            vec!["job", "--config", bad_client_s, "list"],
+            vec![],
+            "unknown field `colour`",
+        ),
+        (
+            vec!["job", "--context", "nope", "list"],
+            vec![],
+            "no context named \"nope\"",
+        ),
+        (
+            vec!["job", "logs", "x", "--stream", "stdin"],
+            vec![],
+            "invalid value 'stdin'",
+        ),
+        (
+            vec!["config", "--config", bad_client_s, "get-contexts"],
+            vec![],
+            "unknown field `colour`",
+        ),
+        (vec!["frobnicate"], vec![], "unrecognized subcommand"),
+    ];
+    for (args, env, fragment) in cases {
+        let r = warden(&args, &env);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(fragment),
+            "{args:?}: {:?} lacks {fragment:?}",
+            r.stderr
+        );
+    }
+}
+
+#[tokio::test]
+async fn wait_exit_codes_follow_the_job_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&write_config(dir.path(), ""));
+    let env = [("WARDEN_SERVER", server.url.as_str())];
+    let ok = warden(
+        &["job", "submit", "echo", "-p", "GREETING=cli", "--wait"],
+        &env,
+    );
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    assert!(ok.stdout.contains("succeeded"), "{}", ok.stdout);
+    let failed = warden(&["job", "submit", "fail", "--wait", "-o", "json"], &env);
+    assert_eq!(failed.code, 1);
+    let view: serde_json::Value = serde_json::from_str(&failed.stdout).unwrap();
+    assert_eq!(view["exit_code"], 3);
+    let timed_out = warden(&["job", "submit", "tree_timeout", "--wait"], &env);
+    assert_eq!(timed_out.code, 3, "{}", timed_out.stdout);
+    let error = warden(&["job", "submit", "missing_program", "--wait"], &env);
+    assert_eq!(error.code, 6);
+    let followed = warden(
+        &["job", "submit", "echo", "-p", "GREETING=f", "--follow"],
+        &env,
+    );
+    assert_eq!(followed.code, 0);
+    assert_eq!(followed.stdout, "hello f\n");
+    // The server refusing a request is the caller's mistake: exit 2 with its message.
+    let refused = warden(&["job", "submit", "echo", "-p", "NOPE=1"], &env);
+    assert_eq!(refused.code, 2);
+    assert!(
+        refused.stderr.contains("not allowed for job type"),
+        "{}",
+        refused.stderr
+    );
+    let bad_id = warden(&["job", "get", "not-a-uuid"], &env);
+    assert_eq!(bad_id.code, 2);
+    assert!(
+        bad_id.stderr.contains("invalid job id"),
+        "{}",
+        bad_id.stderr
+    );
+    // Logs and listing.
+    let list = warden(&["job", "list", "--job-type", "echo", "-o", "json"], &env);
+    let list: serde_json::Value = serde_json::from_str(&list.stdout).unwrap();
+    let id = list["jobs"][0]["job_id"].as_str().unwrap().to_string();
+    let logs = warden(&["job", "logs", &id], &env);
+    assert_eq!(logs.stdout, "hello f\n");
+    let arts = warden(&["job", "artifacts", &id], &env);
+    assert!(arts.stdout.contains("artifact.json"), "{}", arts.stdout);
+}
+
+#[tokio::test]
+async fn unreachable_server_exits_8() {
+    let r = warden(
+        &[
+            "job",
+            "list",
+            "--server",
+            "http://127.0.0.1:9",
+            "--timeout",
+            "2",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 8, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("cannot reach warden at http://127.0.0.1:9"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[tokio::test]
+async fn contexts_select_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&write_config(dir.path(), ""));
+    let cfg = dir.path().join("home").join(".warden").join("config");
+    let cfg_s = cfg.to_str().unwrap();
+    let env = [("WARDEN_CONFIG", cfg_s)];
+    let set = warden(
+        &[
+            "config",
+            "set-context",
+            "dead",
+            "--server",
+            "http://127.0.0.1:9",
+        ],
+        &env,
+    );
+    assert_eq!(set.code, 0, "{}", set.stderr);
+    let set = warden(
+        &[
+            "config",
+            "set-context",
+            "live",
+            "--server",
+            &server.url,
+            "--timeout",
+            "5",
+        ],
+        &env,
+    );
+    assert_eq!(set.code, 0, "{}", set.stderr);
+    assert_eq!(
+        warden(&["config", "current-context"], &env).stdout,
+        "dead\n"
+    );
+    assert_eq!(warden(&["job", "types", "--timeout", "2"], &env).code, 8);
+    assert_eq!(warden(&["job", "types", "--context", "live"], &env).code, 0);
+    assert_eq!(warden(&["config", "use-context", "live"], &env).code, 0);
+    let types = warden(&["job", "types"], &env);
+    assert_eq!(types.code, 0, "{}", types.stderr);
+    assert!(types.stdout.contains("echo"), "{}", types.stdout);
+    let contexts = warden(&["config", "get-contexts"], &env).stdout;
+    assert!(
+        contexts
+            .lines()
+            .any(|l| l.starts_with('*') && l.contains("live")),
+        "{contexts}"
+    );
+    assert_eq!(warden(&["config", "use-context", "ghost"], &env).code, 2);
+}

@@ -1,0 +1,490 @@
+//! End-to-end: the real `warden serve` binary, driven over HTTP.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use warden_api::{JobStatus, SubmitJobRequest};
+use warden_client::FollowItem;
+
+use crate::support::*;
+
+fn req(job_type: &str) -> SubmitJobRequest {
+    SubmitJobRequest {
+        job_type: job_type.into(),
+        ..SubmitJobRequest::default()
+    }
+}
+
+#[tokio::test]
+async fn submit_follow_logs_and_artifact_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&write_config(dir.path(), ""));
+    let c = server.client();
+    let mut r = req("echo");
+    r.params = BTreeMap::from([("GREETING".into(), "world".into())]);
+    let sub = c.submit(&r).await.unwrap();
+    assert!(
+        sub.artifact_dir.ends_with(&sub.job_id),
+        "{}",
+        sub.artifact_dir
+    );
+
+    let mut text = String::new();
+    let end = c
+        .follow(&sub.job_id, "stdout", Some(0), None, |item| {
+            if let FollowItem::Log(ev) = item {
+                text.push_str(&ev.text);
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(text, "hello world\n");
+    assert_eq!(end.status, JobStatus::Succeeded);
+    assert_eq!(end.next_offset, 12);
+
+    let job = c.get(&sub.job_id).await.unwrap();
+    assert_eq!(job.status, JobStatus::Succeeded);
+    assert_eq!(job.exit_code, Some(0));
+    assert!(job.unsafe_fallback, "the run is recorded as unsandboxed");
+    assert_eq!((job.stdout_bytes, job.stderr_bytes), (12, 10));
+    let err = c.logs(&sub.job_id, "stderr", 10).await.unwrap();
+    assert_eq!(err.lines, ["to-stderr"]);
+
+    let art: serde_json::Value =
+        serde_json::from_slice(&c.artifact(&sub.job_id, "artifact.json").await.unwrap()).unwrap();
+    assert_eq!(art["job_id"], sub.job_id.as_str());
+    assert_eq!(art["job_type"], "echo");
+    assert_eq!(art["status"], "succeeded");
+    assert_eq!(art["exit_code"], 0);
+    assert_eq!(art["params"]["GREETING"], "world");
+    assert_eq!(art["unsafe_fallback"], true);
+    assert_eq!(art["isolation"], "unsafe_fallback");
+    assert_eq!(art["outputs"], serde_json::json!(["out.txt"]));
+    assert_eq!(art["log"]["stdout_bytes"], 12);
+    assert!(
+        art["invariants"]["clean_tree_ok"].is_null(),
+        "no repository, nothing to prove"
+    );
+    assert!(art["timings"]["wall_ms"].as_u64().is_some());
+    assert!(art["resources"]["max_rss_kb"].as_u64().unwrap() > 0);
+    assert_eq!(c.artifact(&sub.job_id, "out.txt").await.unwrap(), b"out\n");
+}
+
+#[tokio::test]
+async fn job_environment_is_only_params_and_warden_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&write_config(dir.path(), ""));
+    let c = server.client();
+    let mut r = req("env");
+    r.params = BTreeMap::from([("GREETING".into(), "x y$(z)".into())]);
+    let sub = c.submit(&r).await.unwrap();
+    assert_eq!(
+        wait_terminal(&c, &sub.job_id).await.status,
+        JobStatus::Succeeded
+    );
+    let env = String::from_utf8(c.artifact(&sub.job_id, "env.txt").await.unwrap()).unwrap();
+    let names: Vec<&str> = env
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, _)| k)
+        .collect();
+    // `sh` itself adds PWD; everything else comes from warden.
+    assert_eq!(
+        names,
+        [
+            "ARTIFACT_DIR",
+            "GREETING",
+            "HOME",
+            "PATH",
+            "PWD",
+            "TMPDIR",
+            "WARDEN_JOB_ID"
+        ],
+        "{env}"
+    );
+    assert!(
+        env.contains("GREETING=x y$(z)\n"),
+        "params arrive verbatim: {env}"
+    );
+    assert!(env.contains(&format!("WARDEN_JOB_ID={}\n", sub.job_id)));
+    // Only stdin, stdout, stderr (and the fd `ls` opens for /proc/self/fd itself).
+    let fds = String::from_utf8(c.artifact(&sub.job_id, "fds.txt").await.unwrap()).unwrap();
+    let numbered: Vec<&str> = fds
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(8))
+        .filter(|n| n.chars().all(|c| c.is_ascii_digit()))
+        .collect();
+    assert_eq!(numbered, ["0", "1", "2", "3"], "{fds}");
+}
+
+#[tokio::test]
+async fn binary_output_survives_byte_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&write_config(dir.path(), ""));
+    let c = server.client();
+    let sub = c.submit(&req("binary")).await.unwrap();
+    wait_terminal(&c, &sub.job_id).await;
+    let out = c.logs_raw(&sub.job_id, "stdout", 0).await.unwrap();
+    assert_eq!(out, b"\xff\xfe\x00abc\n\xe2\x82");
+    assert_eq!(
+        c.logs_raw(&sub.job_id, "stderr", 0).await.unwrap(),
+        b"E\x01"
+    );
+    assert_eq!(
+        c.logs_raw(&sub.job_id, "stdout", 3).await.unwrap(),
+        b"abc\n\xe2\x82"
+    );
+}
+
+#[tokio::test]
+async fn failing_job_keeps_its_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&write_config(dir.path(), ""));
+    let c = server.client();
+    let sub = c.submit(&req("fail")).await.unwrap();
+    let job = wait_terminal(&c, &sub.job_id).await;
+    assert_eq!(job.status, JobStatus::Failed);
+    assert_eq!(job.exit_code, Some(3));
+    assert_eq!(job.reason.as_deref(), Some("exit_code: 3"));
+}
+
+#[tokio::test]
+async fn output_over_the_cap_is_truncated_and_the_job_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&write_config(dir.path(), ""));
+    let c = server.client();
+    let sub = c.submit(&req("flood")).await.unwrap();
+    let job = wait_terminal(&c, &sub.job_id).await;
+    assert_eq!(job.status, JobStatus::Failed);
+    assert_eq!(job.reason.as_deref(), Some("output_limit"));
+    assert!(job.log_truncated);
+    assert_eq!(job.stdout_bytes, 1 << 20, "exactly the cap is kept");
+    let logs = c.logs(&sub.job_id, "stdout", 1).await.unwrap();
+    assert!(logs.truncated);
+    let listing = c.artifacts(&sub.job_id).await.unwrap();
+    assert!(
+        !listing.artifacts.iter().any(|a| a.path == "after.txt"),
+        "the job was stopped"
+    );
+}
+
+#[tokio::test]
+async fn missing_program_is_an_error_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&write_config(dir.path(), ""));
+    let c = server.client();
+    let sub = c.submit(&req("missing_program")).await.unwrap();
+    let job = wait_terminal(&c, &sub.job_id).await;
+    assert_eq!(job.status, JobStatus::Error);
+    let reason = job.reason.unwrap();
+    assert!(
+        reason.starts_with("sandbox_setup_failed: exec /nonexistent/program:"),
+        "{reason}"
+    );
+}
+
+#[tokio::test]
+async fn repository_jobs_fail_closed_until_checkouts_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&write_config(dir.path(), ""));
+    let c = server.client();
+    let mut r = req("needs_repo");
+    r.repo_name = Some("demo".into());
+    r.remote_url = Some("https://example.invalid/demo".into());
+    r.sha = Some("0".repeat(40));
+    let sub = c.submit(&r).await.unwrap();
+    let job = wait_terminal(&c, &sub.job_id).await;
+    assert_eq!(job.status, JobStatus::Error);
+    assert!(job.reason.unwrap().starts_with("repo_checkout_unavailable"));
+}
+
+#[tokio::test]
+async fn timeout_kills_the_whole_tree_including_setsid_daemons() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&write_config(dir.path(), ""));
+    let c = server.client();
+    let sub = c.submit(&req("tree_timeout")).await.unwrap();
+    let job = wait_terminal(&c, &sub.job_id).await;
+    assert_eq!(job.status, JobStatus::TimedOut);
+    assert_eq!(job.reason.as_deref(), Some("timed_out"));
+    let art = std::path::Path::new(&sub.artifact_dir);
+    assert_all_gone(&[
+        read_pid(&art.join("child.pid")),
+        read_pid(&art.join("daemon.pid")),
+    ]);
+}
+
+#[tokio::test]
+async fn cancel_running_job_kills_the_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&write_config(dir.path(), ""));
+    let c = server.client();
+    let sub = c.submit(&req("tree")).await.unwrap();
+    wait_running_with_output(&c, &sub.job_id).await;
+    let art = std::path::Path::new(&sub.artifact_dir);
+    let pids = [
+        read_pid(&art.join("child.pid")),
+        read_pid(&art.join("daemon.pid")),
+    ];
+    assert!(
+        pids.iter().all(|p| !process_gone(*p)),
+        "the job's processes run before cancel"
+    );
+    let view = c.cancel(&sub.job_id).await.unwrap();
+    assert!(view.cancel_requested);
+    let job = wait_terminal(&c, &sub.job_id).await;
+    assert_eq!(job.status, JobStatus::Cancelled);
+    assert_all_gone(&pids);
+    // Cancelling again is a conflict, not a silent success.
+    let again = c.cancel(&sub.job_id).await.unwrap_err();
+    assert!(
+        matches!(again, warden_client::ClientError::Api { status: 409, .. }),
+        "{again}"
+    );
+}
+
+#[tokio::test]
+async fn cancel_escalates_to_sigkill_when_sigterm_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&write_config(dir.path(), ""));
+    let c = server.client();
+    let sub = c.submit(&req("stubborn")).await.unwrap();
+    wait_running_with_output(&c, &sub.job_id).await;
+    let main_pid = read_pid(&std::path::Path::new(&sub.artifact_dir).join("main.pid"));
+    c.cancel(&sub.job_id).await.unwrap();
+    let job = wait_terminal(&c, &sub.job_id).await;
+    assert_eq!(job.status, JobStatus::Cancelled);
+    assert_eq!(
+        job.signal,
+        Some(9),
+        "SIGTERM was ignored, so SIGKILL ended it"
+    );
+    assert_all_gone(&[main_pid]);
+}
+
+#[tokio::test]
+async fn cancel_queued_job_is_immediate() {
+    let dir = tempfile::tempdir().unwrap();
+    // One slot, kept busy, so the second job stays queued.
+    let server = Server::start(&write_config(dir.path(), "").with_slots(1));
+    let c = server.client();
+    let busy = c.submit(&req("sleeper")).await.unwrap();
+    wait_running_with_output(&c, &busy.job_id).await;
+    let queued = c.submit(&req("echo")).await.unwrap();
+    let view = c.cancel(&queued.job_id).await.unwrap();
+    assert_eq!(view.status, JobStatus::Cancelled);
+    assert!(view.started_at.is_none());
+    c.cancel(&busy.job_id).await.unwrap();
+    assert_eq!(
+        wait_terminal(&c, &busy.job_id).await.status,
+        JobStatus::Cancelled
+    );
+}
+
+#[tokio::test]
+async fn background_child_holding_stdout_is_killed_when_main_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&write_config(dir.path(), ""));
+    let c = server.client();
+    let sub = c.submit(&req("bg_holds_stdout")).await.unwrap();
+    let job = wait_terminal(&c, &sub.job_id).await;
+    assert_eq!(job.status, JobStatus::Succeeded);
+    let logs = c.logs(&sub.job_id, "stdout", 10).await.unwrap();
+    assert_eq!(logs.lines, ["main-done"]);
+    assert_all_gone(&[read_pid(
+        &std::path::Path::new(&sub.artifact_dir).join("bg.pid"),
+    )]);
+}
+
+#[tokio::test]
+async fn idempotency_key_returns_the_same_job_and_conflicts_on_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&write_config(dir.path(), ""));
+    let http = reqwest::Client::new();
+    let body = serde_json::json!({"job_type": "echo", "params": {"GREETING": "a"}, "idempotency_key": "k-1"});
+    let first = http
+        .post(format!("{}/jobs", server.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 201);
+    let first: serde_json::Value = first.json().await.unwrap();
+    let again = http
+        .post(format!("{}/jobs", server.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    let again: serde_json::Value = again.json().await.unwrap();
+    assert_eq!(first["job_id"], again["job_id"]);
+    assert_eq!(again["idempotent_replay"], true);
+    let changed = serde_json::json!({"job_type": "echo", "params": {"GREETING": "b"}, "idempotency_key": "k-1"});
+    let conflict = http
+        .post(format!("{}/jobs", server.url))
+        .json(&changed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(conflict.status(), 409);
+    let err: serde_json::Value = conflict.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "idempotency_conflict");
+    let list = server.client().list(&Default::default()).await.unwrap();
+    assert_eq!(list.jobs.len(), 1, "no second job was created");
+}
+
+#[tokio::test]
+async fn kill_9_mid_job_then_restart_requeues_and_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let marker = dir.path().join("marker");
+    let mut server = Server::start(&config);
+    let c = server.client();
+    let mut r = req("once_slow");
+    r.params = BTreeMap::from([("MARKER".into(), marker.display().to_string())]);
+    let sub = c.submit(&r).await.unwrap();
+    wait_running_with_output(&c, &sub.job_id).await;
+    let first_pid = read_pid(&dir.path().join("marker.pid"));
+    server.kill9();
+    // The supervisor sees warden vanish and takes the job's tree down with it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !process_gone(first_pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job outlived its server"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let server = Server::start(&config);
+    let c = server.client();
+    let job = wait_terminal(&c, &sub.job_id).await;
+    assert_eq!(job.status, JobStatus::Succeeded);
+    assert_eq!(job.attempts, 2);
+    let logs = c.logs(&sub.job_id, "stdout", 10).await.unwrap();
+    assert_eq!(
+        logs.lines,
+        ["second-attempt"],
+        "the re-run's log starts afresh"
+    );
+}
+
+#[tokio::test]
+async fn kill_9_without_attempts_left_ends_worker_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "max_attempts: 1");
+    let mut server = Server::start(&config);
+    let c = server.client();
+    let sub = c.submit(&req("sleeper")).await.unwrap();
+    wait_running_with_output(&c, &sub.job_id).await;
+    server.kill9();
+    let server = Server::start(&config);
+    let job = server.client().get(&sub.job_id).await.unwrap();
+    assert_eq!(job.status, JobStatus::Error);
+    assert_eq!(job.reason.as_deref(), Some("worker_lost"));
+}
+
+#[tokio::test]
+async fn sigterm_requeues_running_jobs_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let mut server = Server::start(&config);
+    let c = server.client();
+    let sub = c.submit(&req("sleeper")).await.unwrap();
+    wait_running_with_output(&c, &sub.job_id).await;
+    let status = server.terminate();
+    assert!(status.success(), "warden exits 0 on SIGTERM: {status:?}");
+    // On the next start the job is back, and the interrupted attempt did not count.
+    let server = Server::start(&config);
+    let c = server.client();
+    let job = wait_running_with_output(&c, &sub.job_id).await;
+    assert_eq!(job.attempts, 1);
+    c.cancel(&sub.job_id).await.unwrap();
+    wait_terminal(&c, &sub.job_id).await;
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_data_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let _server = Server::start(&config);
+    let out = std::process::Command::new(WARDEN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another warden process"), "{err}");
+}
+
+#[tokio::test]
+async fn artifact_downloads_never_follow_links_or_block_on_fifos() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&write_config(dir.path(), ""));
+    let c = server.client();
+    let sub = c.submit(&req("echo")).await.unwrap();
+    wait_terminal(&c, &sub.job_id).await;
+    // Plant what a hostile job would have left (the fallback has no filesystem isolation, so
+    // plant them directly).
+    let art = std::path::Path::new(&sub.artifact_dir);
+    std::os::unix::fs::symlink("/etc/passwd", art.join("passwd")).unwrap();
+    std::os::unix::fs::symlink("/etc", art.join("etc")).unwrap();
+    std::process::Command::new("mkfifo")
+        .arg(art.join("fifo"))
+        .status()
+        .unwrap();
+    std::fs::hard_link(art.join("out.txt"), art.join("hard.txt")).unwrap();
+    let http = reqwest::Client::new();
+    let get = |p: &str| {
+        let url = format!("{}/jobs/{}/artifacts/{p}", server.url, sub.job_id);
+        let http = http.clone();
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            (
+                status,
+                body["error"]["code"].as_str().unwrap_or("").to_string(),
+            )
+        }
+    };
+    assert_eq!(get("passwd").await, (422, "not_a_file".into()));
+    assert_eq!(get("etc/passwd").await, (422, "not_a_file".into()));
+    assert_eq!(get("fifo").await, (422, "not_a_file".into()));
+    assert_eq!(
+        get("..%2F..%2Fwarden.db").await,
+        (400, "invalid_path".into())
+    );
+    assert_eq!(get("nope.txt").await, (404, "artifact_not_found".into()));
+    // A hard link is just another name for a file inside the directory.
+    assert_eq!(c.artifact(&sub.job_id, "hard.txt").await.unwrap(), b"out\n");
+    let kinds: BTreeMap<String, String> = c
+        .artifacts(&sub.job_id)
+        .await
+        .unwrap()
+        .artifacts
+        .into_iter()
+        .map(|a| (a.path, a.kind))
+        .collect();
+    assert_eq!(kinds["passwd"], "symlink");
+    assert_eq!(kinds["fifo"], "other");
+    assert!(
+        !kinds.keys().any(|k| k.starts_with("etc/")),
+        "links are not descended"
+    );
+}
+
+trait WithSlots {
+    fn with_slots(self, n: u32) -> Self;
+}
+
+impl WithSlots for std::path::PathBuf {
+    fn with_slots(self, n: u32) -> Self {
+        let text = std::fs::read_to_string(&self)
+            .unwrap()
+            .replace("slots: 2", &format!("slots: {n}"));
+        std::fs::write(&self, text).unwrap();
+        self
+    }
+}

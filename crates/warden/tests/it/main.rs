@@ -1,0 +1,6 @@
+//! warden's integration tests: the real binary, the real store, real processes.
+
+mod api;
+mod cli;
+mod e2e;
+mod support;

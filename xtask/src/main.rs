@@ -1,0 +1,219 @@
+//! `cargo xtask bench e2e [--jobs N] [--sequential N] [--concurrency C]`
+//!
+//! Benchmarks are not tests: they print a table of medians and ratios against a baseline run in
+//! the same invocation. Results and the command that reproduces them go to docs/benchmarks.md.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use warden_api::SubmitJobRequest;
+use warden_client::Client;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["bench", "e2e", rest @ ..] => bench_e2e(rest),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask bench e2e [--jobs N] [--sequential N] [--concurrency C] [--slots S]"
+            );
+            std::process::exit(2);
+        }
+    }
+}
+
+fn flag(rest: &[&str], name: &str, default: usize) -> anyhow::Result<usize> {
+    match rest.iter().position(|a| *a == name) {
+        None => Ok(default),
+        Some(i) => {
+            let v = rest
+                .get(i + 1)
+                .with_context(|| format!("{name} needs a value"))?;
+            let n: usize = v
+                .parse()
+                .with_context(|| format!("{name} {v:?} is not a number"))?;
+            if n == 0 {
+                bail!("{name} must be at least 1");
+            }
+            Ok(n)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn build_release() -> anyhow::Result<PathBuf> {
+    let root = workspace_root();
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "-p", "warden"])
+        .current_dir(&root)
+        .status()?;
+    if !status.success() {
+        bail!("cargo build --release failed");
+    }
+    Ok(root.join("target/release/warden"))
+}
+
+struct Stats {
+    p50: Duration,
+    p99: Duration,
+}
+
+fn stats(mut v: Vec<Duration>) -> Stats {
+    v.sort();
+    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    Stats {
+        p50: at(0.50),
+        p99: at(0.99),
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+const NOOP: [&str; 1] = ["/bin/true"];
+
+fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
+    let jobs = flag(rest, "--jobs", 1000)?;
+    let sequential = flag(rest, "--sequential", 200)?;
+    let concurrency = flag(rest, "--concurrency", 32)?;
+    let slots = flag(rest, "--slots", 2)?;
+    let warden = build_release()?;
+    let dir = std::env::temp_dir().join(format!("warden-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("bench.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:0\ndata_dir: {}\nslots: {slots}\nunsafe_fallback: true\njob_types:\n  noop:\n    argv: {:?}\n    timeout_s: 60\n",
+            dir.join("data").display(),
+            NOOP
+        ),
+    )?;
+    let mut server = Command::new(&warden)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = server.stdout.take().unwrap();
+    let mut url = None;
+    for line in BufReader::new(stdout).lines() {
+        if let Some(u) = line?.strip_prefix("warden listening on ") {
+            url = Some(u.to_string());
+            break;
+        }
+    }
+    let url = url.context("warden did not start")?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let result = rt.block_on(run_e2e(&url, jobs, sequential, concurrency));
+    let _ = Command::new("kill").arg(server.id().to_string()).status();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let (seq, tput) = result?;
+
+    // Baseline: the same command as a bare process, in the same invocation.
+    let mut direct = Vec::with_capacity(sequential);
+    for _ in 0..sequential {
+        let t = Instant::now();
+        Command::new(NOOP[0]).status()?;
+        direct.push(t.elapsed());
+    }
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                for _ in 0..jobs / 2 {
+                    let _ = Command::new(NOOP[0]).status();
+                }
+            });
+        }
+    });
+    let direct_tput = (jobs / 2 * 2) as f64 / t.elapsed().as_secs_f64();
+    let (d, w) = (stats(direct), stats(seq));
+
+    println!();
+    println!(
+        "e2e: {NOOP:?}, {sequential} sequential jobs for latency, {jobs} jobs at concurrency \
+         {concurrency} for throughput, {slots} slots (direct baseline: 2 threads)"
+    );
+    println!("| path                         | p50 ms | p99 ms | jobs/s |");
+    println!("|------------------------------|-------:|-------:|-------:|");
+    println!(
+        "| direct fork/exec             | {:>6} | {:>6} | {:>6.0} |",
+        ms(d.p50),
+        ms(d.p99),
+        direct_tput
+    );
+    println!(
+        "| warden HTTP submit→terminal  | {:>6} | {:>6} | {:>6.0} |",
+        ms(w.p50),
+        ms(w.p99),
+        tput
+    );
+    println!(
+        "ratio warden/direct: p50 {:.1}x, throughput {:.2}x",
+        w.p50.as_secs_f64() / d.p50.as_secs_f64(),
+        tput / direct_tput
+    );
+    Ok(())
+}
+
+async fn run_e2e(
+    url: &str,
+    jobs: usize,
+    sequential: usize,
+    concurrency: usize,
+) -> anyhow::Result<(Vec<Duration>, f64)> {
+    let client = Client::new(url, Duration::from_secs(30), None)?;
+    let req = SubmitJobRequest {
+        job_type: "noop".into(),
+        ..SubmitJobRequest::default()
+    };
+    // Warm-up.
+    for _ in 0..20 {
+        one(&client, &req).await?;
+    }
+    let mut lat = Vec::with_capacity(sequential);
+    for _ in 0..sequential {
+        lat.push(one(&client, &req).await?);
+    }
+    let t = Instant::now();
+    let results: Vec<anyhow::Result<Duration>> = futures::stream::iter(0..jobs)
+        .map(|_| one(&client, &req))
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    for r in results {
+        r?;
+    }
+    Ok((lat, jobs as f64 / t.elapsed().as_secs_f64()))
+}
+
+/// Submits one job and follows it to its end; the time from submit to the `end` event.
+async fn one(client: &Client, req: &SubmitJobRequest) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let sub = client.submit(req).await?;
+    let end = client
+        .follow(&sub.job_id, "stdout", Some(0), None, |_| {})
+        .await?;
+    if end.status != warden_api::JobStatus::Succeeded {
+        bail!("job {} ended {}", sub.job_id, end.status);
+    }
+    Ok(t.elapsed())
+}
