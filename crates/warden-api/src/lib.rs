@@ -113,6 +113,10 @@ pub struct ResourceUsage {
     pub system_cpu_ms: u64,
     /// Peak resident set of the largest process of the job, in KiB.
     pub max_rss_kb: u64,
+    /// Peak memory of the job's whole cgroup (all its processes, page cache included), when
+    /// the job ran in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_memory_bytes: Option<u64>,
 }
 
 /// The whole record of a job, `GET /jobs/{id}`.

@@ -18,9 +18,10 @@ pub const DEFAULT_CONFIG_YAML: &str = r#"# warden's built-in default configurati
 listen: 127.0.0.1:8080
 data_dir: ./.warden
 slots: 2
-# TEMPORARY: the kernel sandbox (warden-sandbox) is not wired in yet, so the demo configuration
-# runs jobs as plain supervised processes. Every job records `unsafe_fallback: true`. A config
-# file that leaves this out refuses to run jobs unsandboxed.
+# Jobs run in warden's kernel sandbox. Where it cannot be set up on this host (warden checks at
+# start; `warden doctor` says why), this demo configuration runs jobs as plain supervised
+# processes instead, and every such job records `unsafe_fallback: true`. A config file that
+# leaves this out refuses to run jobs without the sandbox.
 unsafe_fallback: true
 job_types:
   local_echo:
@@ -72,10 +73,19 @@ pub struct Config {
     /// How long running jobs may go on after the server is asked to stop; what is left is re-queued.
     #[serde(default = "default_shutdown_grace_s")]
     pub shutdown_grace_s: Positive,
+    /// Host uid and gid that sandboxed jobs run as (uid 1000 inside their user namespace).
+    #[serde(default = "default_sandbox_id")]
+    pub sandbox_uid: u32,
+    #[serde(default = "default_sandbox_id")]
+    pub sandbox_gid: u32,
     #[serde(default)]
     pub job_types: BTreeMap<JobTypeName, JobType>,
     #[serde(default)]
     pub repos: BTreeMap<String, RepoConfig>,
+}
+
+fn default_sandbox_id() -> u32 {
+    65534
 }
 
 fn default_listen() -> SocketAddr {
@@ -249,6 +259,54 @@ pub struct JobType {
     pub allowed_params: Vec<String>,
     pub limits: Limits,
     pub network: bool,
+    /// Extra host paths bound read-only into the sandbox (e.g. a toolchain).
+    pub binds: Vec<BindConfig>,
+}
+
+/// A read-only bind of a host path into the sandbox.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindConfig {
+    pub host: PathBuf,
+    pub at: PathBuf,
+}
+
+/// Places inside the sandbox that warden owns; a bind may not cover them.
+const RESERVED_MOUNTS: &[&str] = &[
+    "/",
+    "/proc",
+    "/dev",
+    "/tmp",
+    "/work",
+    "/artifacts",
+    "/etc",
+    "/usr",
+];
+
+impl BindConfig {
+    fn check(&self, i: usize) -> Result<(), String> {
+        use std::path::Component;
+        for (what, p) in [("host", &self.host), ("at", &self.at)] {
+            if !p.is_absolute() || p.components().any(|c| matches!(c, Component::ParentDir)) {
+                return Err(format!(
+                    "binds[{i}].{what} {p:?} must be an absolute path without '..'"
+                ));
+            }
+        }
+        if RESERVED_MOUNTS
+            .iter()
+            .any(|r| self.at == std::path::Path::new(r))
+            || ["/proc/", "/dev/", "/work/", "/artifacts/", "/tmp/"]
+                .iter()
+                .any(|r| self.at.starts_with(r))
+        {
+            return Err(format!(
+                "binds[{i}].at {:?} is a place warden manages itself",
+                self.at
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Deserialize)]
@@ -268,6 +326,8 @@ struct RawJobType {
     limits: Limits,
     #[serde(default)]
     network: bool,
+    #[serde(default)]
+    binds: Vec<BindConfig>,
 }
 
 impl TryFrom<RawJobType> for JobType {
@@ -299,7 +359,11 @@ impl TryFrom<RawJobType> for JobType {
                 return Err(format!("allowed_params lists {name:?} twice"));
             }
         }
+        for (i, b) in raw.binds.iter().enumerate() {
+            b.check(i)?;
+        }
         Ok(JobType {
+            binds: raw.binds,
             description: raw.description,
             argv: raw.argv,
             timeout_s: raw.timeout_s,
@@ -463,6 +527,16 @@ repos:
             "is invalid",
         );
         check("listen: nowhere\n", Some(1), "invalid socket address");
+        check(
+            "job_types:\n  t:\n    argv: [x]\n    timeout_s: 5\n    binds: [{host: /opt, at: /proc/x}]\n",
+            Some(2),
+            "a place warden manages itself",
+        );
+        check(
+            "job_types:\n  t:\n    argv: [x]\n    timeout_s: 5\n    binds: [{host: opt, at: /opt}]\n",
+            Some(2),
+            "must be an absolute path",
+        );
         check("listen: 0.0.0.0:8080\n", None, "not loopback");
         check(
             "slots: 'unterminated\n",

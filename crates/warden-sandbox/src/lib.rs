@@ -14,9 +14,21 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub mod cgroups;
+mod landlock;
 mod launcher;
+mod mounts;
 mod proc_tree;
+mod sandbox;
+pub mod seccomp;
 pub mod supervisor;
+mod sys;
+
+pub use landlock::kernel_abi as landlock_abi;
+pub use mounts::{ARTIFACTS as SANDBOX_ARTIFACTS, WORK as SANDBOX_WORK};
+
+/// The job's uid and gid inside its user namespace.
+pub const JOB_UID: u32 = 1000;
 
 pub use launcher::{Launcher, RunningJob};
 
@@ -30,6 +42,38 @@ pub enum Isolation {
     /// A supervised process tree with rlimits but no namespaces, seccomp or Landlock. Only used
     /// when the operator set `unsafe_fallback: true`; recorded on the job.
     UnsafeFallback,
+    /// The full sandbox: namespaces, pivoted read-only root, cgroups, Landlock, seccomp.
+    Sandbox,
+}
+
+/// What the full sandbox needs beyond the spawn spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    /// An empty host directory that becomes the mount point of the job's root.
+    pub root: PathBuf,
+    /// Host directory mounted read-only at `/work` (the worktree; the job's cwd).
+    pub work: PathBuf,
+    /// Host directory mounted writable at `/artifacts` (the job's `ARTIFACT_DIR`).
+    pub artifacts: PathBuf,
+    /// Extra read-only binds the job type asks for.
+    pub binds: Vec<Bind>,
+    /// Share the host's network namespace instead of a loopback-only one.
+    pub network: bool,
+    /// Host uid/gid the job's uid 1000 maps to.
+    pub uid: u32,
+    pub gid: u32,
+    pub memory_bytes: Option<u64>,
+    pub pids: Option<u64>,
+    /// Size of `/tmp` and `/dev/shm` each.
+    pub tmpfs_bytes: u64,
+    /// Name of the job's cgroup under `warden/`.
+    pub cgroup_name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bind {
+    pub host: PathBuf,
+    pub at: PathBuf,
 }
 
 /// Everything the supervisor needs to start one job.
@@ -43,6 +87,8 @@ pub struct SpawnSpec {
     pub timeout_ms: u64,
     pub rlimits: Rlimits,
     pub isolation: Isolation,
+    /// Present exactly when `isolation` is `Sandbox`.
+    pub sandbox: Option<SandboxSpec>,
 }
 
 /// Per-process kernel limits applied before exec. `None` leaves the inherited limit.
@@ -77,6 +123,12 @@ pub struct ExitReport {
     pub max_rss_kb: u64,
     /// How many processes were still alive after the main one ended and were killed.
     pub stragglers_killed: u32,
+    /// The limit that ended the job, if one did (`memory_limit`, `pids_limit`, ...).
+    pub limit_hit: Option<String>,
+    /// Peak memory of the job's cgroup, when there is one.
+    pub peak_memory_bytes: Option<u64>,
+    /// What enforced each limit.
+    pub enforcement: BTreeMap<String, String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -49,6 +49,17 @@ fn run() -> io::Result<()> {
     let mut control = unsafe { UnixStream::from_raw_fd(0) };
     let spec = read_spec(&mut control)?;
 
+    if spec.isolation == crate::Isolation::Sandbox {
+        let out = match &spec.sandbox {
+            Some(sb) => crate::sandbox::run(&mut control, &spec, sb),
+            None => setup_failed(
+                "spec",
+                io::Error::other("sandbox isolation without a sandbox spec"),
+            ),
+        };
+        return report(&mut control, out);
+    }
+
     // Become the reaper of every orphan below us, so that nothing the job starts can leave.
     // SAFETY: plain prctl with integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
@@ -69,21 +80,25 @@ fn run() -> io::Result<()> {
     let pid = child.id() as i32;
     drop(child); // we reap it ourselves with wait4, for its status and usage
 
-    // Our own stdout/stderr are the job's pipes: let go of them, so that the pipes close exactly
-    // when the job's last process does.
-    let devnull = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
-    // SAFETY: dup2 onto 1 and 2 replaces descriptors this process owns and nothing else uses.
-    unsafe {
-        libc::dup2(devnull.as_raw_fd(), 1);
-        libc::dup2(devnull.as_raw_fd(), 2);
-    }
-    drop(devnull);
+    release_stdio();
 
     let mut out = supervise(&mut control, pid, started, &spec)?;
     reap_all(&mut out);
     out.wall_ms = started.elapsed().as_millis() as u64;
     add_children_usage(&mut out);
     report(&mut control, out)
+}
+
+/// Our own stdout/stderr are the job's pipes: let go of them, so that the pipes close exactly
+/// when the job's last process does.
+pub(crate) fn release_stdio() {
+    if let Ok(devnull) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        // SAFETY: dup2 onto 1 and 2 replaces descriptors this process owns and nothing else uses.
+        unsafe {
+            libc::dup2(devnull.as_raw_fd(), 1);
+            libc::dup2(devnull.as_raw_fd(), 2);
+        }
+    }
 }
 
 fn setup_failed(step: &str, e: io::Error) -> ExitReport {

@@ -9,7 +9,9 @@ use warden_core::Config;
 use warden_sandbox::{Isolation, Launcher};
 use warden_store::{Store, now_millis};
 use warden_store_sqlite::SqliteStore;
-use warden_worker::{DataDir, Events, SupervisedExecutor, WorkerConfig, WorkerPool};
+use warden_worker::{
+    DataDir, Events, Executor, SupervisedExecutor, WorkerConfig, WorkerPool, sandbox_self_test,
+};
 
 use crate::http::app;
 use crate::service::JobService;
@@ -79,18 +81,42 @@ pub async fn run(
         }
     }
 
-    if config.unsafe_fallback {
-        tracing::warn!(
-            "unsafe_fallback is on: jobs run as supervised processes WITHOUT the kernel sandbox; \
-             every job records this"
-        );
-    }
+    // Can this host give jobs the full sandbox? Learn it once, now, by running one.
+    let launcher = Launcher::new(supervisor_exe);
+    let sandbox = SupervisedExecutor::new(launcher.clone(), Isolation::Sandbox);
+    let self_test = sandbox_self_test(
+        &sandbox,
+        &data.scratch_root(),
+        config.sandbox_uid,
+        config.sandbox_gid,
+    )
+    .await;
+    let executor = match self_test {
+        Ok(()) => {
+            tracing::info!("kernel sandbox available: every job runs in it");
+            Arc::new(sandbox)
+        }
+        Err(e) if config.unsafe_fallback => {
+            tracing::warn!(
+                reason = %e,
+                "the kernel sandbox cannot be set up on this host; unsafe_fallback is on, so \
+                 jobs run as supervised processes WITHOUT the sandbox (recorded on every job); \
+                 run `warden doctor`"
+            );
+            Arc::new(SupervisedExecutor::new(launcher, Isolation::UnsafeFallback))
+        }
+        Err(e) => {
+            tracing::error!(
+                reason = %e,
+                "the kernel sandbox cannot be set up on this host: jobs will end `error` \
+                 (fail closed); run `warden doctor`"
+            );
+            Arc::new(sandbox)
+        }
+    };
+    let unsafe_fallback = executor.isolation() == Isolation::UnsafeFallback;
     let config = Arc::new(config);
     let events = Events::new();
-    let executor = Arc::new(SupervisedExecutor::new(
-        Launcher::new(supervisor_exe),
-        Isolation::UnsafeFallback,
-    ));
     let worker_config = WorkerConfig::from_config(&config);
     let lease_ms = worker_config.lease_ms;
     let worker = WorkerPool::start(
@@ -107,6 +133,7 @@ pub async fn run(
         data,
         events.clone(),
         Some(worker.clone()),
+        unsafe_fallback,
     ));
 
     // The reaper: a lease that was not renewed in time means its worker is gone.

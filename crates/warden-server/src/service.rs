@@ -23,6 +23,8 @@ pub struct JobService {
     pub data: DataDir,
     pub events: Events,
     worker: Option<Arc<WorkerHandle>>,
+    /// Jobs run without the kernel sandbox (recorded on each job).
+    unsafe_fallback: bool,
     accepting: AtomicBool,
     /// Cancelled when the server stops: live log streams end.
     pub shutdown: tokio_util::sync::CancellationToken,
@@ -66,8 +68,10 @@ impl JobService {
         data: DataDir,
         events: Events,
         worker: Option<Arc<WorkerHandle>>,
+        unsafe_fallback: bool,
     ) -> JobService {
         JobService {
+            unsafe_fallback,
             store,
             config,
             data,
@@ -181,7 +185,7 @@ impl JobService {
             params: req.params,
             idempotency_key,
             max_attempts: self.config.max_attempts.get() as u32,
-            unsafe_fallback: self.config.unsafe_fallback,
+            unsafe_fallback: self.unsafe_fallback,
             created_at: now_millis(),
         };
         let outcome = self.store.submit(new).await?;

@@ -14,7 +14,7 @@ mod run;
 
 pub use artifact::{ArtifactJson, write_artifact_json};
 pub use events::Events;
-pub use executor::{Execution, Executor, SupervisedExecutor};
+pub use executor::{Execution, Executor, SupervisedExecutor, sandbox_self_test};
 pub use layout::DataDir;
 pub use pool::{WorkerConfig, WorkerHandle, WorkerPool};
 

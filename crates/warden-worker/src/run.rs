@@ -11,7 +11,10 @@ use tokio::net::unix::pipe;
 use tokio_util::sync::CancellationToken;
 use warden_api::{JobStatus, ResourceUsage};
 use warden_core::{JobType, Limits};
-use warden_sandbox::{ExitReport, Isolation, KilledBy, Rlimits, SpawnSpec};
+use warden_sandbox::{
+    Bind, ExitReport, Isolation, KilledBy, Rlimits, SANDBOX_ARTIFACTS, SANDBOX_WORK, SandboxSpec,
+    SpawnSpec,
+};
 use warden_store::{Claimed, Completion, JobRecord, Lease, LogStream, StoreError, now_millis};
 
 use crate::artifact::{ArtifactJson, Invariants, LogSummary, Timings, write_artifact_json};
@@ -82,6 +85,7 @@ pub(crate) async fn run_job(shared: &Shared, claimed: Claimed, signals: JobSigna
                     user_cpu_ms: r.user_cpu_ms,
                     system_cpu_ms: r.system_cpu_ms,
                     max_rss_kb: r.max_rss_kb,
+                    peak_memory_bytes: r.peak_memory_bytes,
                 });
             let artifact_dir = shared.data.artifacts(id);
             if artifact_dir.is_dir() {
@@ -140,6 +144,9 @@ fn prepare(shared: &Shared, job: &JobRecord) -> Result<Prepared, String> {
         scratch.join("tmp"),
         scratch.join("work"),
     );
+    let root = scratch.join("root");
+    let isolation = shared.executor.isolation();
+    let sandboxed = isolation == Isolation::Sandbox;
     let setup = || -> std::io::Result<()> {
         // A re-run after a lost worker starts from an empty artifact directory.
         if artifacts.exists() {
@@ -149,26 +156,65 @@ fn prepare(shared: &Shared, job: &JobRecord) -> Result<Prepared, String> {
             std::fs::remove_dir_all(&scratch)?;
         }
         std::fs::create_dir_all(&artifacts)?;
-        for dir in [&home, &tmp, &work] {
+        for dir in [&home, &tmp, &work, &root] {
             std::fs::create_dir_all(dir)?;
         }
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o555))?;
+        if sandboxed {
+            // The job's uid 1000 is this host uid: it owns its artifact directory, nothing else.
+            std::os::unix::fs::chown(
+                &artifacts,
+                Some(shared.config.sandbox_uid),
+                Some(shared.config.sandbox_gid),
+            )?;
+        }
         Ok(())
     };
     setup().map_err(|e| format!("sandbox_setup_failed: directories: {e}"))?;
 
     let mut env: BTreeMap<String, String> = job.params.clone();
-    env.insert("ARTIFACT_DIR".into(), path_str(&artifacts));
     env.insert("WARDEN_JOB_ID".into(), job.id.to_string());
-    env.insert("HOME".into(), path_str(&home));
-    env.insert("TMPDIR".into(), path_str(&tmp));
     env.insert("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into());
+    if sandboxed {
+        env.insert("ARTIFACT_DIR".into(), SANDBOX_ARTIFACTS.into());
+        env.insert("HOME".into(), "/tmp/home".into());
+        env.insert("TMPDIR".into(), "/tmp".into());
+    } else {
+        env.insert("ARTIFACT_DIR".into(), path_str(&artifacts));
+        env.insert("HOME".into(), path_str(&home));
+        env.insert("TMPDIR".into(), path_str(&tmp));
+    }
     let limits = &job_type.limits;
+    let sandbox = sandboxed.then(|| SandboxSpec {
+        root: root.clone(),
+        work: work.clone(),
+        artifacts: artifacts.clone(),
+        binds: job_type
+            .binds
+            .iter()
+            .map(|b| Bind {
+                host: b.host.clone(),
+                at: b.at.clone(),
+            })
+            .collect(),
+        network: job_type.network,
+        uid: shared.config.sandbox_uid,
+        gid: shared.config.sandbox_gid,
+        memory_bytes: limits.memory_mb.map(|m| m.get().saturating_mul(1 << 20)),
+        pids: limits.pids.map(|p| p.get()),
+        tmpfs_bytes: limits.tmpfs_mb.map(|m| m.get()).unwrap_or(DEFAULT_TMPFS_MB) << 20,
+        cgroup_name: job.id.to_string(),
+    });
     let spec = SpawnSpec {
+        sandbox,
         argv: job_type.argv.clone(),
         env,
-        cwd: work,
+        cwd: if sandboxed {
+            PathBuf::from(SANDBOX_WORK)
+        } else {
+            work
+        },
         timeout_ms: job_type.timeout_s.get().saturating_mul(1000),
         rlimits: Rlimits {
             cpu_s: limits.cpu_s.map(|p| p.get()),
@@ -179,6 +225,9 @@ fn prepare(shared: &Shared, job: &JobRecord) -> Result<Prepared, String> {
     };
     Ok(Prepared { spec, job_type })
 }
+
+/// Size of `/tmp` (and `/dev/shm`) when the job type does not say.
+const DEFAULT_TMPFS_MB: u64 = 256;
 
 fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
@@ -195,6 +244,7 @@ fn limit_enforcement(limits: &Limits, isolation: Isolation) -> BTreeMap<String, 
     m.insert("file_size".into(), rl(limits.file_size_mb.is_some()));
     m.insert("open_files".into(), rl(limits.open_files.is_some()));
     match isolation {
+        Isolation::Sandbox => {}
         Isolation::UnsafeFallback => {
             for (name, set) in [
                 ("memory", limits.memory_mb.is_some()),
@@ -306,9 +356,13 @@ async fn execute(
         }
     };
     info.report = Some(report.clone());
+    if !report.enforcement.is_empty() {
+        info.limits = report.enforcement.clone();
+    }
     if let Some(err) = &report.setup_error {
         return (refuse(format!("sandbox_setup_failed: {err}")), info);
     }
+    let mut warnings = Vec::new();
     let ended_by_kill = report.killed_by.is_some();
     let (status, reason) = if lease_lost {
         return (Outcome::Abandon, info);
@@ -321,7 +375,13 @@ async fn execute(
     } else if report.killed_by == Some(KilledBy::Timeout) {
         (JobStatus::TimedOut, Some("timed_out".to_string()))
     } else if report.exit_code == Some(0) {
+        if let Some(limit) = &report.limit_hit {
+            // It hit a limit (e.g. a fork failed at pids.max) and still succeeded.
+            warnings.push(format!("{}_HIT", limit.to_uppercase()));
+        }
         (JobStatus::Succeeded, None)
+    } else if let Some(limit) = &report.limit_hit {
+        (JobStatus::Failed, Some(limit.clone()))
     } else if let Some(sig) = report.signal {
         (JobStatus::Failed, Some(format!("signal: {sig}")))
     } else {
@@ -335,7 +395,7 @@ async fn execute(
         reason,
         exit_code: report.exit_code,
         signal: report.signal,
-        warnings: Vec::new(),
+        warnings,
         resources: None,
         log_truncated: truncated,
     };
@@ -468,6 +528,7 @@ fn artifact_record(
         },
         isolation: match shared.executor.isolation() {
             Isolation::UnsafeFallback => "unsafe_fallback".into(),
+            Isolation::Sandbox => "sandbox".into(),
         },
         unsafe_fallback: shared.executor.isolation() == Isolation::UnsafeFallback,
         warnings: done.warnings.clone(),

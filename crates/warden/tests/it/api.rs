@@ -43,7 +43,7 @@ fn test_app() -> TestApp {
         events.clone(),
         WorkerConfig::from_config(&config),
     );
-    let service = JobService::new(store, config, data, events, Some(worker));
+    let service = JobService::new(store, config, data, events, Some(worker), true);
     TestApp {
         router: app(Arc::new(service)),
         _dir: dir,

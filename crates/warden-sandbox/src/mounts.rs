@@ -1,0 +1,299 @@
+//! The job's filesystem: a fresh tmpfs root holding read-only binds of the host's system
+//! directories and a handful of `/etc` files, its own `/proc`, a minimal `/dev`, a size-capped
+//! `/tmp`, the worktree read-only at `/work` and the artifact directory at `/artifacts`; then
+//! `pivot_root` into it and detach the old root. Runs as root in the job's new mount namespace.
+
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+
+use crate::SandboxSpec;
+use crate::sys::{Step, check, cstr, fail, mount};
+
+/// Where things appear inside the sandbox.
+pub const WORK: &str = "/work";
+pub const ARTIFACTS: &str = "/artifacts";
+
+/// System directories bound read-only (a symlink on the host, as on merged-/usr systems,
+/// becomes the same symlink).
+const SYSTEM_DIRS: &[&str] = &[
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+];
+
+/// `/etc` entries programs need to start and find libraries. Deliberately absent: shadow,
+/// gshadow, ssh, sudoers, machine-id and anything with host credentials.
+const ETC_ENTRIES: &[&str] = &[
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "alternatives",
+    "nsswitch.conf",
+    "localtime",
+    "ssl",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "os-release",
+    "mime.types",
+    "protocols",
+    "services",
+    "debian_version",
+];
+
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
+
+const RO: libc::c_ulong = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+
+fn mkdir(p: &Path) -> Step {
+    fs::create_dir_all(p).map_err(|e| fail(format!("mkdir {}", p.display()), e))
+}
+
+fn touch(p: &Path) -> Step {
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(p)
+        .map(drop)
+        .map_err(|e| fail(format!("create {}", p.display()), e))
+}
+
+fn inside(root: &Path, at: &str) -> PathBuf {
+    root.join(at.trim_start_matches('/'))
+}
+
+/// Bind `src` at `dst` read-only (recursively: mount_setattr makes every submount read-only).
+fn bind_ro(src: &Path, dst: &Path) -> Step {
+    mount(Some(src), dst, None, libc::MS_BIND | libc::MS_REC, None)?;
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let dst_c = cstr(dst)?;
+    // SAFETY: dst_c is a valid C string and attr a valid mount_attr of the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            dst_c.as_ptr(),
+            libc::AT_RECURSIVE,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if rc < 0 {
+        // Kernels before 5.12: remount the top mount read-only.
+        mount(None, dst, None, libc::MS_BIND | libc::MS_REMOUNT | RO, None)?;
+    }
+    Ok(())
+}
+
+/// Binds a host path (dir or file) read-only at the same place under `root`.
+fn bind_host(root: &Path, host: &Path) -> Step {
+    let Ok(meta) = fs::symlink_metadata(host) else {
+        return Ok(());
+    };
+    let dst = root.join(host.strip_prefix("/").unwrap_or(host));
+    if meta.file_type().is_symlink() {
+        let target =
+            fs::read_link(host).map_err(|e| fail(format!("readlink {}", host.display()), e))?;
+        if let Some(parent) = dst.parent() {
+            mkdir(parent)?;
+        }
+        return symlink(&target, &dst).map_err(|e| fail(format!("symlink {}", dst.display()), e));
+    }
+    if meta.is_dir() {
+        mkdir(&dst)?;
+    } else {
+        if let Some(parent) = dst.parent() {
+            mkdir(parent)?;
+        }
+        touch(&dst)?;
+    }
+    bind_ro(host, &dst)
+}
+
+fn write_file(p: &Path, text: &str) -> Step {
+    fs::write(p, text).map_err(|e| fail(format!("write {}", p.display()), e))
+}
+
+/// Builds the root at `spec.root` and pivots into it. Afterwards `/` is the job's root.
+pub fn build_root(spec: &SandboxSpec, hostname: &str) -> Step {
+    let root = spec.root.as_path();
+    // Nothing we mount may propagate back to the host.
+    mount(
+        None,
+        Path::new("/"),
+        None,
+        libc::MS_REC | libc::MS_PRIVATE,
+        None,
+    )?;
+    // The root itself: a small tmpfs holding only mount points and generated files.
+    mount(
+        Some(Path::new("tmpfs")),
+        root,
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some("size=1m,mode=0755"),
+    )?;
+
+    for dir in SYSTEM_DIRS {
+        bind_host(root, Path::new(dir))?;
+    }
+    mkdir(&root.join("etc"))?;
+    for entry in ETC_ENTRIES {
+        bind_host(root, &Path::new("/etc").join(entry))?;
+    }
+    if spec.network {
+        bind_host(root, Path::new("/etc/resolv.conf"))?;
+    }
+    // Identity files of the sandbox's own: root and the job user, nothing of the host.
+    write_file(
+        &root.join("etc/passwd"),
+        &format!(
+            "root:x:0:0:root:/root:/usr/sbin/nologin\nwarden:x:{uid}:{uid}:warden job:/tmp/home:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+            uid = crate::JOB_UID
+        ),
+    )?;
+    write_file(
+        &root.join("etc/group"),
+        &format!(
+            "root:x:0:\nwarden:x:{gid}:\nnogroup:x:65534:\n",
+            gid = crate::JOB_UID
+        ),
+    )?;
+    write_file(&root.join("etc/hostname"), &format!("{hostname}\n"))?;
+    write_file(
+        &root.join("etc/hosts"),
+        &format!("127.0.0.1 localhost {hostname}\n::1 localhost\n"),
+    )?;
+
+    // /proc of the job's own PID namespace.
+    let proc_dir = root.join("proc");
+    mkdir(&proc_dir)?;
+    mount(
+        Some(Path::new("proc")),
+        &proc_dir,
+        Some("proc"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        None,
+    )?;
+
+    // A minimal /dev: a few host device nodes bound in, a private /dev/shm.
+    let dev = root.join("dev");
+    mkdir(&dev)?;
+    mount(
+        Some(Path::new("tmpfs")),
+        &dev,
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        Some("size=64k,mode=0755"),
+    )?;
+    for d in DEVICES {
+        let dst = dev.join(d);
+        touch(&dst)?;
+        mount(
+            Some(&Path::new("/dev").join(d)),
+            &dst,
+            None,
+            libc::MS_BIND,
+            None,
+        )?;
+        mount(
+            None,
+            &dst,
+            None,
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NOEXEC,
+            None,
+        )?;
+    }
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        symlink(target, dev.join(name)).map_err(|e| fail(format!("symlink /dev/{name}"), e))?;
+    }
+    let tmpfs_opts = format!("size={},mode=1777", spec.tmpfs_bytes);
+    let shm = dev.join("shm");
+    mkdir(&shm)?;
+    mount(
+        Some(Path::new("tmpfs")),
+        &shm,
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        Some(&tmpfs_opts),
+    )?;
+
+    // Scratch: /tmp (with the job's HOME in it), size-capped.
+    let tmp = root.join("tmp");
+    mkdir(&tmp)?;
+    mount(
+        Some(Path::new("tmpfs")),
+        &tmp,
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some(&tmpfs_opts),
+    )?;
+    let home = tmp.join("home");
+    mkdir(&home)?;
+    let home_c = cstr(&home)?;
+    // SAFETY: home_c is a valid C string.
+    check("chown /tmp/home", unsafe {
+        libc::chown(home_c.as_ptr(), spec.uid, spec.gid)
+    })?;
+    fs::set_permissions(&home, fs::Permissions::from_mode(0o700))
+        .map_err(|e| fail("chmod /tmp/home", e))?;
+
+    // The worktree, read-only, and the artifact directory, writable.
+    let work = inside(root, WORK);
+    mkdir(&work)?;
+    bind_ro(&spec.work, &work)?;
+    let artifacts = inside(root, ARTIFACTS);
+    mkdir(&artifacts)?;
+    mount(Some(&spec.artifacts), &artifacts, None, libc::MS_BIND, None)?;
+    mount(
+        None,
+        &artifacts,
+        None,
+        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV,
+        None,
+    )?;
+    for bind in &spec.binds {
+        let dst = inside(root, &bind.at.to_string_lossy());
+        if bind.host.is_dir() {
+            mkdir(&dst)?;
+        } else {
+            if let Some(p) = dst.parent() {
+                mkdir(p)?;
+            }
+            touch(&dst)?;
+        }
+        bind_ro(&bind.host, &dst)?;
+    }
+
+    // Into the new root; the old one is detached so nothing of the host stays reachable.
+    std::env::set_current_dir(root).map_err(|e| fail("chdir new root", e))?;
+    let dot = cstr(Path::new("."))?;
+    // SAFETY: pivot_root with "." for both arguments stacks the old root under the new one.
+    check(
+        "pivot_root",
+        unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) } as i32,
+    )?;
+    // SAFETY: detaches the old root, now mounted at "." on top of the new one.
+    check("detach old root", unsafe {
+        libc::umount2(dot.as_ptr(), libc::MNT_DETACH)
+    })?;
+    std::env::set_current_dir("/").map_err(|e| fail("chdir /", e))?;
+    // The root tmpfs itself becomes read-only now that everything is in place.
+    mount(
+        None,
+        Path::new("/"),
+        None,
+        libc::MS_REMOUNT | libc::MS_BIND | RO,
+        None,
+    )?;
+    Ok(())
+}

@@ -1,0 +1,719 @@
+//! The full sandbox, set up in one straight line. Three processes take part:
+//!
+//! - the **supervisor** (host root, host namespaces): creates the job's cgroup, clones the init,
+//!   places it in the cgroup, watches it, kills it;
+//! - the **init** (pid 1 of new PID, mount, IPC, UTS and network namespaces, still privileged):
+//!   builds the root and pivots into it, starts the job, writes its uid map, reaps orphans, and
+//!   by exiting takes every process of the namespace with it;
+//! - the **job** (pid 2): enters a user namespace of its own where it is uid 1000 (an
+//!   unprivileged host uid outside), drops every capability, sets `no_new_privs`, applies
+//!   Landlock and seccomp, and execs.
+//!
+//! The job ends up holding no capability over any namespace it lives in: they all belong to the
+//! host's user namespace. Every failure is reported as `<step>: <error>` and the job never runs.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use seccompiler::BpfProgram;
+
+use crate::cgroups::{CgroupLayout, JobCgroup};
+use crate::mounts::{self, WORK};
+use crate::sys::{Step, check, fail};
+use crate::{ExitReport, JOB_UID, KilledBy, Rlimits, SandboxSpec, SpawnSpec};
+
+const HOSTNAME: &str = "warden";
+
+fn pipe() -> Step<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into the array.
+    check("pipe", unsafe {
+        libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC)
+    })?;
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn write_all(fd: &OwnedFd, data: &[u8]) {
+    let mut f = std::fs::File::from(fd.try_clone().expect("dup"));
+    let _ = f.write_all(data);
+}
+
+/// Blocks until one byte arrives; false on EOF.
+fn wait_byte(fd: &OwnedFd) -> bool {
+    let mut b = [0u8; 1];
+    loop {
+        // SAFETY: reads into a valid one-byte buffer.
+        let n = unsafe { libc::read(fd.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
+        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        return n == 1;
+    }
+}
+
+/// Runs the job in the full sandbox. Returns once every process of it is gone.
+pub(crate) fn run(control: &mut UnixStream, spec: &SpawnSpec, sb: &SandboxSpec) -> ExitReport {
+    let mut out = ExitReport::default();
+    let started = Instant::now();
+
+    // Limits that cgroups enforce: memory (with no swap) and processes.
+    let layout = CgroupLayout::detect();
+    let cgroup = match JobCgroup::create(&layout, &sb.cgroup_name, sb.memory_bytes, sb.pids) {
+        Ok(cg) => Some(cg),
+        Err(e)
+            if sb.memory_bytes.is_none() && sb.pids.is_none() && layout == CgroupLayout::None =>
+        {
+            let _ = e;
+            None
+        }
+        Err(e) => {
+            out.setup_error = Some(format!("cgroup: {e}"));
+            return out;
+        }
+    };
+    out.enforcement = enforcement(spec, sb, cgroup.as_ref());
+
+    // Compiled before cloning, so the job only has to install it.
+    let filters = match crate::seccomp::compile() {
+        Ok(f) => f,
+        Err(e) => {
+            out.setup_error = Some(format!("seccomp compile: {e}"));
+            return out;
+        }
+    };
+    let (Ok((sync_r, sync_w)), Ok((report_r, report_w))) = (pipe(), pipe()) else {
+        out.setup_error = Some(format!("pipe: {}", io::Error::last_os_error()));
+        return out;
+    };
+    // No supplementary groups of warden's may reach the job.
+    // SAFETY: setgroups with an empty list.
+    unsafe { libc::setgroups(0, std::ptr::null()) };
+
+    let mut flags =
+        libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+    if !sb.network {
+        flags |= libc::CLONE_NEWNET;
+    }
+    // SAFETY: a fork-like clone (no new stack) of this single-threaded process; the child runs
+    // `init_main`, which never returns.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    } as i32;
+    if pid < 0 {
+        out.setup_error = Some(format!("clone namespaces: {}", io::Error::last_os_error()));
+        return out;
+    }
+    if pid == 0 {
+        drop(sync_w);
+        drop(report_r);
+        init_main(sync_r, report_w, spec, sb, &filters);
+    }
+    drop(sync_r);
+    drop(report_w);
+
+    // Our stdout/stderr are the job's pipes; only the job may hold them from now on.
+    crate::supervisor::release_stdio();
+
+    if let Some(cg) = &cgroup
+        && let Err(e) = cg.add(pid)
+    {
+        // SAFETY: kill our own child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        reap(pid);
+        out.setup_error = Some(format!("cgroup attach: {e}"));
+        return out;
+    }
+    write_all(&sync_w, b"g");
+
+    let mut lines = Vec::new();
+    supervise(
+        control,
+        pid,
+        &report_r,
+        started,
+        spec.timeout_ms,
+        &mut out,
+        &mut lines,
+    );
+    // Whatever the init still had to say.
+    let mut rest = Vec::new();
+    let _ = std::fs::File::from(report_r).read_to_end(&mut rest);
+    lines.extend_from_slice(&rest);
+    parse_report(&lines, &mut out);
+
+    if let Some(cg) = &cgroup {
+        cg.kill_all();
+        let stats = cg.stats();
+        out.peak_memory_bytes = stats.peak_memory_bytes;
+        out.limit_hit = if stats.oom_killed {
+            Some("memory_limit".into())
+        } else if stats.pids_max_hit {
+            Some("pids_limit".into())
+        } else {
+            None
+        };
+    }
+    if out.limit_hit.is_none() {
+        out.limit_hit = match out.signal {
+            Some(libc::SIGXFSZ) => Some("file_size_limit".into()),
+            Some(libc::SIGXCPU) => Some("cpu_limit".into()),
+            _ => None,
+        };
+    }
+    out.wall_ms = started.elapsed().as_millis() as u64;
+    drop(cgroup);
+    out
+}
+
+fn enforcement(
+    spec: &SpawnSpec,
+    sb: &SandboxSpec,
+    cg: Option<&JobCgroup>,
+) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    let cgv = cg
+        .map(|c| format!("cgroup v{}", c.version()))
+        .unwrap_or_else(|| "none".into());
+    m.insert("wall_time".into(), "supervisor".into());
+    m.insert(
+        "memory".into(),
+        if sb.memory_bytes.is_some() {
+            format!("{cgv} (no swap)")
+        } else {
+            "not set".into()
+        },
+    );
+    m.insert(
+        "pids".into(),
+        if sb.pids.is_some() {
+            cgv.clone()
+        } else {
+            "not set".into()
+        },
+    );
+    m.insert("tmpfs".into(), "tmpfs size".into());
+    m.insert("core_dumps".into(), "rlimit (off)".into());
+    let rl = |on: bool| if on { "rlimit" } else { "not set" }.to_string();
+    m.insert("cpu_time".into(), rl(spec.rlimits.cpu_s.is_some()));
+    m.insert(
+        "file_size".into(),
+        rl(spec.rlimits.file_size_bytes.is_some()),
+    );
+    m.insert("open_files".into(), rl(spec.rlimits.open_files.is_some()));
+    m.insert(
+        "network".into(),
+        if sb.network {
+            "host network namespace".into()
+        } else {
+            "own network namespace (loopback only)".into()
+        },
+    );
+    m
+}
+
+fn reap(pid: i32) -> i32 {
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid writes into a valid int.
+        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if rc >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return status;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn supervise(
+    control: &mut UnixStream,
+    pid: i32,
+    report: &OwnedFd,
+    started: Instant,
+    timeout_ms: u64,
+    out: &mut ExitReport,
+    lines: &mut Vec<u8>,
+) {
+    // SAFETY: pidfd_open takes a pid and flags.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if pidfd < 0 {
+        // SAFETY: kill our own child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        reap(pid);
+        out.setup_error = Some(format!("pidfd_open: {}", io::Error::last_os_error()));
+        return;
+    }
+    // SAFETY: a fresh descriptor owned by nothing else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    let deadline = started + Duration::from_millis(timeout_ms);
+    let (mut control_open, mut report_open) = (true, true);
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: if control_open {
+                    control.as_raw_fd()
+                } else {
+                    -1
+                },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: if report_open { report.as_raw_fd() } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .min(i32::MAX as u128) as i32;
+        // SAFETY: fds is a valid array of three pollfd.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 3, left) };
+        if n < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            // SAFETY: kill our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            break;
+        }
+        if n == 0 && Instant::now() >= deadline {
+            out.killed_by = Some(KilledBy::Timeout);
+            // SAFETY: killing the init takes its whole PID namespace with it.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            break;
+        }
+        if fds[2].revents != 0 {
+            let mut buf = [0u8; 4096];
+            // SAFETY: reads into a valid buffer.
+            let r = unsafe { libc::read(report.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if r <= 0 {
+                report_open = false;
+            } else {
+                lines.extend_from_slice(&buf[..r as usize]);
+            }
+        }
+        if fds[1].revents != 0 {
+            let mut cmd = [0u8; 64];
+            match control.read(&mut cmd) {
+                Ok(0) | Err(_) => {
+                    control_open = false;
+                    out.killed_by = Some(KilledBy::Request);
+                    // SAFETY: as above.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+                Ok(n) => {
+                    for &c in &cmd[..n] {
+                        match c {
+                            // SAFETY: the init forwards SIGTERM to every process of the job.
+                            b'T' => unsafe {
+                                libc::kill(pid, libc::SIGTERM);
+                            },
+                            b'K' => {
+                                out.killed_by = Some(KilledBy::Request);
+                                // SAFETY: as above.
+                                unsafe { libc::kill(pid, libc::SIGKILL) };
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+        if fds[0].revents != 0 {
+            break;
+        }
+    }
+    reap(pid);
+}
+
+/// `ERR <step>: <error>` and `EXIT <wait status> <user µs> <system µs> <max rss KiB>` lines.
+fn parse_report(lines: &[u8], out: &mut ExitReport) {
+    let text = String::from_utf8_lossy(lines);
+    let mut exited = false;
+    for line in text.lines() {
+        if let Some(err) = line.strip_prefix("ERR ") {
+            out.setup_error.get_or_insert_with(|| err.to_string());
+        } else if let Some(rest) = line.strip_prefix("EXIT ") {
+            let v: Vec<i64> = rest
+                .split_whitespace()
+                .filter_map(|s| s.parse().ok())
+                .collect();
+            if let [status, ut, st, rss] = v[..] {
+                let status = status as i32;
+                if libc::WIFEXITED(status) {
+                    out.exit_code = Some(libc::WEXITSTATUS(status));
+                } else if libc::WIFSIGNALED(status) {
+                    out.signal = Some(libc::WTERMSIG(status));
+                }
+                out.user_cpu_ms = ut as u64 / 1000;
+                out.system_cpu_ms = st as u64 / 1000;
+                out.max_rss_kb = rss as u64;
+                exited = true;
+            }
+        }
+    }
+    if !exited && out.setup_error.is_none() {
+        // The init was killed before its job ended (timeout, cancel, kill): so was the job.
+        out.signal = Some(libc::SIGKILL);
+    }
+}
+
+/// pid 1 of the job's namespaces.
+fn init_main(
+    sync: OwnedFd,
+    report: OwnedFd,
+    spec: &SpawnSpec,
+    sb: &SandboxSpec,
+    filters: &[BpfProgram],
+) -> ! {
+    let code = match init(sync, &report, spec, sb, filters) {
+        Ok(()) => 0,
+        Err(e) => {
+            write_all(&report, format!("ERR {e}\n").as_bytes());
+            1
+        }
+    };
+    // SAFETY: leaving the init ends the PID namespace; nothing to unwind.
+    unsafe { libc::_exit(code) }
+}
+
+extern "C" fn forward_term(_: libc::c_int) {
+    // SAFETY: kill is async-signal-safe; -1 from pid 1 reaches every process of the namespace.
+    unsafe {
+        libc::kill(-1, libc::SIGTERM);
+        libc::kill(-1, libc::SIGCONT);
+    }
+}
+
+fn init(
+    sync: OwnedFd,
+    report: &OwnedFd,
+    spec: &SpawnSpec,
+    sb: &SandboxSpec,
+    filters: &[BpfProgram],
+) -> Step {
+    // fd 0 is the supervisor's control socket: the job must never hold it.
+    let devnull = std::fs::File::open("/dev/null").map_err(|e| fail("open /dev/null", e))?;
+    // SAFETY: replaces fd 0 with /dev/null.
+    check("stdin", unsafe { libc::dup2(devnull.as_raw_fd(), 0) })?;
+    drop(devnull);
+    // Wait until the supervisor has put us in the job's cgroup.
+    if !wait_byte(&sync) {
+        return Err(fail(
+            "sync with supervisor",
+            io::Error::from(io::ErrorKind::UnexpectedEof),
+        ));
+    }
+    drop(sync);
+    // A cgroup namespace rooted at the job's own cgroup.
+    // SAFETY: plain unshare flag.
+    check("unshare cgroup", unsafe {
+        libc::unshare(libc::CLONE_NEWCGROUP)
+    })?;
+    // SAFETY: a valid buffer and length.
+    check("sethostname", unsafe {
+        libc::sethostname(HOSTNAME.as_ptr().cast(), HOSTNAME.len())
+    })?;
+    if !sb.network {
+        loopback_up()?;
+    }
+    mounts::build_root(sb, HOSTNAME)?;
+
+    let (exec_r, exec_w) = pipe()?;
+    let (unshared_r, unshared_w) = pipe()?;
+    let (mapped_r, mapped_w) = pipe()?;
+    // SAFETY: fork of a single-threaded process; the child runs job_main and never returns.
+    let job = unsafe { libc::fork() };
+    if job < 0 {
+        return Err(fail("fork job", io::Error::last_os_error()));
+    }
+    if job == 0 {
+        drop((exec_r, unshared_r, mapped_w));
+        job_main(exec_w, unshared_w, mapped_r, spec, filters);
+    }
+    drop((exec_w, unshared_w, mapped_r));
+
+    // The job has its own user namespace now: map its uid and gid to the unprivileged host ids.
+    if wait_byte(&unshared_r) {
+        let write = |file: &str, text: String| {
+            std::fs::write(format!("/proc/{job}/{file}"), text)
+                .map_err(|e| fail(format!("write {file}"), e))
+        };
+        write("setgroups", "deny".into())?;
+        write("uid_map", format!("{JOB_UID} {} 1\n", sb.uid))?;
+        write("gid_map", format!("{JOB_UID} {} 1\n", sb.gid))?;
+        write_all(&mapped_w, b"m");
+    }
+    drop(mapped_w);
+    // Empty means the job exec'd; otherwise it says what failed.
+    let mut why = String::new();
+    let _ = std::fs::File::from(exec_r).read_to_string(&mut why);
+    if !why.is_empty() {
+        reap(job);
+        return Err(crate::sys::StepError(why));
+    }
+
+    // SAFETY: installs a handler that only calls kill (async-signal-safe).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = forward_term as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
+    }
+    let mut status = 0;
+    loop {
+        let mut st = 0;
+        // SAFETY: waitpid writes into a valid int.
+        let rc = unsafe { libc::waitpid(-1, &mut st, 0) };
+        if rc == job {
+            status = st;
+            break;
+        }
+        if rc < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            break;
+        }
+    }
+    // SAFETY: getrusage writes into a valid struct.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut u);
+        u
+    };
+    let us = |tv: libc::timeval| tv.tv_sec * 1_000_000 + tv.tv_usec;
+    write_all(
+        report,
+        format!(
+            "EXIT {status} {} {} {}\n",
+            us(usage.ru_utime),
+            us(usage.ru_stime),
+            usage.ru_maxrss
+        )
+        .as_bytes(),
+    );
+    Ok(())
+}
+
+/// Brings `lo` up in the job's network namespace: loopback works, nothing else exists.
+fn loopback_up() -> Step {
+    // SAFETY: a plain datagram socket used only for the interface ioctls below.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    check("loopback socket", sock)?;
+    // SAFETY: the socket was just created and is owned here.
+    let sock = unsafe { OwnedFd::from_raw_fd(sock) };
+    // SAFETY: ifreq is plain data; the name is NUL-terminated; the ioctls read and write it.
+    unsafe {
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo\0".iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        check(
+            "get lo flags",
+            libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req),
+        )?;
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        check(
+            "bring lo up",
+            libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req),
+        )?;
+    }
+    Ok(())
+}
+
+/// pid 2: becomes the job.
+fn job_main(
+    exec: OwnedFd,
+    unshared: OwnedFd,
+    mapped: OwnedFd,
+    spec: &SpawnSpec,
+    filters: &[BpfProgram],
+) -> ! {
+    let err = become_job(&unshared, mapped, spec, filters).unwrap_err();
+    write_all(&exec, err.to_string().as_bytes());
+    // SAFETY: the job could not start; leave without unwinding.
+    unsafe { libc::_exit(127) }
+}
+
+fn become_job(
+    unshared: &OwnedFd,
+    mapped: OwnedFd,
+    spec: &SpawnSpec,
+    filters: &[BpfProgram],
+) -> Result<std::convert::Infallible, crate::sys::StepError> {
+    // A session of its own: no controlling terminal.
+    // SAFETY: setsid has no arguments.
+    check("setsid", unsafe { libc::setsid() })?;
+    // A user namespace of its own, in which it will be uid 1000 and nothing more.
+    // SAFETY: plain unshare flag.
+    check("unshare user", unsafe {
+        libc::unshare(libc::CLONE_NEWUSER)
+    })?;
+    write_all(unshared, b"u");
+    if !wait_byte(&mapped) {
+        return Err(fail(
+            "uid map",
+            io::Error::from(io::ErrorKind::UnexpectedEof),
+        ));
+    }
+    drop(mapped);
+    // SAFETY: plain id setters.
+    check("setresgid", unsafe {
+        libc::setresgid(JOB_UID, JOB_UID, JOB_UID)
+    })?;
+    // SAFETY: as above.
+    check("setresuid", unsafe {
+        libc::setresuid(JOB_UID, JOB_UID, JOB_UID)
+    })?;
+    drop_capabilities()?;
+    // SAFETY: plain prctl.
+    check("no_new_privs", unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    })?;
+    apply_rlimits(&spec.rlimits)?;
+    std::env::set_current_dir(WORK).map_err(|e| fail("chdir /work", e))?;
+    // Every descriptor but 0-2 closes at exec (the exec-status pipe included).
+    // SAFETY: marks descriptors close-on-exec; closes nothing now.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    crate::landlock::restrict().map_err(|e| crate::sys::StepError(format!("landlock: {e}")))?;
+    let program = resolve(
+        &spec.argv[0],
+        spec.env
+            .get("PATH")
+            .map(String::as_str)
+            .unwrap_or("/usr/bin:/bin"),
+    )
+    .ok_or_else(|| {
+        fail(
+            format!("exec {}", spec.argv[0]),
+            io::Error::from(io::ErrorKind::NotFound),
+        )
+    })?;
+    let c = |s: &str| {
+        CString::new(s).map_err(|_| fail("argv", io::Error::from(io::ErrorKind::InvalidInput)))
+    };
+    let argv: Vec<CString> = spec.argv.iter().map(|a| c(a)).collect::<Result<_, _>>()?;
+    let envp: Vec<CString> = spec
+        .env
+        .iter()
+        .map(|(k, v)| c(&format!("{k}={v}")))
+        .collect::<Result<_, _>>()?;
+    let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_p.push(std::ptr::null());
+    let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
+    envp_p.push(std::ptr::null());
+    let program_c = crate::sys::cstr(&program)?;
+    // Last: from here on the job's own syscalls are filtered.
+    crate::seccomp::install(filters).map_err(|e| crate::sys::StepError(format!("seccomp: {e}")))?;
+    // SAFETY: NULL-terminated arrays of valid C strings that outlive the call.
+    unsafe { libc::execve(program_c.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr()) };
+    Err(fail(
+        format!("exec {}", spec.argv[0]),
+        io::Error::last_os_error(),
+    ))
+}
+
+/// argv[0] as a path: itself when it has a slash, else the first executable on `PATH`.
+fn resolve(program: &str, path: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        return Some(PathBuf::from(program));
+    }
+    path.split(':')
+        .map(|d| Path::new(d).join(program))
+        .find(|p| {
+            let c = crate::sys::cstr(p).ok();
+            // SAFETY: access with a valid C string.
+            c.is_some_and(|c| unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0)
+        })
+}
+
+fn drop_capabilities() -> Step {
+    // The bounding set first (needs CAP_SETPCAP, which we still hold), then ambient, then all.
+    for cap in 0..=63 {
+        // SAFETY: plain prctl; EINVAL past the last capability is expected and ignored.
+        unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
+    }
+    // SAFETY: plain prctl.
+    check("clear ambient caps", unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    })?;
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let header = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    }; // _LINUX_CAPABILITY_VERSION_3
+    let data = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: capset reads a valid header and two data structs (version 3 layout).
+    check(
+        "capset",
+        unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } as i32,
+    )
+}
+
+fn apply_rlimits(limits: &Rlimits) -> Step {
+    let set = |name: &str, resource, value: u64| {
+        let lim = libc::rlimit {
+            rlim_cur: value,
+            rlim_max: value,
+        };
+        // SAFETY: setrlimit reads a valid struct.
+        check(&format!("rlimit {name}"), unsafe {
+            libc::setrlimit(resource, &lim)
+        })
+    };
+    set("core", libc::RLIMIT_CORE, 0)?;
+    if let Some(v) = limits.cpu_s {
+        set("cpu", libc::RLIMIT_CPU, v)?;
+    }
+    if let Some(v) = limits.file_size_bytes {
+        set("fsize", libc::RLIMIT_FSIZE, v)?;
+    }
+    if let Some(v) = limits.open_files {
+        set("nofile", libc::RLIMIT_NOFILE, v)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,540 @@
+//! The job's seccomp policy, kept as reviewed data: every denied syscall says why.
+//!
+//! The policy is a deny list over a default of "allow": jobs run arbitrary test suites and
+//! toolchains, so an allow list would break them in ways that are hard to predict, while the
+//! calls below are the kernel's known attack surface and privileged operations that no test run
+//! needs. Three filters are installed (seccomp stacks them; the strictest answer wins):
+//!
+//! 1. the deny list below → `EPERM` (a clear, catchable failure for the job);
+//! 2. `clone3` → `ENOSYS`, so libc falls back to `clone`, whose flags filter 1 can inspect;
+//! 3. the x32 ABI (syscall numbers with bit 30 set) → `EPERM`.
+//!
+//! Any syscall made through a non-native ABI (e.g. `int 0x80` i386 calls on x86_64) kills the
+//! process: seccompiler checks the audit architecture first.
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+/// Which arguments make a call denied.
+#[derive(Debug, Clone, Copy)]
+pub enum When {
+    Always,
+    /// Argument `arg` (32-bit) equals one of the values.
+    ArgIs(u8, &'static [u64]),
+    /// Argument `arg` has any of these bits set (each listed mask is checked on its own).
+    ArgHasBit(u8, &'static [u64]),
+    /// Argument `arg` masked with `mask` equals `value`.
+    ArgMasked(u8, u64, u64),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Deny {
+    pub name: &'static str,
+    pub nr: i64,
+    pub when: When,
+    pub why: &'static str,
+}
+
+const CLONE_NEW_FLAGS: &[u64] = &[
+    libc::CLONE_NEWNS as u64,
+    libc::CLONE_NEWCGROUP as u64,
+    libc::CLONE_NEWUTS as u64,
+    libc::CLONE_NEWIPC as u64,
+    libc::CLONE_NEWUSER as u64,
+    libc::CLONE_NEWPID as u64,
+    libc::CLONE_NEWNET as u64,
+    0x80, // CLONE_NEWTIME
+];
+
+const TIOCSTI: u64 = 0x5412;
+const TIOCLINUX: u64 = 0x541C;
+
+macro_rules! deny {
+    ($name:ident, $when:expr, $why:expr) => {
+        Deny {
+            name: stringify!($name),
+            nr: paste_nr!($name),
+            when: $when,
+            why: $why,
+        }
+    };
+}
+
+macro_rules! paste_nr {
+    (unshare) => {
+        libc::SYS_unshare
+    };
+    (setns) => {
+        libc::SYS_setns
+    };
+    (clone) => {
+        libc::SYS_clone
+    };
+    (mount) => {
+        libc::SYS_mount
+    };
+    (umount2) => {
+        libc::SYS_umount2
+    };
+    (pivot_root) => {
+        libc::SYS_pivot_root
+    };
+    (chroot) => {
+        libc::SYS_chroot
+    };
+    (move_mount) => {
+        libc::SYS_move_mount
+    };
+    (open_tree) => {
+        libc::SYS_open_tree
+    };
+    (fsopen) => {
+        libc::SYS_fsopen
+    };
+    (fsconfig) => {
+        libc::SYS_fsconfig
+    };
+    (fsmount) => {
+        libc::SYS_fsmount
+    };
+    (fspick) => {
+        libc::SYS_fspick
+    };
+    (mount_setattr) => {
+        libc::SYS_mount_setattr
+    };
+    (ptrace) => {
+        libc::SYS_ptrace
+    };
+    (process_vm_readv) => {
+        libc::SYS_process_vm_readv
+    };
+    (process_vm_writev) => {
+        libc::SYS_process_vm_writev
+    };
+    (process_madvise) => {
+        libc::SYS_process_madvise
+    };
+    (pidfd_getfd) => {
+        libc::SYS_pidfd_getfd
+    };
+    (kcmp) => {
+        libc::SYS_kcmp
+    };
+    (keyctl) => {
+        libc::SYS_keyctl
+    };
+    (add_key) => {
+        libc::SYS_add_key
+    };
+    (request_key) => {
+        libc::SYS_request_key
+    };
+    (bpf) => {
+        libc::SYS_bpf
+    };
+    (perf_event_open) => {
+        libc::SYS_perf_event_open
+    };
+    (userfaultfd) => {
+        libc::SYS_userfaultfd
+    };
+    (io_uring_setup) => {
+        libc::SYS_io_uring_setup
+    };
+    (io_uring_enter) => {
+        libc::SYS_io_uring_enter
+    };
+    (io_uring_register) => {
+        libc::SYS_io_uring_register
+    };
+    (kexec_load) => {
+        libc::SYS_kexec_load
+    };
+    (kexec_file_load) => {
+        libc::SYS_kexec_file_load
+    };
+    (init_module) => {
+        libc::SYS_init_module
+    };
+    (finit_module) => {
+        libc::SYS_finit_module
+    };
+    (delete_module) => {
+        libc::SYS_delete_module
+    };
+    (open_by_handle_at) => {
+        libc::SYS_open_by_handle_at
+    };
+    (name_to_handle_at) => {
+        libc::SYS_name_to_handle_at
+    };
+    (ioctl) => {
+        libc::SYS_ioctl
+    };
+    (socket) => {
+        libc::SYS_socket
+    };
+    (acct) => {
+        libc::SYS_acct
+    };
+    (swapon) => {
+        libc::SYS_swapon
+    };
+    (swapoff) => {
+        libc::SYS_swapoff
+    };
+    (reboot) => {
+        libc::SYS_reboot
+    };
+    (syslog) => {
+        libc::SYS_syslog
+    };
+    (settimeofday) => {
+        libc::SYS_settimeofday
+    };
+    (clock_settime) => {
+        libc::SYS_clock_settime
+    };
+    (clock_adjtime) => {
+        libc::SYS_clock_adjtime
+    };
+    (quotactl) => {
+        libc::SYS_quotactl
+    };
+    (iopl) => {
+        libc::SYS_iopl
+    };
+    (ioperm) => {
+        libc::SYS_ioperm
+    };
+    (modify_ldt) => {
+        libc::SYS_modify_ldt
+    };
+    (uselib) => {
+        libc::SYS_uselib
+    };
+    (vhangup) => {
+        libc::SYS_vhangup
+    };
+    (fanotify_init) => {
+        libc::SYS_fanotify_init
+    };
+    (lookup_dcookie) => {
+        libc::SYS_lookup_dcookie
+    };
+}
+
+/// The deny list. Review every change: it is the job's view of the kernel.
+pub const POLICY: &[Deny] = &[
+    // Namespaces: a job must not build itself a new view of the system (and new user namespaces
+    // are the usual first step of kernel exploits).
+    deny!(
+        unshare,
+        When::Always,
+        "new namespaces are warden's to create, not the job's"
+    ),
+    deny!(
+        setns,
+        When::Always,
+        "joining another namespace escapes the job's view"
+    ),
+    deny!(
+        clone,
+        When::ArgHasBit(0, CLONE_NEW_FLAGS),
+        "clone with CLONE_NEW* = unshare"
+    ),
+    // Mounts, old and new API: the job's filesystem view is fixed by warden.
+    deny!(mount, When::Always, "the job's mounts are fixed"),
+    deny!(
+        umount2,
+        When::Always,
+        "unmounting could uncover what warden hid"
+    ),
+    deny!(pivot_root, When::Always, "the root is fixed"),
+    deny!(
+        chroot,
+        When::Always,
+        "no nested roots (and chroot tricks around Landlock)"
+    ),
+    deny!(move_mount, When::Always, "new mount API"),
+    deny!(open_tree, When::Always, "new mount API: clones mount trees"),
+    deny!(fsopen, When::Always, "new mount API"),
+    deny!(fsconfig, When::Always, "new mount API"),
+    deny!(fsmount, When::Always, "new mount API"),
+    deny!(fspick, When::Always, "new mount API"),
+    deny!(mount_setattr, When::Always, "could clear read-only flags"),
+    // Reaching into other processes.
+    deny!(
+        ptrace,
+        When::Always,
+        "no debugging or injecting into any process"
+    ),
+    deny!(
+        process_vm_readv,
+        When::Always,
+        "reads another process's memory"
+    ),
+    deny!(
+        process_vm_writev,
+        When::Always,
+        "writes another process's memory"
+    ),
+    deny!(
+        process_madvise,
+        When::Always,
+        "acts on another process's memory"
+    ),
+    deny!(
+        pidfd_getfd,
+        When::Always,
+        "steals file descriptors from another process"
+    ),
+    deny!(kcmp, When::Always, "probes other processes' kernel objects"),
+    // Kernel keyrings: shared kernel state, a frequent exploit target.
+    deny!(keyctl, When::Always, "kernel keyring"),
+    deny!(add_key, When::Always, "kernel keyring"),
+    deny!(request_key, When::Always, "kernel keyring"),
+    // Large kernel attack surface no test needs.
+    deny!(
+        bpf,
+        When::Always,
+        "eBPF: verifier bugs are a classic escape"
+    ),
+    deny!(
+        perf_event_open,
+        When::Always,
+        "perf: side channels and kernel bugs"
+    ),
+    deny!(
+        userfaultfd,
+        When::Always,
+        "used to win kernel races in exploits"
+    ),
+    deny!(
+        io_uring_setup,
+        When::Always,
+        "io_uring bypasses seccomp for its operations"
+    ),
+    deny!(io_uring_enter, When::Always, "io_uring"),
+    deny!(io_uring_register, When::Always, "io_uring"),
+    // Changing the running kernel.
+    deny!(kexec_load, When::Always, "replaces the kernel"),
+    deny!(kexec_file_load, When::Always, "replaces the kernel"),
+    deny!(init_module, When::Always, "loads kernel code"),
+    deny!(finit_module, When::Always, "loads kernel code"),
+    deny!(delete_module, When::Always, "unloads kernel code"),
+    // File handles bypass path-based checks (the "shocker" container escape).
+    deny!(
+        open_by_handle_at,
+        When::Always,
+        "opens files by handle, around the mount view"
+    ),
+    deny!(
+        name_to_handle_at,
+        When::Always,
+        "pairs with open_by_handle_at"
+    ),
+    // Terminal injection: push input into a terminal another process reads.
+    deny!(
+        ioctl,
+        When::ArgIs(1, &[TIOCSTI, TIOCLINUX]),
+        "TIOCSTI/TIOCLINUX inject terminal input"
+    ),
+    // Sockets that reach below IP or out of the VM.
+    deny!(
+        socket,
+        When::ArgIs(0, &[libc::AF_VSOCK as u64, libc::AF_PACKET as u64]),
+        "AF_VSOCK reaches the hypervisor; AF_PACKET sniffs and forges frames"
+    ),
+    deny!(
+        socket,
+        When::ArgMasked(1, 0xf, libc::SOCK_RAW as u64),
+        "raw sockets forge packets"
+    ),
+    // Host-wide administration (mostly needs capabilities the job lacks; denied to be sure).
+    deny!(acct, When::Always, "process accounting is host-wide"),
+    deny!(swapon, When::Always, "host-wide"),
+    deny!(swapoff, When::Always, "host-wide"),
+    deny!(reboot, When::Always, "host-wide"),
+    deny!(syslog, When::Always, "kernel log leaks addresses"),
+    deny!(settimeofday, When::Always, "host clock"),
+    deny!(clock_settime, When::Always, "host clock"),
+    deny!(clock_adjtime, When::Always, "host clock"),
+    deny!(quotactl, When::Always, "host-wide"),
+    deny!(iopl, When::Always, "raw port I/O"),
+    deny!(ioperm, When::Always, "raw port I/O"),
+    deny!(
+        modify_ldt,
+        When::Always,
+        "16-bit segments: old exploit surface"
+    ),
+    deny!(uselib, When::Always, "obsolete"),
+    deny!(vhangup, When::Always, "terminal control"),
+    deny!(fanotify_init, When::Always, "watches the whole filesystem"),
+    deny!(lookup_dcookie, When::Always, "obsolete profiling interface"),
+];
+
+fn cond(
+    arg: u8,
+    op: SeccompCmpOp,
+    value: u64,
+) -> Result<SeccompCondition, seccompiler::BackendError> {
+    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value)
+}
+
+fn arch() -> TargetArch {
+    #[cfg(target_arch = "x86_64")]
+    return TargetArch::x86_64;
+    #[cfg(target_arch = "aarch64")]
+    return TargetArch::aarch64;
+}
+
+/// Compiles the policy into the filters to install, in order.
+pub fn compile() -> Result<Vec<BpfProgram>, String> {
+    let err = |e: seccompiler::BackendError| e.to_string();
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for d in POLICY {
+        let entry = rules.entry(d.nr).or_default();
+        match d.when {
+            When::Always => {}
+            When::ArgIs(arg, values) => {
+                for v in values {
+                    entry.push(
+                        SeccompRule::new(vec![cond(arg, SeccompCmpOp::Eq, *v).map_err(err)?])
+                            .map_err(err)?,
+                    );
+                }
+            }
+            When::ArgHasBit(arg, bits) => {
+                for b in bits {
+                    let c = cond(arg, SeccompCmpOp::MaskedEq(*b), *b).map_err(err)?;
+                    entry.push(SeccompRule::new(vec![c]).map_err(err)?);
+                }
+            }
+            When::ArgMasked(arg, mask, value) => {
+                let c = cond(arg, SeccompCmpOp::MaskedEq(mask), value).map_err(err)?;
+                entry.push(SeccompRule::new(vec![c]).map_err(err)?);
+            }
+        }
+    }
+    let deny = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch(),
+    )
+    .map_err(err)?;
+    let clone3 = SeccompFilter::new(
+        BTreeMap::from([(libc::SYS_clone3, vec![])]),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        arch(),
+    )
+    .map_err(err)?;
+    let mut out: Vec<BpfProgram> = Vec::new();
+    for f in [deny, clone3] {
+        out.push(
+            f.try_into()
+                .map_err(|e: seccompiler::BackendError| e.to_string())?,
+        );
+    }
+    out.push(x32_filter());
+    Ok(out)
+}
+
+/// On x86_64, syscall numbers with bit 30 set are the x32 ABI: same audit arch, different table.
+fn x32_filter() -> BpfProgram {
+    use seccompiler::sock_filter;
+    const BPF_LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const BPF_JGE_K: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
+    const BPF_RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    const X32_BIT: u32 = 0x4000_0000;
+    let ret_errno = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+    vec![
+        // A = seccomp_data.nr (offset 0)
+        sock_filter {
+            code: BPF_LD_W_ABS,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        // if A >= X32_BIT goto deny else goto allow
+        sock_filter {
+            code: BPF_JGE_K,
+            jt: 0,
+            jf: 1,
+            k: X32_BIT,
+        },
+        sock_filter {
+            code: BPF_RET_K,
+            jt: 0,
+            jf: 0,
+            k: ret_errno,
+        },
+        sock_filter {
+            code: BPF_RET_K,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ALLOW,
+        },
+    ]
+}
+
+/// Installs the filters on the calling thread. Needs `no_new_privs` (or CAP_SYS_ADMIN) first.
+pub fn install(filters: &[BpfProgram]) -> Result<(), String> {
+    for f in filters {
+        seccompiler::apply_filter(f).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_compiles_and_covers_the_required_calls() {
+        let filters = compile().unwrap();
+        assert_eq!(filters.len(), 3);
+        for name in [
+            "unshare",
+            "setns",
+            "mount",
+            "pivot_root",
+            "ptrace",
+            "process_vm_readv",
+            "process_vm_writev",
+            "keyctl",
+            "add_key",
+            "request_key",
+            "bpf",
+            "perf_event_open",
+            "userfaultfd",
+            "io_uring_setup",
+            "io_uring_enter",
+            "io_uring_register",
+            "kexec_load",
+            "kexec_file_load",
+            "init_module",
+            "finit_module",
+            "delete_module",
+            "open_by_handle_at",
+            "move_mount",
+            "open_tree",
+            "fsopen",
+            "fsmount",
+            "fspick",
+        ] {
+            assert!(
+                POLICY.iter().any(|d| d.name == name),
+                "{name} missing from the policy"
+            );
+        }
+        assert!(POLICY.iter().all(|d| !d.why.is_empty()));
+    }
+}
