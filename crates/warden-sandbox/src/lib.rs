@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub mod cgroups;
+pub mod doctor;
 mod landlock;
 mod launcher;
 mod mounts;

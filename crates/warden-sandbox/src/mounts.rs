@@ -216,7 +216,13 @@ pub fn build_root(spec: &SandboxSpec, hostname: &str) -> Step {
     ] {
         symlink(target, dev.join(name)).map_err(|e| fail(format!("symlink /dev/{name}"), e))?;
     }
-    let tmpfs_opts = format!("size={},mode=1777", spec.tmpfs_bytes);
+    // Inodes are capped with the size (one per 4 KiB, at least 1024): no inode exhaustion of
+    // anything but the job's own tmpfs.
+    let tmpfs_opts = format!(
+        "size={},nr_inodes={},mode=1777",
+        spec.tmpfs_bytes,
+        (spec.tmpfs_bytes / 4096).max(1024)
+    );
     let shm = dev.join("shm");
     mkdir(&shm)?;
     mount(
@@ -278,10 +284,8 @@ pub fn build_root(spec: &SandboxSpec, hostname: &str) -> Step {
     std::env::set_current_dir(root).map_err(|e| fail("chdir new root", e))?;
     let dot = cstr(Path::new("."))?;
     // SAFETY: pivot_root with "." for both arguments stacks the old root under the new one.
-    check(
-        "pivot_root",
-        unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) } as i32,
-    )?;
+    let rc = unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) };
+    check("pivot_root", rc as i32)?;
     // SAFETY: detaches the old root, now mounted at "." on top of the new one.
     check("detach old root", unsafe {
         libc::umount2(dot.as_ptr(), libc::MNT_DETACH)

@@ -175,6 +175,7 @@ fn prepare(shared: &Shared, job: &JobRecord) -> Result<Prepared, String> {
 
     let mut env: BTreeMap<String, String> = job.params.clone();
     env.insert("WARDEN_JOB_ID".into(), job.id.to_string());
+    env.insert("WARDEN_ATTEMPT".into(), job.attempts.to_string());
     env.insert("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into());
     if sandboxed {
         env.insert("ARTIFACT_DIR".into(), SANDBOX_ARTIFACTS.into());

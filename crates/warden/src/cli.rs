@@ -27,6 +27,17 @@ pub enum Command {
     Job(JobArgs),
     /// Manage the client configuration ($HOME/.warden/config): contexts and the current one.
     Config(ConfigArgs),
+    /// Check this host and the configuration: kernel features, cgroups, a sandbox self-test.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The server configuration to check (same flags as `serve`).
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
 }
 
 #[derive(Debug, Args)]
@@ -231,6 +242,7 @@ pub fn main() -> i32 {
             Command::Serve(args) => commands::serve::run(args).await,
             Command::Job(args) => commands::job::run(args).await,
             Command::Config(args) => commands::config::run(args),
+            Command::Doctor(args) => commands::doctor::run(args).await,
         }
     })
 }

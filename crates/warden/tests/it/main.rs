@@ -3,4 +3,5 @@
 mod api;
 mod cli;
 mod e2e;
+mod hostile;
 mod support;

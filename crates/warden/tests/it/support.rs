@@ -45,8 +45,7 @@ job_types:
     argv: ["/bin/sh", "-c", "(sleep 1000; echo late) & echo $! > \"$ARTIFACT_DIR/bg.pid\"; echo main-done"]
     timeout_s: 600
   once_slow:
-    argv: ["/bin/sh", "-c", "if [ -e \"$MARKER\" ]; then echo second-attempt; exit 0; fi; touch \"$MARKER\"; echo $$ > \"$MARKER.pid\"; echo first-attempt; sleep 1000"]
-    allowed_params: [MARKER]
+    argv: ["/bin/sh", "-c", "if [ \"$WARDEN_ATTEMPT\" -gt 1 ]; then echo second-attempt; exit 0; fi; echo first-attempt; sleep 1000"]
     timeout_s: 600
   sleeper:
     argv: ["/bin/sh", "-c", "echo started; sleep 1000"]
@@ -63,12 +62,53 @@ repos:
   demo: {url: "https://example.invalid/demo.git"}
 "#;
 
+/// The host uid this test's sandboxed jobs run as: unique per test process (nextest runs each
+/// test in its own), so "no process of this uid is left" speaks of this test's jobs only.
+pub fn test_uid() -> u32 {
+    200_000 + std::process::id() % 100_000
+}
+
+/// Host pids of every process running as `uid`.
+pub fn processes_of_uid(uid: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let real = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().next()?.parse::<u32>().ok());
+        if real == Some(uid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Nothing of this test's jobs runs any more.
+pub fn assert_no_job_processes() {
+    let left = processes_of_uid(test_uid());
+    assert!(
+        left.is_empty(),
+        "processes of the job survived it: {left:?}"
+    );
+}
+
 /// A config file for a test server in `dir`.
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let data = dir.join("data");
     let text = format!(
-        "listen: 127.0.0.1:0\ndata_dir: {}\nslots: 2\nunsafe_fallback: true\ncancel_grace_s: 1\nshutdown_grace_s: 1\n{extra}\n{TEST_JOB_TYPES}",
-        data.display()
+        "listen: 127.0.0.1:0\ndata_dir: {}\nslots: 2\nunsafe_fallback: false\nsandbox_uid: {uid}\nsandbox_gid: {uid}\ncancel_grace_s: 1\nshutdown_grace_s: 1\n{extra}\n{TEST_JOB_TYPES}",
+        data.display(),
+        uid = test_uid()
     );
     let path = dir.join("warden.yaml");
     std::fs::write(&path, text).unwrap();
@@ -175,36 +215,4 @@ pub async fn wait_running_with_output(client: &Client, id: &str) -> JobView {
         j.status == JobStatus::Running && j.stdout_bytes > 0
     })
     .await
-}
-
-/// True when `pid` is gone (or became a different program than the one we started).
-pub fn process_gone(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => {
-            // A zombie still waiting to be reaped counts as alive: it is not cleaned up yet.
-            let state = stat
-                .rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().next());
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let is_ours = cmdline.starts_with(b"sleep") || cmdline.starts_with(b"/bin/sh");
-            !is_ours && state != Some("Z")
-        }
-    }
-}
-
-pub fn read_pid(path: &Path) -> i32 {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-/// Every pid is gone the moment the job is reported terminal: warden records the end only after
-/// the supervisor has killed and reaped the whole tree.
-pub fn assert_all_gone(pids: &[i32]) {
-    let alive: Vec<i32> = pids.iter().copied().filter(|p| !process_gone(*p)).collect();
-    assert!(alive.is_empty(), "processes survived the job: {alive:?}");
 }
