@@ -22,9 +22,10 @@ fn main() -> anyhow::Result<()> {
         .as_slice()
     {
         ["bench", "e2e", rest @ ..] => bench_e2e(rest),
+        ["bench", "sandbox", rest @ ..] => bench_sandbox(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask bench e2e [--jobs N] [--sequential N] [--concurrency C] [--slots S]"
+                "usage: cargo xtask bench e2e [--jobs N] [--sequential N] [--concurrency C] [--slots S]\n       cargo xtask bench sandbox [--runs N]"
             );
             std::process::exit(2);
         }
@@ -216,4 +217,175 @@ async fn one(client: &Client, req: &SubmitJobRequest) -> anyhow::Result<Duration
         bail!("job {} ended {}", sub.job_id, end.status);
     }
     Ok(t.elapsed())
+}
+
+/// `/bin/true` under the full warden sandbox (all limits on) beside bwrap with equivalent
+/// mounts, plain `unshare`, and a bare fork/exec; rounds interleaved so drift hits all alike.
+fn bench_sandbox(rest: &[&str]) -> anyhow::Result<()> {
+    use warden_sandbox::{Bind, Isolation, Launcher, Rlimits, SandboxSpec, SpawnSpec};
+    let runs = flag(rest, "--runs", 200)?;
+    let warden = build_release()?;
+    let dir = std::env::temp_dir().join(format!("warden-bench-sandbox-{}", std::process::id()));
+    let (work, artifacts) = (dir.join("work"), dir.join("artifacts"));
+    std::fs::create_dir_all(&work)?;
+    std::fs::create_dir_all(&artifacts)?;
+    std::os::unix::fs::chown(&artifacts, Some(65534), Some(65534))?;
+    let bwrap = [
+        "bwrap",
+        "--unshare-all",
+        "--die-with-parent",
+        "--new-session",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+        "--symlink",
+        "usr/bin",
+        "/bin",
+        "--symlink",
+        "usr/lib",
+        "/lib",
+        "--symlink",
+        "usr/lib64",
+        "/lib64",
+        "--symlink",
+        "usr/sbin",
+        "/sbin",
+        "--ro-bind",
+        "/etc/ld.so.cache",
+        "/etc/ld.so.cache",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/tmp",
+        "--ro-bind",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([
+        work.display().to_string(),
+        "/work".into(),
+        "--bind".into(),
+        artifacts.display().to_string(),
+        "/artifacts".into(),
+        "--chdir".into(),
+        "/work".into(),
+        "/bin/true".into(),
+    ])
+    .collect::<Vec<_>>();
+    let unshare = [
+        "--user",
+        "--map-root-user",
+        "--mount",
+        "--pid",
+        "--fork",
+        "--net",
+        "--ipc",
+        "--uts",
+        "/bin/true",
+    ];
+    let launcher = Launcher::new(&warden);
+    let rt = tokio::runtime::Runtime::new()?;
+    let mut n = 0u64;
+    let mut warden_run = || -> anyhow::Result<Duration> {
+        n += 1;
+        let root = dir.join(format!("root-{n}"));
+        std::fs::create_dir_all(&root)?;
+        let spec = SpawnSpec {
+            argv: vec!["/bin/true".into()],
+            env: [("PATH".to_string(), "/usr/bin:/bin".to_string())].into(),
+            cwd: "/work".into(),
+            timeout_ms: 60_000,
+            rlimits: Rlimits {
+                cpu_s: Some(60),
+                file_size_bytes: Some(64 << 20),
+                open_files: Some(1024),
+            },
+            isolation: Isolation::Sandbox,
+            sandbox: Some(SandboxSpec {
+                root: root.clone(),
+                work: work.clone(),
+                artifacts: artifacts.clone(),
+                binds: Vec::<Bind>::new(),
+                network: false,
+                uid: 65534,
+                gid: 65534,
+                memory_bytes: Some(256 << 20),
+                pids: Some(128),
+                tmpfs_bytes: 64 << 20,
+                cgroup_name: format!("bench-{}-{n}", std::process::id()),
+            }),
+        };
+        let t = Instant::now();
+        let report = rt.block_on(async {
+            let (r_out, w_out) = std::io::pipe()?;
+            let (r_err, w_err) = std::io::pipe()?;
+            let job = launcher.spawn(&spec, w_out.into(), w_err.into()).await?;
+            let report = job.wait().await?;
+            drop((r_out, r_err));
+            anyhow::Ok(report)
+        })?;
+        let d = t.elapsed();
+        std::fs::remove_dir(&root)?;
+        if let Some(e) = report.setup_error {
+            bail!("warden sandbox failed: {e}");
+        }
+        if report.exit_code != Some(0) {
+            bail!("/bin/true ended {:?}", report.exit_code);
+        }
+        Ok(d)
+    };
+    let time = |program: &str, args: &[String]| -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        let st = Command::new(program).args(args).status()?;
+        if !st.success() {
+            bail!("{program} failed: {st}");
+        }
+        Ok(t.elapsed())
+    };
+    let unshare: Vec<String> = unshare.iter().map(|s| s.to_string()).collect();
+    let (mut w, mut b, mut u, mut f) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..10 {
+        warden_run()?;
+        time("bwrap", &bwrap[1..])?;
+    }
+    for _ in 0..runs {
+        w.push(warden_run()?);
+        b.push(time("bwrap", &bwrap[1..])?);
+        u.push(time("unshare", &unshare)?);
+        f.push(time("/bin/true", &[])?);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let (w, b, u, f) = (stats(w), stats(b), stats(u), stats(f));
+    println!();
+    println!("sandbox: start+exit of /bin/true, {runs} interleaved runs each");
+    println!("| path                                             | p50 ms | p99 ms | × bwrap |");
+    println!("|--------------------------------------------------|-------:|-------:|--------:|");
+    let ratio = |s: &Stats| s.p50.as_secs_f64() / b.p50.as_secs_f64();
+    println!(
+        "| warden sandbox (all namespaces, cgroup, seccomp, Landlock, limits) | {:>6} | {:>6} | {:>7.2} |",
+        ms(w.p50),
+        ms(w.p99),
+        ratio(&w)
+    );
+    println!(
+        "| bwrap --unshare-all, equivalent mounts           | {:>6} | {:>6} | {:>7.2} |",
+        ms(b.p50),
+        ms(b.p99),
+        1.0
+    );
+    println!(
+        "| unshare -U -m -p -f -n -i -u                     | {:>6} | {:>6} | {:>7.2} |",
+        ms(u.p50),
+        ms(u.p99),
+        ratio(&u)
+    );
+    println!(
+        "| bare fork/exec                                   | {:>6} | {:>6} | {:>7.2} |",
+        ms(f.p50),
+        ms(f.p99),
+        ratio(&f)
+    );
+    Ok(())
 }
