@@ -230,6 +230,8 @@ fn bench_sandbox(rest: &[&str]) -> anyhow::Result<()> {
     std::fs::create_dir_all(&work)?;
     std::fs::create_dir_all(&artifacts)?;
     std::os::unix::fs::chown(&artifacts, Some(65534), Some(65534))?;
+    let etc = dir.join("etc");
+    warden_sandbox::prepare_etc(&etc)?;
     let bwrap = [
         "bwrap",
         "--unshare-all",
@@ -307,6 +309,7 @@ fn bench_sandbox(rest: &[&str]) -> anyhow::Result<()> {
                 root: root.clone(),
                 work: work.clone(),
                 artifacts: artifacts.clone(),
+                etc: etc.clone(),
                 binds: Vec::<Bind>::new(),
                 network: false,
                 uid: 65534,

@@ -1,28 +1,35 @@
-//! warden's side of a supervised job: start the supervisor, hand it the spec, steer it, read
-//! its report.
+//! warden's side of a supervised job: have the zygote fork a supervisor, hand it the spec,
+//! steer it, read its report.
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::Mutex;
 
-use crate::{ExitReport, SUPERVISE_ARG, SandboxError, SpawnSpec};
+use crate::zygote::{self, ZYGOTE_ARG};
+use crate::{ExitReport, SandboxError, SpawnSpec};
 
-/// Starts supervisors from one executable (the `warden` binary).
+/// Starts supervisors through a zygote process of one executable (the `warden` binary).
 #[derive(Debug, Clone)]
 pub struct Launcher {
     exe: PathBuf,
+    zygote: Arc<Mutex<Option<Zygote>>>,
+}
+
+#[derive(Debug)]
+struct Zygote {
+    sock: OwnedFd,
+    child: std::process::Child,
 }
 
 /// A job under supervision.
 pub struct RunningJob {
     pub control: JobControl,
     reader: OwnedReadHalf,
-    child: tokio::process::Child,
+    supervisor: i32,
 }
 
 /// Steers a running job. Cheap to clone. The supervisor treats the end of the control stream as
@@ -30,16 +37,54 @@ pub struct RunningJob {
 /// waited for.
 #[derive(Clone)]
 pub struct JobControl {
-    writer: Arc<Mutex<OwnedWriteHalf>>,
+    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
 }
 
 impl Launcher {
     pub fn new(exe: impl Into<PathBuf>) -> Launcher {
-        Launcher { exe: exe.into() }
+        Launcher {
+            exe: exe.into(),
+            zygote: Arc::default(),
+        }
     }
 
     pub fn exe(&self) -> &std::path::Path {
         &self.exe
+    }
+
+    fn start_zygote(&self) -> std::io::Result<Zygote> {
+        let (ours, theirs) = zygote::socketpair()?;
+        let child = std::process::Command::new(&self.exe)
+            .arg(ZYGOTE_ARG)
+            .env_clear()
+            .stdin(Stdio::from(theirs))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        Ok(Zygote { sock: ours, child })
+    }
+
+    /// Asks the zygote for a supervisor; starts (or restarts) the zygote when needed.
+    fn fork_supervisor(&self, fds: [&OwnedFd; 3]) -> std::io::Result<i32> {
+        let mut guard = self.zygote.lock().unwrap_or_else(|p| p.into_inner());
+        for attempt in 0..2 {
+            if guard.is_none() {
+                *guard = Some(self.start_zygote()?);
+            }
+            let z = guard.as_mut().expect("zygote just started");
+            match zygote::request(&z.sock, fds) {
+                Ok(pid) => return Ok(pid),
+                Err(e) if attempt == 0 => {
+                    // The zygote died (killed, OOM): reap it and start a new one once.
+                    let _ = z.child.kill();
+                    let _ = z.child.wait();
+                    *guard = None;
+                    let _ = e;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the loop returns on its second attempt")
     }
 
     /// Starts a supervisor for `spec`, the job writing to `stdout` and `stderr`.
@@ -51,20 +96,19 @@ impl Launcher {
     ) -> Result<RunningJob, SandboxError> {
         let (ours, theirs) =
             std::os::unix::net::UnixStream::pair().map_err(SandboxError::Control)?;
-        let child = {
-            let mut cmd = tokio::process::Command::new(&self.exe);
-            cmd.arg(SUPERVISE_ARG)
-                .env_clear()
-                .stdin(Stdio::from(OwnedFd::from(theirs)))
-                .stdout(Stdio::from(stdout))
-                .stderr(Stdio::from(stderr));
-            cmd.spawn().map_err(|source| SandboxError::Spawn {
-                exe: self.exe.clone(),
-                source,
-            })?
-            // `cmd` drops here, closing our copies of the job's pipes and of the socket's far
-            // end: the job's output ends when the job's tree ends, not when warden's does.
-        };
+        let launcher = self.clone();
+        let supervisor = tokio::task::spawn_blocking(move || {
+            // Our copies of the far ends close when this returns: from then on only the
+            // supervisor (and the job) hold them.
+            let theirs = OwnedFd::from(theirs);
+            launcher.fork_supervisor([&theirs, &stdout, &stderr])
+        })
+        .await
+        .map_err(|e| SandboxError::Control(std::io::Error::other(e)))?
+        .map_err(|source| SandboxError::Spawn {
+            exe: self.exe.clone(),
+            source,
+        })?;
         ours.set_nonblocking(true).map_err(SandboxError::Control)?;
         let stream = tokio::net::UnixStream::from_std(ours).map_err(SandboxError::Control)?;
         let (reader, mut writer) = stream.into_split();
@@ -79,13 +123,22 @@ impl Launcher {
             .write_all(&body)
             .await
             .map_err(SandboxError::Control)?;
+        let control = JobControl {
+            writer: Arc::new(tokio::sync::Mutex::new(writer)),
+        };
         Ok(RunningJob {
-            control: JobControl {
-                writer: Arc::new(Mutex::new(writer)),
-            },
+            control,
             reader,
-            child,
+            supervisor,
         })
+    }
+}
+
+impl Drop for Zygote {
+    fn drop(&mut self) {
+        // Closing the socket ends the zygote; reap it so it leaves no zombie.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -108,20 +161,22 @@ impl JobControl {
 
 impl RunningJob {
     /// The supervisor's process id (for diagnostics).
-    pub fn supervisor_pid(&self) -> Option<u32> {
-        self.child.id()
+    pub fn supervisor_pid(&self) -> i32 {
+        self.supervisor
     }
 
     /// Waits until the job's whole process tree is gone and returns the supervisor's report.
     pub async fn wait(mut self) -> Result<ExitReport, SandboxError> {
         let mut buf = Vec::new();
         let read = self.reader.read_to_end(&mut buf).await;
-        let status = self.child.wait().await.map_err(SandboxError::Control)?;
         drop(self.control);
         read.map_err(SandboxError::Control)?;
         let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
         if line.is_empty() {
-            return Err(SandboxError::NoReport(status.to_string()));
+            return Err(SandboxError::NoReport(format!(
+                "supervisor {}",
+                self.supervisor
+            )));
         }
         serde_json::from_slice(line).map_err(|e| SandboxError::BadReport(e.to_string()))
     }

@@ -24,17 +24,16 @@ mod sandbox;
 pub mod seccomp;
 pub mod supervisor;
 mod sys;
+pub mod zygote;
 
 pub use landlock::kernel_abi as landlock_abi;
-pub use mounts::{ARTIFACTS as SANDBOX_ARTIFACTS, WORK as SANDBOX_WORK};
+pub use mounts::{ARTIFACTS as SANDBOX_ARTIFACTS, WORK as SANDBOX_WORK, prepare_etc};
 
 /// The job's uid and gid inside its user namespace.
 pub const JOB_UID: u32 = 1000;
 
-pub use launcher::{Launcher, RunningJob};
-
-/// The argv[1] that turns the `warden` binary into a supervisor.
-pub const SUPERVISE_ARG: &str = "__supervise";
+pub use launcher::{JobControl, Launcher, RunningJob};
+pub use zygote::ZYGOTE_ARG;
 
 /// How strongly a job is isolated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +55,8 @@ pub struct SandboxSpec {
     pub work: PathBuf,
     /// Host directory mounted writable at `/artifacts` (the job's `ARTIFACT_DIR`).
     pub artifacts: PathBuf,
+    /// The sandbox's `/etc`, made by [`prepare_etc`] (bound read-only).
+    pub etc: PathBuf,
     /// Extra read-only binds the job type asks for.
     pub binds: Vec<Bind>,
     /// Share the host's network namespace instead of a loopback-only one.
@@ -141,7 +142,7 @@ pub enum SandboxError {
     },
     #[error("talk to supervisor: {0}")]
     Control(#[source] std::io::Error),
-    #[error("supervisor ended without a report (exit status {0})")]
+    #[error("{0} ended without a report")]
     NoReport(String),
     #[error("supervisor sent a malformed report: {0}")]
     BadReport(String),

@@ -20,8 +20,8 @@ const SYSTEM_DIRS: &[&str] = &[
     "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
 ];
 
-/// `/etc` entries programs need to start and find libraries. Deliberately absent: shadow,
-/// gshadow, ssh, sudoers, machine-id and anything with host credentials.
+/// `/etc` entries programs need to start, find libraries and verify TLS. Deliberately absent:
+/// shadow, gshadow, ssh, sudoers, machine-id, `ssl/private` and anything with host credentials.
 const ETC_ENTRIES: &[&str] = &[
     "ld.so.cache",
     "ld.so.conf",
@@ -29,15 +29,87 @@ const ETC_ENTRIES: &[&str] = &[
     "alternatives",
     "nsswitch.conf",
     "localtime",
-    "ssl",
-    "ca-certificates",
+    "ssl/certs",
+    "ssl/openssl.cnf",
     "ca-certificates.conf",
     "os-release",
     "mime.types",
     "protocols",
     "services",
     "debian_version",
+    "resolv.conf",
 ];
+
+/// Largest tree copied for one `/etc` entry (files), so a surprising host cannot stall start-up.
+const ETC_MAX_FILES: usize = 10_000;
+
+/// Builds the sandbox's `/etc` in `dir`: copies of the host entries above (files copied,
+/// symlinks kept as symlinks, directories copied), and identity files of its own (root and the
+/// job user only, hostname `warden`). Done once when warden starts, then bound read-only into
+/// every job: one mount instead of one per file. The new tree replaces the old atomically.
+pub fn prepare_etc(dir: &Path) -> std::io::Result<()> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(parent)?;
+    let tmp = parent.join(format!(".etc-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp)?;
+    let mut budget = ETC_MAX_FILES;
+    for entry in ETC_ENTRIES {
+        copy_tree(
+            &Path::new("/etc").join(entry),
+            &tmp.join(entry),
+            &mut budget,
+        )?;
+    }
+    let uid = crate::JOB_UID;
+    fs::write(
+        tmp.join("passwd"),
+        format!(
+            "root:x:0:0:root:/root:/usr/sbin/nologin\nwarden:x:{uid}:{uid}:warden job:/tmp/home:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+        ),
+    )?;
+    fs::write(
+        tmp.join("group"),
+        format!("root:x:0:\nwarden:x:{uid}:\nnogroup:x:65534:\n"),
+    )?;
+    fs::write(tmp.join("hostname"), "warden\n")?;
+    fs::write(
+        tmp.join("hosts"),
+        "127.0.0.1 localhost warden\n::1 localhost\n",
+    )?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))?;
+    let _ = fs::remove_dir_all(dir);
+    fs::rename(&tmp, dir)
+}
+
+fn copy_tree(src: &Path, dst: &Path, budget: &mut usize) -> std::io::Result<()> {
+    let Ok(meta) = fs::symlink_metadata(src) else {
+        return Ok(());
+    };
+    if *budget == 0 {
+        return Ok(());
+    }
+    *budget -= 1;
+    if let Some(parent) = dst.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        symlink(fs::read_link(src)?, dst)?;
+    } else if ft.is_dir() {
+        fs::create_dir_all(dst)?;
+        for e in fs::read_dir(src)?.flatten() {
+            copy_tree(&e.path(), &dst.join(e.file_name()), budget)?;
+        }
+    } else if ft.is_file() {
+        // Only world-readable files: nothing the host keeps private.
+        if meta.permissions().mode() & 0o004 != 0 {
+            fs::copy(src, dst)?;
+            fs::set_permissions(dst, fs::Permissions::from_mode(0o644))?;
+        }
+    }
+    Ok(())
+}
 
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
 
@@ -114,12 +186,8 @@ fn bind_host(root: &Path, host: &Path) -> Step {
     bind_ro(host, &dst)
 }
 
-fn write_file(p: &Path, text: &str) -> Step {
-    fs::write(p, text).map_err(|e| fail(format!("write {}", p.display()), e))
-}
-
 /// Builds the root at `spec.root` and pivots into it. Afterwards `/` is the job's root.
-pub fn build_root(spec: &SandboxSpec, hostname: &str) -> Step {
+pub fn build_root(spec: &SandboxSpec) -> Step {
     let root = spec.root.as_path();
     // Nothing we mount may propagate back to the host.
     mount(
@@ -141,33 +209,10 @@ pub fn build_root(spec: &SandboxSpec, hostname: &str) -> Step {
     for dir in SYSTEM_DIRS {
         bind_host(root, Path::new(dir))?;
     }
-    mkdir(&root.join("etc"))?;
-    for entry in ETC_ENTRIES {
-        bind_host(root, &Path::new("/etc").join(entry))?;
-    }
-    if spec.network {
-        bind_host(root, Path::new("/etc/resolv.conf"))?;
-    }
-    // Identity files of the sandbox's own: root and the job user, nothing of the host.
-    write_file(
-        &root.join("etc/passwd"),
-        &format!(
-            "root:x:0:0:root:/root:/usr/sbin/nologin\nwarden:x:{uid}:{uid}:warden job:/tmp/home:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
-            uid = crate::JOB_UID
-        ),
-    )?;
-    write_file(
-        &root.join("etc/group"),
-        &format!(
-            "root:x:0:\nwarden:x:{gid}:\nnogroup:x:65534:\n",
-            gid = crate::JOB_UID
-        ),
-    )?;
-    write_file(&root.join("etc/hostname"), &format!("{hostname}\n"))?;
-    write_file(
-        &root.join("etc/hosts"),
-        &format!("127.0.0.1 localhost {hostname}\n::1 localhost\n"),
-    )?;
+    // /etc: the sandbox's own, prepared once per server by `prepare_etc`.
+    let etc = root.join("etc");
+    mkdir(&etc)?;
+    bind_ro(&spec.etc, &etc)?;
 
     // /proc of the job's own PID namespace.
     let proc_dir = root.join("proc");

@@ -435,7 +435,7 @@ fn init(
     if !sb.network {
         loopback_up()?;
     }
-    mounts::build_root(sb, HOSTNAME)?;
+    mounts::build_root(sb)?;
 
     let (exec_r, exec_w) = pipe()?;
     let (unshared_r, unshared_w) = pipe()?;

@@ -1,4 +1,4 @@
-//! The supervisor process: `warden __supervise`, one per job.
+//! The supervisor process, one per job, forked by the zygote (`warden __zygote`).
 //!
 //! It is single-threaded and runs before any async runtime exists, so it may do anything between
 //! fork and exec. Setup is one straight line; each step says why.
@@ -21,8 +21,8 @@ use crate::{ExitReport, KilledBy, Rlimits, SpawnSpec};
 /// Largest spawn spec accepted: argv, env (64 params of 4 KiB each fit easily).
 const MAX_SPEC_BYTES: u32 = 4 << 20;
 
-/// Runs the supervisor and exits the process. Called by `warden` when argv[1] is
-/// [`SUPERVISE_ARG`](crate::SUPERVISE_ARG), before anything else happens in the process.
+/// Runs the supervisor and exits the process. Called in the zygote's freshly forked child,
+/// with the control socket on fd 0 and the job's stdout/stderr on fds 1 and 2.
 pub fn main() -> ! {
     let code = match run() {
         Ok(()) => 0,

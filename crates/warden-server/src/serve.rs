@@ -84,13 +84,19 @@ pub async fn run(
     // Can this host give jobs the full sandbox? Learn it once, now, by running one.
     let launcher = Launcher::new(supervisor_exe);
     let sandbox = SupervisedExecutor::new(launcher.clone(), Isolation::Sandbox);
-    let self_test = sandbox_self_test(
-        &sandbox,
-        &data.scratch_root(),
-        config.sandbox_uid,
-        config.sandbox_gid,
-    )
-    .await;
+    let self_test = match warden_sandbox::prepare_etc(&data.sandbox_etc()) {
+        Ok(()) => {
+            sandbox_self_test(
+                &sandbox,
+                &data.scratch_root(),
+                &data.sandbox_etc(),
+                config.sandbox_uid,
+                config.sandbox_gid,
+            )
+            .await
+        }
+        Err(e) => Err(format!("prepare /etc: {e}")),
+    };
     let executor = match self_test {
         Ok(()) => {
             tracing::info!("kernel sandbox available: every job runs in it");

@@ -67,6 +67,7 @@ impl Executor for SupervisedExecutor {
 pub async fn sandbox_self_test(
     executor: &dyn Executor,
     scratch: &std::path::Path,
+    etc: &std::path::Path,
     uid: u32,
     gid: u32,
 ) -> Result<(), String> {
@@ -89,6 +90,7 @@ pub async fn sandbox_self_test(
                 root,
                 work,
                 artifacts,
+                etc: etc.to_path_buf(),
                 binds: Vec::new(),
                 network: false,
                 uid,

@@ -36,6 +36,11 @@ impl DataDir {
         self.artifacts_root().join(id.to_string())
     }
 
+    /// The sandbox's `/etc`, rebuilt at every start.
+    pub fn sandbox_etc(&self) -> PathBuf {
+        self.root.join("sandbox").join("etc")
+    }
+
     pub fn scratch_root(&self) -> PathBuf {
         self.root.join("scratch")
     }

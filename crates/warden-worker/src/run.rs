@@ -64,6 +64,8 @@ pub(crate) async fn run_job(shared: &Shared, claimed: Claimed, signals: JobSigna
         }
     };
     let id = job.id;
+    // Scratch space goes before the end is recorded: whoever sees the job finished sees it clean.
+    let _ = std::fs::remove_dir_all(shared.data.scratch(id));
     match outcome {
         Outcome::Abandon => {
             tracing::warn!(job = %id, "lease lost; another worker owns the job now");
@@ -105,7 +107,6 @@ pub(crate) async fn run_job(shared: &Shared, claimed: Claimed, signals: JobSigna
             }
         }
     }
-    let _ = std::fs::remove_dir_all(shared.data.scratch(id));
     shared.events.bump();
 }
 
@@ -191,6 +192,7 @@ fn prepare(shared: &Shared, job: &JobRecord) -> Result<Prepared, String> {
         root: root.clone(),
         work: work.clone(),
         artifacts: artifacts.clone(),
+        etc: shared.data.sandbox_etc(),
         binds: job_type
             .binds
             .iter()

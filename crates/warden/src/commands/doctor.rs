@@ -45,7 +45,11 @@ pub async fn run(args: DoctorArgs) -> i32 {
         Ok(exe) => {
             let _ = std::fs::create_dir_all(&scratch);
             let exec = SupervisedExecutor::new(Launcher::new(exe), Isolation::Sandbox);
-            let r = sandbox_self_test(&exec, &scratch, uid, gid).await;
+            let etc = scratch.join("etc");
+            let r = match warden_sandbox::prepare_etc(&etc) {
+                Ok(()) => sandbox_self_test(&exec, &scratch, &etc, uid, gid).await,
+                Err(e) => Err(format!("prepare /etc: {e}")),
+            };
             let _ = std::fs::remove_dir_all(&scratch);
             r
         }

@@ -166,6 +166,11 @@ async fn output_over_the_cap_is_truncated_and_the_job_killed() {
     assert_eq!(job.stdout_bytes, 1 << 20, "exactly the cap is kept");
     let logs = c.logs(&sub.job_id, "stdout", 1).await.unwrap();
     assert!(logs.truncated);
+    assert_eq!(
+        job.signal,
+        Some(9),
+        "an endless flood ends only by the kill"
+    );
     let listing = c.artifacts(&sub.job_id).await.unwrap();
     assert!(
         !listing.artifacts.iter().any(|a| a.path == "after.txt"),

@@ -1,0 +1,186 @@
+//! The zygote: one small, single-threaded helper process per [`Launcher`](crate::Launcher)
+//! that forks a supervisor for each job. Forking it costs a fraction of executing the `warden`
+//! binary afresh, and, unlike forking warden's own multi-threaded server, is safe: the zygote
+//! holds no locks and no threads.
+//!
+//! Protocol on fd 0 (a `SOCK_SEQPACKET` socket): each request is one byte with three file
+//! descriptors attached (the supervisor's control socket, the job's stdout, the job's stderr);
+//! the answer is the new supervisor's pid as a little-endian `i32`. EOF means warden is gone:
+//! the zygote exits (running supervisors notice warden's death on their own control sockets).
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// The argv[1] that turns the `warden` binary into a zygote.
+pub const ZYGOTE_ARG: &str = "__zygote";
+
+const FDS: usize = 3;
+
+pub fn main() -> ! {
+    // SAFETY: close_range closes descriptors only; nothing above 2 is ours in this fresh process.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    // Supervisors are reaped by the kernel, not left as zombies of a zygote that never waits.
+    set_sigchld(libc::SIG_DFL, libc::SA_NOCLDWAIT);
+    loop {
+        let fds = match receive() {
+            Ok(Some(fds)) => fds,
+            Ok(None) | Err(_) => std::process::exit(0),
+        };
+        // SAFETY: fork of this single-threaded process; the child becomes a supervisor.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            become_supervisor(&fds);
+        }
+        drop(fds);
+        let answer = pid.to_le_bytes();
+        // SAFETY: writes a valid 4-byte buffer to our socket.
+        if unsafe { libc::write(0, answer.as_ptr().cast(), answer.len()) } < 0 {
+            std::process::exit(0);
+        }
+    }
+}
+
+fn set_sigchld(handler: libc::sighandler_t, flags: libc::c_int) {
+    // SAFETY: installs a plain disposition (no handler code) for SIGCHLD.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = handler;
+        sa.sa_flags = flags;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGCHLD, &sa, std::ptr::null_mut());
+    }
+}
+
+fn become_supervisor(fds: &[OwnedFd]) -> ! {
+    // The supervisor waits for its own children: undo the zygote's no-zombie setting.
+    set_sigchld(libc::SIG_DFL, 0);
+    for (target, fd) in fds.iter().enumerate() {
+        // SAFETY: dup2 onto 0, 1, 2 of this fresh child; the sources stay valid until closed.
+        unsafe { libc::dup2(fd.as_raw_fd(), target as RawFd) };
+    }
+    crate::supervisor::main()
+}
+
+/// One request: three descriptors, or `None` at EOF.
+fn receive() -> io::Result<Option<Vec<OwnedFd>>> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE((FDS * std::mem::size_of::<RawFd>()) as u32) } as usize;
+    let mut cmsg = vec![0u8; space];
+    // SAFETY: msghdr is plain data; every pointer set below stays valid during recvmsg.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    let n = loop {
+        // SAFETY: receives into the buffers described by msg; CLOEXEC on received descriptors.
+        let n = unsafe { libc::recvmsg(0, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        break n;
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if n == 0 {
+        return Ok(None);
+    }
+    let mut fds = Vec::new();
+    // SAFETY: walks the control messages the kernel filled in, within msg_controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c) as *const RawFd;
+                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
+                    / std::mem::size_of::<RawFd>();
+                for i in 0..count {
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    if fds.len() != FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "expected three descriptors",
+        ));
+    }
+    Ok(Some(fds))
+}
+
+/// warden's side: sends one request and returns the supervisor's pid.
+pub(crate) fn request(sock: &OwnedFd, fds: [&OwnedFd; FDS]) -> io::Result<i32> {
+    let byte = [b'S'];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_ptr() as *mut _,
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_SPACE / CMSG_LEN are pure size computations.
+    let (space, len) = unsafe {
+        let payload = (FDS * std::mem::size_of::<RawFd>()) as u32;
+        (
+            libc::CMSG_SPACE(payload) as usize,
+            libc::CMSG_LEN(payload) as usize,
+        )
+    };
+    let mut cmsg = vec![0u8; space];
+    // SAFETY: msghdr is plain data; the pointers set below stay valid during sendmsg, and the
+    // control message is written within the buffer of CMSG_SPACE bytes.
+    let rc = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cmsg.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = len;
+        let data = libc::CMSG_DATA(c) as *mut RawFd;
+        for (i, fd) in fds.iter().enumerate() {
+            std::ptr::write_unaligned(data.add(i), fd.as_raw_fd());
+        }
+        libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut pid = [0u8; 4];
+    // SAFETY: reads into a valid 4-byte buffer.
+    let n = unsafe { libc::read(sock.as_raw_fd(), pid.as_mut_ptr().cast(), 4) };
+    if n != 4 {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "zygote gone"));
+    }
+    let pid = i32::from_le_bytes(pid);
+    if pid < 0 {
+        return Err(io::Error::other("zygote could not fork"));
+    }
+    Ok(pid)
+}
+
+/// A seqpacket socket pair, both ends close-on-exec.
+pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two new descriptors into the array.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
