@@ -96,33 +96,31 @@ impl Launcher {
     ) -> Result<RunningJob, SandboxError> {
         let (ours, theirs) =
             std::os::unix::net::UnixStream::pair().map_err(SandboxError::Control)?;
-        let launcher = self.clone();
-        let supervisor = tokio::task::spawn_blocking(move || {
-            // Our copies of the far ends close when this returns: from then on only the
-            // supervisor (and the job) hold them.
-            let theirs = OwnedFd::from(theirs);
-            launcher.fork_supervisor([&theirs, &stdout, &stderr])
-        })
-        .await
-        .map_err(|e| SandboxError::Control(std::io::Error::other(e)))?
-        .map_err(|source| SandboxError::Spawn {
-            exe: self.exe.clone(),
-            source,
-        })?;
+        let mut frame =
+            serde_json::to_vec(spec).map_err(|e| SandboxError::BadReport(e.to_string()))?;
+        let len = u32::try_from(frame.len())
+            .map_err(|_| SandboxError::BadReport("spawn spec too large".into()))?;
+        frame.splice(0..0, len.to_le_bytes());
         ours.set_nonblocking(true).map_err(SandboxError::Control)?;
         let stream = tokio::net::UnixStream::from_std(ours).map_err(SandboxError::Control)?;
         let (reader, mut writer) = stream.into_split();
-        let body = serde_json::to_vec(spec).map_err(|e| SandboxError::BadReport(e.to_string()))?;
-        let len = u32::try_from(body.len())
-            .map_err(|_| SandboxError::BadReport("spawn spec too large".into()))?;
-        writer
-            .write_all(&len.to_le_bytes())
-            .await
-            .map_err(SandboxError::Control)?;
-        writer
-            .write_all(&body)
-            .await
-            .map_err(SandboxError::Control)?;
+        let launcher = self.clone();
+        let fork = tokio::task::spawn_blocking(move || {
+            // Our copies of the far ends close when this returns: from then on only the
+            // supervisor (and the job) hold them. Should the fork fail, the spec write below
+            // sees the socket's far end gone instead of waiting for a reader.
+            let theirs = OwnedFd::from(theirs);
+            launcher.fork_supervisor([&theirs, &stdout, &stderr])
+        });
+        // The spec goes into the socket while the zygote forks: the supervisor finds it waiting.
+        let (forked, written) = tokio::join!(fork, writer.write_all(&frame));
+        let supervisor = forked
+            .map_err(|e| SandboxError::Control(std::io::Error::other(e)))?
+            .map_err(|source| SandboxError::Spawn {
+                exe: self.exe.clone(),
+                source,
+            })?;
+        written.map_err(SandboxError::Control)?;
         let control = JobControl {
             writer: Arc::new(tokio::sync::Mutex::new(writer)),
         };

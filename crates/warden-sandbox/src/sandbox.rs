@@ -62,25 +62,8 @@ pub(crate) fn run(control: &mut UnixStream, spec: &SpawnSpec, sb: &SandboxSpec) 
     let mut out = ExitReport::default();
     let started = Instant::now();
 
-    // Limits that cgroups enforce: memory (with no swap) and processes.
-    let layout = CgroupLayout::detect();
-    let cgroup = match JobCgroup::create(&layout, &sb.cgroup_name, sb.memory_bytes, sb.pids) {
-        Ok(cg) => Some(cg),
-        Err(e)
-            if sb.memory_bytes.is_none() && sb.pids.is_none() && layout == CgroupLayout::None =>
-        {
-            let _ = e;
-            None
-        }
-        Err(e) => {
-            out.setup_error = Some(format!("cgroup: {e}"));
-            return out;
-        }
-    };
-    out.enforcement = enforcement(spec, sb, cgroup.as_ref());
-
-    // Compiled before cloning, so the job only has to install it.
-    let filters = match crate::seccomp::compile() {
+    // Compiled once per zygote, before any fork: the job only has to install it.
+    let filters = match crate::seccomp::compiled() {
         Ok(f) => f,
         Err(e) => {
             out.setup_error = Some(format!("seccomp compile: {e}"));
@@ -119,7 +102,7 @@ pub(crate) fn run(control: &mut UnixStream, spec: &SpawnSpec, sb: &SandboxSpec) 
     if pid == 0 {
         drop(sync_w);
         drop(report_r);
-        init_main(sync_r, report_w, spec, sb, &filters);
+        init_main(sync_r, report_w, spec, sb, filters);
     }
     drop(sync_r);
     drop(report_w);
@@ -127,15 +110,27 @@ pub(crate) fn run(control: &mut UnixStream, spec: &SpawnSpec, sb: &SandboxSpec) 
     // Our stdout/stderr are the job's pipes; only the job may hold them from now on.
     crate::supervisor::release_stdio();
 
-    if let Some(cg) = &cgroup
-        && let Err(e) = cg.add(pid)
+    // Limits that cgroups enforce: memory (with no swap) and processes. Made while the init
+    // builds the job's root on the other core; the init starts the job only once it is in.
+    let layout = CgroupLayout::detect();
+    let cgroup = match JobCgroup::create(&layout, &sb.cgroup_name, sb.memory_bytes, sb.pids)
+        .and_then(|cg| cg.add(pid).map(|()| cg))
     {
-        // SAFETY: kill our own child.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-        reap(pid);
-        out.setup_error = Some(format!("cgroup attach: {e}"));
-        return out;
-    }
+        Ok(cg) => Some(cg),
+        Err(_)
+            if sb.memory_bytes.is_none() && sb.pids.is_none() && layout == CgroupLayout::None =>
+        {
+            None
+        }
+        Err(e) => {
+            // SAFETY: kill our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            reap(pid);
+            out.setup_error = Some(format!("cgroup: {e}"));
+            return out;
+        }
+    };
+    out.enforcement = enforcement(spec, sb, cgroup.as_ref());
     write_all(&sync_w, b"g");
 
     let mut lines = Vec::new();
@@ -415,7 +410,16 @@ fn init(
     // SAFETY: replaces fd 0 with /dev/null.
     check("stdin", unsafe { libc::dup2(devnull.as_raw_fd(), 0) })?;
     drop(devnull);
-    // Wait until the supervisor has put us in the job's cgroup.
+    // SAFETY: a valid buffer and length.
+    check("sethostname", unsafe {
+        libc::sethostname(HOSTNAME.as_ptr().cast(), HOSTNAME.len())
+    })?;
+    if !sb.network {
+        loopback_up()?;
+    }
+    mounts::build_root(sb)?;
+
+    // The supervisor has been making the job's cgroup meanwhile: the job starts inside it.
     if !wait_byte(&sync) {
         return Err(fail(
             "sync with supervisor",
@@ -428,14 +432,6 @@ fn init(
     check("unshare cgroup", unsafe {
         libc::unshare(libc::CLONE_NEWCGROUP)
     })?;
-    // SAFETY: a valid buffer and length.
-    check("sethostname", unsafe {
-        libc::sethostname(HOSTNAME.as_ptr().cast(), HOSTNAME.len())
-    })?;
-    if !sb.network {
-        loopback_up()?;
-    }
-    mounts::build_root(sb)?;
 
     let (exec_r, exec_w) = pipe()?;
     let (unshared_r, unshared_w) = pipe()?;

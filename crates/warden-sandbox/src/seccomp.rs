@@ -485,6 +485,17 @@ fn x32_filter() -> BpfProgram {
     ]
 }
 
+/// The compiled policy, computed once per process (the zygote does it before forking).
+pub fn compiled() -> Result<&'static [BpfProgram], String> {
+    static FILTERS: std::sync::OnceLock<Result<Vec<BpfProgram>, String>> =
+        std::sync::OnceLock::new();
+    FILTERS
+        .get_or_init(compile)
+        .as_ref()
+        .map(Vec::as_slice)
+        .map_err(Clone::clone)
+}
+
 /// Installs the filters on the calling thread. Needs `no_new_privs` (or CAP_SYS_ADMIN) first.
 pub fn install(filters: &[BpfProgram]) -> Result<(), String> {
     for f in filters {

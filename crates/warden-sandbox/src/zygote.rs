@@ -21,6 +21,8 @@ pub fn main() -> ! {
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
     // Supervisors are reaped by the kernel, not left as zombies of a zygote that never waits.
     set_sigchld(libc::SIG_DFL, libc::SA_NOCLDWAIT);
+    // Work every job would repeat is done once, here, and inherited by each fork.
+    let _ = crate::seccomp::compiled();
     loop {
         let fds = match receive() {
             Ok(Some(fds)) => fds,
