@@ -58,7 +58,12 @@ fn wait_byte(fd: &OwnedFd) -> bool {
 }
 
 /// Runs the job in the full sandbox. Returns once every process of it is gone.
-pub(crate) fn run(control: &mut UnixStream, spec: &SpawnSpec, sb: &SandboxSpec) -> ExitReport {
+pub(crate) fn run(
+    control: &mut UnixStream,
+    spec: &SpawnSpec,
+    sb: &SandboxSpec,
+    netns: Option<OwnedFd>,
+) -> ExitReport {
     let mut out = ExitReport::default();
     let started = Instant::now();
 
@@ -80,7 +85,10 @@ pub(crate) fn run(control: &mut UnixStream, spec: &SpawnSpec, sb: &SandboxSpec) 
 
     let mut flags =
         libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
-    if !sb.network {
+    // A fresh network namespace: taken ready-made from the zygote's pool when there is one
+    // (creating one is the costliest step of the whole setup), else created here.
+    let netns = if sb.network { None } else { netns };
+    if !sb.network && netns.is_none() {
         flags |= libc::CLONE_NEWNET;
     }
     // SAFETY: a fork-like clone (no new stack) of this single-threaded process; the child runs
@@ -102,7 +110,7 @@ pub(crate) fn run(control: &mut UnixStream, spec: &SpawnSpec, sb: &SandboxSpec) 
     if pid == 0 {
         drop(sync_w);
         drop(report_r);
-        init_main(sync_r, report_w, spec, sb, filters);
+        init_main(sync_r, report_w, spec, sb, filters, netns);
     }
     drop(sync_r);
     drop(report_w);
@@ -378,8 +386,9 @@ fn init_main(
     spec: &SpawnSpec,
     sb: &SandboxSpec,
     filters: &[BpfProgram],
+    netns: Option<OwnedFd>,
 ) -> ! {
-    let code = match init(sync, &report, spec, sb, filters) {
+    let code = match init(sync, &report, spec, sb, filters, netns) {
         Ok(()) => 0,
         Err(e) => {
             write_all(&report, format!("ERR {e}\n").as_bytes());
@@ -404,6 +413,7 @@ fn init(
     spec: &SpawnSpec,
     sb: &SandboxSpec,
     filters: &[BpfProgram],
+    netns: Option<OwnedFd>,
 ) -> Step {
     // fd 0 is the supervisor's control socket: the job must never hold it.
     let devnull = std::fs::File::open("/dev/null").map_err(|e| fail("open /dev/null", e))?;
@@ -414,8 +424,14 @@ fn init(
     check("sethostname", unsafe {
         libc::sethostname(HOSTNAME.as_ptr().cast(), HOSTNAME.len())
     })?;
-    if !sb.network {
-        loopback_up()?;
+    match netns {
+        // Pooled namespaces were never used and already have loopback up.
+        // SAFETY: setns with a namespace descriptor we own.
+        Some(ns) => check("join network namespace", unsafe {
+            libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET)
+        })?,
+        None if !sb.network => loopback_up()?,
+        None => {}
     }
     mounts::build_root(sb)?;
 
@@ -508,7 +524,7 @@ fn init(
 }
 
 /// Brings `lo` up in the job's network namespace: loopback works, nothing else exists.
-fn loopback_up() -> Step {
+pub(crate) fn loopback_up() -> Step {
     // SAFETY: a plain datagram socket used only for the interface ioctls below.
     let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     check("loopback socket", sock)?;

@@ -32,10 +32,13 @@ pub fn main() -> ! {
 }
 
 fn run() -> io::Result<()> {
-    // Nothing of warden's may reach the job: close every descriptor but the three we were given.
-    // SAFETY: close_range only closes descriptors; none above 2 is owned by anything in this
+    // Nothing of warden's may reach the job: close every descriptor but the ones we were given
+    // (0-2, and fd 3 when the zygote left a network namespace there).
+    // SAFETY: close_range only closes descriptors; none above 3 is owned by anything in this
     // fresh, single-threaded process.
-    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    unsafe { libc::syscall(libc::SYS_close_range, (NETNS_FD + 1) as u32, u32::MAX, 0u32) };
+    // fd 3 is a fresh network namespace from the zygote's pool, when it had one.
+    let netns = take_netns();
 
     // Only warden, through the socket, decides when the job ends: a stray SIGTERM or SIGHUP to
     // the supervisor must not orphan the job. SIGPIPE would kill us when reporting to a dead
@@ -51,7 +54,7 @@ fn run() -> io::Result<()> {
 
     if spec.isolation == crate::Isolation::Sandbox {
         let out = match &spec.sandbox {
-            Some(sb) => crate::sandbox::run(&mut control, &spec, sb),
+            Some(sb) => crate::sandbox::run(&mut control, &spec, sb, netns),
             None => setup_failed(
                 "spec",
                 io::Error::other("sandbox isolation without a sandbox spec"),
@@ -87,6 +90,17 @@ fn run() -> io::Result<()> {
     out.wall_ms = started.elapsed().as_millis() as u64;
     add_children_usage(&mut out);
     report(&mut control, out)
+}
+
+/// Where the zygote leaves a pooled network namespace for the supervisor.
+pub(crate) const NETNS_FD: i32 = 3;
+
+/// fd 3 when it is a network namespace; closed otherwise.
+fn take_netns() -> Option<OwnedFd> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{NETNS_FD}")).ok()?;
+    // SAFETY: fd 3 was left to us by the zygote (or is stale); from here we own or close it.
+    let fd = unsafe { OwnedFd::from_raw_fd(NETNS_FD) };
+    link.to_string_lossy().starts_with("net:").then_some(fd)
 }
 
 /// Our own stdout/stderr are the job's pipes: let go of them, so that the pipes close exactly
