@@ -194,6 +194,17 @@ impl JobCgroup {
         Ok(())
     }
 
+    /// The files through which a single-threaded process moves itself in by writing `0`: v1
+    /// `tasks` (a thread moving itself skips the global threadgroup lock), v2 `cgroup.procs`.
+    pub fn self_attach_files(&self) -> Vec<PathBuf> {
+        let file = if self.version == 2 {
+            "cgroup.procs"
+        } else {
+            "tasks"
+        };
+        self.dirs.iter().map(|d| d.join(file)).collect()
+    }
+
     pub fn stats(&self) -> CgroupStats {
         let mut s = CgroupStats::default();
         if let Some(d) = &self.memory_dir {

@@ -75,7 +75,28 @@ pub(crate) fn run(
             return out;
         }
     };
-    let (Ok((sync_r, sync_w)), Ok((report_r, report_w))) = (pipe(), pipe()) else {
+    // Limits that cgroups enforce: memory (with no swap) and processes. The init moves itself
+    // in (see `attach_self`), which on cgroup v1 avoids the global lock that a move by pid
+    // takes, and with it a wait for an RCU grace period (milliseconds, at random).
+    let layout = CgroupLayout::detect();
+    let cgroup = match JobCgroup::create(&layout, &sb.cgroup_name, sb.memory_bytes, sb.pids) {
+        Ok(cg) => Some(cg),
+        Err(_)
+            if sb.memory_bytes.is_none() && sb.pids.is_none() && layout == CgroupLayout::None =>
+        {
+            None
+        }
+        Err(e) => {
+            out.setup_error = Some(format!("cgroup: {e}"));
+            return out;
+        }
+    };
+    out.enforcement = enforcement(spec, sb, cgroup.as_ref());
+    let attach: Vec<PathBuf> = cgroup
+        .as_ref()
+        .map(JobCgroup::self_attach_files)
+        .unwrap_or_default();
+    let Ok((report_r, report_w)) = pipe() else {
         out.setup_error = Some(format!("pipe: {}", io::Error::last_os_error()));
         return out;
     };
@@ -108,38 +129,13 @@ pub(crate) fn run(
         return out;
     }
     if pid == 0 {
-        drop(sync_w);
         drop(report_r);
-        init_main(sync_r, report_w, spec, sb, filters, netns);
+        init_main(&attach, report_w, spec, sb, filters, netns);
     }
-    drop(sync_r);
     drop(report_w);
 
     // Our stdout/stderr are the job's pipes; only the job may hold them from now on.
     crate::supervisor::release_stdio();
-
-    // Limits that cgroups enforce: memory (with no swap) and processes. Made while the init
-    // builds the job's root on the other core; the init starts the job only once it is in.
-    let layout = CgroupLayout::detect();
-    let cgroup = match JobCgroup::create(&layout, &sb.cgroup_name, sb.memory_bytes, sb.pids)
-        .and_then(|cg| cg.add(pid).map(|()| cg))
-    {
-        Ok(cg) => Some(cg),
-        Err(_)
-            if sb.memory_bytes.is_none() && sb.pids.is_none() && layout == CgroupLayout::None =>
-        {
-            None
-        }
-        Err(e) => {
-            // SAFETY: kill our own child.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            reap(pid);
-            out.setup_error = Some(format!("cgroup: {e}"));
-            return out;
-        }
-    };
-    out.enforcement = enforcement(spec, sb, cgroup.as_ref());
-    write_all(&sync_w, b"g");
 
     let mut lines = Vec::new();
     supervise(
@@ -381,14 +377,14 @@ fn parse_report(lines: &[u8], out: &mut ExitReport) {
 
 /// pid 1 of the job's namespaces.
 fn init_main(
-    sync: OwnedFd,
+    attach: &[PathBuf],
     report: OwnedFd,
     spec: &SpawnSpec,
     sb: &SandboxSpec,
     filters: &[BpfProgram],
     netns: Option<OwnedFd>,
 ) -> ! {
-    let code = match init(sync, &report, spec, sb, filters, netns) {
+    let code = match init(attach, &report, spec, sb, filters, netns) {
         Ok(()) => 0,
         Err(e) => {
             write_all(&report, format!("ERR {e}\n").as_bytes());
@@ -408,7 +404,7 @@ extern "C" fn forward_term(_: libc::c_int) {
 }
 
 fn init(
-    sync: OwnedFd,
+    attach: &[PathBuf],
     report: &OwnedFd,
     spec: &SpawnSpec,
     sb: &SandboxSpec,
@@ -420,6 +416,12 @@ fn init(
     // SAFETY: replaces fd 0 with /dev/null.
     check("stdin", unsafe { libc::dup2(devnull.as_raw_fd(), 0) })?;
     drop(devnull);
+    // Into the job's cgroup, before anything else: all the job's processes start inside it.
+    for file in attach {
+        // "0" moves the calling task itself (the v1 `tasks` file: no global lock).
+        std::fs::write(file, "0")
+            .map_err(|e| fail(format!("cgroup attach {}", file.display()), e))?;
+    }
     // SAFETY: a valid buffer and length.
     check("sethostname", unsafe {
         libc::sethostname(HOSTNAME.as_ptr().cast(), HOSTNAME.len())
@@ -435,14 +437,6 @@ fn init(
     }
     mounts::build_root(sb)?;
 
-    // The supervisor has been making the job's cgroup meanwhile: the job starts inside it.
-    if !wait_byte(&sync) {
-        return Err(fail(
-            "sync with supervisor",
-            io::Error::from(io::ErrorKind::UnexpectedEof),
-        ));
-    }
-    drop(sync);
     // A cgroup namespace rooted at the job's own cgroup.
     // SAFETY: plain unshare flag.
     check("unshare cgroup", unsafe {

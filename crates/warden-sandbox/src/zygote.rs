@@ -42,8 +42,11 @@ pub fn main() -> ! {
         if unsafe { libc::write(0, answer.as_ptr().cast(), answer.len()) } < 0 {
             std::process::exit(0);
         }
-        // Off the critical path: the next job finds its network namespace ready.
+        // Off the critical path: the next job finds its network namespace ready. Done at idle
+        // priority, so it takes only CPU time that the job just started does not want.
+        set_idle(true);
         pool.refill();
+        set_idle(false);
     }
 }
 
@@ -103,6 +106,17 @@ impl NetnsPool {
             if ready { ns } else { None }
         }
     }
+}
+
+fn set_idle(idle: bool) {
+    let policy = if idle {
+        libc::SCHED_IDLE
+    } else {
+        libc::SCHED_OTHER
+    };
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: changes this thread's scheduling policy; reads a valid sched_param.
+    unsafe { libc::sched_setscheduler(0, policy, &param) };
 }
 
 fn set_sigchld(handler: libc::sighandler_t, flags: libc::c_int) {
