@@ -3,13 +3,10 @@
 fn main() {
     // The zygote that forks each job's supervisor is this same binary; it must start before
     // anything else exists in the process (no threads, no runtime, no logging).
-    match std::env::args_os()
-        .nth(1)
-        .as_deref()
-        .and_then(|a| a.to_str())
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(warden_sandbox::ZYGOTE_ARG))
     {
-        Some(warden_sandbox::ZYGOTE_ARG) => warden_sandbox::zygote::main(),
-        _ => {}
+        warden_sandbox::zygote::main();
     }
     std::process::exit(warden::cli::main());
 }
