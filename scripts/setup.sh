@@ -29,4 +29,14 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     echo "setup: installing cargo-nextest"
     cargo install cargo-nextest --locked
 fi
+# Benchmarks compare against bubblewrap and util-linux's unshare: only with --bench.
+if [ "${1:-}" = "--bench" ] && ! have bwrap; then
+    if have apt-get && [ "$(id -u)" = 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap
+    else
+        echo "setup: install bubblewrap for cargo xtask bench sandbox" >&2
+        exit 1
+    fi
+fi
 echo "setup: ok"

@@ -1,11 +1,14 @@
 //! Launching and containing jobs.
 //!
-//! A job never runs as a direct child of warden. warden starts a *supervisor* — its own binary
-//! re-executed as `warden __supervise` — and hands it a [`SpawnSpec`] over a private socket. The
-//! supervisor becomes a child subreaper, starts the job in a new session, and from then on owns
-//! the job's whole process tree: every orphan (a `setsid` + double-fork daemon included) is
-//! re-parented to it, so it can kill all of it when the job ends, when the deadline passes, when
-//! warden asks, or when warden itself dies (the socket reaches EOF).
+//! A job never runs as a direct child of warden. A *zygote* (the `warden` binary started once as
+//! `warden __zygote`) forks a *supervisor* per job, which receives a [`SpawnSpec`] over a private
+//! socket. With [`Isolation::Sandbox`] the supervisor builds the full sandbox (see `sandbox.rs`
+//! and docs/sandbox.md): the job's PID namespace init owns the tree, and its death takes every
+//! process of the job with it. With [`Isolation::UnsafeFallback`] the supervisor becomes a child
+//! subreaper instead, so that every orphan (a `setsid` + double-fork daemon included) is
+//! re-parented to it and killed with the rest. Either way the whole tree dies when the job ends,
+//! when the deadline passes, when warden asks, or when warden itself dies (the socket reaches
+//! EOF), and the supervisor reports only once it is gone.
 //!
 //! This is the only crate with `unsafe` code.
 

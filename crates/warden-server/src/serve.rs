@@ -121,6 +121,14 @@ pub async fn run(
         }
     };
     let unsafe_fallback = executor.isolation() == Isolation::UnsafeFallback;
+    for (name, t) in config.job_types.iter().filter(|(_, t)| t.network) {
+        tracing::warn!(
+            job_type = %name,
+            argv0 = %t.argv[0],
+            "network: true shares the host's network namespace: these jobs can reach the \
+             network and services on the host's loopback; grant it only to trusted job types"
+        );
+    }
     let config = Arc::new(config);
     let events = Events::new();
     let worker_config = WorkerConfig::from_config(&config);
