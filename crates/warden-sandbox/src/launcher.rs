@@ -1,10 +1,11 @@
 //! warden's side of a supervised job: have the zygote fork a supervisor, hand it the spec,
 //! steer it, read its report.
 
+use std::os::fd::AsFd;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -16,12 +17,13 @@ use crate::{ExitReport, SandboxError, SpawnSpec};
 #[derive(Debug, Clone)]
 pub struct Launcher {
     exe: PathBuf,
-    zygote: Arc<Mutex<Option<Zygote>>>,
+    zygote: Arc<tokio::sync::Mutex<Option<Zygote>>>,
 }
 
 #[derive(Debug)]
 struct Zygote {
-    sock: OwnedFd,
+    /// Our end of the request socket (`SOCK_SEQPACKET`: message-oriented, like a datagram).
+    sock: tokio::net::UnixDatagram,
     child: std::process::Child,
 }
 
@@ -61,25 +63,41 @@ impl Launcher {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
-        Ok(Zygote { sock: ours, child })
+        let ours = std::os::unix::net::UnixDatagram::from(ours);
+        ours.set_nonblocking(true)?;
+        Ok(Zygote {
+            sock: tokio::net::UnixDatagram::from_std(ours)?,
+            child,
+        })
     }
 
-    /// Asks the zygote for a supervisor; starts (or restarts) the zygote when needed.
-    fn fork_supervisor(&self, fds: [&OwnedFd; 3]) -> std::io::Result<i32> {
-        let mut guard = self.zygote.lock().unwrap_or_else(|p| p.into_inner());
+    /// Asks the zygote for a supervisor; starts (or restarts) the zygote when needed. Requests
+    /// are serialised: the zygote answers them in order.
+    async fn fork_supervisor(&self, fds: [&OwnedFd; 3]) -> std::io::Result<i32> {
+        let mut guard = self.zygote.lock().await;
         for attempt in 0..2 {
             if guard.is_none() {
                 *guard = Some(self.start_zygote()?);
             }
             let z = guard.as_mut().expect("zygote just started");
-            match zygote::request(&z.sock, fds) {
+            let answer = async {
+                zygote::send(z.sock.as_fd(), fds)?;
+                let mut buf = [0u8; 8];
+                loop {
+                    z.sock.readable().await?;
+                    match z.sock.try_recv(&mut buf) {
+                        Ok(n) => return zygote::decode_pid(&buf[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            .await;
+            match answer {
                 Ok(pid) => return Ok(pid),
-                Err(e) if attempt == 0 => {
+                Err(_) if attempt == 0 => {
                     // The zygote died (killed, OOM): reap it and start a new one once.
-                    let _ = z.child.kill();
-                    let _ = z.child.wait();
                     *guard = None;
-                    let _ = e;
                 }
                 Err(e) => return Err(e),
             }
@@ -104,22 +122,19 @@ impl Launcher {
         ours.set_nonblocking(true).map_err(SandboxError::Control)?;
         let stream = tokio::net::UnixStream::from_std(ours).map_err(SandboxError::Control)?;
         let (reader, mut writer) = stream.into_split();
-        let launcher = self.clone();
-        let fork = tokio::task::spawn_blocking(move || {
+        let fork = async move {
             // Our copies of the far ends close when this returns: from then on only the
             // supervisor (and the job) hold them. Should the fork fail, the spec write below
             // sees the socket's far end gone instead of waiting for a reader.
             let theirs = OwnedFd::from(theirs);
-            launcher.fork_supervisor([&theirs, &stdout, &stderr])
-        });
+            self.fork_supervisor([&theirs, &stdout, &stderr]).await
+        };
         // The spec goes into the socket while the zygote forks: the supervisor finds it waiting.
         let (forked, written) = tokio::join!(fork, writer.write_all(&frame));
-        let supervisor = forked
-            .map_err(|e| SandboxError::Control(std::io::Error::other(e)))?
-            .map_err(|source| SandboxError::Spawn {
-                exe: self.exe.clone(),
-                source,
-            })?;
+        let supervisor = forked.map_err(|source| SandboxError::Spawn {
+            exe: self.exe.clone(),
+            source,
+        })?;
         written.map_err(SandboxError::Control)?;
         let control = JobControl {
             writer: Arc::new(tokio::sync::Mutex::new(writer)),

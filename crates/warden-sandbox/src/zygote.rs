@@ -204,8 +204,8 @@ fn receive() -> io::Result<Option<Vec<OwnedFd>>> {
     Ok(Some(fds))
 }
 
-/// warden's side: sends one request and returns the supervisor's pid.
-pub(crate) fn request(sock: &OwnedFd, fds: [&OwnedFd; FDS]) -> io::Result<i32> {
+/// warden's side: sends one request (one byte with the three descriptors attached).
+pub(crate) fn send(sock: std::os::fd::BorrowedFd<'_>, fds: [&OwnedFd; FDS]) -> io::Result<()> {
     let byte = [b'S'];
     let mut iov = libc::iovec {
         iov_base: byte.as_ptr() as *mut _,
@@ -241,12 +241,14 @@ pub(crate) fn request(sock: &OwnedFd, fds: [&OwnedFd; FDS]) -> io::Result<i32> {
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut pid = [0u8; 4];
-    // SAFETY: reads into a valid 4-byte buffer.
-    let n = unsafe { libc::read(sock.as_raw_fd(), pid.as_mut_ptr().cast(), 4) };
-    if n != 4 {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "zygote gone"));
-    }
+    Ok(())
+}
+
+/// warden's side: decodes the answer to a request, the supervisor's pid.
+pub(crate) fn decode_pid(answer: &[u8]) -> io::Result<i32> {
+    let pid: [u8; 4] = answer
+        .try_into()
+        .map_err(|_| io::Error::new(io::ErrorKind::UnexpectedEof, "zygote gone"))?;
     let pid = i32::from_le_bytes(pid);
     if pid < 0 {
         return Err(io::Error::other("zygote could not fork"));

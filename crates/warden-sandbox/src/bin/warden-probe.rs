@@ -163,6 +163,43 @@ fn main() {
     let mode = args.first().map(String::as_str).unwrap_or("inspect");
     let code = match mode {
         "inspect" => inspect(),
+        // Outside the sandbox: install warden's policy on ourselves, then try what it denies.
+        "seccomp-self-test" => {
+            // SAFETY: plain prctl.
+            unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+            let filters = warden_sandbox::seccomp::compile().expect("policy compiles");
+            warden_sandbox::seccomp::install(&filters).expect("filters install");
+            // SAFETY: raw syscalls, each denied by the policy.
+            unsafe {
+                report("unshare user", libc::unshare(libc::CLONE_NEWUSER) as i64);
+                report(
+                    "mount tmpfs",
+                    libc::mount(
+                        c"none".as_ptr(),
+                        c"/tmp".as_ptr(),
+                        c"tmpfs".as_ptr(),
+                        0,
+                        std::ptr::null(),
+                    ) as i64,
+                );
+                report("keyctl", libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0));
+                let mut attr = [0u8; 128];
+                report(
+                    "bpf",
+                    libc::syscall(libc::SYS_bpf, 0, attr.as_mut_ptr(), attr.len()),
+                );
+                let mut params = [0u8; 120];
+                report(
+                    "io_uring_setup",
+                    libc::syscall(libc::SYS_io_uring_setup, 8, params.as_mut_ptr()),
+                );
+                report(
+                    "ptrace attach init",
+                    libc::ptrace(libc::PTRACE_ATTACH, 1, 0, 0),
+                );
+            }
+            0
+        }
         "fork-bomb" => {
             let started = std::time::Instant::now();
             let mut failures = 0u64;
