@@ -150,6 +150,10 @@ pub struct JobView {
     pub stderr_bytes: u64,
     pub log_truncated: bool,
     pub resources: Option<ResourceUsage>,
+    /// What enforced each limit (`wall_time` → `supervisor`, `memory` → `cgroup v1 (no swap)`,
+    /// ...). Empty until the job ends.
+    #[serde(default)]
+    pub enforcement: std::collections::BTreeMap<String, String>,
     pub artifact_dir: String,
 }
 

@@ -271,6 +271,7 @@ impl JobService {
             stderr_bytes: job.stderr_bytes,
             log_truncated: job.log_truncated,
             resources: job.resources.clone(),
+            enforcement: job.enforcement.clone(),
             artifact_dir: self.artifact_dir(job.id),
         }
     }

@@ -20,12 +20,15 @@ use warden_store::{
 };
 
 /// Migrations, applied in order, each once. Append-only.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_jobs.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_jobs.sql")),
+    (2, include_str!("../migrations/0002_enforcement.sql")),
+];
 
 const COLUMNS: &str = "id, tenant, job_type, repo_name, remote_url, sha, params, \
     idempotency_key, status, reason, exit_code, signal, attempts, max_attempts, cancel_requested, \
     unsafe_fallback, warnings, created_at, started_at, finished_at, stdout_bytes, stderr_bytes, \
-    log_truncated, resources, lease_owner, lease_token, lease_expires_at";
+    log_truncated, resources, lease_owner, lease_token, lease_expires_at, enforcement";
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -150,6 +153,8 @@ fn row_to_job(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
         lease_owner: row.get(24)?,
         lease_token: row.get(25)?,
         lease_expires_at: row.get(26)?,
+        enforcement: serde_json::from_str(&row.get::<_, String>(27)?)
+            .map_err(|e| corrupt("enforcement", e))?,
     })
 }
 
@@ -411,7 +416,7 @@ impl Store for SqliteStore {
             tx.execute(
                 "UPDATE jobs SET status = ?2, reason = ?3, exit_code = ?4, signal = ?5,
                      warnings = ?6, resources = ?7, log_truncated = ?8, finished_at = ?9,
-                     lease_owner = NULL, lease_expires_at = NULL
+                     enforcement = ?10, lease_owner = NULL, lease_expires_at = NULL
                  WHERE id = ?1",
                 params![
                     lease.job_id.to_string(),
@@ -423,6 +428,7 @@ impl Store for SqliteStore {
                     done.resources.as_ref().map(to_json).transpose()?,
                     done.log_truncated,
                     now,
+                    to_json(&done.enforcement)?,
                 ],
             )
             .map_err(backend)?;

@@ -427,6 +427,7 @@ pub async fn complete_records_the_outcome_once(store: &dyn Store) {
         warnings: vec!["SIZE_CAP_EXCEEDED".into()],
         resources: Some(usage.clone()),
         log_truncated: true,
+        enforcement: BTreeMap::from([("memory".to_string(), "cgroup v2 (no swap)".to_string())]),
     };
     let rec = store.complete(&c.lease, done.clone(), 20).await.unwrap();
     assert_eq!(rec.id, job.id);
@@ -436,6 +437,7 @@ pub async fn complete_records_the_outcome_once(store: &dyn Store) {
     assert_eq!(rec.warnings, ["SIZE_CAP_EXCEEDED"]);
     assert_eq!(rec.resources, Some(usage));
     assert!(rec.log_truncated);
+    assert_eq!(rec.enforcement["memory"], "cgroup v2 (no swap)");
     assert_eq!(rec.finished_at, Some(20));
     assert_eq!(rec.lease_owner, None);
     assert_eq!(store.get(job.id).await.unwrap(), rec);

@@ -107,6 +107,8 @@ pub struct JobRecord {
     pub lease_owner: Option<String>,
     pub lease_token: i64,
     pub lease_expires_at: Option<Millis>,
+    /// What enforced each limit (`memory` → `cgroup v1 (no swap)`, ...), set at completion.
+    pub enforcement: BTreeMap<String, String>,
 }
 
 impl JobRecord {
@@ -158,6 +160,7 @@ pub struct Completion {
     pub warnings: Vec<String>,
     pub resources: Option<ResourceUsage>,
     pub log_truncated: bool,
+    pub enforcement: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -401,6 +401,7 @@ async fn execute(
         warnings,
         resources: None,
         log_truncated: truncated,
+        enforcement: info.limits.clone(),
     };
     (Outcome::Complete(done), info)
 }

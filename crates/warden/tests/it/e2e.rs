@@ -46,6 +46,8 @@ async fn submit_follow_logs_and_artifact_json() {
     assert_eq!(job.status, JobStatus::Succeeded);
     assert_eq!(job.exit_code, Some(0));
     assert!(!job.unsafe_fallback, "the run is recorded as sandboxed");
+    assert_eq!(job.enforcement["wall_time"], "supervisor");
+    assert_eq!(job.enforcement["network"], "own network namespace (loopback only)");
     assert_eq!((job.stdout_bytes, job.stderr_bytes), (12, 10));
     let err = c.logs(&sub.job_id, "stderr", 10).await.unwrap();
     assert_eq!(err.lines, ["to-stderr"]);
