@@ -310,6 +310,7 @@ fn bench_sandbox(rest: &[&str]) -> anyhow::Result<()> {
                 work: work.clone(),
                 artifacts: artifacts.clone(),
                 etc: etc.clone(),
+                rootfs: None,
                 binds: Vec::<Bind>::new(),
                 network: false,
                 uid: 65534,

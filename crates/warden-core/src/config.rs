@@ -261,6 +261,8 @@ pub struct JobType {
     pub network: bool,
     /// Extra host paths bound read-only into the sandbox (e.g. a toolchain).
     pub binds: Vec<BindConfig>,
+    /// A root filesystem directory to run in instead of the host's system directories.
+    pub rootfs: Option<PathBuf>,
 }
 
 /// A read-only bind of a host path into the sandbox.
@@ -328,6 +330,8 @@ struct RawJobType {
     network: bool,
     #[serde(default)]
     binds: Vec<BindConfig>,
+    #[serde(default)]
+    rootfs: Option<PathBuf>,
 }
 
 impl TryFrom<RawJobType> for JobType {
@@ -362,8 +366,18 @@ impl TryFrom<RawJobType> for JobType {
         for (i, b) in raw.binds.iter().enumerate() {
             b.check(i)?;
         }
+        if let Some(r) = &raw.rootfs
+            && (!r.is_absolute()
+                || r.components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir)))
+        {
+            return Err(format!(
+                "rootfs {r:?} must be an absolute path without '..'"
+            ));
+        }
         Ok(JobType {
             binds: raw.binds,
+            rootfs: raw.rootfs,
             description: raw.description,
             argv: raw.argv,
             timeout_s: raw.timeout_s,

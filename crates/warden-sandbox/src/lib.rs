@@ -60,6 +60,10 @@ pub struct SandboxSpec {
     pub artifacts: PathBuf,
     /// The sandbox's `/etc`, made by [`prepare_etc`] (bound read-only).
     pub etc: PathBuf,
+    /// A root filesystem directory to use instead of the host's `/usr`, `/lib*` and warden's
+    /// `/etc` (each top-level entry bound read-only).
+    #[serde(default)]
+    pub rootfs: Option<PathBuf>,
     /// Extra read-only binds the job type asks for.
     pub binds: Vec<Bind>,
     /// Share the host's network namespace instead of a loopback-only one.

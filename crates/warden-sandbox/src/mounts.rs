@@ -113,6 +113,9 @@ fn copy_tree(src: &Path, dst: &Path, budget: &mut usize) -> std::io::Result<()> 
 
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
 
+/// Top-level names warden fills itself; a job type's rootfs does not provide them.
+const RESERVED_TOP: &[&str] = &["proc", "dev", "tmp", "work", "artifacts", "sys"];
+
 const RO: libc::c_ulong = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
 
 fn mkdir(p: &Path) -> Step {
@@ -212,13 +215,47 @@ pub fn build_root(spec: &SandboxSpec) -> Step {
         Some("size=1m,mode=0755"),
     )?;
 
-    for dir in SYSTEM_DIRS {
-        bind_host(root, Path::new(dir))?;
+    match &spec.rootfs {
+        // The host's system directories, and the sandbox's own /etc (see `prepare_etc`).
+        None => {
+            for dir in SYSTEM_DIRS {
+                bind_host(root, Path::new(dir))?;
+            }
+            let etc = root.join("etc");
+            mkdir(&etc)?;
+            bind_ro(&spec.etc, &etc)?;
+        }
+        // A root filesystem the job type names: each of its top-level entries, read-only,
+        // except the places warden provides itself.
+        Some(rootfs) => {
+            let entries = fs::read_dir(rootfs)
+                .map_err(|e| fail(format!("rootfs {}", rootfs.display()), e))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| fail("rootfs entry", e))?;
+                let name = entry.file_name();
+                if RESERVED_TOP.iter().any(|r| name == *r) {
+                    continue;
+                }
+                let src = entry.path();
+                let dst = root.join(&name);
+                let meta = fs::symlink_metadata(&src)
+                    .map_err(|e| fail(format!("stat {}", src.display()), e))?;
+                if meta.file_type().is_symlink() {
+                    let target = fs::read_link(&src)
+                        .map_err(|e| fail(format!("readlink {}", src.display()), e))?;
+                    symlink(&target, &dst)
+                        .map_err(|e| fail(format!("symlink {}", dst.display()), e))?;
+                } else {
+                    if meta.is_dir() {
+                        mkdir(&dst)?
+                    } else {
+                        touch(&dst)?
+                    }
+                    bind_ro(&src, &dst)?;
+                }
+            }
+        }
     }
-    // /etc: the sandbox's own, prepared once per server by `prepare_etc`.
-    let etc = root.join("etc");
-    mkdir(&etc)?;
-    bind_ro(&spec.etc, &etc)?;
 
     // /proc of the job's own PID namespace.
     let proc_dir = root.join("proc");

@@ -91,6 +91,7 @@ pub async fn sandbox_self_test(
                 work,
                 artifacts,
                 etc: etc.to_path_buf(),
+                rootfs: None,
                 binds: Vec::new(),
                 network: false,
                 uid,

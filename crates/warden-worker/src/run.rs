@@ -193,6 +193,7 @@ fn prepare(shared: &Shared, job: &JobRecord) -> Result<Prepared, String> {
         work: work.clone(),
         artifacts: artifacts.clone(),
         etc: shared.data.sandbox_etc(),
+        rootfs: job_type.rootfs.clone(),
         binds: job_type
             .binds
             .iter()

@@ -47,7 +47,10 @@ async fn submit_follow_logs_and_artifact_json() {
     assert_eq!(job.exit_code, Some(0));
     assert!(!job.unsafe_fallback, "the run is recorded as sandboxed");
     assert_eq!(job.enforcement["wall_time"], "supervisor");
-    assert_eq!(job.enforcement["network"], "own network namespace (loopback only)");
+    assert_eq!(
+        job.enforcement["network"],
+        "own network namespace (loopback only)"
+    );
     assert_eq!((job.stdout_bytes, job.stderr_bytes), (12, 10));
     let err = c.logs(&sub.job_id, "stderr", 10).await.unwrap();
     assert_eq!(err.lines, ["to-stderr"]);
@@ -493,4 +496,41 @@ impl WithSlots for std::path::PathBuf {
         std::fs::write(&self, text).unwrap();
         self
     }
+}
+
+#[tokio::test]
+async fn a_job_type_can_run_in_its_own_rootfs() {
+    let dir = tempfile::tempdir().unwrap();
+    // A root filesystem holding one statically linked program and nothing of the host.
+    let rootfs = dir.path().join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    let src = dir.path().join("hello.c");
+    std::fs::write(
+        &src,
+        "#include <stdio.h>\n#include <unistd.h>\nint main(){printf(\"hello from rootfs, usr %s\\n\", access(\"/usr\", F_OK) == 0 ? \"present\" : \"absent\"); return 0;}\n",
+    )
+    .unwrap();
+    let cc = std::process::Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(rootfs.join("bin/hello"))
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(cc.success(), "cc -static failed");
+    let config = write_config(dir.path(), "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "\nrepos:",
+        &format!(
+            "\n  own_root:\n    argv: [/bin/hello]\n    rootfs: {}\n    timeout_s: 30\nrepos:",
+            rootfs.display()
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    let server = Server::start(&config);
+    let c = server.client();
+    let sub = c.submit(&req("own_root")).await.unwrap();
+    let job = wait_terminal(&c, &sub.job_id).await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{job:?}");
+    let out = c.logs_raw(&sub.job_id, "stdout", 0).await.unwrap();
+    assert_eq!(out, b"hello from rootfs, usr absent\n");
 }

@@ -389,7 +389,11 @@ async fn memory_bomb(b: &Box, job_type: &str) {
     let r = b.run(job_type, &[]).await;
     assert_status(&r, JobStatus::Failed, Some("memory_limit"));
     assert_eq!(r.job.signal, Some(9), "killed by the OOM killer");
-    assert!(r.job.enforcement["memory"].starts_with("cgroup v"), "{:?}", r.job.enforcement);
+    assert!(
+        r.job.enforcement["memory"].starts_with("cgroup v"),
+        "{:?}",
+        r.job.enforcement
+    );
     let peak = r.job.resources.as_ref().unwrap().peak_memory_bytes.unwrap();
     assert!(peak <= 64 << 20, "peak {peak} over the 64 MiB limit");
     b.after(&r).await;
