@@ -29,6 +29,24 @@ use crate::{ExitReport, JOB_UID, KilledBy, Rlimits, SandboxSpec, SpawnSpec};
 
 const HOSTNAME: &str = "warden";
 
+/// The job's mount namespace, held by the supervisor until its report is sent.
+static NAMESPACE_HOLD: std::sync::Mutex<Option<std::fs::File>> = std::sync::Mutex::new(None);
+
+fn hold_namespaces(init: i32) {
+    if let Ok(ns) = std::fs::File::open(format!("/proc/{init}/ns/mnt"))
+        && let Ok(mut hold) = NAMESPACE_HOLD.lock()
+    {
+        *hold = Some(ns);
+    }
+}
+
+/// Lets the job's namespaces go (called once the report is sent).
+pub(crate) fn release_namespaces() {
+    if let Ok(mut hold) = NAMESPACE_HOLD.lock() {
+        hold.take();
+    }
+}
+
 fn pipe() -> Step<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two new descriptors into the array.
@@ -133,6 +151,10 @@ pub(crate) fn run(
         init_main(&attach, report_w, spec, sb, filters, netns);
     }
     drop(report_w);
+    // Hold the job's mount namespace: when the init exits, every process of the job is gone,
+    // but freeing the namespace's mounts waits for an RCU grace period; holding it moves that
+    // wait past the report.
+    hold_namespaces(pid);
 
     // Our stdout/stderr are the job's pipes; only the job may hold them from now on.
     crate::supervisor::release_stdio();

@@ -60,7 +60,13 @@ fn run() -> io::Result<()> {
                 io::Error::other("sandbox isolation without a sandbox spec"),
             ),
         };
-        return report(&mut control, out);
+        report(&mut control, out)?;
+        // The report is out and the control stream ends here, so warden sees the job finished
+        // now; only then is the job's mount namespace let go (see `sandbox::NAMESPACE_HOLD`),
+        // whose teardown waits for an RCU grace period.
+        let _ = control.shutdown(std::net::Shutdown::Both);
+        crate::sandbox::release_namespaces();
+        return Ok(());
     }
 
     // Become the reaper of every orphan below us, so that nothing the job starts can leave.
