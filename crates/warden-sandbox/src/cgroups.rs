@@ -59,6 +59,46 @@ impl CgroupLayout {
     }
 }
 
+/// The `warden` directory of each hierarchy a job's cgroup goes in, made if missing (on v2 with
+/// the controllers enabled on the way down).
+pub fn parents(layout: &CgroupLayout) -> io::Result<Vec<PathBuf>> {
+    match layout {
+        CgroupLayout::V2 { root, controllers } => {
+            let parent = root.join("warden");
+            fs::create_dir_all(&parent)?;
+            let line: Vec<String> = ["memory", "pids"]
+                .into_iter()
+                .filter(|c| controllers.iter().any(|have| have == c))
+                .map(|c| format!("+{c}"))
+                .collect();
+            for dir in [root.as_path(), parent.as_path()] {
+                write(&dir.join("cgroup.subtree_control"), &line.join(" "))?;
+            }
+            Ok(vec![parent])
+        }
+        CgroupLayout::V1 { memory, pids } => {
+            let mut out = Vec::new();
+            for root in [memory, pids].into_iter().flatten() {
+                let parent = root.join("warden");
+                fs::create_dir_all(&parent)?;
+                out.push(parent);
+            }
+            Ok(out)
+        }
+        CgroupLayout::None => Ok(Vec::new()),
+    }
+}
+
+/// The file, relative to a parent from [`parents`], through which a single-threaded process
+/// moves itself into the job's cgroup by writing `0`: v1 `tasks` (a thread moving itself skips
+/// the global threadgroup lock and its RCU grace period), v2 `cgroup.procs`.
+pub fn self_attach_name(layout: &CgroupLayout, name: &str) -> String {
+    match layout {
+        CgroupLayout::V2 { .. } => format!("{name}/cgroup.procs"),
+        _ => format!("{name}/tasks"),
+    }
+}
+
 /// One job's cgroup(s), removed on drop.
 #[derive(Debug)]
 pub struct JobCgroup {
@@ -192,17 +232,6 @@ impl JobCgroup {
             write(&dir.join("cgroup.procs"), &pid.to_string())?;
         }
         Ok(())
-    }
-
-    /// The files through which a single-threaded process moves itself in by writing `0`: v1
-    /// `tasks` (a thread moving itself skips the global threadgroup lock), v2 `cgroup.procs`.
-    pub fn self_attach_files(&self) -> Vec<PathBuf> {
-        let file = if self.version == 2 {
-            "cgroup.procs"
-        } else {
-            "tasks"
-        };
-        self.dirs.iter().map(|d| d.join(file)).collect()
     }
 
     pub fn stats(&self) -> CgroupStats {

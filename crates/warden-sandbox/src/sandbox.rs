@@ -93,27 +93,21 @@ pub(crate) fn run(
             return out;
         }
     };
-    // Limits that cgroups enforce: memory (with no swap) and processes. The init moves itself
-    // in (see `attach_self`), which on cgroup v1 avoids the global lock that a move by pid
-    // takes, and with it a wait for an RCU grace period (milliseconds, at random).
+    // Limits that cgroups enforce: memory (with no swap) and processes. The job's cgroup is
+    // made while the init builds the root; the init then moves itself in (see `init`).
     let layout = CgroupLayout::detect();
-    let cgroup = match JobCgroup::create(&layout, &sb.cgroup_name, sb.memory_bytes, sb.pids) {
-        Ok(cg) => Some(cg),
-        Err(_)
-            if sb.memory_bytes.is_none() && sb.pids.is_none() && layout == CgroupLayout::None =>
-        {
-            None
-        }
+    let parents = match crate::cgroups::parents(&layout) {
+        Ok(p) => p,
         Err(e) => {
             out.setup_error = Some(format!("cgroup: {e}"));
             return out;
         }
     };
-    out.enforcement = enforcement(spec, sb, cgroup.as_ref());
-    let attach: Vec<PathBuf> = cgroup
-        .as_ref()
-        .map(JobCgroup::self_attach_files)
-        .unwrap_or_default();
+    let attach = crate::cgroups::self_attach_name(&layout, &sb.cgroup_name);
+    let Ok((sync_r, sync_w)) = pipe() else {
+        out.setup_error = Some(format!("pipe: {}", io::Error::last_os_error()));
+        return out;
+    };
     let Ok((report_r, report_w)) = pipe() else {
         out.setup_error = Some(format!("pipe: {}", io::Error::last_os_error()));
         return out;
@@ -147,10 +141,15 @@ pub(crate) fn run(
         return out;
     }
     if pid == 0 {
-        drop(report_r);
-        init_main(&attach, report_w, spec, sb, filters, netns);
+        drop((report_r, sync_w));
+        let cgroup = CgroupTarget {
+            parents: &parents,
+            attach: &attach,
+            ready: sync_r,
+        };
+        init_main(cgroup, report_w, spec, sb, filters, netns);
     }
-    drop(report_w);
+    drop((report_w, sync_r));
     // Hold the job's mount namespace: when the init exits, every process of the job is gone,
     // but freeing the namespace's mounts waits for an RCU grace period; holding it moves that
     // wait past the report.
@@ -158,6 +157,26 @@ pub(crate) fn run(
 
     // Our stdout/stderr are the job's pipes; only the job may hold them from now on.
     crate::supervisor::release_stdio();
+
+    let cgroup = match JobCgroup::create(&layout, &sb.cgroup_name, sb.memory_bytes, sb.pids) {
+        Ok(cg) => Some(cg),
+        Err(_)
+            if sb.memory_bytes.is_none() && sb.pids.is_none() && layout == CgroupLayout::None =>
+        {
+            None
+        }
+        Err(e) => {
+            // SAFETY: kill our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            reap(pid);
+            out.setup_error = Some(format!("cgroup: {e}"));
+            return out;
+        }
+    };
+    out.enforcement = enforcement(spec, sb, cgroup.as_ref());
+    // The init may move into it now.
+    write_all(&sync_w, b"g");
+    drop(sync_w);
 
     let mut lines = Vec::new();
     supervise(
@@ -398,15 +417,22 @@ fn parse_report(lines: &[u8], out: &mut ExitReport) {
 }
 
 /// pid 1 of the job's namespaces.
+/// Where the init finds the job's cgroup, and the signal that it exists.
+struct CgroupTarget<'a> {
+    parents: &'a [PathBuf],
+    attach: &'a str,
+    ready: OwnedFd,
+}
+
 fn init_main(
-    attach: &[PathBuf],
+    cgroup: CgroupTarget<'_>,
     report: OwnedFd,
     spec: &SpawnSpec,
     sb: &SandboxSpec,
     filters: &[BpfProgram],
     netns: Option<OwnedFd>,
 ) -> ! {
-    let code = match init(attach, &report, spec, sb, filters, netns) {
+    let code = match init(cgroup, &report, spec, sb, filters, netns) {
         Ok(()) => 0,
         Err(e) => {
             write_all(&report, format!("ERR {e}\n").as_bytes());
@@ -426,7 +452,7 @@ extern "C" fn forward_term(_: libc::c_int) {
 }
 
 fn init(
-    attach: &[PathBuf],
+    cgroup: CgroupTarget<'_>,
     report: &OwnedFd,
     spec: &SpawnSpec,
     sb: &SandboxSpec,
@@ -438,12 +464,12 @@ fn init(
     // SAFETY: replaces fd 0 with /dev/null.
     check("stdin", unsafe { libc::dup2(devnull.as_raw_fd(), 0) })?;
     drop(devnull);
-    // Into the job's cgroup, before anything else: all the job's processes start inside it.
-    for file in attach {
-        // "0" moves the calling task itself (the v1 `tasks` file: no global lock).
-        std::fs::write(file, "0")
-            .map_err(|e| fail(format!("cgroup attach {}", file.display()), e))?;
-    }
+    // The cgroup hierarchies, opened now: after pivot_root they are out of sight.
+    let parents = cgroup
+        .parents
+        .iter()
+        .map(|p| std::fs::File::open(p).map_err(|e| fail(format!("open {}", p.display()), e)))
+        .collect::<Result<Vec<_>, _>>()?;
     // SAFETY: a valid buffer and length.
     check("sethostname", unsafe {
         libc::sethostname(HOSTNAME.as_ptr().cast(), HOSTNAME.len())
@@ -458,6 +484,31 @@ fn init(
         None => {}
     }
     mounts::build_root(sb)?;
+
+    // Into the job's cgroup, which the supervisor made meanwhile, before the job starts.
+    if !wait_byte(&cgroup.ready) {
+        return Err(fail(
+            "wait for cgroup",
+            io::Error::from(io::ErrorKind::UnexpectedEof),
+        ));
+    }
+    let attach = crate::sys::cstr(Path::new(cgroup.attach))?;
+    for dir in &parents {
+        // "0" moves the calling task itself (through v1 `tasks`: no global lock).
+        // SAFETY: openat relative to an open directory, with a valid C string.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                attach.as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            )
+        };
+        check("cgroup attach", fd)?;
+        // SAFETY: a descriptor just opened and owned here.
+        let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        file.write_all(b"0").map_err(|e| fail("cgroup attach", e))?;
+    }
+    drop(parents);
 
     // A cgroup namespace rooted at the job's own cgroup.
     // SAFETY: plain unshare flag.
