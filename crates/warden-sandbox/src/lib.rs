@@ -27,6 +27,7 @@ mod sandbox;
 pub mod seccomp;
 pub mod supervisor;
 mod sys;
+mod watch;
 pub mod zygote;
 
 pub use landlock::kernel_abi as landlock_abi;

@@ -25,7 +25,7 @@ use seccompiler::BpfProgram;
 use crate::cgroups::{CgroupLayout, JobCgroup};
 use crate::mounts::{self, WORK};
 use crate::sys::{Step, check, fail};
-use crate::{ExitReport, JOB_UID, KilledBy, Rlimits, SandboxSpec, SpawnSpec};
+use crate::{ExitReport, JOB_UID, Rlimits, SandboxSpec, SpawnSpec};
 
 const HOSTNAME: &str = "warden";
 
@@ -275,7 +275,6 @@ fn reap(pid: i32) -> i32 {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn supervise(
     control: &mut UnixStream,
     pid: i32,
@@ -285,102 +284,28 @@ fn supervise(
     out: &mut ExitReport,
     lines: &mut Vec<u8>,
 ) {
-    // SAFETY: pidfd_open takes a pid and flags.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
-    if pidfd < 0 {
-        // SAFETY: kill our own child.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-        reap(pid);
-        out.setup_error = Some(format!("pidfd_open: {}", io::Error::last_os_error()));
-        return;
-    }
-    // SAFETY: a fresh descriptor owned by nothing else.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    let deadline = started + Duration::from_millis(timeout_ms);
-    let (mut control_open, mut report_open) = (true, true);
-    loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: pidfd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: if control_open {
-                    control.as_raw_fd()
-                } else {
-                    -1
-                },
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: if report_open { report.as_raw_fd() } else { -1 },
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .as_millis()
-            .min(i32::MAX as u128) as i32;
-        // SAFETY: fds is a valid array of three pollfd.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 3, left) };
-        if n < 0 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
+    let pidfd = match crate::watch::pidfd(pid) {
+        Ok(fd) => fd,
+        Err(e) => {
             // SAFETY: kill our own child.
             unsafe { libc::kill(pid, libc::SIGKILL) };
-            break;
+            reap(pid);
+            out.setup_error = Some(format!("pidfd_open: {e}"));
+            return;
         }
-        if n == 0 && Instant::now() >= deadline {
-            out.killed_by = Some(KilledBy::Timeout);
-            // SAFETY: killing the init takes its whole PID namespace with it.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            break;
-        }
-        if fds[2].revents != 0 {
-            let mut buf = [0u8; 4096];
-            // SAFETY: reads into a valid buffer.
-            let r = unsafe { libc::read(report.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if r <= 0 {
-                report_open = false;
-            } else {
-                lines.extend_from_slice(&buf[..r as usize]);
-            }
-        }
-        if fds[1].revents != 0 {
-            let mut cmd = [0u8; 64];
-            match control.read(&mut cmd) {
-                Ok(0) | Err(_) => {
-                    control_open = false;
-                    out.killed_by = Some(KilledBy::Request);
-                    // SAFETY: as above.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-                Ok(n) => {
-                    for &c in &cmd[..n] {
-                        match c {
-                            // SAFETY: the init forwards SIGTERM to every process of the job.
-                            b'T' => unsafe {
-                                libc::kill(pid, libc::SIGTERM);
-                            },
-                            b'K' => {
-                                out.killed_by = Some(KilledBy::Request);
-                                // SAFETY: as above.
-                                unsafe { libc::kill(pid, libc::SIGKILL) };
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-            }
-        }
-        if fds[0].revents != 0 {
-            break;
-        }
-    }
+    };
+    let deadline = started + Duration::from_millis(timeout_ms);
+    let mut watch = crate::watch::Watch {
+        report: Some((report, lines)),
+        killed_by: None,
+    };
+    // The init forwards SIGTERM to every process of the job; SIGKILL to it ends the namespace.
+    // SAFETY: signals our own child.
+    let mut signal = |sig| unsafe {
+        libc::kill(pid, sig);
+    };
+    crate::watch::wait_for(&pidfd, control, deadline, &mut watch, &mut signal);
+    out.killed_by = watch.killed_by;
     reap(pid);
 }
 

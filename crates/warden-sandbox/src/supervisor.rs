@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::proc_tree::descendants;
-use crate::{ExitReport, KilledBy, Rlimits, SpawnSpec};
+use crate::{ExitReport, Rlimits, SpawnSpec};
 
 /// Largest spawn spec accepted: argv, env (64 params of 4 KiB each fit easily).
 const MAX_SPEC_BYTES: u32 = 4 << 20;
@@ -233,83 +233,29 @@ fn supervise(
     spec: &SpawnSpec,
 ) -> io::Result<ExitReport> {
     let mut out = ExitReport::default();
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if pidfd < 0 {
-        // Should not happen on any kernel warden supports (5.3+); fail closed.
-        kill_tree(libc::SIGKILL);
-        out.setup_error = Some(format!("pidfd_open: {}", io::Error::last_os_error()));
-        return Ok(out);
-    }
-    // SAFETY: pidfd_open returned a fresh descriptor that nothing else owns.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    let pidfd = match crate::watch::pidfd(pid) {
+        Ok(fd) => fd,
+        Err(e) => {
+            // Should not happen on any kernel warden supports (5.3+); fail closed.
+            kill_tree(libc::SIGKILL);
+            out.setup_error = Some(format!("pidfd_open: {e}"));
+            return Ok(out);
+        }
+    };
     let deadline = started + Duration::from_millis(spec.timeout_ms);
-    let mut control_open = true;
-
-    loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: pidfd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: if control_open {
-                    control.as_raw_fd()
-                } else {
-                    -1
-                },
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        let left = deadline.saturating_duration_since(Instant::now());
-        let timeout = left.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: fds is a valid array of two pollfd structs for the duration of the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            kill_tree(libc::SIGKILL);
-            return Err(err);
+    let mut watch = crate::watch::Watch {
+        report: None,
+        killed_by: None,
+    };
+    let mut signal = |sig| {
+        kill_tree(sig);
+        if sig == libc::SIGTERM {
+            // Stopped processes see SIGTERM only once continued.
+            kill_tree(libc::SIGCONT);
         }
-        if fds[0].revents != 0 {
-            break;
-        }
-        if n == 0 && Instant::now() >= deadline {
-            out.killed_by = Some(KilledBy::Timeout);
-            kill_tree(libc::SIGKILL);
-            break;
-        }
-        if fds[1].revents != 0 {
-            let mut cmd = [0u8; 64];
-            match control.read(&mut cmd) {
-                Ok(0) | Err(_) => {
-                    // warden is gone: nobody will collect this job, so it must not outlive us.
-                    control_open = false;
-                    out.killed_by = Some(KilledBy::Request);
-                    kill_tree(libc::SIGKILL);
-                }
-                Ok(n) => {
-                    for &c in &cmd[..n] {
-                        match c {
-                            b'T' => {
-                                kill_tree(libc::SIGTERM);
-                                kill_tree(libc::SIGCONT);
-                            }
-                            b'K' => {
-                                out.killed_by = Some(KilledBy::Request);
-                                kill_tree(libc::SIGKILL);
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-            }
-        }
-    }
+    };
+    crate::watch::wait_for(&pidfd, control, deadline, &mut watch, &mut signal);
+    out.killed_by = watch.killed_by;
 
     let mut status = 0;
     // SAFETY: wait4 writes into the two valid out-pointers we pass.

@@ -653,3 +653,35 @@ async fn logs_tail_returns_the_last_lines_with_offsets() {
     assert!(!text.contains("event: log"), "{text}");
     assert!(text.contains("event: end"), "{text}");
 }
+
+/// The fallback supervisor (no sandbox) must still take the whole tree down at the deadline:
+/// a `setsid` + double-fork daemon included. Its pids are host pids, checked directly.
+#[tokio::test]
+async fn fallback_timeout_kills_setsid_daemons_too() {
+    let t = test_app();
+    let (st, sub) = post_json(&t.router, "/jobs", r#"{"job_type":"tree_timeout"}"#).await;
+    assert_eq!(st, StatusCode::CREATED, "{sub}");
+    let id = sub["job_id"].as_str().unwrap().to_string();
+    let art = std::path::PathBuf::from(sub["artifact_dir"].as_str().unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let job = loop {
+        let (_, job) = call(&t.router, "GET", &format!("/jobs/{id}"), None, vec![]).await;
+        if job["status"] != "queued" && job["status"] != "running" {
+            break job;
+        }
+        assert!(std::time::Instant::now() < deadline, "{job}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(job["status"], "timed_out", "{job}");
+    assert_eq!(job["unsafe_fallback"], true);
+    for file in ["child.pid", "daemon.pid"] {
+        let pid: i32 = std::fs::read_to_string(art.join(file))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
+        let alive = stat.is_ok_and(|s| s.contains("(sleep)") && !s.contains(") Z "));
+        assert!(!alive, "{file} {pid} survived the job");
+    }
+}
