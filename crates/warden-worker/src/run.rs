@@ -29,7 +29,17 @@ pub(crate) struct JobSignals {
     pub shutdown: CancellationToken,
 }
 
+/// Filesystem work runs on the blocking pool: it must never stall the runtime's few threads
+/// (an fsync on a worker thread stalls every request that thread serves).
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
 /// What the run left for the record, when the job got as far as running.
+#[derive(Clone)]
 struct ExecInfo {
     report: Option<ExitReport>,
     limits: BTreeMap<String, String>,
@@ -56,7 +66,8 @@ fn refuse(reason: impl Into<String>) -> Outcome {
 pub(crate) async fn run_job(shared: &Shared, claimed: Claimed, signals: JobSignals) {
     let Claimed { job, lease } = claimed;
     let started_ms = job.started_at.unwrap_or_else(now_millis);
-    let (outcome, info) = match prepare(shared, &job) {
+    let preparing = (shared.clone(), job.clone());
+    let (outcome, info) = match blocking(move || prepare(&preparing.0, &preparing.1)).await {
         Err(reason) => (refuse(reason), None),
         Ok(prepared) => {
             let (outcome, info) = execute(shared, &job, &lease, prepared, &signals).await;
@@ -65,7 +76,11 @@ pub(crate) async fn run_job(shared: &Shared, claimed: Claimed, signals: JobSigna
     };
     let id = job.id;
     // Scratch space goes before the end is recorded: whoever sees the job finished sees it clean.
-    let _ = std::fs::remove_dir_all(shared.data.scratch(id));
+    let scratch = shared.data.scratch(id);
+    blocking(move || {
+        let _ = std::fs::remove_dir_all(scratch);
+    })
+    .await;
     match outcome {
         Outcome::Abandon => {
             tracing::warn!(job = %id, "lease lost; another worker owns the job now");
@@ -89,14 +104,21 @@ pub(crate) async fn run_job(shared: &Shared, claimed: Claimed, signals: JobSigna
                     max_rss_kb: r.max_rss_kb,
                     peak_memory_bytes: r.peak_memory_bytes,
                 });
-            let artifact_dir = shared.data.artifacts(id);
-            if artifact_dir.is_dir() {
-                let record =
-                    artifact_record(shared, &job, &done, started_ms, finished_ms, info.as_ref());
-                if let Err(e) = write_artifact_json(&artifact_dir, &record) {
-                    tracing::error!(job = %id, error = %e, "could not write artifact.json");
-                    done.warnings.push("ARTIFACT_JSON_WRITE_FAILED".into());
+            let writing = (shared.clone(), job.clone(), done.clone(), info.clone());
+            let written = blocking(move || {
+                let (shared, job, done, info) = writing;
+                let artifact_dir = shared.data.artifacts(job.id);
+                if !artifact_dir.is_dir() {
+                    return Ok(());
                 }
+                let record =
+                    artifact_record(&shared, &job, &done, started_ms, finished_ms, info.as_ref());
+                write_artifact_json(&artifact_dir, &record)
+            })
+            .await;
+            if let Err(e) = written {
+                tracing::error!(job = %id, error = %e, "could not write artifact.json");
+                done.warnings.push("ARTIFACT_JSON_WRITE_FAILED".into());
             }
             match shared.coordinator.complete(&lease, done, finished_ms).await {
                 Ok(rec) => tracing::info!(job = %id, status = %rec.status, "job finished"),
