@@ -365,7 +365,7 @@ struct Follow {
     offset: u64,
     /// The tail of an incomplete UTF-8 sequence, held back until its next bytes arrive.
     pending: Vec<u8>,
-    rx: tokio::sync::watch::Receiver<u64>,
+    rx: warden_worker::JobEvents,
     done: bool,
 }
 
@@ -392,7 +392,6 @@ fn follow_stream(
             return None;
         }
         loop {
-            st.rx.borrow_and_update();
             let chunk = match st
                 .svc
                 .store
@@ -452,7 +451,7 @@ fn follow_stream(
                 return Some((Ok(event), st));
             }
             tokio::select! {
-                _ = st.rx.changed() => {}
+                _ = st.rx.changed(st.id) => {}
                 // Another replica may be writing: look again now and then.
                 _ = tokio::time::sleep(Duration::from_millis(1000)) => {}
                 _ = st.svc.shutdown.cancelled() => return None,

@@ -164,8 +164,8 @@ pub async fn run(
                     Ok(r) if !r.is_empty() => {
                         for j in &r {
                             tracing::warn!(job = %j.job_id, now = %j.now, "lease expired");
+                            events.job_changed(j.job_id);
                         }
-                        events.bump();
                     }
                     Ok(_) => {}
                     Err(e) => tracing::error!(error = %e, "lease reaper failed"),

@@ -190,11 +190,8 @@ impl JobService {
         };
         let outcome = self.store.submit(new).await?;
         let created = matches!(outcome, SubmitOutcome::Created(_));
-        if created {
-            if let Some(w) = &self.worker {
-                w.wake();
-            }
-            self.events.bump();
+        if created && let Some(w) = &self.worker {
+            w.wake();
         }
         let job = match outcome {
             SubmitOutcome::Created(j) | SubmitOutcome::Existing(j) => j,
@@ -213,7 +210,7 @@ impl JobService {
     pub async fn cancel(&self, id: JobId) -> Result<JobRecord, ApiError> {
         match self.store.request_cancel(id, now_millis()).await? {
             CancelOutcome::Cancelled(job) => {
-                self.events.bump();
+                self.events.job_changed(id);
                 Ok(job)
             }
             CancelOutcome::Requested(job) => {

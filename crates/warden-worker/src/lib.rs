@@ -13,7 +13,7 @@ mod pool;
 mod run;
 
 pub use artifact::{ArtifactJson, write_artifact_json};
-pub use events::Events;
+pub use events::{Events, JobEvents};
 pub use executor::{Execution, Executor, SupervisedExecutor, sandbox_self_test};
 pub use layout::DataDir;
 pub use pool::{WorkerConfig, WorkerHandle, WorkerPool};

@@ -129,7 +129,7 @@ pub(crate) async fn run_job(shared: &Shared, claimed: Claimed, signals: JobSigna
             }
         }
     }
-    shared.events.bump();
+    shared.events.job_changed(id);
 }
 
 struct Prepared {
@@ -497,7 +497,7 @@ async fn pump(
         {
             Ok(()) => {
                 offset += keep as u64;
-                shared.events.bump();
+                shared.events.job_changed(lease.job_id);
             }
             Err(e) => {
                 tracing::warn!(job = %lease.job_id, error = %e, "log append failed");
