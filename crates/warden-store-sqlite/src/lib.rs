@@ -158,15 +158,20 @@ fn row_to_job(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
     })
 }
 
+/// `SELECT <all columns> FROM jobs WHERE id = ?1`, built once: every state change reads the row.
+fn select_by_id() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"))
+}
+
 fn load(conn: &Connection, id: JobId) -> Result<JobRecord> {
-    conn.query_row(
-        &format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"),
-        [id.to_string()],
-        row_to_job,
-    )
-    .optional()
-    .map_err(backend)?
-    .ok_or(StoreError::NotFound(id))
+    // The hottest statement of the store: prepared once per connection, then reused.
+    conn.prepare_cached(select_by_id())
+        .map_err(backend)?
+        .query_row([id.to_string()], row_to_job)
+        .optional()
+        .map_err(backend)?
+        .ok_or(StoreError::NotFound(id))
 }
 
 /// Loads a job and checks that `lease` is its current claim.
