@@ -89,6 +89,14 @@ pub fn kernel_checks() -> Vec<Check> {
     ] {
         out.push(match can_unshare(flag) {
             Ok(()) => check(name, Status::Pass, "can be created", None),
+            // Without root, the kernel may still offer it inside a user namespace: then the
+            // kernel is fine and only warden's privileges are missing (see "privileges").
+            Err(_) if !root && can_unshare(flag | libc::CLONE_NEWUSER).is_ok() => check(
+                name,
+                Status::Warn,
+                "supported by the kernel (inside a user namespace); warden needs root to use it",
+                Some("run warden as root"),
+            ),
             Err(e) => check(name, Status::Fail, format!("unshare failed: {e}"), Some("enable the namespace in the kernel (CONFIG_*_NS) and check container/seccomp restrictions on the host")),
         });
     }

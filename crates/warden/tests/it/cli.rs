@@ -261,3 +261,65 @@ async fn contexts_select_the_server() {
     );
     assert_eq!(warden(&["config", "use-context", "ghost"], &env).code, 2);
 }
+
+#[test]
+fn doctor_reports_every_kernel_feature_and_exits_by_its_verdict() {
+    let r = warden(&["doctor", "-o", "json"], &[]);
+    let checks: Vec<serde_json::Value> = serde_json::from_str(&r.stdout).unwrap();
+    let names: Vec<&str> = checks
+        .iter()
+        .map(|c| c["check"].as_str().unwrap())
+        .collect();
+    for want in [
+        "namespace: user",
+        "namespace: mount",
+        "namespace: pid",
+        "namespace: network",
+        "namespace: ipc",
+        "namespace: uts",
+        "namespace: cgroup",
+        "unprivileged user namespaces",
+        "seccomp",
+        "landlock",
+        "cgroups",
+        "configuration",
+        "sandbox self-test",
+    ] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    let failed = checks.iter().any(|c| c["status"] == "FAIL");
+    assert!(
+        checks
+            .iter()
+            .all(|c| ["PASS", "WARN", "FAIL"].contains(&c["status"].as_str().unwrap()))
+    );
+    assert_eq!(r.code, if failed { 1 } else { 0 }, "{}", r.stdout);
+    // This suite runs where the hostile-job suite runs: the sandbox works here.
+    let selftest = checks
+        .iter()
+        .find(|c| c["check"] == "sandbox self-test")
+        .unwrap();
+    assert_eq!(selftest["status"], "PASS", "{selftest}");
+    // A bad configuration is a FAIL of its own, and the verdict follows.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "slots: 0\n").unwrap();
+    let r = warden(
+        &["doctor", "--config", bad.to_str().unwrap(), "-o", "json"],
+        &[],
+    );
+    assert_eq!(r.code, 1);
+    let checks: Vec<serde_json::Value> = serde_json::from_str(&r.stdout).unwrap();
+    let config = checks
+        .iter()
+        .find(|c| c["check"] == "configuration")
+        .unwrap();
+    assert_eq!(config["status"], "FAIL");
+    assert!(
+        config["detail"]
+            .as_str()
+            .unwrap()
+            .contains("0 never means unlimited"),
+        "{config}"
+    );
+}
