@@ -56,6 +56,7 @@ pub async fn run(
     for dir in [data.artifacts_root(), data.scratch_root()] {
         std::fs::create_dir_all(&dir).map_err(data_dir_err(&dir))?;
     }
+    data.prepare_sandbox_dirs().map_err(data_dir_err(&root))?;
     // One server per data directory: SQLite's embedded queue assumes it owns every lease.
     let lock = std::fs::OpenOptions::new()
         .create(true)

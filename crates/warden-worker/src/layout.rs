@@ -36,6 +36,27 @@ impl DataDir {
         self.artifacts_root().join(id.to_string())
     }
 
+    /// The mount point every sandboxed job's root is mounted on, inside its own mount namespace
+    /// (the host only ever sees an empty directory).
+    pub fn sandbox_root(&self) -> PathBuf {
+        self.root.join("sandbox").join("root")
+    }
+
+    /// The empty, read-only directory sandboxed jobs without a repository see at `/work`.
+    pub fn sandbox_work(&self) -> PathBuf {
+        self.root.join("sandbox").join("work")
+    }
+
+    /// Makes the shared sandbox directories (idempotent).
+    pub fn prepare_sandbox_dirs(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        for dir in [self.sandbox_root(), self.sandbox_work()] {
+            std::fs::create_dir_all(&dir)?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555))?;
+        }
+        Ok(())
+    }
+
     /// The sandbox's `/etc`, rebuilt at every start.
     pub fn sandbox_etc(&self) -> PathBuf {
         self.root.join("sandbox").join("etc")

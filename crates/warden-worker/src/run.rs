@@ -162,14 +162,18 @@ fn prepare(shared: &Shared, job: &JobRecord) -> Result<Prepared, String> {
     }
     let artifacts = shared.data.artifacts(job.id);
     let scratch = shared.data.scratch(job.id);
-    let (home, tmp, work) = (
-        scratch.join("home"),
-        scratch.join("tmp"),
-        scratch.join("work"),
-    );
-    let root = scratch.join("root");
     let isolation = shared.executor.isolation();
     let sandboxed = isolation == Isolation::Sandbox;
+    // A sandboxed job keeps HOME and TMPDIR in its own tmpfs, mounts its root on the shared
+    // (always empty) mount point inside its private mount namespace, and sees the shared empty
+    // read-only worktree: no per-job directories on the host but its artifacts. (Creating and
+    // deleting directories per job was a third of the server's CPU time on ext4.)
+    let (home, tmp) = (scratch.join("home"), scratch.join("tmp"));
+    let (root, work) = if sandboxed {
+        (shared.data.sandbox_root(), shared.data.sandbox_work())
+    } else {
+        (scratch.join("root"), scratch.join("work"))
+    };
     let setup = || -> std::io::Result<()> {
         // A re-run after a lost worker starts from an empty artifact directory.
         if artifacts.exists() {
@@ -179,11 +183,13 @@ fn prepare(shared: &Shared, job: &JobRecord) -> Result<Prepared, String> {
             std::fs::remove_dir_all(&scratch)?;
         }
         std::fs::create_dir_all(&artifacts)?;
-        for dir in [&home, &tmp, &work, &root] {
-            std::fs::create_dir_all(dir)?;
+        if !sandboxed {
+            for dir in [&home, &tmp, &work] {
+                std::fs::create_dir_all(dir)?;
+            }
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o555))?;
         }
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o555))?;
         if sandboxed {
             // The job's uid 1000 is this host uid: it owns its artifact directory, nothing else.
             std::os::unix::fs::chown(
