@@ -129,12 +129,17 @@ impl Client {
         &self,
         rb: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
+        let bytes = self.bytes(rb).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    async fn bytes(&self, rb: reqwest::RequestBuilder) -> Result<Vec<u8>, ClientError> {
         let resp = self.send(rb).await?;
-        let bytes = resp
+        let body = resp
             .bytes()
             .await
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))
+        Ok(body.to_vec())
     }
 
     pub async fn healthz(&self) -> Result<serde_json::Value, ClientError> {
@@ -200,12 +205,7 @@ impl Client {
                 ("format", "raw".to_string()),
                 ("offset", offset.to_string()),
             ]);
-        let resp = self.send(rb).await?;
-        Ok(resp
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))?
-            .to_vec())
+        self.bytes(rb).await
     }
 
     /// Follows a stream live, calling `on_item` for each event, until the job ends.
@@ -293,12 +293,7 @@ impl Client {
             Method::GET,
             &format!("/jobs/{}/artifacts/{}", enc(id), path.join("/")),
         );
-        let resp = self.send(rb).await?;
-        Ok(resp
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))?
-            .to_vec())
+        self.bytes(rb).await
     }
 
     pub async fn job_types(&self) -> Result<JobTypesResponse, ClientError> {
