@@ -57,9 +57,19 @@ fn pipe() -> Step<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-fn write_all(fd: &OwnedFd, data: &[u8]) {
-    let mut f = std::fs::File::from(fd.try_clone().expect("dup"));
-    let _ = f.write_all(data);
+/// Writes all of `data` (best effort: a reader that is gone is not an error here).
+fn write_all(fd: &OwnedFd, mut data: &[u8]) {
+    while !data.is_empty() {
+        // SAFETY: writes from a valid buffer to a descriptor we hold.
+        let n = unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) };
+        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        if n <= 0 {
+            return;
+        }
+        data = &data[n as usize..];
+    }
 }
 
 /// Blocks until one byte arrives; false on EOF.
