@@ -174,6 +174,9 @@ pub struct ConfigArgs {
     /// Client configuration file (default $HOME/.warden/config).
     #[arg(long, global = true, env = "WARDEN_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
     #[command(subcommand)]
     pub command: ConfigCommand,
 }

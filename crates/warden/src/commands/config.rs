@@ -1,6 +1,6 @@
 //! `warden config …`: contexts in the client configuration.
 
-use crate::cli::{ConfigArgs, ConfigCommand};
+use crate::cli::{ConfigArgs, ConfigCommand, OutputFormat};
 use crate::clientconfig::{self, ClientConfig, Context};
 use crate::{exit, output};
 
@@ -71,6 +71,24 @@ pub fn run(args: ConfigArgs) -> i32 {
                 .save(&path)
                 .map(|()| println!("context {name:?} deleted"))
         }
+        ConfigCommand::GetContexts if args.output == OutputFormat::Json => {
+            // Tokens are secrets: never printed.
+            let contexts: Vec<serde_json::Value> = config
+                .contexts
+                .iter()
+                .map(|c| {
+                    serde_json::json!({
+                        "name": c.name,
+                        "server": c.server,
+                        "timeoutSeconds": c.timeout_seconds,
+                        "hasToken": c.token.is_some(),
+                        "current": config.current_context.as_deref() == Some(c.name.as_str()),
+                    })
+                })
+                .collect();
+            output::json(&contexts);
+            Ok(())
+        }
         ConfigCommand::GetContexts => {
             let rows: Vec<Vec<String>> = config
                 .contexts
@@ -89,6 +107,10 @@ pub fn run(args: ConfigArgs) -> i32 {
             Ok(())
         }
         ConfigCommand::CurrentContext => match &config.current_context {
+            Some(c) if args.output == OutputFormat::Json => {
+                output::json(&serde_json::json!({ "currentContext": c }));
+                Ok(())
+            }
             Some(c) => {
                 println!("{c}");
                 Ok(())

@@ -260,6 +260,22 @@ async fn contexts_select_the_server() {
         "{contexts}"
     );
     assert_eq!(warden(&["config", "use-context", "ghost"], &env).code, 2);
+    let json: serde_json::Value =
+        serde_json::from_str(&warden(&["config", "get-contexts", "-o", "json"], &env).stdout)
+            .unwrap();
+    let live = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "live")
+        .unwrap();
+    assert_eq!(live["current"], true);
+    assert_eq!(live["timeoutSeconds"], 5);
+    let current = warden(&["config", "current-context", "-o", "json"], &env).stdout;
+    assert_eq!(
+        current.trim().replace([' ', '\n'], ""),
+        r#"{"currentContext":"live"}"#
+    );
 }
 
 #[test]
