@@ -12,10 +12,6 @@ impl JobId {
     pub fn new() -> JobId {
         JobId(Uuid::now_v7())
     }
-
-    pub fn as_uuid(&self) -> Uuid {
-        self.0
-    }
 }
 
 impl Default for JobId {

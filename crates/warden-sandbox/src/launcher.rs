@@ -50,10 +50,6 @@ impl Launcher {
         }
     }
 
-    pub fn exe(&self) -> &std::path::Path {
-        &self.exe
-    }
-
     fn start_zygote(&self) -> std::io::Result<Zygote> {
         let (ours, theirs) = zygote::socketpair()?;
         let child = std::process::Command::new(&self.exe)
@@ -173,11 +169,6 @@ impl JobControl {
 }
 
 impl RunningJob {
-    /// The supervisor's process id (for diagnostics).
-    pub fn supervisor_pid(&self) -> i32 {
-        self.supervisor
-    }
-
     /// Waits until the job's whole process tree is gone and returns the supervisor's report.
     pub async fn wait(mut self) -> Result<ExitReport, SandboxError> {
         let mut buf = Vec::new();

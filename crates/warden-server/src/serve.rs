@@ -9,9 +9,7 @@ use warden_core::Config;
 use warden_sandbox::{Isolation, Launcher};
 use warden_store::{Store, now_millis};
 use warden_store_sqlite::SqliteStore;
-use warden_worker::{
-    DataDir, Events, Executor, SupervisedExecutor, WorkerConfig, WorkerPool, sandbox_self_test,
-};
+use warden_worker::{DataDir, SupervisedExecutor, sandbox_self_test};
 
 use crate::http::app;
 use crate::service::JobService;
@@ -121,7 +119,6 @@ pub async fn run(
             Arc::new(sandbox)
         }
     };
-    let unsafe_fallback = executor.isolation() == Isolation::UnsafeFallback;
     for (name, t) in config.job_types.iter().filter(|(_, t)| t.network) {
         tracing::warn!(
             job_type = %name,
@@ -131,25 +128,9 @@ pub async fn run(
         );
     }
     let config = Arc::new(config);
-    let events = Events::new();
-    let worker_config = WorkerConfig::from_config(&config);
-    let lease_ms = worker_config.lease_ms;
-    let worker = WorkerPool::start(
-        sqlite,
-        executor,
-        config.clone(),
-        data.clone(),
-        events.clone(),
-        worker_config,
-    );
-    let service = Arc::new(JobService::new(
-        store.clone(),
-        config.clone(),
-        data,
-        events.clone(),
-        Some(worker.clone()),
-        unsafe_fallback,
-    ));
+    let lease_ms = (config.lease_s.get() as i64).saturating_mul(1000);
+    let service = Arc::new(JobService::embedded(sqlite, executor, config.clone(), data));
+    let events = service.events.clone();
 
     // The reaper: a lease that was not renewed in time means its worker is gone.
     let reaper = {
@@ -191,16 +172,13 @@ pub async fn run(
     let grace = Duration::from_secs(config.shutdown_grace_s.get());
     let shutdown = {
         let service = service.clone();
-        let worker = worker.clone();
         async move {
             wait_for_stop_signal().await;
             tracing::info!(
                 grace_s = grace.as_secs(),
                 "stopping: no new jobs; running jobs get a grace period"
             );
-            service.stop_accepting();
-            worker.shutdown(grace).await;
-            service.shutdown.cancel();
+            service.drain(grace).await;
             tracing::info!("all slots stopped; unfinished jobs are back in the queue");
         }
     };

@@ -5,12 +5,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
-use warden_api::{ArtifactEntry, ErrorCode, JobStatus, JobTypeView, JobView, SubmitJobRequest};
+use warden_api::{ArtifactEntry, ErrorCode, JobTypeView, JobView, SubmitJobRequest};
 use warden_core::{Config, JobId, validate_params};
+use warden_sandbox::Isolation;
 use warden_store::{
     CancelOutcome, JobRecord, ListFilter, LogStream, NewJob, Store, SubmitOutcome, now_millis,
 };
-use warden_worker::{DataDir, Events, WorkerHandle};
+use warden_store_sqlite::SqliteStore;
+use warden_worker::{DataDir, Events, Executor, WorkerConfig, WorkerHandle, WorkerPool};
 
 use crate::error::ApiError;
 
@@ -82,9 +84,35 @@ impl JobService {
         }
     }
 
-    /// From now on new submissions are refused with 503.
-    pub fn stop_accepting(&self) {
+    /// The embedded control plane: an in-process worker pool of `config.slots` over the SQLite
+    /// store, and the service in front of it.
+    pub fn embedded(
+        sqlite: Arc<SqliteStore>,
+        executor: Arc<dyn Executor>,
+        config: Arc<Config>,
+        data: DataDir,
+    ) -> JobService {
+        let unsafe_fallback = executor.isolation() == Isolation::UnsafeFallback;
+        let events = Events::new();
+        let worker = WorkerPool::start(
+            sqlite.clone(),
+            executor,
+            config.clone(),
+            data.clone(),
+            events.clone(),
+            WorkerConfig::from_config(&config),
+        );
+        JobService::new(sqlite, config, data, events, Some(worker), unsafe_fallback)
+    }
+
+    /// Stops gracefully: new submissions get 503, running jobs get `grace` to finish before
+    /// they are killed and re-queued, then live log streams end.
+    pub async fn drain(&self, grace: Duration) {
         self.accepting.store(false, Ordering::SeqCst);
+        if let Some(w) = &self.worker {
+            w.shutdown(grace).await;
+        }
+        self.shutdown.cancel();
     }
 
     pub fn parse_id(raw: &str) -> Result<JobId, ApiError> {
@@ -472,15 +500,6 @@ fn list_artifacts(root: &Path) -> Vec<ArtifactEntry> {
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
     out
-}
-
-/// Whether a stream has nothing more to come.
-pub fn stream_finished(job: &JobRecord, offset: u64, stream: LogStream) -> bool {
-    job.status.is_terminal() && offset >= job.log_len(stream)
-}
-
-pub fn is_terminal(s: JobStatus) -> bool {
-    s.is_terminal()
 }
 
 #[cfg(test)]

@@ -10,9 +10,8 @@ use tower::ServiceExt;
 use warden_core::Config;
 use warden_sandbox::{Isolation, Launcher};
 use warden_server::{JobService, app};
-use warden_store::Store;
 use warden_store_sqlite::SqliteStore;
-use warden_worker::{DataDir, Events, SupervisedExecutor, WorkerConfig, WorkerPool};
+use warden_worker::{DataDir, SupervisedExecutor};
 
 use crate::support::{TEST_JOB_TYPES, WARDEN};
 
@@ -29,21 +28,11 @@ fn test_app() -> TestApp {
     std::fs::create_dir_all(data.artifacts_root()).unwrap();
     std::fs::create_dir_all(data.scratch_root()).unwrap();
     let sqlite = Arc::new(SqliteStore::open(&data.database()).unwrap());
-    let store: Arc<dyn Store> = sqlite.clone();
-    let events = Events::new();
     let executor = Arc::new(SupervisedExecutor::new(
         Launcher::new(WARDEN),
         Isolation::UnsafeFallback,
     ));
-    let worker = WorkerPool::start(
-        sqlite,
-        executor,
-        config.clone(),
-        data.clone(),
-        events.clone(),
-        WorkerConfig::from_config(&config),
-    );
-    let service = JobService::new(store, config, data, events, Some(worker), true);
+    let service = JobService::embedded(sqlite, executor, config, data);
     TestApp {
         router: app(Arc::new(service)),
         _dir: dir,
