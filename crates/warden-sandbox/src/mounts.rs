@@ -72,10 +72,11 @@ pub fn prepare_etc(dir: &Path) -> std::io::Result<()> {
         tmp.join("group"),
         format!("root:x:0:\nwarden:x:{uid}:\nnogroup:x:65534:\n"),
     )?;
-    fs::write(tmp.join("hostname"), "warden\n")?;
+    let host = crate::sandbox::HOSTNAME;
+    fs::write(tmp.join("hostname"), format!("{host}\n"))?;
     fs::write(
         tmp.join("hosts"),
-        "127.0.0.1 localhost warden\n::1 localhost\n",
+        format!("127.0.0.1 localhost {host}\n::1 localhost\n"),
     )?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))?;
     let _ = fs::remove_dir_all(dir);

@@ -27,7 +27,8 @@ use crate::mounts::{self, WORK};
 use crate::sys::{Step, check, fail};
 use crate::{ExitReport, JOB_UID, Rlimits, SandboxSpec, SpawnSpec};
 
-const HOSTNAME: &str = "warden";
+/// The job's hostname (its own UTS namespace).
+pub(crate) const HOSTNAME: &str = "warden";
 
 /// The job's mount namespace, held by the supervisor until its report is sent.
 static NAMESPACE_HOLD: std::sync::Mutex<Option<std::fs::File>> = std::sync::Mutex::new(None);
