@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
 use crate::params::{RESERVED_NAMES, is_valid_param_name};
+use crate::repo::{Transport, parse_repo_url};
 
 /// The configuration warden runs with when no file is given: works out of the box on one machine.
 pub const DEFAULT_CONFIG_YAML: &str = r#"# warden's built-in default configuration.
@@ -82,6 +83,8 @@ pub struct Config {
     pub job_types: BTreeMap<JobTypeName, JobType>,
     #[serde(default)]
     pub repos: BTreeMap<String, RepoConfig>,
+    #[serde(default)]
+    pub git: GitConfig,
 }
 
 fn default_sandbox_id() -> u32 {
@@ -263,6 +266,9 @@ pub struct JobType {
     pub binds: Vec<BindConfig>,
     /// A root filesystem directory to run in instead of the host's system directories.
     pub rootfs: Option<PathBuf>,
+    /// `core.hooksPath` in the git directory the job sees (e.g. `.githooks`): set in the gitdir's
+    /// config, never in the tree. warden itself never runs hooks.
+    pub hooks_path: Option<String>,
 }
 
 /// A read-only bind of a host path into the sandbox.
@@ -332,6 +338,8 @@ struct RawJobType {
     binds: Vec<BindConfig>,
     #[serde(default)]
     rootfs: Option<PathBuf>,
+    #[serde(default)]
+    hooks_path: Option<String>,
 }
 
 impl TryFrom<RawJobType> for JobType {
@@ -375,7 +383,27 @@ impl TryFrom<RawJobType> for JobType {
                 "rootfs {r:?} must be an absolute path without '..'"
             ));
         }
+        if let Some(h) = &raw.hooks_path {
+            let p = std::path::Path::new(h);
+            if h.is_empty()
+                || h.chars().any(char::is_control)
+                || p.components().any(|c| {
+                    matches!(
+                        c,
+                        std::path::Component::ParentDir | std::path::Component::RootDir
+                    )
+                })
+            {
+                return Err(format!(
+                    "hooks_path {h:?} must be a path inside the worktree (relative, without '..')"
+                ));
+            }
+            if !raw.requires_repo {
+                return Err("hooks_path needs requires_repo: true".to_string());
+            }
+        }
         Ok(JobType {
+            hooks_path: raw.hooks_path,
             binds: raw.binds,
             rootfs: raw.rootfs,
             description: raw.description,
@@ -429,10 +457,65 @@ impl Limits {
     }
 }
 
+/// One allowlisted repository.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawRepo")]
 pub struct RepoConfig {
     pub url: String,
+    pub transport: Transport,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRepo {
+    url: String,
+}
+
+impl TryFrom<RawRepo> for RepoConfig {
+    type Error = String;
+
+    fn try_from(raw: RawRepo) -> Result<RepoConfig, String> {
+        let transport = parse_repo_url(&raw.url)?;
+        Ok(RepoConfig {
+            url: raw.url,
+            transport,
+        })
+    }
+}
+
+/// How warden keeps its git mirrors and checkouts.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitConfig {
+    /// A fetch that takes longer is killed; the job ends `error: fetch_timeout`.
+    #[serde(default = "default_fetch_timeout_s")]
+    pub fetch_timeout_s: Positive,
+    /// The largest pack one fetch may write; a bigger fetch is killed (`fetch_too_large`).
+    #[serde(default = "default_fetch_max_mb")]
+    pub fetch_max_mb: Positive,
+    /// Size budget of the checkout cache; least recently used trees not in use are evicted.
+    #[serde(default = "default_checkout_cache_mb")]
+    pub checkout_cache_mb: Positive,
+}
+
+fn default_fetch_timeout_s() -> Positive {
+    Positive(600)
+}
+fn default_fetch_max_mb() -> Positive {
+    Positive(4096)
+}
+fn default_checkout_cache_mb() -> Positive {
+    Positive(10 * 1024)
+}
+
+impl Default for GitConfig {
+    fn default() -> GitConfig {
+        GitConfig {
+            fetch_timeout_s: default_fetch_timeout_s(),
+            fetch_max_mb: default_fetch_max_mb(),
+            checkout_cache_mb: default_checkout_cache_mb(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -552,6 +635,31 @@ repos:
             "must be an absolute path",
         );
         check("listen: 0.0.0.0:8080\n", None, "not loopback");
+        check(
+            "repos:\n  x: {url: \"ext::sh -c id\"}\n",
+            Some(2),
+            "transport \"ext\" is not allowed",
+        );
+        check(
+            "repos:\n  x: {url: \"https://u:p@h/x\"}\n",
+            Some(2),
+            "credentials in a repository URL are refused",
+        );
+        check(
+            "repos:\n  x: {url: \"https://h/x\", branch: main}\n",
+            Some(2),
+            "unknown field `branch`",
+        );
+        check(
+            "git: {fetch_timeout_s: 0}\n",
+            Some(1),
+            "0 never means unlimited",
+        );
+        check(
+            "job_types:\n  t:\n    argv: [x]\n    timeout_s: 5\n    requires_repo: true\n    hooks_path: ../x\n",
+            Some(2),
+            "must be a path inside the worktree",
+        );
         check(
             "slots: 'unterminated\n",
             Some(2),

@@ -4,9 +4,10 @@
 pub mod config;
 pub mod id;
 pub mod params;
+pub mod repo;
 pub mod state;
 
-pub use config::{Config, ConfigError, JobType, Limits, RepoConfig};
+pub use config::{Config, ConfigError, GitConfig, JobType, Limits, RepoConfig};
 pub use id::JobId;
 pub use params::{ParamError, validate_params};
 pub use warden_api::JobStatus;

@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub mod cgroups;
+pub mod child;
 pub mod doctor;
 mod landlock;
 mod launcher;
@@ -57,6 +58,9 @@ pub struct SandboxSpec {
     pub root: PathBuf,
     /// Host directory mounted read-only at `/work` (the worktree; the job's cwd).
     pub work: PathBuf,
+    /// The git directory the job sees at `/work/.git` (read-only), when it runs on a repository.
+    #[serde(default)]
+    pub git: Option<GitMounts>,
     /// Host directory mounted writable at `/artifacts` (the job's `ARTIFACT_DIR`).
     pub artifacts: PathBuf,
     /// The sandbox's `/etc`, made by [`prepare_etc`] (bound read-only).
@@ -78,6 +82,15 @@ pub struct SandboxSpec {
     pub tmpfs_bytes: u64,
     /// Name of the job's cgroup under `warden/`.
     pub cgroup_name: String,
+}
+
+/// A repository's git directory and object store, shown read-only inside the worktree.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GitMounts {
+    /// Bound at `/work/.git`; `work` has an empty `.git` directory as mount point.
+    pub dir: PathBuf,
+    /// The mirror's object store, bound at `/work/.git/objects` (an empty directory in `dir`).
+    pub objects: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

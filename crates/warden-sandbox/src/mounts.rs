@@ -171,6 +171,23 @@ fn bind_ro(src: &Path, dst: &Path) -> Step {
     Ok(())
 }
 
+fn require_read_only(dst: &Path) -> Step {
+    let c = cstr(dst)?;
+    // SAFETY: statvfs writes into a zeroed struct of the right type; c is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: see above.
+    check(&format!("statvfs {}", dst.display()), unsafe {
+        libc::statvfs(c.as_ptr(), &mut st)
+    })?;
+    if st.f_flag & libc::ST_RDONLY == 0 {
+        return Err(fail(
+            format!("{} is not read-only", dst.display()),
+            std::io::Error::from_raw_os_error(libc::EROFS),
+        ));
+    }
+    Ok(())
+}
+
 /// Binds a host path (dir or file) read-only at the same place under `root`.
 fn bind_host(root: &Path, host: &Path) -> Step {
     let Ok(meta) = fs::symlink_metadata(host) else {
@@ -341,6 +358,13 @@ pub fn build_root(spec: &SandboxSpec) -> Step {
     let work = inside(root, WORK);
     mkdir(&work)?;
     bind_ro(&spec.work, &work)?;
+    if let Some(git) = &spec.git {
+        let dir = work.join(".git");
+        bind_ro(&git.dir, &dir)?;
+        bind_ro(&git.objects, &dir.join("objects"))?;
+    }
+    // The read-only guarantee is checked, not assumed: the job's worktree must report read-only.
+    require_read_only(&work)?;
     let artifacts = inside(root, ARTIFACTS);
     mkdir(&artifacts)?;
     mount(Some(&spec.artifacts), &artifacts, None, libc::MS_BIND, None)?;

@@ -1,0 +1,40 @@
+//! Limits for warden's own helper processes (git), applied between fork and exec.
+
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+/// What a helper process is held to.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChildLimits {
+    /// The file-creation mask (e.g. `0o222`: everything it creates is read-only).
+    pub umask: Option<u32>,
+    /// `RLIMIT_FSIZE`: no file it writes may grow beyond this; a write past it fails and the
+    /// process gets SIGXFSZ.
+    pub file_size_bytes: Option<u64>,
+}
+
+/// Arranges for `cmd`'s process to start with `limits` applied.
+pub fn apply(cmd: &mut Command, limits: ChildLimits) {
+    if limits.umask.is_none() && limits.file_size_bytes.is_none() {
+        return;
+    }
+    // SAFETY: the closure runs in the child between fork and exec and only makes the
+    // async-signal-safe system calls umask(2) and setrlimit(2) on plain values it captured.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(mask) = limits.umask {
+                libc::umask(mask as libc::mode_t);
+            }
+            if let Some(bytes) = limits.file_size_bytes {
+                let rl = libc::rlimit {
+                    rlim_cur: bytes,
+                    rlim_max: bytes,
+                };
+                if libc::setrlimit(libc::RLIMIT_FSIZE, &rl) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
