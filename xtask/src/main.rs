@@ -312,6 +312,7 @@ fn bench_sandbox(rest: &[&str]) -> anyhow::Result<()> {
             sandbox: Some(SandboxSpec {
                 root: root.clone(),
                 work: work.clone(),
+                git: None,
                 artifacts: artifacts.clone(),
                 etc: etc.clone(),
                 rootfs: None,

@@ -88,6 +88,10 @@ pub struct SubmitJobRequest {
     pub remote_url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha: Option<String>,
+    /// A branch, tag or `HEAD` of the repository, resolved to a full `sha` at submission (give
+    /// `sha` or `ref`, not both).
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub params: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -131,9 +135,16 @@ pub struct JobView {
     pub reason: Option<String>,
     pub repo_name: Option<String>,
     pub remote_url: Option<String>,
+    /// The exact commit the job runs at.
     pub sha: Option<String>,
+    /// The ref the submission named, when it named one instead of a sha.
+    #[serde(default, rename = "ref")]
+    pub git_ref: Option<String>,
     pub params: BTreeMap<String, String>,
     pub idempotency_key: Option<String>,
+    /// What warden proved about the worktree after the job; absent without a repository.
+    #[serde(default)]
+    pub invariants: Option<Invariants>,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub attempts: u32,
@@ -155,6 +166,23 @@ pub struct JobView {
     #[serde(default)]
     pub enforcement: std::collections::BTreeMap<String, String>,
     pub artifact_dir: String,
+}
+
+/// The guarantees checked after a job that ran on a repository.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invariants {
+    /// The job could not write to its worktree (mounted read-only, verified in the sandbox).
+    pub read_only_ok: Option<bool>,
+    /// The tree the job saw was byte-identical to the commit afterwards.
+    pub clean_tree_ok: Option<bool>,
+    /// The commit's root tree id.
+    #[serde(default)]
+    pub tree: Option<String>,
+    /// Paths that differed from the commit (at most 1000; `changed_count` is exact).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed_paths: Vec<String>,
+    #[serde(default)]
+    pub changed_count: u64,
 }
 
 /// `GET /jobs` answer.
@@ -244,6 +272,10 @@ pub enum ErrorCode {
     InvalidPath,
     RepoRequired,
     RepoNotAllowed,
+    /// The sha or ref is not in the repository, or is not a valid name.
+    InvalidRef,
+    /// The repository's server could not be reached to resolve a ref.
+    RepoUnavailable,
     JobNotFound,
     ArtifactNotFound,
     NotAFile,
@@ -275,7 +307,9 @@ impl ErrorCode {
             | ErrorCode::InvalidParam
             | ErrorCode::RepoRequired
             | ErrorCode::RepoNotAllowed
+            | ErrorCode::InvalidRef
             | ErrorCode::NotAFile => 422,
+            ErrorCode::RepoUnavailable => 502,
             ErrorCode::ShuttingDown => 503,
             ErrorCode::Internal => 500,
         }
@@ -296,6 +330,8 @@ impl ErrorCode {
             ErrorCode::InvalidPath => "invalid_path",
             ErrorCode::RepoRequired => "repo_required",
             ErrorCode::RepoNotAllowed => "repo_not_allowed",
+            ErrorCode::InvalidRef => "invalid_ref",
+            ErrorCode::RepoUnavailable => "repo_unavailable",
             ErrorCode::JobNotFound => "job_not_found",
             ErrorCode::ArtifactNotFound => "artifact_not_found",
             ErrorCode::NotAFile => "not_a_file",
@@ -332,6 +368,8 @@ mod tests {
             ErrorCode::IdempotencyConflict,
             ErrorCode::Internal,
             ErrorCode::RepoNotAllowed,
+            ErrorCode::InvalidRef,
+            ErrorCode::RepoUnavailable,
         ] {
             let json = serde_json::to_value(code).unwrap();
             assert_eq!(json.as_str().unwrap(), code.as_str());

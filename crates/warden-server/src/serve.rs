@@ -129,7 +129,19 @@ pub async fn run(
     }
     let config = Arc::new(config);
     let lease_ms = (config.lease_s.get() as i64).saturating_mul(1000);
-    let service = Arc::new(JobService::embedded(sqlite, executor, config.clone(), data));
+    let repos = warden_repo::Repos::open(&data.git(), &config.git).map_err(|source| {
+        ServeError::DataDir {
+            path: data.git(),
+            source,
+        }
+    })?;
+    let service = Arc::new(JobService::embedded(
+        sqlite,
+        executor,
+        config.clone(),
+        data,
+        Arc::new(repos),
+    ));
     let events = service.events.clone();
 
     // The reaper: a lease that was not renewed in time means its worker is gone.

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 use warden_api::{ArtifactEntry, ErrorCode, JobTypeView, JobView, SubmitJobRequest};
+use warden_core::repo::{Transport, is_full_sha, parse_repo_url};
 use warden_core::{Config, JobId, validate_params};
+use warden_repo::{Remote, RepoError, Repos};
 use warden_sandbox::Isolation;
 use warden_store::{
     CancelOutcome, JobRecord, ListFilter, LogStream, NewJob, Store, SubmitOutcome, now_millis,
@@ -24,6 +26,7 @@ pub struct JobService {
     pub config: Arc<Config>,
     pub data: DataDir,
     pub events: Events,
+    pub repos: Arc<Repos>,
     worker: Option<Arc<WorkerHandle>>,
     /// Jobs run without the kernel sandbox (recorded on each job).
     unsafe_fallback: bool,
@@ -41,20 +44,7 @@ fn non_empty(v: Option<String>) -> Option<String> {
     v.filter(|s| !s.is_empty())
 }
 
-fn is_full_sha(s: &str) -> bool {
-    (s.len() == 40 || s.len() == 64)
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-/// Compares repository URLs the way people write them: trailing `/` and `.git` do not matter.
-pub fn normalize_repo_url(url: &str) -> String {
-    let mut u = url.trim().trim_end_matches('/').to_string();
-    if let Some(stripped) = u.strip_suffix(".git") {
-        u = stripped.to_string();
-    }
-    u.trim_end_matches('/').to_string()
-}
+pub use warden_core::repo::normalize_repo_url;
 
 /// Formats a timestamp; values beyond year 9999 (which RFC 3339 cannot write) are clamped.
 pub fn rfc3339(ms: i64) -> String {
@@ -69,11 +59,13 @@ impl JobService {
         config: Arc<Config>,
         data: DataDir,
         events: Events,
+        repos: Arc<Repos>,
         worker: Option<Arc<WorkerHandle>>,
         unsafe_fallback: bool,
     ) -> JobService {
         JobService {
             unsafe_fallback,
+            repos,
             store,
             config,
             data,
@@ -91,6 +83,7 @@ impl JobService {
         executor: Arc<dyn Executor>,
         config: Arc<Config>,
         data: DataDir,
+        repos: Arc<Repos>,
     ) -> JobService {
         let unsafe_fallback = executor.isolation() == Isolation::UnsafeFallback;
         let events = Events::new();
@@ -101,8 +94,17 @@ impl JobService {
             data.clone(),
             events.clone(),
             WorkerConfig::from_config(&config),
+            repos.clone(),
         );
-        JobService::new(sqlite, config, data, events, Some(worker), unsafe_fallback)
+        JobService::new(
+            sqlite,
+            config,
+            data,
+            events,
+            repos,
+            Some(worker),
+            unsafe_fallback,
+        )
     }
 
     /// Stops gracefully: new submissions get 503, running jobs get `grace` to finish before
@@ -152,47 +154,70 @@ impl JobService {
         })?;
         let repo_name = non_empty(req.repo_name);
         let remote_url = non_empty(req.remote_url);
-        let sha = non_empty(req.sha);
+        let mut sha = non_empty(req.sha);
+        let git_ref = non_empty(req.git_ref);
         if job_type.requires_repo && repo_name.is_none() {
             return Err(invalid(
                 ErrorCode::RepoRequired,
-                format!("job type {:?} needs repo_name (and sha)", req.job_type),
-            ));
-        }
-        if let Some(name) = &repo_name
-            && job_type.requires_repo_allowlist
-        {
-            let Some(repo) = self.config.repos.get(name) else {
-                return Err(invalid(
-                    ErrorCode::RepoNotAllowed,
-                    format!("repository {name:?} is not in the server's repos allowlist"),
-                ));
-            };
-            if let Some(url) = &remote_url
-                && normalize_repo_url(url) != normalize_repo_url(&repo.url)
-            {
-                return Err(invalid(
-                    ErrorCode::RepoNotAllowed,
-                    format!("remote_url {url:?} does not match the allowlisted URL of {name:?}"),
-                ));
-            }
-        }
-        if let Some(sha) = &sha
-            && !is_full_sha(sha)
-        {
-            return Err(invalid(
-                ErrorCode::InvalidRequest,
-                "sha must be a full commit id: 40 (SHA-1) or 64 (SHA-256) lowercase hex digits",
-            ));
-        }
-        if job_type.requires_repo && sha.is_none() {
-            return Err(invalid(
-                ErrorCode::InvalidRequest,
                 format!(
-                    "job type {:?} needs sha: the full commit id to run at",
+                    "job type {:?} needs repo_name (and sha or ref)",
                     req.job_type
                 ),
             ));
+        }
+        if repo_name.is_none() && (remote_url.is_some() || sha.is_some() || git_ref.is_some()) {
+            return Err(invalid(
+                ErrorCode::InvalidRequest,
+                "remote_url, sha and ref need repo_name",
+            ));
+        }
+        let remote = match &repo_name {
+            Some(name) => Some(self.check_repo(&req.job_type, job_type, name, &remote_url)?),
+            None => None,
+        };
+        if let Some(s) = &sha
+            && !is_full_sha(s)
+        {
+            return Err(invalid(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "sha must be a full commit id: 40 (SHA-1) or 64 (SHA-256) lowercase hex \
+                     digits{}",
+                    if s.len() < 40 && !s.is_empty() {
+                        "; to run at a branch or tag, send it as \"ref\""
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+        match (&remote, &sha, &git_ref) {
+            (Some(_), Some(_), Some(_)) => {
+                return Err(invalid(
+                    ErrorCode::InvalidRequest,
+                    "give sha or ref, not both",
+                ));
+            }
+            (Some(_), None, None) => {
+                return Err(invalid(
+                    ErrorCode::InvalidRequest,
+                    "a job on a repository needs sha (the full commit id) or ref (a branch or \
+                     tag, resolved now)",
+                ));
+            }
+            (Some(remote), None, Some(name)) => {
+                // Resolved once, here: the job runs at that commit however the ref moves later.
+                sha = Some(self.repos.mirrors.resolve_ref(remote, name).await.map_err(
+                    |e| match e {
+                        RepoError::InvalidRef(m) => invalid(ErrorCode::InvalidRef, m),
+                        other => invalid(
+                            ErrorCode::RepoUnavailable,
+                            format!("could not resolve ref {name:?}: {other}"),
+                        ),
+                    },
+                )?);
+            }
+            _ => {}
         }
         let idempotency_key = non_empty(req.idempotency_key);
         if let Some(key) = &idempotency_key
@@ -210,6 +235,7 @@ impl JobService {
             repo_name,
             remote_url,
             sha,
+            git_ref,
             params: req.params,
             idempotency_key,
             max_attempts: self.config.max_attempts.get() as u32,
@@ -225,6 +251,72 @@ impl JobService {
             SubmitOutcome::Created(j) | SubmitOutcome::Existing(j) => j,
         };
         Ok((job, created))
+    }
+
+    /// Checks a submission's repository against the allowlist and the allowed transports, and
+    /// returns it as warden will fetch it.
+    fn check_repo(
+        &self,
+        job_type_name: &str,
+        job_type: &warden_core::JobType,
+        name: &str,
+        remote_url: &Option<String>,
+    ) -> Result<Remote, ApiError> {
+        if name.len() > 200 || name.chars().any(char::is_control) {
+            return Err(invalid(
+                ErrorCode::InvalidRequest,
+                "repo_name must be at most 200 bytes without control characters",
+            ));
+        }
+        match self.config.repos.get(name) {
+            Some(repo) => {
+                if let Some(url) = remote_url
+                    && normalize_repo_url(url) != normalize_repo_url(&repo.url)
+                {
+                    return Err(invalid(
+                        ErrorCode::RepoNotAllowed,
+                        format!(
+                            "remote_url {url:?} does not match the allowlisted URL of {name:?}"
+                        ),
+                    ));
+                }
+                Ok(Remote {
+                    url: repo.url.clone(),
+                    transport: repo.transport.clone(),
+                })
+            }
+            None if job_type.requires_repo_allowlist => Err(invalid(
+                ErrorCode::RepoNotAllowed,
+                format!(
+                    "repository {name:?} is not in the server's repos allowlist (job type \
+                     {job_type_name:?} requires it)"
+                ),
+            )),
+            None => {
+                let Some(url) = remote_url else {
+                    return Err(invalid(
+                        ErrorCode::InvalidRequest,
+                        format!(
+                            "repository {name:?} is not configured on the server: send its \
+                             remote_url"
+                        ),
+                    ));
+                };
+                let transport =
+                    parse_repo_url(url).map_err(|e| invalid(ErrorCode::RepoNotAllowed, e))?;
+                if matches!(transport, Transport::Local(_)) {
+                    return Err(invalid(
+                        ErrorCode::RepoNotAllowed,
+                        "local paths and file:// URLs are allowed only for repositories the \
+                         operator configured",
+                    ));
+                }
+                Ok(Remote {
+                    url: url.clone(),
+                    transport,
+                })
+            }
+        }
     }
 
     pub async fn get(&self, id: JobId) -> Result<JobRecord, ApiError> {
@@ -280,8 +372,10 @@ impl JobService {
             repo_name: job.repo_name.clone(),
             remote_url: job.remote_url.clone(),
             sha: job.sha.clone(),
+            git_ref: job.git_ref.clone(),
             params: job.params.clone(),
             idempotency_key: job.idempotency_key.clone(),
+            invariants: job.invariants.clone(),
             exit_code: job.exit_code,
             signal: job.signal,
             attempts: job.attempts,

@@ -23,12 +23,14 @@ use warden_store::{
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_jobs.sql")),
     (2, include_str!("../migrations/0002_enforcement.sql")),
+    (3, include_str!("../migrations/0003_repo.sql")),
 ];
 
 const COLUMNS: &str = "id, tenant, job_type, repo_name, remote_url, sha, params, \
     idempotency_key, status, reason, exit_code, signal, attempts, max_attempts, cancel_requested, \
     unsafe_fallback, warnings, created_at, started_at, finished_at, stdout_bytes, stderr_bytes, \
-    log_truncated, resources, lease_owner, lease_token, lease_expires_at, enforcement";
+    log_truncated, resources, lease_owner, lease_token, lease_expires_at, enforcement, git_ref, \
+    invariants";
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -155,6 +157,12 @@ fn row_to_job(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
         lease_expires_at: row.get(26)?,
         enforcement: serde_json::from_str(&row.get::<_, String>(27)?)
             .map_err(|e| corrupt("enforcement", e))?,
+        git_ref: row.get(28)?,
+        invariants: row
+            .get::<_, Option<String>>(29)?
+            .map(|s| serde_json::from_str(&s))
+            .transpose()
+            .map_err(|e| corrupt("invariants", e))?,
     })
 }
 
@@ -238,8 +246,8 @@ impl Store for SqliteStore {
             }
             tx.execute(
                 "INSERT INTO jobs (id, tenant, job_type, repo_name, remote_url, sha, params,
-                     idempotency_key, status, max_attempts, unsafe_fallback, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10, ?11)",
+                     idempotency_key, status, max_attempts, unsafe_fallback, created_at, git_ref)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10, ?11, ?12)",
                 params![
                     job.id.to_string(),
                     job.tenant,
@@ -252,6 +260,7 @@ impl Store for SqliteStore {
                     job.max_attempts,
                     job.unsafe_fallback,
                     job.created_at,
+                    job.git_ref,
                 ],
             )
             .map_err(backend)?;
@@ -421,7 +430,8 @@ impl Store for SqliteStore {
             tx.execute(
                 "UPDATE jobs SET status = ?2, reason = ?3, exit_code = ?4, signal = ?5,
                      warnings = ?6, resources = ?7, log_truncated = ?8, finished_at = ?9,
-                     enforcement = ?10, lease_owner = NULL, lease_expires_at = NULL
+                     enforcement = ?10, invariants = ?11, lease_owner = NULL,
+                     lease_expires_at = NULL
                  WHERE id = ?1",
                 params![
                     lease.job_id.to_string(),
@@ -434,6 +444,7 @@ impl Store for SqliteStore {
                     done.log_truncated,
                     now,
                     to_json(&done.enforcement)?,
+                    done.invariants.as_ref().map(to_json).transpose()?,
                 ],
             )
             .map_err(backend)?;
@@ -601,6 +612,7 @@ mod tests {
                 repo_name: None,
                 remote_url: None,
                 sha: None,
+                git_ref: None,
                 params: BTreeMap::new(),
                 idempotency_key: None,
                 max_attempts: 1,

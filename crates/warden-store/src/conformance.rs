@@ -28,7 +28,8 @@ macro_rules! conformance_tests {
             expired_leases_are_requeued_then_lost,
             release_requeues_without_counting_the_attempt,
             list_filters_and_paginates_newest_first,
-            complete_records_the_outcome_once
+            complete_records_the_outcome_once,
+            repo_fields_and_invariants_round_trip
         );
     };
     (@each $make:expr; $($name:ident),*) => {
@@ -52,6 +53,7 @@ fn new_job(job_type: &str, key: Option<&str>, now: i64) -> NewJob {
         repo_name: None,
         remote_url: None,
         sha: None,
+        git_ref: None,
         params: BTreeMap::from([("GREETING".to_string(), "hi".to_string())]),
         idempotency_key: key.map(str::to_string),
         max_attempts: 2,
@@ -428,6 +430,7 @@ pub async fn complete_records_the_outcome_once(store: &dyn Store) {
         resources: Some(usage.clone()),
         log_truncated: true,
         enforcement: BTreeMap::from([("memory".to_string(), "cgroup v2 (no swap)".to_string())]),
+        invariants: None,
     };
     let rec = store.complete(&c.lease, done.clone(), 20).await.unwrap();
     assert_eq!(rec.id, job.id);
@@ -443,4 +446,52 @@ pub async fn complete_records_the_outcome_once(store: &dyn Store) {
     assert_eq!(store.get(job.id).await.unwrap(), rec);
     let twice = store.complete(&c.lease, done, 21).await;
     assert!(matches!(twice, Err(StoreError::LeaseLost(_))), "{twice:?}");
+}
+
+pub async fn repo_fields_and_invariants_round_trip(store: &dyn Store) {
+    let sha = "a".repeat(40);
+    let mut job = new_job("pytest", Some("by-ref"), 1);
+    job.repo_name = Some("click".into());
+    job.remote_url = Some("https://example.com/click.git".into());
+    job.sha = Some(sha.clone());
+    job.git_ref = Some("main".into());
+    let rec = submit(store, job.clone()).await;
+    assert_eq!(rec.git_ref.as_deref(), Some("main"));
+    assert_eq!(rec.sha.as_deref(), Some(sha.as_str()));
+    assert_eq!(rec.invariants, None);
+    // The same ref again is the same request, even after the ref moved to another commit...
+    let mut moved = job.clone();
+    moved.id = JobId::new();
+    moved.sha = Some("b".repeat(40));
+    match store.submit(moved).await.unwrap() {
+        SubmitOutcome::Existing(j) => assert_eq!(j.id, rec.id),
+        other => panic!("expected the existing job, got {other:?}"),
+    }
+    // ...while a sha where a ref was given is another request.
+    let mut by_sha = job;
+    by_sha.id = JobId::new();
+    by_sha.git_ref = None;
+    assert!(matches!(
+        store.submit(by_sha).await,
+        Err(StoreError::IdempotencyConflict { .. })
+    ));
+
+    let c = store.claim("w", LEASE_MS, 2).await.unwrap().unwrap();
+    let invariants = warden_api::Invariants {
+        read_only_ok: Some(true),
+        clean_tree_ok: Some(false),
+        tree: Some("c".repeat(40)),
+        changed_paths: vec!["a.txt".into(), "new\nname".into()],
+        changed_count: 2,
+    };
+    let done = Completion {
+        status: Some(JobStatus::MutationDetected),
+        reason: Some("mutation_detected: 2 paths changed".into()),
+        invariants: Some(invariants.clone()),
+        ..Completion::default()
+    };
+    let rec = store.complete(&c.lease, done, 3).await.unwrap();
+    assert_eq!(rec.status, JobStatus::MutationDetected);
+    assert_eq!(rec.invariants, Some(invariants));
+    assert_eq!(store.get(rec.id).await.unwrap(), rec);
 }

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use warden_api::ResourceUsage;
+use warden_api::{Invariants, ResourceUsage};
 use warden_core::{JobId, JobStatus};
 
 pub mod conformance;
@@ -58,6 +58,8 @@ pub struct NewJob {
     pub repo_name: Option<String>,
     pub remote_url: Option<String>,
     pub sha: Option<String>,
+    /// The ref the caller named; `sha` is what it resolved to at submission.
+    pub git_ref: Option<String>,
     pub params: BTreeMap<String, String>,
     pub idempotency_key: Option<String>,
     pub max_attempts: u32,
@@ -72,7 +74,11 @@ impl NewJob {
             && self.job_type == other.job_type
             && self.repo_name == other.repo_name
             && self.remote_url == other.remote_url
-            && self.sha == other.sha
+            // Asked by ref, the same ref is the same request even if the ref has moved since.
+            && match &self.git_ref {
+                Some(r) => other.git_ref.as_ref() == Some(r),
+                None => other.git_ref.is_none() && self.sha == other.sha,
+            }
             && self.params == other.params
     }
 }
@@ -86,6 +92,7 @@ pub struct JobRecord {
     pub repo_name: Option<String>,
     pub remote_url: Option<String>,
     pub sha: Option<String>,
+    pub git_ref: Option<String>,
     pub params: BTreeMap<String, String>,
     pub idempotency_key: Option<String>,
     pub status: JobStatus,
@@ -109,6 +116,8 @@ pub struct JobRecord {
     pub lease_expires_at: Option<Millis>,
     /// What enforced each limit (`memory` → `cgroup v1 (no swap)`, ...), set at completion.
     pub enforcement: BTreeMap<String, String>,
+    /// The worktree proof, set at completion of a job that ran on a repository.
+    pub invariants: Option<Invariants>,
 }
 
 impl JobRecord {
@@ -161,6 +170,7 @@ pub struct Completion {
     pub resources: Option<ResourceUsage>,
     pub log_truncated: bool,
     pub enforcement: BTreeMap<String, String>,
+    pub invariants: Option<Invariants>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::Path;
 
 use serde::Serialize;
-use warden_api::{JobStatus, ResourceUsage};
+use warden_api::{Invariants, JobStatus, ResourceUsage};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ArtifactJson {
@@ -15,6 +15,9 @@ pub struct ArtifactJson {
     pub repo: Option<String>,
     pub remote_url: Option<String>,
     pub sha: Option<String>,
+    /// The ref the submission named, resolved to `sha` at submission.
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
     pub params: BTreeMap<String, String>,
     pub status: JobStatus,
     pub reason: Option<String>,
@@ -25,7 +28,12 @@ pub struct ArtifactJson {
     pub resources: Option<ResourceUsage>,
     /// What enforced each limit (`rlimit`, `supervisor`, `worker`) or that it was not enforced.
     pub limits: BTreeMap<String, String>,
+    /// `read_only_ok`, `clean_tree_ok`, the commit's tree id and the changed paths. `null`
+    /// where they do not apply: a job without a repository has no worktree to keep.
     pub invariants: Invariants,
+    /// How the worktree was obtained.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkout: Option<CheckoutSummary>,
     pub isolation: String,
     pub unsafe_fallback: bool,
     pub warnings: Vec<String>,
@@ -43,12 +51,14 @@ pub struct Timings {
     pub wall_ms: u64,
 }
 
-/// The guarantees checked after the job. `None` where they do not apply: a job without a
-/// repository has no worktree to keep read-only or clean.
 #[derive(Debug, Clone, Serialize)]
-pub struct Invariants {
-    pub read_only_ok: Option<bool>,
-    pub clean_tree_ok: Option<bool>,
+pub struct CheckoutSummary {
+    /// The tree was already in the checkout cache.
+    pub cache_hit: bool,
+    /// Time to get it ready (fetch and checkout on a miss).
+    pub ms: u64,
+    pub files: u64,
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -87,6 +97,7 @@ mod tests {
             repo: None,
             remote_url: None,
             sha: None,
+            git_ref: None,
             params: BTreeMap::new(),
             status: JobStatus::Succeeded,
             reason: None,
@@ -102,10 +113,8 @@ mod tests {
             },
             resources: None,
             limits: BTreeMap::new(),
-            invariants: Invariants {
-                read_only_ok: None,
-                clean_tree_ok: None,
-            },
+            invariants: Invariants::default(),
+            checkout: None,
             isolation: "unsafe_fallback".into(),
             unsafe_fallback: true,
             warnings: vec![],

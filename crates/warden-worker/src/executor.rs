@@ -89,6 +89,7 @@ pub async fn sandbox_self_test(
             sandbox: Some(warden_sandbox::SandboxSpec {
                 root,
                 work,
+                git: None,
                 artifacts,
                 etc: etc.to_path_buf(),
                 rootfs: None,

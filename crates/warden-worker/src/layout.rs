@@ -62,6 +62,11 @@ impl DataDir {
         self.root.join("sandbox").join("etc")
     }
 
+    /// Git mirrors, the checkout cache and git's empty `HOME` (see `warden-repo`).
+    pub fn git(&self) -> PathBuf {
+        self.root.join("git")
+    }
+
     pub fn scratch_root(&self) -> PathBuf {
         self.root.join("scratch")
     }

@@ -8,6 +8,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use warden_core::{Config, JobId};
+use warden_repo::Repos;
 use warden_store::now_millis;
 
 use crate::run::{JobSignals, run_job};
@@ -50,6 +51,7 @@ pub(crate) struct Shared {
     pub data: DataDir,
     pub events: Events,
     pub worker: WorkerConfig,
+    pub repos: Arc<Repos>,
 }
 
 pub struct WorkerPool;
@@ -71,6 +73,7 @@ impl WorkerPool {
         data: DataDir,
         events: Events,
         worker: WorkerConfig,
+        repos: Arc<Repos>,
     ) -> Arc<WorkerHandle> {
         let shared = Shared {
             coordinator,
@@ -79,6 +82,7 @@ impl WorkerPool {
             data,
             events,
             worker,
+            repos,
         };
         let handle = Arc::new(WorkerHandle {
             shared: shared.clone(),

@@ -9,15 +9,17 @@ use std::time::{Duration, UNIX_EPOCH};
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 use tokio_util::sync::CancellationToken;
-use warden_api::{JobStatus, ResourceUsage};
+use warden_api::{Invariants, JobStatus, ResourceUsage};
+use warden_core::repo::parse_repo_url;
 use warden_core::{JobType, Limits};
+use warden_repo::{Checkout, Remote, RepoError};
 use warden_sandbox::{
-    Bind, ExitReport, Isolation, KilledBy, Rlimits, SANDBOX_ARTIFACTS, SANDBOX_WORK, SandboxSpec,
-    SpawnSpec,
+    Bind, ExitReport, GitMounts, Isolation, KilledBy, Rlimits, SANDBOX_ARTIFACTS, SANDBOX_WORK,
+    SandboxSpec, SpawnSpec,
 };
 use warden_store::{Claimed, Completion, JobRecord, Lease, LogStream, StoreError, now_millis};
 
-use crate::artifact::{ArtifactJson, Invariants, LogSummary, Timings, write_artifact_json};
+use crate::artifact::{ArtifactJson, CheckoutSummary, LogSummary, Timings, write_artifact_json};
 use crate::pool::Shared;
 
 /// Signals the pool can send to a running job.
@@ -46,7 +48,9 @@ struct ExecInfo {
     log_bytes: (u64, u64),
 }
 
-/// What to tell the coordinator at the end.
+/// What to tell the coordinator at the end. (One per job, moved a few times: its size does
+/// not matter.)
+#[allow(clippy::large_enum_variant)]
 enum Outcome {
     Complete(Completion),
     /// Back to the queue (shutdown): the attempt does not count.
@@ -63,17 +67,135 @@ fn refuse(reason: impl Into<String>) -> Outcome {
     })
 }
 
+/// The repository a job runs on, as this worker reaches it. `Err` is the refusal reason.
+fn job_remote(shared: &Shared, job: &JobRecord) -> Option<Result<(Remote, String), String>> {
+    let name = job.repo_name.as_ref()?;
+    Some((|| {
+        // The configured URL wins: the operator's allowlist is the truth, not the submission.
+        let url = match (shared.config.repos.get(name), &job.remote_url) {
+            (Some(repo), _) => repo.url.clone(),
+            (None, Some(url)) => url.clone(),
+            (None, None) => {
+                return Err(format!(
+                    "repo_not_allowed: repository {name:?} is no longer configured"
+                ));
+            }
+        };
+        let transport = parse_repo_url(&url).map_err(|e| format!("repo_not_allowed: {e}"))?;
+        if matches!(transport, warden_core::repo::Transport::Local(_))
+            && !shared.config.repos.contains_key(name)
+        {
+            return Err("repo_not_allowed: local repositories must be configured".into());
+        }
+        let sha = job
+            .sha
+            .clone()
+            .ok_or_else(|| "invalid_ref: the job names a repository but no commit".to_string())?;
+        Ok((Remote { url, transport }, sha))
+    })())
+}
+
+/// How waiting for something before the job starts ended.
+#[allow(clippy::large_enum_variant)]
+enum Waited<T> {
+    Done(T),
+    Stopped(Outcome),
+}
+
+/// Waits for `work` (a fetch and checkout, which can take minutes) while keeping the lease
+/// alive and answering cancellation and shutdown.
+async fn under_lease<T>(
+    shared: &Shared,
+    lease: &Lease,
+    signals: &JobSignals,
+    work: impl std::future::Future<Output = T>,
+) -> Waited<T> {
+    tokio::pin!(work);
+    let mut heartbeat = tokio::time::interval(shared.worker.heartbeat_every());
+    heartbeat.tick().await;
+    loop {
+        tokio::select! {
+            done = &mut work => return Waited::Done(done),
+            _ = heartbeat.tick() => {
+                match shared.coordinator.heartbeat(lease, shared.worker.lease_ms, now_millis()).await {
+                    Ok(reply) if reply.cancel_requested => signals.cancel.cancel(),
+                    Ok(_) => {}
+                    Err(StoreError::LeaseLost(_)) => return Waited::Stopped(Outcome::Abandon),
+                    Err(e) => tracing::warn!(job = %lease.job_id, error = %e, "heartbeat failed"),
+                }
+            }
+            _ = signals.cancel.cancelled() => {
+                return Waited::Stopped(Outcome::Complete(Completion {
+                    status: Some(JobStatus::Cancelled),
+                    reason: Some("cancelled".into()),
+                    ..Completion::default()
+                }));
+            }
+            _ = signals.shutdown.cancelled() => return Waited::Stopped(Outcome::Release),
+        }
+    }
+}
+
 pub(crate) async fn run_job(shared: &Shared, claimed: Claimed, signals: JobSignals) {
     let Claimed { job, lease } = claimed;
     let started_ms = job.started_at.unwrap_or_else(now_millis);
-    let preparing = (shared.clone(), job.clone());
-    let (outcome, info) = match blocking(move || prepare(&preparing.0, &preparing.1)).await {
-        Err(reason) => (refuse(reason), None),
-        Ok(prepared) => {
-            let (outcome, info) = execute(shared, &job, &lease, prepared, &signals).await;
-            (outcome, Some(info))
+    // The repository first: fetched and checked out (or found in the cache) under the lease.
+    let checkout: Result<Option<Arc<Checkout>>, Outcome> = match job_remote(shared, &job) {
+        None => Ok(None),
+        Some(Err(reason)) => Err(refuse(reason)),
+        Some(Ok((remote, sha))) => {
+            match under_lease(
+                shared,
+                &lease,
+                &signals,
+                shared.repos.checkout(&remote, &sha),
+            )
+            .await
+            {
+                Waited::Done(Ok(co)) => {
+                    tracing::info!(job = %job.id, hit = co.hit, took_ms = co.took.as_millis() as u64, "worktree ready");
+                    Ok(Some(Arc::new(co)))
+                }
+                Waited::Done(Err(e)) => Err(refuse(e.to_string())),
+                Waited::Stopped(outcome) => Err(outcome),
+            }
         }
     };
+    let (mut outcome, info, checkout) = match checkout {
+        Err(outcome) => (outcome, None, None),
+        Ok(checkout) => {
+            let preparing = (shared.clone(), job.clone(), checkout.clone());
+            match blocking(move || prepare(&preparing.0, &preparing.1, preparing.2.as_deref()))
+                .await
+            {
+                Err(reason) => (refuse(reason), None, checkout),
+                Ok(prepared) => {
+                    let (outcome, info) = execute(shared, &job, &lease, prepared, &signals).await;
+                    (outcome, Some(info), checkout)
+                }
+            }
+        }
+    };
+    // The proof: whatever the job did or how it ended, the tree it saw must still be the commit.
+    let invariants = match &checkout {
+        Some(co) if info.is_some() => Some(prove(shared, &job, co, &mut outcome).await),
+        Some(co) => Some(Invariants {
+            read_only_ok: None,
+            clean_tree_ok: None,
+            tree: Some(co.tree_id().to_string()),
+            ..Invariants::default()
+        }),
+        None => None,
+    };
+    if let Outcome::Complete(done) = &mut outcome {
+        done.invariants = invariants.clone();
+    }
+    let checkout_summary = checkout.as_ref().map(|co| CheckoutSummary {
+        cache_hit: co.hit,
+        ms: co.took.as_millis() as u64,
+        files: co.files(),
+        bytes: co.bytes(),
+    });
     let id = job.id;
     // Scratch space goes before the end is recorded: whoever sees the job finished sees it clean.
     let scratch = shared.data.scratch(id);
@@ -111,8 +233,9 @@ pub(crate) async fn run_job(shared: &Shared, claimed: Claimed, signals: JobSigna
                 if !artifact_dir.is_dir() {
                     return Ok(());
                 }
-                let record =
+                let mut record =
                     artifact_record(&shared, &job, &done, started_ms, finished_ms, info.as_ref());
+                record.checkout = checkout_summary;
                 write_artifact_json(&artifact_dir, &record)
             })
             .await;
@@ -129,7 +252,71 @@ pub(crate) async fn run_job(shared: &Shared, claimed: Claimed, signals: JobSigna
             }
         }
     }
+    // The job's hold on its tree ends here (a tainted tree is deleted with its last user).
+    drop(checkout);
     shared.events.job_changed(id);
+}
+
+/// Runs the clean-tree proof after a job, records it, and turns any difference into
+/// `mutation_detected` (and a proof that cannot be made into `error`): fail closed.
+async fn prove(
+    shared: &Shared,
+    job: &JobRecord,
+    co: &Checkout,
+    outcome: &mut Outcome,
+) -> Invariants {
+    let read_only_ok = shared.executor.isolation() == Isolation::Sandbox;
+    let mut inv = Invariants {
+        // Sandboxed, the worktree is a read-only bind checked from inside before the job starts
+        // (setup fails otherwise); unsandboxed, nothing stops the job writing.
+        read_only_ok: Some(read_only_ok),
+        clean_tree_ok: None,
+        tree: Some(co.tree_id().to_string()),
+        ..Invariants::default()
+    };
+    let verdict: Option<(JobStatus, String)> = match shared.repos.cache.verify(co).await {
+        Ok(proof) if proof.clean => {
+            inv.clean_tree_ok = Some(true);
+            None
+        }
+        Ok(proof) => {
+            inv.clean_tree_ok = Some(false);
+            inv.changed_count = proof.changed_count as u64;
+            inv.changed_paths = proof.changed.clone();
+            shared.repos.cache.taint(co);
+            let shown: Vec<String> = proof
+                .changed
+                .iter()
+                .take(5)
+                .map(|p| format!("{p:?}"))
+                .collect();
+            tracing::error!(job = %job.id, changed = proof.changed_count, "worktree mutated");
+            Some((
+                JobStatus::MutationDetected,
+                format!(
+                    "mutation_detected: {} path(s) differ from commit {}: {}{}",
+                    proof.changed_count,
+                    co.sha(),
+                    shown.join(", "),
+                    if proof.changed_count > shown.len() {
+                        ", ..."
+                    } else {
+                        ""
+                    }
+                ),
+            ))
+        }
+        Err(e) => {
+            shared.repos.cache.taint(co);
+            tracing::error!(job = %job.id, error = %e, "clean-tree proof failed");
+            Some((JobStatus::Error, e.to_string()))
+        }
+    };
+    if let (Some((status, reason)), Outcome::Complete(done)) = (verdict, &mut *outcome) {
+        done.status = Some(status);
+        done.reason = Some(reason);
+    }
+    inv
 }
 
 struct Prepared {
@@ -138,21 +325,28 @@ struct Prepared {
 }
 
 /// Checks the job may run here and lays out its directories. An `Err` is the refusal reason.
-fn prepare(shared: &Shared, job: &JobRecord) -> Result<Prepared, String> {
+fn prepare(
+    shared: &Shared,
+    job: &JobRecord,
+    checkout: Option<&Checkout>,
+) -> Result<Prepared, String> {
     let Some(job_type) = shared.config.job_type(&job.job_type).cloned() else {
         return Err(format!(
             "unknown_job_type: {:?} is no longer configured",
             job.job_type
         ));
     };
-    if job_type.requires_repo {
+    if job_type.requires_repo && checkout.is_none() {
         // Fail closed: a repository job never runs without its pinned, read-only worktree.
-        return Err(
-            "repo_checkout_unavailable: this version of warden cannot check out \
-                    repositories yet"
-                .into(),
-        );
+        return Err("repo_required: the job has no repository to run on".into());
     }
+    let gitdir = match checkout {
+        Some(co) => Some(
+            co.gitdir(job_type.hooks_path.as_deref())
+                .map_err(|e: RepoError| e.to_string())?,
+        ),
+        None => None,
+    };
     if shared.executor.isolation() == Isolation::UnsafeFallback && !shared.config.unsafe_fallback {
         return Err(
             "sandbox_unavailable: the kernel sandbox is not available in this build and \
@@ -169,11 +363,14 @@ fn prepare(shared: &Shared, job: &JobRecord) -> Result<Prepared, String> {
     // read-only worktree: no per-job directories on the host but its artifacts. (Creating and
     // deleting directories per job was a third of the server's CPU time on ext4.)
     let (home, tmp) = (scratch.join("home"), scratch.join("tmp"));
-    let (root, work) = if sandboxed {
+    let (root, mut work) = if sandboxed {
         (shared.data.sandbox_root(), shared.data.sandbox_work())
     } else {
         (scratch.join("root"), scratch.join("work"))
     };
+    if let Some(co) = checkout {
+        work = co.tree();
+    }
     let setup = || -> std::io::Result<()> {
         // A re-run after a lost worker starts from an empty artifact directory.
         if artifacts.exists() {
@@ -184,11 +381,14 @@ fn prepare(shared: &Shared, job: &JobRecord) -> Result<Prepared, String> {
         }
         std::fs::create_dir_all(&artifacts)?;
         if !sandboxed {
-            for dir in [&home, &tmp, &work] {
+            for dir in [&home, &tmp] {
                 std::fs::create_dir_all(dir)?;
             }
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o555))?;
+            if checkout.is_none() {
+                std::fs::create_dir_all(&work)?;
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o555))?;
+            }
         }
         if sandboxed {
             // The job's uid 1000 is this host uid: it owns its artifact directory, nothing else.
@@ -206,6 +406,27 @@ fn prepare(shared: &Shared, job: &JobRecord) -> Result<Prepared, String> {
     env.insert("WARDEN_JOB_ID".into(), job.id.to_string());
     env.insert("WARDEN_ATTEMPT".into(), job.attempts.to_string());
     env.insert("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into());
+    if let Some(co) = checkout {
+        env.insert("WARDEN_SHA".into(), co.sha().to_string());
+        if let Some(name) = &job.repo_name {
+            env.insert("WARDEN_REPO".into(), name.clone());
+        }
+        if sandboxed {
+            // The worktree and its git directory belong to a uid the job does not have: tell
+            // git that this one repository is fine to read.
+            env.insert("GIT_CONFIG_COUNT".into(), "1".into());
+            env.insert("GIT_CONFIG_KEY_0".into(), "safe.directory".into());
+            env.insert("GIT_CONFIG_VALUE_0".into(), SANDBOX_WORK.into());
+        } else if let Some(gitdir) = &gitdir {
+            let mut host = co.host_git_env();
+            host.retain(|(k, _)| k != "GIT_INDEX_FILE" && k != "GIT_DIR");
+            env.insert("GIT_DIR".into(), path_str(gitdir));
+            env.insert("GIT_INDEX_FILE".into(), path_str(&gitdir.join("index")));
+            for (k, v) in host {
+                env.insert(k, path_str(&v));
+            }
+        }
+    }
     if sandboxed {
         env.insert("ARTIFACT_DIR".into(), SANDBOX_ARTIFACTS.into());
         env.insert("HOME".into(), "/tmp/home".into());
@@ -219,6 +440,13 @@ fn prepare(shared: &Shared, job: &JobRecord) -> Result<Prepared, String> {
     let sandbox = sandboxed.then(|| SandboxSpec {
         root: root.clone(),
         work: work.clone(),
+        git: match (checkout, &gitdir) {
+            (Some(co), Some(dir)) => Some(GitMounts {
+                dir: dir.clone(),
+                objects: co.objects(),
+            }),
+            _ => None,
+        },
         artifacts: artifacts.clone(),
         etc: shared.data.sandbox_etc(),
         rootfs: job_type.rootfs.clone(),
@@ -431,6 +659,7 @@ async fn execute(
         resources: None,
         log_truncated: truncated,
         enforcement: info.limits.clone(),
+        invariants: None,
     };
     (Outcome::Complete(done), info)
 }
@@ -555,10 +784,9 @@ fn artifact_record(
         },
         resources: done.resources.clone(),
         limits: info.map(|i| i.limits.clone()).unwrap_or_default(),
-        invariants: Invariants {
-            read_only_ok: None,
-            clean_tree_ok: None,
-        },
+        invariants: done.invariants.clone().unwrap_or_default(),
+        git_ref: job.git_ref.clone(),
+        checkout: None,
         isolation: match shared.executor.isolation() {
             Isolation::UnsafeFallback => "unsafe_fallback".into(),
             Isolation::Sandbox => "sandbox".into(),

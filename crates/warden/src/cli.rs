@@ -150,8 +150,12 @@ pub struct SubmitArgs {
     pub repo: Option<String>,
     #[arg(long)]
     pub remote_url: Option<String>,
-    #[arg(long)]
+    /// The full commit id to run at.
+    #[arg(long, conflicts_with = "git_ref")]
     pub sha: Option<String>,
+    /// A branch or tag, resolved to a commit by the server now (instead of --sha).
+    #[arg(long = "ref", value_name = "REF")]
+    pub git_ref: Option<String>,
     #[arg(long)]
     pub idempotency_key: Option<String>,
     /// Wait until the job ends and exit with its status code.

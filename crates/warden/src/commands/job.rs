@@ -112,6 +112,36 @@ fn print_job(j: &JobView, fmt: OutputFormat) {
         OutputFormat::Json => output::json(j),
         OutputFormat::Table => {
             output::table(&JOB_HEADER, &[job_row(j)]);
+            if let (Some(repo), Some(sha)) = (&j.repo_name, &j.sha) {
+                let via = j
+                    .git_ref
+                    .as_ref()
+                    .map(|r| format!(" (ref {r:?})"))
+                    .unwrap_or_default();
+                println!("repo: {repo:?} at {sha}{via}");
+            }
+            if let Some(inv) = &j.invariants {
+                let show = |v: Option<bool>| match v {
+                    Some(true) => "yes",
+                    Some(false) => "NO",
+                    None => "-",
+                };
+                println!(
+                    "read-only: {}  clean tree: {}",
+                    show(inv.read_only_ok),
+                    show(inv.clean_tree_ok)
+                );
+                // Debug-quoted: a path may hold newlines or terminal escapes.
+                for p in &inv.changed_paths {
+                    println!("  changed: {p:?}");
+                }
+                if inv.changed_count > inv.changed_paths.len() as u64 {
+                    println!(
+                        "  ... {} more",
+                        inv.changed_count - inv.changed_paths.len() as u64
+                    );
+                }
+            }
             if j.unsafe_fallback {
                 eprintln!("note: this job ran without the kernel sandbox (unsafe_fallback)");
             }
@@ -152,6 +182,7 @@ async fn submit(client: &Client, args: SubmitArgs, fmt: OutputFormat) -> Result<
         repo_name: args.repo,
         remote_url: args.remote_url,
         sha: args.sha,
+        git_ref: args.git_ref,
         params,
         idempotency_key: args.idempotency_key,
     };

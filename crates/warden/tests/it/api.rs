@@ -32,7 +32,8 @@ fn test_app() -> TestApp {
         Launcher::new(WARDEN),
         Isolation::UnsafeFallback,
     ));
-    let service = JobService::embedded(sqlite, executor, config, data);
+    let repos = Arc::new(warden_repo::Repos::open(&data.git(), &config.git).unwrap());
+    let service = JobService::embedded(sqlite, executor, config, data, repos);
     TestApp {
         router: app(Arc::new(service)),
         _dir: dir,

@@ -199,7 +199,7 @@ async fn missing_program_is_an_error_with_a_reason() {
 }
 
 #[tokio::test]
-async fn repository_jobs_fail_closed_until_checkouts_exist() {
+async fn a_repository_that_cannot_be_fetched_ends_the_job_error_not_unisolated() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&write_config(dir.path(), ""));
     let c = server.client();
@@ -210,7 +210,9 @@ async fn repository_jobs_fail_closed_until_checkouts_exist() {
     let sub = c.submit(&r).await.unwrap();
     let job = wait_terminal(&c, &sub.job_id).await;
     assert_eq!(job.status, JobStatus::Error);
-    assert!(job.reason.unwrap().starts_with("repo_checkout_unavailable"));
+    let reason = job.reason.unwrap();
+    assert!(reason.starts_with("fetch_failed: "), "{reason}");
+    assert_eq!(job.exit_code, None, "the job never ran");
 }
 
 #[tokio::test]
