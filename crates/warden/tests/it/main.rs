@@ -4,5 +4,6 @@ mod api;
 mod cli;
 mod e2e;
 mod hostile;
+mod hostile_repo;
 mod repo;
 mod support;
