@@ -371,6 +371,28 @@ impl CheckoutCache {
         s
     }
 
+    /// The cached tree of `sha` from mirror `mirror_id`, without touching the mirror: the warm
+    /// path of a job start. `None` when it is not cached (or not yet proven after a restart).
+    pub fn cached(&self, mirror_id: &str, sha: &str) -> Option<Checkout> {
+        let started = Instant::now();
+        let key = format!("{mirror_id}-{sha}");
+        let mut state = self.state();
+        state.clock += 1;
+        let now = state.clock;
+        match state.entries.get(&key) {
+            Some(Slot::Ready(e)) if e.verified.load(Ordering::SeqCst) => {
+                e.users.fetch_add(1, Ordering::SeqCst);
+                e.last_used.store(now, Ordering::SeqCst);
+                Some(Checkout {
+                    entry: e.clone(),
+                    hit: true,
+                    took: started.elapsed(),
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// The tree of `commit`, from the cache or checked out now. Concurrent callers for one
     /// commit share a single checkout.
     pub async fn checkout(&self, commit: &MirrorCommit) -> Result<Checkout, RepoError> {

@@ -85,6 +85,10 @@ impl Repos {
 
     /// Gets the tree of `sha` ready: fetched into the mirror if needed, then from the cache.
     pub async fn checkout(&self, remote: &Remote, sha: &str) -> Result<Checkout, RepoError> {
+        // A cached commit needs nothing from the mirror: no git process on the warm path.
+        if let Some(co) = self.cache.cached(&mirror_id(&remote.url), sha) {
+            return Ok(co);
+        }
         let commit = self.mirrors.ensure_commit(remote, sha).await?;
         self.cache.checkout(&commit).await
     }

@@ -37,8 +37,13 @@ pub(crate) async fn prove(
     for (k, v) in env {
         cmd = cmd.env(k, v);
     }
+    // Optional locks on: when git had to re-hash files whose stat data could not be trusted
+    // (written in the same second as the index: "racily clean"), it records their stat data in
+    // the index, so the next proof compares stat data instead of hashing every file again. It
+    // only does so for files whose content matched; a changed file stays changed.
     let out = cmd
-        .args(["--no-optional-locks", "status", "--porcelain=v1", "-z"])
+        .env("GIT_OPTIONAL_LOCKS", "1")
+        .args(["status", "--porcelain=v1", "-z"])
         .args([
             "--untracked-files=all",
             "--ignored=matching",
