@@ -9,18 +9,21 @@ if ! have cargo; then
     exit 1
 fi
 
-# Tools the tests call: sh, setsid, mkfifo, sleep (coreutils/util-linux) and a C toolchain for the
-# bundled SQLite.
+# Tools the tests call: sh, setsid, mkfifo, sleep (coreutils/util-linux), git (warden's mirrors
+# and checkouts), a C toolchain for the bundled SQLite, and Debian's python3 with pytest (the
+# pytest job runs inside the sandbox, which sees the host's /usr, not a user's pyenv).
 missing=()
-for tool in sh setsid mkfifo sleep cc; do
+for tool in sh setsid mkfifo sleep cc git; do
     have "$tool" || missing+=("$tool")
 done
+/usr/bin/python3 -c 'import pytest' >/dev/null 2>&1 || missing+=(python3-pytest)
 if [ ${#missing[@]} -gt 0 ]; then
     if have apt-get && [ "$(id -u)" = 0 ]; then
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq coreutils util-linux build-essential
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq coreutils util-linux build-essential \
+            git python3 python3-pytest
     else
-        echo "setup: missing tools: ${missing[*]} (install coreutils, util-linux and a C compiler)" >&2
+        echo "setup: missing: ${missing[*]} (install coreutils, util-linux, a C compiler, git, python3-pytest)" >&2
         exit 1
     fi
 fi

@@ -409,7 +409,12 @@ fn bench_repo(files: usize, mb: usize) -> anyhow::Result<(PathBuf, String)> {
             .current_dir(&repo)
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .args(["-c", "user.name=bench", "-c", "user.email=bench@example.com"])
+            .args([
+                "-c",
+                "user.name=bench",
+                "-c",
+                "user.email=bench@example.com",
+            ])
             .args(args)
             .output()?;
         if !out.status.success() {
@@ -494,13 +499,21 @@ fn bench_checkout(rest: &[&str]) -> anyhow::Result<()> {
             .arg(&sha)
             .status()?;
         let added = t.elapsed();
-        let st2 = Command::new("chmod").arg("-R").arg("a-w").arg(&wt).status()?;
+        let st2 = Command::new("chmod")
+            .arg("-R")
+            .arg("a-w")
+            .arg(&wt)
+            .status()?;
         base.push(t.elapsed());
         base_wt.push(added);
         if !st.success() || !st2.success() {
             bail!("git worktree add / chmod failed");
         }
-        Command::new("chmod").arg("-R").arg("u+w").arg(&wt).status()?;
+        Command::new("chmod")
+            .arg("-R")
+            .arg("u+w")
+            .arg(&wt)
+            .status()?;
         Command::new("git")
             .arg("-C")
             .arg(&clone)
@@ -521,7 +534,11 @@ fn bench_checkout(rest: &[&str]) -> anyhow::Result<()> {
         assert!(!co.hit);
         drop(co);
         drop(cache);
-        Command::new("chmod").arg("-R").arg("u+w").arg(&cache_dir).status()?;
+        Command::new("chmod")
+            .arg("-R")
+            .arg("u+w")
+            .arg(&cache_dir)
+            .status()?;
         std::fs::remove_dir_all(&cache_dir)?;
 
         // warden warm: what a job start at a cached commit costs.
@@ -542,7 +559,11 @@ fn bench_checkout(rest: &[&str]) -> anyhow::Result<()> {
     // Warm job start through the real server: submit → first output byte, a job on the cached
     // commit beside the same job without a repository.
     let (repo_start, plain_start) = job_starts(&dir, &src, &sha, jobs)?;
-    let _ = Command::new("chmod").arg("-R").arg("u+w").arg(&dir).status();
+    let _ = Command::new("chmod")
+        .arg("-R")
+        .arg("u+w")
+        .arg(&dir)
+        .status();
     let _ = std::fs::remove_dir_all(&dir);
 
     let med = |v: &[Duration]| {
@@ -559,14 +580,38 @@ fn bench_checkout(rest: &[&str]) -> anyhow::Result<()> {
     );
     println!("| path                                         |      ms |");
     println!("|----------------------------------------------|--------:|");
-    println!("| git worktree add (baseline, part)            | {:>7} |", ms(med(&base_wt)));
-    println!("| git worktree add + chmod -R a-w (baseline)   | {:>7} |", ms(b));
-    println!("| warden cold checkout (commit in mirror)      | {:>7} |", ms(c));
-    println!("| warden warm checkout (cache hit)             | {:>7.3} |", w.as_secs_f64() * 1000.0);
-    println!("| warden clean-tree proof (git status)         | {:>7} |", ms(p));
-    println!("| job start, no repository (submit→1st byte)   | {:>7} |", ms(ps));
-    println!("| job start, cached repository (submit→1st byte)| {:>6} |", ms(rs));
-    println!("| first fetch into the mirror (local clone)    | {:>7} |", ms(fetch));
+    println!(
+        "| git worktree add (baseline, part)            | {:>7} |",
+        ms(med(&base_wt))
+    );
+    println!(
+        "| git worktree add + chmod -R a-w (baseline)   | {:>7} |",
+        ms(b)
+    );
+    println!(
+        "| warden cold checkout (commit in mirror)      | {:>7} |",
+        ms(c)
+    );
+    println!(
+        "| warden warm checkout (cache hit)             | {:>7.3} |",
+        w.as_secs_f64() * 1000.0
+    );
+    println!(
+        "| warden clean-tree proof (git status)         | {:>7} |",
+        ms(p)
+    );
+    println!(
+        "| job start, no repository (submit→1st byte)   | {:>7} |",
+        ms(ps)
+    );
+    println!(
+        "| job start, cached repository (submit→1st byte)| {:>6} |",
+        ms(rs)
+    );
+    println!(
+        "| first fetch into the mirror (local clone)    | {:>7} |",
+        ms(fetch)
+    );
     println!(
         "ratios: cold/baseline {:.2}x; baseline/warm job start {:.0}x; repo overhead on job start {:+.2} ms",
         c.as_secs_f64() / b.as_secs_f64(),

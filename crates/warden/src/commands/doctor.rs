@@ -34,7 +34,13 @@ pub async fn run(args: DoctorArgs) -> i32 {
             None
         }
     };
-    checks.push(git_check());
+    let needs_git = config
+        .as_ref()
+        .is_some_and(|c| c.job_types.values().any(|t| t.requires_repo));
+    checks.push(git_check(needs_git));
+    if let Some(c) = &config {
+        checks.push(cache_check(c));
+    }
     // The real thing: start /bin/true in the full sandbox, as `warden serve` does at start.
     let (uid, gid) = config
         .as_ref()
@@ -93,19 +99,91 @@ pub async fn run(args: DoctorArgs) -> i32 {
     }
 }
 
-fn git_check() -> Check {
-    match std::process::Command::new("git").arg("--version").output() {
-        Ok(o) if o.status.success() => Check {
-            check: "git".into(),
-            status: Status::Pass,
-            detail: String::from_utf8_lossy(&o.stdout).trim().to_string(),
-            fix: None,
-        },
+/// The oldest git warden's repository support is tested with needs: parallel checkout (2.32),
+/// `GIT_CONFIG_COUNT` (2.31) and `safe.directory` (2.35.2).
+const MIN_GIT: (u32, u32) = (2, 36);
+
+fn git_check(needed: bool) -> Check {
+    let out = std::process::Command::new("git")
+        .arg("--version")
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .output();
+    let missing = if needed { Status::Fail } else { Status::Warn };
+    match out {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            let version: Vec<u32> = text
+                .trim_start_matches("git version ")
+                .split(['.', ' '])
+                .take(2)
+                .filter_map(|p| p.parse().ok())
+                .collect();
+            match version.as_slice() {
+                [major, minor] if (*major, *minor) >= MIN_GIT => Check {
+                    check: "git".into(),
+                    status: Status::Pass,
+                    detail: text,
+                    fix: None,
+                },
+                _ => Check {
+                    check: "git".into(),
+                    status: missing,
+                    detail: format!(
+                        "{text}: repository jobs need git {}.{} or newer",
+                        MIN_GIT.0, MIN_GIT.1
+                    ),
+                    fix: Some("install a newer git (Debian 12's 2.39 is enough)".into()),
+                },
+            }
+        }
         _ => Check {
             check: "git".into(),
-            status: Status::Warn,
-            detail: "git not found: repository job types cannot run".into(),
+            status: missing,
+            detail:
+                "git not found in /usr/local/bin:/usr/bin:/bin: repository job types cannot run"
+                    .into(),
             fix: Some("install git".into()),
         },
+    }
+}
+
+/// What the mirrors and the checkout cache hold, read without changing anything.
+fn cache_check(config: &warden_core::Config) -> Check {
+    let git = config.data_dir.join("git");
+    let count = |dir: &std::path::Path| {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let mut bytes = 0u64;
+    let mut trees = 0usize;
+    for e in std::fs::read_dir(git.join("trees"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let meta = std::fs::read(e.path().join("meta.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        if let Some(m) = meta {
+            trees += 1;
+            bytes += m["bytes"].as_u64().unwrap_or(0);
+        }
+    }
+    let budget = config.git.checkout_cache_mb.get();
+    Check {
+        check: "checkout cache".into(),
+        status: Status::Pass,
+        detail: format!(
+            "{}: {} mirror(s), {trees} cached tree(s), {} MiB of {budget} MiB (git.checkout_cache_mb)",
+            git.display(),
+            count(&git.join("mirrors")),
+            bytes >> 20
+        ),
+        fix: None,
     }
 }

@@ -21,8 +21,13 @@ struct TestApp {
 }
 
 fn test_app() -> TestApp {
+    test_app_with(TEST_JOB_TYPES)
+}
+
+/// The app on the unsafe fallback executor (no sandbox), with these job types and repos.
+fn test_app_with(body: &str) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let yaml = format!("unsafe_fallback: true\n{TEST_JOB_TYPES}");
+    let yaml = format!("unsafe_fallback: true\n{body}");
     let config = Arc::new(Config::from_yaml_str(&yaml, "test.yaml").unwrap());
     let data = DataDir::new(dir.path());
     std::fs::create_dir_all(data.artifacts_root()).unwrap();
@@ -674,4 +679,85 @@ async fn fallback_timeout_kills_setsid_daemons_too() {
         let alive = stat.is_ok_and(|s| s.contains("(sleep)") && !s.contains(") Z "));
         assert!(!alive, "{file} {pid} survived the job");
     }
+}
+
+async fn wait_terminal_json(router: &Router, id: &str) -> serde_json::Value {
+    for _ in 0..1000 {
+        let (_, job) = call(router, "GET", &format!("/jobs/{id}"), None, vec![]).await;
+        if !matches!(job["status"].as_str(), Some("queued" | "running")) {
+            return job;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("job {id} did not end");
+}
+
+/// Without the sandbox nothing stops a job writing to its tree: `read_only_ok` says so, and the
+/// proof still catches the write.
+#[tokio::test]
+async fn unsafe_fallback_repo_jobs_record_no_read_only_and_writes_are_still_caught() {
+    let src = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        let ok = std::process::Command::new("git")
+            .current_dir(src.path())
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "git {args:?}");
+    };
+    git(&["init", "-q", "-b", "main"]);
+    std::fs::write(src.path().join("a.txt"), "a\n").unwrap();
+    git(&["add", "a.txt"]);
+    git(&["commit", "-q", "-m", "a"]);
+    let t = test_app_with(&format!(
+        "repos:\n  r: {{url: \"{}\"}}\njob_types:\n  read:\n    argv: [\"/bin/cat\", \"a.txt\"]\n    requires_repo: true\n    timeout_s: 30\n  write:\n    argv: [\"/bin/sh\", \"-c\", \"echo changed > a.txt\"]\n    requires_repo: true\n    timeout_s: 30\n",
+        src.path().display()
+    ));
+    let (st, sub) = post_json(
+        &t.router,
+        "/jobs",
+        r#"{"job_type":"read","repo_name":"r","ref":"main"}"#,
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{sub}");
+    let job = wait_terminal_json(&t.router, sub["job_id"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["invariants"]["read_only_ok"], false);
+    assert_eq!(job["invariants"]["clean_tree_ok"], true);
+    assert_eq!(job["unsafe_fallback"], true);
+
+    let (_, sub) = post_json(
+        &t.router,
+        "/jobs",
+        r#"{"job_type":"write","repo_name":"r","ref":"main"}"#,
+    )
+    .await;
+    let job = wait_terminal_json(&t.router, sub["job_id"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "mutation_detected", "{job}");
+    assert_eq!(job["exit_code"], 0);
+    assert_eq!(
+        job["invariants"]["changed_paths"],
+        serde_json::json!(["a.txt"])
+    );
+    // The next job gets a fresh tree, not the written one.
+    let (_, sub) = post_json(
+        &t.router,
+        "/jobs",
+        r#"{"job_type":"read","repo_name":"r","ref":"main"}"#,
+    )
+    .await;
+    let id = sub["job_id"].as_str().unwrap();
+    let job = wait_terminal_json(&t.router, id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let (_, logs) = call(
+        &t.router,
+        "GET",
+        &format!("/jobs/{id}/logs?stream=stdout&tail=10"),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(logs["lines"], serde_json::json!(["a"]), "{logs}");
 }

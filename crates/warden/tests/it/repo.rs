@@ -525,3 +525,49 @@ job_types:
     // pytest could write no cache or bytecode into the tree: it is still the commit.
     assert_eq!(job.invariants.unwrap().clean_tree_ok, Some(true));
 }
+
+#[tokio::test]
+async fn the_cli_submits_by_ref_and_shows_the_commit_and_the_proof() {
+    let p = Project::new();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&project_config(dir.path(), &p.path, ""));
+    let cli = |args: &[&str]| {
+        let out = Command::new(crate::support::WARDEN)
+            .args(args)
+            .args(["--server", &server.url])
+            .env_remove("WARDEN_CONFIG")
+            .env_remove("WARDEN_SERVER")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = cli(&[
+        "job", "submit", "suite", "--repo", "project", "--ref", "main", "--wait", "-o", "json",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let job: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(job["sha"], p.main.as_str());
+    let id = job["job_id"].as_str().unwrap();
+    let (code, out, _) = cli(&["job", "get", id]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&format!("repo: \"project\" at {} (ref \"main\")", p.main)),
+        "{out}"
+    );
+    assert!(out.contains("read-only: yes  clean tree: yes"), "{out}");
+
+    let (code, _, err) = cli(&[
+        "job", "submit", "suite", "--repo", "project", "--ref", "nope",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("\"nope\" is not a branch or tag"), "{err}");
+    let (code, _, err) = cli(&[
+        "job", "submit", "suite", "--repo", "project", "--ref", "main", "--sha", &p.main,
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cannot be used with"), "{err}");
+}
