@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
-use crate::params::{RESERVED_NAMES, is_valid_param_name};
+use crate::params::{is_reserved, is_valid_param_name};
 use crate::repo::{Transport, parse_repo_url};
 
 /// The configuration warden runs with when no file is given: works out of the box on one machine.
@@ -362,7 +362,7 @@ impl TryFrom<RawJobType> for JobType {
                      names match ^[A-Z][A-Z0-9_]{{0,63}}$"
                 ));
             }
-            if RESERVED_NAMES.contains(&name.as_str()) {
+            if is_reserved(name) {
                 return Err(format!(
                     "allowed_params[{i}] {name:?} is reserved: warden sets it for every job"
                 ));
@@ -635,6 +635,16 @@ repos:
             "must be an absolute path",
         );
         check("listen: 0.0.0.0:8080\n", None, "not loopback");
+        check(
+            "job_types:\n  t:\n    argv: [x]\n    timeout_s: 5\n    allowed_params: [WARDEN_SHA]\n",
+            Some(2),
+            "reserved",
+        );
+        check(
+            "job_types:\n  t:\n    argv: [x]\n    timeout_s: 5\n    allowed_params: [GIT_CONFIG_COUNT]\n",
+            Some(2),
+            "reserved",
+        );
         check(
             "repos:\n  x: {url: \"ext::sh -c id\"}\n",
             Some(2),

@@ -9,7 +9,16 @@ use crate::config::JobType;
 pub const MAX_PARAM_VALUE_BYTES: usize = 4096;
 
 /// Environment names warden sets itself; a job type may not declare them as params.
-pub const RESERVED_NAMES: &[&str] = &["ARTIFACT_DIR", "WARDEN_JOB_ID", "HOME", "TMPDIR", "PATH"];
+pub const RESERVED_NAMES: &[&str] = &["ARTIFACT_DIR", "HOME", "TMPDIR", "PATH"];
+
+/// Prefixes warden sets itself: `WARDEN_JOB_ID`, `WARDEN_ATTEMPT`, `WARDEN_SHA`, `WARDEN_REPO`,
+/// and the `GIT_CONFIG_*` entries that make the job's git trust its read-only worktree.
+pub const RESERVED_PREFIXES: &[&str] = &["WARDEN_", "GIT_CONFIG_"];
+
+/// Whether warden sets this variable for every job (so a param may not).
+pub fn is_reserved(name: &str) -> bool {
+    RESERVED_NAMES.contains(&name) || RESERVED_PREFIXES.iter().any(|p| name.starts_with(p))
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParamError {

@@ -9,28 +9,7 @@ use std::time::Duration;
 use warden_api::{ErrorCode, JobStatus, JobView, SubmitJobRequest};
 use warden_client::{Client, ClientError};
 
-use crate::support::{Server, wait_job, wait_terminal, write_config_with};
-
-/// Runs git in `dir` with a fixed identity and no user configuration.
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.com")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.com")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
+use crate::support::{Server, git, wait_job, wait_terminal, write_config_with};
 
 fn write(path: &Path, text: &str) {
     if let Some(p) = path.parent() {
