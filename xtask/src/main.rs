@@ -90,6 +90,24 @@ fn ms(d: Duration) -> String {
 
 const NOOP: [&str; 1] = ["/bin/true"];
 
+/// Starts `warden serve --config <config>` and waits for the address it listens on.
+fn start_server(warden: &Path, config: &Path) -> anyhow::Result<(std::process::Child, String)> {
+    let mut server = Command::new(warden)
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = server.stdout.take().context("no stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        if let Some(u) = line?.strip_prefix("warden listening on ") {
+            return Ok((server, u.to_string()));
+        }
+    }
+    let _ = server.kill();
+    bail!("warden did not start")
+}
+
 fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
     let jobs = flag(rest, "--jobs", 1000)?;
     let sequential = flag(rest, "--sequential", 200)?;
@@ -107,21 +125,7 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
             NOOP
         ),
     )?;
-    let mut server = Command::new(&warden)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let stdout = server.stdout.take().unwrap();
-    let mut url = None;
-    for line in BufReader::new(stdout).lines() {
-        if let Some(u) = line?.strip_prefix("warden listening on ") {
-            url = Some(u.to_string());
-            break;
-        }
-    }
-    let url = url.context("warden did not start")?;
+    let (mut server, url) = start_server(&warden, &config)?;
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(run_e2e(&url, jobs, sequential, concurrency));
     let _ = Command::new("kill").arg(server.id().to_string()).status();
@@ -639,21 +643,7 @@ fn job_starts(
             src.display()
         ),
     )?;
-    let mut server = Command::new(&warden)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let stdout = server.stdout.take().unwrap();
-    let mut url = None;
-    for line in BufReader::new(stdout).lines() {
-        if let Some(u) = line?.strip_prefix("warden listening on ") {
-            url = Some(u.to_string());
-            break;
-        }
-    }
-    let url = url.context("warden did not start")?;
+    let (mut server, url) = start_server(&warden, &config)?;
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(async {
         let client = Client::new(&url, Duration::from_secs(120), None)?;

@@ -104,15 +104,7 @@ pub fn assert_no_job_processes() {
 
 /// A config file for a test server in `dir`.
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
-    let data = dir.join("data");
-    let text = format!(
-        "listen: 127.0.0.1:0\ndata_dir: {}\nslots: 2\nunsafe_fallback: false\nsandbox_uid: {uid}\nsandbox_gid: {uid}\ncancel_grace_s: 1\nshutdown_grace_s: 1\n{extra}\n{TEST_JOB_TYPES}",
-        data.display(),
-        uid = test_uid()
-    );
-    let path = dir.join("warden.yaml");
-    std::fs::write(&path, text).unwrap();
-    path
+    write_config_with(dir, &format!("{extra}\n{TEST_JOB_TYPES}"))
 }
 
 /// A config file with the test header and `body` (job types, repos) of the caller's own.
