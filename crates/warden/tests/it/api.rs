@@ -681,6 +681,13 @@ async fn fallback_timeout_kills_setsid_daemons_too() {
     }
 }
 
+/// Submits `body` (it must be accepted) and returns the job once it has ended.
+async fn submit_and_wait(router: &Router, body: &str) -> serde_json::Value {
+    let (st, sub) = post_json(router, "/jobs", body).await;
+    assert_eq!(st, StatusCode::CREATED, "{sub}");
+    wait_terminal_json(router, sub["job_id"].as_str().unwrap()).await
+}
+
 async fn wait_terminal_json(router: &Router, id: &str) -> serde_json::Value {
     for _ in 0..1000 {
         let (_, job) = call(router, "GET", &format!("/jobs/{id}"), None, vec![]).await;
@@ -715,26 +722,18 @@ async fn unsafe_fallback_repo_jobs_record_no_read_only_and_writes_are_still_caug
         "repos:\n  r: {{url: \"{}\"}}\njob_types:\n  read:\n    argv: [\"/bin/cat\", \"a.txt\"]\n    requires_repo: true\n    timeout_s: 30\n  write:\n    argv: [\"/bin/sh\", \"-c\", \"echo changed > a.txt\"]\n    requires_repo: true\n    timeout_s: 30\n",
         src.path().display()
     ));
-    let (st, sub) = post_json(
-        &t.router,
-        "/jobs",
-        r#"{"job_type":"read","repo_name":"r","ref":"main"}"#,
-    )
-    .await;
-    assert_eq!(st, StatusCode::CREATED, "{sub}");
-    let job = wait_terminal_json(&t.router, sub["job_id"].as_str().unwrap()).await;
+    let read = r#"{"job_type":"read","repo_name":"r","ref":"main"}"#;
+    let job = submit_and_wait(&t.router, read).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["invariants"]["read_only_ok"], false);
     assert_eq!(job["invariants"]["clean_tree_ok"], true);
     assert_eq!(job["unsafe_fallback"], true);
 
-    let (_, sub) = post_json(
+    let job = submit_and_wait(
         &t.router,
-        "/jobs",
         r#"{"job_type":"write","repo_name":"r","ref":"main"}"#,
     )
     .await;
-    let job = wait_terminal_json(&t.router, sub["job_id"].as_str().unwrap()).await;
     assert_eq!(job["status"], "mutation_detected", "{job}");
     assert_eq!(job["exit_code"], 0);
     assert_eq!(
@@ -742,14 +741,8 @@ async fn unsafe_fallback_repo_jobs_record_no_read_only_and_writes_are_still_caug
         serde_json::json!(["a.txt"])
     );
     // The next job gets a fresh tree, not the written one.
-    let (_, sub) = post_json(
-        &t.router,
-        "/jobs",
-        r#"{"job_type":"read","repo_name":"r","ref":"main"}"#,
-    )
-    .await;
-    let id = sub["job_id"].as_str().unwrap();
-    let job = wait_terminal_json(&t.router, id).await;
+    let job = submit_and_wait(&t.router, read).await;
+    let id = job["job_id"].as_str().unwrap();
     assert_eq!(job["status"], "succeeded", "{job}");
     let (_, logs) = call(
         &t.router,
