@@ -307,16 +307,25 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn claim(&self, worker: &str, lease_ms: i64, now: Millis) -> Result<Option<Claimed>> {
+    async fn claim(
+        &self,
+        worker: &str,
+        job_types: Option<&[String]>,
+        lease_ms: i64,
+        now: Millis,
+    ) -> Result<Option<Claimed>> {
         let worker = worker.to_string();
+        let job_types = job_types.map(|t| to_json(&t)).transpose()?;
         self.with(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(backend)?;
             let id: Option<String> = tx
                 .query_row(
-                    "SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1",
-                    [],
+                    "SELECT id FROM jobs WHERE status = 'queued'
+                         AND (?1 IS NULL OR job_type IN (SELECT value FROM json_each(?1)))
+                     ORDER BY id LIMIT 1",
+                    [&job_types],
                     |r| r.get(0),
                 )
                 .optional()

@@ -22,6 +22,7 @@ macro_rules! conformance_tests {
             idempotency_key_with_other_request_conflicts,
             idempotency_keys_are_per_tenant,
             claim_is_fifo_and_exclusive,
+            claim_honours_job_types,
             stale_lease_is_fenced_out,
             logs_are_offset_addressed_and_byte_exact,
             cancel_queued_running_and_finished,
@@ -124,14 +125,14 @@ pub async fn idempotency_keys_are_per_tenant(store: &dyn Store) {
 }
 
 pub async fn claim_is_fifo_and_exclusive(store: &dyn Store) {
-    assert!(store.claim("w", LEASE_MS, 10).await.unwrap().is_none());
+    assert!(store.claim("w", None, LEASE_MS, 10).await.unwrap().is_none());
     let a = submit(store, new_job("echo", None, 1)).await;
     let b = submit(store, new_job("echo", None, 2)).await;
-    let ca = store.claim("w1", LEASE_MS, 10).await.unwrap().unwrap();
-    let cb = store.claim("w2", LEASE_MS, 10).await.unwrap().unwrap();
+    let ca = store.claim("w1", None, LEASE_MS, 10).await.unwrap().unwrap();
+    let cb = store.claim("w2", None, LEASE_MS, 10).await.unwrap().unwrap();
     assert_eq!(ca.job.id, a.id);
     assert_eq!(cb.job.id, b.id);
-    assert!(store.claim("w3", LEASE_MS, 10).await.unwrap().is_none());
+    assert!(store.claim("w3", None, LEASE_MS, 10).await.unwrap().is_none());
     assert_eq!(ca.job.status, JobStatus::Running);
     assert_eq!(ca.job.attempts, 1);
     assert_eq!(ca.job.started_at, Some(10));
@@ -139,13 +140,25 @@ pub async fn claim_is_fifo_and_exclusive(store: &dyn Store) {
     assert_eq!(ca.job.lease_expires_at, Some(10 + LEASE_MS));
 }
 
+pub async fn claim_honours_job_types(store: &dyn Store) {
+    let gpu = submit(store, new_job("gpu", None, 1)).await;
+    let plain = submit(store, new_job("echo", None, 2)).await;
+    let only_echo = ["echo".to_string()];
+    let c = store.claim("w", Some(&only_echo), LEASE_MS, 10).await.unwrap().unwrap();
+    assert_eq!(c.job.id, plain.id, "the older gpu job is not this worker's");
+    assert!(store.claim("w", Some(&only_echo), LEASE_MS, 10).await.unwrap().is_none());
+    assert!(store.claim("w", Some(&[]), LEASE_MS, 10).await.unwrap().is_none());
+    let any = store.claim("w", None, LEASE_MS, 10).await.unwrap().unwrap();
+    assert_eq!(any.job.id, gpu.id);
+}
+
 pub async fn stale_lease_is_fenced_out(store: &dyn Store) {
     let job = submit(store, new_job("echo", None, 1)).await;
-    let first = store.claim("w1", 100, 10).await.unwrap().unwrap();
+    let first = store.claim("w1", None, 100, 10).await.unwrap().unwrap();
     // The lease expires and the job is claimed again by someone else.
     let reaped = store.reap_expired(1_000, 1_000).await.unwrap();
     assert_eq!(reaped.len(), 1);
-    let second = store.claim("w2", LEASE_MS, 1_001).await.unwrap().unwrap();
+    let second = store.claim("w2", None, LEASE_MS, 1_001).await.unwrap().unwrap();
     assert_eq!(second.job.id, job.id);
     assert!(
         second.lease.token > first.lease.token,
@@ -179,7 +192,7 @@ pub async fn stale_lease_is_fenced_out(store: &dyn Store) {
 
 pub async fn logs_are_offset_addressed_and_byte_exact(store: &dyn Store) {
     let job = submit(store, new_job("echo", None, 1)).await;
-    let c = store.claim("w", LEASE_MS, 2).await.unwrap().unwrap();
+    let c = store.claim("w", None, LEASE_MS, 2).await.unwrap().unwrap();
     let chunk1: Vec<u8> = vec![0xff, 0xfe, 0x00, b'a', b'\n'];
     let chunk2: Vec<u8> = (0..=255u8).collect();
     store
@@ -246,7 +259,7 @@ pub async fn cancel_queued_running_and_finished(store: &dyn Store) {
         }
         other => panic!("expected cancelled, got {other:?}"),
     }
-    let c = store.claim("w", LEASE_MS, 6).await.unwrap().unwrap();
+    let c = store.claim("w", None, LEASE_MS, 6).await.unwrap().unwrap();
     assert_eq!(c.job.id, running.id, "a cancelled job is never claimed");
     match store.request_cancel(running.id, 7).await.unwrap() {
         CancelOutcome::Requested(j) => assert!(j.cancel_requested),
@@ -276,7 +289,7 @@ pub async fn cancel_queued_running_and_finished(store: &dyn Store) {
 
 pub async fn expired_leases_are_requeued_then_lost(store: &dyn Store) {
     let job = submit(store, new_job("echo", None, 1)).await; // max_attempts = 2
-    let c1 = store.claim("w", 100, 10).await.unwrap().unwrap();
+    let c1 = store.claim("w", None, 100, 10).await.unwrap().unwrap();
     assert!(
         store.reap_expired(50, 50).await.unwrap().is_empty(),
         "lease still valid"
@@ -292,7 +305,7 @@ pub async fn expired_leases_are_requeued_then_lost(store: &dyn Store) {
             now: JobStatus::Queued
         }]
     );
-    let c2 = store.claim("w", 100, 300).await.unwrap().unwrap();
+    let c2 = store.claim("w", None, 100, 300).await.unwrap().unwrap();
     assert_eq!(c2.job.attempts, 2);
     let r = store.reap_expired(401, 401).await.unwrap();
     assert_eq!(
@@ -306,12 +319,12 @@ pub async fn expired_leases_are_requeued_then_lost(store: &dyn Store) {
     assert_eq!(rec.status, JobStatus::Error);
     assert_eq!(rec.reason.as_deref(), Some("worker_lost"));
     assert_eq!(rec.finished_at, Some(401));
-    assert!(store.claim("w", 100, 500).await.unwrap().is_none());
+    assert!(store.claim("w", None, 100, 500).await.unwrap().is_none());
     // Recovering every lease at once still stamps the real time.
     submit(store, new_job("echo", None, 600)).await;
-    let c = store.claim("w", 100, 601).await.unwrap().unwrap();
+    let c = store.claim("w", None, 100, 601).await.unwrap().unwrap();
     store.reap_expired(Millis::MAX, 602).await.unwrap();
-    let again = store.claim("w", 100, 603).await.unwrap().unwrap();
+    let again = store.claim("w", None, 100, 603).await.unwrap().unwrap();
     assert_eq!(again.job.id, c.job.id);
     assert_eq!(again.job.attempts, 2);
     store.reap_expired(Millis::MAX, 700).await.unwrap();
@@ -324,7 +337,7 @@ pub async fn expired_leases_are_requeued_then_lost(store: &dyn Store) {
 
 pub async fn release_requeues_without_counting_the_attempt(store: &dyn Store) {
     let job = submit(store, new_job("echo", None, 1)).await;
-    let c = store.claim("w", LEASE_MS, 2).await.unwrap().unwrap();
+    let c = store.claim("w", None, LEASE_MS, 2).await.unwrap().unwrap();
     store
         .append_log(&c.lease, LogStream::Stdout, 0, b"partial")
         .await
@@ -345,7 +358,7 @@ pub async fn release_requeues_without_counting_the_attempt(store: &dyn Store) {
         store.release(&c.lease).await,
         Err(StoreError::LeaseLost(_))
     ));
-    let again = store.claim("w2", LEASE_MS, 3).await.unwrap().unwrap();
+    let again = store.claim("w2", None, LEASE_MS, 3).await.unwrap().unwrap();
     assert_eq!(again.job.attempts, 1);
 }
 
@@ -390,7 +403,7 @@ pub async fn list_filters_and_paginates_newest_first(store: &dyn Store) {
         odd.iter().map(|j| j.id).collect::<Vec<_>>(),
         [ids[3], ids[1]]
     );
-    store.claim("w", LEASE_MS, 10).await.unwrap().unwrap();
+    store.claim("w", None, LEASE_MS, 10).await.unwrap().unwrap();
     let running = store
         .list(&ListFilter {
             limit: 10,
@@ -413,7 +426,7 @@ pub async fn list_filters_and_paginates_newest_first(store: &dyn Store) {
 
 pub async fn complete_records_the_outcome_once(store: &dyn Store) {
     let job = submit(store, new_job("echo", None, 1)).await;
-    let c = store.claim("w", LEASE_MS, 2).await.unwrap().unwrap();
+    let c = store.claim("w", None, LEASE_MS, 2).await.unwrap().unwrap();
     let usage = ResourceUsage {
         wall_ms: 12,
         user_cpu_ms: 3,
@@ -476,7 +489,7 @@ pub async fn repo_fields_and_invariants_round_trip(store: &dyn Store) {
         Err(StoreError::IdempotencyConflict { .. })
     ));
 
-    let c = store.claim("w", LEASE_MS, 2).await.unwrap().unwrap();
+    let c = store.claim("w", None, LEASE_MS, 2).await.unwrap().unwrap();
     let invariants = warden_api::Invariants {
         read_only_ok: Some(true),
         clean_tree_ok: Some(false),

@@ -4,7 +4,8 @@
 //! a running job carries its [`Lease`]: a store refuses writes whose fencing token is not the
 //! current one, so a worker that lost its claim can never overwrite the job's fate.
 //!
-//! Backends: `warden-store-sqlite` (embedded default). The [`conformance`] module holds the
+//! Backends: `warden-store-sqlite` (embedded default) and `warden-store-postgres` (many
+//! replicas). The [`conformance`] module holds the
 //! behaviour every backend must show; a backend runs it with [`conformance_tests!`].
 
 use std::collections::BTreeMap;
@@ -237,8 +238,15 @@ pub trait Store: Send + Sync + 'static {
     /// Newest first, `filter.limit` at most.
     async fn list(&self, filter: &ListFilter) -> Result<Vec<JobRecord>>;
 
-    /// Takes the oldest queued job, marks it `running` under a new lease for `worker`.
-    async fn claim(&self, worker: &str, lease_ms: i64, now: Millis) -> Result<Option<Claimed>>;
+    /// Takes the oldest queued job (of one of `job_types`, when given), marks it `running` under
+    /// a new lease for `worker`.
+    async fn claim(
+        &self,
+        worker: &str,
+        job_types: Option<&[String]>,
+        lease_ms: i64,
+        now: Millis,
+    ) -> Result<Option<Claimed>>;
 
     /// Extends the lease; fails with `LeaseLost` when it is no longer current.
     async fn heartbeat(&self, lease: &Lease, lease_ms: i64, now: Millis) -> Result<HeartbeatReply>;

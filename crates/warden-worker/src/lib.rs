@@ -26,9 +26,12 @@ use warden_store::{
 /// What a worker needs from whoever hands out jobs.
 #[async_trait]
 pub trait Coordinator: Send + Sync + 'static {
+    /// The next job for this worker (of one of `job_types`, when given), or `None` when there
+    /// is none now.
     async fn claim(
         &self,
         worker: &str,
+        job_types: Option<&[String]>,
         lease_ms: i64,
         now: Millis,
     ) -> Result<Option<Claimed>, StoreError>;
@@ -59,10 +62,11 @@ impl<S: Store + ?Sized> Coordinator for S {
     async fn claim(
         &self,
         worker: &str,
+        job_types: Option<&[String]>,
         lease_ms: i64,
         now: Millis,
     ) -> Result<Option<Claimed>, StoreError> {
-        Store::claim(self, worker, lease_ms, now).await
+        Store::claim(self, worker, job_types, lease_ms, now).await
     }
     async fn heartbeat(
         &self,

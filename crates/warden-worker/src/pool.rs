@@ -23,6 +23,8 @@ pub struct WorkerConfig {
     pub cancel_grace: Duration,
     /// How often an idle slot looks for work when nobody wakes it.
     pub idle_poll: Duration,
+    /// Claim only these job types (those this worker's labels qualify it for); `None`: any.
+    pub job_types: Option<Vec<String>>,
 }
 
 impl WorkerConfig {
@@ -33,6 +35,7 @@ impl WorkerConfig {
             lease_ms: (config.lease_s.get() as i64).saturating_mul(1000),
             cancel_grace: Duration::from_secs(config.cancel_grace_s.get()),
             idle_poll: Duration::from_millis(500),
+            job_types: None,
         }
     }
 
@@ -153,7 +156,7 @@ impl WorkerHandle {
             }
             wake.borrow_and_update();
             let claimed = tokio::select! {
-                c = shared.coordinator.claim(&shared.worker.worker_id, shared.worker.lease_ms, now_millis()) => c,
+                c = shared.coordinator.claim(&shared.worker.worker_id, shared.worker.job_types.as_deref(), shared.worker.lease_ms, now_millis()) => c,
                 _ = self.stop_claiming.cancelled() => return,
             };
             match claimed {
