@@ -31,6 +31,39 @@ job_types:
     timeout_s: 60
 "#;
 
+/// Worker labels and job type labels: short, lowercase, no spaces.
+pub fn is_valid_label(l: &str) -> bool {
+    let b = l.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-')
+        })
+}
+
+/// The shared secret between control plane and workers: `WARDEN_WORKER_TOKEN`, else `file`.
+/// Never taken from argv (it would show in `ps`).
+pub fn read_token(file: Option<&std::path::Path>) -> Result<Option<String>, String> {
+    let token = match std::env::var("WARDEN_WORKER_TOKEN") {
+        Ok(t) => t,
+        Err(_) => match file {
+            Some(f) => std::fs::read_to_string(f)
+                .map_err(|e| format!("cannot read worker token file {}: {e}", f.display()))?,
+            None => return Ok(None),
+        },
+    };
+    let token = token.trim().to_string();
+    if token.len() < 16 || token.chars().any(|c| c.is_control() || c == ' ') {
+        return Err(
+            "the worker token must be at least 16 characters without spaces or control \
+             characters (e.g. `openssl rand -hex 32`)"
+                .to_string(),
+        );
+    }
+    Ok(Some(token))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {
     pub file: String,
@@ -85,6 +118,30 @@ pub struct Config {
     pub repos: BTreeMap<String, RepoConfig>,
     #[serde(default)]
     pub git: GitConfig,
+    /// The gRPC listener (JobService, WorkerService, ArtifactService).
+    #[serde(default = "default_grpc_listen")]
+    pub grpc_listen: SocketAddr,
+    /// A file holding the token remote workers present (`WARDEN_WORKER_TOKEN` takes precedence).
+    #[serde(default)]
+    pub worker_token_file: Option<PathBuf>,
+    /// TLS for the gRPC listener (rustls); without it gRPC is plaintext.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Where artifacts are kept: a directory every replica shares. Default `<data_dir>/artifacts`.
+    #[serde(default)]
+    pub artifact_dir: Option<PathBuf>,
+}
+
+/// PEM files for a TLS listener (or, on a worker, the CA that signed the server's certificate).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+fn default_grpc_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 50051))
 }
 
 fn default_sandbox_id() -> u32 {
@@ -168,6 +225,12 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The worker token: `WARDEN_WORKER_TOKEN`, else the contents of `worker_token_file`
+    /// (surrounding whitespace trimmed). `Ok(None)` when neither is set.
+    pub fn worker_token(&self) -> Result<Option<String>, String> {
+        read_token(self.worker_token_file.as_deref())
     }
 
     pub fn job_type(&self, name: &str) -> Option<&JobType> {
@@ -269,6 +332,8 @@ pub struct JobType {
     /// `core.hooksPath` in the git directory the job sees (e.g. `.githooks`): set in the gitdir's
     /// config, never in the tree. warden itself never runs hooks.
     pub hooks_path: Option<String>,
+    /// Labels a worker must have to be given this job type (e.g. `gpu`, `linux-x86_64`).
+    pub labels: Vec<String>,
 }
 
 /// A read-only bind of a host path into the sandbox.
@@ -340,6 +405,8 @@ struct RawJobType {
     rootfs: Option<PathBuf>,
     #[serde(default)]
     hooks_path: Option<String>,
+    #[serde(default)]
+    labels: Vec<String>,
 }
 
 impl TryFrom<RawJobType> for JobType {
@@ -402,7 +469,15 @@ impl TryFrom<RawJobType> for JobType {
                 return Err("hooks_path needs requires_repo: true".to_string());
             }
         }
+        for (i, l) in raw.labels.iter().enumerate() {
+            if !is_valid_label(l) {
+                return Err(format!(
+                    "labels[{i}] {l:?} is not a valid label: labels match ^[a-z0-9][a-z0-9_.-]{{0,63}}$"
+                ));
+            }
+        }
         Ok(JobType {
+            labels: raw.labels,
             hooks_path: raw.hooks_path,
             binds: raw.binds,
             rootfs: raw.rootfs,

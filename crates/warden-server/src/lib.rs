@@ -5,6 +5,7 @@
 //! together: SQLite store, in-process worker pool, lease reaper, HTTP listener.
 
 pub mod error;
+pub mod grpc;
 pub mod http;
 pub mod serve;
 pub mod service;

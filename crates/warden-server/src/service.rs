@@ -31,6 +31,9 @@ pub struct JobService {
     /// Jobs run without the kernel sandbox (recorded on each job).
     unsafe_fallback: bool,
     accepting: AtomicBool,
+    /// Bumped whenever a job may be waiting (queued here, or on another replica): claims
+    /// held open for remote workers look again.
+    queued: tokio::sync::watch::Sender<u64>,
     /// Cancelled when the server stops: live log streams end.
     pub shutdown: tokio_util::sync::CancellationToken,
 }
@@ -72,6 +75,7 @@ impl JobService {
             events,
             worker,
             accepting: AtomicBool::new(true),
+            queued: tokio::sync::watch::Sender::new(0),
             shutdown: tokio_util::sync::CancellationToken::new(),
         }
     }
@@ -115,6 +119,19 @@ impl JobService {
             w.shutdown(grace).await;
         }
         self.shutdown.cancel();
+    }
+
+    /// A job may be waiting: wake the in-process slots and the claims held open for workers.
+    pub fn job_queued(&self) {
+        self.queued.send_modify(|n| *n = n.wrapping_add(1));
+        if let Some(w) = &self.worker {
+            w.wake();
+        }
+    }
+
+    /// Ticks on every [`job_queued`](Self::job_queued).
+    pub fn queued_events(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.queued.subscribe()
     }
 
     pub fn parse_id(raw: &str) -> Result<JobId, ApiError> {
@@ -244,8 +261,8 @@ impl JobService {
         };
         let outcome = self.store.submit(new).await?;
         let created = matches!(outcome, SubmitOutcome::Created(_));
-        if created && let Some(w) = &self.worker {
-            w.wake();
+        if created {
+            self.job_queued();
         }
         let job = match outcome {
             SubmitOutcome::Created(j) | SubmitOutcome::Existing(j) => j,
@@ -334,10 +351,12 @@ impl JobService {
                 Ok(job)
             }
             CancelOutcome::Requested(job) => {
-                // In-process worker: stop it now rather than at its next heartbeat.
+                // In-process worker: stop it now rather than at its next heartbeat; a remote
+                // worker's session hears of the change and pushes the cancellation.
                 if let Some(w) = &self.worker {
                     w.cancel(id);
                 }
+                self.events.job_changed(id);
                 Ok(job)
             }
             CancelOutcome::AlreadyFinished(job) => Err(invalid(

@@ -32,6 +32,12 @@ impl Events {
         let _ = self.tx.send(job);
     }
 
+    /// Every job's notifications from now on (a lagging reader skips what it missed).
+    pub fn subscribe_all(&self) -> impl futures::Stream<Item = JobId> + Send + Unpin + use<> {
+        use tokio_stream::StreamExt;
+        tokio_stream::wrappers::BroadcastStream::new(self.tx.subscribe()).filter_map(|r| r.ok())
+    }
+
     /// Notifications from now on; none is lost between subscribing and waiting.
     pub fn subscribe(&self) -> JobEvents {
         JobEvents {

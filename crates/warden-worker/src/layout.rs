@@ -7,12 +7,23 @@ use warden_core::JobId;
 #[derive(Debug, Clone)]
 pub struct DataDir {
     root: PathBuf,
+    artifacts: PathBuf,
 }
 
 impl DataDir {
     /// `root` should be absolute (the server canonicalises it at start).
     pub fn new(root: impl Into<PathBuf>) -> DataDir {
-        DataDir { root: root.into() }
+        let root = root.into();
+        DataDir {
+            artifacts: root.join("artifacts"),
+            root,
+        }
+    }
+
+    /// Keeps artifacts in `dir` (a directory replicas share) instead of under the root.
+    pub fn with_artifacts(mut self, dir: impl Into<PathBuf>) -> DataDir {
+        self.artifacts = dir.into();
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -28,7 +39,7 @@ impl DataDir {
     }
 
     pub fn artifacts_root(&self) -> PathBuf {
-        self.root.join("artifacts")
+        self.artifacts.clone()
     }
 
     /// A job's artifact directory, its `ARTIFACT_DIR`.

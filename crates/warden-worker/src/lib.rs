@@ -10,6 +10,7 @@ mod events;
 mod executor;
 mod layout;
 mod pool;
+mod remote;
 mod run;
 
 pub use artifact::{ArtifactJson, write_artifact_json};
@@ -17,6 +18,7 @@ pub use events::{Events, JobEvents};
 pub use executor::{Execution, Executor, SupervisedExecutor, sandbox_self_test};
 pub use layout::DataDir;
 pub use pool::{WorkerConfig, WorkerHandle, WorkerPool};
+pub use remote::{RemoteCoordinator, RemoteError, RemoteOptions};
 
 use async_trait::async_trait;
 use warden_store::{

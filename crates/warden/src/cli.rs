@@ -21,8 +21,11 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the control plane with its embedded worker (SQLite under the data directory).
+    /// Run the control plane: with its embedded worker on SQLite (the default), or as one of
+    /// several replicas on PostgreSQL (--database-url) with remote workers.
     Serve(ServeArgs),
+    /// Run jobs for a remote control plane (gRPC), with this host's sandbox.
+    Worker(WorkerArgs),
     /// Submit, inspect, follow and cancel jobs on a warden server.
     Job(JobArgs),
     /// Manage the client configuration ($HOME/.warden/config): contexts and the current one.
@@ -54,6 +57,48 @@ pub struct ServeArgs {
     /// Jobs run at once (overrides the file).
     #[arg(long, env = "WARDEN_SLOTS", value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub slots: Option<u64>,
+    /// gRPC address (overrides the file; default 127.0.0.1:50051).
+    #[arg(long, env = "WARDEN_GRPC_LISTEN", value_name = "ADDR")]
+    pub grpc_listen: Option<SocketAddr>,
+    /// Share a PostgreSQL database with other replicas (postgres://user@host:port/db). Jobs then
+    /// run on remote workers (`warden worker`) only.
+    #[arg(long, env = "WARDEN_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Connections in the PostgreSQL pool.
+    #[arg(long, env = "WARDEN_DATABASE_POOL", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(2..=256))]
+    pub database_pool: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The control plane's gRPC URL (http://host:50051, or https:// with --tls-ca).
+    #[arg(long, env = "WARDEN_SERVER", value_name = "URL")]
+    pub server: String,
+    /// This worker's configuration (YAML, same format as the server's): the job types it can
+    /// run and how, sandbox settings. Without it, the built-in default.
+    #[arg(long, env = "WARDEN_WORKER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Mirrors, checkout cache, scratch space (overrides the file).
+    #[arg(long, env = "WARDEN_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Jobs run at once (overrides the file).
+    #[arg(long, env = "WARDEN_SLOTS", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub slots: Option<u64>,
+    /// Labels this worker offers; job types that require labels go only to workers that have
+    /// them all (e.g. --labels gpu,linux).
+    #[arg(long, env = "WARDEN_LABELS", value_delimiter = ',', value_name = "A,B")]
+    pub labels: Vec<String>,
+    /// File holding the worker token (WARDEN_WORKER_TOKEN takes precedence; never pass the
+    /// token itself on the command line).
+    #[arg(long, env = "WARDEN_WORKER_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Names this worker in leases and logs (default: hostname and a random suffix).
+    #[arg(long, value_name = "ID")]
+    pub worker_id: Option<String>,
+    /// PEM file of the CA that signed the server's TLS certificate (for https://).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -247,6 +292,7 @@ pub fn main() -> i32 {
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => commands::serve::run(args).await,
+            Command::Worker(args) => commands::worker::run(args).await,
             Command::Job(args) => commands::job::run(args).await,
             Command::Config(args) => commands::config::run(args),
             Command::Doctor(args) => commands::doctor::run(args).await,

@@ -2,3 +2,4 @@ pub mod config;
 pub mod doctor;
 pub mod job;
 pub mod serve;
+pub mod worker;

@@ -25,6 +25,9 @@ pub fn load_config(args: &ServeArgs) -> Result<Config, String> {
     if let Some(s) = args.slots {
         config.slots = Positive(s);
     }
+    if let Some(g) = args.grpc_listen {
+        config.grpc_listen = g;
+    }
     config
         .validate()
         .map_err(|e| format!("invalid configuration: {e}"))?;
@@ -46,13 +49,21 @@ pub async fn run(args: ServeArgs) -> i32 {
             return exit::UNAVAILABLE;
         }
     };
-    match warden_server::serve::run(config, exe, None).await {
+    let options = warden_server::serve::ServeOptions {
+        database_url: args.database_url.clone(),
+        database_pool: args.database_pool,
+    };
+    match warden_server::serve::run(config, exe, options).await {
         Ok(()) => exit::OK,
         Err(e) => {
             eprintln!("error: {e}");
             match e {
                 warden_server::serve::ServeError::Locked(_)
-                | warden_server::serve::ServeError::Bind { .. } => exit::USAGE,
+                | warden_server::serve::ServeError::Bind { .. }
+                | warden_server::serve::ServeError::Config(_)
+                | warden_server::serve::ServeError::Database(
+                    warden_server::serve::OpenError::Url(_),
+                ) => exit::USAGE,
                 _ => exit::UNAVAILABLE,
             }
         }

@@ -1,0 +1,304 @@
+//! Between the generated wire types and warden's own.
+
+use warden_api::{Invariants, ResourceUsage};
+use warden_core::{JobId, JobStatus};
+use warden_store::{Claimed, Completion, JobRecord, Lease, LogStream};
+
+use crate::pb;
+
+/// A field the sender got wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct WireError(pub String);
+
+fn wire(msg: impl Into<String>) -> WireError {
+    WireError(msg.into())
+}
+
+pub fn status_to_pb(s: JobStatus) -> pb::JobStatus {
+    match s {
+        JobStatus::Queued => pb::JobStatus::Queued,
+        JobStatus::Running => pb::JobStatus::Running,
+        JobStatus::Succeeded => pb::JobStatus::Succeeded,
+        JobStatus::Failed => pb::JobStatus::Failed,
+        JobStatus::TimedOut => pb::JobStatus::TimedOut,
+        JobStatus::Cancelled => pb::JobStatus::Cancelled,
+        JobStatus::MutationDetected => pb::JobStatus::MutationDetected,
+        JobStatus::Error => pb::JobStatus::Error,
+    }
+}
+
+pub fn status_from_pb(raw: i32) -> Result<JobStatus, WireError> {
+    Ok(
+        match pb::JobStatus::try_from(raw).map_err(|_| wire(format!("unknown job status {raw}")))? {
+            pb::JobStatus::Queued => JobStatus::Queued,
+            pb::JobStatus::Running => JobStatus::Running,
+            pb::JobStatus::Succeeded => JobStatus::Succeeded,
+            pb::JobStatus::Failed => JobStatus::Failed,
+            pb::JobStatus::TimedOut => JobStatus::TimedOut,
+            pb::JobStatus::Cancelled => JobStatus::Cancelled,
+            pb::JobStatus::MutationDetected => JobStatus::MutationDetected,
+            pb::JobStatus::Error => JobStatus::Error,
+            pb::JobStatus::Unspecified => return Err(wire("job status is unspecified")),
+        },
+    )
+}
+
+pub fn stream_to_pb(s: LogStream) -> pb::LogStream {
+    match s {
+        LogStream::Stdout => pb::LogStream::Stdout,
+        LogStream::Stderr => pb::LogStream::Stderr,
+    }
+}
+
+pub fn stream_from_pb(raw: i32) -> Result<LogStream, WireError> {
+    match pb::LogStream::try_from(raw) {
+        Ok(pb::LogStream::Stdout) => Ok(LogStream::Stdout),
+        Ok(pb::LogStream::Stderr) => Ok(LogStream::Stderr),
+        _ => Err(wire("stream must be LOG_STREAM_STDOUT or LOG_STREAM_STDERR")),
+    }
+}
+
+pub fn parse_job_id(raw: &str) -> Result<JobId, WireError> {
+    raw.parse().map_err(|e: warden_core::id::InvalidJobId| wire(e.to_string()))
+}
+
+fn resources_to_pb(r: &ResourceUsage) -> pb::ResourceUsage {
+    pb::ResourceUsage {
+        wall_ms: r.wall_ms,
+        user_cpu_ms: r.user_cpu_ms,
+        system_cpu_ms: r.system_cpu_ms,
+        max_rss_kb: r.max_rss_kb,
+        peak_memory_bytes: r.peak_memory_bytes,
+    }
+}
+
+fn resources_from_pb(r: pb::ResourceUsage) -> ResourceUsage {
+    ResourceUsage {
+        wall_ms: r.wall_ms,
+        user_cpu_ms: r.user_cpu_ms,
+        system_cpu_ms: r.system_cpu_ms,
+        max_rss_kb: r.max_rss_kb,
+        peak_memory_bytes: r.peak_memory_bytes,
+    }
+}
+
+fn invariants_to_pb(i: &Invariants) -> pb::Invariants {
+    pb::Invariants {
+        read_only_ok: i.read_only_ok,
+        clean_tree_ok: i.clean_tree_ok,
+        tree: i.tree.clone(),
+        changed_paths: i.changed_paths.clone(),
+        changed_count: i.changed_count,
+    }
+}
+
+fn invariants_from_pb(i: pb::Invariants) -> Invariants {
+    Invariants {
+        read_only_ok: i.read_only_ok,
+        clean_tree_ok: i.clean_tree_ok,
+        tree: i.tree,
+        changed_paths: i.changed_paths,
+        changed_count: i.changed_count,
+    }
+}
+
+pub fn job_to_pb(j: &JobRecord) -> pb::Job {
+    pb::Job {
+        job_id: j.id.to_string(),
+        tenant: j.tenant.clone(),
+        job_type: j.job_type.clone(),
+        status: status_to_pb(j.status) as i32,
+        reason: j.reason.clone(),
+        repo_name: j.repo_name.clone(),
+        remote_url: j.remote_url.clone(),
+        sha: j.sha.clone(),
+        r#ref: j.git_ref.clone(),
+        params: j.params.clone().into_iter().collect(),
+        idempotency_key: j.idempotency_key.clone(),
+        invariants: j.invariants.as_ref().map(invariants_to_pb),
+        exit_code: j.exit_code,
+        signal: j.signal,
+        attempts: j.attempts,
+        max_attempts: j.max_attempts,
+        cancel_requested: j.cancel_requested,
+        unsafe_fallback: j.unsafe_fallback,
+        warnings: j.warnings.clone(),
+        created_at_ms: j.created_at,
+        started_at_ms: j.started_at,
+        finished_at_ms: j.finished_at,
+        stdout_bytes: j.stdout_bytes,
+        stderr_bytes: j.stderr_bytes,
+        log_truncated: j.log_truncated,
+        resources: j.resources.as_ref().map(resources_to_pb),
+        enforcement: j.enforcement.clone().into_iter().collect(),
+    }
+}
+
+pub fn lease_to_pb(l: &Lease) -> pb::Lease {
+    pb::Lease {
+        job_id: l.job_id.to_string(),
+        worker: l.worker.clone(),
+        token: l.token,
+    }
+}
+
+pub fn lease_from_pb(l: Option<pb::Lease>) -> Result<Lease, WireError> {
+    let l = l.ok_or_else(|| wire("lease is missing"))?;
+    Ok(Lease {
+        job_id: parse_job_id(&l.job_id)?,
+        worker: l.worker,
+        token: l.token,
+    })
+}
+
+/// A job as the wire carries it, back into the record a worker runs (lease fields from `lease`).
+pub fn job_from_pb(j: pb::Job, lease: Option<&Lease>) -> Result<JobRecord, WireError> {
+    Ok(JobRecord {
+        id: parse_job_id(&j.job_id)?,
+        tenant: j.tenant,
+        job_type: j.job_type,
+        repo_name: j.repo_name,
+        remote_url: j.remote_url,
+        sha: j.sha,
+        git_ref: j.r#ref,
+        params: j.params.into_iter().collect(),
+        idempotency_key: j.idempotency_key,
+        status: status_from_pb(j.status)?,
+        reason: j.reason,
+        exit_code: j.exit_code,
+        signal: j.signal,
+        attempts: j.attempts,
+        max_attempts: j.max_attempts,
+        cancel_requested: j.cancel_requested,
+        unsafe_fallback: j.unsafe_fallback,
+        warnings: j.warnings,
+        created_at: j.created_at_ms,
+        started_at: j.started_at_ms,
+        finished_at: j.finished_at_ms,
+        stdout_bytes: j.stdout_bytes,
+        stderr_bytes: j.stderr_bytes,
+        log_truncated: j.log_truncated,
+        resources: j.resources.map(resources_from_pb),
+        lease_owner: lease.map(|l| l.worker.clone()),
+        lease_token: lease.map(|l| l.token).unwrap_or(0),
+        lease_expires_at: None,
+        enforcement: j.enforcement.into_iter().collect(),
+        invariants: j.invariants.map(invariants_from_pb),
+    })
+}
+
+pub fn assignment_from_pb(a: pb::Assignment) -> Result<Claimed, WireError> {
+    let lease = lease_from_pb(a.lease)?;
+    let job = job_from_pb(a.job.ok_or_else(|| wire("assignment without a job"))?, Some(&lease))?;
+    if job.id != lease.job_id {
+        return Err(wire("assignment's lease names another job"));
+    }
+    Ok(Claimed { job, lease })
+}
+
+pub fn completion_to_pb(c: &Completion) -> pb::Completion {
+    pb::Completion {
+        status: c.status.map(status_to_pb).unwrap_or(pb::JobStatus::Error) as i32,
+        reason: c.reason.clone(),
+        exit_code: c.exit_code,
+        signal: c.signal,
+        warnings: c.warnings.clone(),
+        resources: c.resources.as_ref().map(resources_to_pb),
+        log_truncated: c.log_truncated,
+        enforcement: c.enforcement.clone().into_iter().collect(),
+        invariants: c.invariants.as_ref().map(invariants_to_pb),
+    }
+}
+
+pub fn completion_from_pb(c: Option<pb::Completion>) -> Result<Completion, WireError> {
+    let c = c.ok_or_else(|| wire("completion is missing"))?;
+    let status = status_from_pb(c.status)?;
+    if !status.is_terminal() {
+        return Err(wire(format!("completion status {status} is not a terminal status")));
+    }
+    Ok(Completion {
+        status: Some(status),
+        reason: c.reason,
+        exit_code: c.exit_code,
+        signal: c.signal,
+        warnings: c.warnings,
+        resources: c.resources.map(resources_from_pb),
+        log_truncated: c.log_truncated,
+        enforcement: c.enforcement.into_iter().collect(),
+        invariants: c.invariants.map(invariants_from_pb),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn a_record_survives_the_wire() {
+        let lease = Lease {
+            job_id: JobId::new(),
+            worker: "w1".into(),
+            token: 7,
+        };
+        let record = JobRecord {
+            id: lease.job_id,
+            tenant: "default".into(),
+            job_type: "pytest".into(),
+            repo_name: Some("r".into()),
+            remote_url: Some("https://example.invalid/r.git".into()),
+            sha: Some("a".repeat(40)),
+            git_ref: Some("main".into()),
+            params: BTreeMap::from([("K".into(), "v\u{0}x".into())]),
+            idempotency_key: Some("k".into()),
+            status: JobStatus::Running,
+            reason: None,
+            exit_code: None,
+            signal: None,
+            attempts: 1,
+            max_attempts: 3,
+            cancel_requested: false,
+            unsafe_fallback: false,
+            warnings: vec!["W".into()],
+            created_at: 5,
+            started_at: Some(6),
+            finished_at: None,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            log_truncated: false,
+            resources: None,
+            lease_owner: Some("w1".into()),
+            lease_token: 7,
+            lease_expires_at: None,
+            enforcement: BTreeMap::new(),
+            invariants: Some(Invariants {
+                changed_paths: vec!["a\nb".into()],
+                changed_count: 1,
+                ..Invariants::default()
+            }),
+        };
+        let back = assignment_from_pb(pb::Assignment {
+            job: Some(job_to_pb(&record)),
+            lease: Some(lease_to_pb(&lease)),
+        })
+        .unwrap();
+        assert_eq!(back.job, record);
+        assert_eq!(back.lease, lease);
+    }
+
+    #[test]
+    fn garbage_is_refused_with_a_reason() {
+        assert!(status_from_pb(0).is_err());
+        assert!(status_from_pb(99).is_err());
+        assert!(stream_from_pb(0).is_err());
+        assert!(lease_from_pb(None).is_err());
+        let running = pb::Completion {
+            status: pb::JobStatus::Running as i32,
+            ..Default::default()
+        };
+        let e = completion_from_pb(Some(running)).unwrap_err();
+        assert!(e.0.contains("not a terminal"), "{e}");
+    }
+}

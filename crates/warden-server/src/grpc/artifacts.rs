@@ -1,0 +1,84 @@
+//! `warden.v1.ArtifactService`: listing and downloads, by the same rules as over HTTP.
+
+use std::io::Read;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tonic::{Request, Response, Status};
+use warden_proto::{MAX_CHUNK, pb};
+
+use super::status;
+use crate::service::JobService;
+
+pub(crate) struct Artifacts {
+    svc: Arc<JobService>,
+}
+
+impl Artifacts {
+    pub(crate) fn new(svc: Arc<JobService>) -> Artifacts {
+        Artifacts { svc }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::artifact_service_server::ArtifactService for Artifacts {
+    async fn list_artifacts(
+        &self,
+        req: Request<pb::ListArtifactsRequest>,
+    ) -> Result<Response<pb::ListArtifactsResponse>, Status> {
+        let id = JobService::parse_id(&req.get_ref().job_id).map_err(status)?;
+        let list = self.svc.artifacts(id).await.map_err(status)?;
+        Ok(Response::new(pb::ListArtifactsResponse {
+            artifacts: list
+                .into_iter()
+                .map(|a| pb::ArtifactEntry {
+                    path: a.path,
+                    kind: a.kind,
+                    size: a.size,
+                })
+                .collect(),
+        }))
+    }
+
+    type DownloadArtifactStream = Pin<Box<dyn Stream<Item = Result<pb::ArtifactData, Status>> + Send>>;
+
+    async fn download_artifact(
+        &self,
+        req: Request<pb::DownloadArtifactRequest>,
+    ) -> Result<Response<Self::DownloadArtifactStream>, Status> {
+        let r = req.into_inner();
+        let id = JobService::parse_id(&r.job_id).map_err(status)?;
+        let (mut file, size) = self.svc.open_artifact(id, &r.path).await.map_err(status)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let mut offset = 0u64;
+            let mut buf = vec![0u8; MAX_CHUNK];
+            loop {
+                let n = match file.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(Status::internal(format!("read: {e}"))));
+                        return;
+                    }
+                };
+                // The first message always goes out, so an empty file still says its size.
+                if n == 0 && offset > 0 {
+                    return;
+                }
+                let msg = pb::ArtifactData {
+                    offset,
+                    data: buf[..n].to_vec(),
+                    size: if offset == 0 { size } else { 0 },
+                };
+                offset += n as u64;
+                if tx.blocking_send(Ok(msg)).is_err() || n == 0 {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}

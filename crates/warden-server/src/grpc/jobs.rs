@@ -1,0 +1,228 @@
+//! `warden.v1.JobService`: a translation of the service layer.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use tonic::{Request, Response, Status};
+use warden_api::{ErrorCode, SubmitJobRequest};
+use warden_proto::{job_to_pb, parse_job_id, pb, status_from_pb, status_to_pb, stream_from_pb};
+use warden_store::ListFilter;
+
+use super::{invalid, status};
+use crate::error::ApiError;
+use crate::service::{DEFAULT_TENANT, JobService};
+
+pub(crate) struct Jobs {
+    svc: Arc<JobService>,
+}
+
+impl Jobs {
+    pub(crate) fn new(svc: Arc<JobService>) -> Jobs {
+        Jobs { svc }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn job_id(raw: &str) -> Result<warden_core::JobId, Status> {
+    JobService::parse_id(raw).map_err(status)
+}
+
+#[tonic::async_trait]
+impl pb::job_service_server::JobService for Jobs {
+    async fn submit_job(
+        &self,
+        req: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let r = req.into_inner();
+        let submit = SubmitJobRequest {
+            job_type: r.job_type,
+            repo_name: r.repo_name,
+            remote_url: r.remote_url,
+            sha: r.sha,
+            git_ref: r.r#ref,
+            params: r.params.into_iter().collect(),
+            idempotency_key: r.idempotency_key,
+        };
+        let (job, created) = self.svc.submit(submit).await.map_err(status)?;
+        Ok(Response::new(pb::SubmitJobResponse {
+            job: Some(job_to_pb(&job)),
+            created,
+        }))
+    }
+
+    async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let id = job_id(&req.get_ref().job_id)?;
+        let job = self.svc.get(id).await.map_err(status)?;
+        Ok(Response::new(job_to_pb(&job)))
+    }
+
+    async fn list_jobs(
+        &self,
+        req: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let r = req.into_inner();
+        let limit = match r.limit {
+            0 => 50,
+            n @ 1..=500 => n,
+            n => {
+                return Err(status(ApiError::new(
+                    ErrorCode::InvalidQuery,
+                    format!("limit {n} is out of range: 1..=500 (0 means 50)"),
+                )));
+            }
+        };
+        let before = match r.before.filter(|b| !b.is_empty()) {
+            Some(b) => Some(parse_job_id(&b).map_err(invalid)?),
+            None => None,
+        };
+        let filter = ListFilter {
+            tenant: Some(DEFAULT_TENANT.to_string()),
+            status: r.status.map(status_from_pb).transpose().map_err(invalid)?,
+            job_type: r.job_type.filter(|t| !t.is_empty()),
+            before,
+            limit,
+        };
+        let jobs = self.svc.list(filter).await.map_err(status)?;
+        let next_before = (jobs.len() == limit as usize)
+            .then(|| jobs.last().map(|j| j.id.to_string()))
+            .flatten();
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs: jobs.iter().map(job_to_pb).collect(),
+            next_before,
+        }))
+    }
+
+    type StreamJobLogsStream = BoxStream<pb::LogChunk>;
+
+    async fn stream_job_logs(
+        &self,
+        req: Request<pb::StreamJobLogsRequest>,
+    ) -> Result<Response<Self::StreamJobLogsStream>, Status> {
+        let r = req.into_inner();
+        let id = job_id(&r.job_id)?;
+        let stream = stream_from_pb(r.stream).map_err(invalid)?;
+        // Unknown jobs fail the call itself, not the first message.
+        self.svc.get(id).await.map_err(status)?;
+        let svc = self.svc.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut events = svc.events.subscribe();
+            let mut offset = r.offset;
+            loop {
+                let chunk = match svc
+                    .store
+                    .read_log(id, stream, offset, warden_proto::MAX_CHUNK)
+                    .await
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = tx.send(Err(status(e.into()))).await;
+                        return;
+                    }
+                };
+                if !chunk.is_empty() {
+                    let msg = pb::LogChunk {
+                        stream: r.stream,
+                        offset,
+                        end: false,
+                        status: 0,
+                        truncated: false,
+                        data: chunk,
+                    };
+                    offset += msg.data.len() as u64;
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                let job = match svc.store.get(id).await {
+                    Ok(j) => j,
+                    Err(e) => {
+                        let _ = tx.send(Err(status(e.into()))).await;
+                        return;
+                    }
+                };
+                let ended = job.status.is_terminal() && offset >= job.log_len(stream);
+                if ended || !r.follow {
+                    let _ = tx
+                        .send(Ok(pb::LogChunk {
+                            stream: r.stream,
+                            offset,
+                            data: Vec::new(),
+                            end: ended,
+                            status: status_to_pb(job.status) as i32,
+                            truncated: job.log_truncated,
+                        }))
+                        .await;
+                    return;
+                }
+                tokio::select! {
+                    _ = events.changed(id) => {}
+                    // Another replica may be writing and its notice lost: look again.
+                    _ = tokio::time::sleep(Duration::from_millis(1000)) => {}
+                    _ = svc.shutdown.cancelled() => return,
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn cancel_job(
+        &self,
+        req: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let id = job_id(&req.get_ref().job_id)?;
+        let job = self.svc.cancel(id).await.map_err(status)?;
+        Ok(Response::new(job_to_pb(&job)))
+    }
+
+    type WatchJobStream = BoxStream<pb::Job>;
+
+    async fn watch_job(
+        &self,
+        req: Request<pb::WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let id = job_id(&req.get_ref().job_id)?;
+        let svc = self.svc.clone();
+        // Subscribed before the first read: no change between the two is missed.
+        let mut events = svc.events.subscribe();
+        let first = svc.get(id).await.map_err(status)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut last = first;
+            if tx.send(Ok(job_to_pb(&last))).await.is_err() {
+                return;
+            }
+            while !last.status.is_terminal() {
+                tokio::select! {
+                    _ = events.changed(id) => {}
+                    _ = tokio::time::sleep(Duration::from_millis(1000)) => {}
+                    _ = svc.shutdown.cancelled() => return,
+                    _ = tx.closed() => return,
+                }
+                let job = match svc.store.get(id).await {
+                    Ok(j) => j,
+                    Err(e) => {
+                        let _ = tx.send(Err(status(e.into()))).await;
+                        return;
+                    }
+                };
+                if job != last {
+                    if tx.send(Ok(job_to_pb(&job))).await.is_err() {
+                        return;
+                    }
+                    last = job;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}

@@ -1,0 +1,125 @@
+//! The gRPC API: `JobService` and `ArtifactService` translate to the same [`JobService`] the
+//! HTTP API uses; `WorkerService` is the remote workers' session ([`workers`]).
+
+mod artifacts;
+mod jobs;
+pub mod workers;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Request, Status};
+use warden_proto::pb;
+use warden_proto::{MAX_MESSAGE, WireError};
+
+use crate::error::ApiError;
+use crate::service::JobService;
+
+pub use workers::WorkerHub;
+
+/// Every gRPC error carries the same machine-readable code as the HTTP body, here.
+pub const ERROR_CODE_KEY: &str = "warden-error-code";
+
+pub(crate) fn status(e: ApiError) -> Status {
+    use tonic::Code;
+    let code = match e.code.http_status() {
+        400 | 413 | 415 | 422 => Code::InvalidArgument,
+        404 => Code::NotFound,
+        405 => Code::Unimplemented,
+        409 => Code::FailedPrecondition,
+        502 | 503 => Code::Unavailable,
+        _ => Code::Internal,
+    };
+    let mut status = Status::new(code, e.message);
+    if let Ok(v) = e.code.as_str().parse() {
+        status.metadata_mut().insert(ERROR_CODE_KEY, v);
+    }
+    status
+}
+
+pub(crate) fn invalid(e: WireError) -> Status {
+    status(ApiError::new(warden_api::ErrorCode::InvalidRequest, e.0))
+}
+
+/// Who may call: a peer on loopback may use the job and artifact services without a token
+/// (as over HTTP); anyone else, and every worker, presents the worker token.
+#[derive(Clone)]
+pub struct Auth {
+    token: Option<Arc<str>>,
+}
+
+impl Auth {
+    pub fn new(token: Option<String>) -> Auth {
+        Auth {
+            token: token.map(Arc::from),
+        }
+    }
+
+    fn bearer_ok<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let Some(token) = &self.token else {
+            return Err(Status::unauthenticated(
+                "this server has no worker token configured: set WARDEN_WORKER_TOKEN or \
+                 worker_token_file on the server",
+            ));
+        };
+        let given = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
+            Some(_) => Err(Status::unauthenticated("the worker token is wrong")),
+            None => Err(Status::unauthenticated(
+                "missing `authorization: Bearer <worker token>`",
+            )),
+        }
+    }
+
+    /// For `JobService` and `ArtifactService`.
+    fn check_client<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        match req.remote_addr() {
+            Some(addr) if addr.ip().is_loopback() => Ok(()),
+            _ => self.bearer_ok(req),
+        }
+    }
+
+    /// For `WorkerService`: always the token.
+    pub(crate) fn check_worker<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        self.bearer_ok(req)
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// All three services, ready for a tonic server.
+pub fn routes(service: Arc<JobService>, hub: Arc<WorkerHub>, auth: Auth) -> tonic::service::Routes {
+    let client_auth = auth.clone();
+    let check = move |req: Request<()>| client_auth.check_client(&req).map(|()| req);
+    let jobs = pb::job_service_server::JobServiceServer::new(jobs::Jobs::new(service.clone()))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let artifacts =
+        pb::artifact_service_server::ArtifactServiceServer::new(artifacts::Artifacts::new(service))
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+    let workers = pb::worker_service_server::WorkerServiceServer::new(workers::Workers::new(
+        hub, auth,
+    ))
+    .max_decoding_message_size(MAX_MESSAGE)
+    .max_encoding_message_size(MAX_MESSAGE);
+    tonic::service::Routes::new(InterceptedService::new(jobs, check.clone()))
+        .add_service(InterceptedService::new(artifacts, check))
+        .add_service(workers)
+}
+
+/// Whether a gRPC listen address needs the worker token for every caller.
+pub fn is_public(addr: SocketAddr) -> bool {
+    !addr.ip().is_loopback()
+}
