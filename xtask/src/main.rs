@@ -120,7 +120,7 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
     std::fs::write(
         &config,
         format!(
-            "listen: 127.0.0.1:0\ndata_dir: {}\nslots: {slots}\nunsafe_fallback: true\njob_types:\n  noop:\n    argv: {:?}\n    timeout_s: 60\n",
+            "listen: 127.0.0.1:0\ngrpc_listen: 127.0.0.1:0\ndata_dir: {}\nslots: {slots}\nunsafe_fallback: true\njob_types:\n  noop:\n    argv: {:?}\n    timeout_s: 60\n",
             dir.join("data").display(),
             NOOP
         ),
@@ -638,7 +638,7 @@ fn job_starts(
     std::fs::write(
         &config,
         format!(
-            "listen: 127.0.0.1:0\ndata_dir: {}\nslots: 2\nrepos:\n  bench: {{url: \"{}\"}}\njob_types:\n  on_repo:\n    argv: [\"/bin/echo\", \"started\"]\n    requires_repo: true\n    timeout_s: 60\n  plain:\n    argv: [\"/bin/echo\", \"started\"]\n    timeout_s: 60\n",
+            "listen: 127.0.0.1:0\ngrpc_listen: 127.0.0.1:0\ndata_dir: {}\nslots: 2\nrepos:\n  bench: {{url: \"{}\"}}\njob_types:\n  on_repo:\n    argv: [\"/bin/echo\", \"started\"]\n    requires_repo: true\n    timeout_s: 60\n  plain:\n    argv: [\"/bin/echo\", \"started\"]\n    timeout_s: 60\n",
             dir.join("serve-data").display(),
             src.display()
         ),

@@ -55,12 +55,15 @@ pub fn stream_from_pb(raw: i32) -> Result<LogStream, WireError> {
     match pb::LogStream::try_from(raw) {
         Ok(pb::LogStream::Stdout) => Ok(LogStream::Stdout),
         Ok(pb::LogStream::Stderr) => Ok(LogStream::Stderr),
-        _ => Err(wire("stream must be LOG_STREAM_STDOUT or LOG_STREAM_STDERR")),
+        _ => Err(wire(
+            "stream must be LOG_STREAM_STDOUT or LOG_STREAM_STDERR",
+        )),
     }
 }
 
 pub fn parse_job_id(raw: &str) -> Result<JobId, WireError> {
-    raw.parse().map_err(|e: warden_core::id::InvalidJobId| wire(e.to_string()))
+    raw.parse()
+        .map_err(|e: warden_core::id::InvalidJobId| wire(e.to_string()))
 }
 
 fn resources_to_pb(r: &ResourceUsage) -> pb::ResourceUsage {
@@ -190,7 +193,10 @@ pub fn job_from_pb(j: pb::Job, lease: Option<&Lease>) -> Result<JobRecord, WireE
 
 pub fn assignment_from_pb(a: pb::Assignment) -> Result<Claimed, WireError> {
     let lease = lease_from_pb(a.lease)?;
-    let job = job_from_pb(a.job.ok_or_else(|| wire("assignment without a job"))?, Some(&lease))?;
+    let job = job_from_pb(
+        a.job.ok_or_else(|| wire("assignment without a job"))?,
+        Some(&lease),
+    )?;
     if job.id != lease.job_id {
         return Err(wire("assignment's lease names another job"));
     }
@@ -215,7 +221,9 @@ pub fn completion_from_pb(c: Option<pb::Completion>) -> Result<Completion, WireE
     let c = c.ok_or_else(|| wire("completion is missing"))?;
     let status = status_from_pb(c.status)?;
     if !status.is_terminal() {
-        return Err(wire(format!("completion status {status} is not a terminal status")));
+        return Err(wire(format!(
+            "completion status {status} is not a terminal status"
+        )));
     }
     Ok(Completion {
         status: Some(status),

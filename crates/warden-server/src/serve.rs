@@ -195,7 +195,11 @@ pub async fn run(
     println!("warden listening on http://{addr}");
     println!(
         "warden gRPC listening on {}://{grpc_addr}",
-        if config.tls.is_some() { "https" } else { "http" }
+        if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     );
 
     let hub = Arc::new(WorkerHub {
@@ -214,7 +218,8 @@ pub async fn run(
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     if let Some(tls) = &config.tls {
         let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|e| ServeError::Config(format!("tls: read {}: {e}", p.display())))
+            std::fs::read(p)
+                .map_err(|e| ServeError::Config(format!("tls: read {}: {e}", p.display())))
         };
         let identity = tonic::transport::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
         grpc = grpc

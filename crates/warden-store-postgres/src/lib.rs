@@ -671,9 +671,10 @@ pub mod testing {
                     if let Ok(mut conn) =
                         <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await
                     {
-                        let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                            .execute(&mut conn)
-                            .await;
+                        let _ =
+                            sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                                .execute(&mut conn)
+                                .await;
                     }
                 });
             })
@@ -751,7 +752,10 @@ mod tests {
         let b = PgStore::connect(&db.url, 2).await.unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let tx2 = tx.clone();
-        let task = b.listen(move || drop(tx.send(None)), move |id| drop(tx2.send(Some(id))));
+        let task = b.listen(
+            move || drop(tx.send(None)),
+            move |id| drop(tx2.send(Some(id))),
+        );
         // The listener's first act is a catch-up wake-up.
         assert_eq!(rx.recv().await, Some(None));
         let job = NewJob {

@@ -125,14 +125,34 @@ pub async fn idempotency_keys_are_per_tenant(store: &dyn Store) {
 }
 
 pub async fn claim_is_fifo_and_exclusive(store: &dyn Store) {
-    assert!(store.claim("w", None, LEASE_MS, 10).await.unwrap().is_none());
+    assert!(
+        store
+            .claim("w", None, LEASE_MS, 10)
+            .await
+            .unwrap()
+            .is_none()
+    );
     let a = submit(store, new_job("echo", None, 1)).await;
     let b = submit(store, new_job("echo", None, 2)).await;
-    let ca = store.claim("w1", None, LEASE_MS, 10).await.unwrap().unwrap();
-    let cb = store.claim("w2", None, LEASE_MS, 10).await.unwrap().unwrap();
+    let ca = store
+        .claim("w1", None, LEASE_MS, 10)
+        .await
+        .unwrap()
+        .unwrap();
+    let cb = store
+        .claim("w2", None, LEASE_MS, 10)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(ca.job.id, a.id);
     assert_eq!(cb.job.id, b.id);
-    assert!(store.claim("w3", None, LEASE_MS, 10).await.unwrap().is_none());
+    assert!(
+        store
+            .claim("w3", None, LEASE_MS, 10)
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(ca.job.status, JobStatus::Running);
     assert_eq!(ca.job.attempts, 1);
     assert_eq!(ca.job.started_at, Some(10));
@@ -144,10 +164,26 @@ pub async fn claim_honours_job_types(store: &dyn Store) {
     let gpu = submit(store, new_job("gpu", None, 1)).await;
     let plain = submit(store, new_job("echo", None, 2)).await;
     let only_echo = ["echo".to_string()];
-    let c = store.claim("w", Some(&only_echo), LEASE_MS, 10).await.unwrap().unwrap();
+    let c = store
+        .claim("w", Some(&only_echo), LEASE_MS, 10)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(c.job.id, plain.id, "the older gpu job is not this worker's");
-    assert!(store.claim("w", Some(&only_echo), LEASE_MS, 10).await.unwrap().is_none());
-    assert!(store.claim("w", Some(&[]), LEASE_MS, 10).await.unwrap().is_none());
+    assert!(
+        store
+            .claim("w", Some(&only_echo), LEASE_MS, 10)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .claim("w", Some(&[]), LEASE_MS, 10)
+            .await
+            .unwrap()
+            .is_none()
+    );
     let any = store.claim("w", None, LEASE_MS, 10).await.unwrap().unwrap();
     assert_eq!(any.job.id, gpu.id);
 }
@@ -158,7 +194,11 @@ pub async fn stale_lease_is_fenced_out(store: &dyn Store) {
     // The lease expires and the job is claimed again by someone else.
     let reaped = store.reap_expired(1_000, 1_000).await.unwrap();
     assert_eq!(reaped.len(), 1);
-    let second = store.claim("w2", None, LEASE_MS, 1_001).await.unwrap().unwrap();
+    let second = store
+        .claim("w2", None, LEASE_MS, 1_001)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(second.job.id, job.id);
     assert!(
         second.lease.token > first.lease.token,

@@ -8,6 +8,7 @@
 //!   would have expired, so a brief outage of the control plane loses nothing; a log chunk
 //!   whose first send was applied (its reply lost) is recognised by the stream's length;
 //! - a heartbeat is not retried: the next one is due soon, and the job keeps running.
+//!
 //! After a lease's worth of silence the job is the reaper's: the next heartbeat that gets
 //! through answers `lease lost`, the pool kills the job, and a late completion is refused.
 
@@ -39,7 +40,8 @@ use crate::{Coordinator, DataDir};
 /// How a worker reaches and introduces itself to the control plane.
 #[derive(Debug, Clone)]
 pub struct RemoteOptions {
-    /// `http://host:port` or `https://host:port`.
+    /// `http://host:port` or `https://host:port`; several, comma-separated, are tried in turn
+    /// (control-plane replicas: when one is lost, the session moves to the next).
     pub server: String,
     pub token: String,
     /// PEM of the CA that signed the server's certificate (for `https://`).
@@ -69,7 +71,7 @@ struct Conn {
 
 struct Inner {
     opts: RemoteOptions,
-    endpoint: Endpoint,
+    endpoints: Vec<(String, Endpoint)>,
     next_id: AtomicU64,
     conn: watch::Sender<Option<Conn>>,
     registered: watch::Sender<Option<pb::Registered>>,
@@ -96,31 +98,22 @@ impl RemoteCoordinator {
         opts: RemoteOptions,
         data: DataDir,
     ) -> Result<(RemoteCoordinator, mpsc::UnboundedReceiver<JobId>), RemoteError> {
-        let mut endpoint = Endpoint::from_shared(opts.server.clone())
-            .map_err(|e| RemoteError::Url(opts.server.clone(), e.to_string()))?
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .keep_alive_while_idle(true);
-        if opts.server.starts_with("https://") {
-            let ca = opts.tls_ca.as_ref().ok_or(RemoteError::NeedsCa)?;
-            endpoint = endpoint
-                .tls_config(
-                    tonic::transport::ClientTlsConfig::new()
-                        .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
-                )
-                .map_err(|e| RemoteError::Tls(e.to_string()))?;
-        } else if !opts.server.starts_with("http://") {
-            return Err(RemoteError::Url(
-                opts.server.clone(),
-                "use http://host:port or https://host:port".into(),
-            ));
+        let mut endpoints = Vec::new();
+        for url in opts
+            .server
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+        {
+            endpoints.push((url.to_string(), endpoint(url, opts.tls_ca.as_deref())?));
+        }
+        if endpoints.is_empty() {
+            return Err(RemoteError::Url(opts.server.clone(), "no URL given".into()));
         }
         let (cancels, cancel_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             opts,
-            endpoint,
+            endpoints,
             next_id: AtomicU64::new(1),
             conn: watch::Sender::new(None),
             registered: watch::Sender::new(None),
@@ -190,7 +183,11 @@ impl RemoteCoordinator {
             };
             let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = oneshot::channel();
-            inner.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
+            inner
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, tx);
             *tries += 1;
             let sent = conn
                 .tx
@@ -200,11 +197,26 @@ impl RemoteCoordinator {
                 })
                 .await;
             let answer = match sent {
-                Ok(()) => tokio::time::timeout(reply_within, rx).await.ok().and_then(Result::ok),
+                Ok(()) => tokio::time::timeout(reply_within, rx)
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
                 Err(_) => None,
             };
-            inner.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            inner
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
             match answer {
+                // The store behind the control plane is down (a database restart): wait it out
+                // like a broken session.
+                Some(Out::Error(e))
+                    if e.code == ErrCode::Unavailable as i32
+                        && deadline.is_some_and(|d| Instant::now() < d) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
                 Some(out) => return Ok(out),
                 // The session broke (or stalled) before the reply.
                 None => {
@@ -307,6 +319,33 @@ impl RemoteCoordinator {
     }
 }
 
+fn endpoint(url: &str, tls_ca: Option<&[u8]>) -> Result<Endpoint, RemoteError> {
+    let mut endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| RemoteError::Url(url.to_string(), e.to_string()))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5))
+        // A control plane that vanished (host gone, kill -9 behind a proxy) is noticed in
+        // seconds, and the session moves on.
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    if url.starts_with("https://") {
+        let ca = tls_ca.ok_or(RemoteError::NeedsCa)?;
+        endpoint = endpoint
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+            )
+            .map_err(|e| RemoteError::Tls(e.to_string()))?;
+    } else if !url.starts_with("http://") {
+        return Err(RemoteError::Url(
+            url.to_string(),
+            "use http://host:port or https://host:port".into(),
+        ));
+    }
+    Ok(endpoint)
+}
+
 impl Inner {
     fn authorize<T>(&self, req: &mut tonic::Request<T>) {
         if let Ok(v) = format!("Bearer {}", self.opts.token).parse() {
@@ -316,7 +355,10 @@ impl Inner {
 
     fn fail_pending(&self) {
         // Dropping the senders wakes every waiter with "session broke".
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 }
 
@@ -348,12 +390,19 @@ fn regular_files(root: &Path) -> Vec<PathBuf> {
 /// Keeps one session open for as long as the coordinator lives.
 async fn session_loop(weak: std::sync::Weak<Inner>) {
     let mut backoff = Duration::from_millis(100);
+    let mut next = 0usize;
     loop {
         let Some(inner) = weak.upgrade() else { return };
         let started = Instant::now();
-        match run_session(&inner).await {
-            Ok(()) => tracing::warn!(server = %inner.opts.server, "session with the control plane ended; reconnecting"),
-            Err(e) => tracing::warn!(server = %inner.opts.server, error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot reach the control plane"),
+        let (url, endpoint) = inner.endpoints[next % inner.endpoints.len()].clone();
+        next += 1;
+        match run_session(&inner, &url, endpoint).await {
+            Ok(()) => {
+                tracing::warn!(server = %url, "session with the control plane ended; reconnecting")
+            }
+            Err(e) => {
+                tracing::warn!(server = %url, error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot reach the control plane")
+            }
         }
         inner.conn.send_replace(None);
         inner.fail_pending();
@@ -374,8 +423,8 @@ fn rand_below(n: u64) -> u64 {
     x % n.max(1)
 }
 
-async fn run_session(inner: &Arc<Inner>) -> Result<(), String> {
-    let channel = inner.endpoint.connect().await.map_err(|e| {
+async fn run_session(inner: &Arc<Inner>, url: &str, endpoint: Endpoint) -> Result<(), String> {
+    let channel = endpoint.connect().await.map_err(|e| {
         let mut msg = e.to_string();
         let mut src = std::error::Error::source(&e);
         while let Some(s) = src {
@@ -423,7 +472,7 @@ async fn run_session(inner: &Arc<Inner>) -> Result<(), String> {
     for r in &reg.refused {
         tracing::warn!(job_type = %r, "the control plane will not give this worker this job type");
     }
-    tracing::info!(server = %inner.opts.server, job_types = ?reg.job_types, lease_ms = reg.lease_ms, "registered with the control plane");
+    tracing::info!(server = %url, job_types = ?reg.job_types, lease_ms = reg.lease_ms, "registered with the control plane");
     inner.registered.send_replace(Some(reg));
     inner.conn.send_replace(Some(Conn { tx, channel }));
     loop {
@@ -492,7 +541,10 @@ impl Coordinator for RemoteCoordinator {
         });
         let within = Duration::from_millis((self.lease_ms() / 3).max(1000) as u64);
         let mut tries = 0;
-        match self.call(body, Some(Instant::now()), within, &mut tries).await {
+        match self
+            .call(body, Some(Instant::now()), within, &mut tries)
+            .await
+        {
             Ok(Out::Heartbeat(h)) => Ok(HeartbeatReply {
                 cancel_requested: h.cancel_requested,
             }),

@@ -41,7 +41,8 @@ impl pb::artifact_service_server::ArtifactService for Artifacts {
         }))
     }
 
-    type DownloadArtifactStream = Pin<Box<dyn Stream<Item = Result<pb::ArtifactData, Status>> + Send>>;
+    type DownloadArtifactStream =
+        Pin<Box<dyn Stream<Item = Result<pb::ArtifactData, Status>> + Send>>;
 
     async fn download_artifact(
         &self,

@@ -109,11 +109,10 @@ pub fn routes(service: Arc<JobService>, hub: Arc<WorkerHub>, auth: Auth) -> toni
         pb::artifact_service_server::ArtifactServiceServer::new(artifacts::Artifacts::new(service))
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
-    let workers = pb::worker_service_server::WorkerServiceServer::new(workers::Workers::new(
-        hub, auth,
-    ))
-    .max_decoding_message_size(MAX_MESSAGE)
-    .max_encoding_message_size(MAX_MESSAGE);
+    let workers =
+        pb::worker_service_server::WorkerServiceServer::new(workers::Workers::new(hub, auth))
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
     tonic::service::Routes::new(InterceptedService::new(jobs, check.clone()))
         .add_service(InterceptedService::new(artifacts, check))
         .add_service(workers)

@@ -19,8 +19,8 @@ use tonic::{Request, Response, Status, Streaming};
 use warden_core::config::is_valid_label;
 use warden_core::{Config, JobId};
 use warden_proto::pb::server_message::Body as Out;
-use warden_proto::pb::worker_message::Body as In;
 use warden_proto::pb::worker_error::Code as ErrCode;
+use warden_proto::pb::worker_message::Body as In;
 use warden_proto::{
     MAX_CHUNK, completion_from_pb, job_to_pb, lease_from_pb, lease_to_pb, pb, stream_from_pb,
 };
@@ -102,8 +102,11 @@ impl Session {
             match config.job_type(name) {
                 None => refused.push(format!("{name}: not configured on the control plane")),
                 Some(t) => {
-                    let missing: Vec<&String> =
-                        t.labels.iter().filter(|l| !reg.labels.contains(l)).collect();
+                    let missing: Vec<&String> = t
+                        .labels
+                        .iter()
+                        .filter(|l| !reg.labels.contains(l))
+                        .collect();
                     if missing.is_empty() {
                         ok.push(name.clone());
                     } else {
@@ -115,9 +118,10 @@ impl Session {
         (ok, refused)
     }
 
-    fn own(&self, lease: &Lease) -> Result<(), Out> {
+    /// Takes note of a lease this worker acts on; a refusal when the lease is another worker's.
+    fn refuse_foreign(&self, lease: &Lease) -> Option<Out> {
         if lease.worker != self.worker_id {
-            return Err(error(
+            return Some(error(
                 ErrCode::Invalid,
                 format!(
                     "lease of job {} belongs to worker {:?}, not {:?}",
@@ -125,13 +129,22 @@ impl Session {
                 ),
             ));
         }
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(lease.job_id);
-        Ok(())
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(lease.job_id);
+        None
     }
 
     fn forget(&self, id: JobId) {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-        self.told.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        self.told
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
     }
 
     async fn handle(self: &Arc<Self>, body: In) -> Out {
@@ -144,10 +157,14 @@ impl Session {
                     Ok(l) => l,
                     Err(e) => return error(ErrCode::Invalid, e.0),
                 };
-                if let Err(out) = self.own(&lease) {
+                if let Some(out) = self.refuse_foreign(&lease) {
                     return out;
                 }
-                match hub.store.heartbeat(&lease, hub.lease_ms, now_millis()).await {
+                match hub
+                    .store
+                    .heartbeat(&lease, hub.lease_ms, now_millis())
+                    .await
+                {
                     Ok(r) => Out::Heartbeat(pb::HeartbeatReply {
                         cancel_requested: r.cancel_requested,
                     }),
@@ -171,10 +188,14 @@ impl Session {
                 if a.data.len() > MAX_CHUNK {
                     return error(ErrCode::Invalid, "log chunks are at most 1 MiB");
                 }
-                if let Err(out) = self.own(&lease) {
+                if let Some(out) = self.refuse_foreign(&lease) {
                     return out;
                 }
-                match hub.store.append_log(&lease, stream, a.offset, &a.data).await {
+                match hub
+                    .store
+                    .append_log(&lease, stream, a.offset, &a.data)
+                    .await
+                {
                     Ok(()) => {
                         hub.events.job_changed(lease.job_id);
                         Out::Ack(pb::Ack {})
@@ -191,7 +212,7 @@ impl Session {
                     Ok(d) => d,
                     Err(e) => return error(ErrCode::Invalid, e.0),
                 };
-                if let Err(out) = self.own(&lease) {
+                if let Some(out) = self.refuse_foreign(&lease) {
                     return out;
                 }
                 // The worker's clock says when it ended; a wild one is clamped to ours.
@@ -216,7 +237,7 @@ impl Session {
                     Ok(l) => l,
                     Err(e) => return error(ErrCode::Invalid, e.0),
                 };
-                if let Err(out) = self.own(&lease) {
+                if let Some(out) = self.refuse_foreign(&lease) {
                     return out;
                 }
                 let out = match hub.store.release(&lease).await {
@@ -242,7 +263,12 @@ impl Session {
             queued.borrow_and_update();
             match hub
                 .store
-                .claim(&self.worker_id, Some(&self.job_types), hub.lease_ms, now_millis())
+                .claim(
+                    &self.worker_id,
+                    Some(&self.job_types),
+                    hub.lease_ms,
+                    now_millis(),
+                )
                 .await
             {
                 Ok(Some(c)) => {
@@ -274,7 +300,10 @@ impl Session {
     }
 
     /// Pushes cancellation of held jobs as soon as it is requested (on any replica).
-    async fn push_cancellations(self: Arc<Self>, out: mpsc::Sender<Result<pb::ServerMessage, Status>>) {
+    async fn push_cancellations(
+        self: Arc<Self>,
+        out: mpsc::Sender<Result<pb::ServerMessage, Status>>,
+    ) {
         let mut events = self.hub.events.subscribe_all();
         loop {
             let id = tokio::select! {
@@ -282,13 +311,26 @@ impl Session {
                 _ = out.closed() => return,
                 _ = self.hub.shutdown.cancelled() => return,
             };
-            let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).contains(&id);
-            if !held || self.told.lock().unwrap_or_else(|p| p.into_inner()).contains(&id) {
+            let held = self
+                .held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&id);
+            if !held
+                || self
+                    .told
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(&id)
+            {
                 continue;
             }
             match self.hub.store.get(id).await {
                 Ok(job) if job.cancel_requested && !job.status.is_terminal() => {
-                    self.told.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+                    self.told
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(id);
                     let msg = pb::ServerMessage {
                         request_id: 0,
                         body: Some(Out::Cancel(pb::CancelJob {
@@ -332,7 +374,9 @@ impl pb::worker_service_server::WorkerService for Workers {
             None => return Err(Status::invalid_argument("the stream ended before Register")),
         };
         let Some(In::Register(reg)) = first.body else {
-            return Err(Status::invalid_argument("the first message must be Register"));
+            return Err(Status::invalid_argument(
+                "the first message must be Register",
+            ));
         };
         check_worker_id(&reg.worker_id)?;
         if let Some(bad) = reg.labels.iter().find(|l| !is_valid_label(l)) {
@@ -423,9 +467,11 @@ impl pb::worker_service_server::WorkerService for Workers {
             let lease = lease_from_pb(msg.lease).map_err(|e| Status::invalid_argument(e.0))?;
             if checked.as_ref() != Some(&lease) {
                 // The upload belongs to the current attempt only.
-                let job = hub.store.get(lease.job_id).await.map_err(|e| {
-                    Status::not_found(e.to_string())
-                })?;
+                let job = hub
+                    .store
+                    .get(lease.job_id)
+                    .await
+                    .map_err(|e| Status::not_found(e.to_string()))?;
                 if job.status != warden_core::JobStatus::Running
                     || job.lease_token != lease.token
                     || job.lease_owner.as_deref() != Some(lease.worker.as_str())
@@ -438,7 +484,9 @@ impl pb::worker_service_server::WorkerService for Workers {
                 checked = Some(lease.clone());
             }
             if msg.data.len() > MAX_CHUNK {
-                return Err(Status::invalid_argument("artifact pieces are at most 1 MiB"));
+                return Err(Status::invalid_argument(
+                    "artifact pieces are at most 1 MiB",
+                ));
             }
             let rel = artifact_rel(&msg.path)?;
             let dir = hub.data.artifacts(lease.job_id);
@@ -500,8 +548,12 @@ fn create_beneath(dir: &Path, rel: &Path) -> Result<std::fs::File, Status> {
     } else {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
-    let root = rustix::fs::open(dir, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| io(e.into()))?;
+    let root = rustix::fs::open(
+        dir,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io(e.into()))?;
     let fd = rustix::fs::openat2(
         &root,
         rel,

@@ -158,7 +158,10 @@ pub async fn run(args: WorkerArgs) -> i32 {
         }
     }
     let grace = Duration::from_secs(config.shutdown_grace_s.get());
-    eprintln!("stopping: running jobs get {} s, then go back to the queue", grace.as_secs());
+    eprintln!(
+        "stopping: running jobs get {} s, then go back to the queue",
+        grace.as_secs()
+    );
     pool.shutdown(grace).await;
     exit::OK
 }

@@ -2,6 +2,7 @@
 
 mod api;
 mod cli;
+mod cluster;
 mod e2e;
 mod hostile;
 mod hostile_repo;

@@ -111,7 +111,7 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
 pub fn write_config_with(dir: &Path, body: &str) -> PathBuf {
     let data = dir.join("data");
     let text = format!(
-        "listen: 127.0.0.1:0\ndata_dir: {}\nslots: 2\nunsafe_fallback: false\nsandbox_uid: {uid}\nsandbox_gid: {uid}\ncancel_grace_s: 1\nshutdown_grace_s: 1\n{body}\n",
+        "listen: 127.0.0.1:0\ngrpc_listen: 127.0.0.1:0\ndata_dir: {}\nslots: 2\nunsafe_fallback: false\nsandbox_uid: {uid}\nsandbox_gid: {uid}\ncancel_grace_s: 1\nshutdown_grace_s: 1\n{body}\n",
         data.display(),
         uid = test_uid()
     );

@@ -1,0 +1,814 @@
+//! Scale-out, for real: control planes on the real PostgreSQL (a database of each test's own),
+//! remote workers as separate `warden worker` processes, and failures made with `kill -9`,
+//! a PostgreSQL restart, and workers on hosts of their own (network namespaces joined by veth).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use warden_api::{JobStatus, JobView, SubmitJobRequest};
+use warden_client::Client;
+use warden_store_postgres::testing::TestDb;
+
+use crate::support::{WARDEN, test_uid};
+
+const TOKEN: &str = "cluster-test-token-0123456789";
+
+/// Job types both sides know. The control plane's copy decides what may be submitted; each
+/// worker's copy decides how it runs there.
+const JOB_TYPES: &str = r#"
+job_types:
+  quick:
+    argv: ["/bin/sh", "-c", "echo ran $WARDEN_JOB_ID attempt $WARDEN_ATTEMPT"]
+    timeout_s: 60
+  slow:
+    argv: ["/bin/sh", "-c", "echo start $WARDEN_ATTEMPT; sleep 3; echo done > $ARTIFACT_DIR/out.txt; echo end"]
+    timeout_s: 60
+  gpu_only:
+    argv: ["/bin/echo", "on a gpu worker"]
+    timeout_s: 60
+    labels: [gpu]
+"#;
+
+/// A process whose stdout lines are watched for announcements; stderr goes to `log`.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command, log: PathBuf) -> Proc {
+        let err = std::fs::File::create(&log).unwrap();
+        let mut child = cmd
+            .env("RUST_LOG", "info")
+            .env("WARDEN_WORKER_TOKEN", TOKEN)
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .spawn()
+            .expect("spawn warden");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Proc { child, lines, log }
+    }
+
+    /// Waits for a stdout line starting with `prefix`; returns the rest.
+    fn announced(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return rest.to_string();
+                    }
+                }
+                Err(_) => panic!(
+                    "no {prefix:?} line; log:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                ),
+            }
+        }
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+struct ControlPlane {
+    proc: Proc,
+    http: String,
+    grpc: String,
+}
+
+impl ControlPlane {
+    fn start(dir: &Path, name: &str, db: &str, extra: &str) -> ControlPlane {
+        ControlPlane::start_at(dir, name, db, extra, "127.0.0.1:0", &[])
+    }
+
+    fn start_at(
+        dir: &Path,
+        name: &str,
+        db: &str,
+        extra: &str,
+        grpc_listen: &str,
+        wrap: &[&str],
+    ) -> ControlPlane {
+        let home = dir.join(name);
+        std::fs::create_dir_all(&home).unwrap();
+        let config = home.join("warden.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: 127.0.0.1:0\ngrpc_listen: {grpc_listen}\ndata_dir: {}\n\
+                 artifact_dir: {}\nlease_s: 2\nshutdown_grace_s: 1\n{extra}\n{JOB_TYPES}",
+                home.join("data").display(),
+                dir.join("artifacts").display(),
+            ),
+        )
+        .unwrap();
+        let mut cmd = command(wrap);
+        cmd.args([
+            "serve",
+            "--database-url",
+            db,
+            "--database-pool",
+            "8",
+            "--config",
+        ])
+        .arg(&config);
+        let proc = Proc::spawn(cmd, home.join("stderr.log"));
+        let http = proc.announced("warden listening on ");
+        let grpc = proc.announced("warden gRPC listening on ");
+        ControlPlane { proc, http, grpc }
+    }
+
+    fn client(&self) -> Client {
+        Client::new(&self.http, Duration::from_secs(10), None).unwrap()
+    }
+}
+
+struct Worker {
+    proc: Proc,
+    id: String,
+}
+
+impl Worker {
+    fn start(dir: &Path, name: &str, servers: &str, slots: u32, labels: &str) -> Worker {
+        Worker::start_in(dir, name, servers, slots, labels, &[])
+    }
+
+    /// `wrap` runs the worker inside something (e.g. `ip netns exec NAME`).
+    fn start_in(
+        dir: &Path,
+        name: &str,
+        servers: &str,
+        slots: u32,
+        labels: &str,
+        wrap: &[&str],
+    ) -> Worker {
+        let home = dir.join(name);
+        std::fs::create_dir_all(&home).unwrap();
+        let config = home.join("worker.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir: {}\nsandbox_uid: {uid}\nsandbox_gid: {uid}\ncancel_grace_s: 1\n\
+                 shutdown_grace_s: 1\n{JOB_TYPES}",
+                home.join("data").display(),
+                uid = test_uid(),
+            ),
+        )
+        .unwrap();
+        let mut cmd = command(wrap);
+        cmd.args([
+            "worker",
+            "--server",
+            servers,
+            "--worker-id",
+            name,
+            "--config",
+        ])
+        .arg(&config)
+        .args(["--slots", &slots.to_string()]);
+        if !labels.is_empty() {
+            cmd.args(["--labels", labels]);
+        }
+        let proc = Proc::spawn(cmd, home.join("stderr.log"));
+        proc.announced(&format!("warden worker {name} registered"));
+        Worker {
+            proc,
+            id: name.to_string(),
+        }
+    }
+
+    /// Jobs this worker started, from its own log.
+    fn started(&self) -> Vec<String> {
+        started_jobs(&self.proc.log_text())
+    }
+}
+
+fn command(wrap: &[&str]) -> Command {
+    match wrap.split_first() {
+        None => Command::new(WARDEN),
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(WARDEN);
+            c
+        }
+    }
+}
+
+/// `job started job=<id>` lines (tracing's plain format, ANSI off when not a terminal).
+fn started_jobs(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("job started"))
+        .filter_map(|l| {
+            let at = l.find("job=")? + 4;
+            let id: String = l[at..]
+                .chars()
+                .filter(|c| !c.is_ascii_control())
+                .take_while(|c| c.is_ascii_hexdigit() || *c == '-')
+                .collect();
+            (id.len() == 36).then_some(id)
+        })
+        .collect()
+}
+
+fn job(job_type: &str) -> SubmitJobRequest {
+    SubmitJobRequest {
+        job_type: job_type.into(),
+        repo_name: None,
+        remote_url: None,
+        sha: None,
+        git_ref: None,
+        params: BTreeMap::new(),
+        idempotency_key: None,
+    }
+}
+
+/// Polls until every job is terminal (or `limit` passes); returns the final views.
+async fn wait_all(client: &Client, ids: &[String], limit: Duration) -> Vec<JobView> {
+    let deadline = Instant::now() + limit;
+    let mut done: HashMap<String, JobView> = HashMap::new();
+    loop {
+        for id in ids {
+            if done.contains_key(id) {
+                continue;
+            }
+            match client.get(id).await {
+                Ok(j) if j.status.is_terminal() => {
+                    done.insert(id.clone(), j);
+                }
+                _ => {}
+            }
+        }
+        if done.len() == ids.len() {
+            return ids.iter().map(|id| done.remove(id).unwrap()).collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} jobs still not finished after {limit:?}",
+            ids.len() - done.len(),
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn wait_running(client: &Client, id: &str) -> JobView {
+    crate::support::wait_job(client, id, Duration::from_secs(30), |j| {
+        j.status == JobStatus::Running && j.stdout_bytes > 0
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_control_planes_and_three_workers_run_1000_jobs_exactly_once() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = ControlPlane::start(dir.path(), "cp-a", &db.url, "");
+    let b = ControlPlane::start(dir.path(), "cp-b", &db.url, "");
+    let both = format!("{},{}", a.grpc, b.grpc);
+    let workers = [
+        Worker::start(dir.path(), "w1", &a.grpc, 4, ""),
+        Worker::start(dir.path(), "w2", &b.grpc, 4, ""),
+        Worker::start(dir.path(), "w3", &both, 4, "gpu"),
+    ];
+    let clients = [a.client(), b.client()];
+    // Submitted through both replicas at once, as clients of a load balancer would.
+    let mut ids = Vec::new();
+    let submits = (0..1000).map(|i| {
+        let c = clients[i % 2].clone();
+        async move { c.submit(&job("quick")).await.unwrap().job_id }
+    });
+    for chunk in futures::future::join_all(submits).await {
+        ids.push(chunk);
+    }
+    // Labels: only w3 has `gpu`.
+    let gpu = clients[0].submit(&job("gpu_only")).await.unwrap().job_id;
+    let jobs = wait_all(&clients[1], &ids, Duration::from_secs(150)).await;
+
+    let mut runs: HashMap<String, usize> = HashMap::new();
+    for w in &workers {
+        for id in w.started() {
+            *runs.entry(id).or_default() += 1;
+        }
+    }
+    for j in &jobs {
+        assert_eq!(j.status, JobStatus::Succeeded, "{j:?}");
+        assert_eq!(j.attempts, 1, "job {} was tried again", j.job_id);
+        assert_eq!(
+            runs.get(&j.job_id),
+            Some(&1),
+            "job {} started {:?} times",
+            j.job_id,
+            runs.get(&j.job_id)
+        );
+        let out = clients[0].logs_raw(&j.job_id, "stdout", 0).await.unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            format!("ran {} attempt 1\n", j.job_id)
+        );
+    }
+    assert_eq!(runs.values().sum::<usize>(), 1000 + 1, "no other job ran");
+    for w in &workers {
+        assert!(!w.started().is_empty(), "worker {} got no work", w.id);
+    }
+    let gpu = wait_all(&clients[0], &[gpu], Duration::from_secs(30))
+        .await
+        .remove(0);
+    assert_eq!(gpu.status, JobStatus::Succeeded);
+    assert!(
+        workers[2].started().contains(&gpu.job_id),
+        "gpu job ran on a worker without the label"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_job_loses_its_lease_and_another_finishes_the_job() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path(), "cp", &db.url, "");
+    let client = cp.client();
+    let mut doomed = Worker::start(dir.path(), "doomed", &cp.grpc, 1, "");
+    let id = client.submit(&job("slow")).await.unwrap().job_id;
+    wait_running(&client, &id).await;
+    doomed.proc.kill9();
+    // The lease (2 s) runs out; the reaper re-queues; a new worker takes it.
+    let rescuer = Worker::start(dir.path(), "rescuer", &cp.grpc, 1, "");
+    let done = wait_all(&client, std::slice::from_ref(&id), Duration::from_secs(60))
+        .await
+        .remove(0);
+    assert_eq!(done.status, JobStatus::Succeeded, "{done:?}");
+    assert_eq!(done.attempts, 2);
+    assert_eq!(rescuer.started(), std::slice::from_ref(&id));
+    // The log is the second attempt's alone, and its artifact arrived.
+    let out = client.logs_raw(&id, "stdout", 0).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out), "start 2\nend\n");
+    assert_eq!(client.artifact(&id, "out.txt").await.unwrap(), b"done\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_plane_killed_under_load_loses_nothing() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = ControlPlane::start(dir.path(), "cp-a", &db.url, "");
+    let b = ControlPlane::start(dir.path(), "cp-b", &db.url, "");
+    // Both workers prefer replica A; B is their second choice.
+    let servers = format!("{},{}", a.grpc, b.grpc);
+    let workers = [
+        Worker::start(dir.path(), "w1", &servers, 3, ""),
+        Worker::start(dir.path(), "w2", &servers, 3, ""),
+    ];
+    let client = b.client();
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        ids.push(
+            client
+                .submit(&job(if i % 2 == 0 { "slow" } else { "quick" }))
+                .await
+                .unwrap()
+                .job_id,
+        );
+    }
+    wait_running(&client, &ids[0]).await;
+    a.proc.kill9();
+    let after = client.submit(&job("quick")).await.unwrap().job_id;
+    ids.push(after);
+    let jobs = wait_all(&client, &ids, Duration::from_secs(120)).await;
+    for j in &jobs {
+        assert_eq!(j.status, JobStatus::Succeeded, "{j:?}");
+    }
+    // The running jobs kept their leases across the switch: none had to run again.
+    let total: usize = workers.iter().map(|w| w.started().len()).sum();
+    assert_eq!(total, ids.len(), "some job ran twice");
+    for w in &workers {
+        assert!(
+            w.proc
+                .log_text()
+                .contains("session with the control plane ended")
+                || w.proc.log_text().contains("cannot reach the control plane"),
+            "worker {} never noticed the loss",
+            w.id
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_out_worker_cannot_write_or_complete() {
+    use warden_proto::pb;
+    use warden_proto::pb::server_message::Body as Out;
+    use warden_proto::pb::worker_message::Body as In;
+
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path(), "cp", &db.url, "");
+    let client = cp.client();
+
+    /// A hand-driven worker session: send a request, read its reply.
+    struct Session {
+        tx: tokio::sync::mpsc::Sender<pb::WorkerMessage>,
+        rx: tonic::Streaming<pb::ServerMessage>,
+        next: u64,
+    }
+    impl Session {
+        async fn open(url: &str, id: &str) -> Session {
+            let mut c = pb::worker_service_client::WorkerServiceClient::connect(url.to_string())
+                .await
+                .unwrap();
+            let (tx, rx) = tokio::sync::mpsc::channel(16);
+            let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+            tx.send(pb::WorkerMessage {
+                request_id: 0,
+                body: Some(In::Register(pb::Register {
+                    worker_id: id.into(),
+                    slots: 1,
+                    job_types: vec!["quick".into()],
+                    ..Default::default()
+                })),
+            })
+            .await
+            .unwrap();
+            let mut rx = c.session(req).await.unwrap().into_inner();
+            let reg = rx.message().await.unwrap().unwrap();
+            assert!(matches!(reg.body, Some(Out::Registered(_))));
+            Session { tx, rx, next: 1 }
+        }
+        async fn call(&mut self, body: In) -> Out {
+            self.next += 1;
+            self.tx
+                .send(pb::WorkerMessage {
+                    request_id: self.next,
+                    body: Some(body),
+                })
+                .await
+                .unwrap();
+            loop {
+                let m = self.rx.message().await.unwrap().unwrap();
+                if m.request_id == self.next {
+                    return m.body.unwrap();
+                }
+            }
+        }
+    }
+    let claim = || In::Claim(pb::ClaimRequest { wait_ms: 5_000 });
+
+    let id = client.submit(&job("quick")).await.unwrap().job_id;
+    let mut old = Session::open(&cp.grpc, "old").await;
+    let Out::Assignment(first) = old.call(claim()).await else {
+        panic!("no assignment")
+    };
+    let old_lease = first.lease.clone().unwrap();
+    assert_eq!(old_lease.job_id, id);
+    // "old" goes silent past its 2 s lease; the reaper re-queues; "new" claims it.
+    let mut new = Session::open(&cp.grpc, "new").await;
+    let Out::Assignment(second) = new
+        .call(In::Claim(pb::ClaimRequest { wait_ms: 10_000 }))
+        .await
+    else {
+        panic!("the job was not re-queued to the new worker")
+    };
+    let new_lease = second.lease.clone().unwrap();
+    assert!(new_lease.token > old_lease.token, "the fencing token grows");
+
+    let lost = |out: Out| match out {
+        Out::Error(e) => e.code == pb::worker_error::Code::LeaseLost as i32,
+        _ => false,
+    };
+    let log = |lease: &pb::Lease, data: &[u8]| {
+        In::AppendLog(pb::AppendLogRequest {
+            lease: Some(lease.clone()),
+            stream: pb::LogStream::Stdout as i32,
+            offset: 0,
+            data: data.to_vec(),
+        })
+    };
+    let complete = |lease: &pb::Lease, status: pb::JobStatus| {
+        In::Complete(pb::CompleteRequest {
+            lease: Some(lease.clone()),
+            completion: Some(pb::Completion {
+                status: status as i32,
+                exit_code: Some(0),
+                ..Default::default()
+            }),
+            finished_at_ms: 0,
+        })
+    };
+    assert!(
+        lost(old.call(log(&old_lease, b"stale\n")).await),
+        "stale log accepted"
+    );
+    assert!(lost(
+        old.call(In::Heartbeat(pb::HeartbeatRequest {
+            lease: Some(old_lease.clone())
+        }))
+        .await
+    ));
+    assert!(
+        lost(old.call(complete(&old_lease, pb::JobStatus::Failed)).await),
+        "stale completion accepted"
+    );
+    // A worker may not act on another's lease either.
+    let Out::Error(e) = old.call(complete(&new_lease, pb::JobStatus::Failed)).await else {
+        panic!("completed another worker's job")
+    };
+    assert_eq!(e.code, pb::worker_error::Code::Invalid as i32);
+    // The current holder's writes go through.
+    assert!(matches!(
+        new.call(log(&new_lease, b"fresh\n")).await,
+        Out::Ack(_)
+    ));
+    let Out::Completed(done) = new
+        .call(complete(&new_lease, pb::JobStatus::Succeeded))
+        .await
+    else {
+        panic!("current lease refused")
+    };
+    assert_eq!(done.status, pb::JobStatus::Succeeded as i32);
+    let view = client.get(&id).await.unwrap();
+    assert_eq!(view.status, JobStatus::Succeeded);
+    assert_eq!(view.attempts, 2);
+    assert_eq!(client.logs_raw(&id, "stdout", 0).await.unwrap(), b"fresh\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_without_the_token_are_refused() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path(), "cp", &db.url, "");
+    let token_file = dir.path().join("wrong-token");
+    std::fs::write(&token_file, "a-wrong-token-of-enough-length\n").unwrap();
+    let config = dir.path().join("w.yaml");
+    std::fs::write(
+        &config,
+        format!("data_dir: {}\n{JOB_TYPES}", dir.path().join("w").display()),
+    )
+    .unwrap();
+    let mut child = Command::new(WARDEN)
+        .args(["worker", "--server", &cp.grpc, "--token-file"])
+        .arg(&token_file)
+        .arg("--config")
+        .arg(&config)
+        .env_remove("WARDEN_WORKER_TOKEN")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen.contains("the worker token is wrong") && Instant::now() < deadline {
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        seen.push_str(&line);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.contains("the worker token is wrong"), "{seen}");
+    // And a worker with no token at all is a usage error, before any connection.
+    let out = Command::new(WARDEN)
+        .args(["worker", "--server", &cp.grpc])
+        .env_remove("WARDEN_WORKER_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no worker token"));
+}
+
+/// A network namespace with one veth link to the host: a worker host of its own.
+struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    /// `10.<a>.<b>.1` on the host side, `.2` inside.
+    fn create(name: &str, a: u8, b: u8) -> NetNs {
+        let run = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let (host, peer) = (format!("{name}-h"), format!("{name}-p"));
+        let _ = Command::new("ip").args(["netns", "del", name]).output();
+        let _ = Command::new("ip").args(["link", "del", &host]).output();
+        run(&["netns", "add", name]);
+        run(&["link", "add", &host, "type", "veth", "peer", "name", &peer]);
+        run(&["link", "set", &peer, "netns", name]);
+        run(&["addr", "add", &format!("10.{a}.{b}.1/30"), "dev", &host]);
+        run(&["link", "set", &host, "up"]);
+        run(&[
+            "-n",
+            name,
+            "addr",
+            "add",
+            &format!("10.{a}.{b}.2/30"),
+            "dev",
+            &peer,
+        ]);
+        run(&["-n", name, "link", "set", &peer, "up"]);
+        run(&["-n", name, "link", "set", "lo", "up"]);
+        NetNs { name: name.into() }
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &format!("{}-h", self.name)])
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_on_other_hosts_reach_the_control_plane_over_veth() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Distinct per test process, so parallel runs do not collide.
+    let tag = (std::process::id() % 250) as u8;
+    let ns1 = NetNs::create(&format!("wdn{tag}a"), 213, tag);
+    let ns2 = NetNs::create(&format!("wdn{tag}b"), 214, tag);
+    // The control plane listens on the host ends only; not on loopback, so the token guards it.
+    let cp1 = ControlPlane::start_at(
+        dir.path(),
+        "cp1",
+        &db.url,
+        "",
+        &format!("10.213.{tag}.1:0"),
+        &[],
+    );
+    let cp2 = ControlPlane::start_at(
+        dir.path(),
+        "cp2",
+        &db.url,
+        "",
+        &format!("10.214.{tag}.1:0"),
+        &[],
+    );
+    let wrap1 = ["ip", "netns", "exec", ns1.name.as_str()];
+    let wrap2 = ["ip", "netns", "exec", ns2.name.as_str()];
+    let w1 = Worker::start_in(dir.path(), "far1", &cp1.grpc, 2, "", &wrap1);
+    let w2 = Worker::start_in(dir.path(), "far2", &cp2.grpc, 2, "", &wrap2);
+    let client = cp1.client();
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(client.submit(&job("quick")).await.unwrap().job_id);
+    }
+    let jobs = wait_all(&client, &ids, Duration::from_secs(60)).await;
+    assert!(jobs.iter().all(|j| j.status == JobStatus::Succeeded));
+    assert_eq!(w1.started().len() + w2.started().len(), 20);
+    // The sessions came from the namespaces' own addresses, across the veth links.
+    let cp1_log = cp1.proc.log_text();
+    assert!(cp1_log.contains(&format!("10.213.{tag}.2:")), "{cp1_log}");
+    assert!(cp2.proc.log_text().contains(&format!("10.214.{tag}.2:")));
+    // Off loopback, the job API wants the token too.
+    let mut jobs_api =
+        warden_proto::pb::job_service_client::JobServiceClient::connect(cp1.grpc.clone())
+            .await
+            .unwrap();
+    let refused = jobs_api
+        .get_job(warden_proto::pb::GetJobRequest {
+            job_id: ids[0].clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let mut req = tonic::Request::new(warden_proto::pb::GetJobRequest {
+        job_id: ids[0].clone(),
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    let got = jobs_api.get_job(req).await.unwrap().into_inner();
+    assert_eq!(got.status, warden_proto::pb::JobStatus::Succeeded as i32);
+}
+
+/// Stops and starts the machine's PostgreSQL (the one every test uses), so this test runs alone
+/// (see .config/nextest.toml). The server is started again whatever happens.
+struct PgRestart;
+
+impl PgRestart {
+    fn ctl(action: &str) {
+        let version = std::fs::read_dir("/etc/postgresql")
+            .unwrap()
+            .flatten()
+            .next()
+            .unwrap()
+            .file_name();
+        let out = Command::new("pg_ctlcluster")
+            .arg("--skip-systemctl-redirect")
+            .arg(&version)
+            .args(["main", action])
+            .args(if action == "stop" {
+                &["-m", "fast"][..]
+            } else {
+                &[][..]
+            })
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctlcluster {action}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for PgRestart {
+    fn drop(&mut self) {
+        let _ = std::panic::catch_unwind(|| PgRestart::ctl("start"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accepted_job_ends_across_a_postgres_restart() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path(), "cp", &db.url, "");
+    let workers = [
+        Worker::start(dir.path(), "w1", &cp.grpc, 3, ""),
+        Worker::start(dir.path(), "w2", &cp.grpc, 3, ""),
+    ];
+    let client = cp.client();
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        ids.push(
+            client
+                .submit(&job(if i % 5 == 0 { "slow" } else { "quick" }))
+                .await
+                .unwrap()
+                .job_id,
+        );
+    }
+    wait_running(&client, &ids[0]).await;
+    {
+        let _restart = PgRestart;
+        PgRestart::ctl("stop");
+        // While the database is down, submissions fail loudly (5xx), never silently.
+        let refused = client.submit(&job("quick")).await;
+        assert!(
+            refused.is_err(),
+            "a job was accepted with the database down"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    // Accepted after the restart, too.
+    for _ in 0..10 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match client.submit(&job("quick")).await {
+                Ok(r) => {
+                    ids.push(r.job_id);
+                    break;
+                }
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("submissions never recovered: {e}"),
+            }
+        }
+    }
+    let jobs = wait_all(&client, &ids, Duration::from_secs(120)).await;
+    for j in &jobs {
+        assert!(
+            matches!(j.status, JobStatus::Succeeded),
+            "job {} ended {:?} ({:?})",
+            j.job_id,
+            j.status,
+            j.reason
+        );
+    }
+    let started: usize = workers.iter().map(|w| w.started().len()).sum();
+    assert!(started >= ids.len());
+}
