@@ -753,8 +753,12 @@ mod tests {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let tx2 = tx.clone();
         let task = b.listen(
-            move || drop(tx.send(None)),
-            move |id| drop(tx2.send(Some(id))),
+            move || {
+                let _ = tx.send(None);
+            },
+            move |id| {
+                let _ = tx2.send(Some(id));
+            },
         );
         // The listener's first act is a catch-up wake-up.
         assert_eq!(rx.recv().await, Some(None));
