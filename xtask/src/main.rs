@@ -1,4 +1,4 @@
-//! `cargo xtask bench e2e [--jobs N] [--sequential N] [--concurrency C]`
+//! `cargo xtask bench e2e|sandbox|checkout|queue ...` (see `usage` below)
 //!
 //! Benchmarks are not tests: they print a table of medians and ratios against a baseline run in
 //! the same invocation. Results and the command that reproduces them go to docs/benchmarks.md.
@@ -13,6 +13,8 @@ use futures::StreamExt;
 use warden_api::SubmitJobRequest;
 use warden_client::Client;
 
+mod queue;
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args
@@ -24,9 +26,10 @@ fn main() -> anyhow::Result<()> {
         ["bench", "e2e", rest @ ..] => bench_e2e(rest),
         ["bench", "sandbox", rest @ ..] => bench_sandbox(rest),
         ["bench", "checkout", rest @ ..] => bench_checkout(rest),
+        ["bench", "queue", rest @ ..] => queue::bench_queue(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask bench e2e [--jobs N] [--sequential N] [--concurrency C] [--slots S]\n       cargo xtask bench sandbox [--runs N]\n       cargo xtask bench checkout [--files N] [--mb M] [--runs R] [--jobs J]"
+                "usage: cargo xtask bench e2e [--jobs N] [--sequential N] [--concurrency C] [--slots S]\n       cargo xtask bench sandbox [--runs N]\n       cargo xtask bench checkout [--files N] [--mb M] [--runs R] [--jobs J]\n       cargo xtask bench queue [--jobs N] [--claimers C] [--history H] [--starts S]"
             );
             std::process::exit(2);
         }
@@ -99,8 +102,11 @@ fn start_server(warden: &Path, config: &Path) -> anyhow::Result<(std::process::C
         .stdout(Stdio::piped())
         .spawn()?;
     let stdout = server.stdout.take().context("no stdout")?;
-    for line in BufReader::new(stdout).lines() {
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
         if let Some(u) = line?.strip_prefix("warden listening on ") {
+            // Keep draining, so the server never writes into a closed pipe.
+            std::thread::spawn(move || lines.for_each(drop));
             return Ok((server, u.to_string()));
         }
     }

@@ -192,15 +192,15 @@ pub async fn run(
         })?;
     let grpc_addr = grpc_listener.local_addr()?;
     tracing::info!(%addr, %grpc_addr, data_dir = %root.display(), store = if options.database_url.is_some() { "postgres" } else { "sqlite" }, "warden listening");
-    println!("warden listening on http://{addr}");
-    println!(
-        "warden gRPC listening on {}://{grpc_addr}",
-        if config.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        }
-    );
+    // Announced on stdout for scripts; a closed stdout is no reason to stop serving.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "warden listening on http://{addr}");
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
+        let _ = writeln!(out, "warden gRPC listening on {scheme}://{grpc_addr}");
+        let _ = out.flush();
+    }
 
     let hub = Arc::new(WorkerHub {
         store: store.clone(),
@@ -230,7 +230,10 @@ pub async fn run(
     let grpc_task = tokio::spawn(
         grpc.add_routes(crate::grpc::routes(service.clone(), hub, Auth::new(token)))
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                // The builder's tcp_nodelay covers only listeners it binds itself: without it
+                // here, a stream's second small message waits out a delayed ACK (40 ms).
+                tonic::transport::server::TcpIncoming::from(grpc_listener)
+                    .with_nodelay(Some(true)),
                 grpc_shutdown.cancelled_owned(),
             ),
     );
