@@ -129,6 +129,10 @@ pub fn bench_queue(rest: &[&str]) -> anyhow::Result<()> {
         let pg_hist = drain(Arc::new(pg.clone()), jobs, claimers).await?;
         println!("  postgres with {history} finished jobs: {pg_hist:.0} jobs/s");
         drop(pg);
+        // The baseline: what this PostgreSQL does with pgbench's simple-update transactions at
+        // the same concurrency (a claim+complete is two write transactions).
+        let pgbench_tps = pgbench(&db.url, claimers)?;
+        println!("  pgbench simple-update: {pgbench_tps:.0} transactions/s");
 
         let (running, first_byte) = submit_to_start(&db.url, starts).await?;
         let run = stats(running);
@@ -139,6 +143,14 @@ pub fn bench_queue(rest: &[&str]) -> anyhow::Result<()> {
         println!("| claim+complete, SQLite ({claimers} claimers) | {sqlite_rate:.0} jobs/s | |");
         println!(
             "| claim+complete, PostgreSQL ({claimers} claimers) | {pg_rate:.0} jobs/s | ≥ 5,000 |"
+        );
+        println!(
+            "| pgbench `-N` (simple update), same database and concurrency (baseline) | {pgbench_tps:.0} tx/s = {:.0} two-transaction jobs/s | |",
+            pgbench_tps / 2.0
+        );
+        println!(
+            "| warden / pgbench, per write transaction | {:.2}× | |",
+            pg_rate * 2.0 / pgbench_tps
         );
         println!(
             "| claim+complete, PostgreSQL with {history} finished jobs | {pg_hist:.0} jobs/s ({:.2}× empty) | stays fast |",
@@ -158,6 +170,29 @@ pub fn bench_queue(rest: &[&str]) -> anyhow::Result<()> {
     })
 }
 
+/// `pgbench -N` on a scratch schema of the bench database; transactions per second.
+fn pgbench(url: &str, clients: usize) -> anyhow::Result<f64> {
+    let run = |args: &[&str]| -> anyhow::Result<String> {
+        let out = Command::new("pgbench")
+            .args(args)
+            .arg(url)
+            .output()
+            .context("pgbench (Debian package postgresql-client) is needed for the baseline")?;
+        if !out.status.success() {
+            bail!("pgbench {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    run(&["-i", "-q", "-s", "4"])?;
+    let clients = clients.to_string();
+    let out = run(&["-N", "-n", "-c", &clients, "-j", "2", "-T", "10"])?;
+    out.lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .context("no tps in pgbench's output")
+}
+
 struct Killed(Child);
 
 impl Drop for Killed {
@@ -168,7 +203,11 @@ impl Drop for Killed {
 }
 
 /// Spawns `warden <args>` and returns it with the rest of the first stdout line after `prefix`.
-fn spawn_announcing(warden: &Path, args: &[&str], prefix: &str) -> anyhow::Result<(Killed, String)> {
+fn spawn_announcing(
+    warden: &Path,
+    args: &[&str],
+    prefix: &str,
+) -> anyhow::Result<(Killed, String)> {
     let mut child = Command::new(warden)
         .args(args)
         .env("RUST_LOG", "error")
@@ -187,10 +226,7 @@ fn spawn_announcing(warden: &Path, args: &[&str], prefix: &str) -> anyhow::Resul
     bail!("warden {args:?} did not announce {prefix:?}")
 }
 
-async fn submit_to_start(
-    db_url: &str,
-    n: usize,
-) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+async fn submit_to_start(db_url: &str, n: usize) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
     let warden = build_release()?;
     let dir = tempfile::tempdir()?;
     let yaml = |data: &Path| {
@@ -213,7 +249,9 @@ async fn submit_to_start(
     let w_path = w_config.to_string_lossy().into_owned();
     let (_worker, _) = spawn_announcing(
         &warden,
-        &["worker", "--server", &grpc, "--config", &w_path, "--slots", "2"],
+        &[
+            "worker", "--server", &grpc, "--config", &w_path, "--slots", "2",
+        ],
         "warden worker ",
     )?;
     let channel = tonic::transport::Endpoint::from_shared(grpc.clone())?

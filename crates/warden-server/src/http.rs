@@ -22,7 +22,7 @@ use warden_core::JobId;
 use warden_store::{ListFilter, LogStream};
 
 use crate::error::ApiError;
-use crate::service::{DEFAULT_TENANT, JobService};
+use crate::service::{DEFAULT_TENANT, FOLLOW_POLL, JobService};
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -453,7 +453,7 @@ fn follow_stream(
             tokio::select! {
                 _ = st.rx.changed(st.id) => {}
                 // Another replica may be writing: look again now and then.
-                _ = tokio::time::sleep(Duration::from_millis(1000)) => {}
+                _ = tokio::time::sleep(FOLLOW_POLL) => {}
                 _ = st.svc.shutdown.cancelled() => return None,
             }
         }

@@ -197,7 +197,11 @@ pub async fn run(
         use std::io::Write;
         let mut out = std::io::stdout();
         let _ = writeln!(out, "warden listening on http://{addr}");
-        let scheme = if config.tls.is_some() { "https" } else { "http" };
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let _ = writeln!(out, "warden gRPC listening on {scheme}://{grpc_addr}");
         let _ = out.flush();
     }
@@ -232,8 +236,7 @@ pub async fn run(
             .serve_with_incoming_shutdown(
                 // The builder's tcp_nodelay covers only listeners it binds itself: without it
                 // here, a stream's second small message waits out a delayed ACK (40 ms).
-                tonic::transport::server::TcpIncoming::from(grpc_listener)
-                    .with_nodelay(Some(true)),
+                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
                 grpc_shutdown.cancelled_owned(),
             ),
     );

@@ -21,6 +21,10 @@ use crate::error::ApiError;
 /// The tenant of every job until authentication arrives.
 pub const DEFAULT_TENANT: &str = "default";
 
+/// How often a log follower or job watcher looks again without being woken: a worker attached
+/// to another replica writes without notifying this one (see the PostgreSQL store's triggers).
+pub const FOLLOW_POLL: Duration = Duration::from_millis(250);
+
 pub struct JobService {
     pub store: Arc<dyn Store>,
     pub config: Arc<Config>,

@@ -5,9 +5,10 @@
 //! replicas never wait on each other nor take the same job; every write a worker makes names the
 //! job's fencing token, so a write from a lease that is no longer current changes nothing.
 //!
-//! Triggers `NOTIFY` every replica when a job is queued (`warden_queued`) and when a job changes
-//! (`warden_job`); [`PgStore::listen`] turns those into calls. Notifications are a wake-up only:
-//! claimers and log followers also poll, so a lost connection delays work but never loses it.
+//! Triggers `NOTIFY` every replica when a job is queued (`warden_queued`) and when a job's
+//! cancellation is asked for (`warden_job`); [`PgStore::listen`] turns those into calls.
+//! Notifications are a wake-up only: claimers and log followers also poll, so a lost connection
+//! delays work but never loses it.
 
 use std::time::Duration;
 

@@ -2,7 +2,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::Stream;
 use tonic::{Request, Response, Status};
@@ -12,7 +11,7 @@ use warden_store::ListFilter;
 
 use super::{invalid, status};
 use crate::error::ApiError;
-use crate::service::{DEFAULT_TENANT, JobService};
+use crate::service::{DEFAULT_TENANT, FOLLOW_POLL, JobService};
 
 pub(crate) struct Jobs {
     svc: Arc<JobService>,
@@ -162,7 +161,7 @@ impl pb::job_service_server::JobService for Jobs {
                 tokio::select! {
                     _ = events.changed(id) => {}
                     // Another replica may be writing and its notice lost: look again.
-                    _ = tokio::time::sleep(Duration::from_millis(1000)) => {}
+                    _ = tokio::time::sleep(FOLLOW_POLL) => {}
                     _ = svc.shutdown.cancelled() => return,
                     _ = tx.closed() => return,
                 }
@@ -202,7 +201,7 @@ impl pb::job_service_server::JobService for Jobs {
             while !last.status.is_terminal() {
                 tokio::select! {
                     _ = events.changed(id) => {}
-                    _ = tokio::time::sleep(Duration::from_millis(1000)) => {}
+                    _ = tokio::time::sleep(FOLLOW_POLL) => {}
                     _ = svc.shutdown.cancelled() => return,
                     _ = tx.closed() => return,
                 }

@@ -812,3 +812,46 @@ async fn every_accepted_job_ends_across_a_postgres_restart() {
     let started: usize = workers.iter().map(|w| w.started().len()).sum();
     assert!(started >= ids.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_follow_and_cancel_work_through_another_replica() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = ControlPlane::start(dir.path(), "cp-a", &db.url, "");
+    let b = ControlPlane::start(dir.path(), "cp-b", &db.url, "");
+    // The worker is attached to A; the user talks to B only.
+    let _w = Worker::start(dir.path(), "w", &a.grpc, 1, "");
+    let client = b.client();
+    let id = client.submit(&job("slow")).await.unwrap().job_id;
+    let follower = {
+        let client = client.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            let mut text = String::new();
+            let end = client
+                .follow(&id, "stdout", None, None, |item| {
+                    if let warden_client::FollowItem::Log(ev) = item {
+                        text.push_str(&ev.text);
+                    }
+                })
+                .await
+                .unwrap();
+            (text, end)
+        })
+    };
+    wait_running(&client, &id).await;
+    let asked = Instant::now();
+    client.cancel(&id).await.unwrap();
+    let (text, end) = tokio::time::timeout(Duration::from_secs(20), follower)
+        .await
+        .expect("the follow on B never ended")
+        .unwrap();
+    assert_eq!(end.status, JobStatus::Cancelled);
+    assert_eq!(text, "start 1\n", "B's follower saw A's worker's output");
+    // The sleep had 3 s to go: the cancellation reached the worker at once, not at job end.
+    assert!(
+        asked.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        asked.elapsed()
+    );
+}
