@@ -1,4 +1,7 @@
-//! A typed client for warden's HTTP/JSON API.
+//! A typed client for warden's API: HTTP/JSON (`http://`, `https://`) or gRPC (`grpc://`),
+//! with the same methods and answers either way.
+
+mod grpc;
 
 use std::time::Duration;
 
@@ -38,6 +41,7 @@ pub struct Client {
     http: reqwest::Client,
     token: Option<String>,
     timeout: Duration,
+    grpc: Option<grpc::Grpc>,
 }
 
 /// Filters for [`Client::list`].
@@ -69,16 +73,21 @@ impl Client {
             .build()
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let base = server.trim_end_matches('/').to_string();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
+        let grpc = if base.starts_with("grpc://") {
+            Some(grpc::Grpc::new(&base, timeout, token.clone())?)
+        } else if base.starts_with("http://") || base.starts_with("https://") {
+            None
+        } else {
             return Err(ClientError::Protocol(format!(
-                "server {server:?} must start with http:// or https://"
+                "server {server:?} must start with http://, https:// or grpc://"
             )));
-        }
+        };
         Ok(Client {
             base,
             http,
             token,
             timeout,
+            grpc,
         })
     }
 
@@ -143,20 +152,32 @@ impl Client {
     }
 
     pub async fn healthz(&self) -> Result<serde_json::Value, ClientError> {
+        if let Some(g) = &self.grpc {
+            return Err(g.unsupported("/healthz"));
+        }
         self.json(self.request(Method::GET, "/healthz")).await
     }
 
     pub async fn submit(&self, req: &SubmitJobRequest) -> Result<SubmitJobResponse, ClientError> {
+        if let Some(g) = &self.grpc {
+            return g.submit(req).await;
+        }
         self.json(self.request(Method::POST, "/jobs").json(req))
             .await
     }
 
     pub async fn get(&self, id: &str) -> Result<JobView, ClientError> {
+        if let Some(g) = &self.grpc {
+            return g.get(id).await;
+        }
         self.json(self.request(Method::GET, &format!("/jobs/{}", enc(id))))
             .await
     }
 
     pub async fn list(&self, q: &ListQuery) -> Result<ListJobsResponse, ClientError> {
+        if let Some(g) = &self.grpc {
+            return g.list(q).await;
+        }
         let mut params: Vec<(&str, String)> = Vec::new();
         if let Some(s) = &q.status {
             params.push(("status", s.clone()));
@@ -175,6 +196,9 @@ impl Client {
     }
 
     pub async fn cancel(&self, id: &str) -> Result<JobView, ClientError> {
+        if let Some(g) = &self.grpc {
+            return g.cancel(id).await;
+        }
         self.json(self.request(Method::POST, &format!("/jobs/{}/cancel", enc(id))))
             .await
     }
@@ -185,6 +209,9 @@ impl Client {
         stream: &str,
         tail: usize,
     ) -> Result<LogsResponse, ClientError> {
+        if let Some(g) = &self.grpc {
+            return g.logs(id, stream, tail).await;
+        }
         let rb = self
             .request(Method::GET, &format!("/jobs/{}/logs", enc(id)))
             .query(&[("stream", stream.to_string()), ("tail", tail.to_string())]);
@@ -198,6 +225,9 @@ impl Client {
         stream: &str,
         offset: u64,
     ) -> Result<Vec<u8>, ClientError> {
+        if let Some(g) = &self.grpc {
+            return g.logs_raw(id, stream, offset).await;
+        }
         let rb = self
             .request(Method::GET, &format!("/jobs/{}/logs", enc(id)))
             .query(&[
@@ -218,6 +248,16 @@ impl Client {
         tail: Option<usize>,
         mut on_item: impl FnMut(FollowItem),
     ) -> Result<LogEnd, ClientError> {
+        if let Some(g) = &self.grpc {
+            return match (offset, tail) {
+                (Some(o), _) => g.follow(id, stream, o, on_item).await,
+                (None, Some(t)) => {
+                    let start = g.logs(id, stream, t).await?.offset;
+                    g.follow(id, stream, start, on_item).await
+                }
+                (None, None) => g.follow(id, stream, 0, on_item).await,
+            };
+        }
         let mut query = vec![
             ("stream", stream.to_string()),
             ("follow", "true".to_string()),
@@ -283,11 +323,17 @@ impl Client {
     }
 
     pub async fn artifacts(&self, id: &str) -> Result<ArtifactsResponse, ClientError> {
+        if let Some(g) = &self.grpc {
+            return g.artifacts(id).await;
+        }
         self.json(self.request(Method::GET, &format!("/jobs/{}/artifacts", enc(id))))
             .await
     }
 
     pub async fn artifact(&self, id: &str, path: &str) -> Result<Vec<u8>, ClientError> {
+        if let Some(g) = &self.grpc {
+            return g.artifact(id, path).await;
+        }
         let path: Vec<String> = path.split('/').map(enc).collect();
         let rb = self.request_untimed(
             Method::GET,
@@ -297,6 +343,9 @@ impl Client {
     }
 
     pub async fn job_types(&self) -> Result<JobTypesResponse, ClientError> {
+        if let Some(g) = &self.grpc {
+            return Err(g.unsupported("the job type list"));
+        }
         self.json(self.request(Method::GET, "/job-types")).await
     }
 

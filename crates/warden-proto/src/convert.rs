@@ -191,6 +191,50 @@ pub fn job_from_pb(j: pb::Job, lease: Option<&Lease>) -> Result<JobRecord, WireE
     })
 }
 
+/// Formats a timestamp as the HTTP API does; values beyond year 9999 are clamped.
+pub fn rfc3339(ms: i64) -> String {
+    const MAX_MS: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+    let ms = ms.clamp(0, MAX_MS) as u64;
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
+/// A job as the HTTP API shows it, from the gRPC message (for clients that speak either).
+pub fn job_view_from_pb(j: pb::Job) -> Result<warden_api::JobView, WireError> {
+    let r = job_from_pb(j, None)?;
+    Ok(warden_api::JobView {
+        job_id: r.id.to_string(),
+        tenant: r.tenant,
+        job_type: r.job_type,
+        status: r.status,
+        reason: r.reason,
+        repo_name: r.repo_name,
+        remote_url: r.remote_url,
+        sha: r.sha,
+        git_ref: r.git_ref,
+        params: r.params,
+        idempotency_key: r.idempotency_key,
+        invariants: r.invariants,
+        exit_code: r.exit_code,
+        signal: r.signal,
+        attempts: r.attempts,
+        max_attempts: r.max_attempts,
+        cancel_requested: r.cancel_requested,
+        unsafe_fallback: r.unsafe_fallback,
+        warnings: r.warnings,
+        created_at: rfc3339(r.created_at),
+        started_at: r.started_at.map(rfc3339),
+        finished_at: r.finished_at.map(rfc3339),
+        stdout_bytes: r.stdout_bytes,
+        stderr_bytes: r.stderr_bytes,
+        log_truncated: r.log_truncated,
+        resources: r.resources,
+        enforcement: r.enforcement,
+        // Where the server keeps artifacts is not part of the gRPC contract.
+        artifact_dir: String::new(),
+    })
+}
+
 pub fn assignment_from_pb(a: pb::Assignment) -> Result<Claimed, WireError> {
     let lease = lease_from_pb(a.lease)?;
     let job = job_from_pb(

@@ -20,8 +20,13 @@ pub fn run(args: ConfigArgs) -> i32 {
             timeout_seconds,
             token_file,
         } => {
-            if !(server.starts_with("http://") || server.starts_with("https://")) {
-                eprintln!("error: --server {server:?} must start with http:// or https://");
+            if !["http://", "https://", "grpc://"]
+                .iter()
+                .any(|s| server.starts_with(s))
+            {
+                eprintln!(
+                    "error: --server {server:?} must start with http://, https:// or grpc://"
+                );
                 return exit::USAGE;
             }
             let token = match token_file {

@@ -139,6 +139,76 @@ fn bad_flags_and_config_files_exit_2_with_a_reason() {
     }
 }
 
+/// The same commands, answers and exit codes over gRPC (`grpc://`) as over HTTP.
+#[tokio::test]
+async fn the_cli_speaks_grpc_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&write_config(dir.path(), ""));
+    let grpc = server.grpc.replace("http://", "grpc://");
+    let env = [("WARDEN_SERVER", grpc.as_str())];
+    let ok = warden(
+        &[
+            "job",
+            "submit",
+            "echo",
+            "-p",
+            "GREETING=grpc",
+            "--wait",
+            "-o",
+            "json",
+        ],
+        &env,
+    );
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    let view: serde_json::Value = serde_json::from_str(&ok.stdout).unwrap();
+    assert_eq!(view["status"], "succeeded");
+    let id = view["job_id"].as_str().unwrap();
+    let logs = warden(&["job", "logs", id], &env);
+    assert_eq!(logs.code, 0, "{}", logs.stderr);
+    assert_eq!(logs.stdout, "hello grpc\n");
+    let got = warden(&["job", "get", id, "-o", "json"], &env);
+    let got: serde_json::Value = serde_json::from_str(&got.stdout).unwrap();
+    assert_eq!(got["exit_code"], 0);
+    let art = warden(&["job", "artifacts", id, "--get", "out.txt"], &env);
+    assert_eq!(art.code, 0, "{}", art.stderr);
+    assert_eq!(art.stdout, "out\n");
+    let followed = warden(
+        &["job", "submit", "echo", "-p", "GREETING=live", "--follow"],
+        &env,
+    );
+    assert_eq!(followed.code, 0, "{}", followed.stderr);
+    assert_eq!(followed.stdout, "hello live\n");
+    let failed = warden(&["job", "submit", "fail", "--wait"], &env);
+    assert_eq!(failed.code, 1);
+    let list = warden(&["job", "list", "-o", "json"], &env);
+    let list: serde_json::Value = serde_json::from_str(&list.stdout).unwrap();
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 3);
+    // Refusals keep their codes and messages: exit 2.
+    let refused = warden(&["job", "submit", "echo", "-p", "NOPE=1"], &env);
+    assert_eq!(refused.code, 2);
+    assert!(
+        refused.stderr.contains("not allowed for job type"),
+        "{}",
+        refused.stderr
+    );
+    let unknown = warden(
+        &["job", "get", "01a20f6b-5fa2-70a5-b3b0-ef6ce0f83903"],
+        &env,
+    );
+    assert_eq!(unknown.code, 2);
+    assert!(unknown.stderr.contains("not found"), "{}", unknown.stderr);
+    let finished = warden(&["job", "cancel", id], &env);
+    assert_eq!(finished.code, 2);
+    assert!(
+        finished.stderr.contains("already ended"),
+        "{}",
+        finished.stderr
+    );
+    // Nothing listening: unreachable (8), not a usage error.
+    let down = warden(&["job", "list"], &[("WARDEN_SERVER", "grpc://127.0.0.1:1")]);
+    assert_eq!(down.code, 8, "{}", down.stderr);
+}
+
 #[tokio::test]
 async fn wait_exit_codes_follow_the_job_status() {
     let dir = tempfile::tempdir().unwrap();

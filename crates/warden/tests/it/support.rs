@@ -123,6 +123,8 @@ pub fn write_config_with(dir: &Path, body: &str) -> PathBuf {
 pub struct Server {
     pub child: Child,
     pub url: String,
+    /// `http://127.0.0.1:<port>` of the gRPC listener.
+    pub grpc: String,
 }
 
 impl Server {
@@ -142,12 +144,18 @@ impl Server {
                 if let Some(url) = line.strip_prefix("warden listening on ") {
                     let _ = tx.send(url.to_string());
                 }
+                if let Some(url) = line.strip_prefix("warden gRPC listening on ") {
+                    let _ = tx.send(url.to_string());
+                }
             }
         });
         let url = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("warden did not start listening");
-        Server { child, url }
+        let grpc = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("warden did not start its gRPC listener");
+        Server { child, url, grpc }
     }
 
     pub fn client(&self) -> Client {
