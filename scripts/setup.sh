@@ -12,8 +12,10 @@ fi
 # Tools the tests call: sh, setsid, mkfifo, sleep (coreutils/util-linux), git (warden's mirrors
 # and checkouts), a C toolchain for the bundled SQLite, and Debian's python3 with pytest (the
 # pytest job runs inside the sandbox, which sees the host's /usr, not a user's pyenv).
+# The scale-out tests also need PostgreSQL (server and client, pgbench for the queue bench),
+# iproute2 (network namespaces for remote worker hosts) and openssl (test certificates).
 missing=()
-for tool in sh setsid mkfifo sleep cc git; do
+for tool in sh setsid mkfifo sleep cc git ip openssl psql pg_ctlcluster; do
     have "$tool" || missing+=("$tool")
 done
 /usr/bin/python3 -c 'import pytest' >/dev/null 2>&1 || missing+=(python3-pytest)
@@ -21,11 +23,28 @@ if [ ${#missing[@]} -gt 0 ]; then
     if have apt-get && [ "$(id -u)" = 0 ]; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq coreutils util-linux build-essential \
-            git python3 python3-pytest
+            git python3 python3-pytest iproute2 openssl postgresql postgresql-client
     else
-        echo "setup: missing: ${missing[*]} (install coreutils, util-linux, a C compiler, git, python3-pytest)" >&2
+        echo "setup: missing: ${missing[*]} (install coreutils, util-linux, a C compiler, git, python3-pytest, iproute2, openssl, postgresql)" >&2
         exit 1
     fi
+fi
+
+# PostgreSQL on 127.0.0.1:5432 with trust auth for local connections (the tests create and drop
+# databases of their own). Started if it is down.
+if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+    version=$(ls /etc/postgresql | sort -V | tail -n1)
+    echo "setup: starting PostgreSQL $version"
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start
+    for _ in $(seq 1 50); do
+        pg_isready -q -h 127.0.0.1 -p 5432 && break
+        sleep 0.2
+    done
+fi
+if ! psql -h 127.0.0.1 -U postgres -d postgres -Atqc 'select 1' >/dev/null 2>&1; then
+    echo "setup: cannot connect to PostgreSQL at 127.0.0.1:5432 as postgres (trust auth expected);" \
+        "or set WARDEN_TEST_DATABASE_URL to a server where the tests may create databases" >&2
+    exit 1
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then
