@@ -49,6 +49,18 @@ fn load(args: &WorkerArgs) -> Result<(warden_core::Config, RemoteOptions), Strin
         ),
         None => None,
     };
+    for url in args.server.split(',').map(str::trim) {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!(
+                "--server {url:?} must start with http:// or https:// (comma-separate replicas)"
+            ));
+        }
+        if url.starts_with("https://") && tls_ca.is_none() {
+            return Err(format!(
+                "--server {url:?} is https: pass --tls-ca with the CA that signed its certificate"
+            ));
+        }
+    }
     let worker_id = match &args.worker_id {
         Some(id) => id.clone(),
         None => format!(

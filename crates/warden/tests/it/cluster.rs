@@ -855,3 +855,147 @@ async fn logs_follow_and_cancel_work_through_another_replica() {
         asked.elapsed()
     );
 }
+
+/// A CA and a server certificate for 127.0.0.1, made with openssl.
+fn test_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-subj",
+        "/CN=warden test CA",
+        "-days",
+        "2",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_talk_tls_when_certificates_are_configured() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_certs(dir.path());
+    let tls = format!(
+        "tls:\n  cert: {}\n  key: {}\n",
+        cert.display(),
+        key.display()
+    );
+    let cp = ControlPlane::start(dir.path(), "cp", &db.url, &tls);
+    assert!(cp.grpc.starts_with("https://"), "{}", cp.grpc);
+    let home = dir.path().join("w");
+    std::fs::create_dir_all(&home).unwrap();
+    let config = home.join("worker.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir: {}\nsandbox_uid: {uid}\nsandbox_gid: {uid}\n{JOB_TYPES}",
+            home.join("data").display(),
+            uid = test_uid()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(WARDEN);
+    cmd.args([
+        "worker",
+        "--server",
+        &cp.grpc,
+        "--worker-id",
+        "tls",
+        "--tls-ca",
+    ])
+    .arg(&ca)
+    .arg("--config")
+    .arg(&config);
+    let w = Worker {
+        proc: Proc::spawn(cmd, home.join("stderr.log")),
+        id: "tls".into(),
+    };
+    w.proc.announced("warden worker tls registered");
+    let client = cp.client();
+    let id = client.submit(&job("quick")).await.unwrap().job_id;
+    let done = wait_all(&client, std::slice::from_ref(&id), Duration::from_secs(30)).await;
+    assert_eq!(done[0].status, JobStatus::Succeeded);
+    assert_eq!(w.started(), std::slice::from_ref(&id));
+    // Plaintext to a TLS listener gets nowhere; neither does TLS without trusting the CA.
+    let plain = cp.grpc.replace("https://", "http://");
+    let out = Command::new(WARDEN)
+        .args(["worker", "--server", &cp.grpc, "--config"])
+        .arg(&config)
+        .env("WARDEN_WORKER_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "https without --tls-ca must be refused"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-ca"));
+    let mut jobs = warden_proto::pb::job_service_client::JobServiceClient::connect(plain)
+        .await
+        .unwrap();
+    assert!(
+        jobs.get_job(warden_proto::pb::GetJobRequest { job_id: id.clone() })
+            .await
+            .is_err()
+    );
+}
