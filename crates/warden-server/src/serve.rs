@@ -142,7 +142,9 @@ pub async fn run(
             Events::new(),
             repos,
             None,
-            false,
+            // Jobs may run on workers without the sandbox only where this is allowed; such a
+            // worker's completions also carry an UNSAFE_FALLBACK warning.
+            config.unsafe_fallback,
         ),
     });
     let events = service.events.clone();

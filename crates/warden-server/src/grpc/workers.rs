@@ -86,6 +86,8 @@ fn store_error(e: StoreError) -> Out {
 /// One registered worker.
 struct Session {
     hub: Arc<WorkerHub>,
+    /// The worker runs jobs without the kernel sandbox (allowed by `unsafe_fallback`).
+    unsandboxed: bool,
     worker_id: String,
     job_types: Vec<String>,
     /// Jobs this session handed out or acted on, watched for cancellation.
@@ -208,10 +210,16 @@ impl Session {
                     Ok(l) => l,
                     Err(e) => return error(ErrCode::Invalid, e.0),
                 };
-                let done = match completion_from_pb(c.completion) {
+                let mut done = match completion_from_pb(c.completion) {
                     Ok(d) => d,
                     Err(e) => return error(ErrCode::Invalid, e.0),
                 };
+                if self.unsandboxed {
+                    done.warnings.push(format!(
+                        "UNSAFE_FALLBACK: ran without the kernel sandbox on worker {}",
+                        self.worker_id
+                    ));
+                }
                 if let Some(out) = self.refuse_foreign(&lease) {
                     return out;
                 }
@@ -385,6 +393,21 @@ impl pb::worker_service_server::WorkerService for Workers {
             )));
         }
         let hub = self.hub.clone();
+        // Fail closed: a worker that cannot give jobs the kernel sandbox gets none, unless this
+        // control plane's operator allowed running without it.
+        let isolation = reg
+            .sandbox
+            .as_ref()
+            .map(|s| s.isolation.as_str())
+            .unwrap_or("");
+        let unsandboxed = isolation != "sandbox";
+        if unsandboxed && !hub.config.unsafe_fallback {
+            tracing::warn!(worker = %reg.worker_id, ?peer, isolation, "refused a worker without the kernel sandbox");
+            return Err(Status::failed_precondition(format!(
+                "this worker cannot provide the kernel sandbox (isolation {isolation:?}; run \
+                 `warden doctor` on it), and the control plane does not allow unsafe_fallback"
+            )));
+        }
         let (job_types, refused) = Session::eligible(&hub.config, &reg);
         tracing::info!(
             worker = %reg.worker_id, ?peer, slots = reg.slots, labels = ?reg.labels,
@@ -393,6 +416,7 @@ impl pb::worker_service_server::WorkerService for Workers {
         );
         let session = Arc::new(Session {
             hub: hub.clone(),
+            unsandboxed,
             worker_id: reg.worker_id.clone(),
             job_types: job_types.clone(),
             held: Mutex::default(),

@@ -447,6 +447,10 @@ async fn a_fenced_out_worker_cannot_write_or_complete() {
                     worker_id: id.into(),
                     slots: 1,
                     job_types: vec!["quick".into()],
+                    sandbox: Some(pb::SandboxCapabilities {
+                        isolation: "sandbox".into(),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 })),
             })
@@ -531,6 +535,33 @@ async fn a_fenced_out_worker_cannot_write_or_complete() {
         lost(old.call(complete(&old_lease, pb::JobStatus::Failed)).await),
         "stale completion accepted"
     );
+    // A worker that cannot give jobs the sandbox is refused (this control plane does not allow
+    // unsafe_fallback).
+    let mut c = pb::worker_service_client::WorkerServiceClient::connect(cp.grpc.clone())
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(pb::WorkerMessage {
+        request_id: 0,
+        body: Some(In::Register(pb::Register {
+            worker_id: "bare".into(),
+            slots: 1,
+            job_types: vec!["quick".into()],
+            sandbox: Some(pb::SandboxCapabilities {
+                isolation: "unsafe_fallback".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    let refused = c.session(req).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(refused.message().contains("kernel sandbox"), "{refused:?}");
     // A worker may not act on another's lease either.
     let Out::Error(e) = old.call(complete(&new_lease, pb::JobStatus::Failed)).await else {
         panic!("completed another worker's job")
