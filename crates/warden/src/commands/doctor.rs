@@ -40,6 +40,10 @@ pub async fn run(args: DoctorArgs) -> i32 {
     checks.push(git_check(needs_git));
     if let Some(c) = &config {
         checks.push(cache_check(c));
+        checks.push(token_check(c));
+    }
+    if let Some(url) = &args.serve.database_url {
+        checks.push(database_check(url).await);
     }
     // The real thing: start /bin/true in the full sandbox, as `warden serve` does at start.
     let (uid, gid) = config
@@ -185,5 +189,89 @@ fn cache_check(config: &warden_core::Config) -> Check {
             bytes >> 20
         ),
         fix: None,
+    }
+}
+
+/// The worker token: needed for workers at all, and for any gRPC caller off loopback.
+fn token_check(c: &warden_core::Config) -> Check {
+    let public = !c.grpc_listen.ip().is_loopback();
+    match c.worker_token() {
+        Ok(Some(_)) => Check {
+            check: "worker token".into(),
+            status: Status::Pass,
+            detail: format!("set; gRPC on {}", c.grpc_listen),
+            fix: None,
+        },
+        Ok(None) => Check {
+            check: "worker token".into(),
+            status: if public { Status::Fail } else { Status::Warn },
+            detail: if public {
+                format!(
+                    "grpc_listen {} is not loopback and no token is set",
+                    c.grpc_listen
+                )
+            } else {
+                "not set: remote workers cannot connect".into()
+            },
+            fix: Some("set WARDEN_WORKER_TOKEN or worker_token_file (>= 16 characters)".into()),
+        },
+        Err(e) => Check {
+            check: "worker token".into(),
+            status: Status::Fail,
+            detail: e,
+            fix: Some("fix the token file or variable".into()),
+        },
+    }
+}
+
+/// `--database-url`: reachable, which server, which schema version. Read-only: the doctor
+/// never creates or migrates the schema (`serve` does).
+async fn database_check(url: &str) -> Check {
+    use sqlx::Connection;
+    let connected = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut conn = sqlx::PgConnection::connect(url).await?;
+        let version: String = sqlx::query_scalar("SHOW server_version")
+            .fetch_one(&mut conn)
+            .await?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT to_regclass('schema_migrations') IS NOT NULL")
+                .fetch_one(&mut conn)
+                .await?;
+        let schema: Option<i64> = if exists {
+            Some(
+                sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+                    .fetch_one(&mut conn)
+                    .await?,
+            )
+        } else {
+            None
+        };
+        Ok::<_, sqlx::Error>((version, schema))
+    })
+    .await;
+    match connected {
+        Ok(Ok((version, schema))) => Check {
+            check: "database".into(),
+            status: Status::Pass,
+            detail: match schema {
+                Some(v) => format!("PostgreSQL {version} reachable; warden schema version {v}"),
+                None => format!(
+                    "PostgreSQL {version} reachable; no warden schema yet (serve creates it)"
+                ),
+            },
+            fix: None,
+        },
+        Ok(Err(e)) => Check {
+            check: "database".into(),
+            status: Status::Fail,
+            detail: e.to_string(),
+            fix: Some("check --database-url, that PostgreSQL runs, and the user's rights".into()),
+        },
+        Err(_) => Check {
+            check: "database".into(),
+            status: Status::Fail,
+            detail: "no answer within 10 s".into(),
+            fix: Some("check the host and port in --database-url".into()),
+        },
     }
 }

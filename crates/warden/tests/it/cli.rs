@@ -409,3 +409,60 @@ fn doctor_reports_every_kernel_feature_and_exits_by_its_verdict() {
         "{config}"
     );
 }
+
+#[tokio::test]
+async fn doctor_checks_the_database_without_touching_it() {
+    let fresh = warden_store_postgres::testing::TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let config = config.to_str().unwrap();
+    let down = warden(
+        &[
+            "doctor",
+            "--config",
+            config,
+            "--database-url",
+            "postgres://postgres@127.0.0.1:1/x",
+            "-o",
+            "json",
+        ],
+        &[],
+    );
+    assert_eq!(down.code, 1, "{}", down.stderr);
+    let checks: serde_json::Value = serde_json::from_str(&down.stdout).unwrap();
+    let db = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "database")
+        .unwrap();
+    assert_eq!(db["status"], "FAIL");
+    let up = warden(
+        &[
+            "doctor",
+            "--config",
+            config,
+            "--database-url",
+            &fresh.url,
+            "-o",
+            "json",
+        ],
+        &[],
+    );
+    let checks: serde_json::Value = serde_json::from_str(&up.stdout).unwrap();
+    let check = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "database")
+        .unwrap();
+    assert_eq!(check["status"], "PASS", "{check}");
+    // Read-only: the doctor created no schema in the database it looked at.
+    assert!(
+        check["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no warden schema yet"),
+        "{check}"
+    );
+}
