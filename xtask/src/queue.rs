@@ -43,9 +43,15 @@ fn new_job(i: usize) -> NewJob {
     }
 }
 
-/// Queues `n` jobs (16 submitters), then drains them with `claimers` claim+complete loops.
+/// Queues `n` jobs (16 submitters), then drains them with `claimers` loops that each claim up
+/// to `batch` jobs at once (as a worker session with idle slots does) and complete each.
 /// Returns jobs per second of the drain.
-async fn drain(store: Arc<dyn Store>, n: usize, claimers: usize) -> anyhow::Result<f64> {
+async fn drain(
+    store: Arc<dyn Store>,
+    n: usize,
+    claimers: usize,
+    batch: usize,
+) -> anyhow::Result<f64> {
     let submitters: Vec<_> = (0..16)
         .map(|s| {
             let store = store.clone();
@@ -67,14 +73,30 @@ async fn drain(store: Arc<dyn Store>, n: usize, claimers: usize) -> anyhow::Resu
             tokio::spawn(async move {
                 let worker = format!("bench-{c}");
                 let mut done = 0usize;
-                while let Some(claimed) = store.claim(&worker, None, 30_000, now_millis()).await? {
-                    let ok = Completion {
-                        status: Some(warden_core::JobStatus::Succeeded),
-                        exit_code: Some(0),
-                        ..Completion::default()
+                loop {
+                    let claimed = if batch == 1 {
+                        store
+                            .claim(&worker, None, 30_000, now_millis())
+                            .await?
+                            .into_iter()
+                            .collect()
+                    } else {
+                        store
+                            .claim_many(&worker, None, batch, 30_000, now_millis())
+                            .await?
                     };
-                    store.complete(&claimed.lease, ok, now_millis()).await?;
-                    done += 1;
+                    if claimed.is_empty() {
+                        break;
+                    }
+                    for c in claimed {
+                        let ok = Completion {
+                            status: Some(warden_core::JobStatus::Succeeded),
+                            exit_code: Some(0),
+                            ..Completion::default()
+                        };
+                        store.complete(&c.lease, ok, now_millis()).await?;
+                        done += 1;
+                    }
                 }
                 anyhow::Ok(done)
             })
@@ -112,21 +134,24 @@ pub fn bench_queue(rest: &[&str]) -> anyhow::Result<()> {
     let claimers = flag(rest, "--claimers", 16)?;
     let history = flag(rest, "--history", 1_000_000)?;
     let starts = flag(rest, "--starts", 200)?;
+    let batch = flag(rest, "--batch", 8)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         println!("queue only: {jobs} jobs, {claimers} claimers, claim + complete each");
         let dir = tempfile::tempdir()?;
         let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("q.db"))?);
-        let sqlite_rate = drain(sqlite, jobs, claimers).await?;
+        let sqlite_rate = drain(sqlite, jobs, claimers, 1).await?;
         println!("  sqlite: {sqlite_rate:.0} jobs/s");
 
         let db = TestDb::create().await;
         let pg = PgStore::connect(&db.url, claimers as u32 + 2).await?;
-        let pg_rate = drain(Arc::new(pg.clone()), jobs, claimers).await?;
+        let pg_rate = drain(Arc::new(pg.clone()), jobs, claimers, 1).await?;
         println!("  postgres: {pg_rate:.0} jobs/s");
+        let pg_batch = drain(Arc::new(pg.clone()), jobs, claimers, batch).await?;
+        println!("  postgres, claims of up to {batch}: {pg_batch:.0} jobs/s");
         eprintln!("  adding {history} finished jobs ...");
         add_history(&pg, history).await?;
-        let pg_hist = drain(Arc::new(pg.clone()), jobs, claimers).await?;
+        let pg_hist = drain(Arc::new(pg.clone()), jobs, claimers, 1).await?;
         println!("  postgres with {history} finished jobs: {pg_hist:.0} jobs/s");
         drop(pg);
         // The baseline: what this PostgreSQL does with pgbench's simple-update transactions at
@@ -143,6 +168,9 @@ pub fn bench_queue(rest: &[&str]) -> anyhow::Result<()> {
         println!("| claim+complete, SQLite ({claimers} claimers) | {sqlite_rate:.0} jobs/s | |");
         println!(
             "| claim+complete, PostgreSQL ({claimers} claimers) | {pg_rate:.0} jobs/s | ≥ 5,000 |"
+        );
+        println!(
+            "| claim+complete, PostgreSQL, claims of up to {batch} (one statement) | {pg_batch:.0} jobs/s | ≥ 5,000 |"
         );
         println!(
             "| pgbench `-N` (simple update), same database and concurrency (baseline) | {pgbench_tps:.0} tx/s = {:.0} two-transaction jobs/s | |",

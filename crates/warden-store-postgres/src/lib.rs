@@ -249,6 +249,22 @@ fn sql_claim() -> &'static str {
     })
 }
 
+fn sql_claim_many() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = $1,
+                 lease_owner = $2, lease_token = lease_token + 1, lease_expires_at = $3
+             WHERE id IN (
+                 SELECT id FROM jobs
+                 WHERE status = 'queued' AND ($4::text[] IS NULL OR job_type = ANY($4))
+                 ORDER BY id LIMIT $5
+                 FOR UPDATE SKIP LOCKED)
+             RETURNING {COLUMNS}"
+        )
+    })
+}
+
 impl PgStore {
     async fn load<'e>(&self, exec: impl sqlx::PgExecutor<'e>, id: JobId) -> Result<JobRecord> {
         let row = sqlx::query(sql_select_by_id())
@@ -365,6 +381,42 @@ impl Store for PgStore {
             token: job.lease_token,
         };
         Ok(Some(Claimed { job, lease }))
+    }
+
+    async fn claim_many(
+        &self,
+        worker: &str,
+        job_types: Option<&[String]>,
+        max: usize,
+        lease_ms: i64,
+        now: Millis,
+    ) -> Result<Vec<Claimed>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(sql_claim_many())
+            .bind(now)
+            .bind(worker)
+            .bind(now.saturating_add(lease_ms))
+            .bind(job_types)
+            .bind(max as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        let mut claimed = rows
+            .iter()
+            .map(|row| {
+                let job = row_to_job(row)?;
+                let lease = Lease {
+                    job_id: job.id,
+                    worker: worker.to_string(),
+                    token: job.lease_token,
+                };
+                Ok(Claimed { job, lease })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        claimed.sort_by_key(|c| c.job.id);
+        Ok(claimed)
     }
 
     async fn heartbeat(&self, lease: &Lease, lease_ms: i64, now: Millis) -> Result<HeartbeatReply> {

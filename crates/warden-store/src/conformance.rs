@@ -23,6 +23,7 @@ macro_rules! conformance_tests {
             idempotency_keys_are_per_tenant,
             claim_is_fifo_and_exclusive,
             claim_honours_job_types,
+            claim_many_takes_the_oldest_each_under_its_own_lease,
             stale_lease_is_fenced_out,
             logs_are_offset_addressed_and_byte_exact,
             cancel_queued_running_and_finished,
@@ -186,6 +187,38 @@ pub async fn claim_honours_job_types(store: &dyn Store) {
     );
     let any = store.claim("w", None, LEASE_MS, 10).await.unwrap().unwrap();
     assert_eq!(any.job.id, gpu.id);
+}
+
+pub async fn claim_many_takes_the_oldest_each_under_its_own_lease(store: &dyn Store) {
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(submit(store, new_job("echo", None, i)).await.id);
+    }
+    submit(store, new_job("other", None, 9)).await;
+    let echo = ["echo".to_string()];
+    let got = store
+        .claim_many("w", Some(&echo), 3, LEASE_MS, 10)
+        .await
+        .unwrap();
+    assert_eq!(got.iter().map(|c| c.job.id).collect::<Vec<_>>(), ids[..3]);
+    for c in &got {
+        assert_eq!(c.job.status, JobStatus::Running);
+        assert_eq!(c.lease.job_id, c.job.id);
+        assert_eq!(c.lease.token, c.job.lease_token);
+        store.heartbeat(&c.lease, LEASE_MS, 11).await.unwrap();
+    }
+    let rest = store
+        .claim_many("w", Some(&echo), 10, LEASE_MS, 10)
+        .await
+        .unwrap();
+    assert_eq!(rest.iter().map(|c| c.job.id).collect::<Vec<_>>(), ids[3..]);
+    assert!(
+        store
+            .claim_many("w", Some(&echo), 10, LEASE_MS, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 pub async fn stale_lease_is_fenced_out(store: &dyn Store) {

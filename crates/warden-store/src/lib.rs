@@ -248,6 +248,26 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> Result<Option<Claimed>>;
 
+    /// Up to `max` jobs at once, oldest first, each under its own lease (one statement where the
+    /// backend can: a worker with several idle slots claims for all of them together).
+    async fn claim_many(
+        &self,
+        worker: &str,
+        job_types: Option<&[String]>,
+        max: usize,
+        lease_ms: i64,
+        now: Millis,
+    ) -> Result<Vec<Claimed>> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            match self.claim(worker, job_types, lease_ms, now).await? {
+                Some(c) => out.push(c),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
     /// Extends the lease; fails with `LeaseLost` when it is no longer current.
     async fn heartbeat(&self, lease: &Lease, lease_ms: i64, now: Millis) -> Result<HeartbeatReply>;
 

@@ -7,14 +7,14 @@
 //! asks for it. A session that breaks leaves its leases alone: the worker may reconnect (to
 //! any replica) and carry on while they hold; otherwise they expire and the reaper re-queues.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::path::{Component, Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 use warden_core::config::is_valid_label;
 use warden_core::{Config, JobId};
@@ -94,6 +94,11 @@ struct Session {
     held: Mutex<HashSet<JobId>>,
     /// Jobs whose cancellation was already pushed.
     told: Mutex<HashSet<JobId>>,
+    /// Claims held open, oldest first; [`Session::dispatch`] answers them.
+    waiting: Mutex<VecDeque<oneshot::Sender<Result<warden_store::Claimed, StoreError>>>>,
+    claim_wanted: tokio::sync::Notify,
+    /// Cancelled when the worker's stream ends.
+    ended: tokio_util::sync::CancellationToken,
 }
 
 impl Session {
@@ -263,47 +268,132 @@ impl Session {
     }
 
     /// Claims a job for the worker, holding the request open up to `wait` for one to arrive.
+    /// The session's waiting claims are served together (see [`Session::dispatch`]).
     async fn claim(self: &Arc<Self>, wait: Duration) -> Out {
-        let hub = &self.hub;
-        let deadline = tokio::time::Instant::now() + wait.min(MAX_CLAIM_WAIT);
+        let (tx, rx) = oneshot::channel();
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(tx);
+        self.claim_wanted.notify_one();
+        let mut rx = rx;
+        let answer = match tokio::time::timeout(wait.min(MAX_CLAIM_WAIT), &mut rx).await {
+            Ok(a) => a.ok(),
+            // Closed first, then read: a job handed out in the same instant is not lost.
+            Err(_) => {
+                rx.close();
+                rx.try_recv().ok()
+            }
+        };
+        match answer {
+            Some(Ok(c)) => {
+                tracing::info!(job = %c.job.id, worker = %self.worker_id, job_type = %c.job.job_type, "job assigned");
+                Out::Assignment(pb::Assignment {
+                    job: Some(job_to_pb(&c.job)),
+                    lease: Some(lease_to_pb(&c.lease)),
+                })
+            }
+            Some(Err(e)) => store_error(e),
+            // Waited long enough (the sender is dropped unused at the deadline, or at shutdown).
+            _ => Out::NoWork(pb::NoWork {}),
+        }
+    }
+
+    /// Serves the session's waiting claims: one `claim_many` for all of them whenever a job may
+    /// have arrived (a wake-up, or the poll behind it), handing jobs to the oldest waiters.
+    /// A worker with ten idle slots costs one statement per wake-up, not ten.
+    async fn dispatch(self: Arc<Self>) {
+        let hub = self.hub.clone();
         let mut queued = hub.queued.clone();
         loop {
+            // Waiters whose claim timed out are gone.
+            let n = {
+                let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+                w.retain(|tx| !tx.is_closed());
+                w.len()
+            };
+            if n == 0 {
+                tokio::select! {
+                    _ = self.claim_wanted.notified() => continue,
+                    _ = hub.shutdown.cancelled() => return,
+                    _ = self.ended.cancelled() => return,
+                }
+            }
             queued.borrow_and_update();
-            match hub
+            let claimed = hub
                 .store
-                .claim(
+                .claim_many(
                     &self.worker_id,
                     Some(&self.job_types),
+                    n,
                     hub.lease_ms,
                     now_millis(),
                 )
-                .await
-            {
-                Ok(Some(c)) => {
-                    self.held
+                .await;
+            let found = match claimed {
+                Ok(jobs) => {
+                    let found = jobs.len();
+                    for c in jobs {
+                        self.held
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(c.job.id);
+                        hub.events.job_changed(c.job.id);
+                        self.hand_out(c).await;
+                    }
+                    found
+                }
+                Err(e) => {
+                    tracing::error!(worker = %self.worker_id, error = %e, "claim failed");
+                    let first = self
+                        .waiting
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .insert(c.job.id);
-                    hub.events.job_changed(c.job.id);
-                    tracing::info!(job = %c.job.id, worker = %self.worker_id, job_type = %c.job.job_type, "job assigned");
-                    return Out::Assignment(pb::Assignment {
-                        job: Some(job_to_pb(&c.job)),
-                        lease: Some(lease_to_pb(&c.lease)),
-                    });
+                        .pop_front();
+                    if let Some(tx) = first {
+                        let _ = tx.send(Err(e));
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
                 }
-                Ok(None) => {}
-                Err(e) => return store_error(e),
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Out::NoWork(pb::NoWork {});
+            };
+            if found == n {
+                continue;
             }
             tokio::select! {
                 _ = queued.changed() => {}
+                _ = self.claim_wanted.notified() => {}
                 // Polling fallback: a wake-up from another replica may have been lost.
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                _ = tokio::time::sleep_until(deadline) => return Out::NoWork(pb::NoWork {}),
-                _ = hub.shutdown.cancelled() => return Out::NoWork(pb::NoWork {}),
+                _ = hub.shutdown.cancelled() => return,
+                _ = self.ended.cancelled() => return,
             }
+        }
+    }
+
+    /// Gives a claimed job to the oldest waiting claim; if every waiter has gone meanwhile, the
+    /// job goes back to the queue at once (without counting the attempt).
+    async fn hand_out(&self, c: warden_store::Claimed) {
+        let mut c = Some(c);
+        loop {
+            let tx = self
+                .waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_front();
+            let Some(tx) = tx else { break };
+            match tx.send(Ok(c.take().expect("still held"))) {
+                Ok(()) => return,
+                Err(Ok(back)) => c = Some(back),
+                Err(Err(_)) => unreachable!("only jobs are sent here"),
+            }
+        }
+        if let Some(c) = c {
+            self.forget(c.job.id);
+            if let Err(e) = self.hub.store.release(&c.lease).await {
+                tracing::warn!(job = %c.job.id, error = %e, "could not give back an unclaimed job");
+            }
+            self.hub.events.job_changed(c.job.id);
         }
     }
 
@@ -421,6 +511,9 @@ impl pb::worker_service_server::WorkerService for Workers {
             job_types: job_types.clone(),
             held: Mutex::default(),
             told: Mutex::default(),
+            waiting: Mutex::default(),
+            claim_wanted: tokio::sync::Notify::new(),
+            ended: tokio_util::sync::CancellationToken::new(),
         });
         let (tx, rx) = mpsc::channel::<Result<pb::ServerMessage, Status>>(256);
         let registered = pb::ServerMessage {
@@ -435,6 +528,7 @@ impl pb::worker_service_server::WorkerService for Workers {
             .await
             .map_err(|_| Status::cancelled("worker went away"))?;
         tokio::spawn(session.clone().push_cancellations(tx.clone()));
+        tokio::spawn(session.clone().dispatch());
         tokio::spawn(async move {
             loop {
                 let msg = tokio::select! {
@@ -470,6 +564,7 @@ impl pb::worker_service_server::WorkerService for Workers {
                         .await;
                 });
             }
+            session.ended.cancel();
             tracing::info!(worker = %session.worker_id, "worker session ended");
         });
         Ok(Response::new(Box::pin(
