@@ -134,7 +134,7 @@ pub fn bench_queue(rest: &[&str]) -> anyhow::Result<()> {
     let claimers = flag(rest, "--claimers", 16)?;
     let history = flag(rest, "--history", 1_000_000)?;
     let starts = flag(rest, "--starts", 200)?;
-    let batch = flag(rest, "--batch", 8)?;
+    let batch = flag(rest, "--batch", 16)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         println!("queue only: {jobs} jobs, {claimers} claimers, claim + complete each");
