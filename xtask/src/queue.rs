@@ -9,7 +9,6 @@
 //!    the client sees it `running` (claimed and handed to the worker) and until its first log
 //!    byte (the sandboxed process ran).
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -17,7 +16,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use warden_core::JobId;
 use warden_proto::pb;
 use warden_store::{Completion, NewJob, Store, now_millis};
 use warden_store_postgres::PgStore;
@@ -27,20 +25,7 @@ use warden_store_sqlite::SqliteStore;
 use crate::{build_release, flag, ms, stats};
 
 fn new_job(i: usize) -> NewJob {
-    NewJob {
-        id: JobId::new(),
-        tenant: "default".into(),
-        job_type: "noop".into(),
-        repo_name: None,
-        remote_url: None,
-        sha: None,
-        git_ref: None,
-        params: BTreeMap::new(),
-        idempotency_key: None,
-        max_attempts: 1,
-        unsafe_fallback: false,
-        created_at: i as i64,
-    }
+    NewJob::plain("noop", i as i64)
 }
 
 /// Queues `n` jobs (16 submitters), then drains them with `claimers` loops that each claim up

@@ -335,7 +335,8 @@ pub async fn local_executor(
     executor
 }
 
-async fn wait_for_stop_signal() {
+/// Returns at SIGTERM or SIGINT (never, if the handlers cannot be installed).
+pub async fn wait_for_stop_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

@@ -738,8 +738,6 @@ pub mod testing {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::testing::TestDb;
     use super::*;
 
@@ -760,20 +758,7 @@ mod tests {
         let b = PgStore::connect(&_db.url, 4).await.unwrap();
         let mut ids = Vec::new();
         for i in 0..200 {
-            let job = NewJob {
-                id: JobId::new(),
-                tenant: "default".into(),
-                job_type: if i % 2 == 0 { "even" } else { "odd" }.into(),
-                repo_name: None,
-                remote_url: None,
-                sha: None,
-                git_ref: None,
-                params: BTreeMap::new(),
-                idempotency_key: None,
-                max_attempts: 1,
-                unsafe_fallback: false,
-                created_at: 1,
-            };
+            let job = NewJob::plain(if i % 2 == 0 { "even" } else { "odd" }, 1);
             ids.push(a.submit(job).await.unwrap().job().id);
         }
         let claimers = (0..8).map(|i| {
@@ -815,20 +800,7 @@ mod tests {
         );
         // The listener's first act is a catch-up wake-up.
         assert_eq!(rx.recv().await, Some(None));
-        let job = NewJob {
-            id: JobId::new(),
-            tenant: "default".into(),
-            job_type: "t".into(),
-            repo_name: None,
-            remote_url: None,
-            sha: None,
-            git_ref: None,
-            params: BTreeMap::new(),
-            idempotency_key: None,
-            max_attempts: 1,
-            unsafe_fallback: false,
-            created_at: 1,
-        };
+        let job = NewJob::plain("t", 1);
         let id = job.id;
         a.submit(job).await.unwrap();
         let mut saw = (false, false);

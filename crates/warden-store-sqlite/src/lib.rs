@@ -614,20 +614,7 @@ mod tests {
         let path = dir.path().join("warden.db");
         let id = {
             let store = SqliteStore::open(&path).unwrap();
-            let job = NewJob {
-                id: JobId::new(),
-                tenant: "default".into(),
-                job_type: "t".into(),
-                repo_name: None,
-                remote_url: None,
-                sha: None,
-                git_ref: None,
-                params: BTreeMap::new(),
-                idempotency_key: None,
-                max_attempts: 1,
-                unsafe_fallback: false,
-                created_at: 1,
-            };
+            let job = NewJob::plain("t", 1);
             store.submit(job).await.unwrap().job().id
         };
         let store = SqliteStore::open(&path).unwrap();

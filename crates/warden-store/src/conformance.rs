@@ -49,18 +49,10 @@ const LEASE_MS: i64 = 30_000;
 
 fn new_job(job_type: &str, key: Option<&str>, now: i64) -> NewJob {
     NewJob {
-        id: JobId::new(),
-        tenant: "default".into(),
-        job_type: job_type.into(),
-        repo_name: None,
-        remote_url: None,
-        sha: None,
-        git_ref: None,
         params: BTreeMap::from([("GREETING".to_string(), "hi".to_string())]),
         idempotency_key: key.map(str::to_string),
         max_attempts: 2,
-        unsafe_fallback: false,
-        created_at: now,
+        ..NewJob::plain(job_type, now)
     }
 }
 

@@ -69,6 +69,24 @@ pub struct NewJob {
 }
 
 impl NewJob {
+    /// A job of `job_type` with no repository, params or key, tried once (tests, benchmarks).
+    pub fn plain(job_type: &str, created_at: Millis) -> NewJob {
+        NewJob {
+            id: JobId::new(),
+            tenant: "default".into(),
+            job_type: job_type.into(),
+            repo_name: None,
+            remote_url: None,
+            sha: None,
+            git_ref: None,
+            params: BTreeMap::new(),
+            idempotency_key: None,
+            max_attempts: 1,
+            unsafe_fallback: false,
+            created_at,
+        }
+    }
+
     /// Whether `other` asks for the same work (used to judge an idempotency-key replay).
     pub fn same_request(&self, other: &JobRecord) -> bool {
         self.tenant == other.tenant

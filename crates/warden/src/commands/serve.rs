@@ -6,16 +6,21 @@ use warden_core::config::Positive;
 use crate::cli::ServeArgs;
 use crate::exit;
 
-/// Loads the configuration (file or built-in default) and applies flag/env overrides.
-pub fn load_config(args: &ServeArgs) -> Result<Config, String> {
-    let mut config = match &args.config {
+/// The configuration file, or the built-in default without one.
+pub fn read_config(path: Option<&std::path::Path>) -> Result<Config, String> {
+    match path {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-            Config::from_yaml_str(&text, &path.display().to_string()).map_err(|e| e.to_string())?
+            Config::from_yaml_str(&text, &path.display().to_string()).map_err(|e| e.to_string())
         }
-        None => Config::builtin(),
-    };
+        None => Ok(Config::builtin()),
+    }
+}
+
+/// Loads the configuration (file or built-in default) and applies flag/env overrides.
+pub fn load_config(args: &ServeArgs) -> Result<Config, String> {
+    let mut config = read_config(args.config.as_deref())?;
     if let Some(d) = &args.data_dir {
         config.data_dir = d.clone();
     }

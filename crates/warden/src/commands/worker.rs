@@ -18,15 +18,7 @@ use crate::cli::WorkerArgs;
 use crate::exit;
 
 fn load(args: &WorkerArgs) -> Result<(warden_core::Config, RemoteOptions), String> {
-    let mut config = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-            warden_core::Config::from_yaml_str(&text, &path.display().to_string())
-                .map_err(|e| e.to_string())?
-        }
-        None => warden_core::Config::builtin(),
-    };
+    let mut config = crate::commands::serve::read_config(args.config.as_deref())?;
     if let Some(d) = &args.data_dir {
         config.data_dir = d.clone();
     }
@@ -134,7 +126,7 @@ pub async fn run(args: WorkerArgs) -> i32 {
     eprintln!("connecting to {server} as {worker_id} ...");
     let registered = tokio::select! {
         r = remote.registered() => r,
-        _ = wait_for_stop_signal() => return exit::OK,
+        _ = warden_server::serve::wait_for_stop_signal() => return exit::OK,
     };
     println!(
         "warden worker {worker_id} registered with {server}: job types [{}]",
@@ -166,7 +158,7 @@ pub async fn run(args: WorkerArgs) -> i32 {
                     tracing::info!(job = %id, "cancelled by the control plane");
                 }
             }
-            _ = wait_for_stop_signal() => break,
+            _ = warden_server::serve::wait_for_stop_signal() => break,
         }
     }
     let grace = Duration::from_secs(config.shutdown_grace_s.get());
@@ -210,18 +202,4 @@ fn prepare_data_dir(dir: &std::path::Path) -> Result<(DataDir, std::fs::File), S
         }
     }
     Ok((data, lock))
-}
-
-async fn wait_for_stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }

@@ -276,6 +276,16 @@ async fn wait_all(client: &Client, ids: &[String], limit: Duration) -> Vec<JobVi
     }
 }
 
+/// Submits `n` jobs, every `slow_every`-th one `slow` and the rest `quick`; returns their ids.
+async fn submit_mix(client: &Client, n: usize, slow_every: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let kind = if i % slow_every == 0 { "slow" } else { "quick" };
+        ids.push(client.submit(&job(kind)).await.unwrap().job_id);
+    }
+    ids
+}
+
 async fn wait_running(client: &Client, id: &str) -> JobView {
     crate::support::wait_job(client, id, Duration::from_secs(30), |j| {
         j.status == JobStatus::Running && j.stdout_bytes > 0
@@ -382,16 +392,7 @@ async fn a_control_plane_killed_under_load_loses_nothing() {
         Worker::start(dir.path(), "w2", &servers, 3, ""),
     ];
     let client = b.client();
-    let mut ids = Vec::new();
-    for i in 0..12 {
-        ids.push(
-            client
-                .submit(&job(if i % 2 == 0 { "slow" } else { "quick" }))
-                .await
-                .unwrap()
-                .job_id,
-        );
-    }
+    let mut ids = submit_mix(&client, 12, 2).await;
     wait_running(&client, &ids[0]).await;
     a.proc.kill9();
     let after = client.submit(&job("quick")).await.unwrap().job_id;
@@ -432,31 +433,46 @@ async fn a_fenced_out_worker_cannot_write_or_complete() {
         rx: tonic::Streaming<pb::ServerMessage>,
         next: u64,
     }
-    impl Session {
-        async fn open(url: &str, id: &str) -> Session {
-            let mut c = pb::worker_service_client::WorkerServiceClient::connect(url.to_string())
-                .await
-                .unwrap();
-            let (tx, rx) = tokio::sync::mpsc::channel(16);
-            let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-            req.metadata_mut()
-                .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
-            tx.send(pb::WorkerMessage {
-                request_id: 0,
-                body: Some(In::Register(pb::Register {
-                    worker_id: id.into(),
-                    slots: 1,
-                    job_types: vec!["quick".into()],
-                    sandbox: Some(pb::SandboxCapabilities {
-                        isolation: "sandbox".into(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })),
-            })
+    /// Opens a session and registers; the server's answer to the registration.
+    async fn register(
+        url: &str,
+        id: &str,
+        isolation: &str,
+    ) -> Result<
+        (
+            tokio::sync::mpsc::Sender<pb::WorkerMessage>,
+            tonic::Streaming<pb::ServerMessage>,
+        ),
+        tonic::Status,
+    > {
+        let mut c = pb::worker_service_client::WorkerServiceClient::connect(url.to_string())
             .await
             .unwrap();
-            let mut rx = c.session(req).await.unwrap().into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        tx.send(pb::WorkerMessage {
+            request_id: 0,
+            body: Some(In::Register(pb::Register {
+                worker_id: id.into(),
+                slots: 1,
+                job_types: vec!["quick".into()],
+                sandbox: Some(pb::SandboxCapabilities {
+                    isolation: isolation.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+        })
+        .await
+        .unwrap();
+        let rx = c.session(req).await?.into_inner();
+        Ok((tx, rx))
+    }
+    impl Session {
+        async fn open(url: &str, id: &str) -> Session {
+            let (tx, mut rx) = register(url, id, "sandbox").await.unwrap();
             let reg = rx.message().await.unwrap().unwrap();
             assert!(matches!(reg.body, Some(Out::Registered(_))));
             Session { tx, rx, next: 1 }
@@ -537,29 +553,9 @@ async fn a_fenced_out_worker_cannot_write_or_complete() {
     );
     // A worker that cannot give jobs the sandbox is refused (this control plane does not allow
     // unsafe_fallback).
-    let mut c = pb::worker_service_client::WorkerServiceClient::connect(cp.grpc.clone())
+    let refused = register(&cp.grpc, "bare", "unsafe_fallback")
         .await
-        .unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tx.send(pb::WorkerMessage {
-        request_id: 0,
-        body: Some(In::Register(pb::Register {
-            worker_id: "bare".into(),
-            slots: 1,
-            job_types: vec!["quick".into()],
-            sandbox: Some(pb::SandboxCapabilities {
-                isolation: "unsafe_fallback".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })),
-    })
-    .await
-    .unwrap();
-    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
-    let refused = c.session(req).await.unwrap_err();
+        .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
     assert!(refused.message().contains("kernel sandbox"), "{refused:?}");
     // A worker may not act on another's lease either.
@@ -791,16 +787,7 @@ async fn every_accepted_job_ends_across_a_postgres_restart() {
         Worker::start(dir.path(), "w2", &cp.grpc, 3, ""),
     ];
     let client = cp.client();
-    let mut ids = Vec::new();
-    for i in 0..30 {
-        ids.push(
-            client
-                .submit(&job(if i % 5 == 0 { "slow" } else { "quick" }))
-                .await
-                .unwrap()
-                .job_id,
-        );
-    }
+    let mut ids = submit_mix(&client, 30, 5).await;
     wait_running(&client, &ids[0]).await;
     {
         let _restart = PgRestart;
