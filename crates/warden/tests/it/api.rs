@@ -754,3 +754,120 @@ async fn unsafe_fallback_repo_jobs_record_no_read_only_and_writes_are_still_caug
     .await;
     assert_eq!(logs["lines"], serde_json::json!(["a"]), "{logs}");
 }
+
+/// The gRPC JobService: the same service layer, its own wire rules.
+#[tokio::test]
+async fn grpc_job_service_watches_streams_and_refuses_garbage() {
+    use warden_proto::pb;
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::support::Server::start(&crate::support::write_config(dir.path(), ""));
+    let mut jobs = pb::job_service_client::JobServiceClient::connect(server.grpc.clone())
+        .await
+        .unwrap();
+    let submitted = jobs
+        .submit_job(pb::SubmitJobRequest {
+            job_type: "echo".into(),
+            params: [("GREETING".to_string(), "rpc".to_string())].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(submitted.created);
+    let id = submitted.job.unwrap().job_id;
+    // WatchJob: the job now, then every change, ending at the terminal state.
+    let mut watch = jobs
+        .watch_job(pb::WatchJobRequest { job_id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    while let Some(j) = watch.message().await.unwrap() {
+        seen.push(j.status);
+    }
+    assert_eq!(
+        seen.last(),
+        Some(&(pb::JobStatus::Succeeded as i32)),
+        "{seen:?}"
+    );
+    // StreamJobLogs resumes from an offset: "hello rpc\n" from byte 6.
+    let mut logs = jobs
+        .stream_job_logs(pb::StreamJobLogsRequest {
+            job_id: id.clone(),
+            stream: pb::LogStream::Stdout as i32,
+            offset: 6,
+            follow: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut bytes, mut end) = (Vec::new(), None);
+    while let Some(c) = logs.message().await.unwrap() {
+        if c.end {
+            end = Some(c);
+        } else {
+            assert_eq!(c.offset, 6 + bytes.len() as u64);
+            bytes.extend_from_slice(&c.data);
+        }
+    }
+    assert_eq!(bytes, b"rpc\n");
+    let end = end.expect("a followed stream ends with an end marker");
+    assert_eq!(
+        (end.offset, end.status),
+        (10, pb::JobStatus::Succeeded as i32)
+    );
+    // Garbage gets INVALID_ARGUMENT / NOT_FOUND with warden's error code, never INTERNAL.
+    let code = |s: &tonic::Status| {
+        s.metadata()
+            .get("warden-error-code")
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let bad_stream = jobs
+        .stream_job_logs(pb::StreamJobLogsRequest {
+            job_id: id.clone(),
+            stream: 0,
+            offset: 0,
+            follow: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_stream.code(), tonic::Code::InvalidArgument);
+    let bad_id = jobs
+        .get_job(pb::GetJobRequest {
+            job_id: "../x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_id.code(), tonic::Code::InvalidArgument);
+    assert_eq!(code(&bad_id).as_deref(), Some("invalid_job_id"));
+    let missing = jobs
+        .get_job(pb::GetJobRequest {
+            job_id: "01a20f6b-5fa2-70a5-b3b0-ef6ce0f83903".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    assert_eq!(code(&missing).as_deref(), Some("job_not_found"));
+    let too_many = jobs
+        .list_jobs(pb::ListJobsRequest {
+            limit: 501,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(too_many.code(), tonic::Code::InvalidArgument);
+    let unknown = jobs
+        .submit_job(pb::SubmitJobRequest {
+            job_type: "nope".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&unknown).as_deref(), Some("unknown_job_type"));
+    let finished = jobs
+        .cancel_job(pb::CancelJobRequest { job_id: id })
+        .await
+        .unwrap_err();
+    assert_eq!(finished.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(code(&finished).as_deref(), Some("job_finished"));
+}
