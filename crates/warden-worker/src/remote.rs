@@ -75,6 +75,8 @@ struct Inner {
     next_id: AtomicU64,
     conn: watch::Sender<Option<Conn>>,
     registered: watch::Sender<Option<pb::Registered>>,
+    /// Why the control plane refused this worker outright (token, sandbox, registration).
+    refused: watch::Sender<Option<String>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Out>>>,
     cancels: mpsc::UnboundedSender<JobId>,
     data: DataDir,
@@ -117,6 +119,7 @@ impl RemoteCoordinator {
             next_id: AtomicU64::new(1),
             conn: watch::Sender::new(None),
             registered: watch::Sender::new(None),
+            refused: watch::Sender::new(None),
             pending: Mutex::default(),
             cancels,
             data,
@@ -125,15 +128,22 @@ impl RemoteCoordinator {
         Ok((RemoteCoordinator { inner }, cancel_rx))
     }
 
-    /// Waits for the first registration and returns what the server granted.
-    pub async fn registered(&self) -> pb::Registered {
+    /// Waits for the first registration and returns what the server granted, or why a control
+    /// plane refused this worker (a wrong token, no sandbox): retrying would not change that.
+    /// (Once registered, refusals are retried instead: a token may be rotated on the server.)
+    pub async fn registered(&self) -> Result<pb::Registered, String> {
         let mut rx = self.inner.registered.subscribe();
+        let mut refused = self.inner.refused.subscribe();
         loop {
             if let Some(r) = rx.borrow_and_update().clone() {
-                return r;
+                return Ok(r);
             }
-            if rx.changed().await.is_err() {
-                return std::future::pending().await;
+            if let Some(why) = refused.borrow_and_update().clone() {
+                return Err(why);
+            }
+            tokio::select! {
+                _ = rx.changed() => {}
+                _ = refused.changed() => {}
             }
         }
     }
@@ -400,7 +410,10 @@ async fn session_loop(weak: std::sync::Weak<Inner>) {
             Ok(()) => {
                 tracing::warn!(server = %url, "session with the control plane ended; reconnecting")
             }
-            Err(e) => {
+            Err(SessionError::Refused(why)) if inner.registered.borrow().is_none() => {
+                inner.refused.send_replace(Some(format!("{url}: {why}")));
+            }
+            Err(SessionError::Refused(e) | SessionError::Failed(e)) => {
                 tracing::warn!(server = %url, error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot reach the control plane")
             }
         }
@@ -423,7 +436,36 @@ fn rand_below(n: u64) -> u64 {
     x % n.max(1)
 }
 
-async fn run_session(inner: &Arc<Inner>, url: &str, endpoint: Endpoint) -> Result<(), String> {
+enum SessionError {
+    /// The control plane said no to this worker (token, sandbox, registration).
+    Refused(String),
+    /// The network or the control plane failed.
+    Failed(String),
+}
+
+impl From<String> for SessionError {
+    fn from(s: String) -> SessionError {
+        SessionError::Failed(s)
+    }
+}
+
+fn status_error(s: tonic::Status) -> SessionError {
+    use tonic::Code;
+    let msg = format!("{:?}: {}", s.code(), s.message());
+    match s.code() {
+        Code::Unauthenticated
+        | Code::PermissionDenied
+        | Code::FailedPrecondition
+        | Code::InvalidArgument => SessionError::Refused(msg),
+        _ => SessionError::Failed(msg),
+    }
+}
+
+async fn run_session(
+    inner: &Arc<Inner>,
+    url: &str,
+    endpoint: Endpoint,
+) -> Result<(), SessionError> {
     let channel = endpoint.connect().await.map_err(|e| {
         let mut msg = e.to_string();
         let mut src = std::error::Error::source(&e);
@@ -456,18 +498,17 @@ async fn run_session(inner: &Arc<Inner>, url: &str, endpoint: Endpoint) -> Resul
     let mut inbound = client
         .session(req)
         .await
-        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .map_err(status_error)?
         .into_inner();
-    let first = inbound
-        .message()
-        .await
-        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+    let first = inbound.message().await.map_err(status_error)?;
     let Some(pb::ServerMessage {
         body: Some(Out::Registered(reg)),
         ..
     }) = first
     else {
-        return Err("the server did not answer Register".into());
+        return Err(SessionError::Failed(
+            "the server did not answer Register".into(),
+        ));
     };
     for r in &reg.refused {
         tracing::warn!(job_type = %r, "the control plane will not give this worker this job type");
@@ -496,7 +537,13 @@ async fn run_session(inner: &Arc<Inner>, url: &str, endpoint: Endpoint) -> Resul
                 None => {}
             },
             Ok(None) => return Ok(()),
-            Err(s) => return Err(format!("{:?}: {}", s.code(), s.message())),
+            Err(s) => {
+                return Err(SessionError::Failed(format!(
+                    "{:?}: {}",
+                    s.code(),
+                    s.message()
+                )));
+            }
         }
     }
 }

@@ -125,7 +125,13 @@ pub async fn run(args: WorkerArgs) -> i32 {
     };
     eprintln!("connecting to {server} as {worker_id} ...");
     let registered = tokio::select! {
-        r = remote.registered() => r,
+        r = remote.registered() => match r {
+            Ok(r) => r,
+            Err(why) => {
+                eprintln!("error: the control plane refused this worker: {why}");
+                return exit::USAGE;
+            }
+        },
         _ = warden_server::serve::wait_for_stop_signal() => return exit::OK,
     };
     println!(
