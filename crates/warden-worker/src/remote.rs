@@ -148,10 +148,6 @@ impl RemoteCoordinator {
         }
     }
 
-    pub fn is_connected(&self) -> bool {
-        self.inner.conn.borrow().is_some()
-    }
-
     fn lease_ms(&self) -> i64 {
         self.inner
             .registered

@@ -375,17 +375,21 @@ impl Session {
     /// job goes back to the queue at once (without counting the attempt).
     async fn hand_out(&self, c: warden_store::Claimed) {
         let mut c = Some(c);
-        loop {
+        while let Some(job) = c.take() {
             let tx = self
                 .waiting
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .pop_front();
-            let Some(tx) = tx else { break };
-            match tx.send(Ok(c.take().expect("still held"))) {
-                Ok(()) => return,
-                Err(Ok(back)) => c = Some(back),
-                Err(Err(_)) => unreachable!("only jobs are sent here"),
+            let Some(tx) = tx else {
+                c = Some(job);
+                break;
+            };
+            // A waiter that gave up hands the job back for the next one.
+            if let Err(back) = tx.send(Ok(job)) {
+                c = back.ok();
+            } else {
+                return;
             }
         }
         if let Some(c) = c {
