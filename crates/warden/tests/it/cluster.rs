@@ -114,19 +114,14 @@ impl ControlPlane {
         grpc_listen: &str,
         wrap: &[&str],
     ) -> ControlPlane {
-        let home = dir.join(name);
-        std::fs::create_dir_all(&home).unwrap();
-        let config = home.join("warden.yaml");
-        std::fs::write(
-            &config,
+        let (home, config) = write_home(dir, name, |data| {
             format!(
                 "listen: 127.0.0.1:0\ngrpc_listen: {grpc_listen}\ndata_dir: {}\n\
                  artifact_dir: {}\nlease_s: 2\nshutdown_grace_s: 1\n{extra}\n{JOB_TYPES}",
-                home.join("data").display(),
+                data.display(),
                 dir.join("artifacts").display(),
-            ),
-        )
-        .unwrap();
+            )
+        });
         let mut cmd = command(wrap);
         cmd.args([
             "serve",
@@ -167,19 +162,7 @@ impl Worker {
         labels: &str,
         wrap: &[&str],
     ) -> Worker {
-        let home = dir.join(name);
-        std::fs::create_dir_all(&home).unwrap();
-        let config = home.join("worker.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "data_dir: {}\nsandbox_uid: {uid}\nsandbox_gid: {uid}\ncancel_grace_s: 1\n\
-                 shutdown_grace_s: 1\n{JOB_TYPES}",
-                home.join("data").display(),
-                uid = test_uid(),
-            ),
-        )
-        .unwrap();
+        let (home, config) = write_home(dir, name, worker_yaml);
         let mut cmd = command(wrap);
         cmd.args([
             "worker",
@@ -206,6 +189,25 @@ impl Worker {
     fn started(&self) -> Vec<String> {
         started_jobs(&self.proc.log_text())
     }
+}
+
+/// `dir/name/` with its config file (`text` gets the data directory); returns both paths.
+fn write_home(dir: &Path, name: &str, text: impl FnOnce(&Path) -> String) -> (PathBuf, PathBuf) {
+    let home = dir.join(name);
+    std::fs::create_dir_all(&home).unwrap();
+    let config = home.join("warden.yaml");
+    std::fs::write(&config, text(&home.join("data"))).unwrap();
+    (home, config)
+}
+
+/// A worker's own configuration: the shared job types, this test's sandbox ids.
+fn worker_yaml(data: &Path) -> String {
+    format!(
+        "data_dir: {}\nsandbox_uid: {uid}\nsandbox_gid: {uid}\ncancel_grace_s: 1\n\
+         shutdown_grace_s: 1\n{JOB_TYPES}",
+        data.display(),
+        uid = test_uid(),
+    )
 }
 
 fn command(wrap: &[&str]) -> Command {
@@ -588,12 +590,7 @@ async fn workers_without_the_token_are_refused() {
     let cp = ControlPlane::start(dir.path(), "cp", &db.url, "");
     let token_file = dir.path().join("wrong-token");
     std::fs::write(&token_file, "a-wrong-token-of-enough-length\n").unwrap();
-    let config = dir.path().join("w.yaml");
-    std::fs::write(
-        &config,
-        format!("data_dir: {}\n{JOB_TYPES}", dir.path().join("w").display()),
-    )
-    .unwrap();
+    let (_, config) = write_home(dir.path(), "w", worker_yaml);
     // A wrong token is refused at once: exit 2 with the server's reason, no retrying forever.
     let out = Command::new(WARDEN)
         .args(["worker", "--server", &cp.grpc, "--token-file"])
@@ -949,18 +946,7 @@ async fn workers_talk_tls_when_certificates_are_configured() {
     );
     let cp = ControlPlane::start(dir.path(), "cp", &db.url, &tls);
     assert!(cp.grpc.starts_with("https://"), "{}", cp.grpc);
-    let home = dir.path().join("w");
-    std::fs::create_dir_all(&home).unwrap();
-    let config = home.join("worker.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir: {}\nsandbox_uid: {uid}\nsandbox_gid: {uid}\n{JOB_TYPES}",
-            home.join("data").display(),
-            uid = test_uid()
-        ),
-    )
-    .unwrap();
+    let (home, config) = write_home(dir.path(), "w", worker_yaml);
     let mut cmd = Command::new(WARDEN);
     cmd.args([
         "worker",
