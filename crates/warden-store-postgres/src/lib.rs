@@ -20,11 +20,12 @@ use warden_core::state::can_transition;
 use warden_core::{JobId, JobStatus};
 use warden_store::{
     CancelOutcome, Claimed, Completion, HeartbeatReply, JobRecord, Lease, ListFilter, LogStream,
-    Millis, NewJob, Reaped, Result, Store, StoreError, SubmitOutcome,
+    Migrations, Millis, NewJob, Reaped, Result, Store, StoreError, SubmitOutcome,
+    pending_migrations,
 };
 
 /// Migrations, applied in order, each once, under an advisory lock (replicas may start together).
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_jobs.sql"))];
+const MIGRATIONS: Migrations = &[(1, include_str!("../migrations/0001_jobs.sql"))];
 
 /// Any number; the same for every replica.
 const MIGRATION_LOCK: i64 = 0x7761_7264_656e; // "warden"
@@ -94,13 +95,7 @@ impl PgStore {
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(backend)?;
-        let newest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
-        if applied > newest {
-            return Err(StoreError::Backend(format!(
-                "database schema version {applied} is newer than this warden understands ({newest})"
-            )));
-        }
-        for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > applied) {
+        for (version, sql) in pending_migrations(MIGRATIONS, applied)? {
             sqlx::raw_sql(sql)
                 .execute(&mut *tx)
                 .await

@@ -16,11 +16,12 @@ use warden_core::state::can_transition;
 use warden_core::{JobId, JobStatus};
 use warden_store::{
     CancelOutcome, Claimed, Completion, HeartbeatReply, JobRecord, Lease, ListFilter, LogStream,
-    Millis, NewJob, Reaped, Result, Store, StoreError, SubmitOutcome,
+    Migrations, Millis, NewJob, Reaped, Result, Store, StoreError, SubmitOutcome,
+    pending_migrations,
 };
 
 /// Migrations, applied in order, each once. Append-only.
-const MIGRATIONS: &[(i64, &str)] = &[
+const MIGRATIONS: Migrations = &[
     (1, include_str!("../migrations/0001_jobs.sql")),
     (2, include_str!("../migrations/0002_enforcement.sql")),
     (3, include_str!("../migrations/0003_repo.sql")),
@@ -86,13 +87,7 @@ fn migrate(conn: &Connection) -> Result<()> {
             |r| r.get(0),
         )
         .map_err(backend)?;
-    let newest = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
-    if applied > newest {
-        return Err(StoreError::Backend(format!(
-            "database schema version {applied} is newer than this warden understands ({newest})"
-        )));
-    }
-    for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > applied) {
+    for (version, sql) in pending_migrations(MIGRATIONS, applied)? {
         let tx = conn.unchecked_transaction().map_err(backend)?;
         tx.execute_batch(sql).map_err(backend)?;
         tx.execute(

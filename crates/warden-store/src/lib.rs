@@ -245,6 +245,21 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// A backend's migrations (version, SQL), applied in order, each once. Append-only.
+pub type Migrations = &'static [(i64, &'static str)];
+
+/// The migrations still to apply to a database at version `applied`; an error when the database
+/// is newer than this build understands.
+pub fn pending_migrations(all: Migrations, applied: i64) -> Result<Migrations> {
+    let newest = all.last().map(|m| m.0).unwrap_or(0);
+    if applied > newest {
+        return Err(StoreError::Backend(format!(
+            "database schema version {applied} is newer than this warden understands ({newest})"
+        )));
+    }
+    Ok(&all[all.partition_point(|m| m.0 <= applied)..])
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Records a new job as `queued`, or returns the earlier job with the same
@@ -319,4 +334,22 @@ pub trait Store: Send + Sync + 'static {
         offset: u64,
         max: usize,
     ) -> Result<Vec<u8>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_migrations_are_those_after_the_applied_version() {
+        const ALL: Migrations = &[(1, "a"), (2, "b"), (3, "c")];
+        assert_eq!(pending_migrations(ALL, 0).unwrap(), ALL);
+        assert_eq!(pending_migrations(ALL, 2).unwrap(), &ALL[2..]);
+        assert!(pending_migrations(ALL, 3).unwrap().is_empty());
+        let newer = pending_migrations(ALL, 4).unwrap_err();
+        assert!(
+            newer.to_string().contains("newer than this warden"),
+            "{newer}"
+        );
+    }
 }

@@ -416,46 +416,34 @@ async fn doctor_checks_the_database_without_touching_it() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "");
     let config = config.to_str().unwrap();
-    let down = warden(
-        &[
-            "doctor",
-            "--config",
-            config,
-            "--database-url",
-            "postgres://postgres@127.0.0.1:1/x",
-            "-o",
-            "json",
-        ],
-        &[],
-    );
-    assert_eq!(down.code, 1, "{}", down.stderr);
-    let checks: serde_json::Value = serde_json::from_str(&down.stdout).unwrap();
-    let db = checks
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["check"] == "database")
-        .unwrap();
-    assert_eq!(db["status"], "FAIL");
-    let up = warden(
-        &[
-            "doctor",
-            "--config",
-            config,
-            "--database-url",
-            &fresh.url,
-            "-o",
-            "json",
-        ],
-        &[],
-    );
-    let checks: serde_json::Value = serde_json::from_str(&up.stdout).unwrap();
-    let check = checks
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["check"] == "database")
-        .unwrap();
+    // `warden doctor --database-url URL`: its exit code and its database check.
+    let doctor = |url: &str| {
+        let run = warden(
+            &[
+                "doctor",
+                "--config",
+                config,
+                "--database-url",
+                url,
+                "-o",
+                "json",
+            ],
+            &[],
+        );
+        let checks: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        let check = checks
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == "database")
+            .unwrap()
+            .clone();
+        (run.code, check)
+    };
+    let (code, down) = doctor("postgres://postgres@127.0.0.1:1/x");
+    assert_eq!(code, 1, "{down}");
+    assert_eq!(down["status"], "FAIL");
+    let (_, check) = doctor(&fresh.url);
     assert_eq!(check["status"], "PASS", "{check}");
     // Read-only: the doctor created no schema in the database it looked at.
     assert!(
