@@ -312,15 +312,13 @@ fn bench_sandbox(rest: &[&str]) -> anyhow::Result<()> {
         let spec = SpawnSpec {
             argv: vec!["/bin/true".into()],
             env: [("PATH".to_string(), "/usr/bin:/bin".to_string())].into(),
-            cwd: "/work".into(),
             timeout_ms: 60_000,
             rlimits: Rlimits {
                 cpu_s: Some(60),
                 file_size_bytes: Some(64 << 20),
                 open_files: Some(1024),
             },
-            isolation: Isolation::Sandbox,
-            sandbox: Some(SandboxSpec {
+            isolation: Isolation::Sandbox(Box::new(SandboxSpec {
                 root: root.clone(),
                 work: work.clone(),
                 git: None,
@@ -335,7 +333,7 @@ fn bench_sandbox(rest: &[&str]) -> anyhow::Result<()> {
                 pids: Some(128),
                 tmpfs_bytes: 64 << 20,
                 cgroup_name: format!("bench-{}-{n}", std::process::id()),
-            }),
+            })),
         };
         let t = Instant::now();
         let report = rt.block_on(async {

@@ -100,17 +100,7 @@ async fn drain(
 
 /// Fills the table with `n` finished jobs, the way months of history would.
 async fn add_history(pg: &PgStore, n: usize) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO jobs (id, tenant, job_type, params, status, max_attempts, attempts,
-             created_at, started_at, finished_at, exit_code)
-         SELECT ('00000000-0000-7000-8000-' || lpad(to_hex(g), 12, '0'))::uuid, 'default', 'noop',
-             '{}', 'succeeded', 1, 1, g, g, g, 0
-         FROM generate_series(1, $1) AS g",
-    )
-    .bind(n as i64)
-    .execute(pg.pool())
-    .await?;
-    sqlx::query("ANALYZE jobs").execute(pg.pool()).await?;
+    warden_store_postgres::testing::add_finished_history(pg, n).await?;
     Ok(())
 }
 

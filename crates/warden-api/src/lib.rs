@@ -281,6 +281,8 @@ pub enum ErrorCode {
     NotAFile,
     IdempotencyConflict,
     JobFinished,
+    /// A worker's lease on the job is no longer held (fenced out): its writes are refused.
+    LeaseLost,
     ShuttingDown,
     NotFound,
     MethodNotAllowed,
@@ -297,7 +299,7 @@ impl ErrorCode {
             | ErrorCode::InvalidPath => 400,
             ErrorCode::JobNotFound | ErrorCode::ArtifactNotFound | ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
-            ErrorCode::IdempotencyConflict | ErrorCode::JobFinished => 409,
+            ErrorCode::IdempotencyConflict | ErrorCode::JobFinished | ErrorCode::LeaseLost => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::UnknownField
@@ -337,6 +339,7 @@ impl ErrorCode {
             ErrorCode::NotAFile => "not_a_file",
             ErrorCode::IdempotencyConflict => "idempotency_conflict",
             ErrorCode::JobFinished => "job_finished",
+            ErrorCode::LeaseLost => "lease_lost",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
@@ -357,8 +360,23 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
+/// Formats a timestamp (milliseconds since the epoch) as every API answer and record writes it;
+/// values beyond year 9999, which RFC 3339 cannot write, are clamped.
+pub fn rfc3339(ms: i64) -> String {
+    const MAX_MS: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+    let ms = ms.clamp(0, MAX_MS) as u64;
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn timestamps_beyond_rfc3339_are_clamped_not_a_panic() {
+        assert_eq!(super::rfc3339(i64::MAX), "9999-12-31T23:59:59.999Z");
+        assert_eq!(super::rfc3339(-5), "1970-01-01T00:00:00.000Z");
+    }
+
     use super::*;
 
     #[test]

@@ -3,8 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::JobType;
-
 /// Longest accepted parameter value, in bytes.
 pub const MAX_PARAM_VALUE_BYTES: usize = 4096;
 
@@ -50,18 +48,18 @@ pub fn is_valid_param_name(name: &str) -> bool {
 /// Checks every param of a submission against its job type.
 pub fn validate_params(
     job_type_name: &str,
-    job_type: &JobType,
+    allowed_params: &[String],
     params: &BTreeMap<String, String>,
 ) -> Result<(), ParamError> {
     for (name, value) in params {
         if !is_valid_param_name(name) {
             return Err(ParamError::InvalidName(name.chars().take(80).collect()));
         }
-        if !job_type.allowed_params.iter().any(|p| p == name) {
-            let allowed = if job_type.allowed_params.is_empty() {
+        if !allowed_params.iter().any(|p| p == name) {
+            let allowed = if allowed_params.is_empty() {
                 "none".to_string()
             } else {
-                job_type.allowed_params.join(", ")
+                allowed_params.join(", ")
             };
             return Err(ParamError::Unknown {
                 name: name.clone(),
@@ -94,7 +92,7 @@ mod tests {
         )
         .unwrap();
         let params = BTreeMap::from([(name.to_string(), value.to_string())]);
-        let got = validate_params("t", &config.job_types["t"], &params);
+        let got = validate_params("t", &config.job_types["t"].allowed_params, &params);
         match (got, expected) {
             (Ok(()), Ok(())) => {}
             (Err(e), Err(fragment)) => {

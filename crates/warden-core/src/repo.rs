@@ -40,9 +40,30 @@ impl fmt::Display for Transport {
 
 const MAX_URL_LEN: usize = 2048;
 
+/// A repository URL warden does not fetch from, and what to write instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidRepoUrl(pub String);
+
+/// A ref name warden will not hand to git, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidRefName(pub String);
+
+/// A repository as warden fetches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    pub url: String,
+    pub transport: Transport,
+}
+
 /// Classifies a repository URL, refusing what warden never fetches from. The message says what
 /// to write instead.
-pub fn parse_repo_url(url: &str) -> Result<Transport, String> {
+pub fn parse_repo_url(url: &str) -> Result<Transport, InvalidRepoUrl> {
+    classify_url(url).map_err(InvalidRepoUrl)
+}
+
+fn classify_url(url: &str) -> Result<Transport, String> {
     if url.is_empty() {
         return Err("the repository URL is empty".into());
     }
@@ -162,8 +183,12 @@ pub fn is_full_sha(s: &str) -> bool {
 
 /// Checks a ref name a caller may ask warden to resolve (`main`, `v1.2`, `refs/heads/x`, `HEAD`),
 /// following `git check-ref-format`'s rules, so that nothing odd reaches git's command line.
-pub fn check_ref_name(name: &str) -> Result<(), String> {
-    let bad = |why: &str| Err(format!("ref {name:?} is not a valid ref name: {why}"));
+pub fn check_ref_name(name: &str) -> Result<(), InvalidRefName> {
+    let bad = |why: &str| {
+        Err(InvalidRefName(format!(
+            "ref {name:?} is not a valid ref name: {why}"
+        )))
+    };
     if name.is_empty() {
         return bad("it is empty");
     }

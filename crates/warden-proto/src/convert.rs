@@ -1,8 +1,8 @@
 //! Between the generated wire types and warden's own.
 
-use warden_api::{Invariants, ResourceUsage};
+use warden_api::{Invariants, ResourceUsage, rfc3339};
+use warden_core::record::{Claimed, Completion, JobRecord, Lease, LogStream};
 use warden_core::{JobId, JobStatus};
-use warden_store::{Claimed, Completion, JobRecord, Lease, LogStream};
 
 use crate::pb;
 
@@ -189,14 +189,6 @@ pub fn job_from_pb(j: pb::Job, lease: Option<&Lease>) -> Result<JobRecord, WireE
         enforcement: j.enforcement.into_iter().collect(),
         invariants: j.invariants.map(invariants_from_pb),
     })
-}
-
-/// Formats a timestamp as the HTTP API does; values beyond year 9999 are clamped.
-pub fn rfc3339(ms: i64) -> String {
-    const MAX_MS: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
-    let ms = ms.clamp(0, MAX_MS) as u64;
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
-        .to_string()
 }
 
 /// A job as the HTTP API shows it, from the gRPC message (for clients that speak either).

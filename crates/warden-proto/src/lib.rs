@@ -15,5 +15,9 @@ pub use convert::*;
 /// Largest log chunk or artifact piece one message may carry.
 pub const MAX_CHUNK: usize = 1 << 20;
 
+/// Every gRPC error from warden carries the same machine-readable code as the HTTP body, in
+/// this metadata key (`job_not_found`, `lease_lost`, ...).
+pub const ERROR_CODE_KEY: &str = "warden-error-code";
+
 /// Largest message either side accepts: a chunk plus its envelope.
 pub const MAX_MESSAGE: usize = MAX_CHUNK + 64 * 1024;

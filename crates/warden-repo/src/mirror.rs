@@ -21,12 +21,7 @@ use crate::git::{Git, GitError, GitOutput};
 /// The push URL of every mirror: not a URL git can push to.
 pub const PUSH_DISABLED: &str = "DISABLED";
 
-/// A repository as warden fetches it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Remote {
-    pub url: String,
-    pub transport: Transport,
-}
+pub use warden_core::repo::Remote;
 
 /// A mirror known to hold a commit.
 #[derive(Debug, Clone)]
@@ -327,7 +322,7 @@ impl Mirrors {
     /// by asking the remote (`git ls-remote`). Short names try tags, then branches, as git does;
     /// a name that is both, at different commits, is refused as ambiguous.
     pub async fn resolve_ref(&self, remote: &Remote, name: &str) -> Result<String, RepoError> {
-        check_ref_name(name).map_err(RepoError::InvalidRef)?;
+        check_ref_name(name).map_err(|e| RepoError::InvalidRef(e.0))?;
         let candidates: Vec<String> = if name == "HEAD" || name.starts_with("refs/") {
             vec![name.to_string()]
         } else {

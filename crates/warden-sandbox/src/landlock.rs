@@ -7,7 +7,7 @@ use ::landlock::{
     RulesetStatus, Scope, path_beneath_rules,
 };
 
-use crate::mounts::ARTIFACTS;
+use crate::paths::{ARTIFACTS, TMP};
 
 /// The newest ABI warden asks for; older kernels get the best they support.
 const ABI_WANTED: ABI = ABI::V6;
@@ -28,7 +28,7 @@ pub fn restrict() -> Result<RulesetStatus, String> {
         .map_err(e)?
         .add_rules(path_beneath_rules(["/"], read))
         .map_err(e)?
-        .add_rules(path_beneath_rules(["/tmp", "/dev/shm", ARTIFACTS], all))
+        .add_rules(path_beneath_rules([TMP, "/dev/shm", ARTIFACTS], all))
         .map_err(e)?
         .add_rules(path_beneath_rules(
             ["/dev/null", "/dev/zero", "/dev/full"],

@@ -2,8 +2,8 @@
 //!
 //! A job never runs as a direct child of warden. A *zygote* (the `warden` binary started once as
 //! `warden __zygote`) forks a *supervisor* per job, which receives a [`SpawnSpec`] over a private
-//! socket. With [`Isolation::Sandbox`] the supervisor builds the full sandbox (see `sandbox.rs`
-//! and docs/sandbox.md): the job's PID namespace init owns the tree, and its death takes every
+//! socket. With [`Isolation::Sandbox`] the supervisor builds the full sandbox (see `process/` and
+//! docs/sandbox.md): the job's PID namespace init owns the tree, and its death takes every
 //! process of the job with it. With [`Isolation::UnsafeFallback`] the supervisor becomes a child
 //! subreaper instead, so that every orphan (a `setsid` + double-fork daemon included) is
 //! re-parented to it and killed with the rest. Either way the whole tree dies when the job ends,
@@ -20,35 +20,65 @@ use serde::{Deserialize, Serialize};
 pub mod cgroups;
 pub mod child;
 pub mod doctor;
+mod etc;
+mod fd;
 mod landlock;
 mod launcher;
 mod mounts;
+mod net;
+pub mod paths;
 mod proc_tree;
-mod sandbox;
+mod process;
 pub mod seccomp;
-pub mod supervisor;
 mod sys;
 mod watch;
 pub mod zygote;
 
+pub use etc::prepare_etc;
 pub use landlock::kernel_abi as landlock_abi;
-pub use mounts::{ARTIFACTS as SANDBOX_ARTIFACTS, WORK as SANDBOX_WORK, prepare_etc};
-
-/// The job's uid and gid inside its user namespace.
-pub const JOB_UID: u32 = 1000;
-
 pub use launcher::{JobControl, Launcher, RunningJob};
+pub use paths::JOB_UID;
+pub use process::supervisor;
 pub use zygote::ZYGOTE_ARG;
 
-/// How strongly a job is isolated.
+/// How strongly an executor isolates the jobs it runs, recorded on every job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Isolation {
+pub enum Tier {
     /// A supervised process tree with rlimits but no namespaces, seccomp or Landlock. Only used
-    /// when the operator set `unsafe_fallback: true`; recorded on the job.
+    /// when the operator set `unsafe_fallback: true`.
     UnsafeFallback,
     /// The full sandbox: namespaces, pivoted read-only root, cgroups, Landlock, seccomp.
     Sandbox,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::UnsafeFallback => "unsafe_fallback",
+            Tier::Sandbox => "sandbox",
+        }
+    }
+}
+
+/// How one job is isolated, with what that tier needs: the seam where further tiers (gVisor,
+/// image roots) plug in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    /// A supervised process tree in `cwd`, on the host's filesystem.
+    UnsafeFallback { cwd: PathBuf },
+    /// The full sandbox; the job's working directory is always `/work`.
+    Sandbox(Box<SandboxSpec>),
+}
+
+impl Isolation {
+    pub fn tier(&self) -> Tier {
+        match self {
+            Isolation::UnsafeFallback { .. } => Tier::UnsafeFallback,
+            Isolation::Sandbox(_) => Tier::Sandbox,
+        }
+    }
 }
 
 /// What the full sandbox needs beyond the spawn spec.
@@ -105,13 +135,10 @@ pub struct SpawnSpec {
     pub argv: Vec<String>,
     /// The job's whole environment: nothing of warden's own is inherited.
     pub env: BTreeMap<String, String>,
-    pub cwd: PathBuf,
     /// Wall-clock limit; the supervisor kills the tree when it passes.
     pub timeout_ms: u64,
     pub rlimits: Rlimits,
     pub isolation: Isolation,
-    /// Present exactly when `isolation` is `Sandbox`.
-    pub sandbox: Option<SandboxSpec>,
 }
 
 /// Per-process kernel limits applied before exec. `None` leaves the inherited limit.

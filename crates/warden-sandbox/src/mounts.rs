@@ -1,116 +1,21 @@
 //! The job's filesystem: a fresh tmpfs root holding read-only binds of the host's system
-//! directories and a handful of `/etc` files, its own `/proc`, a minimal `/dev`, a size-capped
-//! `/tmp`, the worktree read-only at `/work` and the artifact directory at `/artifacts`; then
-//! `pivot_root` into it and detach the old root. Runs as root in the job's new mount namespace.
+//! directories and the prepared `/etc` (see `etc.rs`), its own `/proc`, a minimal `/dev`, a
+//! size-capped `/tmp`, the worktree read-only at `/work` and the artifact directory at
+//! `/artifacts`; then `pivot_root` into it and detach the old root. Runs as root in the job's
+//! new mount namespace, through a [`Kernel`] so that the order is testable without root.
 
 use std::fs;
-use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
-use crate::SandboxSpec;
-use crate::sys::{Step, check, cstr, fail, mount};
-
-/// Where things appear inside the sandbox.
-pub const WORK: &str = "/work";
-pub const ARTIFACTS: &str = "/artifacts";
+use crate::paths::{ARTIFACTS, HOME, TMP, WORK};
+use crate::sys::{Kernel, Step, fail};
+use crate::{Bind, SandboxSpec};
 
 /// System directories bound read-only (a symlink on the host, as on merged-/usr systems,
 /// becomes the same symlink).
 const SYSTEM_DIRS: &[&str] = &[
     "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
 ];
-
-/// `/etc` entries programs need to start, find libraries and verify TLS. Deliberately absent:
-/// shadow, gshadow, ssh, sudoers, machine-id, `ssl/private` and anything with host credentials.
-const ETC_ENTRIES: &[&str] = &[
-    "ld.so.cache",
-    "ld.so.conf",
-    "ld.so.conf.d",
-    "alternatives",
-    "nsswitch.conf",
-    "localtime",
-    "ssl/certs",
-    "ssl/openssl.cnf",
-    "ca-certificates.conf",
-    "os-release",
-    "mime.types",
-    "protocols",
-    "services",
-    "debian_version",
-    "resolv.conf",
-];
-
-/// Largest tree copied for one `/etc` entry (files), so a surprising host cannot stall start-up.
-const ETC_MAX_FILES: usize = 10_000;
-
-/// Builds the sandbox's `/etc` in `dir`: copies of the host entries above (files copied,
-/// symlinks kept as symlinks, directories copied), and identity files of its own (root and the
-/// job user only, hostname `warden`). Done once when warden starts, then bound read-only into
-/// every job: one mount instead of one per file. The new tree replaces the old atomically.
-pub fn prepare_etc(dir: &Path) -> std::io::Result<()> {
-    let parent = dir.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(parent)?;
-    let tmp = parent.join(format!(".etc-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp)?;
-    let mut budget = ETC_MAX_FILES;
-    for entry in ETC_ENTRIES {
-        copy_tree(
-            &Path::new("/etc").join(entry),
-            &tmp.join(entry),
-            &mut budget,
-        )?;
-    }
-    let uid = crate::JOB_UID;
-    fs::write(
-        tmp.join("passwd"),
-        format!(
-            "root:x:0:0:root:/root:/usr/sbin/nologin\nwarden:x:{uid}:{uid}:warden job:/tmp/home:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
-        ),
-    )?;
-    fs::write(
-        tmp.join("group"),
-        format!("root:x:0:\nwarden:x:{uid}:\nnogroup:x:65534:\n"),
-    )?;
-    let host = crate::sandbox::HOSTNAME;
-    fs::write(tmp.join("hostname"), format!("{host}\n"))?;
-    fs::write(
-        tmp.join("hosts"),
-        format!("127.0.0.1 localhost {host}\n::1 localhost\n"),
-    )?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))?;
-    let _ = fs::remove_dir_all(dir);
-    fs::rename(&tmp, dir)
-}
-
-fn copy_tree(src: &Path, dst: &Path, budget: &mut usize) -> std::io::Result<()> {
-    let Ok(meta) = fs::symlink_metadata(src) else {
-        return Ok(());
-    };
-    if *budget == 0 {
-        return Ok(());
-    }
-    *budget -= 1;
-    if let Some(parent) = dst.parent() {
-        fs::create_dir_all(parent)?;
-    }
-    let ft = meta.file_type();
-    if ft.is_symlink() {
-        symlink(fs::read_link(src)?, dst)?;
-    } else if ft.is_dir() {
-        fs::create_dir_all(dst)?;
-        for e in fs::read_dir(src)?.flatten() {
-            copy_tree(&e.path(), &dst.join(e.file_name()), budget)?;
-        }
-    } else if ft.is_file() {
-        // Only world-readable files: nothing the host keeps private.
-        if meta.permissions().mode() & 0o004 != 0 {
-            fs::copy(src, dst)?;
-            fs::set_permissions(dst, fs::Permissions::from_mode(0o644))?;
-        }
-    }
-    Ok(())
-}
 
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
 
@@ -119,177 +24,102 @@ const RESERVED_TOP: &[&str] = &["proc", "dev", "tmp", "work", "artifacts", "sys"
 
 const RO: libc::c_ulong = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
 
-fn mkdir(p: &Path) -> Step {
-    fs::create_dir_all(p).map_err(|e| fail(format!("mkdir {}", p.display()), e))
-}
-
-fn touch(p: &Path) -> Step {
-    fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(p)
-        .map(drop)
-        .map_err(|e| fail(format!("create {}", p.display()), e))
-}
-
-fn inside(root: &Path, at: &str) -> PathBuf {
-    root.join(at.trim_start_matches('/'))
-}
-
-/// Sets mount attributes on `dst` and every mount below it (mount_setattr, Linux ≥ 5.12).
-fn set_attr_recursive(dst: &Path, attr_set: u64) -> Step {
-    let attr = libc::mount_attr {
-        attr_set,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    let dst_c = cstr(dst)?;
-    // SAFETY: dst_c is a valid C string and attr a valid mount_attr of the size passed.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            libc::AT_FDCWD,
-            dst_c.as_ptr(),
-            libc::AT_RECURSIVE,
-            &attr as *const libc::mount_attr,
-            std::mem::size_of::<libc::mount_attr>(),
-        )
-    };
-    check(&format!("mount_setattr {}", dst.display()), rc as i32)
-}
-
-/// Bind `src` at `dst` read-only (recursively: mount_setattr makes every submount read-only).
-fn bind_ro(src: &Path, dst: &Path) -> Step {
-    mount(Some(src), dst, None, libc::MS_BIND | libc::MS_REC, None)?;
-    let attrs = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
-    if set_attr_recursive(dst, attrs).is_err() {
-        // Kernels before 5.12: remount the top mount read-only.
-        mount(None, dst, None, libc::MS_BIND | libc::MS_REMOUNT | RO, None)?;
-    }
-    Ok(())
-}
-
-fn require_read_only(dst: &Path) -> Step {
-    let c = cstr(dst)?;
-    // SAFETY: statvfs writes into a zeroed struct of the right type; c is a valid C string.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: see above.
-    check(&format!("statvfs {}", dst.display()), unsafe {
-        libc::statvfs(c.as_ptr(), &mut st)
-    })?;
-    if st.f_flag & libc::ST_RDONLY == 0 {
-        return Err(fail(
-            format!("{} is not read-only", dst.display()),
-            std::io::Error::from_raw_os_error(libc::EROFS),
-        ));
-    }
-    Ok(())
-}
-
-/// Binds a host path (dir or file) read-only at the same place under `root`.
-fn bind_host(root: &Path, host: &Path) -> Step {
-    let Ok(meta) = fs::symlink_metadata(host) else {
-        return Ok(());
-    };
-    let dst = root.join(host.strip_prefix("/").unwrap_or(host));
-    if meta.file_type().is_symlink() {
-        let target =
-            fs::read_link(host).map_err(|e| fail(format!("readlink {}", host.display()), e))?;
-        if let Some(parent) = dst.parent() {
-            mkdir(parent)?;
-        }
-        return symlink(&target, &dst).map_err(|e| fail(format!("symlink {}", dst.display()), e));
-    }
-    if meta.is_dir() {
-        mkdir(&dst)?;
-    } else {
-        if let Some(parent) = dst.parent() {
-            mkdir(parent)?;
-        }
-        touch(&dst)?;
-    }
-    bind_ro(host, &dst)
-}
-
 /// Builds the root at `spec.root` and pivots into it. Afterwards `/` is the job's root.
-pub fn build_root(spec: &SandboxSpec) -> Step {
+pub(crate) fn build_root(k: &mut impl Kernel, spec: &SandboxSpec) -> Step {
     let root = spec.root.as_path();
-    // Nothing we mount may propagate back to the host.
-    mount(
+    make_mounts_private(k)?;
+    mount_root_tmpfs(k, root)?;
+    match &spec.rootfs {
+        None => bind_host_system(k, root, &spec.etc)?,
+        Some(rootfs) => bind_rootfs(k, root, rootfs)?,
+    }
+    mount_proc(k, root)?;
+    make_dev(k, root, spec.tmpfs_bytes)?;
+    make_tmp(k, root, spec)?;
+    bind_worktree(k, root, spec)?;
+    bind_artifacts(k, root, &spec.artifacts)?;
+    bind_extra(k, root, &spec.binds)?;
+    pivot(k, root)?;
+    seal_root(k)
+}
+
+/// Nothing we mount may propagate back to the host.
+fn make_mounts_private(k: &mut impl Kernel) -> Step {
+    k.mount(
         None,
         Path::new("/"),
         None,
         libc::MS_REC | libc::MS_PRIVATE,
         None,
-    )?;
-    // The root itself: a small tmpfs holding only mount points and generated files.
-    mount(
+    )
+}
+
+/// The root itself: a small tmpfs holding only mount points and generated files.
+fn mount_root_tmpfs(k: &mut impl Kernel, root: &Path) -> Step {
+    k.mount(
         Some(Path::new("tmpfs")),
         root,
         Some("tmpfs"),
         libc::MS_NOSUID | libc::MS_NODEV,
         Some("size=1m,mode=0755"),
-    )?;
+    )
+}
 
-    match &spec.rootfs {
-        // The host's system directories, and the sandbox's own /etc (see `prepare_etc`).
-        None => {
-            for dir in SYSTEM_DIRS {
-                bind_host(root, Path::new(dir))?;
-            }
-            let etc = root.join("etc");
-            mkdir(&etc)?;
-            bind_ro(&spec.etc, &etc)?;
+/// The host's system directories, and the sandbox's own /etc (see `prepare_etc`).
+fn bind_host_system(k: &mut impl Kernel, root: &Path, etc: &Path) -> Step {
+    for dir in SYSTEM_DIRS {
+        bind_host(k, root, Path::new(dir))?;
+    }
+    let at = root.join("etc");
+    k.mkdir(&at)?;
+    bind_ro(k, etc, &at)
+}
+
+/// A root filesystem the job type names: each of its top-level entries, read-only, except the
+/// places warden provides itself.
+fn bind_rootfs(k: &mut impl Kernel, root: &Path, rootfs: &Path) -> Step {
+    let entries =
+        fs::read_dir(rootfs).map_err(|e| fail(format!("rootfs {}", rootfs.display()), e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| fail("rootfs entry", e))?;
+        let name = entry.file_name();
+        if RESERVED_TOP.iter().any(|r| name == *r) {
+            continue;
         }
-        // A root filesystem the job type names: each of its top-level entries, read-only,
-        // except the places warden provides itself.
-        Some(rootfs) => {
-            let entries = fs::read_dir(rootfs)
-                .map_err(|e| fail(format!("rootfs {}", rootfs.display()), e))?;
-            for entry in entries {
-                let entry = entry.map_err(|e| fail("rootfs entry", e))?;
-                let name = entry.file_name();
-                if RESERVED_TOP.iter().any(|r| name == *r) {
-                    continue;
-                }
-                let src = entry.path();
-                let dst = root.join(&name);
-                let meta = fs::symlink_metadata(&src)
-                    .map_err(|e| fail(format!("stat {}", src.display()), e))?;
-                if meta.file_type().is_symlink() {
-                    let target = fs::read_link(&src)
-                        .map_err(|e| fail(format!("readlink {}", src.display()), e))?;
-                    symlink(&target, &dst)
-                        .map_err(|e| fail(format!("symlink {}", dst.display()), e))?;
-                } else {
-                    if meta.is_dir() {
-                        mkdir(&dst)?
-                    } else {
-                        touch(&dst)?
-                    }
-                    bind_ro(&src, &dst)?;
-                }
-            }
+        let src = entry.path();
+        let dst = root.join(&name);
+        let meta =
+            fs::symlink_metadata(&src).map_err(|e| fail(format!("stat {}", src.display()), e))?;
+        if meta.file_type().is_symlink() {
+            let target =
+                fs::read_link(&src).map_err(|e| fail(format!("readlink {}", src.display()), e))?;
+            k.symlink(&target, &dst)?;
+        } else {
+            mount_point(k, &dst, meta.is_dir())?;
+            bind_ro(k, &src, &dst)?;
         }
     }
+    Ok(())
+}
 
-    // /proc of the job's own PID namespace.
+/// /proc of the job's own PID namespace.
+fn mount_proc(k: &mut impl Kernel, root: &Path) -> Step {
     let proc_dir = root.join("proc");
-    mkdir(&proc_dir)?;
-    mount(
+    k.mkdir(&proc_dir)?;
+    k.mount(
         Some(Path::new("proc")),
         &proc_dir,
         Some("proc"),
         libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
         None,
-    )?;
+    )
+}
 
-    // A minimal /dev: a few host device nodes bound in, a private /dev/shm.
+/// A minimal /dev: a few host device nodes bound in, a private /dev/shm.
+fn make_dev(k: &mut impl Kernel, root: &Path, tmpfs_bytes: u64) -> Step {
     let dev = root.join("dev");
-    mkdir(&dev)?;
-    mount(
+    k.mkdir(&dev)?;
+    k.mount(
         Some(Path::new("tmpfs")),
         &dev,
         Some("tmpfs"),
@@ -298,8 +128,8 @@ pub fn build_root(spec: &SandboxSpec) -> Step {
     )?;
     for d in DEVICES {
         let dst = dev.join(d);
-        touch(&dst)?;
-        mount(
+        k.touch(&dst)?;
+        k.mount(
             Some(&Path::new("/dev").join(d)),
             &dst,
             None,
@@ -308,104 +138,268 @@ pub fn build_root(spec: &SandboxSpec) -> Step {
         )?;
     }
     // nosuid and noexec on every device bind at once (one call instead of a remount each).
-    set_attr_recursive(&dev, libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NOEXEC)?;
+    k.set_mount_attrs(&dev, libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NOEXEC)?;
     for (name, target) in [
         ("fd", "/proc/self/fd"),
         ("stdin", "/proc/self/fd/0"),
         ("stdout", "/proc/self/fd/1"),
         ("stderr", "/proc/self/fd/2"),
     ] {
-        symlink(target, dev.join(name)).map_err(|e| fail(format!("symlink /dev/{name}"), e))?;
+        k.symlink(Path::new(target), &dev.join(name))?;
     }
-    // Inodes are capped with the size (one per 4 KiB, at least 1024): no inode exhaustion of
-    // anything but the job's own tmpfs.
-    let tmpfs_opts = format!(
-        "size={},nr_inodes={},mode=1777",
-        spec.tmpfs_bytes,
-        (spec.tmpfs_bytes / 4096).max(1024)
-    );
     let shm = dev.join("shm");
-    mkdir(&shm)?;
-    mount(
+    k.mkdir(&shm)?;
+    k.mount(
         Some(Path::new("tmpfs")),
         &shm,
         Some("tmpfs"),
         libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-        Some(&tmpfs_opts),
-    )?;
+        Some(&tmpfs_options(tmpfs_bytes)),
+    )
+}
 
-    // Scratch: /tmp (with the job's HOME in it), size-capped.
-    let tmp = root.join("tmp");
-    mkdir(&tmp)?;
-    mount(
+/// Inodes are capped with the size (one per 4 KiB, at least 1024): no inode exhaustion of
+/// anything but the job's own tmpfs.
+fn tmpfs_options(bytes: u64) -> String {
+    format!(
+        "size={bytes},nr_inodes={},mode=1777",
+        (bytes / 4096).max(1024)
+    )
+}
+
+/// Scratch: /tmp (with the job's HOME in it, owned by the job), size-capped.
+fn make_tmp(k: &mut impl Kernel, root: &Path, spec: &SandboxSpec) -> Step {
+    let tmp = inside(root, TMP);
+    k.mkdir(&tmp)?;
+    k.mount(
         Some(Path::new("tmpfs")),
         &tmp,
         Some("tmpfs"),
         libc::MS_NOSUID | libc::MS_NODEV,
-        Some(&tmpfs_opts),
+        Some(&tmpfs_options(spec.tmpfs_bytes)),
     )?;
-    let home = tmp.join("home");
-    mkdir(&home)?;
-    let home_c = cstr(&home)?;
-    // SAFETY: home_c is a valid C string.
-    check("chown /tmp/home", unsafe {
-        libc::chown(home_c.as_ptr(), spec.uid, spec.gid)
-    })?;
-    fs::set_permissions(&home, fs::Permissions::from_mode(0o700))
-        .map_err(|e| fail("chmod /tmp/home", e))?;
+    let home = inside(root, HOME);
+    k.mkdir(&home)?;
+    k.chown(&home, spec.uid, spec.gid)?;
+    k.chmod(&home, 0o700)
+}
 
-    // The worktree, read-only, and the artifact directory, writable.
+/// The worktree and its git directory, read-only — checked, not assumed: the job's worktree
+/// must report read-only before anything else is mounted.
+fn bind_worktree(k: &mut impl Kernel, root: &Path, spec: &SandboxSpec) -> Step {
     let work = inside(root, WORK);
-    mkdir(&work)?;
-    bind_ro(&spec.work, &work)?;
+    k.mkdir(&work)?;
+    bind_ro(k, &spec.work, &work)?;
     if let Some(git) = &spec.git {
         let dir = work.join(".git");
-        bind_ro(&git.dir, &dir)?;
-        bind_ro(&git.objects, &dir.join("objects"))?;
+        bind_ro(k, &git.dir, &dir)?;
+        bind_ro(k, &git.objects, &dir.join("objects"))?;
     }
-    // The read-only guarantee is checked, not assumed: the job's worktree must report read-only.
-    require_read_only(&work)?;
-    let artifacts = inside(root, ARTIFACTS);
-    mkdir(&artifacts)?;
-    mount(Some(&spec.artifacts), &artifacts, None, libc::MS_BIND, None)?;
-    mount(
+    if !k.is_read_only(&work)? {
+        return Err(fail(
+            format!("{} is not read-only", work.display()),
+            std::io::Error::from_raw_os_error(libc::EROFS),
+        ));
+    }
+    Ok(())
+}
+
+/// The artifact directory, writable, without setuid files or device nodes.
+fn bind_artifacts(k: &mut impl Kernel, root: &Path, artifacts: &Path) -> Step {
+    let at = inside(root, ARTIFACTS);
+    k.mkdir(&at)?;
+    k.mount(Some(artifacts), &at, None, libc::MS_BIND, None)?;
+    k.mount(
         None,
-        &artifacts,
+        &at,
         None,
         libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV,
         None,
-    )?;
-    for bind in &spec.binds {
-        let dst = inside(root, &bind.at.to_string_lossy());
-        if bind.host.is_dir() {
-            mkdir(&dst)?;
-        } else {
-            if let Some(p) = dst.parent() {
-                mkdir(p)?;
-            }
-            touch(&dst)?;
-        }
-        bind_ro(&bind.host, &dst)?;
-    }
+    )
+}
 
-    // Into the new root; the old one is detached so nothing of the host stays reachable.
-    std::env::set_current_dir(root).map_err(|e| fail("chdir new root", e))?;
-    let dot = cstr(Path::new("."))?;
-    // SAFETY: pivot_root with "." for both arguments stacks the old root under the new one.
-    let rc = unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) };
-    check("pivot_root", rc as i32)?;
-    // SAFETY: detaches the old root, now mounted at "." on top of the new one.
-    check("detach old root", unsafe {
-        libc::umount2(dot.as_ptr(), libc::MNT_DETACH)
-    })?;
-    std::env::set_current_dir("/").map_err(|e| fail("chdir /", e))?;
-    // The root tmpfs itself becomes read-only now that everything is in place.
-    mount(
+/// Extra read-only paths the job type asks for.
+fn bind_extra(k: &mut impl Kernel, root: &Path, binds: &[Bind]) -> Step {
+    for bind in binds {
+        let dst = inside(root, &bind.at.to_string_lossy());
+        mount_point(k, &dst, bind.host.is_dir())?;
+        bind_ro(k, &bind.host, &dst)?;
+    }
+    Ok(())
+}
+
+/// Into the new root; the old one is detached so nothing of the host stays reachable.
+fn pivot(k: &mut impl Kernel, root: &Path) -> Step {
+    k.chdir(root)?;
+    k.pivot_root_here()?;
+    k.detach(Path::new("."))?;
+    k.chdir(Path::new("/"))
+}
+
+/// The root tmpfs itself becomes read-only now that everything is in place.
+fn seal_root(k: &mut impl Kernel) -> Step {
+    k.mount(
         None,
         Path::new("/"),
         None,
         libc::MS_REMOUNT | libc::MS_BIND | RO,
         None,
-    )?;
+    )
+}
+
+fn inside(root: &Path, at: &str) -> PathBuf {
+    root.join(at.trim_start_matches('/'))
+}
+
+/// An empty directory or file to mount on, with its parents.
+fn mount_point(k: &mut impl Kernel, dst: &Path, dir: bool) -> Step {
+    if dir {
+        return k.mkdir(dst);
+    }
+    if let Some(parent) = dst.parent() {
+        k.mkdir(parent)?;
+    }
+    k.touch(dst)
+}
+
+/// Bind `src` at `dst` read-only (recursively: mount_setattr makes every submount read-only).
+fn bind_ro(k: &mut impl Kernel, src: &Path, dst: &Path) -> Step {
+    k.mount(Some(src), dst, None, libc::MS_BIND | libc::MS_REC, None)?;
+    let attrs = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
+    if k.set_mount_attrs(dst, attrs).is_err() {
+        // Kernels before 5.12: remount the top mount read-only.
+        k.mount(None, dst, None, libc::MS_BIND | libc::MS_REMOUNT | RO, None)?;
+    }
     Ok(())
+}
+
+/// Binds a host path (dir or file) read-only at the same place under `root`.
+fn bind_host(k: &mut impl Kernel, root: &Path, host: &Path) -> Step {
+    let Ok(meta) = fs::symlink_metadata(host) else {
+        return Ok(());
+    };
+    let dst = root.join(host.strip_prefix("/").unwrap_or(host));
+    if meta.file_type().is_symlink() {
+        let target =
+            fs::read_link(host).map_err(|e| fail(format!("readlink {}", host.display()), e))?;
+        if let Some(parent) = dst.parent() {
+            k.mkdir(parent)?;
+        }
+        return k.symlink(&target, &dst);
+    }
+    mount_point(k, &dst, meta.is_dir())?;
+    bind_ro(k, host, &dst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::GitMounts;
+    use crate::sys::recording::{Call, Recorder};
+
+    fn spec() -> SandboxSpec {
+        SandboxSpec {
+            root: "/r".into(),
+            work: "/host/tree".into(),
+            git: Some(GitMounts {
+                dir: "/host/gitdir".into(),
+                objects: "/host/objects".into(),
+            }),
+            artifacts: "/host/artifacts".into(),
+            etc: "/host/etc".into(),
+            rootfs: None,
+            binds: vec![Bind {
+                host: "/host/toolchain".into(),
+                at: "/opt/toolchain".into(),
+            }],
+            network: false,
+            uid: 65534,
+            gid: 65534,
+            memory_bytes: None,
+            pids: None,
+            tmpfs_bytes: 1 << 20,
+            cgroup_name: "t".into(),
+        }
+    }
+
+    fn position(calls: &[Call], what: impl Fn(&Call) -> bool, name: &str) -> usize {
+        calls
+            .iter()
+            .position(what)
+            .unwrap_or_else(|| panic!("{name} never happened: {calls:#?}"))
+    }
+
+    fn mounted_at(target: &str) -> impl Fn(&Call) -> bool + '_ {
+        move |c| matches!(c, Call::Mount { target: t, .. } if t == Path::new(target))
+    }
+
+    #[test]
+    fn setup_steps_run_in_their_safe_order() {
+        let mut k = Recorder::default();
+        build_root(&mut k, &spec()).unwrap();
+        let calls = &k.calls;
+        // Private propagation comes before any mount, the sealed root after everything.
+        assert!(
+            matches!(&calls[0], Call::Mount { target, flags, .. }
+                if target == Path::new("/") && flags & libc::MS_PRIVATE != 0),
+            "{:?}",
+            calls[0]
+        );
+        assert!(
+            matches!(calls.last(), Some(Call::Mount { target, flags, .. })
+                if target == Path::new("/") && flags & libc::MS_RDONLY != 0),
+            "{:?}",
+            calls.last()
+        );
+        let root = position(calls, mounted_at("/r"), "root tmpfs");
+        let work = position(calls, mounted_at("/r/work"), "worktree bind");
+        let git = position(calls, mounted_at("/r/work/.git"), "git dir bind");
+        let objects = position(calls, mounted_at("/r/work/.git/objects"), "objects bind");
+        let checked = position(
+            calls,
+            |c| *c == Call::CheckReadOnly("/r/work".into()),
+            "read-only check",
+        );
+        let artifacts = position(calls, mounted_at("/r/artifacts"), "artifacts bind");
+        let extra = position(calls, mounted_at("/r/opt/toolchain"), "extra bind");
+        let pivot = position(calls, |c| *c == Call::PivotRoot, "pivot_root");
+        let detach = position(calls, |c| matches!(c, Call::Detach(_)), "detach");
+        assert!(root < work && work < git && git < objects);
+        // The worktree is proven read-only with its git mounts in place, before the job's
+        // only writable bind exists.
+        assert!(objects < checked && checked < artifacts);
+        assert!(artifacts < extra && extra < pivot && pivot < detach);
+        // The job's HOME is its own, private.
+        let home = Path::new("/r/tmp/home");
+        assert!(calls.contains(&Call::Chown(home.into(), 65534, 65534)));
+        assert!(calls.contains(&Call::Chmod(home.into(), 0o700)));
+    }
+
+    #[test]
+    fn every_bind_but_the_artifacts_is_made_read_only() {
+        let mut k = Recorder::default();
+        build_root(&mut k, &spec()).unwrap();
+        let ro = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
+        for (i, call) in k.calls.iter().enumerate() {
+            let Call::Mount {
+                target,
+                flags,
+                src: Some(_),
+                ..
+            } = call
+            else {
+                continue;
+            };
+            if flags & libc::MS_BIND == 0 || target.starts_with("/r/dev") {
+                continue;
+            }
+            let sealed = k.calls.get(i + 1) == Some(&Call::SetAttrs(target.clone(), ro));
+            assert_eq!(
+                sealed,
+                target != Path::new("/r/artifacts"),
+                "bind at {}",
+                target.display()
+            );
+        }
+    }
 }

@@ -33,10 +33,18 @@ pub enum When {
 
 #[derive(Debug, Clone, Copy)]
 pub struct Deny {
-    pub name: &'static str,
+    /// libc's constant name, `SYS_<syscall>`.
+    sym: &'static str,
     pub nr: i64,
     pub when: When,
     pub why: &'static str,
+}
+
+impl Deny {
+    /// The syscall's name (`unshare`).
+    pub fn name(&self) -> &'static str {
+        self.sym.trim_start_matches("SYS_")
+    }
 }
 
 const CLONE_NEW_FLAGS: &[u64] = &[
@@ -53,179 +61,15 @@ const CLONE_NEW_FLAGS: &[u64] = &[
 const TIOCSTI: u64 = 0x5412;
 const TIOCLINUX: u64 = 0x541C;
 
+/// `deny!(SYS_name, when, why)`: the number comes from libc, the name from the constant.
 macro_rules! deny {
-    ($name:ident, $when:expr, $why:expr) => {
+    ($sys:ident, $when:expr, $why:expr) => {
         Deny {
-            name: stringify!($name),
-            nr: paste_nr!($name),
+            sym: stringify!($sys),
+            nr: libc::$sys,
             when: $when,
             why: $why,
         }
-    };
-}
-
-macro_rules! paste_nr {
-    (unshare) => {
-        libc::SYS_unshare
-    };
-    (setns) => {
-        libc::SYS_setns
-    };
-    (clone) => {
-        libc::SYS_clone
-    };
-    (mount) => {
-        libc::SYS_mount
-    };
-    (umount2) => {
-        libc::SYS_umount2
-    };
-    (pivot_root) => {
-        libc::SYS_pivot_root
-    };
-    (chroot) => {
-        libc::SYS_chroot
-    };
-    (move_mount) => {
-        libc::SYS_move_mount
-    };
-    (open_tree) => {
-        libc::SYS_open_tree
-    };
-    (fsopen) => {
-        libc::SYS_fsopen
-    };
-    (fsconfig) => {
-        libc::SYS_fsconfig
-    };
-    (fsmount) => {
-        libc::SYS_fsmount
-    };
-    (fspick) => {
-        libc::SYS_fspick
-    };
-    (mount_setattr) => {
-        libc::SYS_mount_setattr
-    };
-    (ptrace) => {
-        libc::SYS_ptrace
-    };
-    (process_vm_readv) => {
-        libc::SYS_process_vm_readv
-    };
-    (process_vm_writev) => {
-        libc::SYS_process_vm_writev
-    };
-    (process_madvise) => {
-        libc::SYS_process_madvise
-    };
-    (pidfd_getfd) => {
-        libc::SYS_pidfd_getfd
-    };
-    (kcmp) => {
-        libc::SYS_kcmp
-    };
-    (keyctl) => {
-        libc::SYS_keyctl
-    };
-    (add_key) => {
-        libc::SYS_add_key
-    };
-    (request_key) => {
-        libc::SYS_request_key
-    };
-    (bpf) => {
-        libc::SYS_bpf
-    };
-    (perf_event_open) => {
-        libc::SYS_perf_event_open
-    };
-    (userfaultfd) => {
-        libc::SYS_userfaultfd
-    };
-    (io_uring_setup) => {
-        libc::SYS_io_uring_setup
-    };
-    (io_uring_enter) => {
-        libc::SYS_io_uring_enter
-    };
-    (io_uring_register) => {
-        libc::SYS_io_uring_register
-    };
-    (kexec_load) => {
-        libc::SYS_kexec_load
-    };
-    (kexec_file_load) => {
-        libc::SYS_kexec_file_load
-    };
-    (init_module) => {
-        libc::SYS_init_module
-    };
-    (finit_module) => {
-        libc::SYS_finit_module
-    };
-    (delete_module) => {
-        libc::SYS_delete_module
-    };
-    (open_by_handle_at) => {
-        libc::SYS_open_by_handle_at
-    };
-    (name_to_handle_at) => {
-        libc::SYS_name_to_handle_at
-    };
-    (ioctl) => {
-        libc::SYS_ioctl
-    };
-    (socket) => {
-        libc::SYS_socket
-    };
-    (acct) => {
-        libc::SYS_acct
-    };
-    (swapon) => {
-        libc::SYS_swapon
-    };
-    (swapoff) => {
-        libc::SYS_swapoff
-    };
-    (reboot) => {
-        libc::SYS_reboot
-    };
-    (syslog) => {
-        libc::SYS_syslog
-    };
-    (settimeofday) => {
-        libc::SYS_settimeofday
-    };
-    (clock_settime) => {
-        libc::SYS_clock_settime
-    };
-    (clock_adjtime) => {
-        libc::SYS_clock_adjtime
-    };
-    (quotactl) => {
-        libc::SYS_quotactl
-    };
-    (iopl) => {
-        libc::SYS_iopl
-    };
-    (ioperm) => {
-        libc::SYS_ioperm
-    };
-    (modify_ldt) => {
-        libc::SYS_modify_ldt
-    };
-    (uselib) => {
-        libc::SYS_uselib
-    };
-    (vhangup) => {
-        libc::SYS_vhangup
-    };
-    (fanotify_init) => {
-        libc::SYS_fanotify_init
-    };
-    (lookup_dcookie) => {
-        libc::SYS_lookup_dcookie
     };
 }
 
@@ -234,149 +78,169 @@ pub const POLICY: &[Deny] = &[
     // Namespaces: a job must not build itself a new view of the system (and new user namespaces
     // are the usual first step of kernel exploits).
     deny!(
-        unshare,
+        SYS_unshare,
         When::Always,
         "new namespaces are warden's to create, not the job's"
     ),
     deny!(
-        setns,
+        SYS_setns,
         When::Always,
         "joining another namespace escapes the job's view"
     ),
     deny!(
-        clone,
+        SYS_clone,
         When::ArgHasBit(0, CLONE_NEW_FLAGS),
         "clone with CLONE_NEW* = unshare"
     ),
     // Mounts, old and new API: the job's filesystem view is fixed by warden.
-    deny!(mount, When::Always, "the job's mounts are fixed"),
+    deny!(SYS_mount, When::Always, "the job's mounts are fixed"),
     deny!(
-        umount2,
+        SYS_umount2,
         When::Always,
         "unmounting could uncover what warden hid"
     ),
-    deny!(pivot_root, When::Always, "the root is fixed"),
+    deny!(SYS_pivot_root, When::Always, "the root is fixed"),
     deny!(
-        chroot,
+        SYS_chroot,
         When::Always,
         "no nested roots (and chroot tricks around Landlock)"
     ),
-    deny!(move_mount, When::Always, "new mount API"),
-    deny!(open_tree, When::Always, "new mount API: clones mount trees"),
-    deny!(fsopen, When::Always, "new mount API"),
-    deny!(fsconfig, When::Always, "new mount API"),
-    deny!(fsmount, When::Always, "new mount API"),
-    deny!(fspick, When::Always, "new mount API"),
-    deny!(mount_setattr, When::Always, "could clear read-only flags"),
+    deny!(SYS_move_mount, When::Always, "new mount API"),
+    deny!(
+        SYS_open_tree,
+        When::Always,
+        "new mount API: clones mount trees"
+    ),
+    deny!(SYS_fsopen, When::Always, "new mount API"),
+    deny!(SYS_fsconfig, When::Always, "new mount API"),
+    deny!(SYS_fsmount, When::Always, "new mount API"),
+    deny!(SYS_fspick, When::Always, "new mount API"),
+    deny!(
+        SYS_mount_setattr,
+        When::Always,
+        "could clear read-only flags"
+    ),
     // Reaching into other processes.
     deny!(
-        ptrace,
+        SYS_ptrace,
         When::Always,
         "no debugging or injecting into any process"
     ),
     deny!(
-        process_vm_readv,
+        SYS_process_vm_readv,
         When::Always,
         "reads another process's memory"
     ),
     deny!(
-        process_vm_writev,
+        SYS_process_vm_writev,
         When::Always,
         "writes another process's memory"
     ),
     deny!(
-        process_madvise,
+        SYS_process_madvise,
         When::Always,
         "acts on another process's memory"
     ),
     deny!(
-        pidfd_getfd,
+        SYS_pidfd_getfd,
         When::Always,
         "steals file descriptors from another process"
     ),
-    deny!(kcmp, When::Always, "probes other processes' kernel objects"),
+    deny!(
+        SYS_kcmp,
+        When::Always,
+        "probes other processes' kernel objects"
+    ),
     // Kernel keyrings: shared kernel state, a frequent exploit target.
-    deny!(keyctl, When::Always, "kernel keyring"),
-    deny!(add_key, When::Always, "kernel keyring"),
-    deny!(request_key, When::Always, "kernel keyring"),
+    deny!(SYS_keyctl, When::Always, "kernel keyring"),
+    deny!(SYS_add_key, When::Always, "kernel keyring"),
+    deny!(SYS_request_key, When::Always, "kernel keyring"),
     // Large kernel attack surface no test needs.
     deny!(
-        bpf,
+        SYS_bpf,
         When::Always,
         "eBPF: verifier bugs are a classic escape"
     ),
     deny!(
-        perf_event_open,
+        SYS_perf_event_open,
         When::Always,
         "perf: side channels and kernel bugs"
     ),
     deny!(
-        userfaultfd,
+        SYS_userfaultfd,
         When::Always,
         "used to win kernel races in exploits"
     ),
     deny!(
-        io_uring_setup,
+        SYS_io_uring_setup,
         When::Always,
         "io_uring bypasses seccomp for its operations"
     ),
-    deny!(io_uring_enter, When::Always, "io_uring"),
-    deny!(io_uring_register, When::Always, "io_uring"),
+    deny!(SYS_io_uring_enter, When::Always, "io_uring"),
+    deny!(SYS_io_uring_register, When::Always, "io_uring"),
     // Changing the running kernel.
-    deny!(kexec_load, When::Always, "replaces the kernel"),
-    deny!(kexec_file_load, When::Always, "replaces the kernel"),
-    deny!(init_module, When::Always, "loads kernel code"),
-    deny!(finit_module, When::Always, "loads kernel code"),
-    deny!(delete_module, When::Always, "unloads kernel code"),
+    deny!(SYS_kexec_load, When::Always, "replaces the kernel"),
+    deny!(SYS_kexec_file_load, When::Always, "replaces the kernel"),
+    deny!(SYS_init_module, When::Always, "loads kernel code"),
+    deny!(SYS_finit_module, When::Always, "loads kernel code"),
+    deny!(SYS_delete_module, When::Always, "unloads kernel code"),
     // File handles bypass path-based checks (the "shocker" container escape).
     deny!(
-        open_by_handle_at,
+        SYS_open_by_handle_at,
         When::Always,
         "opens files by handle, around the mount view"
     ),
     deny!(
-        name_to_handle_at,
+        SYS_name_to_handle_at,
         When::Always,
         "pairs with open_by_handle_at"
     ),
     // Terminal injection: push input into a terminal another process reads.
     deny!(
-        ioctl,
+        SYS_ioctl,
         When::ArgIs(1, &[TIOCSTI, TIOCLINUX]),
         "TIOCSTI/TIOCLINUX inject terminal input"
     ),
     // Sockets that reach below IP or out of the VM.
     deny!(
-        socket,
+        SYS_socket,
         When::ArgIs(0, &[libc::AF_VSOCK as u64, libc::AF_PACKET as u64]),
         "AF_VSOCK reaches the hypervisor; AF_PACKET sniffs and forges frames"
     ),
     deny!(
-        socket,
+        SYS_socket,
         When::ArgMasked(1, 0xf, libc::SOCK_RAW as u64),
         "raw sockets forge packets"
     ),
     // Host-wide administration (mostly needs capabilities the job lacks; denied to be sure).
-    deny!(acct, When::Always, "process accounting is host-wide"),
-    deny!(swapon, When::Always, "host-wide"),
-    deny!(swapoff, When::Always, "host-wide"),
-    deny!(reboot, When::Always, "host-wide"),
-    deny!(syslog, When::Always, "kernel log leaks addresses"),
-    deny!(settimeofday, When::Always, "host clock"),
-    deny!(clock_settime, When::Always, "host clock"),
-    deny!(clock_adjtime, When::Always, "host clock"),
-    deny!(quotactl, When::Always, "host-wide"),
-    deny!(iopl, When::Always, "raw port I/O"),
-    deny!(ioperm, When::Always, "raw port I/O"),
+    deny!(SYS_acct, When::Always, "process accounting is host-wide"),
+    deny!(SYS_swapon, When::Always, "host-wide"),
+    deny!(SYS_swapoff, When::Always, "host-wide"),
+    deny!(SYS_reboot, When::Always, "host-wide"),
+    deny!(SYS_syslog, When::Always, "kernel log leaks addresses"),
+    deny!(SYS_settimeofday, When::Always, "host clock"),
+    deny!(SYS_clock_settime, When::Always, "host clock"),
+    deny!(SYS_clock_adjtime, When::Always, "host clock"),
+    deny!(SYS_quotactl, When::Always, "host-wide"),
+    deny!(SYS_iopl, When::Always, "raw port I/O"),
+    deny!(SYS_ioperm, When::Always, "raw port I/O"),
     deny!(
-        modify_ldt,
+        SYS_modify_ldt,
         When::Always,
         "16-bit segments: old exploit surface"
     ),
-    deny!(uselib, When::Always, "obsolete"),
-    deny!(vhangup, When::Always, "terminal control"),
-    deny!(fanotify_init, When::Always, "watches the whole filesystem"),
-    deny!(lookup_dcookie, When::Always, "obsolete profiling interface"),
+    deny!(SYS_uselib, When::Always, "obsolete"),
+    deny!(SYS_vhangup, When::Always, "terminal control"),
+    deny!(
+        SYS_fanotify_init,
+        When::Always,
+        "watches the whole filesystem"
+    ),
+    deny!(
+        SYS_lookup_dcookie,
+        When::Always,
+        "obsolete profiling interface"
+    ),
 ];
 
 fn cond(
@@ -542,7 +406,7 @@ mod tests {
             "fspick",
         ] {
             assert!(
-                POLICY.iter().any(|d| d.name == name),
+                POLICY.iter().any(|d| d.name() == name),
                 "{name} missing from the policy"
             );
         }

@@ -95,7 +95,7 @@ impl NetnsPool {
             if libc::unshare(libc::CLONE_NEWNET) != 0 {
                 return None;
             }
-            let ready = crate::sandbox::loopback_up().is_ok();
+            let ready = crate::net::loopback_up().is_ok();
             let ns = std::fs::File::open("/proc/self/ns/net")
                 .ok()
                 .map(OwnedFd::from);
@@ -142,11 +142,11 @@ fn become_supervisor(fds: &[OwnedFd], netns: Option<&OwnedFd>) -> ! {
             libc::dup2(fd.as_raw_fd(), target as RawFd);
         }
         match netns {
-            Some(ns) => libc::dup2(ns.as_raw_fd(), crate::supervisor::NETNS_FD),
-            None => libc::close(crate::supervisor::NETNS_FD),
+            Some(ns) => libc::dup2(ns.as_raw_fd(), crate::process::supervisor::NETNS_FD),
+            None => libc::close(crate::process::supervisor::NETNS_FD),
         };
     }
-    crate::supervisor::main()
+    crate::process::supervisor::main()
 }
 
 /// One request: three descriptors, or `None` at EOF.

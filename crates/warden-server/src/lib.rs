@@ -1,15 +1,14 @@
 //! warden's control plane.
 //!
-//! [`service::JobService`] holds every rule about jobs; [`http::app`] exposes it over HTTP/JSON
-//! (and the gRPC server will call the same service). [`serve::run`] wires the embedded default
-//! together: SQLite store, in-process worker pool, lease reaper, HTTP listener.
+//! [`service::JobService`] holds every rule about jobs; [`http::app`] and [`grpc::routes`] expose
+//! it over HTTP/JSON and gRPC, each mapping the service's errors in one place. [`serve::run`]
+//! wires a control plane together: the store (SQLite with an in-process worker pool, or
+//! PostgreSQL), the lease reaper, the listeners.
 
-pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod serve;
 pub mod service;
 
-pub use error::ApiError;
 pub use http::app;
-pub use service::JobService;
+pub use service::{JobService, ServiceError};

@@ -1,6 +1,7 @@
 //! `warden serve`: a control plane. On the embedded SQLite store (the default) it also runs jobs
 //! in-process; on PostgreSQL (`--database-url`) it is one of any number of replicas, and jobs run
-//! on remote workers (`warden worker`). Both serve HTTP and gRPC.
+//! on remote workers (`warden worker`). Both serve HTTP and gRPC. This is the wiring: the rules
+//! are in the service, the job running in `warden-worker`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,29 +9,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use warden_core::Config;
-use warden_sandbox::{Isolation, Launcher};
+use warden_core::JobId;
+use warden_repo::Repos;
+use warden_sandbox::Tier;
 use warden_store::{Store, now_millis};
 pub use warden_store_postgres::OpenError;
 use warden_store_postgres::PgStore;
 use warden_store_sqlite::SqliteStore;
-use warden_worker::{DataDir, Events, SupervisedExecutor, sandbox_self_test};
+use warden_worker::token::read_worker_token;
+use warden_worker::{
+    DataDir, DataDirError, Events, Executor, WorkerConfig, WorkerHandle, WorkerPool, local_executor,
+};
 
 use crate::grpc::{Auth, WorkerHub};
 use crate::http::app;
-use crate::service::JobService;
+use crate::service::{JobService, LocalWorkers};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("data directory {path}: {source}")]
-    DataDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(
-        "data directory {0} is in use by another warden process (lock held on warden.lock); \
-         stop it or choose another --data-dir"
-    )]
-    Locked(PathBuf),
+    #[error("{0}")]
+    DataDir(#[from] DataDirError),
     #[error("store: {0}")]
     Store(#[from] warden_store::StoreError),
     #[error("database: {0}")]
@@ -46,6 +44,19 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
+impl ServeError {
+    /// Whether the operator's input is at fault (exit code 2) rather than the host (8).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            ServeError::DataDir(DataDirError::Locked(_))
+                | ServeError::Bind { .. }
+                | ServeError::Config(_)
+                | ServeError::Database(OpenError::Url(_))
+        )
+    }
+}
+
 /// How `warden serve` runs beyond its configuration file.
 #[derive(Debug, Clone, Default)]
 pub struct ServeOptions {
@@ -55,14 +66,60 @@ pub struct ServeOptions {
     pub database_pool: u32,
 }
 
-/// Runs the server until SIGTERM or SIGINT, then stops gracefully. `supervisor_exe` is the
-/// `warden` binary, started per job as its supervisor.
+#[tonic::async_trait]
+impl LocalWorkers for WorkerHandle {
+    fn wake(&self) {
+        WorkerHandle::wake(self)
+    }
+    fn cancel(&self, id: JobId) -> bool {
+        WorkerHandle::cancel(self, id)
+    }
+    async fn shutdown(&self, grace: Duration) {
+        WorkerHandle::shutdown(self, grace).await
+    }
+}
+
+/// The embedded control plane: an in-process worker pool of `config.slots` over the SQLite
+/// store, and the service in front of it.
+pub fn embedded(
+    sqlite: Arc<SqliteStore>,
+    executor: Arc<dyn Executor>,
+    config: Arc<Config>,
+    data: DataDir,
+    repos: Arc<Repos>,
+) -> JobService {
+    let unsafe_fallback = executor.tier() == Tier::UnsafeFallback;
+    let events = Events::new();
+    let pool = WorkerPool::start(
+        sqlite.clone(),
+        executor,
+        config.clone(),
+        data.clone(),
+        events.clone(),
+        WorkerConfig::from_config(&config),
+        repos.clone(),
+    );
+    JobService::new(
+        sqlite,
+        config,
+        data,
+        events,
+        repos,
+        Some(pool as Arc<dyn LocalWorkers>),
+        unsafe_fallback,
+    )
+}
+
+/// Runs the server until `stop` completes (SIGTERM or SIGINT in the binary), then stops
+/// gracefully. `supervisor_exe` is the `warden` binary, started per job as its supervisor.
 pub async fn run(
     config: Config,
     supervisor_exe: PathBuf,
     options: ServeOptions,
+    stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let token = config.worker_token().map_err(ServeError::Config)?;
+    let token = read_worker_token(config.worker_token_file.as_deref())
+        .map_err(|e| ServeError::Config(e.to_string()))?;
     if crate::grpc::is_public(config.grpc_listen) && token.is_none() {
         return Err(ServeError::Config(format!(
             "grpc_listen {} is not loopback: every caller there must present the worker token, \
@@ -70,70 +127,23 @@ pub async fn run(
             config.grpc_listen
         )));
     }
-    let data_dir_err = |path: &std::path::Path| {
-        let path = path.to_path_buf();
-        move |source| ServeError::DataDir { path, source }
-    };
-    std::fs::create_dir_all(&config.data_dir).map_err(data_dir_err(&config.data_dir))?;
-    let root = std::fs::canonicalize(&config.data_dir).map_err(data_dir_err(&config.data_dir))?;
-    let mut data = DataDir::new(&root);
-    if let Some(dir) = &config.artifact_dir {
-        std::fs::create_dir_all(dir).map_err(data_dir_err(dir))?;
-        data = data.with_artifacts(std::fs::canonicalize(dir).map_err(data_dir_err(dir))?);
-    }
-    for dir in [data.artifacts_root(), data.scratch_root()] {
-        std::fs::create_dir_all(&dir).map_err(data_dir_err(&dir))?;
-    }
-    data.prepare_sandbox_dirs().map_err(data_dir_err(&root))?;
-    // One server per data directory: SQLite's embedded queue assumes it owns every lease.
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(data.lock_file())
-        .map_err(data_dir_err(&root))?;
-    if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
-        return Err(ServeError::Locked(root));
-    }
-
-    let (store, sqlite, pg): (Arc<dyn Store>, _, _) = match &options.database_url {
-        Some(url) => {
-            let pg = PgStore::connect(url, options.database_pool.max(2)).await?;
-            // Leases here belong to every replica's workers: only expiry may take them back.
-            (Arc::new(pg.clone()), None, Some(pg))
-        }
-        None => {
-            let sqlite = Arc::new(SqliteStore::open(&data.database())?);
-            // Every lease in this database was held by a previous run of this very server,
-            // which is gone (we hold the lock): re-queue its jobs now, or end them
-            // `worker_lost` when out of attempts.
-            for r in sqlite.reap_expired(i64::MAX, now_millis()).await? {
-                tracing::warn!(job = %r.job_id, now = %r.now, "recovered a job from a previous run");
-            }
-            (sqlite.clone() as Arc<dyn Store>, Some(sqlite), None)
-        }
-    };
+    let (data, lock) = DataDir::open_locked(&config.data_dir, config.artifact_dir.as_deref())?;
+    let (store, sqlite, pg) = open_store(&data, &options).await?;
     // Scratch space of jobs from a previous run is never reused.
-    if let Ok(entries) = std::fs::read_dir(data.scratch_root()) {
-        for e in entries.flatten() {
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
+    DataDir::clear(&data.scratch_root());
 
     let config = Arc::new(config);
-    let lease_ms = (config.lease_s.get() as i64).saturating_mul(1000);
-    let repos = Arc::new(
-        warden_repo::Repos::open(&data.git(), &config.git).map_err(|source| {
-            ServeError::DataDir {
+    let repos =
+        Arc::new(
+            Repos::open(&data.git(), &config.git).map_err(|source| DataDirError::Io {
                 path: data.git(),
                 source,
-            }
-        })?,
-    );
+            })?,
+        );
     let service = Arc::new(match sqlite {
         Some(sqlite) => {
             let executor = local_executor(&config, &data, supervisor_exe).await;
-            JobService::embedded(sqlite, executor, config.clone(), data.clone(), repos)
+            embedded(sqlite, executor, config.clone(), data.clone(), repos)
         }
         None => JobService::new(
             store.clone(),
@@ -147,91 +157,97 @@ pub async fn run(
             config.unsafe_fallback,
         ),
     });
-    let events = service.events.clone();
     // Wake-ups from the other replicas: queued jobs, changed jobs.
     let listener_task = pg.map(|pg| {
-        let (svc, events) = (service.clone(), events.clone());
+        let (svc, events) = (service.clone(), service.events.clone());
         pg.listen(move || svc.job_queued(), move |id| events.job_changed(id))
     });
-
-    // The reaper: a lease that was not renewed in time means its worker is gone.
-    let reaper = {
-        let store = store.clone();
-        let svc = service.clone();
-        tokio::spawn(async move {
-            let mut tick =
-                tokio::time::interval(Duration::from_millis((lease_ms / 4).max(100) as u64));
-            loop {
-                tick.tick().await;
-                let now = now_millis();
-                match store.reap_expired(now, now).await {
-                    Ok(r) if !r.is_empty() => {
-                        for j in &r {
-                            tracing::warn!(job = %j.job_id, now = %j.now, "lease expired");
-                            svc.events.job_changed(j.job_id);
-                        }
-                        svc.job_queued();
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(error = %e, "lease reaper failed"),
-                }
-            }
-        })
-    };
-
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr()?;
-    let grpc_listener = tokio::net::TcpListener::bind(config.grpc_listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: config.grpc_listen,
-            source,
-        })?;
-    let grpc_addr = grpc_listener.local_addr()?;
-    tracing::info!(%addr, %grpc_addr, data_dir = %root.display(), store = if options.database_url.is_some() { "postgres" } else { "sqlite" }, "warden listening");
-    // Announced on stdout for scripts; a closed stdout is no reason to stop serving.
-    {
-        use std::io::Write;
-        let mut out = std::io::stdout();
-        let _ = writeln!(out, "warden listening on http://{addr}");
-        let scheme = if config.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        let _ = writeln!(out, "warden gRPC listening on {scheme}://{grpc_addr}");
-        let _ = out.flush();
+    let reaper = start_reaper(store.clone(), service.clone());
+    let result = listen(&config, &data, service, store, token, stop).await;
+    reaper.abort();
+    if let Some(t) = listener_task {
+        t.abort();
     }
+    drop(lock);
+    result
+}
 
+type Stores = (Arc<dyn Store>, Option<Arc<SqliteStore>>, Option<PgStore>);
+
+async fn open_store(data: &DataDir, options: &ServeOptions) -> Result<Stores, ServeError> {
+    match &options.database_url {
+        Some(url) => {
+            let pg = PgStore::connect(url, options.database_pool.max(2)).await?;
+            // Leases here belong to every replica's workers: only expiry may take them back.
+            Ok((Arc::new(pg.clone()), None, Some(pg)))
+        }
+        None => {
+            let sqlite = Arc::new(SqliteStore::open(&data.database())?);
+            // Every lease in this database was held by a previous run of this very server,
+            // which is gone (we hold the lock): re-queue its jobs now, or end them
+            // `worker_lost` when out of attempts.
+            for r in sqlite.reap_expired(i64::MAX, now_millis()).await? {
+                tracing::warn!(job = %r.job_id, now = %r.now, "recovered a job from a previous run");
+            }
+            Ok((sqlite.clone() as Arc<dyn Store>, Some(sqlite), None))
+        }
+    }
+}
+
+/// The reaper: a lease that was not renewed in time means its worker is gone.
+fn start_reaper(store: Arc<dyn Store>, svc: Arc<JobService>) -> tokio::task::JoinHandle<()> {
+    let lease_ms = (svc.config.lease_s.get() as i64).saturating_mul(1000);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis((lease_ms / 4).max(100) as u64));
+        loop {
+            tick.tick().await;
+            let now = now_millis();
+            match store.reap_expired(now, now).await {
+                Ok(r) if !r.is_empty() => {
+                    for j in &r {
+                        tracing::warn!(job = %j.job_id, now = %j.now, "lease expired");
+                        svc.events.job_changed(j.job_id);
+                    }
+                    svc.job_queued();
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "lease reaper failed"),
+            }
+        }
+    })
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServeError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Serves HTTP and gRPC until `stop`, then drains: no new jobs, running ones get their grace.
+async fn listen(
+    config: &Arc<Config>,
+    data: &DataDir,
+    service: Arc<JobService>,
+    store: Arc<dyn Store>,
+    token: Option<String>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let listener = bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let grpc_listener = bind(config.grpc_listen).await?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    tracing::info!(%addr, %grpc_addr, data_dir = %data.root().display(), "warden listening");
+    announce(addr, grpc_addr, config.tls.is_some());
     let hub = Arc::new(WorkerHub {
-        store: store.clone(),
+        store,
         config: config.clone(),
-        events: events.clone(),
+        events: service.events.clone(),
         data: data.clone(),
         queued: service.queued_events(),
-        lease_ms,
+        lease_ms: (config.lease_s.get() as i64).saturating_mul(1000),
         shutdown: service.shutdown.clone(),
     });
-    let mut grpc = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        // A worker whose host vanished is noticed within half a minute, not at TCP's timeout.
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
-    if let Some(tls) = &config.tls {
-        let read = |p: &std::path::Path| {
-            std::fs::read(p)
-                .map_err(|e| ServeError::Config(format!("tls: read {}: {e}", p.display())))
-        };
-        let identity = tonic::transport::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
-        grpc = grpc
-            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-            .map_err(|e| ServeError::Config(format!("tls: {e}")))?;
-    }
+    let mut grpc = grpc_server(config)?;
     let grpc_shutdown = service.shutdown.clone();
     let grpc_task = tokio::spawn(
         grpc.add_routes(crate::grpc::routes(service.clone(), hub, Auth::new(token)))
@@ -242,12 +258,11 @@ pub async fn run(
                 grpc_shutdown.cancelled_owned(),
             ),
     );
-
     let grace = Duration::from_secs(config.shutdown_grace_s.get());
     let shutdown = {
         let service = service.clone();
         async move {
-            wait_for_stop_signal().await;
+            stop.await;
             tracing::info!(
                 grace_s = grace.as_secs(),
                 "stopping: no new jobs; running jobs get a grace period"
@@ -271,82 +286,34 @@ pub async fn run(
         Err(e) => tracing::error!(error = %e, "gRPC server task failed"),
         Ok(Ok(())) => {}
     }
-    reaper.abort();
-    if let Some(t) = listener_task {
-        t.abort();
-    }
-    drop(lock);
     Ok(())
 }
 
-/// The executor for in-process jobs: can this host give jobs the full sandbox? Learned once,
-/// now, by running one.
-pub async fn local_executor(
-    config: &Config,
-    data: &DataDir,
-    supervisor_exe: PathBuf,
-) -> Arc<SupervisedExecutor> {
-    let launcher = Launcher::new(supervisor_exe);
-    let sandbox = SupervisedExecutor::new(launcher.clone(), Isolation::Sandbox);
-    let self_test = match warden_sandbox::prepare_etc(&data.sandbox_etc()) {
-        Ok(()) => {
-            sandbox_self_test(
-                &sandbox,
-                &data.scratch_root(),
-                &data.sandbox_etc(),
-                config.sandbox_uid,
-                config.sandbox_gid,
-            )
-            .await
-        }
-        Err(e) => Err(format!("prepare /etc: {e}")),
-    };
-    let executor = match self_test {
-        Ok(()) => {
-            tracing::info!("kernel sandbox available: every job runs in it");
-            Arc::new(sandbox)
-        }
-        Err(e) if config.unsafe_fallback => {
-            tracing::warn!(
-                reason = %e,
-                "the kernel sandbox cannot be set up on this host; unsafe_fallback is on, so \
-                 jobs run as supervised processes WITHOUT the sandbox (recorded on every job); \
-                 run `warden doctor`"
-            );
-            Arc::new(SupervisedExecutor::new(launcher, Isolation::UnsafeFallback))
-        }
-        Err(e) => {
-            tracing::error!(
-                reason = %e,
-                "the kernel sandbox cannot be set up on this host: jobs will end `error` \
-                 (fail closed); run `warden doctor`"
-            );
-            Arc::new(sandbox)
-        }
-    };
-    for (name, t) in config.job_types.iter().filter(|(_, t)| t.network) {
-        tracing::warn!(
-            job_type = %name,
-            argv0 = %t.argv[0],
-            "network: true shares the host's network namespace: these jobs can reach the \
-             network and services on the host's loopback; grant it only to trusted job types"
-        );
-    }
-    executor
+/// Announced on stdout for scripts; a closed stdout is no reason to stop serving.
+fn announce(addr: SocketAddr, grpc_addr: SocketAddr, tls: bool) {
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "warden listening on http://{addr}");
+    let scheme = if tls { "https" } else { "http" };
+    let _ = writeln!(out, "warden gRPC listening on {scheme}://{grpc_addr}");
+    let _ = out.flush();
 }
 
-/// Returns at SIGTERM or SIGINT (never, if the handlers cannot be installed).
-pub async fn wait_for_stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the server can only be killed; keep serving.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+fn grpc_server(config: &Config) -> Result<tonic::transport::Server, ServeError> {
+    let mut grpc = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        // A worker whose host vanished is noticed within half a minute, not at TCP's timeout.
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+    if let Some(tls) = &config.tls {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p)
+                .map_err(|e| ServeError::Config(format!("tls: read {}: {e}", p.display())))
+        };
+        let identity = tonic::transport::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
+        grpc = grpc
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| ServeError::Config(format!("tls: {e}")))?;
     }
+    Ok(grpc)
 }

@@ -11,43 +11,21 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use warden_api::{Invariants, ResourceUsage};
 use warden_core::{JobId, JobStatus};
 
 pub mod conformance;
 
-/// Milliseconds since the Unix epoch. The store never reads the clock itself: callers pass
-/// `now`, which keeps the lease logic testable.
-pub type Millis = i64;
+pub use warden_core::record::{
+    Claimed, Completion, HeartbeatReply, JobRecord, Lease, LogStream, Millis,
+};
 
+/// The clock, read by callers: the store never reads it itself, which keeps the lease logic
+/// testable.
 pub fn now_millis() -> Millis {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum LogStream {
-    Stdout,
-    Stderr,
-}
-
-impl LogStream {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LogStream::Stdout => "stdout",
-            LogStream::Stderr => "stderr",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<LogStream> {
-        match s {
-            "stdout" => Some(LogStream::Stdout),
-            "stderr" => Some(LogStream::Stderr),
-            _ => None,
-        }
-    }
 }
 
 /// A job as the service layer accepts it.
@@ -102,67 +80,6 @@ impl NewJob {
     }
 }
 
-/// Everything the store knows about a job.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JobRecord {
-    pub id: JobId,
-    pub tenant: String,
-    pub job_type: String,
-    pub repo_name: Option<String>,
-    pub remote_url: Option<String>,
-    pub sha: Option<String>,
-    pub git_ref: Option<String>,
-    pub params: BTreeMap<String, String>,
-    pub idempotency_key: Option<String>,
-    pub status: JobStatus,
-    pub reason: Option<String>,
-    pub exit_code: Option<i32>,
-    pub signal: Option<i32>,
-    pub attempts: u32,
-    pub max_attempts: u32,
-    pub cancel_requested: bool,
-    pub unsafe_fallback: bool,
-    pub warnings: Vec<String>,
-    pub created_at: Millis,
-    pub started_at: Option<Millis>,
-    pub finished_at: Option<Millis>,
-    pub stdout_bytes: u64,
-    pub stderr_bytes: u64,
-    pub log_truncated: bool,
-    pub resources: Option<ResourceUsage>,
-    pub lease_owner: Option<String>,
-    pub lease_token: i64,
-    pub lease_expires_at: Option<Millis>,
-    /// What enforced each limit (`memory` → `cgroup v1 (no swap)`, ...), set at completion.
-    pub enforcement: BTreeMap<String, String>,
-    /// The worktree proof, set at completion of a job that ran on a repository.
-    pub invariants: Option<Invariants>,
-}
-
-impl JobRecord {
-    pub fn log_len(&self, stream: LogStream) -> u64 {
-        match stream {
-            LogStream::Stdout => self.stdout_bytes,
-            LogStream::Stderr => self.stderr_bytes,
-        }
-    }
-}
-
-/// A worker's claim on a running job. `token` is the fencing token: it grows with every claim
-/// of the job, and only the holder of the current one may write.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lease {
-    pub job_id: JobId,
-    pub worker: String,
-    pub token: i64,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Claimed {
-    pub job: JobRecord,
-    pub lease: Lease,
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub enum SubmitOutcome {
     Created(JobRecord),
@@ -176,20 +93,6 @@ impl SubmitOutcome {
             SubmitOutcome::Created(j) | SubmitOutcome::Existing(j) => j,
         }
     }
-}
-
-/// How a running job ended.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Completion {
-    pub status: Option<JobStatus>,
-    pub reason: Option<String>,
-    pub exit_code: Option<i32>,
-    pub signal: Option<i32>,
-    pub warnings: Vec<String>,
-    pub resources: Option<ResourceUsage>,
-    pub log_truncated: bool,
-    pub enforcement: BTreeMap<String, String>,
-    pub invariants: Option<Invariants>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -209,12 +112,6 @@ pub struct ListFilter {
     /// Return jobs older than this one (the cursor of the previous page).
     pub before: Option<JobId>,
     pub limit: u32,
-}
-
-/// What a heartbeat tells the worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HeartbeatReply {
-    pub cancel_requested: bool,
 }
 
 /// What the reaper did to one job whose lease had expired.

@@ -4,8 +4,14 @@
 use std::os::fd::OwnedFd;
 
 use async_trait::async_trait;
+use std::path::PathBuf;
+use std::sync::Arc;
 use tokio::net::unix::pipe;
-use warden_sandbox::{Isolation, Launcher, RunningJob, SandboxError, SpawnSpec};
+
+use warden_core::Config;
+use warden_sandbox::{Isolation, Launcher, RunningJob, SandboxError, SpawnSpec, Tier};
+
+use crate::DataDir;
 
 /// A started job: its two output streams and the handle that steers and awaits it.
 pub struct Execution {
@@ -17,7 +23,7 @@ pub struct Execution {
 #[async_trait]
 pub trait Executor: Send + Sync + 'static {
     /// The isolation this executor provides, recorded on every job it runs.
-    fn isolation(&self) -> Isolation;
+    fn tier(&self) -> Tier;
 
     async fn start(&self, spec: SpawnSpec) -> Result<Execution, SandboxError>;
 }
@@ -25,15 +31,12 @@ pub trait Executor: Send + Sync + 'static {
 /// Runs jobs under warden's supervisor process (see `warden-sandbox`).
 pub struct SupervisedExecutor {
     launcher: Launcher,
-    isolation: Isolation,
+    tier: Tier,
 }
 
 impl SupervisedExecutor {
-    pub fn new(launcher: Launcher, isolation: Isolation) -> SupervisedExecutor {
-        SupervisedExecutor {
-            launcher,
-            isolation,
-        }
+    pub fn new(launcher: Launcher, tier: Tier) -> SupervisedExecutor {
+        SupervisedExecutor { launcher, tier }
     }
 }
 
@@ -46,8 +49,8 @@ fn pipe_pair() -> Result<(pipe::Receiver, OwnedFd), SandboxError> {
 
 #[async_trait]
 impl Executor for SupervisedExecutor {
-    fn isolation(&self) -> Isolation {
-        self.isolation
+    fn tier(&self) -> Tier {
+        self.tier
     }
 
     async fn start(&self, spec: SpawnSpec) -> Result<Execution, SandboxError> {
@@ -62,6 +65,11 @@ impl Executor for SupervisedExecutor {
     }
 }
 
+/// Why the sandbox self-test failed: the failing step.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SelfTestFailed(pub String);
+
 /// Runs `/bin/true` in the full sandbox once, to learn at start whether this host can give jobs
 /// the sandbox. Returns the failing step when it cannot.
 pub async fn sandbox_self_test(
@@ -70,62 +78,123 @@ pub async fn sandbox_self_test(
     etc: &std::path::Path,
     uid: u32,
     gid: u32,
-) -> Result<(), String> {
+) -> Result<(), SelfTestFailed> {
     let dir = scratch.join(format!(".selftest-{}", uuid::Uuid::now_v7().simple()));
-    let (root, work, artifacts) = (dir.join("root"), dir.join("work"), dir.join("artifacts"));
-    let result = async {
-        for d in [&root, &work, &artifacts] {
-            std::fs::create_dir_all(d).map_err(|e| format!("directories: {e}"))?;
-        }
-        std::os::unix::fs::chown(&artifacts, Some(uid), Some(gid))
-            .map_err(|e| format!("chown artifacts: {e}"))?;
-        let spec = SpawnSpec {
-            argv: vec!["/bin/true".into()],
-            env: [("PATH".to_string(), "/usr/bin:/bin".to_string())].into(),
-            cwd: warden_sandbox::SANDBOX_WORK.into(),
-            timeout_ms: 10_000,
-            rlimits: warden_sandbox::Rlimits::default(),
-            isolation: Isolation::Sandbox,
-            sandbox: Some(warden_sandbox::SandboxSpec {
-                root,
-                work,
-                git: None,
-                artifacts,
-                etc: etc.to_path_buf(),
-                rootfs: None,
-                binds: Vec::new(),
-                network: false,
-                uid,
-                gid,
-                memory_bytes: None,
-                pids: None,
-                tmpfs_bytes: 1 << 20,
-                cgroup_name: dir
-                    .file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned(),
-            }),
-        };
-        let mut exec = executor.start(spec).await.map_err(|e| e.to_string())?;
-        let drain = async {
-            use tokio::io::AsyncReadExt;
-            let mut sink = Vec::new();
-            let _ = exec.stdout.read_to_end(&mut sink).await;
-            let _ = exec.stderr.read_to_end(&mut sink).await;
-        };
-        let (report, ()) = tokio::join!(exec.job.wait(), drain);
-        let report = report.map_err(|e| e.to_string())?;
-        match (report.setup_error, report.exit_code) {
-            (Some(e), _) => Err(e),
-            (None, Some(0)) => Ok(()),
-            (None, code) => Err(format!(
-                "/bin/true ended with {code:?} / signal {:?}",
-                report.signal
-            )),
-        }
-    }
-    .await;
+    let result = self_test_in(executor, &dir, etc, uid, gid).await;
     let _ = std::fs::remove_dir_all(&dir);
-    result
+    result.map_err(SelfTestFailed)
+}
+
+async fn self_test_in(
+    executor: &dyn Executor,
+    dir: &std::path::Path,
+    etc: &std::path::Path,
+    uid: u32,
+    gid: u32,
+) -> Result<(), String> {
+    let (root, work, artifacts) = (dir.join("root"), dir.join("work"), dir.join("artifacts"));
+    for d in [&root, &work, &artifacts] {
+        std::fs::create_dir_all(d).map_err(|e| format!("directories: {e}"))?;
+    }
+    std::os::unix::fs::chown(&artifacts, Some(uid), Some(gid))
+        .map_err(|e| format!("chown artifacts: {e}"))?;
+    let spec = SpawnSpec {
+        argv: vec!["/bin/true".into()],
+        env: [("PATH".to_string(), "/usr/bin:/bin".to_string())].into(),
+        timeout_ms: 10_000,
+        rlimits: warden_sandbox::Rlimits::default(),
+        isolation: Isolation::Sandbox(Box::new(warden_sandbox::SandboxSpec {
+            root,
+            work,
+            git: None,
+            artifacts,
+            etc: etc.to_path_buf(),
+            rootfs: None,
+            binds: Vec::new(),
+            network: false,
+            uid,
+            gid,
+            memory_bytes: None,
+            pids: None,
+            tmpfs_bytes: 1 << 20,
+            cgroup_name: dir
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+        })),
+    };
+    let mut exec = executor.start(spec).await.map_err(|e| e.to_string())?;
+    let drain = async {
+        use tokio::io::AsyncReadExt;
+        let mut sink = Vec::new();
+        let _ = exec.stdout.read_to_end(&mut sink).await;
+        let _ = exec.stderr.read_to_end(&mut sink).await;
+    };
+    let (report, ()) = tokio::join!(exec.job.wait(), drain);
+    let report = report.map_err(|e| e.to_string())?;
+    match (report.setup_error, report.exit_code) {
+        (Some(e), _) => Err(e),
+        (None, Some(0)) => Ok(()),
+        (None, code) => Err(format!(
+            "/bin/true ended with {code:?} / signal {:?}",
+            report.signal
+        )),
+    }
+}
+
+/// The executor for this host's jobs: can it give them the full sandbox? Learned once, now,
+/// by running one. Without it, jobs fail closed — unless `unsafe_fallback` allows running them
+/// as supervised processes (recorded on every job).
+pub async fn local_executor(
+    config: &Config,
+    data: &DataDir,
+    supervisor_exe: PathBuf,
+) -> Arc<SupervisedExecutor> {
+    let launcher = Launcher::new(supervisor_exe);
+    let sandbox = SupervisedExecutor::new(launcher.clone(), Tier::Sandbox);
+    let self_test = match warden_sandbox::prepare_etc(&data.sandbox_etc()) {
+        Ok(()) => sandbox_self_test(
+            &sandbox,
+            &data.scratch_root(),
+            &data.sandbox_etc(),
+            config.sandbox_uid,
+            config.sandbox_gid,
+        )
+        .await
+        .map_err(|e| e.0),
+        Err(e) => Err(format!("prepare /etc: {e}")),
+    };
+    let executor = match self_test {
+        Ok(()) => {
+            tracing::info!("kernel sandbox available: every job runs in it");
+            Arc::new(sandbox)
+        }
+        Err(e) if config.unsafe_fallback => {
+            tracing::warn!(
+                reason = %e,
+                "the kernel sandbox cannot be set up on this host; unsafe_fallback is on, so \
+                 jobs run as supervised processes WITHOUT the sandbox (recorded on every job); \
+                 run `warden doctor`"
+            );
+            Arc::new(SupervisedExecutor::new(launcher, Tier::UnsafeFallback))
+        }
+        Err(e) => {
+            tracing::error!(
+                reason = %e,
+                "the kernel sandbox cannot be set up on this host: jobs will end `error` \
+                 (fail closed); run `warden doctor`"
+            );
+            Arc::new(sandbox)
+        }
+    };
+    for (name, t) in config.job_types.iter().filter(|(_, t)| t.network) {
+        tracing::warn!(
+            job_type = %name,
+            argv0 = %t.argv[0],
+            "network: true shares the host's network namespace: these jobs can reach the \
+             network and services on the host's loopback; grant it only to trusted job types"
+        );
+    }
+    executor
 }

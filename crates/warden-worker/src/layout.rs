@@ -4,6 +4,27 @@ use std::path::{Path, PathBuf};
 
 use warden_core::JobId;
 
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    #[error("data directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "data directory {0} is in use by another warden process (lock held on warden.lock); \
+         stop it or choose another --data-dir"
+    )]
+    Locked(PathBuf),
+}
+
+/// The exclusive hold on a data directory: one warden process per directory, for as long as
+/// this lives.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: std::fs::File,
+}
+
 #[derive(Debug, Clone)]
 pub struct DataDir {
     root: PathBuf,
@@ -17,6 +38,49 @@ impl DataDir {
         DataDir {
             artifacts: root.join("artifacts"),
             root,
+        }
+    }
+
+    /// Creates the data directory (and `artifacts`, when artifacts live elsewhere), makes
+    /// every directory warden needs in it, and takes its lock: one warden process per data
+    /// directory. Paths are made absolute.
+    pub fn open_locked(
+        root: &Path,
+        artifacts: Option<&Path>,
+    ) -> Result<(DataDir, DataDirLock), DataDirError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| DataDirError::Io { path, source }
+        };
+        std::fs::create_dir_all(root).map_err(io(root))?;
+        let abs = std::fs::canonicalize(root).map_err(io(root))?;
+        let mut data = DataDir::new(&abs);
+        if let Some(dir) = artifacts {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+            data = data.with_artifacts(std::fs::canonicalize(dir).map_err(io(dir))?);
+        }
+        for dir in [data.artifacts_root(), data.scratch_root()] {
+            std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        }
+        data.prepare_sandbox_dirs().map_err(io(&abs))?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(data.lock_file())
+            .map_err(io(&abs))?;
+        if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+            return Err(DataDirError::Locked(abs));
+        }
+        Ok((data, DataDirLock { _file: file }))
+    }
+
+    /// Removes everything under `dir` (scratch or artifacts of a previous run, never reused).
+    pub fn clear(dir: &Path) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
         }
     }
 

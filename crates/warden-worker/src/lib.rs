@@ -6,17 +6,21 @@
 //! the coordinator is the store itself; a remote worker's coordinator is the control plane.
 
 mod artifact;
+pub mod artifact_dir;
 mod events;
 mod executor;
 mod layout;
 mod pool;
 mod remote;
 mod run;
+mod shared;
+pub mod standalone;
+pub mod token;
 
 pub use artifact::{ArtifactJson, write_artifact_json};
 pub use events::{Events, JobEvents};
-pub use executor::{Execution, Executor, SupervisedExecutor, sandbox_self_test};
-pub use layout::DataDir;
+pub use executor::{Execution, Executor, SupervisedExecutor, local_executor, sandbox_self_test};
+pub use layout::{DataDir, DataDirError, DataDirLock};
 pub use pool::{WorkerConfig, WorkerHandle, WorkerPool};
 pub use remote::{RemoteCoordinator, RemoteError, RemoteOptions};
 

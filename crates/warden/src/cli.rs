@@ -1,12 +1,9 @@
-//! Command-line definitions and dispatch.
+//! Command-line definitions (the dispatch is `lib.rs`'s `main`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-
-use crate::commands;
-use crate::exit;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -251,53 +248,4 @@ pub enum ConfigCommand {
     GetContexts,
     /// Print the current context's name.
     CurrentContext,
-}
-
-/// Parses arguments, runs the command, returns the process exit code.
-pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
-                    exit::OK
-                }
-                _ => exit::USAGE,
-            };
-        }
-    };
-    let default_level = if matches!(cli.command, Command::Serve(_) | Command::Worker(_)) {
-        "info"
-    } else {
-        "warn"
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colours for a terminal; plain text for log files and collectors.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return exit::UNAVAILABLE;
-        }
-    };
-    runtime.block_on(async move {
-        match cli.command {
-            Command::Serve(args) => commands::serve::run(args).await,
-            Command::Worker(args) => commands::worker::run(args).await,
-            Command::Job(args) => commands::job::run(args).await,
-            Command::Config(args) => commands::config::run(args),
-            Command::Doctor(args) => commands::doctor::run(args).await,
-        }
-    })
 }

@@ -1,4 +1,4 @@
-//! The `warden` binary: sets up error reporting and hands over to [`warden::cli`].
+//! The `warden` binary: sets up error reporting and hands over to [`warden::main`].
 
 fn main() {
     // The zygote that forks each job's supervisor is this same binary; it must start before
@@ -8,5 +8,5 @@ fn main() {
     {
         warden_sandbox::zygote::main();
     }
-    std::process::exit(warden::cli::main());
+    std::process::exit(warden::main());
 }

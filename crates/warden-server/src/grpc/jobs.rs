@@ -3,15 +3,13 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 use warden_api::{ErrorCode, SubmitJobRequest};
 use warden_proto::{job_to_pb, parse_job_id, pb, status_from_pb, status_to_pb, stream_from_pb};
-use warden_store::ListFilter;
 
 use super::{invalid, status};
-use crate::error::ApiError;
-use crate::service::{DEFAULT_TENANT, FOLLOW_POLL, JobService};
+use crate::service::{JobService, ListQuery, LogItem, ServiceError};
 
 pub(crate) struct Jobs {
     svc: Arc<JobService>,
@@ -67,7 +65,7 @@ impl pb::job_service_server::JobService for Jobs {
             0 => 50,
             n @ 1..=500 => n,
             n => {
-                return Err(status(ApiError::new(
+                return Err(status(ServiceError::new(
                     ErrorCode::InvalidQuery,
                     format!("limit {n} is out of range: 1..=500 (0 means 50)"),
                 )));
@@ -77,17 +75,13 @@ impl pb::job_service_server::JobService for Jobs {
             Some(b) => Some(parse_job_id(&b).map_err(invalid)?),
             None => None,
         };
-        let filter = ListFilter {
-            tenant: Some(DEFAULT_TENANT.to_string()),
+        let query = ListQuery {
             status: r.status.map(status_from_pb).transpose().map_err(invalid)?,
             job_type: r.job_type.filter(|t| !t.is_empty()),
             before,
             limit,
         };
-        let jobs = self.svc.list(filter).await.map_err(status)?;
-        let next_before = (jobs.len() == limit as usize)
-            .then(|| jobs.last().map(|j| j.id.to_string()))
-            .flatten();
+        let (jobs, next_before) = self.svc.list(query).await.map_err(status)?;
         Ok(Response::new(pb::ListJobsResponse {
             jobs: jobs.iter().map(job_to_pb).collect(),
             next_before,
@@ -105,71 +99,34 @@ impl pb::job_service_server::JobService for Jobs {
         let stream = stream_from_pb(r.stream).map_err(invalid)?;
         // Unknown jobs fail the call itself, not the first message.
         self.svc.get(id).await.map_err(status)?;
-        let svc = self.svc.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(async move {
-            let mut events = svc.events.subscribe();
-            let mut offset = r.offset;
-            loop {
-                let chunk = match svc
-                    .store
-                    .read_log(id, stream, offset, warden_proto::MAX_CHUNK)
-                    .await
-                {
-                    Ok(c) => c,
-                    Err(e) => {
-                        let _ = tx.send(Err(status(e.into()))).await;
-                        return;
-                    }
-                };
-                if !chunk.is_empty() {
-                    let msg = pb::LogChunk {
-                        stream: r.stream,
-                        offset,
-                        end: false,
-                        status: 0,
-                        truncated: false,
-                        data: chunk,
-                    };
-                    offset += msg.data.len() as u64;
-                    if tx.send(Ok(msg)).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-                let job = match svc.store.get(id).await {
-                    Ok(j) => j,
-                    Err(e) => {
-                        let _ = tx.send(Err(status(e.into()))).await;
-                        return;
-                    }
-                };
-                let ended = job.status.is_terminal() && offset >= job.log_len(stream);
-                if ended || !r.follow {
-                    let _ = tx
-                        .send(Ok(pb::LogChunk {
-                            stream: r.stream,
-                            offset,
-                            data: Vec::new(),
-                            end: ended,
-                            status: status_to_pb(job.status) as i32,
-                            truncated: job.log_truncated,
-                        }))
-                        .await;
-                    return;
-                }
-                tokio::select! {
-                    _ = events.changed(id) => {}
-                    // Another replica may be writing and its notice lost: look again.
-                    _ = tokio::time::sleep(FOLLOW_POLL) => {}
-                    _ = svc.shutdown.cancelled() => return,
-                    _ = tx.closed() => return,
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        let pb_stream = r.stream;
+        let chunks = self
+            .svc
+            .follow_log(id, stream, r.offset, warden_proto::MAX_CHUNK, r.follow)
+            .map(move |item| match item {
+                Ok(LogItem::Chunk { offset, data }) => Ok(pb::LogChunk {
+                    stream: pb_stream,
+                    offset,
+                    end: false,
+                    status: 0,
+                    truncated: false,
+                    data,
+                }),
+                Ok(LogItem::End {
+                    job,
+                    next_offset,
+                    ended,
+                }) => Ok(pb::LogChunk {
+                    stream: pb_stream,
+                    offset: next_offset,
+                    data: Vec::new(),
+                    end: ended,
+                    status: status_to_pb(job.status) as i32,
+                    truncated: job.log_truncated,
+                }),
+                Err(e) => Err(status(e)),
+            });
+        Ok(Response::new(Box::pin(chunks)))
     }
 
     async fn cancel_job(
@@ -188,40 +145,10 @@ impl pb::job_service_server::JobService for Jobs {
         req: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
         let id = job_id(&req.get_ref().job_id)?;
-        let svc = self.svc.clone();
-        // Subscribed before the first read: no change between the two is missed.
-        let mut events = svc.events.subscribe();
-        let first = svc.get(id).await.map_err(status)?;
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(async move {
-            let mut last = first;
-            if tx.send(Ok(job_to_pb(&last))).await.is_err() {
-                return;
-            }
-            while !last.status.is_terminal() {
-                tokio::select! {
-                    _ = events.changed(id) => {}
-                    _ = tokio::time::sleep(FOLLOW_POLL) => {}
-                    _ = svc.shutdown.cancelled() => return,
-                    _ = tx.closed() => return,
-                }
-                let job = match svc.store.get(id).await {
-                    Ok(j) => j,
-                    Err(e) => {
-                        let _ = tx.send(Err(status(e.into()))).await;
-                        return;
-                    }
-                };
-                if job != last {
-                    if tx.send(Ok(job_to_pb(&job))).await.is_err() {
-                        return;
-                    }
-                    last = job;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        let jobs = self.svc.watch(id).await.map_err(status)?;
+        Ok(Response::new(Box::pin(jobs.map(|j| match j {
+            Ok(job) => Ok(job_to_pb(&job)),
+            Err(e) => Err(status(e)),
+        }))))
     }
 }

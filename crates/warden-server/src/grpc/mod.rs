@@ -9,29 +9,50 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tonic::service::interceptor::InterceptedService;
-use tonic::{Request, Status};
+use tonic::{Code, Request, Status};
+use warden_api::ErrorCode;
+pub use warden_proto::ERROR_CODE_KEY;
 use warden_proto::pb;
 use warden_proto::{MAX_MESSAGE, WireError};
 
-use crate::error::ApiError;
-use crate::service::JobService;
+use crate::service::{JobService, ServiceError};
 
 pub use workers::WorkerHub;
 
-/// Every gRPC error carries the same machine-readable code as the HTTP body, here.
-pub const ERROR_CODE_KEY: &str = "warden-error-code";
+/// The gRPC code for each of warden's error codes.
+fn grpc_code(code: ErrorCode) -> Code {
+    match code {
+        ErrorCode::MalformedJson
+        | ErrorCode::InvalidRequest
+        | ErrorCode::UnknownField
+        | ErrorCode::PayloadTooLarge
+        | ErrorCode::UnsupportedMediaType
+        | ErrorCode::UnknownJobType
+        | ErrorCode::UnknownParam
+        | ErrorCode::InvalidParam
+        | ErrorCode::InvalidJobId
+        | ErrorCode::InvalidQuery
+        | ErrorCode::InvalidPath
+        | ErrorCode::RepoRequired
+        | ErrorCode::RepoNotAllowed
+        | ErrorCode::InvalidRef
+        | ErrorCode::NotAFile => Code::InvalidArgument,
+        ErrorCode::JobNotFound | ErrorCode::ArtifactNotFound | ErrorCode::NotFound => {
+            Code::NotFound
+        }
+        ErrorCode::MethodNotAllowed => Code::Unimplemented,
+        ErrorCode::IdempotencyConflict | ErrorCode::JobFinished | ErrorCode::LeaseLost => {
+            Code::FailedPrecondition
+        }
+        ErrorCode::RepoUnavailable | ErrorCode::ShuttingDown => Code::Unavailable,
+        ErrorCode::Internal => Code::Internal,
+    }
+}
 
-pub(crate) fn status(e: ApiError) -> Status {
-    use tonic::Code;
-    let code = match e.code.http_status() {
-        400 | 413 | 415 | 422 => Code::InvalidArgument,
-        404 => Code::NotFound,
-        405 => Code::Unimplemented,
-        409 => Code::FailedPrecondition,
-        502 | 503 => Code::Unavailable,
-        _ => Code::Internal,
-    };
-    let mut status = Status::new(code, e.message);
+/// The one place where service errors become gRPC statuses, with warden's code in the
+/// `warden-error-code` metadata.
+pub(crate) fn status(e: ServiceError) -> Status {
+    let mut status = Status::new(grpc_code(e.code), e.message);
     if let Ok(v) = e.code.as_str().parse() {
         status.metadata_mut().insert(ERROR_CODE_KEY, v);
     }
@@ -39,7 +60,7 @@ pub(crate) fn status(e: ApiError) -> Status {
 }
 
 pub(crate) fn invalid(e: WireError) -> Status {
-    status(ApiError::new(warden_api::ErrorCode::InvalidRequest, e.0))
+    status(ServiceError::new(ErrorCode::InvalidRequest, e.0))
 }
 
 /// Who may call: a peer on loopback may use the job and artifact services without a token

@@ -1,15 +1,16 @@
 //! `warden doctor`: can this host run warden's sandbox, and is the configuration sound?
 
 use warden_sandbox::doctor::{Check, Status, kernel_checks};
-use warden_sandbox::{Isolation, Launcher};
+use warden_sandbox::{Launcher, Tier};
+use warden_worker::token::read_worker_token;
 use warden_worker::{SupervisedExecutor, sandbox_self_test};
 
 use crate::cli::{DoctorArgs, OutputFormat};
-use crate::{exit, output};
+use crate::{config_file, exit, output};
 
 pub async fn run(args: DoctorArgs) -> i32 {
     let mut checks = kernel_checks();
-    let config = match crate::commands::serve::load_config(&args.serve) {
+    let config = match config_file::for_serve(&args.serve) {
         Ok(c) => {
             checks.push(Check {
                 check: "configuration".into(),
@@ -28,7 +29,7 @@ pub async fn run(args: DoctorArgs) -> i32 {
             checks.push(Check {
                 check: "configuration".into(),
                 status: Status::Fail,
-                detail: e,
+                detail: e.to_string(),
                 fix: Some("fix the file as the message says".into()),
             });
             None
@@ -54,10 +55,12 @@ pub async fn run(args: DoctorArgs) -> i32 {
     let selftest = match std::env::current_exe() {
         Ok(exe) => {
             let _ = std::fs::create_dir_all(&scratch);
-            let exec = SupervisedExecutor::new(Launcher::new(exe), Isolation::Sandbox);
+            let exec = SupervisedExecutor::new(Launcher::new(exe), Tier::Sandbox);
             let etc = scratch.join("etc");
             let r = match warden_sandbox::prepare_etc(&etc) {
-                Ok(()) => sandbox_self_test(&exec, &scratch, &etc, uid, gid).await,
+                Ok(()) => sandbox_self_test(&exec, &scratch, &etc, uid, gid)
+                    .await
+                    .map_err(|e| e.0),
                 Err(e) => Err(format!("prepare /etc: {e}")),
             };
             let _ = std::fs::remove_dir_all(&scratch);
@@ -195,7 +198,7 @@ fn cache_check(config: &warden_core::Config) -> Check {
 /// The worker token: needed for workers at all, and for any gRPC caller off loopback.
 fn token_check(c: &warden_core::Config) -> Check {
     let public = !c.grpc_listen.ip().is_loopback();
-    match c.worker_token() {
+    match read_worker_token(c.worker_token_file.as_deref()) {
         Ok(Some(_)) => Check {
             check: "worker token".into(),
             status: Status::Pass,
@@ -218,7 +221,7 @@ fn token_check(c: &warden_core::Config) -> Check {
         Err(e) => Check {
             check: "worker token".into(),
             status: Status::Fail,
-            detail: e,
+            detail: e.to_string(),
             fix: Some("fix the token file or variable".into()),
         },
     }
@@ -227,28 +230,12 @@ fn token_check(c: &warden_core::Config) -> Check {
 /// `--database-url`: reachable, which server, which schema version. Read-only: the doctor
 /// never creates or migrates the schema (`serve` does).
 async fn database_check(url: &str) -> Check {
-    use sqlx::Connection;
-    let connected = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        let mut conn = sqlx::PgConnection::connect(url).await?;
-        let version: String = sqlx::query_scalar("SHOW server_version")
-            .fetch_one(&mut conn)
-            .await?;
-        let exists: bool =
-            sqlx::query_scalar("SELECT to_regclass('schema_migrations') IS NOT NULL")
-                .fetch_one(&mut conn)
-                .await?;
-        let schema: Option<i64> = if exists {
-            Some(
-                sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
-                    .fetch_one(&mut conn)
-                    .await?,
-            )
-        } else {
-            None
-        };
-        Ok::<_, sqlx::Error>((version, schema))
-    })
-    .await;
+    let connected = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        warden_store_postgres::PgStore::probe(url),
+    )
+    .await
+    .map(|r| r.map(|p| (p.server_version, p.schema_version)));
     match connected {
         Ok(Ok((version, schema))) => Check {
             check: "database".into(),

@@ -8,8 +8,8 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 use warden_core::Config;
-use warden_sandbox::{Isolation, Launcher};
-use warden_server::{JobService, app};
+use warden_sandbox::{Launcher, Tier};
+use warden_server::app;
 use warden_store_sqlite::SqliteStore;
 use warden_worker::{DataDir, SupervisedExecutor};
 
@@ -35,10 +35,10 @@ fn test_app_with(body: &str) -> TestApp {
     let sqlite = Arc::new(SqliteStore::open(&data.database()).unwrap());
     let executor = Arc::new(SupervisedExecutor::new(
         Launcher::new(WARDEN),
-        Isolation::UnsafeFallback,
+        Tier::UnsafeFallback,
     ));
     let repos = Arc::new(warden_repo::Repos::open(&data.git(), &config.git).unwrap());
-    let service = JobService::embedded(sqlite, executor, config, data, repos);
+    let service = warden_server::serve::embedded(sqlite, executor, config, data, repos);
     TestApp {
         router: app(Arc::new(service)),
         _dir: dir,

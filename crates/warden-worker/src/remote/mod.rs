@@ -13,7 +13,6 @@
 //! through answers `lease lost`, the pool kills the job, and a late completion is refused.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,15 +25,18 @@ use warden_core::JobId;
 use warden_proto::pb::server_message::Body as Out;
 use warden_proto::pb::worker_error::Code as ErrCode;
 use warden_proto::pb::worker_message::Body as In;
-use warden_proto::pb::worker_service_client::WorkerServiceClient;
 use warden_proto::{
-    MAX_CHUNK, MAX_MESSAGE, assignment_from_pb, completion_to_pb, job_from_pb, lease_to_pb, pb,
-    stream_to_pb,
+    MAX_CHUNK, assignment_from_pb, completion_to_pb, job_from_pb, lease_to_pb, pb, stream_to_pb,
 };
 use warden_store::{
     Claimed, Completion, HeartbeatReply, JobRecord, Lease, LogStream, Millis, StoreError,
 };
 
+mod session;
+mod upload;
+
+use self::session::{endpoint, session_loop};
+use self::upload::UploadError;
 use crate::{Coordinator, DataDir};
 
 /// How a worker reaches and introduces itself to the control plane.
@@ -52,6 +54,11 @@ pub struct RemoteOptions {
     pub job_types: Vec<String>,
     pub sandbox: pb::SandboxCapabilities,
 }
+
+/// Why a control plane refused this worker outright (a wrong token, no sandbox).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
@@ -131,7 +138,7 @@ impl RemoteCoordinator {
     /// Waits for the first registration and returns what the server granted, or why a control
     /// plane refused this worker (a wrong token, no sandbox): retrying would not change that.
     /// (Once registered, refusals are retried instead: a token may be rotated on the server.)
-    pub async fn registered(&self) -> Result<pb::Registered, String> {
+    pub async fn registered(&self) -> Result<pb::Registered, Refused> {
         let mut rx = self.inner.registered.subscribe();
         let mut refused = self.inner.refused.subscribe();
         loop {
@@ -139,7 +146,7 @@ impl RemoteCoordinator {
                 return Ok(r);
             }
             if let Some(why) = refused.borrow_and_update().clone() {
-                return Err(why);
+                return Err(Refused(why));
             }
             tokio::select! {
                 _ = rx.changed() => {}
@@ -245,111 +252,6 @@ impl RemoteCoordinator {
     fn unreachable(what: &str) -> StoreError {
         StoreError::Backend(format!("{what}: the control plane is unreachable"))
     }
-
-    /// Sends the job's artifact directory, file by file, under its lease. Symbolic links and
-    /// special files are not sent (they are listed in the returned warnings).
-    async fn upload_artifacts(&self, lease: &Lease, deadline: Instant) -> Result<(), String> {
-        let dir = self.inner.data.artifacts(lease.job_id);
-        let files = {
-            let dir = dir.clone();
-            tokio::task::spawn_blocking(move || regular_files(&dir))
-                .await
-                .map_err(|e| e.to_string())?
-        };
-        if files.is_empty() {
-            return Ok(());
-        }
-        loop {
-            let conn = self.inner.conn.borrow().clone();
-            let result = match conn {
-                Some(conn) => self.upload_once(conn.channel, lease, &dir, &files).await,
-                None => Err("not connected".to_string()),
-            };
-            match result {
-                Ok(()) => return Ok(()),
-                Err(e) if Instant::now() >= deadline => return Err(e),
-                Err(e) if e.contains("no longer held") => return Err(e),
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        }
-    }
-
-    async fn upload_once(
-        &self,
-        channel: Channel,
-        lease: &Lease,
-        dir: &Path,
-        files: &[PathBuf],
-    ) -> Result<(), String> {
-        let (tx, rx) = mpsc::channel::<pb::ArtifactUpload>(4);
-        let (dir, files, pb_lease) = (dir.to_path_buf(), files.to_vec(), lease_to_pb(lease));
-        let reader = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            use std::io::Read;
-            for rel in files {
-                let mut f = std::fs::File::open(dir.join(&rel)).map_err(|e| e.to_string())?;
-                let mut offset = 0u64;
-                let mut buf = vec![0u8; MAX_CHUNK];
-                loop {
-                    let n = f.read(&mut buf).map_err(|e| e.to_string())?;
-                    if n == 0 && offset > 0 {
-                        break;
-                    }
-                    let msg = pb::ArtifactUpload {
-                        lease: Some(pb_lease.clone()),
-                        path: rel.to_string_lossy().into_owned(),
-                        offset,
-                        data: buf[..n].to_vec(),
-                    };
-                    offset += n as u64;
-                    if tx.blocking_send(msg).is_err() {
-                        return Err("upload stream closed".into());
-                    }
-                    if n == 0 {
-                        break;
-                    }
-                }
-            }
-            Ok(())
-        });
-        let mut client = WorkerServiceClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE);
-        let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-        self.inner.authorize(&mut req);
-        let sent = client.upload_artifacts(req).await;
-        let read = reader.await.map_err(|e| e.to_string())?;
-        match sent {
-            Ok(_) => read,
-            Err(s) => Err(s.message().to_string()),
-        }
-    }
-}
-
-fn endpoint(url: &str, tls_ca: Option<&[u8]>) -> Result<Endpoint, RemoteError> {
-    let mut endpoint = Endpoint::from_shared(url.to_string())
-        .map_err(|e| RemoteError::Url(url.to_string(), e.to_string()))?
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5))
-        // A control plane that vanished (host gone, kill -9 behind a proxy) is noticed in
-        // seconds, and the session moves on.
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true);
-    if url.starts_with("https://") {
-        let ca = tls_ca.ok_or(RemoteError::NeedsCa)?;
-        endpoint = endpoint
-            .tls_config(
-                tonic::transport::ClientTlsConfig::new()
-                    .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
-            )
-            .map_err(|e| RemoteError::Tls(e.to_string()))?;
-    } else if !url.starts_with("http://") {
-        return Err(RemoteError::Url(
-            url.to_string(),
-            "use http://host:port or https://host:port".into(),
-        ));
-    }
-    Ok(endpoint)
 }
 
 impl Inner {
@@ -365,182 +267,6 @@ impl Inner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-    }
-}
-
-/// The files to upload (relative paths), regular files only, `artifact.json` last.
-fn regular_files(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let Ok(ft) = e.file_type() else { continue };
-            let path = e.path();
-            if ft.is_dir() {
-                stack.push(path);
-            } else if ft.is_file()
-                && let Ok(rel) = path.strip_prefix(root)
-                && !rel.to_string_lossy().starts_with(".artifact.json.")
-            {
-                out.push(rel.to_path_buf());
-            }
-        }
-    }
-    out.sort_by_key(|p| (p == Path::new("artifact.json"), p.clone()));
-    out
-}
-
-/// Keeps one session open for as long as the coordinator lives.
-async fn session_loop(weak: std::sync::Weak<Inner>) {
-    let mut backoff = Duration::from_millis(100);
-    let mut next = 0usize;
-    loop {
-        let Some(inner) = weak.upgrade() else { return };
-        let started = Instant::now();
-        let (url, endpoint) = inner.endpoints[next % inner.endpoints.len()].clone();
-        next += 1;
-        match run_session(&inner, &url, endpoint).await {
-            Ok(()) => {
-                tracing::warn!(server = %url, "session with the control plane ended; reconnecting")
-            }
-            Err(SessionError::Refused(why)) if inner.registered.borrow().is_none() => {
-                inner.refused.send_replace(Some(format!("{url}: {why}")));
-            }
-            Err(SessionError::Refused(e) | SessionError::Failed(e)) => {
-                tracing::warn!(server = %url, error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot reach the control plane")
-            }
-        }
-        inner.conn.send_replace(None);
-        inner.fail_pending();
-        // A session that lasted a while was healthy: start the backoff over.
-        if started.elapsed() > Duration::from_secs(10) {
-            backoff = Duration::from_millis(100);
-        }
-        drop(inner);
-        // Jitter, so that many workers do not reconnect in lockstep.
-        let jitter = Duration::from_millis(rand_below(backoff.as_millis() as u64 / 2 + 1));
-        tokio::time::sleep(backoff + jitter).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
-}
-
-fn rand_below(n: u64) -> u64 {
-    let x = uuid::Uuid::now_v7().as_u128() as u64;
-    x % n.max(1)
-}
-
-enum SessionError {
-    /// The control plane said no to this worker (token, sandbox, registration).
-    Refused(String),
-    /// The network or the control plane failed.
-    Failed(String),
-}
-
-impl From<String> for SessionError {
-    fn from(s: String) -> SessionError {
-        SessionError::Failed(s)
-    }
-}
-
-fn status_error(s: tonic::Status) -> SessionError {
-    use tonic::Code;
-    let msg = format!("{:?}: {}", s.code(), s.message());
-    match s.code() {
-        Code::Unauthenticated
-        | Code::PermissionDenied
-        | Code::FailedPrecondition
-        | Code::InvalidArgument => SessionError::Refused(msg),
-        _ => SessionError::Failed(msg),
-    }
-}
-
-async fn run_session(
-    inner: &Arc<Inner>,
-    url: &str,
-    endpoint: Endpoint,
-) -> Result<(), SessionError> {
-    let channel = endpoint.connect().await.map_err(|e| {
-        let mut msg = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(s) = src {
-            msg = format!("{msg}: {s}");
-            src = s.source();
-        }
-        msg
-    })?;
-    let mut client = WorkerServiceClient::new(channel.clone())
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
-    let (tx, rx) = mpsc::channel::<pb::WorkerMessage>(256);
-    let o = &inner.opts;
-    tx.send(pb::WorkerMessage {
-        request_id: 0,
-        body: Some(In::Register(pb::Register {
-            worker_id: o.worker_id.clone(),
-            slots: o.slots,
-            labels: o.labels.clone(),
-            job_types: o.job_types.clone(),
-            sandbox: Some(o.sandbox.clone()),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-        })),
-    })
-    .await
-    .map_err(|_| "session closed".to_string())?;
-    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    inner.authorize(&mut req);
-    let mut inbound = client
-        .session(req)
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    let first = inbound.message().await.map_err(status_error)?;
-    let Some(pb::ServerMessage {
-        body: Some(Out::Registered(reg)),
-        ..
-    }) = first
-    else {
-        return Err(SessionError::Failed(
-            "the server did not answer Register".into(),
-        ));
-    };
-    for r in &reg.refused {
-        tracing::warn!(job_type = %r, "the control plane will not give this worker this job type");
-    }
-    tracing::info!(server = %url, job_types = ?reg.job_types, lease_ms = reg.lease_ms, "registered with the control plane");
-    inner.registered.send_replace(Some(reg));
-    inner.conn.send_replace(Some(Conn { tx, channel }));
-    loop {
-        match inbound.message().await {
-            Ok(Some(m)) => match m.body {
-                Some(Out::Cancel(c)) => {
-                    if let Ok(id) = c.job_id.parse() {
-                        let _ = inner.cancels.send(id);
-                    }
-                }
-                Some(body) => {
-                    let waiter = inner
-                        .pending
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&m.request_id);
-                    if let Some(w) = waiter {
-                        let _ = w.send(body);
-                    }
-                }
-                None => {}
-            },
-            Ok(None) => return Ok(()),
-            Err(s) => {
-                return Err(SessionError::Failed(format!(
-                    "{:?}: {}",
-                    s.code(),
-                    s.message()
-                )));
-            }
-        }
     }
 }
 
@@ -651,7 +377,7 @@ impl Coordinator for RemoteCoordinator {
     ) -> Result<JobRecord, StoreError> {
         let deadline = Instant::now() + Duration::from_millis(self.lease_ms() as u64);
         if let Err(e) = self.upload_artifacts(lease, deadline).await {
-            if e.contains("no longer held") {
+            if matches!(e, UploadError::LeaseLost) {
                 return Err(StoreError::LeaseLost(lease.job_id));
             }
             tracing::error!(job = %lease.job_id, error = %e, "artifact upload failed");

@@ -1,0 +1,276 @@
+//! A job type: an operator-defined, allowlisted recipe, checked completely while parsing.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer};
+
+use super::positive::Positive;
+use crate::params::{is_reserved, is_valid_param_name};
+
+/// Worker labels and job type labels: short, lowercase, no spaces.
+pub fn is_valid_label(l: &str) -> bool {
+    let b = l.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-')
+        })
+}
+
+/// A job type's name: `^[a-z0-9][a-z0-9_.-]{0,63}$`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JobTypeName(pub String);
+
+impl std::borrow::Borrow<str> for JobTypeName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JobTypeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for JobTypeName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<JobTypeName, D::Error> {
+        let s = String::deserialize(d)?;
+        let b = s.as_bytes();
+        let ok = !b.is_empty()
+            && b.len() <= 64
+            && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+            && b.iter().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-')
+            });
+        if ok {
+            Ok(JobTypeName(s))
+        } else {
+            Err(de::Error::custom(format!(
+                "job type name {s:?} is invalid: names match ^[a-z0-9][a-z0-9_.-]{{0,63}}$"
+            )))
+        }
+    }
+}
+
+/// An operator-defined, allowlisted recipe.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "RawJobType")]
+pub struct JobType {
+    pub description: Option<String>,
+    pub argv: Vec<String>,
+    pub timeout_s: Positive,
+    pub requires_repo: bool,
+    pub requires_repo_allowlist: bool,
+    pub allowed_params: Vec<String>,
+    pub limits: Limits,
+    pub network: bool,
+    /// Extra host paths bound read-only into the sandbox (e.g. a toolchain).
+    pub binds: Vec<BindConfig>,
+    /// A root filesystem directory to run in instead of the host's system directories.
+    pub rootfs: Option<PathBuf>,
+    /// `core.hooksPath` in the git directory the job sees (e.g. `.githooks`): set in the gitdir's
+    /// config, never in the tree. warden itself never runs hooks.
+    pub hooks_path: Option<String>,
+    /// Labels a worker must have to be given this job type (e.g. `gpu`, `linux-x86_64`).
+    pub labels: Vec<String>,
+}
+
+/// A read-only bind of a host path into the sandbox.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindConfig {
+    pub host: PathBuf,
+    pub at: PathBuf,
+}
+
+/// Places inside the sandbox that warden owns; a bind may not cover them.
+const RESERVED_MOUNTS: &[&str] = &[
+    "/",
+    "/proc",
+    "/dev",
+    "/tmp",
+    "/work",
+    "/artifacts",
+    "/etc",
+    "/usr",
+];
+
+impl BindConfig {
+    fn check(&self, i: usize) -> Result<(), String> {
+        use std::path::Component;
+        for (what, p) in [("host", &self.host), ("at", &self.at)] {
+            if !p.is_absolute() || p.components().any(|c| matches!(c, Component::ParentDir)) {
+                return Err(format!(
+                    "binds[{i}].{what} {p:?} must be an absolute path without '..'"
+                ));
+            }
+        }
+        if RESERVED_MOUNTS
+            .iter()
+            .any(|r| self.at == std::path::Path::new(r))
+            || ["/proc/", "/dev/", "/work/", "/artifacts/", "/tmp/"]
+                .iter()
+                .any(|r| self.at.starts_with(r))
+        {
+            return Err(format!(
+                "binds[{i}].at {:?} is a place warden manages itself",
+                self.at
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJobType {
+    #[serde(default)]
+    description: Option<String>,
+    argv: Vec<String>,
+    timeout_s: Positive,
+    #[serde(default)]
+    requires_repo: bool,
+    #[serde(default)]
+    requires_repo_allowlist: bool,
+    #[serde(default)]
+    allowed_params: Vec<String>,
+    #[serde(default)]
+    limits: Limits,
+    #[serde(default)]
+    network: bool,
+    #[serde(default)]
+    binds: Vec<BindConfig>,
+    #[serde(default)]
+    rootfs: Option<PathBuf>,
+    #[serde(default)]
+    hooks_path: Option<String>,
+    #[serde(default)]
+    labels: Vec<String>,
+}
+
+impl TryFrom<RawJobType> for JobType {
+    type Error = String;
+
+    fn try_from(raw: RawJobType) -> Result<JobType, String> {
+        if raw.argv.is_empty() || raw.argv[0].is_empty() {
+            return Err("argv must name a program: it is empty".to_string());
+        }
+        if raw.argv.iter().any(|a| a.contains('\0')) {
+            return Err("argv must not contain NUL bytes".to_string());
+        }
+        if raw.requires_repo_allowlist && !raw.requires_repo {
+            return Err("requires_repo_allowlist needs requires_repo: true".to_string());
+        }
+        for (i, name) in raw.allowed_params.iter().enumerate() {
+            if !is_valid_param_name(name) {
+                return Err(format!(
+                    "allowed_params[{i}] {name:?} is not a valid param name: \
+                     names match ^[A-Z][A-Z0-9_]{{0,63}}$"
+                ));
+            }
+            if is_reserved(name) {
+                return Err(format!(
+                    "allowed_params[{i}] {name:?} is reserved: warden sets it for every job"
+                ));
+            }
+            if raw.allowed_params[..i].contains(name) {
+                return Err(format!("allowed_params lists {name:?} twice"));
+            }
+        }
+        for (i, b) in raw.binds.iter().enumerate() {
+            b.check(i)?;
+        }
+        if let Some(r) = &raw.rootfs
+            && (!r.is_absolute()
+                || r.components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir)))
+        {
+            return Err(format!(
+                "rootfs {r:?} must be an absolute path without '..'"
+            ));
+        }
+        if let Some(h) = &raw.hooks_path {
+            let p = std::path::Path::new(h);
+            if h.is_empty()
+                || h.chars().any(char::is_control)
+                || p.components().any(|c| {
+                    matches!(
+                        c,
+                        std::path::Component::ParentDir | std::path::Component::RootDir
+                    )
+                })
+            {
+                return Err(format!(
+                    "hooks_path {h:?} must be a path inside the worktree (relative, without '..')"
+                ));
+            }
+            if !raw.requires_repo {
+                return Err("hooks_path needs requires_repo: true".to_string());
+            }
+        }
+        for (i, l) in raw.labels.iter().enumerate() {
+            if !is_valid_label(l) {
+                return Err(format!(
+                    "labels[{i}] {l:?} is not a valid label: labels match ^[a-z0-9][a-z0-9_.-]{{0,63}}$"
+                ));
+            }
+        }
+        Ok(JobType {
+            labels: raw.labels,
+            hooks_path: raw.hooks_path,
+            binds: raw.binds,
+            rootfs: raw.rootfs,
+            description: raw.description,
+            argv: raw.argv,
+            timeout_s: raw.timeout_s,
+            requires_repo: raw.requires_repo,
+            requires_repo_allowlist: raw.requires_repo_allowlist,
+            allowed_params: raw.allowed_params,
+            limits: raw.limits,
+            network: raw.network,
+        })
+    }
+}
+
+/// Resource limits of a job type. Absent means warden's default, never unlimited for output.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub memory_mb: Option<Positive>,
+    pub pids: Option<Positive>,
+    /// Cap on stdout+stderr together; beyond it the job is killed (`output_limit`).
+    #[serde(default = "default_output_mb")]
+    pub output_mb: Positive,
+    pub cpu_s: Option<Positive>,
+    pub file_size_mb: Option<Positive>,
+    pub open_files: Option<Positive>,
+    pub tmpfs_mb: Option<Positive>,
+}
+
+fn default_output_mb() -> Positive {
+    Positive(64)
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            memory_mb: None,
+            pids: None,
+            output_mb: default_output_mb(),
+            cpu_s: None,
+            file_size_mb: None,
+            open_files: None,
+            tmpfs_mb: None,
+        }
+    }
+}
+
+impl Limits {
+    pub fn output_bytes(&self) -> u64 {
+        self.output_mb.get().saturating_mul(1024 * 1024)
+    }
+}

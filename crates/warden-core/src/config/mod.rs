@@ -1,0 +1,272 @@
+//! The server's configuration: one YAML file, validated completely before anything starts.
+//!
+//! Every rule that can be checked while parsing is checked while parsing, so that a bad file is
+//! refused with the line of the offending value. `0` is never accepted as "unlimited".
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+mod job_type;
+mod positive;
+#[cfg(test)]
+mod tests;
+
+pub use job_type::{BindConfig, JobType, JobTypeName, Limits, is_valid_label};
+pub use positive::Positive;
+
+use crate::repo::{Transport, parse_repo_url};
+
+/// The configuration warden runs with when no file is given: works out of the box on one machine.
+pub const DEFAULT_CONFIG_YAML: &str = r#"# warden's built-in default configuration.
+listen: 127.0.0.1:8080
+data_dir: ./.warden
+slots: 2
+# Jobs run in warden's kernel sandbox. Where it cannot be set up on this host (warden checks at
+# start; `warden doctor` says why), this demo configuration runs jobs as plain supervised
+# processes instead, and every such job records `unsafe_fallback: true`. A config file that
+# leaves this out refuses to run jobs without the sandbox.
+unsafe_fallback: true
+job_types:
+  local_echo:
+    description: "demo: echo and uname -a"
+    argv: ["/bin/sh", "-c", "echo hello from warden; uname -a"]
+    timeout_s: 60
+"#;
+
+/// A rule that spans fields failed (checked after command-line overrides are applied).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidConfig(pub String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => write!(f, "{}:{l}:{c}: {}", self.file, self.message),
+            (Some(l), None) => write!(f, "{}:{l}: {}", self.file, self.message),
+            _ => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// How many jobs run at once in the embedded worker.
+    #[serde(default = "default_slots")]
+    pub slots: Positive,
+    /// Run jobs without the kernel sandbox. Recorded on every job that runs so.
+    #[serde(default)]
+    pub unsafe_fallback: bool,
+    /// How many times a job whose worker died is tried before it ends `error: worker_lost`.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: Positive,
+    /// How long a worker's claim on a job lasts without a heartbeat.
+    #[serde(default = "default_lease_s")]
+    pub lease_s: Positive,
+    /// Time between SIGTERM and SIGKILL when a running job is cancelled.
+    #[serde(default = "default_cancel_grace_s")]
+    pub cancel_grace_s: Positive,
+    /// How long running jobs may go on after the server is asked to stop; what is left is re-queued.
+    #[serde(default = "default_shutdown_grace_s")]
+    pub shutdown_grace_s: Positive,
+    /// Host uid and gid that sandboxed jobs run as (uid 1000 inside their user namespace).
+    #[serde(default = "default_sandbox_id")]
+    pub sandbox_uid: u32,
+    #[serde(default = "default_sandbox_id")]
+    pub sandbox_gid: u32,
+    #[serde(default)]
+    pub job_types: BTreeMap<JobTypeName, JobType>,
+    #[serde(default)]
+    pub repos: BTreeMap<String, RepoConfig>,
+    #[serde(default)]
+    pub git: GitConfig,
+    /// The gRPC listener (JobService, WorkerService, ArtifactService).
+    #[serde(default = "default_grpc_listen")]
+    pub grpc_listen: SocketAddr,
+    /// A file holding the token remote workers present (`WARDEN_WORKER_TOKEN` takes precedence).
+    #[serde(default)]
+    pub worker_token_file: Option<PathBuf>,
+    /// TLS for the gRPC listener (rustls); without it gRPC is plaintext.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Where artifacts are kept: a directory every replica shares. Default `<data_dir>/artifacts`.
+    #[serde(default)]
+    pub artifact_dir: Option<PathBuf>,
+}
+
+/// PEM files for a TLS listener (or, on a worker, the CA that signed the server's certificate).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+fn default_grpc_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 50051))
+}
+
+fn default_sandbox_id() -> u32 {
+    65534
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./.warden")
+}
+fn default_slots() -> Positive {
+    Positive(2)
+}
+fn default_max_attempts() -> Positive {
+    Positive(3)
+}
+fn default_lease_s() -> Positive {
+    Positive(30)
+}
+fn default_cancel_grace_s() -> Positive {
+    Positive(5)
+}
+fn default_shutdown_grace_s() -> Positive {
+    Positive(10)
+}
+
+impl Config {
+    /// Parses and validates a configuration file's text; `file` names it in error messages.
+    pub fn from_yaml_str(text: &str, file: &str) -> Result<Config, ConfigError> {
+        // An empty file is an empty mapping, not an error: every key has a default.
+        let text = if text.trim().is_empty() { "{}" } else { text };
+        let config: Config = serde_norway::from_str(text).map_err(|e| {
+            let location = e.location();
+            let mut message = e.to_string();
+            // The location is reported separately; keep the message itself short.
+            if let Some(idx) = message.rfind(" at line ") {
+                message.truncate(idx);
+            }
+            ConfigError {
+                file: file.to_string(),
+                line: location.as_ref().map(|l| l.line()),
+                column: location.as_ref().map(|l| l.column()),
+                message,
+            }
+        })?;
+        config.validate().map_err(|message| ConfigError {
+            file: file.to_string(),
+            line: None,
+            column: None,
+            message: message.0,
+        })?;
+        Ok(config)
+    }
+
+    /// The built-in default.
+    pub fn builtin() -> Config {
+        Config::from_yaml_str(DEFAULT_CONFIG_YAML, "<built-in default>")
+            .expect("the built-in default configuration is valid")
+    }
+
+    /// Rules that span fields, checked again after command-line overrides are applied.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        if !self.listen.ip().is_loopback() {
+            return Err(InvalidConfig(format!(
+                "listen address {} is not loopback: binding beyond loopback requires \
+                 authentication, which this version of warden does not provide yet; \
+                 use 127.0.0.1 or ::1",
+                self.listen
+            )));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(InvalidConfig("data_dir must not be empty".into()));
+        }
+        for (name, job_type) in &self.job_types {
+            if job_type.requires_repo_allowlist && self.repos.is_empty() {
+                return Err(InvalidConfig(format!(
+                    "job type {name:?} sets requires_repo_allowlist but no repos are configured"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn job_type(&self, name: &str) -> Option<&JobType> {
+        self.job_types.get(name)
+    }
+}
+
+/// One allowlisted repository.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "RawRepo")]
+pub struct RepoConfig {
+    pub url: String,
+    pub transport: Transport,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRepo {
+    url: String,
+}
+
+impl TryFrom<RawRepo> for RepoConfig {
+    type Error = String;
+
+    fn try_from(raw: RawRepo) -> Result<RepoConfig, String> {
+        let transport = parse_repo_url(&raw.url).map_err(|e| e.0)?;
+        Ok(RepoConfig {
+            url: raw.url,
+            transport,
+        })
+    }
+}
+
+/// How warden keeps its git mirrors and checkouts.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitConfig {
+    /// A fetch that takes longer is killed; the job ends `error: fetch_timeout`.
+    #[serde(default = "default_fetch_timeout_s")]
+    pub fetch_timeout_s: Positive,
+    /// The largest pack one fetch may write; a bigger fetch is killed (`fetch_too_large`).
+    #[serde(default = "default_fetch_max_mb")]
+    pub fetch_max_mb: Positive,
+    /// Size budget of the checkout cache; least recently used trees not in use are evicted.
+    #[serde(default = "default_checkout_cache_mb")]
+    pub checkout_cache_mb: Positive,
+}
+
+fn default_fetch_timeout_s() -> Positive {
+    Positive(600)
+}
+fn default_fetch_max_mb() -> Positive {
+    Positive(4096)
+}
+fn default_checkout_cache_mb() -> Positive {
+    Positive(10 * 1024)
+}
+
+impl Default for GitConfig {
+    fn default() -> GitConfig {
+        GitConfig {
+            fetch_timeout_s: default_fetch_timeout_s(),
+            fetch_max_mb: default_fetch_max_mb(),
+            checkout_cache_mb: default_checkout_cache_mb(),
+        }
+    }
+}

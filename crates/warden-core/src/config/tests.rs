@@ -1,0 +1,163 @@
+use super::*;
+
+const ISSUE_SHAPE: &str = r#"listen: 127.0.0.1:8080
+data_dir: ./.warden
+slots: 2
+job_types:
+  local_echo:
+    argv: ["/bin/sh", "-c", "echo hello from warden; uname -a"]
+    timeout_s: 60
+  pytest:
+    argv: ["python3", "-m", "pytest", "-q"]
+    requires_repo: true
+    requires_repo_allowlist: true
+    allowed_params: [PYTEST_ADDOPTS]
+    timeout_s: 1800
+    limits: {memory_mb: 2048, pids: 256, output_mb: 64}
+    network: false
+repos:
+  click: {url: "https://github.com/pallets/click.git"}
+"#;
+
+#[test]
+fn the_documented_shape_is_accepted() {
+    let c = Config::from_yaml_str(ISSUE_SHAPE, "warden.yaml").unwrap();
+    assert_eq!(c.slots.get(), 2);
+    assert!(
+        !c.unsafe_fallback,
+        "a file must opt in to running unsandboxed"
+    );
+    let py = c.job_type("pytest").unwrap();
+    assert_eq!(py.limits.memory_mb, Some(Positive(2048)));
+    assert_eq!(py.limits.output_bytes(), 64 << 20);
+    assert_eq!(py.allowed_params, ["PYTEST_ADDOPTS"]);
+    assert_eq!(c.repos["click"].url, "https://github.com/pallets/click.git");
+}
+
+#[test]
+fn builtin_default_has_the_demo_job_type() {
+    let c = Config::builtin();
+    assert!(c.unsafe_fallback);
+    assert_eq!(c.job_type("local_echo").unwrap().timeout_s.get(), 60);
+    assert!(c.listen.ip().is_loopback());
+}
+
+/// `check(yaml, line, fragment)`: the file is refused, at that line, saying that.
+fn check(yaml: &str, line: Option<usize>, fragment: &str) {
+    let err = Config::from_yaml_str(yaml, "bad.yaml").unwrap_err();
+    assert!(err.message.contains(fragment), "{err} lacks {fragment:?}");
+    assert_eq!(err.line, line, "{err}");
+    assert!(err.to_string().starts_with("bad.yaml"), "{err}");
+}
+
+#[test]
+fn bad_configs_are_refused_with_line_and_reason() {
+    check("slots: 2\nbogus: 1\n", Some(2), "unknown field `bogus`");
+    check("slots: two\n", Some(1), "invalid type: string \"two\"");
+    check("slots: 0\n", Some(1), "0 never means unlimited");
+    check("slots: -3\n", Some(1), "got -3");
+    check(
+        "job_types:\n  t:\n    argv: [x]\n    timeout_s: 0\n",
+        Some(4),
+        "0 never means unlimited",
+    );
+    check(
+        "job_types:\n  t:\n    argv: [x]\n    timeout_s: -1\n",
+        Some(4),
+        "got -1",
+    );
+    check(
+        "job_types:\n  t:\n    argv: [x]\n",
+        Some(3),
+        "missing field `timeout_s`",
+    );
+    check(
+        "job_types:\n  t:\n    argv: []\n    timeout_s: 5\n",
+        Some(2),
+        "argv must name a program",
+    );
+    check(
+        "job_types:\n  t:\n    argv: [x]\n    timeout_s: 5\n    allowed_params: [lower]\n",
+        Some(2),
+        "not a valid param name",
+    );
+    check(
+        "job_types:\n  t:\n    argv: [x]\n    timeout_s: 5\n    allowed_params: [HOME]\n",
+        Some(2),
+        "reserved",
+    );
+    check(
+        "job_types:\n  t:\n    argv: [x]\n    timeout_s: 5\n    limits: {memory_mb: 0}\n",
+        Some(5),
+        "0 never means unlimited",
+    );
+    check(
+        "job_types:\n  t:\n    argv: [x]\n    timeout_s: 5\n    limits: {swap: 1}\n",
+        Some(5),
+        "unknown field `swap`",
+    );
+    check(
+        "job_types:\n  Bad Name:\n    argv: [x]\n    timeout_s: 5\n",
+        Some(2),
+        "is invalid",
+    );
+    check("listen: nowhere\n", Some(1), "invalid socket address");
+    check(
+        "job_types:\n  t:\n    argv: [x]\n    timeout_s: 5\n    binds: [{host: /opt, at: /proc/x}]\n",
+        Some(2),
+        "a place warden manages itself",
+    );
+    check(
+        "job_types:\n  t:\n    argv: [x]\n    timeout_s: 5\n    binds: [{host: opt, at: /opt}]\n",
+        Some(2),
+        "must be an absolute path",
+    );
+    check("listen: 0.0.0.0:8080\n", None, "not loopback");
+    check(
+        "job_types:\n  t:\n    argv: [x]\n    timeout_s: 5\n    allowed_params: [WARDEN_SHA]\n",
+        Some(2),
+        "reserved",
+    );
+    check(
+        "job_types:\n  t:\n    argv: [x]\n    timeout_s: 5\n    allowed_params: [GIT_CONFIG_COUNT]\n",
+        Some(2),
+        "reserved",
+    );
+    check(
+        "repos:\n  x: {url: \"ext::sh -c id\"}\n",
+        Some(2),
+        "transport \"ext\" is not allowed",
+    );
+    check(
+        "repos:\n  x: {url: \"https://u:p@h/x\"}\n",
+        Some(2),
+        "credentials in a repository URL are refused",
+    );
+    check(
+        "repos:\n  x: {url: \"https://h/x\", branch: main}\n",
+        Some(2),
+        "unknown field `branch`",
+    );
+    check(
+        "git: {fetch_timeout_s: 0}\n",
+        Some(1),
+        "0 never means unlimited",
+    );
+    check(
+        "job_types:\n  t:\n    argv: [x]\n    timeout_s: 5\n    requires_repo: true\n    hooks_path: ../x\n",
+        Some(2),
+        "must be a path inside the worktree",
+    );
+    check(
+        "slots: 'unterminated\n",
+        Some(2),
+        "found unexpected end of stream",
+    );
+}
+
+#[test]
+fn empty_file_means_defaults() {
+    let c = Config::from_yaml_str("\n", "empty.yaml").unwrap();
+    assert!(c.job_types.is_empty());
+    assert_eq!(c.slots.get(), 2);
+}

@@ -1,0 +1,211 @@
+//! pid 1 of the job's new PID, mount, IPC, UTS and network namespaces, still privileged:
+//! builds the root and pivots into it, moves into the job's cgroup, starts the job, writes its
+//! uid map, reaps orphans, and by exiting takes every process of the namespace with it.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use seccompiler::BpfProgram;
+
+use super::job::{JobPipes, job_main};
+use super::report::InitMessage;
+use crate::fd::{pipe, wait_byte, write_all};
+use crate::paths::{HOSTNAME, JOB_UID};
+use crate::sys::{Step, StepError, check, fail};
+use crate::{SandboxSpec, SpawnSpec};
+
+/// Where the init finds the job's cgroup, and the signal that it exists.
+pub(super) struct CgroupTarget<'a> {
+    pub parents: &'a [PathBuf],
+    pub attach: &'a str,
+    pub ready: OwnedFd,
+}
+
+/// What the init is handed by the supervisor's clone.
+pub(super) struct InitArgs<'a> {
+    pub cgroup: CgroupTarget<'a>,
+    pub spec: &'a SpawnSpec,
+    pub sandbox: &'a SandboxSpec,
+    pub filters: &'a [BpfProgram],
+    pub netns: Option<OwnedFd>,
+}
+
+pub(super) fn init_main(args: InitArgs<'_>, report: OwnedFd) -> ! {
+    let code = match init(args, &report) {
+        Ok(()) => 0,
+        Err(e) => {
+            InitMessage::SetupFailed { error: e.0 }.send(&report);
+            1
+        }
+    };
+    // SAFETY: leaving the init ends the PID namespace; nothing to unwind.
+    unsafe { libc::_exit(code) }
+}
+
+fn init(args: InitArgs<'_>, report: &OwnedFd) -> Step {
+    let InitArgs {
+        cgroup,
+        spec,
+        sandbox,
+        filters,
+        netns,
+    } = args;
+    // fd 0 is the supervisor's control socket: the job must never hold it.
+    let devnull = std::fs::File::open("/dev/null").map_err(|e| fail("open /dev/null", e))?;
+    // SAFETY: replaces fd 0 with /dev/null.
+    check("stdin", unsafe { libc::dup2(devnull.as_raw_fd(), 0) })?;
+    drop(devnull);
+    // The cgroup hierarchies, opened now: after pivot_root they are out of sight.
+    let parents = cgroup
+        .parents
+        .iter()
+        .map(|p| std::fs::File::open(p).map_err(|e| fail(format!("open {}", p.display()), e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    // SAFETY: a valid buffer and length.
+    check("sethostname", unsafe {
+        libc::sethostname(HOSTNAME.as_ptr().cast(), HOSTNAME.len())
+    })?;
+    match netns {
+        // Pooled namespaces were never used and already have loopback up.
+        // SAFETY: setns with a namespace descriptor we own.
+        Some(ns) => check("join network namespace", unsafe {
+            libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET)
+        })?,
+        None if !sandbox.network => crate::net::loopback_up()?,
+        None => {}
+    }
+    crate::mounts::build_root(&mut crate::sys::Linux, sandbox)?;
+    enter_cgroup(&cgroup.ready, &parents, cgroup.attach)?;
+    drop(parents);
+    // A cgroup namespace rooted at the job's own cgroup.
+    // SAFETY: plain unshare flag.
+    check("unshare cgroup", unsafe {
+        libc::unshare(libc::CLONE_NEWCGROUP)
+    })?;
+    let job = start_job(spec, sandbox, filters)?;
+    forward_sigterm();
+    let wait_status = reap_until(job);
+    let usage = children_usage();
+    let us = |tv: libc::timeval| tv.tv_sec * 1_000_000 + tv.tv_usec;
+    InitMessage::Exited {
+        wait_status,
+        user_us: us(usage.ru_utime),
+        system_us: us(usage.ru_stime),
+        max_rss_kb: usage.ru_maxrss,
+    }
+    .send(report);
+    Ok(())
+}
+
+/// Into the job's cgroup, which the supervisor made meanwhile, before the job starts.
+fn enter_cgroup(ready: &OwnedFd, parents: &[std::fs::File], attach: &str) -> Step {
+    if !wait_byte(ready) {
+        return Err(fail(
+            "wait for cgroup",
+            io::Error::from(io::ErrorKind::UnexpectedEof),
+        ));
+    }
+    let attach = crate::sys::cstr(Path::new(attach))?;
+    for dir in parents {
+        // "0" moves the calling task itself (through v1 `tasks`: no global lock).
+        // SAFETY: openat relative to an open directory, with a valid C string.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                attach.as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            )
+        };
+        check("cgroup attach", fd)?;
+        // SAFETY: a descriptor just opened and owned here.
+        let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        file.write_all(b"0").map_err(|e| fail("cgroup attach", e))?;
+    }
+    Ok(())
+}
+
+/// Forks the job, maps its uid and gid to the unprivileged host ids once it has its own user
+/// namespace, and waits for its exec. Returns its pid.
+fn start_job(spec: &SpawnSpec, sandbox: &SandboxSpec, filters: &[BpfProgram]) -> Step<i32> {
+    let (exec_r, exec_w) = pipe()?;
+    let (unshared_r, unshared_w) = pipe()?;
+    let (mapped_r, mapped_w) = pipe()?;
+    // SAFETY: fork of a single-threaded process; the child runs job_main and never returns.
+    let job = unsafe { libc::fork() };
+    if job < 0 {
+        return Err(fail("fork job", io::Error::last_os_error()));
+    }
+    if job == 0 {
+        drop((exec_r, unshared_r, mapped_w));
+        let pipes = JobPipes {
+            exec: exec_w,
+            unshared: unshared_w,
+            mapped: mapped_r,
+        };
+        job_main(pipes, spec, filters);
+    }
+    drop((exec_w, unshared_w, mapped_r));
+    if wait_byte(&unshared_r) {
+        let write = |file: &str, text: String| {
+            std::fs::write(format!("/proc/{job}/{file}"), text)
+                .map_err(|e| fail(format!("write {file}"), e))
+        };
+        write("setgroups", "deny".into())?;
+        write("uid_map", format!("{JOB_UID} {} 1\n", sandbox.uid))?;
+        write("gid_map", format!("{JOB_UID} {} 1\n", sandbox.gid))?;
+        write_all(&mapped_w, b"m");
+    }
+    drop(mapped_w);
+    // Empty means the job exec'd; otherwise it says what failed.
+    let mut why = String::new();
+    let _ = std::fs::File::from(exec_r).read_to_string(&mut why);
+    if !why.is_empty() {
+        super::reap(job);
+        return Err(StepError(why));
+    }
+    Ok(job)
+}
+
+extern "C" fn forward_term(_: libc::c_int) {
+    // SAFETY: kill is async-signal-safe; -1 from pid 1 reaches every process of the namespace.
+    unsafe {
+        libc::kill(-1, libc::SIGTERM);
+        libc::kill(-1, libc::SIGCONT);
+    }
+}
+
+/// The supervisor's SIGTERM (a cancel) reaches every process of the job.
+fn forward_sigterm() {
+    // SAFETY: installs a handler that only calls kill (async-signal-safe).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = forward_term as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
+    }
+}
+
+/// Reaps every orphan until the job itself ends; returns its wait status.
+fn reap_until(job: i32) -> i32 {
+    loop {
+        let mut st = 0;
+        // SAFETY: waitpid writes into a valid int.
+        let rc = unsafe { libc::waitpid(-1, &mut st, 0) };
+        if rc == job {
+            return st;
+        }
+        if rc < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return 0;
+        }
+    }
+}
+
+fn children_usage() -> libc::rusage {
+    // SAFETY: getrusage writes into a valid struct.
+    unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut u);
+        u
+    }
+}

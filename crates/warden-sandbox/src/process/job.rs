@@ -1,0 +1,196 @@
+//! pid 2: becomes the job. It enters a user namespace of its own where it is uid 1000 (an
+//! unprivileged host uid outside), drops every capability, sets `no_new_privs`, applies its
+//! rlimits, Landlock and seccomp, and execs.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use seccompiler::BpfProgram;
+
+use crate::SpawnSpec;
+use crate::fd::{apply_rlimits, cloexec_from, wait_byte, write_all};
+use crate::paths::{JOB_UID, PATH, WORK};
+use crate::sys::{StepError, check, cstr, fail};
+
+/// The job's side of the handshake with the init.
+pub(super) struct JobPipes {
+    /// Closed by the exec (empty: success) or given the failure's text.
+    pub exec: OwnedFd,
+    /// The job writes one byte once it has its own user namespace.
+    pub unshared: OwnedFd,
+    /// One byte from the init once the uid/gid maps are written.
+    pub mapped: OwnedFd,
+}
+
+pub(super) fn job_main(pipes: JobPipes, spec: &SpawnSpec, filters: &[BpfProgram]) -> ! {
+    let JobPipes {
+        exec,
+        unshared,
+        mapped,
+    } = pipes;
+    let err = become_job(&unshared, mapped, spec, filters).unwrap_err();
+    write_all(&exec, err.to_string().as_bytes());
+    // SAFETY: the job could not start; leave without unwinding.
+    unsafe { libc::_exit(127) }
+}
+
+fn become_job(
+    unshared: &OwnedFd,
+    mapped: OwnedFd,
+    spec: &SpawnSpec,
+    filters: &[BpfProgram],
+) -> Result<std::convert::Infallible, StepError> {
+    // A session of its own: no controlling terminal.
+    // SAFETY: setsid has no arguments.
+    check("setsid", unsafe { libc::setsid() })?;
+    enter_user_namespace(unshared, mapped)?;
+    drop_privileges()?;
+    apply_rlimits(&spec.rlimits)?;
+    std::env::set_current_dir(WORK).map_err(|e| fail("chdir /work", e))?;
+    // Every descriptor but 0-2 closes at exec (the exec-status pipe included).
+    cloexec_from(3);
+    crate::landlock::restrict().map_err(|e| StepError(format!("landlock: {e}")))?;
+    let exec = Exec::new(spec)?;
+    // Last: from here on the job's own syscalls are filtered.
+    crate::seccomp::install(filters).map_err(|e| StepError(format!("seccomp: {e}")))?;
+    Err(exec.run())
+}
+
+/// A user namespace of its own, in which it will be uid 1000 and nothing more; the init
+/// writes the maps.
+fn enter_user_namespace(unshared: &OwnedFd, mapped: OwnedFd) -> Result<(), StepError> {
+    // SAFETY: plain unshare flag.
+    check("unshare user", unsafe {
+        libc::unshare(libc::CLONE_NEWUSER)
+    })?;
+    write_all(unshared, b"u");
+    if !wait_byte(&mapped) {
+        return Err(fail(
+            "uid map",
+            io::Error::from(io::ErrorKind::UnexpectedEof),
+        ));
+    }
+    Ok(())
+}
+
+/// uid/gid 1000, no capabilities in any set, and no way to gain any back.
+fn drop_privileges() -> Result<(), StepError> {
+    // SAFETY: plain id setters.
+    check("setresgid", unsafe {
+        libc::setresgid(JOB_UID, JOB_UID, JOB_UID)
+    })?;
+    // SAFETY: as above.
+    check("setresuid", unsafe {
+        libc::setresuid(JOB_UID, JOB_UID, JOB_UID)
+    })?;
+    drop_capabilities()?;
+    // SAFETY: plain prctl.
+    check("no_new_privs", unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    })
+}
+
+/// argv and envp as C strings, ready for `execve` (allocated before seccomp is installed).
+struct Exec {
+    program: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    argv0: String,
+}
+
+impl Exec {
+    fn new(spec: &SpawnSpec) -> Result<Exec, StepError> {
+        let argv0 = spec.argv.first().cloned().unwrap_or_default();
+        let path = spec.env.get("PATH").map(String::as_str).unwrap_or(PATH);
+        let program = resolve(&argv0, path).ok_or_else(|| {
+            fail(
+                format!("exec {argv0}"),
+                io::Error::from(io::ErrorKind::NotFound),
+            )
+        })?;
+        let c = |s: &str| {
+            CString::new(s).map_err(|_| fail("argv", io::Error::from(io::ErrorKind::InvalidInput)))
+        };
+        Ok(Exec {
+            program: cstr(&program)?,
+            argv: spec.argv.iter().map(|a| c(a)).collect::<Result<_, _>>()?,
+            envp: spec
+                .env
+                .iter()
+                .map(|(k, v)| c(&format!("{k}={v}")))
+                .collect::<Result<_, _>>()?,
+            argv0,
+        })
+    }
+
+    /// Execs; returns only the failure.
+    fn run(&self) -> StepError {
+        let mut argv: Vec<*const libc::c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut envp: Vec<*const libc::c_char> = self.envp.iter().map(|a| a.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        // SAFETY: NULL-terminated arrays of valid C strings that outlive the call.
+        unsafe { libc::execve(self.program.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+        fail(format!("exec {}", self.argv0), io::Error::last_os_error())
+    }
+}
+
+/// argv[0] as a path: itself when it has a slash, else the first executable on `PATH`.
+fn resolve(program: &str, path: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        return Some(PathBuf::from(program));
+    }
+    path.split(':')
+        .map(|d| Path::new(d).join(program))
+        .find(|p| {
+            let c = cstr(p).ok();
+            // SAFETY: access with a valid C string.
+            c.is_some_and(|c| unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0)
+        })
+}
+
+fn drop_capabilities() -> Result<(), StepError> {
+    // The bounding set first (needs CAP_SETPCAP, which we still hold), then ambient, then all.
+    for cap in 0..=63 {
+        // SAFETY: plain prctl; EINVAL past the last capability is expected and ignored.
+        unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
+    }
+    // SAFETY: plain prctl.
+    check("clear ambient caps", unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    })?;
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let header = Header {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let data = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: capset reads a valid header and two data structs (version 3 layout).
+    check(
+        "capset",
+        unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } as i32,
+    )
+}

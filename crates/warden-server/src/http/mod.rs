@@ -1,0 +1,195 @@
+//! The HTTP/JSON API. Handlers parse and translate; [`JobService`] decides.
+
+mod error;
+mod json;
+mod logs;
+mod query;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use warden_api::{
+    ArtifactsResponse, ErrorCode, JobStatus, JobTypesResponse, ListJobsResponse, SubmitJobRequest,
+    SubmitJobResponse,
+};
+use warden_core::JobId;
+
+pub use self::json::JsonBody;
+use self::query::{parse_query, query_num};
+use crate::service::{JobService, ListQuery, ServiceError};
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+pub type AppState = Arc<JobService>;
+
+/// The whole API as a router, so tests can call it without a socket.
+pub fn app(service: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/jobs", post(submit).get(list))
+        .route("/jobs/{id}", get(get_job))
+        .route("/jobs/{id}/cancel", post(cancel))
+        .route("/jobs/{id}/logs", get(logs::logs))
+        .route("/jobs/{id}/artifacts", get(artifacts))
+        .route("/jobs/{id}/artifacts/{*path}", get(download))
+        .route("/job-types", get(job_types))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+        .with_state(service)
+}
+
+/// A bug in a handler answers 500 with the usual error body instead of dropping the connection.
+fn panic_response(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = err
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| err.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    ServiceError::internal("request handler panicked", detail).into_response()
+}
+
+async fn not_found() -> ServiceError {
+    ServiceError::new(
+        ErrorCode::NotFound,
+        "no such endpoint; see GET /job-types and the README",
+    )
+}
+
+async fn method_not_allowed() -> ServiceError {
+    ServiceError::new(
+        ErrorCode::MethodNotAllowed,
+        "method not allowed on this endpoint",
+    )
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"ok": true}))
+}
+
+async fn submit(
+    State(svc): State<AppState>,
+    JsonBody(req): JsonBody<SubmitJobRequest>,
+) -> Result<Response, ServiceError> {
+    let (job, created) = svc.submit(req).await?;
+    let body = SubmitJobResponse {
+        job_id: job.id.to_string(),
+        artifact_dir: svc.artifact_dir(job.id),
+        status: job.status,
+        idempotent_replay: !created,
+    };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(body)).into_response())
+}
+
+async fn get_job(
+    State(svc): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ServiceError> {
+    let id = JobService::parse_id(&id)?;
+    let job = svc.get(id).await?;
+    Ok(Json(svc.view(&job)).into_response())
+}
+
+async fn list(
+    State(svc): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ServiceError> {
+    let q = parse_query(raw, &["status", "job_type", "limit", "cursor"])?;
+    let status = match q.get("status") {
+        None => None,
+        Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
+            ServiceError::new(
+                ErrorCode::InvalidQuery,
+                format!(
+                    "status={s:?} is invalid; one of: {}",
+                    JobStatus::ALL.map(|s| s.as_str()).join(", ")
+                ),
+            )
+        })?),
+    };
+    let limit = query_num(&q, "limit", 1u32..=500)?.unwrap_or(50);
+    let before = match q.get("cursor") {
+        None => None,
+        Some(c) => Some(c.parse::<JobId>().map_err(|_| {
+            ServiceError::new(
+                ErrorCode::InvalidQuery,
+                format!("cursor={c:?} is not a cursor from a previous page"),
+            )
+        })?),
+    };
+    let query = ListQuery {
+        status,
+        job_type: q.get("job_type").cloned(),
+        before,
+        limit,
+    };
+    let (jobs, next_cursor) = svc.list(query).await?;
+    let body = ListJobsResponse {
+        jobs: jobs.iter().map(|j| svc.view(j)).collect(),
+        next_cursor,
+    };
+    Ok(Json(body).into_response())
+}
+
+async fn cancel(
+    State(svc): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ServiceError> {
+    let id = JobService::parse_id(&id)?;
+    let job = svc.cancel(id).await?;
+    Ok((StatusCode::ACCEPTED, Json(svc.view(&job))).into_response())
+}
+
+async fn job_types(State(svc): State<AppState>) -> Json<JobTypesResponse> {
+    Json(JobTypesResponse {
+        job_types: svc.job_types(),
+    })
+}
+
+async fn artifacts(
+    State(svc): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ServiceError> {
+    let id = JobService::parse_id(&id)?;
+    let artifacts = svc.artifacts(id).await?;
+    Ok(Json(ArtifactsResponse {
+        job_id: id.to_string(),
+        artifacts,
+    })
+    .into_response())
+}
+
+async fn download(
+    State(svc): State<AppState>,
+    Path((id, path)): Path<(String, String)>,
+) -> Result<Response, ServiceError> {
+    let id = JobService::parse_id(&id)?;
+    let (file, len) = svc.open_artifact(id, &path).await?;
+    let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
+    let mut resp = Response::new(Body::from_stream(stream));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    Ok(resp)
+}

@@ -1,0 +1,210 @@
+//! A job's logs: the last lines, exact byte ranges, and following them live.
+
+use futures::Stream;
+use warden_core::JobId;
+use warden_store::{JobRecord, LogStream};
+
+use super::{FOLLOW_POLL, JobService, ServiceError};
+
+/// One step of a followed log.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogItem {
+    /// Bytes at `offset` of the stream.
+    Chunk { offset: u64, data: Vec<u8> },
+    /// Caught up. `ended`: the job is over and nothing more will come; otherwise (when not
+    /// following) the stream may still grow.
+    End {
+        job: Box<JobRecord>,
+        next_offset: u64,
+        ended: bool,
+    },
+}
+
+impl JobService {
+    /// The last `tail` lines of a stream and the byte offset where they start.
+    pub async fn tail(
+        &self,
+        job: &JobRecord,
+        stream: LogStream,
+        tail: usize,
+    ) -> Result<(Vec<String>, u64), ServiceError> {
+        let total = job.log_len(stream);
+        let mut window: u64 = 64 * 1024;
+        loop {
+            let start = total.saturating_sub(window);
+            let bytes = self
+                .store
+                .read_log(job.id, stream, start, (total - start) as usize)
+                .await?;
+            let newlines = bytes.iter().filter(|b| **b == b'\n').count();
+            // Enough lines, the whole stream, or 16 MiB read: stop widening.
+            if newlines > tail || start == 0 || window >= 16 << 20 {
+                return Ok(last_lines(&bytes, start, tail, start == 0));
+            }
+            window *= 4;
+        }
+    }
+
+    /// Up to `limit` bytes of a stream from `offset`.
+    pub async fn read_log(
+        &self,
+        id: JobId,
+        stream: LogStream,
+        offset: u64,
+        limit: usize,
+    ) -> Result<Vec<u8>, ServiceError> {
+        Ok(self.store.read_log(id, stream, offset, limit).await?)
+    }
+
+    /// The stream from `offset` in chunks of at most `chunk` bytes, then one [`LogItem::End`].
+    /// With `follow`, waits for more until the job has ended and everything was read (woken by
+    /// this replica's events, and polling behind them for writes on other replicas); without,
+    /// ends once caught up. Stops early when the server shuts down.
+    pub fn follow_log(
+        self: &std::sync::Arc<Self>,
+        id: JobId,
+        stream: LogStream,
+        offset: u64,
+        chunk: usize,
+        follow: bool,
+    ) -> impl Stream<Item = Result<LogItem, ServiceError>> + Send + 'static {
+        struct State {
+            svc: std::sync::Arc<JobService>,
+            rx: warden_worker::JobEvents,
+            offset: u64,
+            done: bool,
+        }
+        let state = State {
+            rx: self.events.subscribe(),
+            svc: self.clone(),
+            offset,
+            done: false,
+        };
+        futures::stream::unfold(state, move |mut st| async move {
+            if st.done {
+                return None;
+            }
+            loop {
+                let data = match st.svc.read_log(id, stream, st.offset, chunk).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        st.done = true;
+                        return Some((Err(e), st));
+                    }
+                };
+                if !data.is_empty() {
+                    let at = st.offset;
+                    st.offset += data.len() as u64;
+                    return Some((Ok(LogItem::Chunk { offset: at, data }), st));
+                }
+                let job = match st.svc.get(id).await {
+                    Ok(j) => j,
+                    Err(e) => {
+                        st.done = true;
+                        return Some((Err(e), st));
+                    }
+                };
+                let ended = job.status.is_terminal() && st.offset >= job.log_len(stream);
+                if ended || !follow {
+                    st.done = true;
+                    let end = LogItem::End {
+                        job: Box::new(job),
+                        next_offset: st.offset,
+                        ended,
+                    };
+                    return Some((Ok(end), st));
+                }
+                tokio::select! {
+                    _ = st.rx.changed(id) => {}
+                    // Another replica may be writing and its notice lost: look again.
+                    _ = tokio::time::sleep(FOLLOW_POLL) => {}
+                    _ = st.svc.shutdown.cancelled() => return None,
+                }
+            }
+        })
+    }
+
+    /// The job now and after every change, until it has ended (or the server stops).
+    pub async fn watch(
+        self: &std::sync::Arc<Self>,
+        id: JobId,
+    ) -> Result<impl Stream<Item = Result<JobRecord, ServiceError>> + Send + 'static, ServiceError>
+    {
+        // Subscribed before the first read: no change between the two is missed.
+        let rx = self.events.subscribe();
+        let first = self.get(id).await?;
+        let svc = self.clone();
+        let state = (svc, rx, Some(first), None::<JobRecord>);
+        Ok(futures::stream::unfold(
+            state,
+            move |(svc, mut rx, first, last)| async move {
+                if let Some(job) = first {
+                    return Some((Ok(job.clone()), (svc, rx, None, Some(job))));
+                }
+                let mut last = last?;
+                loop {
+                    if last.status.is_terminal() {
+                        return None;
+                    }
+                    tokio::select! {
+                        _ = rx.changed(id) => {}
+                        _ = tokio::time::sleep(FOLLOW_POLL) => {}
+                        _ = svc.shutdown.cancelled() => return None,
+                    }
+                    match svc.get(id).await {
+                        Ok(job) if job != last => {
+                            return Some((Ok(job.clone()), (svc, rx, None, Some(job))));
+                        }
+                        Ok(job) => last = job,
+                        Err(e) => return Some((Err(e), (svc, rx, None, None))),
+                    }
+                }
+            },
+        ))
+    }
+}
+
+/// Splits `bytes` (which start at stream offset `start`) into lines and keeps the last `tail`.
+/// When the window did not start at the stream's beginning, its first partial line is dropped.
+fn last_lines(bytes: &[u8], start: u64, tail: usize, from_beginning: bool) -> (Vec<String>, u64) {
+    let mut body = bytes;
+    let mut offset = start;
+    if !from_beginning && let Some(pos) = body.iter().position(|b| *b == b'\n') {
+        body = &body[pos + 1..];
+        offset += pos as u64 + 1;
+    }
+    let trimmed = body.strip_suffix(b"\n").unwrap_or(body);
+    if trimmed.is_empty() && body.is_empty() {
+        return (Vec::new(), offset);
+    }
+    let lines: Vec<&[u8]> = trimmed.split(|b| *b == b'\n').collect();
+    let skip = lines.len().saturating_sub(tail);
+    for line in &lines[..skip] {
+        offset += line.len() as u64 + 1;
+    }
+    let kept = lines[skip..]
+        .iter()
+        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .collect();
+    (kept, offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_lines_keeps_offsets_exact() {
+        let (lines, off) = last_lines(b"a\nbb\nccc\n", 0, 2, true);
+        assert_eq!(lines, ["bb", "ccc"]);
+        assert_eq!(off, 2);
+        let (lines, off) = last_lines(b"a\nbb\nccc", 0, 10, true);
+        assert_eq!(lines, ["a", "bb", "ccc"]);
+        assert_eq!(off, 0);
+        // A window that starts mid-line drops the partial first line.
+        let (lines, off) = last_lines(b"tail\nx\ny\n", 100, 5, false);
+        assert_eq!(lines, ["x", "y"]);
+        assert_eq!(off, 105);
+        assert_eq!(last_lines(b"", 0, 5, true), (vec![], 0));
+    }
+}

@@ -1,0 +1,191 @@
+//! Accepting a job: its type, params and repository checked against the configuration, a ref
+//! resolved to the commit it names now, and the job recorded `queued`.
+
+use warden_api::{ErrorCode, SubmitJobRequest};
+use warden_core::repo::{Remote, is_full_sha};
+use warden_core::{JobId, JobType, validate_params};
+use warden_repo::RepoError;
+use warden_store::{JobRecord, NewJob, SubmitOutcome, now_millis};
+
+use super::{DEFAULT_TENANT, JobService, ServiceError};
+
+fn invalid(code: ErrorCode, message: impl Into<String>) -> ServiceError {
+    ServiceError::new(code, message)
+}
+
+/// Treats `""` like an absent optional field: some clients send every field.
+fn non_empty(v: Option<String>) -> Option<String> {
+    v.filter(|s| !s.is_empty())
+}
+
+impl JobService {
+    /// Records a new job (`true`), or returns the earlier job of an idempotent replay (`false`).
+    pub async fn submit(&self, req: SubmitJobRequest) -> Result<(JobRecord, bool), ServiceError> {
+        if !self.accepting.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(invalid(
+                ErrorCode::ShuttingDown,
+                "warden is shutting down; retry later",
+            ));
+        }
+        let job_type = self.submitted_type(&req.job_type)?;
+        validate_params(&req.job_type, &job_type.allowed_params, &req.params).map_err(|e| {
+            let code = match e {
+                warden_core::ParamError::Unknown { .. } => ErrorCode::UnknownParam,
+                _ => ErrorCode::InvalidParam,
+            };
+            invalid(code, e.to_string())
+        })?;
+        let repo_name = non_empty(req.repo_name);
+        let remote_url = non_empty(req.remote_url);
+        let sha = non_empty(req.sha);
+        let git_ref = non_empty(req.git_ref);
+        if job_type.requires_repo && repo_name.is_none() {
+            return Err(invalid(
+                ErrorCode::RepoRequired,
+                format!(
+                    "job type {:?} needs repo_name (and sha or ref)",
+                    req.job_type
+                ),
+            ));
+        }
+        let sha = match &repo_name {
+            None if remote_url.is_some() || sha.is_some() || git_ref.is_some() => {
+                return Err(invalid(
+                    ErrorCode::InvalidRequest,
+                    "remote_url, sha and ref need repo_name",
+                ));
+            }
+            None => None,
+            Some(name) => {
+                let remote = self
+                    .config
+                    .repo_remote(&req.job_type, name, remote_url.as_deref())
+                    .map_err(|e| {
+                        let code = if e.is_malformed() {
+                            ErrorCode::InvalidRequest
+                        } else {
+                            ErrorCode::RepoNotAllowed
+                        };
+                        invalid(code, e.to_string())
+                    })?;
+                Some(self.pin(&remote, sha, git_ref.as_deref()).await?)
+            }
+        };
+        let idempotency_key = non_empty(req.idempotency_key);
+        if let Some(key) = &idempotency_key
+            && (key.len() > 255 || key.chars().any(char::is_control))
+        {
+            return Err(invalid(
+                ErrorCode::InvalidRequest,
+                "idempotency_key must be at most 255 bytes without control characters",
+            ));
+        }
+        let new = NewJob {
+            id: JobId::new(),
+            tenant: DEFAULT_TENANT.to_string(),
+            job_type: req.job_type,
+            repo_name,
+            remote_url,
+            sha,
+            git_ref,
+            params: req.params,
+            idempotency_key,
+            max_attempts: self.config.max_attempts.get() as u32,
+            unsafe_fallback: self.unsafe_fallback,
+            created_at: now_millis(),
+        };
+        let outcome = self.store.submit(new).await?;
+        let created = matches!(outcome, SubmitOutcome::Created(_));
+        if created {
+            self.job_queued();
+        }
+        let job = match outcome {
+            SubmitOutcome::Created(j) | SubmitOutcome::Existing(j) => j,
+        };
+        Ok((job, created))
+    }
+
+    fn submitted_type(&self, name: &str) -> Result<&JobType, ServiceError> {
+        self.config.job_type(name).ok_or_else(|| {
+            let known: Vec<&str> = self.config.job_types.keys().map(|k| k.0.as_str()).collect();
+            invalid(
+                ErrorCode::UnknownJobType,
+                format!(
+                    "unknown job_type {:?}; configured job types: {}",
+                    name.chars().take(80).collect::<String>(),
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            )
+        })
+    }
+
+    /// The commit a repository job runs at: the full sha it names, or its ref resolved once,
+    /// here, so that the job runs at that commit however the ref moves later.
+    async fn pin(
+        &self,
+        remote: &Remote,
+        sha: Option<String>,
+        git_ref: Option<&str>,
+    ) -> Result<String, ServiceError> {
+        if let Some(s) = &sha
+            && !is_full_sha(s)
+        {
+            return Err(invalid(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "sha must be a full commit id: 40 (SHA-1) or 64 (SHA-256) lowercase hex \
+                     digits{}",
+                    if s.len() < 40 && !s.is_empty() {
+                        "; to run at a branch or tag, send it as \"ref\""
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+        match (sha, git_ref) {
+            (Some(_), Some(_)) => Err(invalid(
+                ErrorCode::InvalidRequest,
+                "give sha or ref, not both",
+            )),
+            (None, None) => Err(invalid(
+                ErrorCode::InvalidRequest,
+                "a job on a repository needs sha (the full commit id) or ref (a branch or tag, \
+                 resolved now)",
+            )),
+            (Some(sha), None) => Ok(sha),
+            (None, Some(name)) => self
+                .repos
+                .mirrors
+                .resolve_ref(remote, name)
+                .await
+                .map_err(|e| match e {
+                    RepoError::InvalidRef(m) => invalid(ErrorCode::InvalidRef, m),
+                    other => invalid(
+                        ErrorCode::RepoUnavailable,
+                        format!("could not resolve ref {name:?}: {other}"),
+                    ),
+                }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn repo_urls_normalise() {
+        use warden_core::repo::normalize_repo_url;
+        assert_eq!(
+            normalize_repo_url("https://github.com/pallets/click.git/"),
+            normalize_repo_url("https://github.com/pallets/click")
+        );
+        assert_ne!(
+            normalize_repo_url("https://a/x"),
+            normalize_repo_url("https://a/y")
+        );
+    }
+}

@@ -1,0 +1,404 @@
+//! The `Store` trait on PostgreSQL: every state change one fenced statement.
+
+use async_trait::async_trait;
+use sqlx::Row;
+use warden_core::state::can_transition;
+use warden_core::{JobId, JobStatus};
+use warden_store::{
+    CancelOutcome, Claimed, Completion, HeartbeatReply, JobRecord, Lease, ListFilter, LogStream,
+    Millis, NewJob, Reaped, Result, Store, StoreError, SubmitOutcome,
+};
+
+use super::rows::*;
+use super::{COLUMNS, LEASED, PgStore};
+
+#[async_trait]
+impl Store for PgStore {
+    async fn submit(&self, job: NewJob) -> Result<SubmitOutcome> {
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO jobs (id, tenant, job_type, repo_name, remote_url, sha, params,
+                 idempotency_key, status, max_attempts, unsafe_fallback, created_at, git_ref)
+             VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, $10, $11, $12)
+             ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+             RETURNING {COLUMNS}"
+        ))
+        .bind(job.id.to_string())
+        .bind(&job.tenant)
+        .bind(&job.job_type)
+        .bind(&job.repo_name)
+        .bind(&job.remote_url)
+        .bind(&job.sha)
+        .bind(to_json(&job.params)?)
+        .bind(&job.idempotency_key)
+        .bind(job.max_attempts as i32)
+        .bind(job.unsafe_fallback)
+        .bind(job.created_at)
+        .bind(&job.git_ref)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        if let Some(row) = inserted {
+            return Ok(SubmitOutcome::Created(row_to_job(&row)?));
+        }
+        // The key was taken (by this request before, or by another one).
+        let key = job.idempotency_key.clone().unwrap_or_default();
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM jobs WHERE tenant = $1 AND idempotency_key = $2"
+        ))
+        .bind(&job.tenant)
+        .bind(&key)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        let existing = row_to_job(&row)?;
+        if job.same_request(&existing) {
+            Ok(SubmitOutcome::Existing(existing))
+        } else {
+            Err(StoreError::IdempotencyConflict {
+                key,
+                existing: existing.id,
+            })
+        }
+    }
+
+    async fn get(&self, id: JobId) -> Result<JobRecord> {
+        self.load(&self.pool, id).await
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<JobRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM jobs
+             WHERE ($1::text IS NULL OR tenant = $1)
+               AND ($2::text IS NULL OR status = $2)
+               AND ($3::text IS NULL OR job_type = $3)
+               AND ($4::uuid IS NULL OR id < $4::uuid)
+             ORDER BY id DESC LIMIT $5"
+        ))
+        .bind(&filter.tenant)
+        .bind(filter.status.map(|s| s.as_str()))
+        .bind(&filter.job_type)
+        .bind(filter.before.map(|b| b.to_string()))
+        .bind(filter.limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(row_to_job).collect()
+    }
+
+    async fn claim(
+        &self,
+        worker: &str,
+        job_types: Option<&[String]>,
+        lease_ms: i64,
+        now: Millis,
+    ) -> Result<Option<Claimed>> {
+        let row = sqlx::query(sql_claim())
+            .bind(now)
+            .bind(worker)
+            .bind(now.saturating_add(lease_ms))
+            .bind(job_types)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        let Some(row) = row else { return Ok(None) };
+        let job = row_to_job(&row)?;
+        let lease = Lease {
+            job_id: job.id,
+            worker: worker.to_string(),
+            token: job.lease_token,
+        };
+        Ok(Some(Claimed { job, lease }))
+    }
+
+    async fn claim_many(
+        &self,
+        worker: &str,
+        job_types: Option<&[String]>,
+        max: usize,
+        lease_ms: i64,
+        now: Millis,
+    ) -> Result<Vec<Claimed>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(sql_claim_many())
+            .bind(now)
+            .bind(worker)
+            .bind(now.saturating_add(lease_ms))
+            .bind(job_types)
+            .bind(max as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        let mut claimed = rows
+            .iter()
+            .map(|row| {
+                let job = row_to_job(row)?;
+                let lease = Lease {
+                    job_id: job.id,
+                    worker: worker.to_string(),
+                    token: job.lease_token,
+                };
+                Ok(Claimed { job, lease })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        claimed.sort_by_key(|c| c.job.id);
+        Ok(claimed)
+    }
+
+    async fn heartbeat(&self, lease: &Lease, lease_ms: i64, now: Millis) -> Result<HeartbeatReply> {
+        let row = sqlx::query(&format!(
+            "UPDATE jobs SET lease_expires_at = $4 WHERE id = $1::uuid AND {LEASED}
+             RETURNING cancel_requested"
+        ))
+        .bind(lease.job_id.to_string())
+        .bind(lease.token)
+        .bind(&lease.worker)
+        .bind(now.saturating_add(lease_ms))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        match row {
+            Some(row) => Ok(HeartbeatReply {
+                cancel_requested: row.try_get(0).map_err(backend)?,
+            }),
+            None => Err(self.refused(lease).await),
+        }
+    }
+
+    async fn append_log(
+        &self,
+        lease: &Lease,
+        stream: LogStream,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        let column = match stream {
+            LogStream::Stdout => "stdout_bytes",
+            LogStream::Stderr => "stderr_bytes",
+        };
+        // One statement: the fenced, offset-checked length bump and the chunk insert commit
+        // together or not at all.
+        let done = sqlx::query(&format!(
+            "WITH grown AS (
+                 UPDATE jobs SET {column} = {column} + length($6)
+                 WHERE id = $1::uuid AND {LEASED} AND {column} = $5
+                 RETURNING id)
+             INSERT INTO log_chunks (job_id, stream, \"offset\", data)
+             SELECT id, $4, $5, $6 FROM grown WHERE length($6) > 0
+             RETURNING 1"
+        ))
+        .bind(lease.job_id.to_string())
+        .bind(lease.token)
+        .bind(&lease.worker)
+        .bind(stream_code(stream))
+        .bind(offset as i64)
+        .bind(data)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        if done.is_some() {
+            return Ok(());
+        }
+        let job = self.load(&self.pool, lease.job_id).await?;
+        if job.status != JobStatus::Running
+            || job.lease_token != lease.token
+            || job.lease_owner.as_deref() != Some(lease.worker.as_str())
+        {
+            return Err(StoreError::LeaseLost(lease.job_id));
+        }
+        let len = job.log_len(stream);
+        if len != offset {
+            return Err(StoreError::LogOffset {
+                job: lease.job_id,
+                offset,
+                len,
+            });
+        }
+        // An empty append at the right offset.
+        Ok(())
+    }
+
+    async fn complete(&self, lease: &Lease, done: Completion, now: Millis) -> Result<JobRecord> {
+        let status = done.status.unwrap_or(JobStatus::Error);
+        if !status.is_terminal() || !can_transition(JobStatus::Running, status) {
+            return Err(StoreError::Backend(format!(
+                "job {} cannot move from running to {status}",
+                lease.job_id
+            )));
+        }
+        let row = sqlx::query(&format!(
+            "UPDATE jobs SET status = $4, reason = $5, exit_code = $6, signal = $7,
+                 warnings = $8, resources = $9, log_truncated = $10, finished_at = $11,
+                 enforcement = $12, invariants = $13, lease_owner = NULL, lease_expires_at = NULL
+             WHERE id = $1::uuid AND {LEASED}
+             RETURNING {COLUMNS}"
+        ))
+        .bind(lease.job_id.to_string())
+        .bind(lease.token)
+        .bind(&lease.worker)
+        .bind(status.as_str())
+        .bind(&done.reason)
+        .bind(done.exit_code)
+        .bind(done.signal)
+        .bind(to_json(&done.warnings)?)
+        .bind(done.resources.as_ref().map(to_json).transpose()?)
+        .bind(done.log_truncated)
+        .bind(now)
+        .bind(to_json(&done.enforcement)?)
+        .bind(done.invariants.as_ref().map(to_json).transpose()?)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        match row {
+            Some(row) => row_to_job(&row),
+            None => Err(self.refused(lease).await),
+        }
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let n = sqlx::query(&format!(
+            "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,
+                 started_at = NULL, stdout_bytes = 0, stderr_bytes = 0, log_truncated = false,
+                 attempts = attempts - 1
+             WHERE id = $1::uuid AND {LEASED}"
+        ))
+        .bind(lease.job_id.to_string())
+        .bind(lease.token)
+        .bind(&lease.worker)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?
+        .rows_affected();
+        if n == 0 {
+            drop(tx);
+            return Err(self.refused(lease).await);
+        }
+        sqlx::query("DELETE FROM log_chunks WHERE job_id = $1::uuid")
+            .bind(lease.job_id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn request_cancel(&self, id: JobId, now: Millis) -> Result<CancelOutcome> {
+        let queued = sqlx::query(&format!(
+            "UPDATE jobs SET status = 'cancelled', cancel_requested = true,
+                 reason = 'cancelled while queued', finished_at = $2
+             WHERE id = $1::uuid AND status = 'queued'
+             RETURNING {COLUMNS}"
+        ))
+        .bind(id.to_string())
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        if let Some(row) = queued {
+            return Ok(CancelOutcome::Cancelled(row_to_job(&row)?));
+        }
+        let running = sqlx::query(&format!(
+            "UPDATE jobs SET cancel_requested = true WHERE id = $1::uuid AND status = 'running'
+             RETURNING {COLUMNS}"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        if let Some(row) = running {
+            return Ok(CancelOutcome::Requested(row_to_job(&row)?));
+        }
+        // Neither queued nor running: finished (or gone).
+        Ok(CancelOutcome::AlreadyFinished(
+            self.load(&self.pool, id).await?,
+        ))
+    }
+
+    async fn reap_expired(&self, expired_before: Millis, now: Millis) -> Result<Vec<Reaped>> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        // SKIP LOCKED: two replicas reaping at once split the expired jobs between them.
+        let rows = sqlx::query(
+            "WITH expired AS (
+                 SELECT id FROM jobs
+                 WHERE status = 'running' AND lease_expires_at < $1
+                 ORDER BY id FOR UPDATE SKIP LOCKED)
+             UPDATE jobs j SET
+                 status = CASE WHEN j.attempts < j.max_attempts THEN 'queued' ELSE 'error' END,
+                 reason = CASE WHEN j.attempts < j.max_attempts THEN j.reason
+                               ELSE 'worker_lost' END,
+                 finished_at = CASE WHEN j.attempts < j.max_attempts THEN NULL ELSE $2 END,
+                 started_at = CASE WHEN j.attempts < j.max_attempts THEN NULL
+                                   ELSE j.started_at END,
+                 stdout_bytes = CASE WHEN j.attempts < j.max_attempts THEN 0
+                                     ELSE j.stdout_bytes END,
+                 stderr_bytes = CASE WHEN j.attempts < j.max_attempts THEN 0
+                                     ELSE j.stderr_bytes END,
+                 log_truncated = CASE WHEN j.attempts < j.max_attempts THEN false
+                                      ELSE j.log_truncated END,
+                 lease_owner = NULL, lease_expires_at = NULL
+             FROM expired WHERE j.id = expired.id
+             RETURNING j.id::text, j.status",
+        )
+        .bind(expired_before)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let mut reaped = Vec::with_capacity(rows.len());
+        let mut requeued = Vec::new();
+        for row in rows {
+            let id: String = row.try_get(0).map_err(backend)?;
+            let status: String = row.try_get(1).map_err(backend)?;
+            let job_id: JobId = id.parse().map_err(|e| corrupt("job id", e))?;
+            let now = JobStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?;
+            if now == JobStatus::Queued {
+                requeued.push(id);
+            }
+            reaped.push(Reaped { job_id, now });
+        }
+        if !requeued.is_empty() {
+            // The next attempt writes its logs from offset 0.
+            sqlx::query("DELETE FROM log_chunks WHERE job_id = ANY($1::uuid[])")
+                .bind(&requeued)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        reaped.sort_by_key(|r| r.job_id);
+        Ok(reaped)
+    }
+
+    async fn read_log(
+        &self,
+        id: JobId,
+        stream: LogStream,
+        offset: u64,
+        max: usize,
+    ) -> Result<Vec<u8>> {
+        let rows = sqlx::query(
+            "SELECT \"offset\", data FROM log_chunks
+             WHERE job_id = $1::uuid AND stream = $2 AND \"offset\" + length(data) > $3
+             ORDER BY \"offset\"",
+        )
+        .bind(id.to_string())
+        .bind(stream_code(stream))
+        .bind(offset as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let start: i64 = row.try_get(0).map_err(backend)?;
+            let data: &[u8] = row.try_get(1).map_err(backend)?;
+            let skip = (offset as i64 - start).max(0) as usize;
+            let take = (max - out.len()).min(data.len().saturating_sub(skip));
+            out.extend_from_slice(&data[skip..skip + take]);
+            if out.len() >= max {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,284 @@
+//! While a job runs: start it, pump its output into the log under the output cap, keep the
+//! lease alive, and answer cancellation, shutdown and a lost lease.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+use tokio_util::sync::CancellationToken;
+use warden_core::Limits;
+use warden_sandbox::{ExitReport, JobControl, Tier};
+use warden_store::{Lease, LogStream, StoreError, now_millis};
+
+use super::JobSignals;
+use super::prepare::Prepared;
+use super::verdict::{Refusal, RunEnd};
+use crate::shared::Shared;
+
+/// What the run left for the record.
+#[derive(Clone, Default)]
+pub(super) struct ExecInfo {
+    pub report: Option<ExitReport>,
+    /// What enforced each limit.
+    pub limits: BTreeMap<String, String>,
+    pub log_bytes: (u64, u64),
+}
+
+/// How a started job ended: its report and how the watch over it ended, or why it could not
+/// be started or supervised.
+pub(super) type Executed = Result<(ExitReport, RunEnd), Refusal>;
+
+pub(super) async fn execute(
+    shared: &Shared,
+    lease: &Lease,
+    prepared: Prepared,
+    signals: &JobSignals,
+) -> (Executed, ExecInfo) {
+    let Prepared { spec, job_type } = prepared;
+    let mut info = ExecInfo {
+        limits: limit_enforcement(&job_type.limits, spec.isolation.tier()),
+        ..ExecInfo::default()
+    };
+    let execution = match shared.executor.start(spec).await {
+        Ok(e) => e,
+        Err(e) => {
+            let refusal = Refusal::new("sandbox_setup_failed", format!("start: {e}"));
+            return (Err(refusal), info);
+        }
+    };
+    let output = Arc::new(OutputBudget::new(job_type.limits.output_bytes()));
+    let pumps = [
+        (LogStream::Stdout, execution.stdout),
+        (LogStream::Stderr, execution.stderr),
+    ]
+    .map(|(stream, reader)| {
+        tokio::spawn(pump(
+            shared.clone(),
+            lease.clone(),
+            stream,
+            reader,
+            output.clone(),
+        ))
+    });
+    let control = execution.job.control.clone();
+    let (report, mut end) = watch(
+        shared,
+        lease,
+        signals,
+        &control,
+        &output,
+        execution.job.wait(),
+    )
+    .await;
+    let [out, err] = pumps;
+    info.log_bytes = (out.await.unwrap_or(0), err.await.unwrap_or(0));
+    end.output_truncated = output.exceeded.is_cancelled();
+    let mut report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            let refusal = Refusal::new("sandbox_setup_failed", format!("supervisor: {e}"));
+            return (Err(refusal), info);
+        }
+    };
+    if report.enforcement.is_empty() {
+        report.enforcement = info.limits.clone();
+    } else {
+        info.limits = report.enforcement.clone();
+    }
+    info.report = Some(report.clone());
+    (Ok((report, end)), info)
+}
+
+/// Waits for the job's report, heartbeating the lease and steering the job meanwhile.
+async fn watch(
+    shared: &Shared,
+    lease: &Lease,
+    signals: &JobSignals,
+    control: &JobControl,
+    output: &OutputBudget,
+    wait: impl Future<Output = Result<ExitReport, warden_sandbox::SandboxError>>,
+) -> (Result<ExitReport, warden_sandbox::SandboxError>, RunEnd) {
+    tokio::pin!(wait);
+    let mut heartbeat = tokio::time::interval(shared.worker.heartbeat_every());
+    heartbeat.tick().await;
+    let mut end = RunEnd::default();
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    let report = loop {
+        let grace = async {
+            match kill_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            report = &mut wait => break report,
+            _ = heartbeat.tick() => {
+                match shared.coordinator.heartbeat(lease, shared.worker.lease_ms, now_millis()).await {
+                    Ok(reply) if reply.cancel_requested && !end.cancelled => signals.cancel.cancel(),
+                    Ok(_) => {}
+                    Err(StoreError::LeaseLost(_)) => {
+                        end.lease_lost = true;
+                        control.kill().await;
+                    }
+                    Err(e) => tracing::warn!(job = %lease.job_id, error = %e, "heartbeat failed"),
+                }
+            }
+            _ = signals.cancel.cancelled(), if !end.cancelled => {
+                end.cancelled = true;
+                control.terminate().await;
+                kill_at = Some(tokio::time::Instant::now() + shared.worker.cancel_grace);
+            }
+            _ = grace => {
+                kill_at = None;
+                control.kill().await;
+            }
+            _ = signals.shutdown.cancelled(), if !end.shutting_down => {
+                end.shutting_down = true;
+                control.kill().await;
+            }
+            _ = output.exceeded.cancelled(), if !output.killed.swap(true, Ordering::SeqCst) => {
+                control.kill().await;
+            }
+        }
+    };
+    (report, end)
+}
+
+/// Which mechanism enforces each limit under the given tier, for the record. (A sandboxed
+/// job's supervisor reports its own, which replaces this.)
+fn limit_enforcement(limits: &Limits, tier: Tier) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    m.insert("wall_time".into(), "supervisor".into());
+    m.insert("output_bytes".into(), "worker".into());
+    m.insert("core_dumps".into(), "rlimit (off)".into());
+    let rl = |on: bool| if on { "rlimit" } else { "not set" }.to_string();
+    m.insert("cpu_time".into(), rl(limits.cpu_s.is_some()));
+    m.insert("file_size".into(), rl(limits.file_size_mb.is_some()));
+    m.insert("open_files".into(), rl(limits.open_files.is_some()));
+    if tier == Tier::UnsafeFallback {
+        for (name, set) in [
+            ("memory", limits.memory_mb.is_some()),
+            ("pids", limits.pids.is_some()),
+            ("tmpfs", limits.tmpfs_mb.is_some()),
+        ] {
+            if set {
+                m.insert(
+                    name.into(),
+                    "not enforced (unsafe_fallback: no sandbox)".into(),
+                );
+            }
+        }
+    }
+    m
+}
+
+/// The output cap shared by a job's two streams.
+struct OutputBudget {
+    limit: u64,
+    used: AtomicU64,
+    exceeded: CancellationToken,
+    killed: AtomicBool,
+}
+
+impl OutputBudget {
+    fn new(limit: u64) -> OutputBudget {
+        OutputBudget {
+            limit,
+            used: AtomicU64::new(0),
+            exceeded: CancellationToken::new(),
+            killed: AtomicBool::new(false),
+        }
+    }
+
+    /// How many of `n` new bytes may still be kept.
+    fn admit(&self, n: usize) -> usize {
+        let before = self.used.fetch_add(n as u64, Ordering::SeqCst);
+        let left = self.limit.saturating_sub(before);
+        let keep = left.min(n as u64) as usize;
+        if keep < n {
+            self.exceeded.cancel();
+        }
+        keep
+    }
+}
+
+/// Copies one stream into the log, chunk by chunk, until the job's tree closes it. Returns the
+/// number of bytes stored.
+async fn pump(
+    shared: Shared,
+    lease: Lease,
+    stream: LogStream,
+    mut reader: pipe::Receiver,
+    budget: Arc<OutputBudget>,
+) -> u64 {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut offset = 0u64;
+    let mut writing = true;
+    loop {
+        let n = match reader.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(job = %lease.job_id, error = %e, "reading job output failed");
+                break;
+            }
+        };
+        // Past the cap or after a failed write, keep draining so the job never blocks on a full
+        // pipe before it is killed.
+        if !writing {
+            continue;
+        }
+        let keep = budget.admit(n);
+        if keep == 0 {
+            writing = false;
+            continue;
+        }
+        match shared
+            .coordinator
+            .append_log(&lease, stream, offset, &buf[..keep])
+            .await
+        {
+            Ok(()) => {
+                offset += keep as u64;
+                shared.events.job_changed(lease.job_id);
+            }
+            Err(e) => {
+                tracing::warn!(job = %lease.job_id, error = %e, "log append failed");
+                writing = false;
+            }
+        }
+        if keep < n {
+            writing = false;
+        }
+    }
+    offset
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_output_budget_keeps_exactly_the_cap() {
+        let b = OutputBudget::new(10);
+        assert_eq!(b.admit(6), 6);
+        assert!(!b.exceeded.is_cancelled());
+        assert_eq!(b.admit(6), 4);
+        assert!(b.exceeded.is_cancelled());
+        assert_eq!(b.admit(1), 0);
+    }
+
+    #[test]
+    fn fallback_records_what_it_cannot_enforce() {
+        let limits = Limits {
+            memory_mb: Some(warden_core::config::Positive(64)),
+            ..Limits::default()
+        };
+        let m = limit_enforcement(&limits, Tier::UnsafeFallback);
+        assert_eq!(m["memory"], "not enforced (unsafe_fallback: no sandbox)");
+        assert!(!m.contains_key("pids"));
+        assert!(!limit_enforcement(&limits, Tier::Sandbox).contains_key("memory"));
+    }
+}

@@ -1,0 +1,328 @@
+//! One job, from claim to completion, in parts: [`prepare`] (may it run here; its directories
+//! and spawn spec), [`execute`] (run it under the lease), the clean-tree proof, [`verdict`]
+//! (how it ended, decided from facts alone) and [`record`] (`artifact.json`, the completion).
+
+mod execute;
+mod prepare;
+mod record;
+mod verdict;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use warden_api::Invariants;
+use warden_repo::Checkout;
+use warden_sandbox::Tier;
+use warden_store::{Claimed, Completion, JobRecord, Lease, StoreError, now_millis};
+
+use self::execute::{ExecInfo, execute};
+use self::prepare::prepare;
+use self::record::{RecordInput, artifact_record, resources};
+use self::verdict::{Outcome, Proof, Refusal, apply_proof, verdict};
+use crate::artifact::{CheckoutSummary, write_artifact_json};
+use crate::shared::Shared;
+
+/// Signals the pool can send to a running job.
+#[derive(Clone, Default)]
+pub(crate) struct JobSignals {
+    /// The caller cancelled it: SIGTERM, grace, SIGKILL; ends `cancelled`.
+    pub cancel: CancellationToken,
+    /// warden is stopping and the grace period is over: kill it and give it back to the queue.
+    pub shutdown: CancellationToken,
+}
+
+/// Filesystem work runs on the blocking pool: it must never stall the runtime's few threads
+/// (an fsync on a worker thread stalls every request that thread serves).
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// How waiting for something before the job starts ended.
+#[allow(clippy::large_enum_variant)]
+enum Waited<T> {
+    Done(T),
+    Stopped(Outcome),
+}
+
+/// Waits for `work` (a fetch and checkout, which can take minutes) while keeping the lease
+/// alive and answering cancellation and shutdown.
+async fn under_lease<T>(
+    shared: &Shared,
+    lease: &Lease,
+    signals: &JobSignals,
+    work: impl Future<Output = T>,
+) -> Waited<T> {
+    tokio::pin!(work);
+    let mut heartbeat = tokio::time::interval(shared.worker.heartbeat_every());
+    heartbeat.tick().await;
+    loop {
+        tokio::select! {
+            done = &mut work => return Waited::Done(done),
+            _ = heartbeat.tick() => {
+                match shared.coordinator.heartbeat(lease, shared.worker.lease_ms, now_millis()).await {
+                    Ok(reply) if reply.cancel_requested => signals.cancel.cancel(),
+                    Ok(_) => {}
+                    Err(StoreError::LeaseLost(_)) => return Waited::Stopped(Outcome::Abandon),
+                    Err(e) => tracing::warn!(job = %lease.job_id, error = %e, "heartbeat failed"),
+                }
+            }
+            _ = signals.cancel.cancelled() => {
+                return Waited::Stopped(Outcome::ended(warden_api::JobStatus::Cancelled, "cancelled"));
+            }
+            _ = signals.shutdown.cancelled() => return Waited::Stopped(Outcome::Release),
+        }
+    }
+}
+
+/// The job's worktree, fetched and checked out (or found in the cache) under the lease.
+async fn check_out(
+    shared: &Shared,
+    job: &JobRecord,
+    lease: &Lease,
+    signals: &JobSignals,
+) -> Result<Option<Arc<Checkout>>, Outcome> {
+    let Some(name) = &job.repo_name else {
+        return Ok(None);
+    };
+    // The operator's allowlist is the truth, not the submission: the same rule the service
+    // applied, against this worker's configuration.
+    let remote = shared
+        .config
+        .run_remote(&job.job_type, name, job.remote_url.as_deref())
+        .map_err(|e| Outcome::refused(&Refusal::new("repo_not_allowed", e.to_string())))?;
+    let Some(sha) = &job.sha else {
+        return Err(Outcome::refused(&Refusal::new(
+            "invalid_ref",
+            "the job names a repository but no commit",
+        )));
+    };
+    match under_lease(shared, lease, signals, shared.repos.checkout(&remote, sha)).await {
+        Waited::Done(Ok(co)) => {
+            tracing::info!(job = %job.id, hit = co.hit, took_ms = co.took.as_millis() as u64, "worktree ready");
+            Ok(Some(Arc::new(co)))
+        }
+        Waited::Done(Err(e)) => Err(Outcome::refused(&Refusal::from(e))),
+        Waited::Stopped(outcome) => Err(outcome),
+    }
+}
+
+pub(crate) async fn run_job(shared: &Shared, claimed: Claimed, signals: JobSignals) {
+    let Claimed { job, lease } = claimed;
+    let started_ms = job.started_at.unwrap_or_else(now_millis);
+    let (outcome, info, checkout, invariants) = match check_out(shared, &job, &lease, &signals)
+        .await
+    {
+        Err(outcome) => (outcome, None, None, None),
+        Ok(checkout) => {
+            let preparing = (shared.clone(), job.clone(), checkout.clone());
+            let prepared =
+                blocking(move || prepare(&preparing.0, &preparing.1, preparing.2.as_deref())).await;
+            match prepared {
+                Err(refusal) => {
+                    // It never ran: the commit's tree is known, nothing about it was proven.
+                    let inv = checkout.as_ref().map(|co| Invariants {
+                        tree: Some(co.tree_id().to_string()),
+                        ..Invariants::default()
+                    });
+                    (Outcome::refused(&refusal), None, checkout, inv)
+                }
+                Ok(prepared) => {
+                    let (executed, info) = execute(shared, &lease, prepared, &signals).await;
+                    // The proof: whatever the job did or how it ended, the tree it saw must
+                    // still be the commit.
+                    let (proof, inv) = match &checkout {
+                        Some(co) => {
+                            let (proof, inv) = prove(shared, &job, co).await;
+                            (proof, Some(inv))
+                        }
+                        None => (Proof::NotMade, None),
+                    };
+                    let outcome = match executed {
+                        Ok((report, end)) => verdict(&report, end, &proof),
+                        Err(refusal) => apply_proof(Outcome::refused(&refusal), &proof),
+                    };
+                    (outcome, Some(info), checkout, inv)
+                }
+            }
+        }
+    };
+    finish(
+        shared, &job, &lease, outcome, invariants, info, &checkout, started_ms,
+    )
+    .await;
+    // The job's hold on its tree ends here (a tainted tree is deleted with its last user).
+    drop(checkout);
+    shared.events.job_changed(job.id);
+}
+
+/// Runs the clean-tree proof after a job and records it; a tree that differs or cannot be
+/// proven is taken out of the cache.
+async fn prove(shared: &Shared, job: &JobRecord, co: &Checkout) -> (Proof, Invariants) {
+    let mut inv = Invariants {
+        // Sandboxed, the worktree is a read-only bind checked from inside before the job
+        // starts (setup fails otherwise); unsandboxed, nothing stops the job writing.
+        read_only_ok: Some(shared.executor.tier() == Tier::Sandbox),
+        clean_tree_ok: None,
+        tree: Some(co.tree_id().to_string()),
+        ..Invariants::default()
+    };
+    let proof = match shared.repos.cache.verify(co).await {
+        Ok(proof) if proof.clean => {
+            inv.clean_tree_ok = Some(true);
+            Proof::Clean
+        }
+        Ok(proof) => {
+            shared.repos.cache.taint(co);
+            tracing::error!(job = %job.id, changed = proof.changed_count, "worktree mutated");
+            inv.clean_tree_ok = Some(false);
+            inv.changed_count = proof.changed_count as u64;
+            inv.changed_paths = proof.changed.clone();
+            Proof::Changed {
+                count: proof.changed_count,
+                shown: proof
+                    .changed
+                    .iter()
+                    .take(5)
+                    .map(|p| format!("{p:?}"))
+                    .collect(),
+                sha: co.sha().to_string(),
+            }
+        }
+        Err(e) => {
+            shared.repos.cache.taint(co);
+            tracing::error!(job = %job.id, error = %e, "clean-tree proof failed");
+            Proof::Failed(e.to_string())
+        }
+    };
+    (proof, inv)
+}
+
+/// Cleans up, writes `artifact.json` and tells the coordinator how the job ended.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    shared: &Shared,
+    job: &JobRecord,
+    lease: &Lease,
+    outcome: Outcome,
+    invariants: Option<Invariants>,
+    info: Option<ExecInfo>,
+    checkout: &Option<Arc<Checkout>>,
+    started_ms: i64,
+) {
+    let id = job.id;
+    // Scratch space goes before the end is recorded: whoever sees the job finished sees it clean.
+    let scratch = shared.data.scratch(id);
+    blocking(move || {
+        let _ = std::fs::remove_dir_all(scratch);
+    })
+    .await;
+    let mut done = match outcome {
+        Outcome::Abandon => {
+            tracing::warn!(job = %id, "lease lost; another worker owns the job now");
+            return;
+        }
+        Outcome::Release => {
+            match shared.coordinator.release(lease).await {
+                Ok(()) => tracing::info!(job = %id, "job re-queued at shutdown"),
+                Err(e) => {
+                    tracing::warn!(job = %id, error = %e, "could not give the job back to the queue")
+                }
+            }
+            return;
+        }
+        Outcome::Complete(done) => done,
+    };
+    done.invariants = invariants;
+    done.resources = resources(info.as_ref());
+    let finished_ms = now_millis();
+    let summary = checkout.as_ref().map(|co| CheckoutSummary {
+        cache_hit: co.hit,
+        ms: co.took.as_millis() as u64,
+        files: co.files(),
+        bytes: co.bytes(),
+    });
+    if let Err(e) = write_record(shared, job, &done, started_ms, finished_ms, info, summary).await {
+        tracing::error!(job = %id, error = %e, "could not write artifact.json");
+        done.warnings.push("ARTIFACT_JSON_WRITE_FAILED".into());
+    }
+    match shared.coordinator.complete(lease, done, finished_ms).await {
+        Ok(rec) => tracing::info!(job = %id, status = %rec.status, "job finished"),
+        Err(StoreError::LeaseLost(_)) => {
+            tracing::warn!(job = %id, "lease lost before completion was recorded")
+        }
+        Err(e) => tracing::error!(job = %id, error = %e, "could not record completion"),
+    }
+}
+
+async fn write_record(
+    shared: &Shared,
+    job: &JobRecord,
+    done: &Completion,
+    started_ms: i64,
+    finished_ms: i64,
+    info: Option<ExecInfo>,
+    checkout: Option<CheckoutSummary>,
+) -> std::io::Result<()> {
+    let (job, done, tier) = (job.clone(), done.clone(), shared.executor.tier());
+    let dir = shared.data.artifacts(job.id);
+    blocking(move || {
+        if !dir.is_dir() {
+            return Ok(());
+        }
+        let input = RecordInput {
+            job: &job,
+            done: &done,
+            started_ms,
+            finished_ms,
+            info: info.as_ref(),
+            tier,
+            checkout,
+        };
+        write_artifact_json(&dir, &artifact_record(input, &dir))
+    })
+    .await
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use warden_store::JobRecord;
+
+    /// A queued job with nothing set, for tests of the pure parts.
+    pub(crate) fn record() -> JobRecord {
+        JobRecord {
+            id: warden_core::JobId::new(),
+            tenant: "default".into(),
+            job_type: "t".into(),
+            repo_name: None,
+            remote_url: None,
+            sha: None,
+            git_ref: None,
+            params: Default::default(),
+            idempotency_key: None,
+            status: warden_api::JobStatus::Running,
+            reason: None,
+            exit_code: None,
+            signal: None,
+            attempts: 1,
+            max_attempts: 1,
+            cancel_requested: false,
+            unsafe_fallback: false,
+            warnings: Vec::new(),
+            created_at: 1_700_000_000_000,
+            started_at: None,
+            finished_at: None,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            log_truncated: false,
+            resources: None,
+            lease_owner: None,
+            lease_token: 0,
+            lease_expires_at: None,
+            enforcement: Default::default(),
+            invariants: None,
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! After a job: `artifact.json` and the completion the coordinator records.
+
+use std::path::Path;
+
+use warden_api::{JobStatus, ResourceUsage, rfc3339};
+use warden_sandbox::Tier;
+use warden_store::{Completion, JobRecord};
+
+use super::execute::ExecInfo;
+use crate::artifact::{ArtifactJson, CheckoutSummary, LogSummary, Timings};
+use crate::artifact_dir;
+
+/// What the record is made of, besides the job and its completion.
+pub(super) struct RecordInput<'a> {
+    pub job: &'a JobRecord,
+    pub done: &'a Completion,
+    pub started_ms: i64,
+    pub finished_ms: i64,
+    pub info: Option<&'a ExecInfo>,
+    pub tier: Tier,
+    pub checkout: Option<CheckoutSummary>,
+}
+
+/// The resources the supervisor measured, for the completion.
+pub(super) fn resources(info: Option<&ExecInfo>) -> Option<ResourceUsage> {
+    info.and_then(|i| i.report.as_ref()).map(|r| ResourceUsage {
+        wall_ms: r.wall_ms,
+        user_cpu_ms: r.user_cpu_ms,
+        system_cpu_ms: r.system_cpu_ms,
+        max_rss_kb: r.max_rss_kb,
+        peak_memory_bytes: r.peak_memory_bytes,
+    })
+}
+
+/// `artifact.json` for a finished job whose artifact directory is `dir`.
+pub(super) fn artifact_record(input: RecordInput<'_>, dir: &Path) -> ArtifactJson {
+    let RecordInput {
+        job,
+        done,
+        started_ms,
+        finished_ms,
+        info,
+        tier,
+        checkout,
+    } = input;
+    let (stdout_bytes, stderr_bytes) = info.map(|i| i.log_bytes).unwrap_or_default();
+    ArtifactJson {
+        job_id: job.id.to_string(),
+        job_type: job.job_type.clone(),
+        tenant: job.tenant.clone(),
+        repo: job.repo_name.clone(),
+        remote_url: job.remote_url.clone(),
+        sha: job.sha.clone(),
+        params: job.params.clone(),
+        status: done.status.unwrap_or(JobStatus::Error),
+        reason: done.reason.clone(),
+        exit_code: done.exit_code,
+        signal: done.signal,
+        attempt: job.attempts,
+        timings: Timings {
+            created_at: rfc3339(job.created_at),
+            started_at: Some(rfc3339(started_ms)),
+            finished_at: rfc3339(finished_ms),
+            queue_ms: (started_ms - job.created_at).max(0) as u64,
+            wall_ms: done.resources.as_ref().map(|r| r.wall_ms).unwrap_or(0),
+        },
+        resources: done.resources.clone(),
+        limits: info.map(|i| i.limits.clone()).unwrap_or_default(),
+        invariants: done.invariants.clone().unwrap_or_default(),
+        git_ref: job.git_ref.clone(),
+        checkout,
+        isolation: tier.as_str().into(),
+        unsafe_fallback: tier == Tier::UnsafeFallback,
+        warnings: done.warnings.clone(),
+        log: LogSummary {
+            stdout_bytes,
+            stderr_bytes,
+            truncated: done.log_truncated,
+        },
+        outputs: outputs(dir),
+    }
+}
+
+/// Relative paths of the regular files the job left, never following links; `artifact.json`
+/// itself excluded.
+fn outputs(dir: &Path) -> Vec<String> {
+    artifact_dir::regular_files(dir)
+        .into_iter()
+        .filter(|p| p != Path::new("artifact.json"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_record_says_what_ran_and_how() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("out")).unwrap();
+        std::fs::write(dir.path().join("out/a.txt"), "x").unwrap();
+        std::fs::write(dir.path().join("artifact.json"), "{}").unwrap();
+        let job = crate::run::tests::record();
+        let done = Completion {
+            status: Some(JobStatus::Failed),
+            reason: Some("exit_code: 2".into()),
+            exit_code: Some(2),
+            ..Completion::default()
+        };
+        let info = ExecInfo {
+            log_bytes: (10, 20),
+            ..ExecInfo::default()
+        };
+        let rec = artifact_record(
+            RecordInput {
+                job: &job,
+                done: &done,
+                started_ms: job.created_at + 1500,
+                finished_ms: job.created_at + 2000,
+                info: Some(&info),
+                tier: Tier::UnsafeFallback,
+                checkout: None,
+            },
+            dir.path(),
+        );
+        assert_eq!(rec.status, JobStatus::Failed);
+        assert_eq!(rec.reason.as_deref(), Some("exit_code: 2"));
+        assert_eq!(rec.timings.queue_ms, 1500);
+        assert_eq!((rec.log.stdout_bytes, rec.log.stderr_bytes), (10, 20));
+        assert_eq!(rec.isolation, "unsafe_fallback");
+        assert!(rec.unsafe_fallback);
+        assert_eq!(rec.outputs, ["out/a.txt"]);
+    }
+}

@@ -1,0 +1,349 @@
+//! How a job ended, decided from facts alone: what the supervisor reported, how the run loop
+//! ended, and the clean-tree proof. Pure, so that every status and reason is unit-tested.
+
+use warden_api::JobStatus;
+use warden_repo::RepoError;
+use warden_sandbox::{ExitReport, KilledBy};
+use warden_store::Completion;
+
+/// Why a job was refused before it ran (or could not be started): a machine-readable code and
+/// a message that says what to fix. Recorded as the reason `<code>: <message>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn reason(&self) -> String {
+        format!("{}: {}", self.code, self.message)
+    }
+}
+
+impl From<RepoError> for Refusal {
+    fn from(e: RepoError) -> Refusal {
+        let text = e.to_string();
+        let message = text
+            .strip_prefix(&format!("{}: ", e.code()))
+            .unwrap_or(&text)
+            .to_string();
+        Refusal::new(e.code(), message)
+    }
+}
+
+/// What to tell the coordinator at the end. (One per job, moved a few times: its size does
+/// not matter.)
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Outcome {
+    Complete(Completion),
+    /// Back to the queue (shutdown): the attempt does not count.
+    Release,
+    /// The lease was lost: someone else owns the job now; say nothing.
+    Abandon,
+}
+
+impl Outcome {
+    pub fn ended(status: JobStatus, reason: impl Into<String>) -> Outcome {
+        Outcome::Complete(Completion {
+            status: Some(status),
+            reason: Some(reason.into()),
+            ..Completion::default()
+        })
+    }
+
+    pub fn refused(r: &Refusal) -> Outcome {
+        Outcome::ended(JobStatus::Error, r.reason())
+    }
+}
+
+/// How the worker's watch over a running job ended, beside the supervisor's report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct RunEnd {
+    pub cancelled: bool,
+    pub shutting_down: bool,
+    pub lease_lost: bool,
+    /// The output cap was reached (the job was killed for it).
+    pub output_truncated: bool,
+}
+
+/// The clean-tree proof of a job that ran on a repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Proof {
+    /// No repository, or the job never ran.
+    NotMade,
+    Clean,
+    Changed {
+        count: usize,
+        /// A few changed paths, for the reason.
+        shown: Vec<String>,
+        sha: String,
+    },
+    /// The proof could not be made: fail closed.
+    Failed(String),
+}
+
+/// The job's end from the supervisor's report and the run loop, then the proof over it.
+pub(crate) fn verdict(report: &ExitReport, end: RunEnd, proof: &Proof) -> Outcome {
+    apply_proof(exit_verdict(report, end), proof)
+}
+
+fn exit_verdict(report: &ExitReport, end: RunEnd) -> Outcome {
+    if let Some(err) = &report.setup_error {
+        return Outcome::refused(&Refusal::new("sandbox_setup_failed", err.clone()));
+    }
+    let ended_by_kill = report.killed_by.is_some();
+    let mut warnings = Vec::new();
+    let (status, reason) = if end.lease_lost {
+        return Outcome::Abandon;
+    } else if end.cancelled {
+        (JobStatus::Cancelled, Some("cancelled".to_string()))
+    } else if end.shutting_down && ended_by_kill {
+        return Outcome::Release;
+    } else if end.output_truncated {
+        (JobStatus::Failed, Some("output_limit".to_string()))
+    } else if report.killed_by == Some(KilledBy::Timeout) {
+        (JobStatus::TimedOut, Some("timed_out".to_string()))
+    } else if report.exit_code == Some(0) {
+        if let Some(limit) = &report.limit_hit {
+            // It hit a limit (e.g. a fork failed at pids.max) and still succeeded.
+            warnings.push(format!("{}_HIT", limit.to_uppercase()));
+        }
+        (JobStatus::Succeeded, None)
+    } else if let Some(limit) = &report.limit_hit {
+        (JobStatus::Failed, Some(limit.clone()))
+    } else if let Some(sig) = report.signal {
+        (JobStatus::Failed, Some(format!("signal: {sig}")))
+    } else {
+        (
+            JobStatus::Failed,
+            Some(format!("exit_code: {}", report.exit_code.unwrap_or(-1))),
+        )
+    };
+    Outcome::Complete(Completion {
+        status: Some(status),
+        reason,
+        exit_code: report.exit_code,
+        signal: report.signal,
+        warnings,
+        log_truncated: end.output_truncated,
+        enforcement: report.enforcement.clone(),
+        ..Completion::default()
+    })
+}
+
+/// Whatever the job did or how it ended, the tree it saw must still be the commit: a
+/// difference ends it `mutation_detected`, a proof that cannot be made `error`.
+pub(crate) fn apply_proof(mut outcome: Outcome, proof: &Proof) -> Outcome {
+    let (status, reason) = match proof {
+        Proof::NotMade | Proof::Clean => return outcome,
+        Proof::Changed { count, shown, sha } => (
+            JobStatus::MutationDetected,
+            format!(
+                "mutation_detected: {count} path(s) differ from commit {sha}: {}{}",
+                shown.join(", "),
+                if *count > shown.len() { ", ..." } else { "" }
+            ),
+        ),
+        Proof::Failed(e) => (JobStatus::Error, e.clone()),
+    };
+    if let Outcome::Complete(done) = &mut outcome {
+        done.status = Some(status);
+        done.reason = Some(reason);
+    }
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(exit: Option<i32>, signal: Option<i32>) -> ExitReport {
+        ExitReport {
+            exit_code: exit,
+            signal,
+            ..ExitReport::default()
+        }
+    }
+
+    fn with(mut r: ExitReport, f: impl FnOnce(&mut ExitReport)) -> ExitReport {
+        f(&mut r);
+        r
+    }
+
+    /// `(status, reason, warnings)`, or `release` / `abandon`.
+    fn shape(o: &Outcome) -> String {
+        match o {
+            Outcome::Release => "release".into(),
+            Outcome::Abandon => "abandon".into(),
+            Outcome::Complete(c) => format!(
+                "{} {} {:?}",
+                c.status.map(|s| s.as_str()).unwrap_or("-"),
+                c.reason.as_deref().unwrap_or("-"),
+                c.warnings
+            ),
+        }
+    }
+
+    #[test]
+    fn every_status_and_reason() {
+        let ok = report(Some(0), None);
+        let killed = |by| with(report(None, Some(9)), |r| r.killed_by = Some(by));
+        let end = RunEnd::default();
+        let cancelled = RunEnd {
+            cancelled: true,
+            ..end
+        };
+        let stopping = RunEnd {
+            shutting_down: true,
+            ..end
+        };
+        let lost = RunEnd {
+            lease_lost: true,
+            ..end
+        };
+        let capped = RunEnd {
+            output_truncated: true,
+            ..end
+        };
+        let changed = Proof::Changed {
+            count: 7,
+            shown: vec!["\"a\"".into(), "\"b\"".into()],
+            sha: "abc".into(),
+        };
+        let failed = Proof::Failed("clean_tree_proof_failed: git status: exit 128".into());
+        let setup = with(ok.clone(), |r| {
+            r.setup_error = Some("mount /work: EPERM".into())
+        });
+        let table: &[(&ExitReport, RunEnd, &Proof, &str)] = &[
+            (&ok, end, &Proof::NotMade, "succeeded - []"),
+            (&ok, end, &Proof::Clean, "succeeded - []"),
+            (
+                &report(Some(3), None),
+                end,
+                &Proof::NotMade,
+                "failed exit_code: 3 []",
+            ),
+            (
+                &report(None, Some(11)),
+                end,
+                &Proof::NotMade,
+                "failed signal: 11 []",
+            ),
+            (
+                &report(None, None),
+                end,
+                &Proof::NotMade,
+                "failed exit_code: -1 []",
+            ),
+            (
+                &killed(KilledBy::Timeout),
+                end,
+                &Proof::NotMade,
+                "timed_out timed_out []",
+            ),
+            (
+                &killed(KilledBy::Request),
+                cancelled,
+                &Proof::NotMade,
+                "cancelled cancelled []",
+            ),
+            (
+                &killed(KilledBy::Request),
+                capped,
+                &Proof::NotMade,
+                "failed output_limit []",
+            ),
+            (
+                &killed(KilledBy::Request),
+                stopping,
+                &Proof::NotMade,
+                "release",
+            ),
+            // Shutting down, but the job ended on its own first: its own end counts.
+            (&ok, stopping, &Proof::NotMade, "succeeded - []"),
+            (&killed(KilledBy::Request), lost, &Proof::NotMade, "abandon"),
+            (
+                &with(report(None, Some(9)), |r| {
+                    r.limit_hit = Some("memory_limit".into())
+                }),
+                end,
+                &Proof::NotMade,
+                "failed memory_limit []",
+            ),
+            (
+                &with(ok.clone(), |r| r.limit_hit = Some("pids_limit".into())),
+                end,
+                &Proof::NotMade,
+                "succeeded - [\"PIDS_LIMIT_HIT\"]",
+            ),
+            (
+                &setup,
+                end,
+                &Proof::NotMade,
+                "error sandbox_setup_failed: mount /work: EPERM []",
+            ),
+            // The proof overrides whatever the job's own end was.
+            (
+                &ok,
+                end,
+                &changed,
+                "mutation_detected mutation_detected: 7 path(s) differ from commit abc: \"a\", \"b\", ... []",
+            ),
+            (
+                &report(Some(1), None),
+                end,
+                &failed,
+                "error clean_tree_proof_failed: git status: exit 128 []",
+            ),
+            (
+                &killed(KilledBy::Request),
+                cancelled,
+                &changed,
+                "mutation_detected mutation_detected: 7 path(s) differ from commit abc: \"a\", \"b\", ... []",
+            ),
+            // ... but not a lease someone else holds now, nor a job going back to the queue.
+            (&killed(KilledBy::Request), lost, &changed, "abandon"),
+            (&killed(KilledBy::Request), stopping, &changed, "release"),
+        ];
+        for (i, (report, end, proof, want)) in table.iter().enumerate() {
+            assert_eq!(shape(&verdict(report, *end, proof)), *want, "row {i}");
+        }
+    }
+
+    #[test]
+    fn a_completion_carries_the_report_facts() {
+        let r = ExitReport {
+            exit_code: Some(0),
+            enforcement: [("memory".to_string(), "cgroup v1 (no swap)".to_string())].into(),
+            ..ExitReport::default()
+        };
+        let capped = RunEnd {
+            output_truncated: true,
+            ..RunEnd::default()
+        };
+        let Outcome::Complete(c) = verdict(&r, capped, &Proof::Clean) else {
+            panic!("not complete");
+        };
+        assert!(c.log_truncated);
+        assert_eq!(c.exit_code, Some(0));
+        assert_eq!(c.enforcement["memory"], "cgroup v1 (no swap)");
+    }
+
+    #[test]
+    fn repository_errors_keep_their_code() {
+        let r = Refusal::from(RepoError::FetchTimeout(600));
+        assert_eq!(r.code, "fetch_timeout");
+        assert_eq!(
+            r.reason(),
+            "fetch_timeout: fetching took longer than 600 s (git.fetch_timeout_s)"
+        );
+    }
+}

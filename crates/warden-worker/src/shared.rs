@@ -1,0 +1,52 @@
+//! What every slot of a worker pool shares.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use warden_core::Config;
+use warden_repo::Repos;
+
+use crate::{Coordinator, DataDir, Events, Executor};
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Names this worker in leases.
+    pub worker_id: String,
+    pub slots: usize,
+    pub lease_ms: i64,
+    pub cancel_grace: Duration,
+    /// How often an idle slot looks for work when nobody wakes it.
+    pub idle_poll: Duration,
+    /// Claim only these job types (those this worker's labels qualify it for); `None`: any.
+    pub job_types: Option<Vec<String>>,
+}
+
+impl WorkerConfig {
+    pub fn from_config(config: &Config) -> WorkerConfig {
+        WorkerConfig {
+            worker_id: format!("embedded-{}", uuid::Uuid::now_v7().simple()),
+            slots: config.slots.get() as usize,
+            lease_ms: (config.lease_s.get() as i64).saturating_mul(1000),
+            cancel_grace: Duration::from_secs(config.cancel_grace_s.get()),
+            idle_poll: Duration::from_millis(500),
+            job_types: None,
+        }
+    }
+
+    /// Heartbeats go out three times per lease, so one lost beat never costs the lease.
+    pub(crate) fn heartbeat_every(&self) -> Duration {
+        Duration::from_millis((self.lease_ms / 3).max(10) as u64)
+    }
+}
+
+/// What every slot shares.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub coordinator: Arc<dyn Coordinator>,
+    pub executor: Arc<dyn Executor>,
+    pub config: Arc<Config>,
+    pub data: DataDir,
+    pub events: Events,
+    pub worker: WorkerConfig,
+    pub repos: Arc<Repos>,
+}
