@@ -51,6 +51,11 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     echo "setup: installing cargo-nextest"
     cargo install cargo-nextest --locked
 fi
+# Licenses, bans and sources of every dependency (deny.toml), checked in CI.
+if ! cargo deny --version >/dev/null 2>&1; then
+    echo "setup: installing cargo-deny"
+    cargo install cargo-deny --locked
+fi
 # Benchmarks compare against bubblewrap and util-linux's unshare: only with --bench.
 if [ "${1:-}" = "--bench" ] && ! have bwrap; then
     if have apt-get && [ "$(id -u)" = 0 ]; then

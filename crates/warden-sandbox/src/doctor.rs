@@ -65,19 +65,39 @@ fn read_trim(path: &str) -> Option<String> {
 
 /// Every kernel feature warden's sandbox relies on.
 pub fn kernel_checks() -> Vec<Check> {
-    let mut out = Vec::new();
     // SAFETY: getuid has no arguments.
     let root = unsafe { libc::getuid() } == 0;
-    out.push(if root {
-        check("privileges", Status::Pass, "running as root: the sandbox builds mounts and cgroups as root", None)
+    let mut out = vec![privileges(root)];
+    out.extend(namespaces(root));
+    out.push(user_namespaces());
+    out.push(seccomp());
+    out.push(landlock());
+    out.push(cgroups());
+    out
+}
+
+fn privileges(root: bool) -> Check {
+    if root {
+        check(
+            "privileges",
+            Status::Pass,
+            "running as root: the sandbox builds mounts and cgroups as root",
+            None,
+        )
     } else {
         check(
             "privileges",
             Status::Fail,
             "not running as root: this version builds the sandbox as root",
-            Some("run `warden serve` as root (a systemd unit), or set unsafe_fallback: true to run jobs unsandboxed (recorded on every job)"),
+            Some(
+                "run `warden serve` as root (a systemd unit), or set unsafe_fallback: true to run jobs unsandboxed (recorded on every job)",
+            ),
         )
-    });
+    }
+}
+
+fn namespaces(root: bool) -> Vec<Check> {
+    let mut out = Vec::new();
     for (name, flag) in [
         ("namespace: user", libc::CLONE_NEWUSER),
         ("namespace: mount", libc::CLONE_NEWNS),
@@ -100,10 +120,14 @@ pub fn kernel_checks() -> Vec<Check> {
             Err(e) => check(name, Status::Fail, format!("unshare failed: {e}"), Some("enable the namespace in the kernel (CONFIG_*_NS) and check container/seccomp restrictions on the host")),
         });
     }
+    out
+}
+
+fn user_namespaces() -> Check {
     let userns_sysctl = read_trim("/proc/sys/kernel/unprivileged_userns_clone");
     let max_userns =
         read_trim("/proc/sys/user/max_user_namespaces").and_then(|s| s.parse::<u64>().ok());
-    out.push(match (userns_sysctl.as_deref(), max_userns) {
+    match (userns_sysctl.as_deref(), max_userns) {
         (_, Some(0)) => check(
             "unprivileged user namespaces",
             Status::Fail,
@@ -127,7 +151,10 @@ pub fn kernel_checks() -> Vec<Check> {
             ),
             None,
         ),
-    });
+    }
+}
+
+fn seccomp() -> Check {
     let seccomp = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -135,7 +162,7 @@ pub fn kernel_checks() -> Vec<Check> {
                 .find(|l| l.starts_with("Seccomp:"))
                 .map(str::to_string)
         });
-    out.push(match seccomp {
+    match seccomp {
         Some(line) if line.trim_end().ends_with('2') => check(
             "seccomp",
             Status::Warn,
@@ -149,9 +176,11 @@ pub fn kernel_checks() -> Vec<Check> {
             "the kernel has no seccomp",
             Some("use a kernel built with CONFIG_SECCOMP_FILTER"),
         ),
-    });
-    let abi = crate::landlock::kernel_abi();
-    out.push(match abi {
+    }
+}
+
+fn landlock() -> Check {
+    match crate::landlock::kernel_abi() {
         a if a >= 6 => check(
             "landlock",
             Status::Pass,
@@ -170,7 +199,10 @@ pub fn kernel_checks() -> Vec<Check> {
             "Landlock is not enabled",
             Some("boot with lsm=...,landlock (CONFIG_SECURITY_LANDLOCK)"),
         ),
-    });
+    }
+}
+
+fn cgroups() -> Check {
     let layout = CgroupLayout::detect();
     let (memory, pids) = match &layout {
         CgroupLayout::V2 { controllers, .. } => (
@@ -180,9 +212,23 @@ pub fn kernel_checks() -> Vec<Check> {
         CgroupLayout::V1 { memory, pids } => (memory.is_some(), pids.is_some()),
         CgroupLayout::None => (false, false),
     };
-    out.push(match (memory, pids) {
-        (true, true) => check("cgroups", Status::Pass, format!("{}: memory and pids limits enforced", layout.describe()), None),
-        _ => check("cgroups", Status::Warn, format!("{}: job types with memory_mb/pids limits will be refused", layout.describe()), Some("mount cgroup v2 with the memory and pids controllers (or v1 memory and pids hierarchies)")),
-    });
-    out
+    match (memory, pids) {
+        (true, true) => check(
+            "cgroups",
+            Status::Pass,
+            format!("{}: memory and pids limits enforced", layout.describe()),
+            None,
+        ),
+        _ => check(
+            "cgroups",
+            Status::Warn,
+            format!(
+                "{}: job types with memory_mb/pids limits will be refused",
+                layout.describe()
+            ),
+            Some(
+                "mount cgroup v2 with the memory and pids controllers (or v1 memory and pids hierarchies)",
+            ),
+        ),
+    }
 }

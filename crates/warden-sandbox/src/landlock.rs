@@ -12,10 +12,15 @@ use crate::paths::{ARTIFACTS, TMP};
 /// The newest ABI warden asks for; older kernels get the best they support.
 const ABI_WANTED: ABI = ABI::V6;
 
+/// Landlock could not be applied, or enforces nothing here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct LandlockError(pub String);
+
 /// Restricts the calling thread (and what it execs). Fails when Landlock enforces nothing:
 /// the sandbox never silently runs without it.
-pub fn restrict() -> Result<RulesetStatus, String> {
-    let e = |e: ::landlock::RulesetError| e.to_string();
+pub fn restrict() -> Result<RulesetStatus, LandlockError> {
+    let e = |e: ::landlock::RulesetError| LandlockError(e.to_string());
     let read = AccessFs::from_read(ABI_WANTED);
     let all = AccessFs::from_all(ABI_WANTED);
     let status = Ruleset::default()
@@ -38,7 +43,9 @@ pub fn restrict() -> Result<RulesetStatus, String> {
         .restrict_self()
         .map_err(e)?;
     match status.ruleset {
-        RulesetStatus::NotEnforced => Err("landlock is not enforced by this kernel".into()),
+        RulesetStatus::NotEnforced => Err(LandlockError(
+            "landlock is not enforced by this kernel".into(),
+        )),
         s => Ok(s),
     }
 }

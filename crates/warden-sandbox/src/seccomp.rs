@@ -258,9 +258,14 @@ fn arch() -> TargetArch {
     return TargetArch::aarch64;
 }
 
+/// The policy could not be compiled or installed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SeccompError(pub String);
+
 /// Compiles the policy into the filters to install, in order.
-pub fn compile() -> Result<Vec<BpfProgram>, String> {
-    let err = |e: seccompiler::BackendError| e.to_string();
+pub fn compile() -> Result<Vec<BpfProgram>, SeccompError> {
+    let err = |e: seccompiler::BackendError| SeccompError(e.to_string());
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for d in POLICY {
         let entry = rules.entry(d.nr).or_default();
@@ -304,7 +309,7 @@ pub fn compile() -> Result<Vec<BpfProgram>, String> {
     for f in [deny, clone3] {
         out.push(
             f.try_into()
-                .map_err(|e: seccompiler::BackendError| e.to_string())?,
+                .map_err(|e: seccompiler::BackendError| SeccompError(e.to_string()))?,
         );
     }
     out.push(x32_filter());
@@ -350,8 +355,8 @@ fn x32_filter() -> BpfProgram {
 }
 
 /// The compiled policy, computed once per process (the zygote does it before forking).
-pub fn compiled() -> Result<&'static [BpfProgram], String> {
-    static FILTERS: std::sync::OnceLock<Result<Vec<BpfProgram>, String>> =
+pub fn compiled() -> Result<&'static [BpfProgram], SeccompError> {
+    static FILTERS: std::sync::OnceLock<Result<Vec<BpfProgram>, SeccompError>> =
         std::sync::OnceLock::new();
     FILTERS
         .get_or_init(compile)
@@ -361,9 +366,9 @@ pub fn compiled() -> Result<&'static [BpfProgram], String> {
 }
 
 /// Installs the filters on the calling thread. Needs `no_new_privs` (or CAP_SYS_ADMIN) first.
-pub fn install(filters: &[BpfProgram]) -> Result<(), String> {
+pub fn install(filters: &[BpfProgram]) -> Result<(), SeccompError> {
     for f in filters {
-        seccompiler::apply_filter(f).map_err(|e| e.to_string())?;
+        seccompiler::apply_filter(f).map_err(|e| SeccompError(e.to_string()))?;
     }
     Ok(())
 }

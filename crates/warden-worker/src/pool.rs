@@ -11,9 +11,9 @@ use warden_core::{Config, JobId};
 use warden_repo::Repos;
 use warden_store::now_millis;
 
-use crate::run::{JobSignals, run_job};
-use crate::shared::Shared;
+use crate::run::run_job;
 pub use crate::shared::WorkerConfig;
+use crate::shared::{JobSignals, Shared};
 use crate::{Coordinator, DataDir, Events, Executor};
 
 pub struct WorkerPool;

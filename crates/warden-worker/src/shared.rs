@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
 use warden_core::Config;
 use warden_repo::Repos;
 
@@ -49,4 +50,13 @@ pub(crate) struct Shared {
     pub events: Events,
     pub worker: WorkerConfig,
     pub repos: Arc<Repos>,
+}
+
+/// Signals the pool can send to a running job.
+#[derive(Clone, Default)]
+pub(crate) struct JobSignals {
+    /// The caller cancelled it: SIGTERM, grace, SIGKILL; ends `cancelled`.
+    pub cancel: CancellationToken,
+    /// warden is stopping and the grace period is over: kill it and give it back to the queue.
+    pub shutdown: CancellationToken,
 }

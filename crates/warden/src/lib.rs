@@ -8,6 +8,7 @@ pub mod config_file;
 pub mod exit;
 pub mod output;
 pub mod signal;
+pub mod tables;
 
 use clap::Parser;
 

@@ -4,28 +4,37 @@ use std::io::Write;
 
 /// Prints rows as aligned columns under a header.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let _ = std::io::stdout()
+        .lock()
+        .write_all(render_table(header, rows).as_bytes());
+}
+
+/// Rows as aligned columns under a header, one line each.
+pub fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
             widths[i] = widths[i].max(cell.chars().count());
         }
     }
-    let mut out = std::io::stdout().lock();
-    let line = |out: &mut std::io::StdoutLock<'_>, cells: Vec<&str>| {
+    let line = |cells: Vec<&str>| {
         let mut s = String::new();
         for (i, c) in cells.iter().enumerate() {
             if i + 1 == cells.len() {
                 s.push_str(c);
             } else {
-                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+                let pad = widths[i].saturating_sub(c.chars().count());
+                s.push_str(c);
+                s.push_str(&" ".repeat(pad + 2));
             }
         }
-        let _ = writeln!(out, "{}", s.trim_end());
+        format!("{}\n", s.trim_end())
     };
-    line(&mut out, header.to_vec());
+    let mut out = line(header.to_vec());
     for row in rows {
-        line(&mut out, row.iter().map(String::as_str).collect());
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
     }
+    out
 }
 
 pub fn json<T: serde::Serialize>(value: &T) {

@@ -6,8 +6,10 @@ use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
 use warden_api::ErrorCode;
 
-use super::MAX_BODY_BYTES;
 use crate::service::ServiceError;
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
 
 /// A JSON body whose every failure is a JSON error with the right 4xx.
 pub struct JsonBody<T>(pub T);

@@ -19,12 +19,9 @@ use warden_api::{
 };
 use warden_core::JobId;
 
-pub use self::json::JsonBody;
+pub use self::json::{JsonBody, MAX_BODY_BYTES};
 use self::query::{parse_query, query_num};
 use crate::service::{JobService, ListQuery, ServiceError};
-
-/// Largest accepted request body.
-pub const MAX_BODY_BYTES: usize = 1 << 20;
 
 pub type AppState = Arc<JobService>;
 

@@ -12,7 +12,6 @@
 //! After a lease's worth of silence the job is the reaper's: the next heartbeat that gets
 //! through answers `lease lost`, the pool kills the job, and a late completion is refused.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,7 +19,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
 use warden_core::JobId;
 use warden_proto::pb::server_message::Body as Out;
 use warden_proto::pb::worker_error::Code as ErrCode;
@@ -32,62 +30,15 @@ use warden_store::{
     Claimed, Completion, HeartbeatReply, JobRecord, Lease, LogStream, Millis, StoreError,
 };
 
+mod link;
 mod session;
 mod upload;
 
+use self::link::Inner;
+pub use self::link::{Refused, RemoteError, RemoteOptions};
 use self::session::{endpoint, session_loop};
-use self::upload::UploadError;
+use self::upload::{UploadError, upload_artifacts};
 use crate::{Coordinator, DataDir};
-
-/// How a worker reaches and introduces itself to the control plane.
-#[derive(Debug, Clone)]
-pub struct RemoteOptions {
-    /// `http://host:port` or `https://host:port`; several, comma-separated, are tried in turn
-    /// (control-plane replicas: when one is lost, the session moves to the next).
-    pub server: String,
-    pub token: String,
-    /// PEM of the CA that signed the server's certificate (for `https://`).
-    pub tls_ca: Option<Vec<u8>>,
-    pub worker_id: String,
-    pub slots: u32,
-    pub labels: Vec<String>,
-    pub job_types: Vec<String>,
-    pub sandbox: pb::SandboxCapabilities,
-}
-
-/// Why a control plane refused this worker outright (a wrong token, no sandbox).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Refused(pub String);
-
-#[derive(Debug, thiserror::Error)]
-pub enum RemoteError {
-    #[error("server URL {0:?} is invalid: {1}")]
-    Url(String, String),
-    #[error("https:// needs the CA certificate that signed the server's (--tls-ca)")]
-    NeedsCa,
-    #[error("TLS: {0}")]
-    Tls(String),
-}
-
-#[derive(Clone)]
-struct Conn {
-    tx: mpsc::Sender<pb::WorkerMessage>,
-    channel: Channel,
-}
-
-struct Inner {
-    opts: RemoteOptions,
-    endpoints: Vec<(String, Endpoint)>,
-    next_id: AtomicU64,
-    conn: watch::Sender<Option<Conn>>,
-    registered: watch::Sender<Option<pb::Registered>>,
-    /// Why the control plane refused this worker outright (token, sandbox, registration).
-    refused: watch::Sender<Option<String>>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Out>>>,
-    cancels: mpsc::UnboundedSender<JobId>,
-    data: DataDir,
-}
 
 /// The control plane as a [`Coordinator`]. Cheap to clone.
 #[derive(Clone)]
@@ -254,22 +205,6 @@ impl RemoteCoordinator {
     }
 }
 
-impl Inner {
-    fn authorize<T>(&self, req: &mut tonic::Request<T>) {
-        if let Ok(v) = format!("Bearer {}", self.opts.token).parse() {
-            req.metadata_mut().insert("authorization", v);
-        }
-    }
-
-    fn fail_pending(&self) {
-        // Dropping the senders wakes every waiter with "session broke".
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-    }
-}
-
 fn lease_error(lease: &Lease, e: &pb::WorkerError) -> Option<StoreError> {
     (e.code == ErrCode::LeaseLost as i32).then_some(StoreError::LeaseLost(lease.job_id))
 }
@@ -376,7 +311,7 @@ impl Coordinator for RemoteCoordinator {
         now: Millis,
     ) -> Result<JobRecord, StoreError> {
         let deadline = Instant::now() + Duration::from_millis(self.lease_ms() as u64);
-        if let Err(e) = self.upload_artifacts(lease, deadline).await {
+        if let Err(e) = upload_artifacts(&self.inner, lease, deadline).await {
             if matches!(e, UploadError::LeaseLost) {
                 return Err(StoreError::LeaseLost(lease.job_id));
             }

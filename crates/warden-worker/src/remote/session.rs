@@ -13,7 +13,7 @@ use warden_proto::pb::worker_message::Body as In;
 use warden_proto::pb::worker_service_client::WorkerServiceClient;
 use warden_proto::{MAX_MESSAGE, pb};
 
-use super::{Conn, Inner, RemoteError};
+use super::link::{Conn, Inner, RemoteError};
 
 pub(super) fn endpoint(url: &str, tls_ca: Option<&[u8]>) -> Result<Endpoint, RemoteError> {
     let mut endpoint = Endpoint::from_shared(url.to_string())

@@ -12,10 +12,9 @@ use warden_core::Limits;
 use warden_sandbox::{ExitReport, JobControl, Tier};
 use warden_store::{Lease, LogStream, StoreError, now_millis};
 
-use super::JobSignals;
 use super::prepare::Prepared;
 use super::verdict::{Refusal, RunEnd};
-use crate::shared::Shared;
+use crate::shared::{JobSignals, Shared};
 
 /// What the run left for the record.
 #[derive(Clone, Default)]

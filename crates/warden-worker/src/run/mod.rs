@@ -9,7 +9,6 @@ mod verdict;
 
 use std::sync::Arc;
 
-use tokio_util::sync::CancellationToken;
 use warden_api::Invariants;
 use warden_repo::Checkout;
 use warden_sandbox::Tier;
@@ -20,16 +19,7 @@ use self::prepare::prepare;
 use self::record::{RecordInput, artifact_record, resources};
 use self::verdict::{Outcome, Proof, Refusal, apply_proof, verdict};
 use crate::artifact::{CheckoutSummary, write_artifact_json};
-use crate::shared::Shared;
-
-/// Signals the pool can send to a running job.
-#[derive(Clone, Default)]
-pub(crate) struct JobSignals {
-    /// The caller cancelled it: SIGTERM, grace, SIGKILL; ends `cancelled`.
-    pub cancel: CancellationToken,
-    /// warden is stopping and the grace period is over: kill it and give it back to the queue.
-    pub shutdown: CancellationToken,
-}
+use crate::shared::{JobSignals, Shared};
 
 /// Filesystem work runs on the blocking pool: it must never stall the runtime's few threads
 /// (an fsync on a worker thread stalls every request that thread serves).

@@ -1,12 +1,22 @@
 //! `warden config …`: contexts in the client configuration.
 
+use std::path::{Path, PathBuf};
+
 use crate::cli::{ConfigArgs, ConfigCommand, OutputFormat};
 use crate::clientconfig::{self, ClientConfig, Context};
-use crate::{exit, output};
+use crate::{exit, output, tables};
+
+/// Why a config command did not do what was asked.
+enum Failed {
+    /// The caller's mistake: exit 2.
+    Usage(String),
+    /// The file could not be written: exit 8.
+    Io(String),
+}
 
 pub fn run(args: ConfigArgs) -> i32 {
     let path = clientconfig::path(args.config.as_deref());
-    let mut config = match ClientConfig::load(&path) {
+    let config = match ClientConfig::load(&path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -19,118 +29,136 @@ pub fn run(args: ConfigArgs) -> i32 {
             server,
             timeout_seconds,
             token_file,
-        } => {
-            if !["http://", "https://", "grpc://"]
-                .iter()
-                .any(|s| server.starts_with(s))
-            {
-                eprintln!(
-                    "error: --server {server:?} must start with http://, https:// or grpc://"
-                );
-                return exit::USAGE;
-            }
-            let token = match token_file {
-                None => config.context(&name).and_then(|c| c.token.clone()),
-                Some(f) => match std::fs::read_to_string(&f) {
-                    Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
-                    Ok(_) => {
-                        eprintln!("error: token file {} is empty", f.display());
-                        return exit::USAGE;
-                    }
-                    Err(e) => {
-                        eprintln!("error: cannot read token file {}: {e}", f.display());
-                        return exit::USAGE;
-                    }
-                },
-            };
-            config.upsert(Context {
-                name: name.clone(),
-                server,
-                timeout_seconds,
-                token,
-            });
-            config
-                .save(&path)
-                .map(|()| println!("context {name:?} saved in {}", path.display()))
-        }
-        ConfigCommand::UseContext { name } => {
-            if config.context(&name).is_none() {
-                eprintln!("error: no context named {name:?}; see `warden config get-contexts`");
-                return exit::USAGE;
-            }
-            config.current_context = Some(name.clone());
-            config
-                .save(&path)
-                .map(|()| println!("switched to context {name:?}"))
-        }
-        ConfigCommand::DeleteContext { name } => {
-            if config.context(&name).is_none() {
-                eprintln!("error: no context named {name:?}");
-                return exit::USAGE;
-            }
-            config.contexts.retain(|c| c.name != name);
-            if config.current_context.as_deref() == Some(name.as_str()) {
-                config.current_context = config.contexts.first().map(|c| c.name.clone());
-            }
-            config
-                .save(&path)
-                .map(|()| println!("context {name:?} deleted"))
-        }
-        ConfigCommand::GetContexts if args.output == OutputFormat::Json => {
-            // Tokens are secrets: never printed.
-            let contexts: Vec<serde_json::Value> = config
-                .contexts
-                .iter()
-                .map(|c| {
-                    serde_json::json!({
-                        "name": c.name,
-                        "server": c.server,
-                        "timeoutSeconds": c.timeout_seconds,
-                        "hasToken": c.token.is_some(),
-                        "current": config.current_context.as_deref() == Some(c.name.as_str()),
-                    })
-                })
-                .collect();
-            output::json(&contexts);
-            Ok(())
-        }
+        } => set_context(config, &path, name, server, timeout_seconds, token_file),
+        ConfigCommand::UseContext { name } => use_context(config, &path, name),
+        ConfigCommand::DeleteContext { name } => delete_context(config, &path, name),
         ConfigCommand::GetContexts => {
-            let rows: Vec<Vec<String>> = config
-                .contexts
-                .iter()
-                .map(|c| {
-                    let current = config.current_context.as_deref() == Some(c.name.as_str());
-                    vec![
-                        if current { "*".into() } else { String::new() },
-                        c.name.clone(),
-                        c.server.clone(),
-                        c.timeout_seconds.map(|t| t.to_string()).unwrap_or_default(),
-                    ]
-                })
-                .collect();
-            output::table(&["CURRENT", "NAME", "SERVER", "TIMEOUT"], &rows);
+            get_contexts(&config, args.output);
             Ok(())
         }
-        ConfigCommand::CurrentContext => match &config.current_context {
-            Some(c) if args.output == OutputFormat::Json => {
-                output::json(&serde_json::json!({ "currentContext": c }));
-                Ok(())
-            }
-            Some(c) => {
-                println!("{c}");
-                Ok(())
-            }
-            None => {
-                eprintln!("error: no current context; add one with `warden config set-context`");
-                return exit::USAGE;
-            }
-        },
+        ConfigCommand::CurrentContext => current_context(&config, args.output),
     };
     match result {
         Ok(()) => exit::OK,
-        Err(e) => {
+        Err(Failed::Usage(e)) => {
+            eprintln!("error: {e}");
+            exit::USAGE
+        }
+        Err(Failed::Io(e)) => {
             eprintln!("error: {e}");
             exit::UNAVAILABLE
         }
+    }
+}
+
+fn save(config: &ClientConfig, path: &Path) -> Result<(), Failed> {
+    config.save(path).map_err(|e| Failed::Io(e.to_string()))
+}
+
+fn set_context(
+    mut config: ClientConfig,
+    path: &Path,
+    name: String,
+    server: String,
+    timeout_seconds: Option<u64>,
+    token_file: Option<PathBuf>,
+) -> Result<(), Failed> {
+    if !["http://", "https://", "grpc://"]
+        .iter()
+        .any(|s| server.starts_with(s))
+    {
+        return Err(Failed::Usage(format!(
+            "--server {server:?} must start with http://, https:// or grpc://"
+        )));
+    }
+    let token = match token_file {
+        None => config.context(&name).and_then(|c| c.token.clone()),
+        Some(f) => match std::fs::read_to_string(&f) {
+            Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+            Ok(_) => {
+                return Err(Failed::Usage(format!(
+                    "token file {} is empty",
+                    f.display()
+                )));
+            }
+            Err(e) => {
+                return Err(Failed::Usage(format!(
+                    "cannot read token file {}: {e}",
+                    f.display()
+                )));
+            }
+        },
+    };
+    config.upsert(Context {
+        name: name.clone(),
+        server,
+        timeout_seconds,
+        token,
+    });
+    save(&config, path)?;
+    println!("context {name:?} saved in {}", path.display());
+    Ok(())
+}
+
+fn use_context(mut config: ClientConfig, path: &Path, name: String) -> Result<(), Failed> {
+    if config.context(&name).is_none() {
+        return Err(Failed::Usage(format!(
+            "no context named {name:?}; see `warden config get-contexts`"
+        )));
+    }
+    config.current_context = Some(name.clone());
+    save(&config, path)?;
+    println!("switched to context {name:?}");
+    Ok(())
+}
+
+fn delete_context(mut config: ClientConfig, path: &Path, name: String) -> Result<(), Failed> {
+    if config.context(&name).is_none() {
+        return Err(Failed::Usage(format!("no context named {name:?}")));
+    }
+    config.contexts.retain(|c| c.name != name);
+    if config.current_context.as_deref() == Some(name.as_str()) {
+        config.current_context = config.contexts.first().map(|c| c.name.clone());
+    }
+    save(&config, path)?;
+    println!("context {name:?} deleted");
+    Ok(())
+}
+
+fn get_contexts(config: &ClientConfig, format: OutputFormat) {
+    if format == OutputFormat::Table {
+        print!("{}", tables::contexts(config));
+        return;
+    }
+    // Tokens are secrets: never printed.
+    let contexts: Vec<serde_json::Value> = config
+        .contexts
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "name": c.name,
+                "server": c.server,
+                "timeoutSeconds": c.timeout_seconds,
+                "hasToken": c.token.is_some(),
+                "current": config.current_context.as_deref() == Some(c.name.as_str()),
+            })
+        })
+        .collect();
+    output::json(&contexts);
+}
+
+fn current_context(config: &ClientConfig, format: OutputFormat) -> Result<(), Failed> {
+    match &config.current_context {
+        Some(c) if format == OutputFormat::Json => {
+            output::json(&serde_json::json!({ "currentContext": c }));
+            Ok(())
+        }
+        Some(c) => {
+            println!("{c}");
+            Ok(())
+        }
+        None => Err(Failed::Usage(
+            "no current context; add one with `warden config set-context`".into(),
+        )),
     }
 }

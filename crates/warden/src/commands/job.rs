@@ -10,7 +10,7 @@ use warden_client::{Client, ClientError, FollowItem, ListQuery};
 use crate::cli::{ClientArgs, JobArgs, JobCommand, OutputFormat, SubmitArgs};
 use crate::clientconfig::{self, ClientConfig};
 use crate::exit;
-use crate::output::{self, sanitize};
+use crate::{output, tables};
 
 pub async fn run(args: JobArgs) -> i32 {
     let client = match connect(&args.client) {
@@ -91,57 +91,11 @@ fn connect(args: &ClientArgs) -> Result<Client, i32> {
     })
 }
 
-fn job_row(j: &JobView) -> Vec<String> {
-    vec![
-        j.job_id.clone(),
-        j.job_type.clone(),
-        j.status.to_string(),
-        j.reason.as_deref().map(sanitize).unwrap_or_default(),
-        j.exit_code
-            .map(|c| c.to_string())
-            .or(j.signal.map(|s| format!("sig {s}")))
-            .unwrap_or_default(),
-        j.created_at.clone(),
-    ]
-}
-
-const JOB_HEADER: [&str; 6] = ["JOB ID", "TYPE", "STATUS", "REASON", "EXIT", "CREATED"];
-
 fn print_job(j: &JobView, fmt: OutputFormat) {
     match fmt {
         OutputFormat::Json => output::json(j),
         OutputFormat::Table => {
-            output::table(&JOB_HEADER, &[job_row(j)]);
-            if let (Some(repo), Some(sha)) = (&j.repo_name, &j.sha) {
-                let via = j
-                    .git_ref
-                    .as_ref()
-                    .map(|r| format!(" (ref {r:?})"))
-                    .unwrap_or_default();
-                println!("repo: {repo:?} at {sha}{via}");
-            }
-            if let Some(inv) = &j.invariants {
-                let show = |v: Option<bool>| match v {
-                    Some(true) => "yes",
-                    Some(false) => "NO",
-                    None => "-",
-                };
-                println!(
-                    "read-only: {}  clean tree: {}",
-                    show(inv.read_only_ok),
-                    show(inv.clean_tree_ok)
-                );
-                // Debug-quoted: a path may hold newlines or terminal escapes.
-                for p in &inv.changed_paths {
-                    println!("  changed: {p:?}");
-                }
-                if inv.changed_count > inv.changed_paths.len() as u64 {
-                    println!(
-                        "  ... {} more",
-                        inv.changed_count - inv.changed_paths.len() as u64
-                    );
-                }
-            }
+            print!("{}", tables::job(j));
             if j.unsafe_fallback {
                 eprintln!("note: this job ran without the kernel sandbox (unsafe_fallback)");
             }
@@ -241,8 +195,7 @@ async fn list(client: &Client, q: ListQuery, fmt: OutputFormat) -> Result<i32, C
     match fmt {
         OutputFormat::Json => output::json(&page),
         OutputFormat::Table => {
-            let rows: Vec<Vec<String>> = page.jobs.iter().map(job_row).collect();
-            output::table(&JOB_HEADER, &rows);
+            print!("{}", tables::jobs(&page.jobs));
             if let Some(c) = &page.next_cursor {
                 eprintln!("more: --cursor {c}");
             }
@@ -326,12 +279,7 @@ async fn artifacts(
     match fmt {
         OutputFormat::Json => output::json(&resp),
         OutputFormat::Table => {
-            let rows: Vec<Vec<String>> = resp
-                .artifacts
-                .iter()
-                .map(|a| vec![sanitize(&a.path), a.kind.clone(), a.size.to_string()])
-                .collect();
-            output::table(&["PATH", "KIND", "SIZE"], &rows);
+            print!("{}", tables::artifacts(&resp));
         }
     }
     Ok(exit::OK)
@@ -342,19 +290,7 @@ async fn types(client: &Client, fmt: OutputFormat) -> Result<i32, ClientError> {
     match fmt {
         OutputFormat::Json => output::json(&resp),
         OutputFormat::Table => {
-            let rows: Vec<Vec<String>> = resp
-                .job_types
-                .iter()
-                .map(|t| {
-                    vec![
-                        t.name.clone(),
-                        t.timeout_s.to_string(),
-                        t.requires_repo.to_string(),
-                        t.allowed_params.join(","),
-                    ]
-                })
-                .collect();
-            output::table(&["NAME", "TIMEOUT_S", "REPO", "PARAMS"], &rows);
+            print!("{}", tables::job_types(&resp));
         }
     }
     Ok(exit::OK)

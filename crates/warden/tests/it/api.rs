@@ -168,6 +168,103 @@ fn bad(
     }
 }
 
+/// The whole error body of each kind of refusal, as a client sees it: a change of code,
+/// status or wording shows up as a snapshot diff.
+#[tokio::test]
+async fn error_bodies_are_stable() {
+    let t = test_app();
+    let (_, sub) = post_json(&t.router, "/jobs", r#"{"job_type":"echo"}"#).await;
+    let id = sub["job_id"].as_str().unwrap().to_string();
+    let cases: Vec<(&str, &str, String, Option<&str>, &str)> = vec![
+        (
+            "malformed JSON",
+            "POST",
+            "/jobs".into(),
+            Some("application/json"),
+            "{",
+        ),
+        (
+            "unknown field",
+            "POST",
+            "/jobs".into(),
+            Some("application/json"),
+            r#"{"job_type":"echo","argv":["sh"]}"#,
+        ),
+        (
+            "unknown job type",
+            "POST",
+            "/jobs".into(),
+            Some("application/json"),
+            r#"{"job_type":"rm_rf"}"#,
+        ),
+        (
+            "unknown param",
+            "POST",
+            "/jobs".into(),
+            Some("application/json"),
+            r#"{"job_type":"echo","params":{"LD_PRELOAD":"x"}}"#,
+        ),
+        (
+            "repo required",
+            "POST",
+            "/jobs".into(),
+            Some("application/json"),
+            r#"{"job_type":"needs_repo"}"#,
+        ),
+        (
+            "repository not in the allowlist",
+            "POST",
+            "/jobs".into(),
+            Some("application/json"),
+            r#"{"job_type":"needs_repo","repo_name":"r","remote_url":"https://example.invalid/r.git","sha":"abc"}"#,
+        ),
+        (
+            "wrong content type",
+            "POST",
+            "/jobs".into(),
+            Some("text/plain"),
+            r#"{"job_type":"echo"}"#,
+        ),
+        ("bad job id", "GET", "/jobs/not-an-id".into(), None, ""),
+        (
+            "unknown query parameter",
+            "GET",
+            "/jobs?colour=red".into(),
+            None,
+            "",
+        ),
+        (
+            "bad status filter",
+            "GET",
+            "/jobs?status=done".into(),
+            None,
+            "",
+        ),
+        (
+            "bad log stream",
+            "GET",
+            format!("/jobs/{id}/logs?stream=stdin"),
+            None,
+            "",
+        ),
+        (
+            "artifact path escapes",
+            "GET",
+            format!("/jobs/{id}/artifacts/a/../../etc"),
+            None,
+            "",
+        ),
+        ("unknown endpoint", "GET", "/nope".into(), None, ""),
+        ("method not allowed", "DELETE", "/jobs".into(), None, ""),
+    ];
+    let mut bodies = Vec::new();
+    for (what, method, uri, ct, body) in cases {
+        let (status, json) = call(&t.router, method, &uri, ct, body.as_bytes().to_vec()).await;
+        bodies.push(serde_json::json!({"case": what, "status": status.as_u16(), "body": json}));
+    }
+    insta::assert_json_snapshot!(bodies);
+}
+
 #[tokio::test]
 async fn bad_api_inputs_get_exact_4xx_answers() {
     let t = test_app();

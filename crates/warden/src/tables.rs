@@ -1,0 +1,269 @@
+//! What the CLI prints as tables, as pure functions of the answers (snapshot-tested).
+
+use warden_api::{ArtifactsResponse, JobTypesResponse, JobView};
+
+use crate::clientconfig::ClientConfig;
+use crate::output::{render_table, sanitize};
+
+const JOB_HEADER: [&str; 6] = ["JOB ID", "TYPE", "STATUS", "REASON", "EXIT", "CREATED"];
+
+fn job_row(j: &JobView) -> Vec<String> {
+    vec![
+        j.job_id.clone(),
+        j.job_type.clone(),
+        j.status.to_string(),
+        j.reason.as_deref().map(sanitize).unwrap_or_default(),
+        j.exit_code
+            .map(|c| c.to_string())
+            .or(j.signal.map(|s| format!("sig {s}")))
+            .unwrap_or_default(),
+        j.created_at.clone(),
+    ]
+}
+
+/// `warden job list`.
+pub fn jobs(list: &[JobView]) -> String {
+    let rows: Vec<Vec<String>> = list.iter().map(job_row).collect();
+    render_table(&JOB_HEADER, &rows)
+}
+
+/// `warden job get|submit|cancel`: the job's row, its commit and what was proven about it.
+pub fn job(j: &JobView) -> String {
+    let mut out = render_table(&JOB_HEADER, &[job_row(j)]);
+    if let (Some(repo), Some(sha)) = (&j.repo_name, &j.sha) {
+        let via = j
+            .git_ref
+            .as_ref()
+            .map(|r| format!(" (ref {r:?})"))
+            .unwrap_or_default();
+        out.push_str(&format!("repo: {repo:?} at {sha}{via}\n"));
+    }
+    if let Some(inv) = &j.invariants {
+        let show = |v: Option<bool>| match v {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "-",
+        };
+        out.push_str(&format!(
+            "read-only: {}  clean tree: {}\n",
+            show(inv.read_only_ok),
+            show(inv.clean_tree_ok)
+        ));
+        // Debug-quoted: a path may hold newlines or terminal escapes.
+        for p in &inv.changed_paths {
+            out.push_str(&format!("  changed: {p:?}\n"));
+        }
+        if inv.changed_count > inv.changed_paths.len() as u64 {
+            out.push_str(&format!(
+                "  ... {} more\n",
+                inv.changed_count - inv.changed_paths.len() as u64
+            ));
+        }
+    }
+    out
+}
+
+/// `warden job artifacts`.
+pub fn artifacts(resp: &ArtifactsResponse) -> String {
+    let rows: Vec<Vec<String>> = resp
+        .artifacts
+        .iter()
+        .map(|a| vec![sanitize(&a.path), a.kind.clone(), a.size.to_string()])
+        .collect();
+    render_table(&["PATH", "KIND", "SIZE"], &rows)
+}
+
+/// `warden job types`.
+pub fn job_types(resp: &JobTypesResponse) -> String {
+    let rows: Vec<Vec<String>> = resp
+        .job_types
+        .iter()
+        .map(|t| {
+            vec![
+                t.name.clone(),
+                t.timeout_s.to_string(),
+                t.requires_repo.to_string(),
+                t.allowed_params.join(","),
+            ]
+        })
+        .collect();
+    render_table(&["NAME", "TIMEOUT_S", "REPO", "PARAMS"], &rows)
+}
+
+/// `warden config get-contexts`: tokens are secrets and never shown.
+pub fn contexts(config: &ClientConfig) -> String {
+    let rows: Vec<Vec<String>> = config
+        .contexts
+        .iter()
+        .map(|c| {
+            let current = config.current_context.as_deref() == Some(c.name.as_str());
+            vec![
+                if current { "*".into() } else { String::new() },
+                c.name.clone(),
+                c.server.clone(),
+                c.timeout_seconds.map(|t| t.to_string()).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    render_table(&["CURRENT", "NAME", "SERVER", "TIMEOUT"], &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use warden_api::{ArtifactEntry, Invariants, JobStatus, JobTypeView};
+
+    use super::*;
+    use crate::clientconfig::Context;
+
+    fn view(id: &str, status: JobStatus) -> JobView {
+        JobView {
+            job_id: id.into(),
+            tenant: "default".into(),
+            job_type: "pytest".into(),
+            status,
+            reason: None,
+            repo_name: None,
+            remote_url: None,
+            sha: None,
+            git_ref: None,
+            params: BTreeMap::new(),
+            idempotency_key: None,
+            invariants: None,
+            exit_code: None,
+            signal: None,
+            attempts: 1,
+            max_attempts: 3,
+            cancel_requested: false,
+            unsafe_fallback: false,
+            warnings: vec![],
+            created_at: "2026-11-30T21:00:00.000Z".into(),
+            started_at: None,
+            finished_at: None,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            log_truncated: false,
+            resources: None,
+            enforcement: BTreeMap::new(),
+            artifact_dir: "/data/artifacts/x".into(),
+        }
+    }
+
+    #[test]
+    fn job_list() {
+        let ok = JobView {
+            exit_code: Some(0),
+            ..view("0193a1b2-0000-7000-8000-000000000001", JobStatus::Succeeded)
+        };
+        let killed = JobView {
+            signal: Some(9),
+            reason: Some("timed_out".into()),
+            ..view("0193a1b2-0000-7000-8000-000000000002", JobStatus::TimedOut)
+        };
+        let hostile = JobView {
+            exit_code: Some(1),
+            // A reason with a terminal escape and a newline cannot draw on the terminal.
+            reason: Some("exit_code: 1\n\u{1b}[2Jfake".into()),
+            ..view("0193a1b2-0000-7000-8000-000000000003", JobStatus::Failed)
+        };
+        let queued = view("0193a1b2-0000-7000-8000-000000000004", JobStatus::Queued);
+        insta::assert_snapshot!(jobs(&[ok, killed, hostile, queued]));
+    }
+
+    #[test]
+    fn job_detail_with_a_mutated_tree() {
+        let j = JobView {
+            repo_name: Some("click".into()),
+            sha: Some("a".repeat(40)),
+            git_ref: Some("main".into()),
+            reason: Some("mutation_detected: 3 path(s) differ".into()),
+            exit_code: Some(0),
+            invariants: Some(Invariants {
+                read_only_ok: Some(true),
+                clean_tree_ok: Some(false),
+                changed_count: 3,
+                changed_paths: vec!["src/a.py".into(), "new\nline".into()],
+                ..Invariants::default()
+            }),
+            ..view(
+                "0193a1b2-0000-7000-8000-000000000005",
+                JobStatus::MutationDetected,
+            )
+        };
+        insta::assert_snapshot!(job(&j));
+    }
+
+    #[test]
+    fn artifact_listing() {
+        let resp = ArtifactsResponse {
+            job_id: "j".into(),
+            artifacts: vec![
+                ArtifactEntry {
+                    path: "artifact.json".into(),
+                    kind: "file".into(),
+                    size: 812,
+                },
+                ArtifactEntry {
+                    path: "reports".into(),
+                    kind: "dir".into(),
+                    size: 0,
+                },
+                ArtifactEntry {
+                    path: "reports/junit.xml".into(),
+                    kind: "file".into(),
+                    size: 40_213,
+                },
+                ArtifactEntry {
+                    path: "link".into(),
+                    kind: "symlink".into(),
+                    size: 0,
+                },
+            ],
+        };
+        insta::assert_snapshot!(artifacts(&resp));
+    }
+
+    #[test]
+    fn job_type_listing() {
+        let t = |name: &str, repo: bool, params: &[&str]| JobTypeView {
+            name: name.into(),
+            argv: vec!["/bin/true".into()],
+            timeout_s: 60,
+            requires_repo: repo,
+            allowed_params: params.iter().map(|p| p.to_string()).collect(),
+            network: false,
+        };
+        let resp = JobTypesResponse {
+            job_types: vec![
+                t("local_echo", false, &[]),
+                t("pytest", true, &["PYTEST_ADDOPTS", "TEST_FILTER"]),
+            ],
+        };
+        insta::assert_snapshot!(job_types(&resp));
+    }
+
+    #[test]
+    fn context_listing_never_shows_tokens() {
+        let config = ClientConfig {
+            current_context: Some("prod".into()),
+            contexts: vec![
+                Context {
+                    name: "local".into(),
+                    server: "http://127.0.0.1:8080".into(),
+                    timeout_seconds: None,
+                    token: None,
+                },
+                Context {
+                    name: "prod".into(),
+                    server: "grpc://warden.internal:50051".into(),
+                    timeout_seconds: Some(30),
+                    token: Some("s3cr3t-token-value".into()),
+                },
+            ],
+        };
+        let out = contexts(&config);
+        assert!(!out.contains("s3cr3t"));
+        insta::assert_snapshot!(out);
+    }
+}

@@ -1,0 +1,212 @@
+//! `cargo xtask bench sandbox`: `/bin/true` under the full warden sandbox (all limits on)
+//! beside bwrap with equivalent mounts, plain `unshare`, and a bare fork/exec; rounds
+//! interleaved so drift hits all alike.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use warden_sandbox::{Bind, Isolation, Launcher, Rlimits, SandboxSpec, SpawnSpec};
+
+use crate::{Stats, build_release, flag, ms, stats};
+
+/// bwrap with the mounts warden gives a job: read-only /usr (and its merged-/usr links), the
+/// loader cache, its own /proc, /dev and /tmp, the worktree read-only, the artifacts writable.
+fn bwrap_args(work: &Path, artifacts: &Path) -> Vec<String> {
+    [
+        "--unshare-all",
+        "--die-with-parent",
+        "--new-session",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+        "--symlink",
+        "usr/bin",
+        "/bin",
+        "--symlink",
+        "usr/lib",
+        "/lib",
+        "--symlink",
+        "usr/lib64",
+        "/lib64",
+        "--symlink",
+        "usr/sbin",
+        "/sbin",
+        "--ro-bind",
+        "/etc/ld.so.cache",
+        "/etc/ld.so.cache",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/tmp",
+        "--ro-bind",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([
+        work.display().to_string(),
+        "/work".into(),
+        "--bind".into(),
+        artifacts.display().to_string(),
+        "/artifacts".into(),
+        "--chdir".into(),
+        "/work".into(),
+        "/bin/true".into(),
+    ])
+    .collect()
+}
+
+/// Starts `/bin/true` in warden's sandbox with every limit on, one launch at a time.
+struct WardenRuns {
+    launcher: Launcher,
+    /// A current-thread runtime keeps its own wake-ups (not the sandbox) out of the measurement.
+    rt: tokio::runtime::Runtime,
+    dir: PathBuf,
+    etc: PathBuf,
+    n: u64,
+}
+
+impl WardenRuns {
+    fn spec(&self, root: PathBuf) -> SpawnSpec {
+        SpawnSpec {
+            argv: vec!["/bin/true".into()],
+            env: [("PATH".to_string(), "/usr/bin:/bin".to_string())].into(),
+            timeout_ms: 60_000,
+            rlimits: Rlimits {
+                cpu_s: Some(60),
+                file_size_bytes: Some(64 << 20),
+                open_files: Some(1024),
+            },
+            isolation: Isolation::Sandbox(Box::new(SandboxSpec {
+                root,
+                work: self.dir.join("work"),
+                git: None,
+                artifacts: self.dir.join("artifacts"),
+                etc: self.etc.clone(),
+                rootfs: None,
+                binds: Vec::<Bind>::new(),
+                network: false,
+                uid: 65534,
+                gid: 65534,
+                memory_bytes: Some(256 << 20),
+                pids: Some(128),
+                tmpfs_bytes: 64 << 20,
+                cgroup_name: format!("bench-{}-{}", std::process::id(), self.n),
+            })),
+        }
+    }
+
+    fn run(&mut self) -> anyhow::Result<Duration> {
+        self.n += 1;
+        let root = self.dir.join(format!("root-{}", self.n));
+        std::fs::create_dir_all(&root)?;
+        let spec = self.spec(root.clone());
+        let t = Instant::now();
+        let report = self.rt.block_on(async {
+            let (r_out, w_out) = std::io::pipe()?;
+            let (r_err, w_err) = std::io::pipe()?;
+            let job = self
+                .launcher
+                .spawn(&spec, w_out.into(), w_err.into())
+                .await?;
+            let report = job.wait().await?;
+            drop((r_out, r_err));
+            anyhow::Ok(report)
+        })?;
+        let d = t.elapsed();
+        std::fs::remove_dir(&root)?;
+        if let Some(e) = report.setup_error {
+            bail!("warden sandbox failed: {e}");
+        }
+        if report.exit_code != Some(0) {
+            bail!("/bin/true ended {:?}", report.exit_code);
+        }
+        Ok(d)
+    }
+}
+
+fn time(program: &str, args: &[String]) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let st = Command::new(program).args(args).status()?;
+    if !st.success() {
+        bail!("{program} failed: {st}");
+    }
+    Ok(t.elapsed())
+}
+
+pub fn bench_sandbox(rest: &[&str]) -> anyhow::Result<()> {
+    let runs = flag(rest, "--runs", 200)?;
+    let warden = build_release()?;
+    let dir = std::env::temp_dir().join(format!("warden-bench-sandbox-{}", std::process::id()));
+    let (work, artifacts) = (dir.join("work"), dir.join("artifacts"));
+    std::fs::create_dir_all(&work)?;
+    std::fs::create_dir_all(&artifacts)?;
+    std::os::unix::fs::chown(&artifacts, Some(65534), Some(65534))?;
+    let etc = dir.join("etc");
+    warden_sandbox::prepare_etc(&etc)?;
+    let bwrap = bwrap_args(&work, &artifacts);
+    let unshare: Vec<String> = [
+        "--user",
+        "--map-root-user",
+        "--mount",
+        "--pid",
+        "--fork",
+        "--net",
+        "--ipc",
+        "--uts",
+        "/bin/true",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut wardens = WardenRuns {
+        launcher: Launcher::new(&warden),
+        rt: tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        dir: dir.clone(),
+        etc,
+        n: 0,
+    };
+    let (mut w, mut b, mut u, mut f) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..10 {
+        wardens.run()?;
+        time("bwrap", &bwrap)?;
+    }
+    for _ in 0..runs {
+        w.push(wardens.run()?);
+        b.push(time("bwrap", &bwrap)?);
+        u.push(time("unshare", &unshare)?);
+        f.push(time("/bin/true", &[])?);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    print_table(runs, [stats(w), stats(b), stats(u), stats(f)]);
+    Ok(())
+}
+
+fn print_table(runs: usize, [w, b, u, f]: [Stats; 4]) {
+    println!();
+    println!("sandbox: start+exit of /bin/true, {runs} interleaved runs each");
+    println!("| path                                             | p50 ms | p99 ms | × bwrap |");
+    println!("|--------------------------------------------------|-------:|-------:|--------:|");
+    let ratio = |s: &Stats| s.p50.as_secs_f64() / b.p50.as_secs_f64();
+    for (name, s) in [
+        (
+            "warden sandbox (all namespaces, cgroup, seccomp, Landlock, limits)",
+            &w,
+        ),
+        ("bwrap --unshare-all, equivalent mounts           ", &b),
+        ("unshare -U -m -p -f -n -i -u                     ", &u),
+        ("bare fork/exec                                   ", &f),
+    ] {
+        println!(
+            "| {name} | {:>6} | {:>6} | {:>7.2} |",
+            ms(s.p50),
+            ms(s.p99),
+            ratio(s)
+        );
+    }
+}
