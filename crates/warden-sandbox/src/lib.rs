@@ -30,6 +30,7 @@ pub mod paths;
 mod proc_tree;
 mod process;
 pub mod seccomp;
+mod signals;
 mod sys;
 mod watch;
 pub mod zygote;

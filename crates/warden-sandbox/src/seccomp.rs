@@ -29,6 +29,19 @@ pub enum When {
     ArgHasBit(u8, &'static [u64]),
     /// Argument `arg` masked with `mask` equals `value`.
     ArgMasked(u8, u64, u64),
+    /// Argument `arg` is none of the values (an allowlist: anything else is denied).
+    ArgNotIn(u8, &'static [u64]),
+    /// Every one of these comparisons holds.
+    AllOf(&'static [Cmp]),
+}
+
+/// One comparison of a (32-bit) syscall argument.
+#[derive(Debug, Clone, Copy)]
+pub enum Cmp {
+    Eq(u8, u64),
+    Ne(u8, u64),
+    /// `arg & mask == value`.
+    MaskedEq(u8, u64, u64),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -201,16 +214,46 @@ pub const POLICY: &[Deny] = &[
         When::ArgIs(1, &[TIOCSTI, TIOCLINUX]),
         "TIOCSTI/TIOCLINUX inject terminal input"
     ),
-    // Sockets that reach below IP or out of the VM.
+    // Socket families: an allowlist. Everything else (AF_PACKET sniffs and forges frames,
+    // AF_VSOCK reaches the hypervisor, AF_ALG/AF_TIPC/AF_RDS... are kernel attack surface and, on
+    // distribution kernels, an unprivileged socket() can autoload their modules) is refused.
     deny!(
         SYS_socket,
-        When::ArgIs(0, &[libc::AF_VSOCK as u64, libc::AF_PACKET as u64]),
-        "AF_VSOCK reaches the hypervisor; AF_PACKET sniffs and forges frames"
+        When::ArgNotIn(
+            0,
+            &[
+                libc::AF_UNIX as u64,
+                libc::AF_INET as u64,
+                libc::AF_INET6 as u64,
+                libc::AF_NETLINK as u64,
+            ]
+        ),
+        "only unix, IPv4, IPv6 and (route) netlink sockets"
     ),
     deny!(
         SYS_socket,
-        When::ArgMasked(1, 0xf, libc::SOCK_RAW as u64),
-        "raw sockets forge packets"
+        When::AllOf(&[
+            Cmp::Eq(0, libc::AF_NETLINK as u64),
+            Cmp::Ne(2, libc::NETLINK_ROUTE as u64)
+        ]),
+        "netlink for interface and route queries only: NETLINK_KOBJECT_UEVENT shows the host's \
+         device events, the others are kernel interfaces no job needs"
+    ),
+    deny!(
+        SYS_socket,
+        When::AllOf(&[
+            Cmp::Eq(0, libc::AF_INET as u64),
+            Cmp::MaskedEq(1, 0xf, libc::SOCK_RAW as u64)
+        ]),
+        "raw IP sockets forge packets (raw netlink sockets, as `ip` opens them, are fine)"
+    ),
+    deny!(
+        SYS_socket,
+        When::AllOf(&[
+            Cmp::Eq(0, libc::AF_INET6 as u64),
+            Cmp::MaskedEq(1, 0xf, libc::SOCK_RAW as u64)
+        ]),
+        "raw IPv6 sockets forge packets"
     ),
     // Host-wide administration (mostly needs capabilities the job lacks; denied to be sure).
     deny!(SYS_acct, When::Always, "process accounting is host-wide"),
@@ -288,6 +331,25 @@ pub fn compile() -> Result<Vec<BpfProgram>, SeccompError> {
             When::ArgMasked(arg, mask, value) => {
                 let c = cond(arg, SeccompCmpOp::MaskedEq(mask), value).map_err(err)?;
                 entry.push(SeccompRule::new(vec![c]).map_err(err)?);
+            }
+            When::ArgNotIn(arg, allowed) => {
+                let conds = allowed
+                    .iter()
+                    .map(|v| cond(arg, SeccompCmpOp::Ne, *v).map_err(err))
+                    .collect::<Result<Vec<_>, _>>()?;
+                entry.push(SeccompRule::new(conds).map_err(err)?);
+            }
+            When::AllOf(cmps) => {
+                let conds = cmps
+                    .iter()
+                    .map(|c| match *c {
+                        Cmp::Eq(arg, v) => cond(arg, SeccompCmpOp::Eq, v),
+                        Cmp::Ne(arg, v) => cond(arg, SeccompCmpOp::Ne, v),
+                        Cmp::MaskedEq(arg, mask, v) => cond(arg, SeccompCmpOp::MaskedEq(mask), v),
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(err)?;
+                entry.push(SeccompRule::new(conds).map_err(err)?);
             }
         }
     }

@@ -43,6 +43,13 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<SqliteStore> {
         let conn = Connection::open(path)
             .map_err(|e| StoreError::Backend(format!("open {}: {e}", path.display())))?;
+        // Jobs' params and logs are in here: only warden may read it. (SQLite gives the -wal
+        // and -shm files the database file's mode.)
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| StoreError::Backend(format!("chmod {}: {e}", path.display())))?;
+        }
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;

@@ -70,8 +70,14 @@ pub struct LogSummary {
 
 /// Writes `artifact.json` without trusting anything the job left in the directory: the file is
 /// created under a fresh name (`create_new` never follows or reuses an existing entry) and
-/// renamed into place, which replaces a planted symlink instead of writing through it.
+/// renamed into place, which replaces a planted symlink or file instead of writing through it;
+/// a directory the job planted under that name is removed first (the job is gone by then).
 pub fn write_artifact_json(dir: &Path, record: &ArtifactJson) -> std::io::Result<()> {
+    let target = dir.join("artifact.json");
+    if std::fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
+        // std's remove_dir_all never follows links out of the tree.
+        std::fs::remove_dir_all(&target)?;
+    }
     let body = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
     let tmp = dir.join(format!(".artifact.json.{}", uuid::Uuid::now_v7().simple()));
     let mut file = std::fs::OpenOptions::new()
@@ -82,7 +88,7 @@ pub fn write_artifact_json(dir: &Path, record: &ArtifactJson) -> std::io::Result
     file.write_all(b"\n")?;
     file.sync_all()?;
     drop(file);
-    std::fs::rename(&tmp, dir.join("artifact.json"))
+    std::fs::rename(&tmp, target)
 }
 
 #[cfg(test)]
@@ -140,6 +146,20 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join("artifact.json")).unwrap()).unwrap();
         assert_eq!(v["status"], "succeeded");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_planted_directory_is_replaced() {
+        let dir = tempfile_dir();
+        std::fs::create_dir_all(dir.join("artifact.json/deep")).unwrap();
+        std::fs::write(dir.join("artifact.json/deep/x"), "x").unwrap();
+        write_artifact_json(&dir, &sample()).unwrap();
+        assert!(
+            std::fs::symlink_metadata(dir.join("artifact.json"))
+                .unwrap()
+                .is_file()
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

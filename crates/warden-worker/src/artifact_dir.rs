@@ -108,6 +108,11 @@ fn io_err(path: &Path) -> impl FnOnce(rustix::io::Errno) -> ArtifactError + '_ {
         rustix::io::Errno::LOOP | rustix::io::Errno::XDEV => {
             ArtifactError::Link(path.to_path_buf())
         }
+        // A unix socket the job left: it exists, and is not a file.
+        rustix::io::Errno::NXIO => ArtifactError::NotAFile {
+            path: path.to_path_buf(),
+            kind: "other",
+        },
         e => ArtifactError::Io {
             path: path.to_path_buf(),
             source: e.into(),
@@ -247,6 +252,59 @@ pub fn list(root: &Path) -> Listing {
     out
 }
 
+/// Takes a finished job's artifact directory back from the job: every entry owned by `uid:gid`
+/// (warden), setuid, setgid and world-write bits removed, so that nothing the job left can be
+/// run by another user of the host to become the job's uid, or changed by a later job of that
+/// uid. By descriptor, never following a link. Call only once the job's processes are gone.
+/// Returns how many entries it changed.
+pub fn seal(root: &Path, uid: u32, gid: u32) -> std::io::Result<u64> {
+    use rustix::fs::{Gid, Uid};
+    let owner = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
+    let mut changed = 0;
+    let Ok(dir) = open_root(root) else {
+        return Ok(0);
+    };
+    rustix::fs::fchown(&dir, owner.0, owner.1)?;
+    rustix::fs::fchmod(&dir, Mode::from_raw_mode(0o755))?;
+    let mut stack = vec![dir];
+    while let Some(dir) = stack.pop() {
+        for (name, stat) in read_entries(&dir) {
+            let kind = FileType::from_raw_mode(stat.st_mode);
+            rustix::fs::chownat(&dir, &name, owner.0, owner.1, AtFlags::SYMLINK_NOFOLLOW)?;
+            if kind == FileType::Symlink {
+                continue;
+            }
+            let mode = stat.st_mode & 0o7777;
+            let safe = mode & !(libc_bits::S_ISUID | libc_bits::S_ISGID | libc_bits::S_IWOTH);
+            if safe != mode || stat.st_uid != uid {
+                changed += 1;
+            }
+            // Not a link (statat said so, and the job that could swap it is gone): the mode of
+            // the entry itself.
+            rustix::fs::chmodat(&dir, &name, Mode::from_raw_mode(safe), AtFlags::empty())?;
+            if kind == FileType::Directory
+                && let Ok(sub) = rustix::fs::openat2(
+                    &dir,
+                    &name,
+                    OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                    BENEATH,
+                )
+            {
+                stack.push(sub);
+            }
+        }
+    }
+    Ok(changed)
+}
+
+/// Mode bits (as in `<sys/stat.h>`).
+mod libc_bits {
+    pub const S_ISUID: u32 = 0o4000;
+    pub const S_ISGID: u32 = 0o2000;
+    pub const S_IWOTH: u32 = 0o0002;
+}
+
 /// The regular files beneath `root` (relative paths, sorted), as the job left them.
 pub fn regular_files(root: &Path) -> Vec<PathBuf> {
     list(root)
@@ -354,6 +412,33 @@ mod tests {
             std::fs::read(dir.path().join("new/dir/file")).unwrap(),
             b"ok"
         );
+    }
+
+    #[test]
+    fn sealing_strips_setuid_and_world_write_and_takes_ownership() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tree();
+        let root = dir.path();
+        let set = |p: &str, mode: u32| {
+            std::fs::set_permissions(root.join(p), std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        set("top", 0o6755);
+        set("a", 0o2777);
+        set("a/b/report.txt", 0o4777);
+        std::os::unix::fs::chown(root.join("top"), Some(12345), Some(12345)).unwrap();
+        let (uid, gid) = (rustix::process::geteuid(), rustix::process::getegid());
+        let changed = seal(root, uid.as_raw(), gid.as_raw()).unwrap();
+        assert_eq!(changed, 3);
+        let mode = |p: &str| std::fs::symlink_metadata(root.join(p)).unwrap().mode() & 0o7777;
+        assert_eq!(mode("top"), 0o755);
+        assert_eq!(mode("a"), 0o775);
+        assert_eq!(mode("a/b/report.txt"), 0o775);
+        assert_eq!(
+            std::fs::metadata(root.join("top")).unwrap().uid(),
+            uid.as_raw()
+        );
+        // The link itself was not followed: /etc keeps its mode.
+        assert_eq!(std::fs::metadata("/etc").unwrap().mode() & 0o7777, 0o755);
     }
 
     #[test]

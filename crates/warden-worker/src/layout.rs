@@ -52,11 +52,18 @@ impl DataDir {
             let path = path.to_path_buf();
             move |source| DataDirError::Io { path, source }
         };
-        std::fs::create_dir_all(root).map_err(io(root))?;
+        use std::os::unix::fs::PermissionsExt;
+        // warden's alone: the database, other jobs' artifacts and the mirrors are no business of
+        // any other user of the host (jobs see only what is bound into their sandbox).
+        let private = |dir: &Path| {
+            std::fs::create_dir_all(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        };
+        private(root).map_err(io(root))?;
         let abs = std::fs::canonicalize(root).map_err(io(root))?;
         let mut data = DataDir::new(&abs);
         if let Some(dir) = artifacts {
-            std::fs::create_dir_all(dir).map_err(io(dir))?;
+            private(dir).map_err(io(dir))?;
             data = data.with_artifacts(std::fs::canonicalize(dir).map_err(io(dir))?);
         }
         for dir in [data.artifacts_root(), data.scratch_root()] {

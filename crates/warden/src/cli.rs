@@ -165,6 +165,10 @@ pub enum JobCommand {
         tail: u64,
         #[arg(short = 'f', long)]
         follow: bool,
+        /// Write the job's bytes exactly as they are, escape sequences included (by default, on
+        /// a terminal, control characters are shown escaped so a job cannot drive it).
+        #[arg(long)]
+        raw: bool,
     },
     /// Cancel a queued or running job.
     Cancel { job_id: String },

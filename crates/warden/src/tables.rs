@@ -219,6 +219,17 @@ mod tests {
                     kind: "symlink".into(),
                     size: 0,
                 },
+                // A name that would forge a row, and one that would read backwards.
+                ArtifactEntry {
+                    path: "x\nartifact.json  file  1".into(),
+                    kind: "file".into(),
+                    size: 2,
+                },
+                ArtifactEntry {
+                    path: "report\u{202e}fdp.exe".into(),
+                    kind: "file".into(),
+                    size: 3,
+                },
             ],
         };
         insta::assert_snapshot!(artifacts(&resp));

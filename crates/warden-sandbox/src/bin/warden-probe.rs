@@ -390,6 +390,50 @@ fn main() {
             );
             0
         }
+        "socket-families" => {
+            // SAFETY: socket creation; each denied by the policy's family allowlist.
+            report("netlink uevent", unsafe {
+                libc::socket(
+                    libc::AF_NETLINK,
+                    libc::SOCK_DGRAM,
+                    libc::NETLINK_KOBJECT_UEVENT,
+                )
+            } as i64);
+            // SAFETY: as above.
+            report("netlink audit", unsafe {
+                libc::socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_AUDIT)
+            } as i64);
+            // SAFETY: as above.
+            report(
+                "af_alg",
+                unsafe { libc::socket(libc::AF_ALG, libc::SOCK_SEQPACKET, 0) } as i64,
+            );
+            // SAFETY: as above.
+            report(
+                "af_tipc",
+                unsafe { libc::socket(libc::AF_TIPC, libc::SOCK_RDM, 0) } as i64,
+            );
+            // What a job may open: said as USABLE, so that ALLOWED still means a hole.
+            for (what, family, kind, proto) in [
+                ("unix", libc::AF_UNIX, libc::SOCK_STREAM, 0),
+                ("inet", libc::AF_INET, libc::SOCK_STREAM, 0),
+                ("inet6", libc::AF_INET6, libc::SOCK_DGRAM, 0),
+                (
+                    "netlink route",
+                    libc::AF_NETLINK,
+                    libc::SOCK_RAW,
+                    libc::NETLINK_ROUTE,
+                ),
+            ] {
+                // SAFETY: socket creation with constant arguments.
+                let fd = unsafe { libc::socket(family, kind, proto) };
+                say(format!(
+                    "{} {what}",
+                    if fd >= 0 { "USABLE" } else { "REFUSED" }
+                ));
+            }
+            0
+        }
         "x32" => {
             // SAFETY: getpid through the x32 table; denied by the x32 filter.
             report("x32 getpid", unsafe {

@@ -54,7 +54,7 @@ fn spawn_job(spec: &SpawnSpec, cwd: &Path) -> io::Result<std::process::Child> {
         .stderr(Stdio::inherit());
     let rlimits = spec.rlimits.clone();
     // SAFETY: the closure runs in the forked child of this single-threaded process and only
-    // makes async-signal-safe system calls (setsid, setrlimit, prctl).
+    // makes async-signal-safe system calls (setsid, setrlimit, prctl, sigprocmask, sigaction).
     unsafe {
         cmd.pre_exec(move || {
             // A session of its own: no controlling terminal, and its own process group.
@@ -65,7 +65,10 @@ fn spawn_job(spec: &SpawnSpec, cwd: &Path) -> io::Result<std::process::Child> {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }
-            crate::fd::apply_rlimits(&rlimits).map_err(io::Error::from)
+            crate::fd::apply_rlimits(&rlimits).map_err(io::Error::from)?;
+            // A fresh process's signal state (std resets only the mask and SIGPIPE).
+            crate::signals::reset();
+            Ok(())
         });
     }
     cmd.spawn()

@@ -175,14 +175,20 @@ extern "C" fn forward_term(_: libc::c_int) {
     }
 }
 
-/// The supervisor's SIGTERM (a cancel) reaches every process of the job.
+/// The supervisor's SIGTERM (a cancel) reaches every process of the job. The init inherited
+/// the supervisor's mask, in which SIGTERM is blocked: unblocked here, or the forward never runs.
 fn forward_sigterm() {
-    // SAFETY: installs a handler that only calls kill (async-signal-safe).
+    // SAFETY: installs a handler that only calls kill (async-signal-safe), then unblocks the
+    // signal; sigset_t is initialised by sigemptyset before use.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = forward_term as *const () as usize;
         libc::sigemptyset(&mut sa.sa_mask);
         libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
     }
 }
 

@@ -53,6 +53,8 @@ fn become_job(
     cloexec_from(3);
     crate::landlock::restrict().map_err(|e| StepError(format!("landlock: {e}")))?;
     let exec = Exec::new(spec)?;
+    // A fresh process's signal state: the supervisor's blocked and ignored signals stay behind.
+    crate::signals::reset();
     // Last: from here on the job's own syscalls are filtered.
     crate::seccomp::install(filters).map_err(|e| StepError(format!("seccomp: {e}")))?;
     Err(exec.run())

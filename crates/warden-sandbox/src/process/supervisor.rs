@@ -41,8 +41,8 @@ fn run() -> io::Result<()> {
 
     // Only warden, through the socket, decides when the job ends: a stray SIGTERM or SIGHUP to
     // the supervisor must not orphan the job. SIGPIPE would kill us when reporting to a dead
-    // warden; EPIPE is handled instead. The job gets default dispositions back (std resets
-    // the signal mask and SIGPIPE between fork and exec).
+    // warden; EPIPE is handled instead. The job gets a fresh signal state back before it
+    // execs (`signals::reset`).
     block_signals(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT])?;
     // SAFETY: setting a signal to SIG_IGN installs no handler code.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };

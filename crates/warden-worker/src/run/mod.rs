@@ -237,6 +237,11 @@ async fn finish(
     if let Err(e) = write_record(shared, job, &done, started_ms, finished_ms, info, summary).await {
         tracing::error!(job = %id, error = %e, "could not write artifact.json");
         done.warnings.push("ARTIFACT_JSON_WRITE_FAILED".into());
+        // Fail closed: no job ends `succeeded` without its record.
+        if done.status == Some(warden_api::JobStatus::Succeeded) {
+            done.status = Some(warden_api::JobStatus::Error);
+            done.reason = Some(format!("artifact_record_failed: {e}"));
+        }
     }
     match shared.coordinator.complete(lease, done, finished_ms).await {
         Ok(rec) => tracing::info!(job = %id, status = %rec.status, "job finished"),
@@ -262,6 +267,9 @@ async fn write_record(
         if !dir.is_dir() {
             return Ok(());
         }
+        // The job is gone: its artifacts become warden's, without setuid or world-write bits.
+        let (uid, gid) = (rustix::process::geteuid(), rustix::process::getegid());
+        crate::artifact_dir::seal(&dir, uid.as_raw(), gid.as_raw())?;
         let input = RecordInput {
             job: &job,
             done: &done,

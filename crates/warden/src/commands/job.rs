@@ -44,7 +44,11 @@ pub async fn run(args: JobArgs) -> i32 {
             stream,
             tail,
             follow,
-        } => logs(&client, &job_id, &stream, tail as usize, follow, fmt).await,
+            raw,
+        } => {
+            let view = LogView { follow, raw, fmt };
+            logs(&client, &job_id, &stream, tail as usize, view).await
+        }
         JobCommand::Cancel { job_id } => cancel(&client, &job_id, fmt).await,
         JobCommand::Artifacts { job_id, get, out } => {
             artifacts(&client, &job_id, get, out, fmt).await
@@ -146,7 +150,7 @@ async fn submit(client: &Client, args: SubmitArgs, fmt: OutputFormat) -> Result<
         client
             .follow(&resp.job_id, "stdout", Some(0), None, |item| {
                 if let FollowItem::Log(ev) = item {
-                    let _ = out.write_all(ev.text.as_bytes());
+                    let _ = out.write_all(job_text(&ev.text, false).as_bytes());
                     let _ = out.flush();
                 }
             })
@@ -204,20 +208,36 @@ async fn list(client: &Client, q: ListQuery, fmt: OutputFormat) -> Result<i32, C
     Ok(exit::OK)
 }
 
+/// How `warden job logs` shows a log.
+struct LogView {
+    follow: bool,
+    raw: bool,
+    fmt: OutputFormat,
+}
+
+/// A job's text as it goes to stdout: on a terminal, unless `--raw`, it cannot drive it.
+fn job_text(text: &str, raw: bool) -> std::borrow::Cow<'_, str> {
+    if raw || !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        std::borrow::Cow::Borrowed(text)
+    } else {
+        std::borrow::Cow::Owned(output::neutralize_terminal(text))
+    }
+}
+
 async fn logs(
     client: &Client,
     id: &str,
     stream: &str,
     tail: usize,
-    follow: bool,
-    fmt: OutputFormat,
+    view: LogView,
 ) -> Result<i32, ClientError> {
+    let LogView { follow, raw, fmt } = view;
     if follow {
         let mut out = std::io::stdout().lock();
         let end = client
             .follow(id, stream, None, Some(tail), |item| match (item, fmt) {
                 (FollowItem::Log(ev), OutputFormat::Table) => {
-                    let _ = out.write_all(ev.text.as_bytes());
+                    let _ = out.write_all(job_text(&ev.text, raw).as_bytes());
                     let _ = out.flush();
                 }
                 (FollowItem::Log(ev), OutputFormat::Json) => {
@@ -240,7 +260,7 @@ async fn logs(
         OutputFormat::Table => {
             let mut out = std::io::stdout().lock();
             for line in &resp.lines {
-                let _ = writeln!(out, "{line}");
+                let _ = writeln!(out, "{}", job_text(line, raw));
             }
             if resp.truncated {
                 eprintln!("note: output was truncated at the job's output limit");

@@ -5,6 +5,7 @@ mod cli;
 mod cluster;
 mod e2e;
 mod hostile;
+mod hostile_escapes;
 mod hostile_repo;
 mod repo;
 mod support;

@@ -1,0 +1,211 @@
+//! What a hostile job can reach beyond its sandbox's walls: the artifact listing, what it leaves
+//! on the host, the socket families, signals, its own record and the API. One test per finding,
+//! each asserting the exact safe outcome, in the real sandbox.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use warden_api::{ErrorCode, JobStatus, SubmitJobRequest};
+use warden_client::{Client, ClientError};
+
+use crate::support::*;
+
+fn probe() -> PathBuf {
+    Path::new(WARDEN).with_file_name("warden-probe")
+}
+
+const JOB_TYPES: &str = r#"
+job_types:
+  swapper:
+    argv: ["/bin/sh", "-c", "cd \"$ARTIFACT_DIR\"; mkdir d; echo x > d/x; ln -s /etc l; echo ready; while :; do mv -T d t; mv -T l d; mv -T d l; mv -T t d; done"]
+    timeout_s: 120
+  leftovers:
+    argv: ["/bin/sh", "-c", "cd \"$ARTIFACT_DIR\"; cp /bin/true suid; chmod 6755 suid; mkdir -m 2777 shared; echo hi > shared/f; chmod 666 shared/f; ls -ln"]
+    timeout_s: 30
+  families:
+    argv: ["/opt/probe", "socket-families"]
+    binds: [{host: "PROBE", at: /opt/probe}]
+    timeout_s: 30
+  graceful:
+    argv: ["/bin/sh", "-c", "trap 'echo handled > \"$ARTIFACT_DIR/term\"; exit 0' TERM; echo ready; while :; do sleep 0.05; done"]
+    timeout_s: 120
+  pipe:
+    argv: ["/bin/sh", "-c", "yes | head -1"]
+    timeout_s: 30
+  record_dir:
+    argv: ["/bin/sh", "-c", "mkdir -p \"$ARTIFACT_DIR/artifact.json/inner\"; echo ok"]
+    timeout_s: 30
+  unix_socket:
+    argv: ["/usr/bin/python3", "-c", "import os, socket; s = socket.socket(socket.AF_UNIX); s.bind(os.environ['ARTIFACT_DIR'] + '/sock'); print('bound')"]
+    timeout_s: 30
+"#;
+
+struct Host {
+    server: Server,
+    client: Client,
+    data: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn start() -> Host {
+    let dir = tempfile::tempdir().unwrap();
+    let types = JOB_TYPES.replace("PROBE", &probe().display().to_string());
+    let server = Server::start(&write_config_with(dir.path(), &types));
+    Host {
+        client: server.client(),
+        data: dir.path().join("data"),
+        server,
+        _dir: dir,
+    }
+}
+
+impl Host {
+    async fn submit(&self, job_type: &str) -> String {
+        let req = SubmitJobRequest {
+            job_type: job_type.into(),
+            ..SubmitJobRequest::default()
+        };
+        self.client.submit(&req).await.unwrap().job_id
+    }
+
+    async fn stdout(&self, id: &str) -> String {
+        let bytes = self.client.logs_raw(id, "stdout", 0).await.unwrap();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    fn artifacts(&self, id: &str) -> PathBuf {
+        self.data.join("artifacts").join(id)
+    }
+}
+
+#[tokio::test]
+async fn a_swapping_job_never_leads_the_listing_outside_its_tree() {
+    let h = start();
+    let id = h.submit("swapper").await;
+    wait_running_with_output(&h.client, &id).await;
+    let grpc = Client::new(
+        &h.server.grpc.replace("http://", "grpc://"),
+        Duration::from_secs(10),
+        None,
+    )
+    .unwrap();
+    // The job's own names, and the one file it made: nothing else may ever appear (host
+    // entries such as d/passwd or d/shadow would, if a walk followed the link swapped in).
+    let allowed = ["d", "t", "l", "d/x", "t/x", "l/x"];
+    let mut seen_inside = 0;
+    for round in 0..300 {
+        let client = if round % 3 == 0 { &grpc } else { &h.client };
+        let list = client.artifacts(&id).await.unwrap();
+        for a in &list.artifacts {
+            assert!(
+                allowed.contains(&a.path.as_str()),
+                "round {round}: {:?} is outside the job's tree",
+                a.path
+            );
+            seen_inside += usize::from(a.path.ends_with("/x"));
+        }
+    }
+    assert!(seen_inside > 0, "the listing never saw the job's own file");
+    h.client.cancel(&id).await.unwrap();
+    let job = wait_terminal(&h.client, &id).await;
+    assert_eq!(job.status, JobStatus::Cancelled);
+}
+
+#[tokio::test]
+async fn setuid_and_world_writable_leftovers_are_defused_and_the_data_dir_is_private() {
+    let h = start();
+    let id = h.submit("leftovers").await;
+    let job = wait_terminal(&h.client, &id).await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{job:?}");
+    let out = h.stdout(&id).await;
+    assert!(
+        out.contains("-rwsr-sr-x"),
+        "the job did make a setuid file: {out}"
+    );
+    let dir = h.artifacts(&id);
+    let warden_uid = rustix::process::geteuid().as_raw();
+    for (path, mode) in [
+        ("", 0o755),
+        ("suid", 0o755),
+        ("shared", 0o775),
+        ("shared/f", 0o664),
+    ] {
+        let meta = std::fs::symlink_metadata(dir.join(path)).unwrap();
+        assert_eq!(meta.mode() & 0o7777, mode, "{path:?}");
+        assert_eq!(meta.uid(), warden_uid, "{path:?} still the job's");
+    }
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+    assert_eq!(mode(&h.data), 0o700);
+    assert_eq!(mode(&h.data.join("warden.db")), 0o600);
+}
+
+#[tokio::test]
+async fn only_unix_inet_and_route_netlink_sockets_open() {
+    let h = start();
+    let id = h.submit("families").await;
+    let job = wait_terminal(&h.client, &id).await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{job:?}");
+    let out = h.stdout(&id).await;
+    for what in ["netlink uevent", "netlink audit", "af_alg", "af_tipc"] {
+        assert!(out.contains(&format!("BLOCKED {what}")), "{what}:\n{out}");
+    }
+    assert!(!out.contains("ALLOWED"), "{out}");
+    for what in ["unix", "inet", "inet6", "netlink route"] {
+        assert!(out.contains(&format!("USABLE {what}\n")), "{what}:\n{out}");
+    }
+}
+
+#[tokio::test]
+async fn a_cancelled_jobs_sigterm_handler_runs() {
+    let h = start();
+    let id = h.submit("graceful").await;
+    wait_running_with_output(&h.client, &id).await;
+    h.client.cancel(&id).await.unwrap();
+    let job = wait_terminal(&h.client, &id).await;
+    assert_eq!(job.status, JobStatus::Cancelled);
+    let term = std::fs::read_to_string(h.artifacts(&id).join("term"));
+    assert_eq!(
+        term.ok().as_deref(),
+        Some("handled\n"),
+        "the job's SIGTERM handler never ran"
+    );
+}
+
+#[tokio::test]
+async fn a_closed_pipe_is_quiet_as_in_a_shell() {
+    let h = start();
+    let id = h.submit("pipe").await;
+    let job = wait_terminal(&h.client, &id).await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{job:?}");
+    assert_eq!(h.stdout(&id).await, "y\n");
+    let err = h.client.logs_raw(&id, "stderr", 0).await.unwrap();
+    assert!(err.is_empty(), "{}", String::from_utf8_lossy(&err));
+}
+
+#[tokio::test]
+async fn a_planted_record_directory_is_replaced_by_the_record() {
+    let h = start();
+    let id = h.submit("record_dir").await;
+    let job = wait_terminal(&h.client, &id).await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{job:?}");
+    assert!(job.warnings.is_empty(), "{:?}", job.warnings);
+    let record: serde_json::Value =
+        serde_json::from_slice(&h.client.artifact(&id, "artifact.json").await.unwrap()).unwrap();
+    assert_eq!(record["status"], "succeeded");
+    assert_eq!(record["job_id"], id.as_str());
+}
+
+#[tokio::test]
+async fn a_socket_in_the_artifacts_is_not_a_file_not_a_server_error() {
+    let h = start();
+    let id = h.submit("unix_socket").await;
+    let job = wait_terminal(&h.client, &id).await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{job:?}");
+    match h.client.artifact(&id, "sock").await {
+        Err(ClientError::Api { status, code, .. }) => {
+            assert_eq!((status, code), (422, ErrorCode::NotAFile));
+        }
+        other => panic!("downloading a socket answered {other:?}"),
+    }
+}
