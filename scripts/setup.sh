@@ -15,7 +15,7 @@ fi
 # The scale-out tests also need PostgreSQL (server and client, pgbench for the queue bench),
 # iproute2 (network namespaces for remote worker hosts) and openssl (test certificates).
 missing=()
-for tool in sh setsid mkfifo sleep cc git ip openssl psql pg_ctlcluster; do
+for tool in sh setsid nsenter mkfifo sleep cc git ip openssl psql pg_ctlcluster; do
     have "$tool" || missing+=("$tool")
 done
 /usr/bin/python3 -c 'import pytest' >/dev/null 2>&1 || missing+=(python3-pytest)

@@ -89,6 +89,7 @@ impl WardenRuns {
                 rootfs: None,
                 binds: Vec::<Bind>::new(),
                 network: false,
+                inotify: false,
                 uid: 65534,
                 gid: 65534,
                 memory_bytes: Some(256 << 20),

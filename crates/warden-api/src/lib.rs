@@ -227,7 +227,13 @@ pub struct LogEnd {
 /// One entry of `GET /jobs/{id}/artifacts`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ArtifactEntry {
+    /// The path, relative to the artifact directory (as UTF-8; a name that is not valid UTF-8
+    /// shows replacement characters here, and its exact bytes in `path_hex`).
     pub path: String,
+    /// The path's exact bytes, hex-encoded, present only when it is not valid UTF-8. Download
+    /// such a file by percent-encoding these bytes in the URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_hex: Option<String>,
     /// `file`, `dir`, `symlink` or `other` (fifo, socket, device). Only files can be downloaded.
     pub kind: String,
     pub size: u64,
@@ -237,6 +243,9 @@ pub struct ArtifactEntry {
 pub struct ArtifactsResponse {
     pub job_id: String,
     pub artifacts: Vec<ArtifactEntry>,
+    /// The listing stopped at its limit (10,000 entries): there are more.
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 /// One entry of `GET /job-types`.

@@ -321,11 +321,14 @@ impl Grpc {
                 .artifacts
                 .into_iter()
                 .map(|a| ArtifactEntry {
+                    path_hex: (!a.path_bytes.is_empty())
+                        .then(|| a.path_bytes.iter().map(|b| format!("{b:02x}")).collect()),
                     path: a.path,
                     kind: a.kind,
                     size: a.size,
                 })
                 .collect(),
+            truncated: resp.truncated,
         })
     }
 
@@ -333,6 +336,7 @@ impl Grpc {
         let msg = pb::DownloadArtifactRequest {
             job_id: id.into(),
             path: path.into(),
+            path_bytes: Vec::new(),
         };
         let mut pieces = self
             .artifacts_client()

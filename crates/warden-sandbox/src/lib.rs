@@ -104,6 +104,9 @@ pub struct SandboxSpec {
     pub binds: Vec<Bind>,
     /// Share the host's network namespace instead of a loopback-only one.
     pub network: bool,
+    /// Allow `inotify_init*` (denied by default: see `seccomp::inotify_filter`).
+    #[serde(default)]
+    pub inotify: bool,
     /// Host uid/gid the job's uid 1000 maps to.
     pub uid: u32,
     pub gid: u32,

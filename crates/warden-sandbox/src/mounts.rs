@@ -313,6 +313,7 @@ mod tests {
                 at: "/opt/toolchain".into(),
             }],
             network: false,
+            inotify: false,
             uid: 65534,
             gid: 65534,
             memory_bytes: None,

@@ -427,6 +427,33 @@ pub fn compiled() -> Result<&'static [BpfProgram], SeccompError> {
         .map_err(Clone::clone)
 }
 
+/// The extra filter for job types that do not ask for inotify: `inotify_init*` → `EPERM`.
+/// inotify on the shared read-only `/usr` and binds would let a job watch what the host runs
+/// (which files it opens, when); a job type whose tools need file watching says
+/// `inotify: true`. Compiled once per process, like the policy.
+pub fn inotify_filter() -> Result<&'static BpfProgram, SeccompError> {
+    static FILTER: std::sync::OnceLock<Result<BpfProgram, SeccompError>> =
+        std::sync::OnceLock::new();
+    FILTER
+        .get_or_init(|| {
+            let err = |e: seccompiler::BackendError| SeccompError(e.to_string());
+            #[cfg(target_arch = "x86_64")]
+            let calls = [libc::SYS_inotify_init, libc::SYS_inotify_init1];
+            #[cfg(target_arch = "aarch64")]
+            let calls = [libc::SYS_inotify_init1];
+            let filter = SeccompFilter::new(
+                calls.into_iter().map(|nr| (nr, vec![])).collect(),
+                SeccompAction::Allow,
+                SeccompAction::Errno(libc::EPERM as u32),
+                arch(),
+            )
+            .map_err(err)?;
+            filter.try_into().map_err(err)
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
 /// Installs the filters on the calling thread. Needs `no_new_privs` (or CAP_SYS_ADMIN) first.
 pub fn install(filters: &[BpfProgram]) -> Result<(), SeccompError> {
     for f in filters {

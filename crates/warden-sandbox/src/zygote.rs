@@ -23,6 +23,7 @@ pub fn main() -> ! {
     set_sigchld(libc::SIG_DFL, libc::SA_NOCLDWAIT);
     // Work every job would repeat is done once, here, and inherited by each fork.
     let _ = crate::seccomp::compiled();
+    let _ = crate::seccomp::inotify_filter();
     let mut pool = NetnsPool::new();
     pool.refill();
     loop {

@@ -40,6 +40,8 @@ pub struct ArtifactJson {
     pub log: LogSummary,
     /// Files the job left in its artifact directory (relative paths), artifact.json excluded.
     pub outputs: Vec<String>,
+    /// The listing of `outputs` stopped at its limit (10,000 entries): there are more.
+    pub outputs_truncated: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -130,6 +132,7 @@ mod tests {
                 truncated: false,
             },
             outputs: vec![],
+            outputs_truncated: false,
         }
     }
 

@@ -75,17 +75,22 @@ impl EntryKind {
 
 /// A relative artifact path a caller sent: plain components only, no `..`, no NUL.
 pub fn validate_path(rel: &str) -> Result<PathBuf, ArtifactError> {
+    validate_path_bytes(rel.as_bytes())
+}
+
+/// [`validate_path`] for a path given as exact bytes (names need not be UTF-8).
+pub fn validate_path_bytes(rel: &[u8]) -> Result<PathBuf, ArtifactError> {
     let bad = |why| ArtifactError::InvalidPath {
-        path: rel.chars().take(200).collect(),
+        path: String::from_utf8_lossy(rel).chars().take(200).collect(),
         why,
     };
     if rel.is_empty() {
         return Err(bad("is empty"));
     }
-    if rel.contains('\0') {
+    if rel.contains(&0) {
         return Err(bad("contains a NUL byte"));
     }
-    for c in Path::new(rel).components() {
+    for c in Path::new(OsStr::from_bytes(rel)).components() {
         match c {
             Component::Normal(_) => {}
             Component::ParentDir => return Err(bad("may not contain '..'")),
@@ -93,7 +98,7 @@ pub fn validate_path(rel: &str) -> Result<PathBuf, ArtifactError> {
             _ => return Err(bad("is not a plain relative path")),
         }
     }
-    Ok(PathBuf::from(rel))
+    Ok(PathBuf::from(OsStr::from_bytes(rel)))
 }
 
 const BENEATH: ResolveFlags = ResolveFlags::BENEATH

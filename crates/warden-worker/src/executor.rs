@@ -112,6 +112,7 @@ async fn self_test_in(
             rootfs: None,
             binds: Vec::new(),
             network: false,
+            inotify: false,
             uid,
             gid,
             memory_bytes: None,

@@ -128,7 +128,7 @@ impl WorkerHandle {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .insert(id, signals.clone());
-                    run_job(shared, claimed, signals).await;
+                    run_job(shared, claimed, signals, slot).await;
                     self.running
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())

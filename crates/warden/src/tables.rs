@@ -63,14 +63,28 @@ pub fn job(j: &JobView) -> String {
     out
 }
 
-/// `warden job artifacts`.
+/// `warden job artifacts`: a name that is not UTF-8 is shown with its exact bytes; a listing
+/// that stopped at its limit says so.
 pub fn artifacts(resp: &ArtifactsResponse) -> String {
     let rows: Vec<Vec<String>> = resp
         .artifacts
         .iter()
-        .map(|a| vec![sanitize(&a.path), a.kind.clone(), a.size.to_string()])
+        .map(|a| {
+            let path = match &a.path_hex {
+                Some(hex) => format!("{} (bytes {hex})", sanitize(&a.path)),
+                None => sanitize(&a.path),
+            };
+            vec![path, a.kind.clone(), a.size.to_string()]
+        })
         .collect();
-    render_table(&["PATH", "KIND", "SIZE"], &rows)
+    let mut out = render_table(&["PATH", "KIND", "SIZE"], &rows);
+    if resp.truncated {
+        out.push_str(&format!(
+            "(listing stopped at {} entries: there are more)\n",
+            resp.artifacts.len()
+        ));
+    }
+    out
 }
 
 /// `warden job types`.
@@ -198,37 +212,57 @@ mod tests {
     fn artifact_listing() {
         let resp = ArtifactsResponse {
             job_id: "j".into(),
+            truncated: true,
             artifacts: vec![
                 ArtifactEntry {
                     path: "artifact.json".into(),
+                    path_hex: None,
                     kind: "file".into(),
                     size: 812,
                 },
                 ArtifactEntry {
                     path: "reports".into(),
+                    path_hex: None,
                     kind: "dir".into(),
                     size: 0,
                 },
                 ArtifactEntry {
                     path: "reports/junit.xml".into(),
+                    path_hex: None,
                     kind: "file".into(),
                     size: 40_213,
                 },
                 ArtifactEntry {
                     path: "link".into(),
+                    path_hex: None,
                     kind: "symlink".into(),
                     size: 0,
                 },
                 // A name that would forge a row, and one that would read backwards.
                 ArtifactEntry {
                     path: "x\nartifact.json  file  1".into(),
+                    path_hex: None,
                     kind: "file".into(),
                     size: 2,
                 },
                 ArtifactEntry {
                     path: "report\u{202e}fdp.exe".into(),
+                    path_hex: None,
                     kind: "file".into(),
                     size: 3,
+                },
+                // Two names that differ only in bytes that are not UTF-8.
+                ArtifactEntry {
+                    path: "a\u{fffd}".into(),
+                    path_hex: Some("61ff".into()),
+                    kind: "file".into(),
+                    size: 4,
+                },
+                ArtifactEntry {
+                    path: "a\u{fffd}".into(),
+                    path_hex: Some("61fe".into()),
+                    kind: "file".into(),
+                    size: 5,
                 },
             ],
         };

@@ -68,6 +68,9 @@ pub struct JobType {
     pub allowed_params: Vec<String>,
     pub limits: Limits,
     pub network: bool,
+    /// The job may use inotify (file watching); off by default, since on the shared read-only
+    /// system directories it shows what the host runs.
+    pub inotify: bool,
     /// Extra host paths bound read-only into the sandbox (e.g. a toolchain).
     pub binds: Vec<BindConfig>,
     /// A root filesystem directory to run in instead of the host's system directories.
@@ -142,6 +145,8 @@ struct RawJobType {
     limits: Limits,
     #[serde(default)]
     network: bool,
+    #[serde(default)]
+    inotify: bool,
     #[serde(default)]
     binds: Vec<BindConfig>,
     #[serde(default)]
@@ -232,16 +237,21 @@ impl TryFrom<RawJobType> for JobType {
             allowed_params: raw.allowed_params,
             limits: raw.limits,
             network: raw.network,
+            inotify: raw.inotify,
         })
     }
 }
 
-/// Resource limits of a job type. Absent means warden's default, never unlimited for output.
+/// Resource limits of a job type. Absent means warden's default: memory, processes and output
+/// are never unlimited (a job type without its own limits still cannot exhaust the host's
+/// memory, or the host uid's process count, for every other job).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
-    pub memory_mb: Option<Positive>,
-    pub pids: Option<Positive>,
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: Positive,
+    #[serde(default = "default_pids")]
+    pub pids: Positive,
     /// Cap on stdout+stderr together; beyond it the job is killed (`output_limit`).
     #[serde(default = "default_output_mb")]
     pub output_mb: Positive,
@@ -255,11 +265,24 @@ fn default_output_mb() -> Positive {
     Positive(64)
 }
 
+/// Memory of a job type that does not say (cgroup, no swap).
+pub const DEFAULT_MEMORY_MB: u64 = 4096;
+/// Processes (and threads) of a job type that does not say.
+pub const DEFAULT_PIDS: u64 = 1024;
+
+fn default_memory_mb() -> Positive {
+    Positive(DEFAULT_MEMORY_MB)
+}
+
+fn default_pids() -> Positive {
+    Positive(DEFAULT_PIDS)
+}
+
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
-            memory_mb: None,
-            pids: None,
+            memory_mb: default_memory_mb(),
+            pids: default_pids(),
             output_mb: default_output_mb(),
             cpu_s: None,
             file_size_mb: None,

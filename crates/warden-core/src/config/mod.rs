@@ -85,7 +85,9 @@ pub struct Config {
     /// How long running jobs may go on after the server is asked to stop; what is left is re-queued.
     #[serde(default = "default_shutdown_grace_s")]
     pub shutdown_grace_s: Positive,
-    /// Host uid and gid that sandboxed jobs run as (uid 1000 inside their user namespace).
+    /// The first of `slots` host uids (and gids) sandboxed jobs run as, one per slot: the job in
+    /// slot N runs as `sandbox_uid + N` (uid 1000 inside its user namespace), so that jobs
+    /// running at once cannot signal each other or share a process count.
     #[serde(default = "default_sandbox_id")]
     pub sandbox_uid: u32,
     #[serde(default = "default_sandbox_id")]
@@ -122,8 +124,10 @@ fn default_grpc_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 50051))
 }
 
+/// Far above the uids a distribution hands out (and the 65536-wide subordinate ranges of
+/// rootless containers that start at 100000).
 fn default_sandbox_id() -> u32 {
-    65534
+    2_000_000_000
 }
 
 fn default_listen() -> SocketAddr {
@@ -191,6 +195,19 @@ impl Config {
                  use 127.0.0.1 or ::1",
                 self.listen
             )));
+        }
+        for (name, first) in [
+            ("sandbox_uid", self.sandbox_uid),
+            ("sandbox_gid", self.sandbox_gid),
+        ] {
+            let last = u64::from(first) + self.slots.get() - 1;
+            if first == 0 || last >= u64::from(u32::MAX) {
+                return Err(InvalidConfig(format!(
+                    "{name} {first}: jobs run as {name} .. {name} + slots - 1, which must be \
+                     host ids other than root (0) and below {}",
+                    u32::MAX
+                )));
+            }
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(InvalidConfig("data_dir must not be empty".into()));

@@ -28,7 +28,13 @@ fn the_documented_shape_is_accepted() {
         "a file must opt in to running unsandboxed"
     );
     let py = c.job_type("pytest").unwrap();
-    assert_eq!(py.limits.memory_mb, Some(Positive(2048)));
+    assert_eq!(py.limits.memory_mb, Positive(2048));
+    // A job type without limits still has memory and process caps.
+    let echo = c.job_type("local_echo").unwrap();
+    assert_eq!(
+        (echo.limits.memory_mb, echo.limits.pids),
+        (Positive(4096), Positive(1024))
+    );
     assert_eq!(py.limits.output_bytes(), 64 << 20);
     assert_eq!(py.allowed_params, ["PYTEST_ADDOPTS"]);
     assert_eq!(c.repos["click"].url, "https://github.com/pallets/click.git");

@@ -390,6 +390,11 @@ fn main() {
             );
             0
         }
+        "inotify" => {
+            // SAFETY: plain syscall; denied unless the job type allows inotify.
+            report("inotify_init1", unsafe { libc::inotify_init1(0) } as i64);
+            0
+        }
         "socket-families" => {
             // SAFETY: socket creation; each denied by the policy's family allowlist.
             report("netlink uevent", unsafe {

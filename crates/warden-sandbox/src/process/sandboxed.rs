@@ -288,6 +288,7 @@ mod tests {
             rootfs: None,
             binds: vec![],
             network: false,
+            inotify: false,
             uid: 1,
             gid: 1,
             memory_bytes: Some(1 << 20),

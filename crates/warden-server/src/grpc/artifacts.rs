@@ -28,16 +28,18 @@ impl pb::artifact_service_server::ArtifactService for Artifacts {
         req: Request<pb::ListArtifactsRequest>,
     ) -> Result<Response<pb::ListArtifactsResponse>, Status> {
         let id = JobService::parse_id(&req.get_ref().job_id).map_err(status)?;
-        let list = self.svc.artifacts(id).await.map_err(status)?;
+        let (list, truncated) = self.svc.artifacts(id).await.map_err(status)?;
         Ok(Response::new(pb::ListArtifactsResponse {
             artifacts: list
                 .into_iter()
                 .map(|a| pb::ArtifactEntry {
+                    path_bytes: a.path_hex.as_deref().map(unhex).unwrap_or_default(),
                     path: a.path,
                     kind: a.kind,
                     size: a.size,
                 })
                 .collect(),
+            truncated,
         }))
     }
 
@@ -50,7 +52,12 @@ impl pb::artifact_service_server::ArtifactService for Artifacts {
     ) -> Result<Response<Self::DownloadArtifactStream>, Status> {
         let r = req.into_inner();
         let id = JobService::parse_id(&r.job_id).map_err(status)?;
-        let (mut file, size) = self.svc.open_artifact(id, &r.path).await.map_err(status)?;
+        let path = if r.path_bytes.is_empty() {
+            r.path.into_bytes()
+        } else {
+            r.path_bytes
+        };
+        let (mut file, size) = self.svc.open_artifact(id, &path).await.map_err(status)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
             let mut offset = 0u64;
@@ -82,4 +89,11 @@ impl pb::artifact_service_server::ArtifactService for Artifacts {
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
     }
+}
+
+/// The bytes of a hex string the service wrote (always well-formed).
+fn unhex(hex: &str) -> Vec<u8> {
+    (0..hex.len() / 2)
+        .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+        .collect()
 }

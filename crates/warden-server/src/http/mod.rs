@@ -162,19 +162,33 @@ async fn artifacts(
     Path(id): Path<String>,
 ) -> Result<Response, ServiceError> {
     let id = JobService::parse_id(&id)?;
-    let artifacts = svc.artifacts(id).await?;
+    let (artifacts, truncated) = svc.artifacts(id).await?;
     Ok(Json(ArtifactsResponse {
         job_id: id.to_string(),
         artifacts,
+        truncated,
     })
     .into_response())
 }
 
+/// The job id and artifact path of a download URL (`/jobs/{id}/artifacts/{path}`), the path as
+/// exact bytes: percent-decoded from the URL itself, since a name need not be UTF-8 (which a
+/// `String` extractor would refuse with a non-JSON answer).
+fn download_target(uri: &axum::http::Uri) -> (String, Vec<u8>) {
+    let rest = uri.path().strip_prefix("/jobs/").unwrap_or("");
+    let (id, path) = rest.split_once("/artifacts/").unwrap_or((rest, ""));
+    let id = percent_encoding::percent_decode_str(id)
+        .decode_utf8_lossy()
+        .into_owned();
+    (id, percent_encoding::percent_decode_str(path).collect())
+}
+
 async fn download(
     State(svc): State<AppState>,
-    Path((id, path)): Path<(String, String)>,
+    uri: axum::http::Uri,
 ) -> Result<Response, ServiceError> {
-    let id = JobService::parse_id(&id)?;
+    let (raw_id, path) = download_target(&uri);
+    let id = JobService::parse_id(&raw_id)?;
     let (file, len) = svc.open_artifact(id, &path).await?;
     let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
     let mut resp = Response::new(Body::from_stream(stream));

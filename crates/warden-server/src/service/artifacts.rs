@@ -7,22 +7,31 @@ use warden_worker::artifact_dir;
 use super::{JobService, ServiceError};
 
 impl JobService {
-    /// Lists a job's artifact directory without following links.
-    pub async fn artifacts(&self, id: JobId) -> Result<Vec<ArtifactEntry>, ServiceError> {
+    /// Lists a job's artifact directory without following links: its entries (names exact:
+    /// `path_hex` where they are not UTF-8) and whether the listing stopped at its limit.
+    pub async fn artifacts(&self, id: JobId) -> Result<(Vec<ArtifactEntry>, bool), ServiceError> {
         self.store.get(id).await?;
         let root = self.data.artifacts(id);
         let listing = tokio::task::spawn_blocking(move || artifact_dir::list(&root))
             .await
             .map_err(|e| ServiceError::internal("artifact listing task", e))?;
-        Ok(listing
+        let entries = listing
             .entries
             .into_iter()
-            .map(|e| ArtifactEntry {
-                path: e.path.to_string_lossy().into_owned(),
-                kind: e.kind.as_str().into(),
-                size: e.size,
+            .map(|e| {
+                use std::os::unix::ffi::OsStrExt;
+                let bytes = e.path.as_os_str().as_bytes();
+                ArtifactEntry {
+                    path: String::from_utf8_lossy(bytes).into_owned(),
+                    path_hex: std::str::from_utf8(bytes)
+                        .is_err()
+                        .then(|| bytes.iter().map(|b| format!("{b:02x}")).collect()),
+                    kind: e.kind.as_str().into(),
+                    size: e.size,
+                }
             })
-            .collect())
+            .collect();
+        Ok((entries, listing.truncated))
     }
 
     /// Opens one artifact for download: a regular file strictly beneath the job's artifact
@@ -30,10 +39,10 @@ impl JobService {
     pub async fn open_artifact(
         &self,
         id: JobId,
-        rel: &str,
+        rel: &[u8],
     ) -> Result<(std::fs::File, u64), ServiceError> {
         self.store.get(id).await?;
-        let rel = artifact_dir::validate_path(rel)?;
+        let rel = artifact_dir::validate_path_bytes(rel)?;
         let root = self.data.artifacts(id);
         let opened = tokio::task::spawn_blocking(move || artifact_dir::open_beneath(&root, &rel))
             .await

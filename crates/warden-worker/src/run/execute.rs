@@ -158,8 +158,8 @@ fn limit_enforcement(limits: &Limits, tier: Tier) -> BTreeMap<String, String> {
     m.insert("open_files".into(), rl(limits.open_files.is_some()));
     if tier == Tier::UnsafeFallback {
         for (name, set) in [
-            ("memory", limits.memory_mb.is_some()),
-            ("pids", limits.pids.is_some()),
+            ("memory", true),
+            ("pids", true),
             ("tmpfs", limits.tmpfs_mb.is_some()),
         ] {
             if set {
@@ -271,13 +271,11 @@ mod tests {
 
     #[test]
     fn fallback_records_what_it_cannot_enforce() {
-        let limits = Limits {
-            memory_mb: Some(warden_core::config::Positive(64)),
-            ..Limits::default()
-        };
+        let limits = Limits::default();
         let m = limit_enforcement(&limits, Tier::UnsafeFallback);
         assert_eq!(m["memory"], "not enforced (unsafe_fallback: no sandbox)");
-        assert!(!m.contains_key("pids"));
+        assert_eq!(m["pids"], "not enforced (unsafe_fallback: no sandbox)");
+        assert!(!m.contains_key("tmpfs"));
         assert!(!limit_enforcement(&limits, Tier::Sandbox).contains_key("memory"));
     }
 }

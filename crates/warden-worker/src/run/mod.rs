@@ -99,46 +99,55 @@ async fn check_out(
     }
 }
 
-pub(crate) async fn run_job(shared: &Shared, claimed: Claimed, signals: JobSignals) {
+/// Runs one claimed job in slot `slot` (whose host uid and gid its sandbox maps to).
+pub(crate) async fn run_job(shared: &Shared, claimed: Claimed, signals: JobSignals, slot: usize) {
     let Claimed { job, lease } = claimed;
     let started_ms = job.started_at.unwrap_or_else(now_millis);
-    let (outcome, info, checkout, invariants) = match check_out(shared, &job, &lease, &signals)
-        .await
-    {
-        Err(outcome) => (outcome, None, None, None),
-        Ok(checkout) => {
-            let preparing = (shared.clone(), job.clone(), checkout.clone());
-            let prepared =
-                blocking(move || prepare(&preparing.0, &preparing.1, preparing.2.as_deref())).await;
-            match prepared {
-                Err(refusal) => {
-                    // It never ran: the commit's tree is known, nothing about it was proven.
-                    let inv = checkout.as_ref().map(|co| Invariants {
-                        tree: Some(co.tree_id().to_string()),
-                        ..Invariants::default()
-                    });
-                    (Outcome::refused(&refusal), None, checkout, inv)
-                }
-                Ok(prepared) => {
-                    let (executed, info) = execute(shared, &lease, prepared, &signals).await;
-                    // The proof: whatever the job did or how it ended, the tree it saw must
-                    // still be the commit.
-                    let (proof, inv) = match &checkout {
-                        Some(co) => {
-                            let (proof, inv) = prove(shared, &job, co).await;
-                            (proof, Some(inv))
-                        }
-                        None => (Proof::NotMade, None),
-                    };
-                    let outcome = match executed {
-                        Ok((report, end)) => verdict(&report, end, &proof),
-                        Err(refusal) => apply_proof(Outcome::refused(&refusal), &proof),
-                    };
-                    (outcome, Some(info), checkout, inv)
+    let (outcome, info, checkout, invariants) =
+        match check_out(shared, &job, &lease, &signals).await {
+            Err(outcome) => (outcome, None, None, None),
+            Ok(checkout) => {
+                let preparing = (shared.clone(), job.clone(), checkout.clone());
+                let claim = lease.token;
+                let prepared = blocking(move || {
+                    prepare(
+                        &preparing.0,
+                        &preparing.1,
+                        preparing.2.as_deref(),
+                        slot,
+                        claim,
+                    )
+                })
+                .await;
+                match prepared {
+                    Err(refusal) => {
+                        // It never ran: the commit's tree is known, nothing about it was proven.
+                        let inv = checkout.as_ref().map(|co| Invariants {
+                            tree: Some(co.tree_id().to_string()),
+                            ..Invariants::default()
+                        });
+                        (Outcome::refused(&refusal), None, checkout, inv)
+                    }
+                    Ok(prepared) => {
+                        let (executed, info) = execute(shared, &lease, prepared, &signals).await;
+                        // The proof: whatever the job did or how it ended, the tree it saw must
+                        // still be the commit.
+                        let (proof, inv) = match &checkout {
+                            Some(co) => {
+                                let (proof, inv) = prove(shared, &job, co).await;
+                                (proof, Some(inv))
+                            }
+                            None => (Proof::NotMade, None),
+                        };
+                        let outcome = match executed {
+                            Ok((report, end)) => verdict(&report, end, &proof),
+                            Err(refusal) => apply_proof(Outcome::refused(&refusal), &proof),
+                        };
+                        (outcome, Some(info), checkout, inv)
+                    }
                 }
             }
-        }
-    };
+        };
     finish(
         shared, &job, &lease, outcome, invariants, info, &checkout, started_ms,
     )

@@ -39,6 +39,8 @@ pub(super) fn prepare(
     shared: &Shared,
     job: &JobRecord,
     checkout: Option<&Checkout>,
+    slot: usize,
+    claim: i64,
 ) -> Result<Prepared, Refusal> {
     let Some(job_type) = shared.config.job_type(&job.job_type).cloned() else {
         return Err(Refusal::new(
@@ -82,9 +84,13 @@ pub(super) fn prepare(
                 etc: shared.data.sandbox_etc(),
                 artifacts,
                 scratch,
-                uid: shared.config.sandbox_uid,
-                gid: shared.config.sandbox_gid,
-                cgroup_name: job.id.to_string(),
+                // One host identity per slot: jobs running at once never share a uid
+                // (validated at start: the range fits, and is not root).
+                uid: shared.config.sandbox_uid + slot as u32,
+                gid: shared.config.sandbox_gid + slot as u32,
+                // Per claim (the lease's fencing token): a job re-run elsewhere while a lost
+                // attempt is still being torn down never shares, or kills, its cgroup.
+                cgroup_name: format!("{}-{claim}", job.id),
             };
             layout.make_dirs().map_err(directories)?;
             layout.env(&mut env, repo.as_ref());
@@ -203,10 +209,11 @@ impl SandboxedLayout {
                 })
                 .collect(),
             network: job_type.network,
+            inotify: job_type.inotify,
             uid: self.uid,
             gid: self.gid,
-            memory_bytes: limits.memory_mb.map(|m| m.get().saturating_mul(1 << 20)),
-            pids: limits.pids.map(|p| p.get()),
+            memory_bytes: Some(limits.memory_mb.get().saturating_mul(1 << 20)),
+            pids: Some(limits.pids.get()),
             tmpfs_bytes: limits.tmpfs_mb.map(|m| m.get()).unwrap_or(DEFAULT_TMPFS_MB) << 20,
             cgroup_name: self.cgroup_name,
         }))

@@ -44,6 +44,7 @@ pub(super) fn artifact_record(input: RecordInput<'_>, dir: &Path) -> ArtifactJso
         checkout,
     } = input;
     let (stdout_bytes, stderr_bytes) = info.map(|i| i.log_bytes).unwrap_or_default();
+    let (outputs, outputs_truncated) = outputs(dir);
     ArtifactJson {
         job_id: job.id.to_string(),
         job_type: job.job_type.clone(),
@@ -77,18 +78,23 @@ pub(super) fn artifact_record(input: RecordInput<'_>, dir: &Path) -> ArtifactJso
             stderr_bytes,
             truncated: done.log_truncated,
         },
-        outputs: outputs(dir),
+        outputs,
+        outputs_truncated,
     }
 }
 
 /// Relative paths of the regular files the job left, never following links; `artifact.json`
-/// itself excluded.
-fn outputs(dir: &Path) -> Vec<String> {
-    artifact_dir::regular_files(dir)
+/// itself excluded; and whether the listing stopped at its limit.
+fn outputs(dir: &Path) -> (Vec<String>, bool) {
+    let listing = artifact_dir::list(dir);
+    let files = listing
+        .entries
         .into_iter()
-        .filter(|p| p != Path::new("artifact.json"))
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect()
+        .filter(|e| e.kind == artifact_dir::EntryKind::File)
+        .filter(|e| e.path != Path::new("artifact.json"))
+        .map(|e| e.path.to_string_lossy().into_owned())
+        .collect();
+    (files, listing.truncated)
 }
 
 #[cfg(test)]
@@ -131,5 +137,6 @@ mod tests {
         assert_eq!(rec.isolation, "unsafe_fallback");
         assert!(rec.unsafe_fallback);
         assert_eq!(rec.outputs, ["out/a.txt"]);
+        assert!(!rec.outputs_truncated);
     }
 }

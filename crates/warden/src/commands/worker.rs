@@ -27,6 +27,7 @@ fn load(args: &WorkerArgs) -> Result<(warden_core::Config, RemoteOptions), BadWo
     if let Some(s) = args.slots {
         config.slots = Positive(s);
     }
+    config.validate().map_err(|e| bad(&e))?;
     for l in &args.labels {
         if !is_valid_label(l) {
             return Err(BadWorkerArgs(format!(

@@ -689,8 +689,15 @@ async fn workers_on_other_hosts_reach_the_control_plane_over_veth() {
         &format!("10.214.{tag}.1:0"),
         &[],
     );
-    let wrap1 = ["ip", "netns", "exec", ns1.name.as_str()];
-    let wrap2 = ["ip", "netns", "exec", ns2.name.as_str()];
+    // nsenter switches the network namespace only: `ip netns exec` would also remount /sys
+    // without the cgroup hierarchies, and a real host's worker has them (every job type has
+    // memory and pids limits, which need them).
+    let (net1, net2) = (
+        format!("--net=/var/run/netns/{}", ns1.name),
+        format!("--net=/var/run/netns/{}", ns2.name),
+    );
+    let wrap1 = ["nsenter", net1.as_str(), "--"];
+    let wrap2 = ["nsenter", net2.as_str(), "--"];
     let w1 = Worker::start_in(dir.path(), "far1", &cp1.grpc, 2, "", &wrap1);
     let w2 = Worker::start_in(dir.path(), "far2", &cp2.grpc, 2, "", &wrap2);
     let client = cp1.client();
@@ -699,7 +706,13 @@ async fn workers_on_other_hosts_reach_the_control_plane_over_veth() {
         ids.push(client.submit(&job("quick")).await.unwrap().job_id);
     }
     let jobs = wait_all(&client, &ids, Duration::from_secs(60)).await;
-    assert!(jobs.iter().all(|j| j.status == JobStatus::Succeeded));
+    assert!(
+        jobs.iter().all(|j| j.status == JobStatus::Succeeded),
+        "{:?}",
+        jobs.iter()
+            .map(|j| (&j.status, &j.reason))
+            .collect::<Vec<_>>()
+    );
     assert_eq!(w1.started().len() + w2.started().len(), 20);
     // The sessions came from the namespaces' own addresses, across the veth links.
     let cp1_log = cp1.proc.log_text();

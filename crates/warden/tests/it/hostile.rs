@@ -307,12 +307,22 @@ impl Box {
             !hostile.data.join("scratch").join(id).exists(),
             "scratch of {id} survived"
         );
+        // The job's cgroup is named `<job id>-<claim>`: none of this job's may be left.
         for controller in ["memory", "pids", "unified"] {
-            let cg = Path::new("/sys/fs/cgroup")
-                .join(controller)
-                .join("warden")
-                .join(id);
-            assert!(!cg.exists(), "cgroup {} survived", cg.display());
+            let parent = Path::new("/sys/fs/cgroup").join(controller).join("warden");
+            let left: Vec<String> = std::fs::read_dir(&parent)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .filter(|n| n.starts_with(id.as_str()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            assert!(
+                left.is_empty(),
+                "cgroups {left:?} survived in {}",
+                parent.display()
+            );
         }
         let next = self.run("echo", &[]).await;
         assert_eq!(

@@ -27,6 +27,15 @@ job_types:
     argv: ["/opt/probe", "socket-families"]
     binds: [{host: "PROBE", at: /opt/probe}]
     timeout_s: 30
+  watch_default:
+    argv: ["/opt/probe", "inotify"]
+    binds: [{host: "PROBE", at: /opt/probe}]
+    timeout_s: 30
+  watch_allowed:
+    argv: ["/opt/probe", "inotify"]
+    binds: [{host: "PROBE", at: /opt/probe}]
+    inotify: true
+    timeout_s: 30
   graceful:
     argv: ["/bin/sh", "-c", "trap 'echo handled > \"$ARTIFACT_DIR/term\"; exit 0' TERM; echo ready; while :; do sleep 0.05; done"]
     timeout_s: 120
@@ -36,6 +45,12 @@ job_types:
   record_dir:
     argv: ["/bin/sh", "-c", "mkdir -p \"$ARTIFACT_DIR/artifact.json/inner\"; echo ok"]
     timeout_s: 30
+  names:
+    argv: ["/usr/bin/python3", "-c", "import os\nd = os.environ['ARTIFACT_DIR'].encode()\nopen(d + b'/a\\xff', 'w').write('1')\nopen(d + b'/a\\xfe', 'w').write('22')\nos.mkdir(d + b'/many')\nfor i in range(10050):\n    open(d + b'/many/%d' % i, 'w').close()\nprint('made')"]
+    timeout_s: 120
+  hold:
+    argv: ["/bin/sh", "-c", "echo ready; exec sleep 1000"]
+    timeout_s: 120
   unix_socket:
     argv: ["/usr/bin/python3", "-c", "import os, socket; s = socket.socket(socket.AF_UNIX); s.bind(os.environ['ARTIFACT_DIR'] + '/sock'); print('bound')"]
     timeout_s: 30
@@ -207,5 +222,101 @@ async fn a_socket_in_the_artifacts_is_not_a_file_not_a_server_error() {
             assert_eq!((status, code), (422, ErrorCode::NotAFile));
         }
         other => panic!("downloading a socket answered {other:?}"),
+    }
+}
+
+/// The host uid of every process of this test's jobs.
+fn host_uids_of_jobs() -> std::collections::BTreeSet<u32> {
+    processes_of_uid(test_uid())
+        .into_iter()
+        .filter_map(|pid| std::fs::metadata(format!("/proc/{pid}")).ok())
+        .map(|m| m.uid())
+        .collect()
+}
+
+#[tokio::test]
+async fn jobs_running_at_once_have_host_uids_of_their_own() {
+    let h = start();
+    let (a, b) = (h.submit("hold").await, h.submit("hold").await);
+    wait_running_with_output(&h.client, &a).await;
+    wait_running_with_output(&h.client, &b).await;
+    let uids = host_uids_of_jobs();
+    assert_eq!(uids.len(), 2, "two jobs, one uid each: {uids:?}");
+    assert!(
+        uids.iter()
+            .all(|u| (test_uid()..test_uid() + 2).contains(u)),
+        "{uids:?}"
+    );
+    for id in [&a, &b] {
+        h.client.cancel(id).await.unwrap();
+        assert_eq!(
+            wait_terminal(&h.client, id).await.status,
+            JobStatus::Cancelled
+        );
+    }
+    // Every job type has memory and process limits, even without a `limits:` of its own.
+    let job = h.client.get(&a).await.unwrap();
+    assert!(
+        job.enforcement["memory"].starts_with("cgroup v"),
+        "{:?}",
+        job.enforcement
+    );
+    assert!(
+        job.enforcement["pids"].starts_with("cgroup v"),
+        "{:?}",
+        job.enforcement
+    );
+}
+
+#[tokio::test]
+async fn names_are_lossless_and_long_listings_say_they_stopped() {
+    let h = start();
+    let id = h.submit("names").await;
+    let job = wait_terminal(&h.client, &id).await;
+    assert_eq!(
+        job.status,
+        JobStatus::Succeeded,
+        "{job:?} {}",
+        h.stdout(&id).await
+    );
+    let grpc = Client::new(
+        &h.server.grpc.replace("http://", "grpc://"),
+        Duration::from_secs(10),
+        None,
+    )
+    .unwrap();
+    for client in [&h.client, &grpc] {
+        let list = client.artifacts(&id).await.unwrap();
+        assert!(list.truncated, "10,052 entries listed as complete");
+        assert_eq!(list.artifacts.len(), 10_000);
+    }
+    // The two names differ only in a byte that is not UTF-8: both are listed apart ...
+    let dir = h.artifacts(&id);
+    let listing = warden_worker::artifact_dir::list(&dir);
+    assert!(listing.truncated);
+    let record: serde_json::Value =
+        serde_json::from_slice(&h.client.artifact(&id, "artifact.json").await.unwrap()).unwrap();
+    assert_eq!(record["outputs_truncated"], true);
+    // ... and each can be downloaded by its exact bytes.
+    for (name, body) in [("a%FF", "1"), ("a%FE", "22")] {
+        let url = format!("{}/jobs/{id}/artifacts/{name}", h.server.url);
+        let resp = reqwest::get(&url).await.unwrap();
+        assert_eq!(resp.status(), 200, "{url}");
+        assert_eq!(resp.text().await.unwrap(), body);
+    }
+}
+
+#[tokio::test]
+async fn inotify_is_off_unless_the_job_type_asks() {
+    let h = start();
+    for (job_type, expected) in [
+        ("watch_default", "BLOCKED inotify_init1"),
+        ("watch_allowed", "ALLOWED inotify_init1"),
+    ] {
+        let id = h.submit(job_type).await;
+        let job = wait_terminal(&h.client, &id).await;
+        assert_eq!(job.status, JobStatus::Succeeded, "{job:?}");
+        let out = h.stdout(&id).await;
+        assert!(out.starts_with(expected), "{job_type}: {out}");
     }
 }

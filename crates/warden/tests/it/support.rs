@@ -62,13 +62,17 @@ repos:
   demo: {url: "https://example.invalid/demo.git"}
 "#;
 
-/// The host uid this test's sandboxed jobs run as: unique per test process (nextest runs each
-/// test in its own), so "no process of this uid is left" speaks of this test's jobs only.
+/// The first host uid this test's sandboxed jobs run as (slot N runs as this + N): a range of
+/// its own per test process (nextest runs each test in its own), so "no process of these uids
+/// is left" speaks of this test's jobs only.
 pub fn test_uid() -> u32 {
-    200_000 + std::process::id() % 100_000
+    200_000 + (std::process::id() % 100_000) * SLOT_UIDS
 }
 
-/// Host pids of every process running as `uid`.
+/// How many slot uids a test's range holds.
+pub const SLOT_UIDS: u32 = 16;
+
+/// Host pids of every process running as one of the slot uids from `uid`.
 pub fn processes_of_uid(uid: u32) -> Vec<i32> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -86,7 +90,7 @@ pub fn processes_of_uid(uid: u32) -> Vec<i32> {
             .lines()
             .find_map(|l| l.strip_prefix("Uid:"))
             .and_then(|l| l.split_whitespace().next()?.parse::<u32>().ok());
-        if real == Some(uid) {
+        if real.is_some_and(|r| (uid..uid + SLOT_UIDS).contains(&r)) {
             out.push(pid);
         }
     }
