@@ -104,7 +104,7 @@ pub struct SandboxSpec {
     pub binds: Vec<Bind>,
     /// Share the host's network namespace instead of a loopback-only one.
     pub network: bool,
-    /// Allow `inotify_init*` (denied by default: see `seccomp::inotify_filter`).
+    /// Allow `inotify_init*` (denied by default: see `seccomp::INOTIFY`).
     #[serde(default)]
     pub inotify: bool,
     /// Host uid/gid the job's uid 1000 maps to.

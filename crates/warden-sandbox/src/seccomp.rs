@@ -306,10 +306,23 @@ fn arch() -> TargetArch {
 #[error("{0}")]
 pub struct SeccompError(pub String);
 
-/// Compiles the policy into the filters to install, in order.
-pub fn compile() -> Result<Vec<BpfProgram>, SeccompError> {
+/// Denied unless a job type says `inotify: true`: on the shared read-only `/usr` and binds,
+/// inotify would let a job watch what the host runs (which files it opens, and when).
+#[cfg(target_arch = "x86_64")]
+const INOTIFY: &[i64] = &[libc::SYS_inotify_init, libc::SYS_inotify_init1];
+#[cfg(target_arch = "aarch64")]
+const INOTIFY: &[i64] = &[libc::SYS_inotify_init1];
+
+/// Compiles the policy into the filters to install, in order; with `deny_inotify`, the
+/// `inotify_init*` calls are denied too (in the same filter: no extra cost per syscall).
+pub fn compile(deny_inotify: bool) -> Result<Vec<BpfProgram>, SeccompError> {
     let err = |e: seccompiler::BackendError| SeccompError(e.to_string());
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    if deny_inotify {
+        for nr in INOTIFY {
+            rules.insert(*nr, Vec::new());
+        }
+    }
     for d in POLICY {
         let entry = rules.entry(d.nr).or_default();
         match d.when {
@@ -416,41 +429,20 @@ fn x32_filter() -> BpfProgram {
     ]
 }
 
-/// The compiled policy, computed once per process (the zygote does it before forking).
-pub fn compiled() -> Result<&'static [BpfProgram], SeccompError> {
-    static FILTERS: std::sync::OnceLock<Result<Vec<BpfProgram>, SeccompError>> =
-        std::sync::OnceLock::new();
-    FILTERS
-        .get_or_init(compile)
+/// The compiled policy (with or without inotify), computed once per process (the zygote does
+/// both before forking).
+pub fn compiled(deny_inotify: bool) -> Result<&'static [BpfProgram], SeccompError> {
+    type Filters = std::sync::OnceLock<Result<Vec<BpfProgram>, SeccompError>>;
+    static WITHOUT_INOTIFY: Filters = std::sync::OnceLock::new();
+    static WITH_INOTIFY: Filters = std::sync::OnceLock::new();
+    let (cell, deny) = if deny_inotify {
+        (&WITHOUT_INOTIFY, true)
+    } else {
+        (&WITH_INOTIFY, false)
+    };
+    cell.get_or_init(|| compile(deny))
         .as_ref()
         .map(Vec::as_slice)
-        .map_err(Clone::clone)
-}
-
-/// The extra filter for job types that do not ask for inotify: `inotify_init*` → `EPERM`.
-/// inotify on the shared read-only `/usr` and binds would let a job watch what the host runs
-/// (which files it opens, when); a job type whose tools need file watching says
-/// `inotify: true`. Compiled once per process, like the policy.
-pub fn inotify_filter() -> Result<&'static BpfProgram, SeccompError> {
-    static FILTER: std::sync::OnceLock<Result<BpfProgram, SeccompError>> =
-        std::sync::OnceLock::new();
-    FILTER
-        .get_or_init(|| {
-            let err = |e: seccompiler::BackendError| SeccompError(e.to_string());
-            #[cfg(target_arch = "x86_64")]
-            let calls = [libc::SYS_inotify_init, libc::SYS_inotify_init1];
-            #[cfg(target_arch = "aarch64")]
-            let calls = [libc::SYS_inotify_init1];
-            let filter = SeccompFilter::new(
-                calls.into_iter().map(|nr| (nr, vec![])).collect(),
-                SeccompAction::Allow,
-                SeccompAction::Errno(libc::EPERM as u32),
-                arch(),
-            )
-            .map_err(err)?;
-            filter.try_into().map_err(err)
-        })
-        .as_ref()
         .map_err(Clone::clone)
 }
 
@@ -468,7 +460,7 @@ mod tests {
 
     #[test]
     fn policy_compiles_and_covers_the_required_calls() {
-        let filters = compile().unwrap();
+        let filters = compile(true).unwrap();
         assert_eq!(filters.len(), 3);
         for name in [
             "unshare",

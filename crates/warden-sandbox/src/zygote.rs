@@ -22,8 +22,8 @@ pub fn main() -> ! {
     // Supervisors are reaped by the kernel, not left as zombies of a zygote that never waits.
     set_sigchld(libc::SIG_DFL, libc::SA_NOCLDWAIT);
     // Work every job would repeat is done once, here, and inherited by each fork.
-    let _ = crate::seccomp::compiled();
-    let _ = crate::seccomp::inotify_filter();
+    let _ = crate::seccomp::compiled(true);
+    let _ = crate::seccomp::compiled(false);
     let mut pool = NetnsPool::new();
     pool.refill();
     loop {

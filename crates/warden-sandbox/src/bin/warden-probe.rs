@@ -167,7 +167,7 @@ fn main() {
         "seccomp-self-test" => {
             // SAFETY: plain prctl.
             unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-            let filters = warden_sandbox::seccomp::compile().expect("policy compiles");
+            let filters = warden_sandbox::seccomp::compile(true).expect("policy compiles");
             warden_sandbox::seccomp::install(&filters).expect("filters install");
             // SAFETY: raw syscalls, each denied by the policy.
             unsafe {

@@ -55,21 +55,8 @@ fn become_job(
     let exec = Exec::new(spec)?;
     // A fresh process's signal state: the supervisor's blocked and ignored signals stay behind.
     crate::signals::reset();
-    let watch = match &spec.isolation {
-        crate::Isolation::Sandbox(sb) => sb.inotify,
-        crate::Isolation::UnsafeFallback { .. } => true,
-    };
-    let inotify = if watch {
-        None
-    } else {
-        Some(crate::seccomp::inotify_filter().map_err(|e| StepError(format!("seccomp: {e}")))?)
-    };
     // Last: from here on the job's own syscalls are filtered.
     crate::seccomp::install(filters).map_err(|e| StepError(format!("seccomp: {e}")))?;
-    if let Some(f) = inotify {
-        crate::seccomp::install(std::slice::from_ref(f))
-            .map_err(|e| StepError(format!("seccomp: {e}")))?;
-    }
     Err(exec.run())
 }
 

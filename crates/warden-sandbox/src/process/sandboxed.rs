@@ -44,7 +44,7 @@ pub(crate) fn run(
 ) -> ExitReport {
     let started = Instant::now();
     // Compiled once per zygote, before any fork: the job only has to install it.
-    let filters = match crate::seccomp::compiled() {
+    let filters = match crate::seccomp::compiled(!sb.inotify) {
         Ok(f) => f,
         Err(e) => return setup_failed("seccomp compile", e),
     };
