@@ -968,3 +968,44 @@ async fn grpc_job_service_watches_streams_and_refuses_garbage() {
     assert_eq!(finished.code(), tonic::Code::FailedPrecondition);
     assert_eq!(code(&finished).as_deref(), Some("job_finished"));
 }
+
+/// The fallback path starts jobs with a fresh signal state too: a cancelled job's SIGTERM
+/// handler runs (it used to inherit the supervisor's blocked SIGTERM and ignored SIGPIPE).
+#[tokio::test]
+async fn fallback_jobs_get_their_sigterm_and_a_quiet_sigpipe() {
+    let t = test_app_with(
+        "job_types:\n  graceful:\n    argv: [\"/bin/sh\", \"-c\", \"trap 'echo handled > \\\"$ARTIFACT_DIR/term\\\"; exit 0' TERM; echo ready; while :; do sleep 0.05; done\"]\n    timeout_s: 60\n  pipe:\n    argv: [\"/bin/sh\", \"-c\", \"yes | head -1\"]\n    timeout_s: 30\n",
+    );
+    let (st, sub) = post_json(&t.router, "/jobs", r#"{"job_type":"graceful"}"#).await;
+    assert_eq!(st, StatusCode::CREATED, "{sub}");
+    let id = sub["job_id"].as_str().unwrap().to_string();
+    let art = std::path::PathBuf::from(sub["artifact_dir"].as_str().unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, job) = call(&t.router, "GET", &format!("/jobs/{id}"), None, vec![]).await;
+        if job["stdout_bytes"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{job}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (st, _) = post_json(&t.router, &format!("/jobs/{id}/cancel"), "").await;
+    assert_eq!(st, StatusCode::ACCEPTED);
+    let job = loop {
+        let (_, job) = call(&t.router, "GET", &format!("/jobs/{id}"), None, vec![]).await;
+        if job["status"] != "queued" && job["status"] != "running" {
+            break job;
+        }
+        assert!(std::time::Instant::now() < deadline, "{job}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(job["status"], "cancelled", "{job}");
+    assert_eq!(
+        std::fs::read_to_string(art.join("term")).ok().as_deref(),
+        Some("handled\n"),
+        "the job's SIGTERM handler never ran"
+    );
+    let pipe = submit_and_wait(&t.router, r#"{"job_type":"pipe"}"#).await;
+    assert_eq!(pipe["status"], "succeeded", "{pipe}");
+    assert_eq!(pipe["stderr_bytes"], 0, "{pipe}");
+}
