@@ -227,13 +227,7 @@ pub fn list(root: &Path) -> Listing {
                 continue;
             }
             if kind == FileType::Directory
-                && let Ok(sub) = rustix::fs::openat2(
-                    &dir,
-                    &name,
-                    OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                    BENEATH,
-                )
+                && let Some(sub) = open_subdir(&dir, &name)
             {
                 stack.push((sub, path.clone()));
             }
@@ -288,13 +282,7 @@ pub fn seal(root: &Path, uid: u32, gid: u32) -> std::io::Result<u64> {
             // the entry itself.
             rustix::fs::chmodat(&dir, &name, Mode::from_raw_mode(safe), AtFlags::empty())?;
             if kind == FileType::Directory
-                && let Ok(sub) = rustix::fs::openat2(
-                    &dir,
-                    &name,
-                    OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                    BENEATH,
-                )
+                && let Some(sub) = open_subdir(&dir, &name)
             {
                 stack.push(sub);
             }
@@ -318,6 +306,19 @@ pub fn regular_files(root: &Path) -> Vec<PathBuf> {
         .filter(|e| e.kind == EntryKind::File)
         .map(|e| e.path)
         .collect()
+}
+
+/// A directory entry of `dir` as a directory of its own, opened from `dir`'s descriptor:
+/// `None` when it is not a directory (any more) or would take a link to reach.
+fn open_subdir(dir: &OwnedFd, name: &OsStr) -> Option<OwnedFd> {
+    rustix::fs::openat2(
+        dir,
+        name,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        BENEATH,
+    )
+    .ok()
 }
 
 /// The names in `dir` (without `.` and `..`) with what `statat` says of each, not following

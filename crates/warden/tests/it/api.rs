@@ -755,15 +755,7 @@ async fn fallback_timeout_kills_setsid_daemons_too() {
     assert_eq!(st, StatusCode::CREATED, "{sub}");
     let id = sub["job_id"].as_str().unwrap().to_string();
     let art = std::path::PathBuf::from(sub["artifact_dir"].as_str().unwrap());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let job = loop {
-        let (_, job) = call(&t.router, "GET", &format!("/jobs/{id}"), None, vec![]).await;
-        if job["status"] != "queued" && job["status"] != "running" {
-            break job;
-        }
-        assert!(std::time::Instant::now() < deadline, "{job}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let job = wait_terminal_json(&t.router, &id).await;
     assert_eq!(job["status"], "timed_out", "{job}");
     assert_eq!(job["unsafe_fallback"], true);
     for file in ["child.pid", "daemon.pid"] {
@@ -991,14 +983,7 @@ async fn fallback_jobs_get_their_sigterm_and_a_quiet_sigpipe() {
     }
     let (st, _) = post_json(&t.router, &format!("/jobs/{id}/cancel"), "").await;
     assert_eq!(st, StatusCode::ACCEPTED);
-    let job = loop {
-        let (_, job) = call(&t.router, "GET", &format!("/jobs/{id}"), None, vec![]).await;
-        if job["status"] != "queued" && job["status"] != "running" {
-            break job;
-        }
-        assert!(std::time::Instant::now() < deadline, "{job}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let job = wait_terminal_json(&t.router, &id).await;
     assert_eq!(job["status"], "cancelled", "{job}");
     assert_eq!(
         std::fs::read_to_string(art.join("term")).ok().as_deref(),
