@@ -224,6 +224,12 @@ async fn finish(
             return;
         }
         Outcome::Release => {
+            // Its processes are gone and a re-run starts from an empty directory: what it
+            // left meanwhile is defused like any finished job's.
+            let dir = shared.data.artifacts(id);
+            if let Err(e) = blocking(move || seal(&dir)).await {
+                tracing::warn!(job = %id, error = %e, "could not seal the artifacts");
+            }
             match shared.coordinator.release(lease).await {
                 Ok(()) => tracing::info!(job = %id, "job re-queued at shutdown"),
                 Err(e) => {
@@ -277,8 +283,7 @@ async fn write_record(
             return Ok(());
         }
         // The job is gone: its artifacts become warden's, without setuid or world-write bits.
-        let (uid, gid) = (rustix::process::geteuid(), rustix::process::getegid());
-        crate::artifact_dir::seal(&dir, uid.as_raw(), gid.as_raw())?;
+        seal(&dir)?;
         let input = RecordInput {
             job: &job,
             done: &done,
@@ -291,6 +296,12 @@ async fn write_record(
         write_artifact_json(&dir, &artifact_record(input, &dir))
     })
     .await
+}
+
+/// Takes a finished job's artifact directory back for warden (see `artifact_dir::seal`).
+fn seal(dir: &std::path::Path) -> std::io::Result<u64> {
+    let (uid, gid) = (rustix::process::geteuid(), rustix::process::getegid());
+    crate::artifact_dir::seal(dir, uid.as_raw(), gid.as_raw())
 }
 
 #[cfg(test)]
