@@ -27,8 +27,6 @@ pub enum When {
     ArgIs(u8, &'static [u64]),
     /// Argument `arg` has any of these bits set (each listed mask is checked on its own).
     ArgHasBit(u8, &'static [u64]),
-    /// Argument `arg` masked with `mask` equals `value`.
-    ArgMasked(u8, u64, u64),
     /// Argument `arg` is none of the values (an allowlist: anything else is denied).
     ArgNotIn(u8, &'static [u64]),
     /// Every one of these comparisons holds.
@@ -340,10 +338,6 @@ pub fn compile(deny_inotify: bool) -> Result<Vec<BpfProgram>, SeccompError> {
                     let c = cond(arg, SeccompCmpOp::MaskedEq(*b), *b).map_err(err)?;
                     entry.push(SeccompRule::new(vec![c]).map_err(err)?);
                 }
-            }
-            When::ArgMasked(arg, mask, value) => {
-                let c = cond(arg, SeccompCmpOp::MaskedEq(mask), value).map_err(err)?;
-                entry.push(SeccompRule::new(vec![c]).map_err(err)?);
             }
             When::ArgNotIn(arg, allowed) => {
                 let conds = allowed
