@@ -56,13 +56,29 @@ if ! cargo deny --version >/dev/null 2>&1; then
     echo "setup: installing cargo-deny"
     cargo install cargo-deny --locked
 fi
-# Benchmarks compare against bubblewrap and util-linux's unshare: only with --bench.
-if [ "${1:-}" = "--bench" ] && ! have bwrap; then
+# Optional parts, by flag: --bench (benchmarks compare against bubblewrap and util-linux's
+# unshare), --vm (`cargo xtask vm-test`: QEMU, a static busybox for the initramfs, debootstrap
+# for the VM's Debian root filesystem, cpio to pack the initramfs; the VM's root filesystem and
+# kernel are cached under target/vm/ by vm-test itself).
+optional=()
+for flag in "$@"; do
+    case "$flag" in
+        --bench) have bwrap || optional+=(bubblewrap) ;;
+        --vm)
+            have qemu-system-x86_64 || optional+=(qemu-system-x86)
+            [ -x /bin/busybox ] || optional+=(busybox-static)
+            have debootstrap || optional+=(debootstrap)
+            have cpio || optional+=(cpio)
+            ;;
+        *) echo "setup: unknown flag $flag (known: --bench, --vm)" >&2; exit 2 ;;
+    esac
+done
+if [ ${#optional[@]} -gt 0 ]; then
     if have apt-get && [ "$(id -u)" = 0 ]; then
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${optional[@]}"
     else
-        echo "setup: install bubblewrap for cargo xtask bench sandbox" >&2
+        echo "setup: install ${optional[*]}" >&2
         exit 1
     fi
 fi

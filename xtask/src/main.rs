@@ -1,4 +1,4 @@
-//! `cargo xtask bench e2e|sandbox|checkout|queue ...` (see `usage` below)
+//! `cargo xtask bench e2e|sandbox|checkout|queue ...` and `cargo xtask vm-test` (see `usage`)
 //!
 //! Benchmarks are not tests: they print a table of medians and ratios against a baseline run in
 //! the same invocation. Results and the command that reproduces them go to docs/benchmarks.md.
@@ -16,6 +16,7 @@ use warden_client::Client;
 mod checkout;
 mod queue;
 mod sandbox;
+mod vm;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -29,9 +30,10 @@ fn main() -> anyhow::Result<()> {
         ["bench", "sandbox", rest @ ..] => sandbox::bench_sandbox(rest),
         ["bench", "checkout", rest @ ..] => checkout::bench_checkout(rest),
         ["bench", "queue", rest @ ..] => queue::bench_queue(rest),
+        ["vm-test", rest @ ..] => vm::vm_test(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask bench e2e [--jobs N] [--sequential N] [--concurrency C] [--slots S]\n       cargo xtask bench sandbox [--runs N]\n       cargo xtask bench checkout [--files N] [--mb M] [--runs R] [--jobs J]\n       cargo xtask bench queue [--jobs N] [--claimers C] [--history H] [--starts S]"
+                "usage: cargo xtask bench e2e [--jobs N] [--sequential N] [--concurrency C] [--slots S]\n       cargo xtask bench sandbox [--runs N]\n       cargo xtask bench checkout [--files N] [--mb M] [--runs R] [--jobs J]\n       cargo xtask bench queue [--jobs N] [--claimers C] [--history H] [--starts S]\n       cargo xtask vm-test [--bench] [--kvm] [--timeout-min M] [--memory-mb M]"
             );
             std::process::exit(2);
         }

@@ -7,7 +7,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use warden_sandbox::{Bind, Isolation, Launcher, Rlimits, SandboxSpec, SpawnSpec};
+use warden_sandbox::{
+    Bind, CgroupLimits, Host, Isolation, Launcher, Rlimits, SandboxSpec, SpawnSpec,
+};
 
 use crate::{Stats, build_release, flag, ms, stats};
 
@@ -66,6 +68,7 @@ struct WardenRuns {
     rt: tokio::runtime::Runtime,
     dir: PathBuf,
     etc: PathBuf,
+    host: Host,
     n: u64,
 }
 
@@ -85,15 +88,22 @@ impl WardenRuns {
                 work: self.dir.join("work"),
                 git: None,
                 artifacts: self.dir.join("artifacts"),
+                artifacts_bytes: 64 << 20,
                 etc: self.etc.clone(),
                 rootfs: None,
                 binds: Vec::<Bind>::new(),
                 network: false,
                 inotify: false,
-                uid: 65534,
-                gid: 65534,
-                memory_bytes: Some(256 << 20),
-                pids: Some(128),
+                // Rootless, the job's ids are the init's own root (the calling user outside).
+                uid: if self.host.rootless { 0 } else { 65534 },
+                gid: if self.host.rootless { 0 } else { 65534 },
+                rootless: self.host.rootless,
+                cgroups: self.host.cgroups.clone(),
+                limits: CgroupLimits {
+                    memory_bytes: self.host.cgroups.enforces("memory").then_some(256 << 20),
+                    pids: self.host.cgroups.enforces("pids").then_some(128),
+                    cpu_millis: None,
+                },
                 tmpfs_bytes: 64 << 20,
                 cgroup_name: format!("bench-{}-{}", std::process::id(), self.n),
             })),
@@ -170,6 +180,7 @@ pub fn bench_sandbox(rest: &[&str]) -> anyhow::Result<()> {
             .build()?,
         dir: dir.clone(),
         etc,
+        host: Host::establish(),
         n: 0,
     };
     let (mut w, mut b, mut u, mut f) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());

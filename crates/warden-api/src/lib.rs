@@ -121,6 +121,9 @@ pub struct ResourceUsage {
     /// the job ran in one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_memory_bytes: Option<u64>,
+    /// Time the job was held back by its CPU limit (`cpus`), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_throttled_ms: Option<u64>,
 }
 
 /// The whole record of a job, `GET /jobs/{id}`.

@@ -11,7 +11,9 @@ pub mod repo;
 pub mod state;
 
 pub use allowlist::RepoRefused;
-pub use config::{Config, ConfigError, GitConfig, InvalidConfig, JobType, Limits, RepoConfig};
+pub use config::{
+    CgroupLimit, Config, ConfigError, GitConfig, InvalidConfig, JobType, Limits, RepoConfig,
+};
 pub use id::JobId;
 pub use params::{ParamError, validate_params};
 pub use warden_api::JobStatus;

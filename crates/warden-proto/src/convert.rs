@@ -73,6 +73,7 @@ fn resources_to_pb(r: &ResourceUsage) -> pb::ResourceUsage {
         system_cpu_ms: r.system_cpu_ms,
         max_rss_kb: r.max_rss_kb,
         peak_memory_bytes: r.peak_memory_bytes,
+        cpu_throttled_ms: r.cpu_throttled_ms,
     }
 }
 
@@ -83,6 +84,7 @@ fn resources_from_pb(r: pb::ResourceUsage) -> ResourceUsage {
         system_cpu_ms: r.system_cpu_ms,
         max_rss_kb: r.max_rss_kb,
         peak_memory_bytes: r.peak_memory_bytes,
+        cpu_throttled_ms: r.cpu_throttled_ms,
     }
 }
 

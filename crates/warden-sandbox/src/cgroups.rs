@@ -1,102 +1,374 @@
-//! Per-job cgroups for memory (without swap) and process limits, on cgroup v2 or on the v1
-//! `memory` and `pids` hierarchies (hybrid hosts mount both). Whichever is present is used and
-//! named on the job record.
+//! Per-job cgroups: memory (without swap), processes and CPU bandwidth, on a pure cgroup v2
+//! hierarchy or on the v1 `memory`, `pids` and `cpu` hierarchies of a hybrid host.
+//!
+//! Where the jobs' cgroups go is decided once, when a worker starts ([`CgroupHome::establish`]):
+//! - v2, warden in the root cgroup (root on a host without systemd): `/sys/fs/cgroup/warden`.
+//! - v2, warden in a cgroup of its own it may write (systemd `Delegate=yes`, or
+//!   `systemd-run --user --scope -p Delegate=yes` for a rootless warden): warden moves itself
+//!   into the leaf `warden-main` (the "no internal processes" rule: a cgroup that hands
+//!   controllers to its children holds no process itself) and makes each job's cgroup beside it.
+//! - v1: `<hierarchy>/warden` in each of `memory`, `pids` and `cpu`.
+//!
+//! On v2 the job's init is cloned straight into its cgroup (`CLONE_INTO_CGROUP`: no migration,
+//! no global lock); on v1 it moves itself in through `tasks`.
 
 use std::fs;
 use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-/// Which cgroup layout the host has.
+use serde::{Deserialize, Serialize};
+
+const CGROUP_FS: &str = "/sys/fs/cgroup";
+
+/// The leaf a delegated warden moves itself into.
+pub const SELF_LEAF: &str = "warden-main";
+
+/// Controllers warden enables for its jobs on v2, when the host offers them (`io` only
+/// accounts: warden sets no I/O limit).
+const V2_CONTROLLERS: &[&str] = &["memory", "pids", "cpu", "io"];
+
+/// The CPU bandwidth period warden uses (the kernel's default, 100 ms).
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// Which cgroup layout the host has (for `warden doctor`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CgroupLayout {
     /// Unified hierarchy at `/sys/fs/cgroup` with these controllers available.
     V2 {
-        root: PathBuf,
         controllers: Vec<String>,
     },
     /// Separate v1 hierarchies (possibly beside an empty v2 one).
     V1 {
-        memory: Option<PathBuf>,
-        pids: Option<PathBuf>,
+        memory: bool,
+        pids: bool,
+        cpu: bool,
     },
     None,
 }
-
-const CGROUP_FS: &str = "/sys/fs/cgroup";
 
 impl CgroupLayout {
     pub fn detect() -> CgroupLayout {
         let root = Path::new(CGROUP_FS);
         if let Ok(c) = fs::read_to_string(root.join("cgroup.controllers")) {
             let controllers = c.split_whitespace().map(str::to_string).collect();
-            return CgroupLayout::V2 {
-                root: root.to_path_buf(),
-                controllers,
-            };
+            return CgroupLayout::V2 { controllers };
         }
-        let v1 = |name: &str| {
-            let p = root.join(name);
-            p.join("cgroup.procs").exists().then_some(p)
-        };
-        let (memory, pids) = (v1("memory"), v1("pids"));
-        if memory.is_none() && pids.is_none() {
+        let (memory, pids, cpu) = (v1_root("memory"), v1_root("pids"), v1_root("cpu"));
+        if memory.is_none() && pids.is_none() && cpu.is_none() {
             CgroupLayout::None
         } else {
-            CgroupLayout::V1 { memory, pids }
+            CgroupLayout::V1 {
+                memory: memory.is_some(),
+                pids: pids.is_some(),
+                cpu: cpu.is_some(),
+            }
         }
     }
 
     pub fn describe(&self) -> String {
+        let yes = |b: bool| if b { "yes" } else { "no" };
         match self {
-            CgroupLayout::V2 { controllers, .. } => format!("v2 ({})", controllers.join(" ")),
-            CgroupLayout::V1 { memory, pids } => format!(
-                "v1 (memory: {}, pids: {})",
-                if memory.is_some() { "yes" } else { "no" },
-                if pids.is_some() { "yes" } else { "no" }
+            CgroupLayout::V2 { controllers } => format!("v2 ({})", controllers.join(" ")),
+            CgroupLayout::V1 { memory, pids, cpu } => format!(
+                "v1 (memory: {}, pids: {}, cpu: {})",
+                yes(*memory),
+                yes(*pids),
+                yes(*cpu)
             ),
             CgroupLayout::None => "none".into(),
         }
     }
 }
 
-/// The `warden` directory of each hierarchy a job's cgroup goes in, made if missing (on v2 with
-/// the controllers enabled on the way down).
-pub fn parents(layout: &CgroupLayout) -> io::Result<Vec<PathBuf>> {
-    match layout {
-        CgroupLayout::V2 { root, controllers } => {
-            let parent = root.join("warden");
-            fs::create_dir_all(&parent)?;
-            let line: Vec<String> = ["memory", "pids"]
-                .into_iter()
-                .filter(|c| controllers.iter().any(|have| have == c))
-                .map(|c| format!("+{c}"))
+/// A v1 hierarchy's mount point, when the host has it.
+fn v1_root(name: &str) -> Option<PathBuf> {
+    let p = Path::new(CGROUP_FS).join(name);
+    p.join("cgroup.procs").exists().then_some(p)
+}
+
+/// Where this worker makes its jobs' cgroups, decided once at start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CgroupHome {
+    /// Jobs' cgroups are made in `parent`, whose `subtree_control` enables `controllers`.
+    V2 {
+        parent: PathBuf,
+        controllers: Vec<String>,
+    },
+    /// One `warden` directory per v1 hierarchy present.
+    V1 {
+        memory: Option<PathBuf>,
+        pids: Option<PathBuf>,
+        cpu: Option<PathBuf>,
+    },
+    /// No cgroup warden may use; why, and the command that would give one.
+    Unavailable { why: String },
+}
+
+impl CgroupHome {
+    /// Finds (and on v2 prepares) the place for jobs' cgroups. May move the calling process
+    /// into the leaf [`SELF_LEAF`] of its own delegated cgroup: call it before starting any
+    /// helper process.
+    pub fn establish() -> CgroupHome {
+        let root = Path::new(CGROUP_FS);
+        let result = if root.join("cgroup.controllers").exists() {
+            establish_v2(root)
+        } else {
+            establish_v1()
+        };
+        result.unwrap_or_else(|why| CgroupHome::Unavailable { why })
+    }
+
+    /// What [`CgroupHome::establish`] would find, without changing anything (for `warden
+    /// doctor`): write access stands in for the writes themselves.
+    pub fn inspect() -> CgroupHome {
+        let root = Path::new(CGROUP_FS);
+        if !root.join("cgroup.controllers").exists() {
+            let dirs: Vec<Option<PathBuf>> = ["memory", "pids", "cpu"]
+                .iter()
+                .map(|n| v1_root(n).filter(|r| writable(r)).map(|r| r.join("warden")))
                 .collect();
-            for dir in [root.as_path(), parent.as_path()] {
-                write(&dir.join("cgroup.subtree_control"), &line.join(" "))?;
+            if dirs.iter().all(Option::is_none) {
+                return CgroupHome::Unavailable {
+                    why: "cgroup v1 hierarchies are writable by root only".into(),
+                };
             }
-            Ok(vec![parent])
+            return CgroupHome::V1 {
+                memory: dirs[0].clone(),
+                pids: dirs[1].clone(),
+                cpu: dirs[2].clone(),
+            };
         }
-        CgroupLayout::V1 { memory, pids } => {
-            let mut out = Vec::new();
-            for root in [memory, pids].into_iter().flatten() {
-                let parent = root.join("warden");
-                fs::create_dir_all(&parent)?;
-                out.push(parent);
+        let own = match own_v2_cgroup() {
+            Ok(own) => own,
+            Err(why) => return CgroupHome::Unavailable { why },
+        };
+        let rel = own.strip_prefix("/").unwrap_or(&own).to_path_buf();
+        let (parent, check) = if rel.as_os_str().is_empty() {
+            (root.join("warden"), root.to_path_buf())
+        } else {
+            let mut dir = root.join(&rel);
+            if dir.file_name().is_some_and(|n| n == SELF_LEAF) {
+                dir.pop();
             }
-            Ok(out)
+            (dir.clone(), dir)
+        };
+        if !writable(&check.join("cgroup.subtree_control"))
+            || !writable(&check.join("cgroup.procs"))
+        {
+            return CgroupHome::Unavailable {
+                why: format!(
+                    "warden's cgroup {} is not delegated to uid {}",
+                    check.display(),
+                    // SAFETY: geteuid has no arguments.
+                    unsafe { libc::geteuid() }
+                ),
+            };
         }
-        CgroupLayout::None => Ok(Vec::new()),
+        match available(&check) {
+            Ok(c) => CgroupHome::V2 {
+                parent,
+                controllers: c.into_iter().map(str::to_string).collect(),
+            },
+            Err(why) => CgroupHome::Unavailable { why },
+        }
+    }
+
+    /// One line for logs and `warden doctor`.
+    pub fn describe(&self) -> String {
+        match self {
+            CgroupHome::V2 {
+                parent,
+                controllers,
+            } => format!("v2 in {} ({})", parent.display(), controllers.join(" ")),
+            CgroupHome::V1 { memory, pids, cpu } => {
+                let names: Vec<&str> = [("memory", memory), ("pids", pids), ("cpu", cpu)]
+                    .into_iter()
+                    .filter_map(|(n, p)| p.as_ref().map(|_| n))
+                    .collect();
+                format!("v1 ({})", names.join(" "))
+            }
+            CgroupHome::Unavailable { why } => format!("none: {why}"),
+        }
+    }
+
+    /// Whether a limit on `controller` (`memory`, `pids`, `cpu`) can be enforced.
+    pub fn enforces(&self, controller: &str) -> bool {
+        match self {
+            CgroupHome::V2 { controllers, .. } => controllers.iter().any(|c| c == controller),
+            CgroupHome::V1 { memory, pids, cpu } => match controller {
+                "memory" => memory.is_some(),
+                "pids" => pids.is_some(),
+                "cpu" => cpu.is_some(),
+                _ => false,
+            },
+            CgroupHome::Unavailable { .. } => false,
+        }
+    }
+
+    fn version(&self) -> u8 {
+        match self {
+            CgroupHome::V2 { .. } => 2,
+            CgroupHome::V1 { .. } => 1,
+            CgroupHome::Unavailable { .. } => 0,
+        }
     }
 }
 
-/// The file, relative to a parent from [`parents`], through which a single-threaded process
-/// moves itself into the job's cgroup by writing `0`: v1 `tasks` (a thread moving itself skips
-/// the global threadgroup lock and its RCU grace period), v2 `cgroup.procs`.
-pub fn self_attach_name(layout: &CgroupLayout, name: &str) -> String {
-    match layout {
-        CgroupLayout::V2 { .. } => format!("{name}/cgroup.procs"),
-        _ => format!("{name}/tasks"),
+/// The calling process's cgroup on the unified hierarchy (`0::/path`).
+fn own_v2_cgroup() -> Result<PathBuf, String> {
+    let text =
+        fs::read_to_string("/proc/self/cgroup").map_err(|e| format!("/proc/self/cgroup: {e}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(|p| PathBuf::from(p.trim()))
+        .ok_or_else(|| "/proc/self/cgroup has no unified (0::) entry".to_string())
+}
+
+fn establish_v2(root: &Path) -> Result<CgroupHome, String> {
+    let own = own_v2_cgroup()?;
+    let rel = own.strip_prefix("/").unwrap_or(&own);
+    let (parent, above) = if rel.as_os_str().is_empty() {
+        // The root cgroup may hold processes and children at once.
+        (root.join("warden"), Some(root.to_path_buf()))
+    } else {
+        let mut dir = root.join(rel);
+        // Established before by this process (or its parent): the delegated cgroup is one up.
+        if dir.file_name().is_some_and(|n| n == SELF_LEAF) {
+            dir.pop();
+        }
+        (dir, None)
+    };
+    let ours = |what: &str, e: io::Error| -> String {
+        let fix = if is_root() {
+            "warden's own cgroup must be writable (systemd: Delegate=yes)".to_string()
+        } else {
+            "run warden in a cgroup delegated to its user: `systemd-run --user --scope -p Delegate=yes warden serve` \
+             (or a systemd unit with Delegate=yes)"
+                .to_string()
+        };
+        format!("{what} in {}: {e}; {fix}", parent.display())
+    };
+    if let Some(above) = &above {
+        fs::create_dir_all(&parent).map_err(|e| ours("create", e))?;
+        enable(above, &available(above)?).map_err(|e| ours("enable controllers", e))?;
+    } else {
+        let leaf = parent.join(SELF_LEAF);
+        match fs::create_dir(&leaf) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(ours("create leaf", e)),
+        }
+        write(&leaf.join("cgroup.procs"), "0").map_err(|e| ours("move warden into its leaf", e))?;
     }
+    let offered = available(&parent)?;
+    enable(&parent, &offered).map_err(|e| {
+        if e.raw_os_error() == Some(libc::EBUSY) {
+            format!(
+                "{} holds processes other than warden, so it cannot hand controllers to jobs: \
+                 run warden in a cgroup of its own (systemd: Delegate=yes)",
+                parent.display()
+            )
+        } else {
+            ours("enable controllers", e)
+        }
+    })?;
+    let controllers: Vec<String> = fs::read_to_string(parent.join("cgroup.subtree_control"))
+        .map_err(|e| ours("read subtree_control", e))?
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    Ok(CgroupHome::V2 {
+        parent,
+        controllers,
+    })
+}
+
+/// The controllers of [`V2_CONTROLLERS`] that `dir` offers its children.
+fn available(dir: &Path) -> Result<Vec<&'static str>, String> {
+    let have = fs::read_to_string(dir.join("cgroup.controllers"))
+        .map_err(|e| format!("{}: {e}", dir.join("cgroup.controllers").display()))?;
+    let have: Vec<&str> = have.split_whitespace().collect();
+    Ok(V2_CONTROLLERS
+        .iter()
+        .copied()
+        .filter(|c| have.contains(c))
+        .collect())
+}
+
+/// Enables each controller in `dir`'s `subtree_control` (one write: all or none).
+fn enable(dir: &Path, controllers: &[&str]) -> io::Result<()> {
+    if controllers.is_empty() {
+        return Ok(());
+    }
+    let line: Vec<String> = controllers.iter().map(|c| format!("+{c}")).collect();
+    write(&dir.join("cgroup.subtree_control"), &line.join(" "))
+}
+
+fn establish_v1() -> Result<CgroupHome, String> {
+    let make = |name: &str| -> Result<Option<PathBuf>, String> {
+        let Some(root) = v1_root(name) else {
+            return Ok(None);
+        };
+        let dir = root.join("warden");
+        let refused = |e: String| {
+            format!(
+                "{}: {e}; a cgroup v1 host gives cgroups to root only (run warden as root, \
+                 or boot with systemd.unified_cgroup_hierarchy=1 and delegate a v2 subtree)",
+                dir.display()
+            )
+        };
+        fs::create_dir_all(&dir).map_err(|e| refused(e.to_string()))?;
+        if !writable(&dir) {
+            return Err(refused("not writable".into()));
+        }
+        Ok(Some(dir))
+    };
+    let (memory, pids, cpu) = (make("memory")?, make("pids")?, make("cpu")?);
+    if memory.is_none() && pids.is_none() && cpu.is_none() {
+        return Err("no cgroup hierarchy is mounted at /sys/fs/cgroup".into());
+    }
+    Ok(CgroupHome::V1 { memory, pids, cpu })
+}
+
+/// Whether this process may write `p` (it may exist already, made by another user).
+fn writable(p: &Path) -> bool {
+    std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+        // SAFETY: access with a valid C string.
+        .is_ok_and(|c| unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no arguments.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The limits a job's cgroup enforces.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct CgroupLimits {
+    pub memory_bytes: Option<u64>,
+    pub pids: Option<u64>,
+    /// CPU bandwidth in thousandths of a CPU (`500` is half a CPU).
+    pub cpu_millis: Option<u64>,
+}
+
+impl CgroupLimits {
+    fn wanted(&self) -> impl Iterator<Item = &'static str> {
+        [
+            ("memory", self.memory_bytes.is_some()),
+            ("pids", self.pids.is_some()),
+            ("cpu", self.cpu_millis.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(c, on)| on.then_some(c))
+    }
+}
+
+/// The CPU quota per [`CPU_PERIOD_US`] for `millis` thousandths of a CPU (at least 1 ms: the
+/// kernel's floor).
+pub fn cpu_quota_us(millis: u64) -> u64 {
+    (millis.saturating_mul(CPU_PERIOD_US) / 1000).max(1000)
 }
 
 /// One job's cgroup(s), removed on drop.
@@ -107,6 +379,7 @@ pub struct JobCgroup {
     version: u8,
     memory_dir: Option<PathBuf>,
     pids_dir: Option<PathBuf>,
+    cpu_dir: Option<PathBuf>,
 }
 
 /// What the cgroup saw when the job was over.
@@ -115,13 +388,15 @@ pub struct CgroupStats {
     pub oom_killed: bool,
     pub pids_max_hit: bool,
     pub peak_memory_bytes: Option<u64>,
+    /// Time the job was held back by its CPU limit.
+    pub cpu_throttled_us: Option<u64>,
 }
 
 fn write(path: &Path, value: &str) -> io::Result<()> {
     fs::write(path, value).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
 
-/// A `key value` line from a flat keyed file (`memory.events`, `pids.events`, `memory.oom_control`).
+/// A `key value` line from a flat keyed file (`memory.events`, `pids.events`, `cpu.stat`).
 fn keyed(path: &Path, key: &str) -> Option<u64> {
     let text = fs::read_to_string(path).ok()?;
     text.lines().find_map(|l| {
@@ -135,89 +410,91 @@ fn number(path: &Path) -> Option<u64> {
 }
 
 impl JobCgroup {
-    /// Creates `warden/<name>` in each needed hierarchy and sets the limits. Limits that the
-    /// layout cannot enforce are returned in the error, never silently dropped.
-    pub fn create(
-        layout: &CgroupLayout,
-        name: &str,
-        memory_bytes: Option<u64>,
-        pids: Option<u64>,
-    ) -> io::Result<JobCgroup> {
+    /// Creates the job's cgroup `name` in `home` and sets the limits. A limit the home cannot
+    /// enforce is an error, never silently dropped.
+    pub fn create(home: &CgroupHome, name: &str, limits: CgroupLimits) -> io::Result<JobCgroup> {
+        if let Some(missing) = limits.wanted().find(|c| !home.enforces(c)) {
+            return Err(io::Error::other(format!(
+                "a {missing} limit was asked for but this host's cgroups cannot enforce it ({})",
+                home.describe()
+            )));
+        }
         let mut cg = JobCgroup {
             dirs: Vec::new(),
-            version: 0,
+            version: home.version(),
             memory_dir: None,
             pids_dir: None,
+            cpu_dir: None,
         };
-        match layout {
-            CgroupLayout::V2 { root, controllers } => {
-                cg.version = 2;
-                let parent = root.join("warden");
-                fs::create_dir_all(&parent)?;
-                // Controllers must be enabled on every level above the job's cgroup.
-                let wanted: Vec<&str> = ["memory", "pids"]
-                    .into_iter()
-                    .filter(|c| controllers.iter().any(|have| have == c))
-                    .collect();
-                for dir in [root.as_path(), parent.as_path()] {
-                    let line: Vec<String> = wanted.iter().map(|c| format!("+{c}")).collect();
-                    write(&dir.join("cgroup.subtree_control"), &line.join(" "))?;
-                }
+        match home {
+            CgroupHome::V2 {
+                parent,
+                controllers,
+            } => {
                 let dir = parent.join(name);
-                fs::create_dir(&dir)?;
+                fs::create_dir(&dir)
+                    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
                 cg.dirs.push(dir.clone());
-                if let Some(bytes) = memory_bytes {
-                    write(&dir.join("memory.max"), &bytes.to_string())?;
-                    write(&dir.join("memory.swap.max"), "0")?;
+                let has = |c: &str| controllers.iter().any(|h| h == c);
+                if has("memory") {
+                    cg.memory_dir = Some(dir.clone());
                 }
-                if let Some(n) = pids {
+                if has("pids") {
+                    cg.pids_dir = Some(dir.clone());
+                }
+                if has("cpu") {
+                    cg.cpu_dir = Some(dir.clone());
+                }
+                if let Some(bytes) = limits.memory_bytes {
+                    write(&dir.join("memory.max"), &bytes.to_string())?;
+                    // Kernels without swap accounting have no such file: no swap to account.
+                    let swap = dir.join("memory.swap.max");
+                    if swap.exists() {
+                        write(&swap, "0")?;
+                    }
+                    // An OOM kill takes the whole job, never one process of it.
+                    write(&dir.join("memory.oom.group"), "1")?;
+                }
+                if let Some(n) = limits.pids {
                     write(&dir.join("pids.max"), &n.to_string())?;
                 }
-                cg.memory_dir = wanted.contains(&"memory").then(|| dir.clone());
-                cg.pids_dir = wanted.contains(&"pids").then_some(dir);
-            }
-            CgroupLayout::V1 {
-                memory,
-                pids: pids_root,
-            } => {
-                cg.version = 1;
-                if let Some(root) = memory {
-                    let dir = root.join("warden").join(name);
-                    fs::create_dir_all(&dir)?;
-                    cg.dirs.push(dir.clone());
-                    if let Some(bytes) = memory_bytes {
-                        write(&dir.join("memory.limit_in_bytes"), &bytes.to_string())?;
-                        // No swap: memory+swap capped at the same value where swap is accounted.
-                        let memsw = dir.join("memory.memsw.limit_in_bytes");
-                        if memsw.exists() {
-                            write(&memsw, &bytes.to_string())?;
-                        } else {
-                            write(&dir.join("memory.swappiness"), "0")?;
-                        }
-                    }
-                    cg.memory_dir = Some(dir);
-                }
-                if let Some(root) = pids_root {
-                    let dir = root.join("warden").join(name);
-                    fs::create_dir_all(&dir)?;
-                    cg.dirs.push(dir.clone());
-                    if let Some(n) = pids {
-                        write(&dir.join("pids.max"), &n.to_string())?;
-                    }
-                    cg.pids_dir = Some(dir);
+                if let Some(m) = limits.cpu_millis {
+                    let line = format!("{} {CPU_PERIOD_US}", cpu_quota_us(m));
+                    write(&dir.join("cpu.max"), &line)?;
                 }
             }
-            CgroupLayout::None => {}
-        }
-        if memory_bytes.is_some() && cg.memory_dir.is_none() {
-            return Err(io::Error::other(
-                "memory limit requested but no memory cgroup controller",
-            ));
-        }
-        if pids.is_some() && cg.pids_dir.is_none() {
-            return Err(io::Error::other(
-                "pids limit requested but no pids cgroup controller",
-            ));
+            CgroupHome::V1 { memory, pids, cpu } => {
+                let mut make = |parent: &Option<PathBuf>| -> io::Result<Option<PathBuf>> {
+                    let Some(parent) = parent else {
+                        return Ok(None);
+                    };
+                    let dir = parent.join(name);
+                    fs::create_dir(&dir)
+                        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
+                    cg.dirs.push(dir.clone());
+                    Ok(Some(dir))
+                };
+                let (memory_dir, pids_dir, cpu_dir) = (make(memory)?, make(pids)?, make(cpu)?);
+                if let (Some(dir), Some(bytes)) = (&memory_dir, limits.memory_bytes) {
+                    write(&dir.join("memory.limit_in_bytes"), &bytes.to_string())?;
+                    // No swap: memory+swap capped at the same value where swap is accounted.
+                    let memsw = dir.join("memory.memsw.limit_in_bytes");
+                    if memsw.exists() {
+                        write(&memsw, &bytes.to_string())?;
+                    } else {
+                        write(&dir.join("memory.swappiness"), "0")?;
+                    }
+                }
+                if let (Some(dir), Some(n)) = (&pids_dir, limits.pids) {
+                    write(&dir.join("pids.max"), &n.to_string())?;
+                }
+                if let (Some(dir), Some(m)) = (&cpu_dir, limits.cpu_millis) {
+                    write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+                    write(&dir.join("cpu.cfs_quota_us"), &cpu_quota_us(m).to_string())?;
+                }
+                (cg.memory_dir, cg.pids_dir, cg.cpu_dir) = (memory_dir, pids_dir, cpu_dir);
+            }
+            CgroupHome::Unavailable { .. } => {}
         }
         Ok(cg)
     }
@@ -226,12 +503,18 @@ impl JobCgroup {
         self.version
     }
 
-    /// Moves a process (and so everything it will start) into the job's cgroup(s).
-    pub fn add(&self, pid: i32) -> io::Result<()> {
-        for dir in &self.dirs {
-            write(&dir.join("cgroup.procs"), &pid.to_string())?;
+    /// The v2 cgroup's directory, opened for `clone3(CLONE_INTO_CGROUP)`.
+    pub fn v2_fd(&self) -> Option<io::Result<OwnedFd>> {
+        if self.version != 2 {
+            return None;
         }
-        Ok(())
+        let dir = self.dirs.first()?;
+        Some(open_dir(dir))
+    }
+
+    /// The v1 directories a process joins by writing `0` to their `tasks` file.
+    pub fn v1_dirs(&self) -> &[PathBuf] {
+        if self.version == 1 { &self.dirs } else { &[] }
     }
 
     pub fn stats(&self) -> CgroupStats {
@@ -247,6 +530,13 @@ impl JobCgroup {
         }
         if let Some(d) = &self.pids_dir {
             s.pids_max_hit = keyed(&d.join("pids.events"), "max").unwrap_or(0) > 0;
+        }
+        if let Some(d) = &self.cpu_dir {
+            s.cpu_throttled_us = if self.version == 2 {
+                keyed(&d.join("cpu.stat"), "throttled_usec")
+            } else {
+                keyed(&d.join("cpu.stat"), "throttled_time").map(|ns| ns / 1000)
+            };
         }
         s
     }
@@ -267,6 +557,23 @@ impl JobCgroup {
     }
 }
 
+fn open_dir(dir: &Path) -> io::Result<OwnedFd> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: open with a valid C string; the result is checked before use.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 impl Drop for JobCgroup {
     fn drop(&mut self) {
         for dir in &self.dirs {
@@ -279,5 +586,52 @@ impl Drop for JobCgroup {
                 std::thread::sleep(std::time::Duration::from_millis(2));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_quota_is_per_period_with_the_kernel_floor() {
+        assert_eq!(cpu_quota_us(500), 50_000);
+        assert_eq!(cpu_quota_us(2000), 200_000);
+        assert_eq!(cpu_quota_us(1), 1000);
+    }
+
+    #[test]
+    fn a_limit_the_home_cannot_enforce_is_refused() {
+        let home = CgroupHome::Unavailable {
+            why: "no delegation".into(),
+        };
+        let err = JobCgroup::create(
+            &home,
+            "x",
+            CgroupLimits {
+                memory_bytes: Some(1 << 20),
+                ..CgroupLimits::default()
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("memory limit"), "{err}");
+        assert!(err.to_string().contains("no delegation"), "{err}");
+        // Nothing asked: nothing to enforce, no error.
+        assert!(JobCgroup::create(&home, "x", CgroupLimits::default()).is_ok());
+    }
+
+    #[test]
+    fn enforces_follows_the_controllers() {
+        let v2 = CgroupHome::V2 {
+            parent: "/sys/fs/cgroup/warden".into(),
+            controllers: vec!["memory".into(), "pids".into()],
+        };
+        assert!(v2.enforces("memory") && v2.enforces("pids") && !v2.enforces("cpu"));
+        let v1 = CgroupHome::V1 {
+            memory: None,
+            pids: Some("/p".into()),
+            cpu: Some("/c".into()),
+        };
+        assert!(!v1.enforces("memory") && v1.enforces("cpu"));
     }
 }

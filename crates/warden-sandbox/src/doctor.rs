@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::cgroups::CgroupLayout;
+use crate::cgroups::{CgroupHome, CgroupLayout};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -72,7 +72,7 @@ pub fn kernel_checks() -> Vec<Check> {
     out.push(user_namespaces());
     out.push(seccomp());
     out.push(landlock());
-    out.push(cgroups());
+    out.extend(cgroups(root));
     out
 }
 
@@ -81,16 +81,24 @@ fn privileges(root: bool) -> Check {
         check(
             "privileges",
             Status::Pass,
-            "running as root: the sandbox builds mounts and cgroups as root",
+            "running as root: jobs run as unprivileged host uids, one per slot",
+            None,
+        )
+    } else if can_unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID).is_ok() {
+        check(
+            "privileges",
+            Status::Pass,
+            "rootless: jobs run in user namespaces of this user",
             None,
         )
     } else {
         check(
             "privileges",
             Status::Fail,
-            "not running as root: this version builds the sandbox as root",
+            "not root, and this user may not create user namespaces: no sandbox is possible",
             Some(
-                "run `warden serve` as root (a systemd unit), or set unsafe_fallback: true to run jobs unsandboxed (recorded on every job)",
+                "allow unprivileged user namespaces (sysctl -w user.max_user_namespaces=15000; on Ubuntu 24.04+ \
+                 sysctl -w kernel.apparmor_restrict_unprivileged_userns=0 or an AppArmor profile for warden), or run warden as root",
             ),
         )
     }
@@ -109,13 +117,12 @@ fn namespaces(root: bool) -> Vec<Check> {
     ] {
         out.push(match can_unshare(flag) {
             Ok(()) => check(name, Status::Pass, "can be created", None),
-            // Without root, the kernel may still offer it inside a user namespace: then the
-            // kernel is fine and only warden's privileges are missing (see "privileges").
+            // Without root, inside a user namespace: what the rootless sandbox does.
             Err(_) if !root && can_unshare(flag | libc::CLONE_NEWUSER).is_ok() => check(
                 name,
-                Status::Warn,
-                "supported by the kernel (inside a user namespace); warden needs root to use it",
-                Some("run warden as root"),
+                Status::Pass,
+                "can be created inside a user namespace (rootless)",
+                None,
             ),
             Err(e) => check(name, Status::Fail, format!("unshare failed: {e}"), Some("enable the namespace in the kernel (CONFIG_*_NS) and check container/seccomp restrictions on the host")),
         });
@@ -202,33 +209,54 @@ fn landlock() -> Check {
     }
 }
 
-fn cgroups() -> Check {
+fn cgroups(root: bool) -> Vec<Check> {
     let layout = CgroupLayout::detect();
-    let (memory, pids) = match &layout {
-        CgroupLayout::V2 { controllers, .. } => (
-            controllers.iter().any(|c| c == "memory"),
-            controllers.iter().any(|c| c == "pids"),
+    let mut out = vec![check(
+        "cgroup layout",
+        if layout == CgroupLayout::None {
+            Status::Warn
+        } else {
+            Status::Pass
+        },
+        layout.describe(),
+        (layout == CgroupLayout::None).then_some("mount cgroup2 at /sys/fs/cgroup"),
+    )];
+    let home = CgroupHome::inspect();
+    let missing: Vec<&str> = ["memory", "pids", "cpu"]
+        .into_iter()
+        .filter(|c| !home.enforces(c))
+        .collect();
+    let fix = match (&home, root) {
+        (CgroupHome::Unavailable { .. }, false) => Some(
+            "start warden in a cgroup delegated to your user: `systemd-run --user --scope -p Delegate=yes warden serve` \
+             (for cpu too: `systemctl edit user@.service` with [Service] Delegate=cpu cpuset io memory pids); \
+             until then jobs whose limits cannot be enforced end `error` unless the job type lists them in accept_unenforced",
         ),
-        CgroupLayout::V1 { memory, pids } => (memory.is_some(), pids.is_some()),
-        CgroupLayout::None => (false, false),
+        (CgroupHome::Unavailable { .. }, true) => Some(
+            "give warden a writable cgroup (systemd: Delegate=yes), or run it from the root cgroup",
+        ),
+        (_, _) if !missing.is_empty() => Some(
+            "enable the missing controllers in the parent's cgroup.subtree_control (systemd: Delegate=memory pids cpu io)",
+        ),
+        _ => None,
     };
-    match (memory, pids) {
-        (true, true) => check(
-            "cgroups",
-            Status::Pass,
-            format!("{}: memory and pids limits enforced", layout.describe()),
-            None,
-        ),
-        _ => check(
-            "cgroups",
-            Status::Warn,
+    out.push(check(
+        "cgroup limits",
+        if missing.is_empty() {
+            Status::Pass
+        } else {
+            Status::Warn
+        },
+        if missing.is_empty() {
+            format!("{}: memory, pids and cpu limits enforced", home.describe())
+        } else {
             format!(
-                "{}: job types with memory_mb/pids limits will be refused",
-                layout.describe()
-            ),
-            Some(
-                "mount cgroup v2 with the memory and pids controllers (or v1 memory and pids hierarchies)",
-            ),
-        ),
-    }
+                "{}: cannot enforce {} limits",
+                home.describe(),
+                missing.join(", ")
+            )
+        },
+        fix,
+    ));
+    out
 }

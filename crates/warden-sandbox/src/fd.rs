@@ -74,17 +74,20 @@ pub(crate) fn release_stdio() {
 /// Sets the job's rlimits, in both the sandboxed and the fallback path. Core dumps are always
 /// off: a dump could carry secrets out. Async-signal-safe (it runs between fork and exec).
 pub(crate) fn apply_rlimits(limits: &Rlimits) -> Step {
-    let set = |step: &str, resource, value: u64| {
+    let set_pair = |step: &str, resource, soft: u64, hard: u64| {
         let lim = libc::rlimit {
-            rlim_cur: value,
-            rlim_max: value,
+            rlim_cur: soft,
+            rlim_max: hard,
         };
         // SAFETY: setrlimit reads a valid struct.
         check(step, unsafe { libc::setrlimit(resource, &lim) })
     };
+    let set = |step: &str, resource, value: u64| set_pair(step, resource, value, value);
     set("rlimit core", libc::RLIMIT_CORE, 0)?;
     if let Some(v) = limits.cpu_s {
-        set("rlimit cpu", libc::RLIMIT_CPU, v)?;
+        // SIGXCPU at the limit (the verdict `cpu_limit`); SIGKILL a second later for a job that
+        // ignores it. Equal soft and hard limits would send SIGKILL alone.
+        set_pair("rlimit cpu", libc::RLIMIT_CPU, v, v.saturating_add(1))?;
     }
     if let Some(v) = limits.file_size_bytes {
         set("rlimit fsize", libc::RLIMIT_FSIZE, v)?;

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub mod artifacts;
 pub mod cgroups;
 pub mod child;
 pub mod doctor;
@@ -35,6 +36,7 @@ mod sys;
 mod watch;
 pub mod zygote;
 
+pub use cgroups::{CgroupHome, CgroupLimits};
 pub use etc::prepare_etc;
 pub use landlock::kernel_abi as landlock_abi;
 pub use launcher::{JobControl, Launcher, RunningJob};
@@ -58,6 +60,36 @@ impl Tier {
         match self {
             Tier::UnsafeFallback => "unsafe_fallback",
             Tier::Sandbox => "sandbox",
+        }
+    }
+}
+
+/// What this host gives sandboxed jobs, learned once when a worker starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    /// warden is not root: the sandbox is built in user namespaces of warden's own user.
+    pub rootless: bool,
+    /// Where jobs' cgroups go, and which limits they can enforce.
+    pub cgroups: CgroupHome,
+}
+
+impl Host {
+    /// Decides both; may move the calling process into a cgroup leaf of its own (see
+    /// [`CgroupHome::establish`]), so call it before any helper process starts.
+    pub fn establish() -> Host {
+        Host {
+            // SAFETY: geteuid has no arguments.
+            rootless: unsafe { libc::geteuid() } != 0,
+            cgroups: CgroupHome::establish(),
+        }
+    }
+
+    /// A host that enforces nothing with cgroups (tests, and hosts where the sandbox is off).
+    pub fn without_cgroups(why: &str) -> Host {
+        Host {
+            // SAFETY: geteuid has no arguments.
+            rootless: unsafe { libc::geteuid() } != 0,
+            cgroups: CgroupHome::Unavailable { why: why.into() },
         }
     }
 }
@@ -92,8 +124,11 @@ pub struct SandboxSpec {
     /// The git directory the job sees at `/work/.git` (read-only), when it runs on a repository.
     #[serde(default)]
     pub git: Option<GitMounts>,
-    /// Host directory mounted writable at `/artifacts` (the job's `ARTIFACT_DIR`).
+    /// Host directory the job's `/artifacts` (its `ARTIFACT_DIR`, a tmpfs of
+    /// `artifacts_bytes`) is copied out to when the job is over. Must be empty.
     pub artifacts: PathBuf,
+    /// Size cap of `/artifacts`; its inodes are capped with it (see `artifacts::inode_cap`).
+    pub artifacts_bytes: u64,
     /// The sandbox's `/etc`, made by [`prepare_etc`] (bound read-only).
     pub etc: PathBuf,
     /// A root filesystem directory to use instead of the host's `/usr`, `/lib*` and warden's
@@ -107,14 +142,20 @@ pub struct SandboxSpec {
     /// Allow `inotify_init*` (denied by default: see `seccomp::INOTIFY`).
     #[serde(default)]
     pub inotify: bool,
-    /// Host uid/gid the job's uid 1000 maps to.
+    /// The uid/gid the job's uid 1000 maps to, as the init sees ids: a host id, or, rootless,
+    /// `0` (the init's own root, which is the calling user outside).
     pub uid: u32,
     pub gid: u32,
-    pub memory_bytes: Option<u64>,
-    pub pids: Option<u64>,
+    /// Rootless: the init gets a user namespace of its own, in which it is root and which maps
+    /// only the calling user. Without it the supervisor must be root.
+    #[serde(default)]
+    pub rootless: bool,
+    /// Where the job's cgroup is made (decided once per worker) and what it enforces.
+    pub cgroups: CgroupHome,
+    pub limits: CgroupLimits,
     /// Size of `/tmp` and `/dev/shm` each.
     pub tmpfs_bytes: u64,
-    /// Name of the job's cgroup under `warden/`.
+    /// Name of the job's cgroup in the cgroup home.
     pub cgroup_name: String,
 }
 
@@ -181,6 +222,12 @@ pub struct ExitReport {
     pub limit_hit: Option<String>,
     /// Peak memory of the job's cgroup, when there is one.
     pub peak_memory_bytes: Option<u64>,
+    /// Time the job was held back by its CPU limit, when it has one.
+    #[serde(default)]
+    pub cpu_throttled_ms: Option<u64>,
+    /// What became of `/artifacts` (sandboxed jobs).
+    #[serde(default)]
+    pub artifacts: Option<artifacts::CopyOut>,
     /// What enforced each limit.
     pub enforcement: BTreeMap<String, String>,
 }

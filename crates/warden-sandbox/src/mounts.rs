@@ -1,7 +1,6 @@
 //! The job's filesystem: a fresh tmpfs root holding read-only binds of the host's system
 //! directories and the prepared `/etc` (see `etc.rs`), its own `/proc`, a minimal `/dev`, a
-//! size-capped `/tmp`, the worktree read-only at `/work` and the artifact directory at
-//! `/artifacts`; then `pivot_root` into it and detach the old root. Runs as root in the job's
+//! size-capped `/tmp`, the worktree read-only at `/work` and a size-capped `/artifacts`; then `pivot_root` into it and detach the old root. Runs as root in the job's
 //! new mount namespace, through a [`Kernel`] so that the order is testable without root.
 
 use std::fs;
@@ -37,7 +36,7 @@ pub(crate) fn build_root(k: &mut impl Kernel, spec: &SandboxSpec) -> Step {
     make_dev(k, root, spec.tmpfs_bytes)?;
     make_tmp(k, root, spec)?;
     bind_worktree(k, root, spec)?;
-    bind_artifacts(k, root, &spec.artifacts)?;
+    mount_artifacts(k, root, spec)?;
     bind_extra(k, root, &spec.binds)?;
     pivot(k, root)?;
     seal_root(k)
@@ -204,18 +203,25 @@ fn bind_worktree(k: &mut impl Kernel, root: &Path, spec: &SandboxSpec) -> Step {
     Ok(())
 }
 
-/// The artifact directory, writable, without setuid files or device nodes.
-fn bind_artifacts(k: &mut impl Kernel, root: &Path, artifacts: &Path) -> Step {
+/// The artifact directory: a tmpfs capped in bytes and inodes (the job meets `ENOSPC`, the host
+/// never does), owned by the job, without setuid files or device nodes. The init copies it out
+/// when the job is over (see `artifacts.rs`).
+fn mount_artifacts(k: &mut impl Kernel, root: &Path, spec: &SandboxSpec) -> Step {
     let at = inside(root, ARTIFACTS);
     k.mkdir(&at)?;
-    k.mount(Some(artifacts), &at, None, libc::MS_BIND, None)?;
+    let options = format!(
+        "size={},nr_inodes={},mode=0755",
+        spec.artifacts_bytes,
+        crate::artifacts::inode_cap(spec.artifacts_bytes)
+    );
     k.mount(
-        None,
+        Some(Path::new("tmpfs")),
         &at,
-        None,
-        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV,
-        None,
-    )
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some(&options),
+    )?;
+    k.chown(&at, spec.uid, spec.gid)
 }
 
 /// Extra read-only paths the job type asks for.
@@ -306,6 +312,7 @@ mod tests {
                 objects: "/host/objects".into(),
             }),
             artifacts: "/host/artifacts".into(),
+            artifacts_bytes: 1 << 20,
             etc: "/host/etc".into(),
             rootfs: None,
             binds: vec![Bind {
@@ -316,8 +323,9 @@ mod tests {
             inotify: false,
             uid: 65534,
             gid: 65534,
-            memory_bytes: None,
-            pids: None,
+            rootless: false,
+            cgroups: crate::CgroupHome::Unavailable { why: "test".into() },
+            limits: crate::CgroupLimits::default(),
             tmpfs_bytes: 1 << 20,
             cgroup_name: "t".into(),
         }
@@ -361,7 +369,7 @@ mod tests {
             |c| *c == Call::CheckReadOnly("/r/work".into()),
             "read-only check",
         );
-        let artifacts = position(calls, mounted_at("/r/artifacts"), "artifacts bind");
+        let artifacts = position(calls, mounted_at("/r/artifacts"), "artifacts tmpfs");
         let extra = position(calls, mounted_at("/r/opt/toolchain"), "extra bind");
         let pivot = position(calls, |c| *c == Call::PivotRoot, "pivot_root");
         let detach = position(calls, |c| matches!(c, Call::Detach(_)), "detach");
@@ -370,6 +378,10 @@ mod tests {
         // only writable bind exists.
         assert!(objects < checked && checked < artifacts);
         assert!(artifacts < extra && extra < pivot && pivot < detach);
+        // The artifacts are a capped tmpfs of the job's own.
+        assert!(k.calls.iter().any(|c| matches!(c, Call::Mount { target, fstype: Some(t), data: Some(d), .. }
+            if target == Path::new("/r/artifacts") && t == "tmpfs" && d.contains("size=1048576") && d.contains("nr_inodes=4096"))));
+        assert!(calls.contains(&Call::Chown("/r/artifacts".into(), 65534, 65534)));
         // The job's HOME is its own, private.
         let home = Path::new("/r/tmp/home");
         assert!(calls.contains(&Call::Chown(home.into(), 65534, 65534)));
@@ -377,7 +389,7 @@ mod tests {
     }
 
     #[test]
-    fn every_bind_but_the_artifacts_is_made_read_only() {
+    fn every_bind_is_made_read_only() {
         let mut k = Recorder::default();
         build_root(&mut k, &spec()).unwrap();
         let ro = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
@@ -395,12 +407,7 @@ mod tests {
                 continue;
             }
             let sealed = k.calls.get(i + 1) == Some(&Call::SetAttrs(target.clone(), ro));
-            assert_eq!(
-                sealed,
-                target != Path::new("/r/artifacts"),
-                "bind at {}",
-                target.display()
-            );
+            assert!(sealed, "bind at {} is writable", target.display());
         }
     }
 }

@@ -207,6 +207,7 @@ pub(crate) mod recording {
             target: PathBuf,
             fstype: Option<String>,
             flags: libc::c_ulong,
+            data: Option<String>,
         },
         SetAttrs(PathBuf, u64),
         Mkdir(PathBuf),
@@ -232,13 +233,14 @@ pub(crate) mod recording {
             target: &Path,
             fstype: Option<&str>,
             flags: libc::c_ulong,
-            _data: Option<&str>,
+            data: Option<&str>,
         ) -> Step {
             self.calls.push(Call::Mount {
                 src: src.map(Path::to_path_buf),
                 target: target.to_path_buf(),
                 fstype: fstype.map(str::to_string),
                 flags,
+                data: data.map(str::to_string),
             });
             Ok(())
         }

@@ -12,6 +12,9 @@ pub(crate) struct Watch<'a> {
     /// Bytes the init wrote on its report pipe (sandboxed jobs), collected as they come.
     pub report: Option<(&'a OwnedFd, &'a mut Vec<u8>)>,
     pub killed_by: Option<KilledBy>,
+    /// After a kill, how long the process may still take to end before it is killed again
+    /// (a sandboxed job's init copies the artifacts out); `None`: return at once.
+    pub kill_grace: Option<std::time::Duration>,
 }
 
 /// A pidfd for `pid`, or the error that there is none.
@@ -36,6 +39,17 @@ pub(crate) fn wait_for(
     signal: &mut dyn FnMut(libc::c_int),
 ) {
     let mut control_open = true;
+    let mut deadline = deadline;
+    // After the first kill: keep watching until the grace runs out, then kill again.
+    let killed = |watch: &mut Watch<'_>, deadline: &mut Instant| -> bool {
+        match watch.kill_grace.take() {
+            Some(grace) => {
+                *deadline = Instant::now() + grace;
+                true
+            }
+            None => false,
+        }
+    };
     loop {
         let report_fd = watch.report.as_ref().map_or(-1, |(fd, _)| fd.as_raw_fd());
         let mut fds = [
@@ -62,6 +76,7 @@ pub(crate) fn wait_for(
             }
             // Cannot watch any more: the job must not run unwatched.
             signal(libc::SIGKILL);
+            signal(libc::SIGKILL);
             return;
         }
         if fds[2].revents != 0
@@ -80,8 +95,11 @@ pub(crate) fn wait_for(
             return;
         }
         if n == 0 && Instant::now() >= deadline {
-            watch.killed_by = Some(KilledBy::Timeout);
+            watch.killed_by.get_or_insert(KilledBy::Timeout);
             signal(libc::SIGKILL);
+            if killed(watch, &mut deadline) {
+                continue;
+            }
             return;
         }
         if fds[1].revents != 0 {
@@ -92,6 +110,7 @@ pub(crate) fn wait_for(
                     control_open = false;
                     watch.killed_by = Some(KilledBy::Request);
                     signal(libc::SIGKILL);
+                    killed(watch, &mut deadline);
                 }
                 Ok(n) => {
                     for &c in &cmd[..n] {
@@ -100,6 +119,7 @@ pub(crate) fn wait_for(
                             b'K' => {
                                 watch.killed_by = Some(KilledBy::Request);
                                 signal(libc::SIGKILL);
+                                killed(watch, &mut deadline);
                             }
                             _ => {}
                         }

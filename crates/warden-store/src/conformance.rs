@@ -498,6 +498,7 @@ pub async fn complete_records_the_outcome_once(store: &dyn Store) {
         system_cpu_ms: 4,
         max_rss_kb: 2048,
         peak_memory_bytes: Some(4 << 20),
+        cpu_throttled_ms: Some(250),
     };
     let done = Completion {
         status: Some(JobStatus::Failed),

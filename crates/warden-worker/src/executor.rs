@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::net::unix::pipe;
 
 use warden_core::Config;
-use warden_sandbox::{Isolation, Launcher, RunningJob, SandboxError, SpawnSpec, Tier};
+use warden_sandbox::{Host, Isolation, Launcher, RunningJob, SandboxError, SpawnSpec, Tier};
 
 use crate::DataDir;
 
@@ -25,6 +25,9 @@ pub trait Executor: Send + Sync + 'static {
     /// The isolation this executor provides, recorded on every job it runs.
     fn tier(&self) -> Tier;
 
+    /// What the host gives sandboxed jobs (rootless or not, which cgroup limits hold).
+    fn host(&self) -> &Host;
+
     async fn start(&self, spec: SpawnSpec) -> Result<Execution, SandboxError>;
 }
 
@@ -32,11 +35,16 @@ pub trait Executor: Send + Sync + 'static {
 pub struct SupervisedExecutor {
     launcher: Launcher,
     tier: Tier,
+    host: Host,
 }
 
 impl SupervisedExecutor {
-    pub fn new(launcher: Launcher, tier: Tier) -> SupervisedExecutor {
-        SupervisedExecutor { launcher, tier }
+    pub fn new(launcher: Launcher, tier: Tier, host: Host) -> SupervisedExecutor {
+        SupervisedExecutor {
+            launcher,
+            tier,
+            host,
+        }
     }
 }
 
@@ -51,6 +59,10 @@ fn pipe_pair() -> Result<(pipe::Receiver, OwnedFd), SandboxError> {
 impl Executor for SupervisedExecutor {
     fn tier(&self) -> Tier {
         self.tier
+    }
+
+    fn host(&self) -> &Host {
+        &self.host
     }
 
     async fn start(&self, spec: SpawnSpec) -> Result<Execution, SandboxError> {
@@ -80,6 +92,12 @@ pub async fn sandbox_self_test(
     gid: u32,
 ) -> Result<(), SelfTestFailed> {
     let dir = scratch.join(format!(".selftest-{}", uuid::Uuid::now_v7().simple()));
+    // Rootless, the job's ids are the init's own root, which is warden's user outside.
+    let (uid, gid) = if executor.host().rootless {
+        (0, 0)
+    } else {
+        (uid, gid)
+    };
     let result = self_test_in(executor, &dir, etc, uid, gid).await;
     let _ = std::fs::remove_dir_all(&dir);
     result.map_err(SelfTestFailed)
@@ -96,8 +114,6 @@ async fn self_test_in(
     for d in [&root, &work, &artifacts] {
         std::fs::create_dir_all(d).map_err(|e| format!("directories: {e}"))?;
     }
-    std::os::unix::fs::chown(&artifacts, Some(uid), Some(gid))
-        .map_err(|e| format!("chown artifacts: {e}"))?;
     let spec = SpawnSpec {
         argv: vec!["/bin/true".into()],
         env: [("PATH".to_string(), "/usr/bin:/bin".to_string())].into(),
@@ -108,6 +124,7 @@ async fn self_test_in(
             work,
             git: None,
             artifacts,
+            artifacts_bytes: 1 << 20,
             etc: etc.to_path_buf(),
             rootfs: None,
             binds: Vec::new(),
@@ -115,8 +132,9 @@ async fn self_test_in(
             inotify: false,
             uid,
             gid,
-            memory_bytes: None,
-            pids: None,
+            rootless: executor.host().rootless,
+            cgroups: executor.host().cgroups.clone(),
+            limits: warden_sandbox::CgroupLimits::default(),
             tmpfs_bytes: 1 << 20,
             cgroup_name: dir
                 .file_name()
@@ -144,6 +162,35 @@ async fn self_test_in(
     }
 }
 
+/// Says at start which job types will fail closed, and which will run without a limit they
+/// accept as not enforced, where this host's cgroups cannot enforce every limit.
+fn warn_unenforceable(config: &Config, home: &warden_sandbox::CgroupHome) {
+    use warden_core::CgroupLimit;
+    let missing = |t: &warden_core::JobType| -> Vec<CgroupLimit> {
+        CgroupLimit::ALL
+            .into_iter()
+            .filter(|l| *l != CgroupLimit::Cpus || t.limits.cpus.is_some())
+            .filter(|l| !home.enforces(l.controller()))
+            .collect()
+    };
+    for (name, t) in &config.job_types {
+        let missing = missing(t);
+        if missing.is_empty() {
+            continue;
+        }
+        let names: Vec<&str> = missing.iter().map(|l| l.as_str()).collect();
+        if config.unsafe_fallback || missing.iter().all(|l| t.accept_unenforced.contains(l)) {
+            tracing::warn!(job_type = %name, limits = ?names, cgroups = %home.describe(),
+                "these limits cannot be enforced on this host; the job type accepts that, and \
+                 each of its jobs records LIMITS_NOT_ENFORCED");
+        } else {
+            tracing::warn!(job_type = %name, limits = ?names, cgroups = %home.describe(),
+                "these limits cannot be enforced on this host: jobs of this type will end \
+                 `error: limit_unavailable` (run `warden doctor`)");
+        }
+    }
+}
+
 /// The executor for this host's jobs: can it give them the full sandbox? Learned once, now,
 /// by running one. Without it, jobs fail closed — unless `unsafe_fallback` allows running them
 /// as supervised processes (recorded on every job).
@@ -152,8 +199,15 @@ pub async fn local_executor(
     data: &DataDir,
     supervisor_exe: PathBuf,
 ) -> Arc<SupervisedExecutor> {
+    // Before the zygote exists: this may move warden into a cgroup leaf of its own.
+    let host = Host::establish();
+    tracing::info!(
+        rootless = host.rootless,
+        cgroups = %host.cgroups.describe(),
+        "sandbox host"
+    );
     let launcher = Launcher::new(supervisor_exe);
-    let sandbox = SupervisedExecutor::new(launcher.clone(), Tier::Sandbox);
+    let sandbox = SupervisedExecutor::new(launcher.clone(), Tier::Sandbox, host.clone());
     let self_test = match warden_sandbox::prepare_etc(&data.sandbox_etc()) {
         Ok(()) => sandbox_self_test(
             &sandbox,
@@ -178,7 +232,18 @@ pub async fn local_executor(
                  jobs run as supervised processes WITHOUT the sandbox (recorded on every job); \
                  run `warden doctor`"
             );
-            Arc::new(SupervisedExecutor::new(launcher, Tier::UnsafeFallback))
+            // Not only a log line: whoever started warden must see it.
+            eprintln!(
+                "\n!!! warden: the kernel sandbox cannot be set up on this host: {e}\n\
+                 !!! unsafe_fallback is on, so EVERY JOB RUNS WITHOUT ISOLATION, as warden's own user.\n\
+                 !!! Each such job is recorded as unsafe_fallback and listed as UNSANDBOXED.\n\
+                 !!! `warden doctor` says what is missing and how to get it.\n"
+            );
+            Arc::new(SupervisedExecutor::new(
+                launcher,
+                Tier::UnsafeFallback,
+                host,
+            ))
         }
         Err(e) => {
             tracing::error!(
@@ -189,6 +254,9 @@ pub async fn local_executor(
             Arc::new(sandbox)
         }
     };
+    if executor.tier() == Tier::Sandbox {
+        warn_unenforceable(config, &executor.host().cgroups);
+    }
     for (name, t) in config.job_types.iter().filter(|(_, t)| t.network) {
         tracing::warn!(
             job_type = %name,

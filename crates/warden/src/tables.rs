@@ -8,10 +8,16 @@ use crate::output::{render_table, sanitize};
 const JOB_HEADER: [&str; 6] = ["JOB ID", "TYPE", "STATUS", "REASON", "EXIT", "CREATED"];
 
 fn job_row(j: &JobView) -> Vec<String> {
+    // Beside every job that ran without the kernel sandbox, wherever it is listed.
+    let status = if j.unsafe_fallback {
+        format!("{} (UNSANDBOXED)", j.status)
+    } else {
+        j.status.to_string()
+    };
     vec![
         j.job_id.clone(),
         j.job_type.clone(),
-        j.status.to_string(),
+        status,
         j.reason.as_deref().map(sanitize).unwrap_or_default(),
         j.exit_code
             .map(|c| c.to_string())
@@ -37,6 +43,19 @@ pub fn job(j: &JobView) -> String {
             .map(|r| format!(" (ref {r:?})"))
             .unwrap_or_default();
         out.push_str(&format!("repo: {repo:?} at {sha}{via}\n"));
+    }
+    if !j.warnings.is_empty() {
+        let w: Vec<String> = j.warnings.iter().map(|w| sanitize(w)).collect();
+        out.push_str(&format!("warnings: {}\n", w.join(", ")));
+    }
+    let unenforced: Vec<&str> = j
+        .enforcement
+        .iter()
+        .filter(|(_, how)| how.starts_with("not enforced"))
+        .map(|(limit, _)| limit.as_str())
+        .collect();
+    if !unenforced.is_empty() {
+        out.push_str(&format!("NOT ENFORCED: {}\n", unenforced.join(", ")));
     }
     if let Some(inv) = &j.invariants {
         let show = |v: Option<bool>| match v {
@@ -182,7 +201,27 @@ mod tests {
             ..view("0193a1b2-0000-7000-8000-000000000003", JobStatus::Failed)
         };
         let queued = view("0193a1b2-0000-7000-8000-000000000004", JobStatus::Queued);
-        insta::assert_snapshot!(jobs(&[ok, killed, hostile, queued]));
+        let unsandboxed = JobView {
+            exit_code: Some(0),
+            unsafe_fallback: true,
+            ..view("0193a1b2-0000-7000-8000-000000000006", JobStatus::Succeeded)
+        };
+        insta::assert_snapshot!(jobs(&[ok, killed, hostile, queued, unsandboxed]));
+    }
+
+    #[test]
+    fn job_detail_with_limits_not_enforced() {
+        let j = JobView {
+            exit_code: Some(0),
+            warnings: vec!["LIMITS_NOT_ENFORCED".into(), "ARTIFACTS_LIMIT".into()],
+            enforcement: BTreeMap::from([
+                ("memory".into(), "not enforced (none: not delegated)".into()),
+                ("pids".into(), "not enforced (none: not delegated)".into()),
+                ("wall_time".into(), "supervisor".into()),
+            ]),
+            ..view("0193a1b2-0000-7000-8000-000000000007", JobStatus::Succeeded)
+        };
+        insta::assert_snapshot!(job(&j));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
-use super::positive::Positive;
+use super::positive::{Cpus, Positive};
 use crate::params::{is_reserved, is_valid_param_name};
 
 /// Worker labels and job type labels: short, lowercase, no spaces.
@@ -80,6 +80,41 @@ pub struct JobType {
     pub hooks_path: Option<String>,
     /// Labels a worker must have to be given this job type (e.g. `gpu`, `linux-x86_64`).
     pub labels: Vec<String>,
+    /// Limits this job type may run without where the host cannot enforce them (no cgroup
+    /// delegated to a rootless warden): each such run is recorded as not enforced. Absent:
+    /// a limit that cannot be enforced fails the job closed.
+    pub accept_unenforced: Vec<CgroupLimit>,
+}
+
+/// A limit only a cgroup enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CgroupLimit {
+    Memory,
+    Pids,
+    Cpus,
+}
+
+impl CgroupLimit {
+    pub const ALL: [CgroupLimit; 3] = [CgroupLimit::Memory, CgroupLimit::Pids, CgroupLimit::Cpus];
+
+    /// The limit's name in records (`memory`, `pids`, `cpus`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CgroupLimit::Memory => "memory",
+            CgroupLimit::Pids => "pids",
+            CgroupLimit::Cpus => "cpus",
+        }
+    }
+
+    /// The cgroup controller that enforces it.
+    pub fn controller(self) -> &'static str {
+        match self {
+            CgroupLimit::Memory => "memory",
+            CgroupLimit::Pids => "pids",
+            CgroupLimit::Cpus => "cpu",
+        }
+    }
 }
 
 /// A read-only bind of a host path into the sandbox.
@@ -155,6 +190,8 @@ struct RawJobType {
     hooks_path: Option<String>,
     #[serde(default)]
     labels: Vec<String>,
+    #[serde(default)]
+    accept_unenforced: Vec<CgroupLimit>,
 }
 
 impl TryFrom<RawJobType> for JobType {
@@ -217,6 +254,11 @@ impl TryFrom<RawJobType> for JobType {
                 return Err("hooks_path needs requires_repo: true".to_string());
             }
         }
+        for (i, l) in raw.accept_unenforced.iter().enumerate() {
+            if raw.accept_unenforced[..i].contains(l) {
+                return Err(format!("accept_unenforced lists {} twice", l.as_str()));
+            }
+        }
         for (i, l) in raw.labels.iter().enumerate() {
             if !is_valid_label(l) {
                 return Err(format!(
@@ -225,6 +267,7 @@ impl TryFrom<RawJobType> for JobType {
             }
         }
         Ok(JobType {
+            accept_unenforced: raw.accept_unenforced,
             labels: raw.labels,
             hooks_path: raw.hooks_path,
             binds: raw.binds,
@@ -255,10 +298,25 @@ pub struct Limits {
     /// Cap on stdout+stderr together; beyond it the job is killed (`output_limit`).
     #[serde(default = "default_output_mb")]
     pub output_mb: Positive,
+    /// CPU bandwidth (`0.5`, `2`): a cgroup quota per 100 ms period.
+    pub cpus: Option<Cpus>,
+    /// Size of the job's `/artifacts` (a tmpfs; its inodes are capped with it).
+    #[serde(default = "default_artifacts_mb")]
+    pub artifacts_mb: Positive,
     pub cpu_s: Option<Positive>,
+    /// Largest file the job may write; absent: the larger of `artifacts_mb` and `tmpfs_mb`.
     pub file_size_mb: Option<Positive>,
     pub open_files: Option<Positive>,
     pub tmpfs_mb: Option<Positive>,
+}
+
+/// `/artifacts` of a job type that does not say.
+pub const DEFAULT_ARTIFACTS_MB: u64 = 1024;
+/// `/tmp` (and `/dev/shm`) of a job type that does not say.
+pub const DEFAULT_TMPFS_MB: u64 = 256;
+
+fn default_artifacts_mb() -> Positive {
+    Positive(DEFAULT_ARTIFACTS_MB)
 }
 
 fn default_output_mb() -> Positive {
@@ -284,6 +342,8 @@ impl Default for Limits {
             memory_mb: default_memory_mb(),
             pids: default_pids(),
             output_mb: default_output_mb(),
+            cpus: None,
+            artifacts_mb: default_artifacts_mb(),
             cpu_s: None,
             file_size_mb: None,
             open_files: None,
@@ -295,5 +355,15 @@ impl Default for Limits {
 impl Limits {
     pub fn output_bytes(&self) -> u64 {
         self.output_mb.get().saturating_mul(1024 * 1024)
+    }
+
+    pub fn tmpfs_mb(&self) -> u64 {
+        self.tmpfs_mb.map_or(DEFAULT_TMPFS_MB, Positive::get)
+    }
+
+    /// The file size rlimit: as set, or the largest file any of the job's filesystems holds.
+    pub fn file_size_mb(&self) -> u64 {
+        self.file_size_mb
+            .map_or(self.artifacts_mb.get().max(self.tmpfs_mb()), Positive::get)
     }
 }

@@ -15,8 +15,8 @@ mod positive;
 #[cfg(test)]
 mod tests;
 
-pub use job_type::{BindConfig, JobType, JobTypeName, Limits, is_valid_label};
-pub use positive::Positive;
+pub use job_type::{BindConfig, CgroupLimit, JobType, JobTypeName, Limits, is_valid_label};
+pub use positive::{Cpus, Positive};
 
 use crate::repo::{Transport, parse_repo_url};
 
@@ -25,10 +25,13 @@ pub const DEFAULT_CONFIG_YAML: &str = r#"# warden's built-in default configurati
 listen: 127.0.0.1:8080
 data_dir: ./.warden
 slots: 2
-# Jobs run in warden's kernel sandbox. Where it cannot be set up on this host (warden checks at
-# start; `warden doctor` says why), this demo configuration runs jobs as plain supervised
-# processes instead, and every such job records `unsafe_fallback: true`. A config file that
-# leaves this out refuses to run jobs without the sandbox.
+# Jobs run in warden's kernel sandbox: as root, or, for an ordinary user, rootless (user
+# namespaces of that user). Where even that cannot be set up (warden checks at start and says so
+# in a banner; `warden doctor` says why), this demo configuration runs jobs as plain supervised
+# processes instead, and every such job records `unsafe_fallback: true` and is listed as
+# UNSANDBOXED. It also lets jobs run where this user has no cgroup for their memory and process
+# limits (recorded as LIMITS_NOT_ENFORCED). A config file that leaves this out does neither: it
+# fails such jobs closed.
 unsafe_fallback: true
 job_types:
   local_echo:

@@ -36,8 +36,31 @@ fn the_documented_shape_is_accepted() {
         (Positive(4096), Positive(1024))
     );
     assert_eq!(py.limits.output_bytes(), 64 << 20);
+    // Nothing a job writes is unbounded: artifacts and file size have defaults too.
+    assert_eq!(echo.limits.artifacts_mb, Positive(1024));
+    assert_eq!(echo.limits.file_size_mb(), 1024);
+    assert_eq!(echo.limits.cpus, None);
+    assert!(echo.accept_unenforced.is_empty());
     assert_eq!(py.allowed_params, ["PYTEST_ADDOPTS"]);
     assert_eq!(c.repos["click"].url, "https://github.com/pallets/click.git");
+}
+
+#[test]
+fn cpus_are_decimal_and_kept_in_thousandths() {
+    for (text, millis, shown) in [
+        ("0.5", 500, "0.5"),
+        ("2", 2000, "2"),
+        ("1.25", 1250, "1.25"),
+    ] {
+        let yaml = format!(
+            "job_types:\n  t:\n    argv: [x]\n    timeout_s: 5\n    limits: {{cpus: {text}}}\n    accept_unenforced: [cpus]\n"
+        );
+        let c = Config::from_yaml_str(&yaml, "w.yaml").unwrap();
+        let t = c.job_type("t").unwrap();
+        let cpus = t.limits.cpus.unwrap();
+        assert_eq!((cpus.millis(), cpus.to_string().as_str()), (millis, shown));
+        assert_eq!(t.accept_unenforced, [CgroupLimit::Cpus]);
+    }
 }
 
 #[test]
@@ -96,6 +119,32 @@ fn bad_configs_are_refused_with_line_and_reason() {
         "job_types:\n  t:\n    argv: [x]\n    timeout_s: 5\n    limits: {memory_mb: 0}\n",
         Some(5),
         "0 never means unlimited",
+    );
+    for (cpus, why) in [
+        ("0", "more than 0"),
+        ("-1", "more than 0"),
+        ("0.0001", "finer than a thousandth"),
+        ("1e9", "at most 4096"),
+        (".nan", "more than 0"),
+        ("two", "a number of CPUs"),
+    ] {
+        check(
+            &format!(
+                "job_types:\n  t:\n    argv: [x]\n    timeout_s: 5\n    limits: {{cpus: {cpus}}}\n"
+            ),
+            Some(5),
+            why,
+        );
+    }
+    check(
+        "job_types:\n  t:\n    argv: [x]\n    timeout_s: 5\n    accept_unenforced: [memory, disk]\n",
+        Some(5),
+        "unknown variant `disk`",
+    );
+    check(
+        "job_types:\n  t:\n    argv: [x]\n    timeout_s: 5\n    accept_unenforced: [pids, pids]\n",
+        Some(2),
+        "lists pids twice",
     );
     check(
         "job_types:\n  t:\n    argv: [x]\n    timeout_s: 5\n    limits: {swap: 1}\n",

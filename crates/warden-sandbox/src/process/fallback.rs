@@ -90,6 +90,7 @@ fn supervise(control: &mut UnixStream, pid: i32, started: Instant, timeout_ms: u
     let mut watch = crate::watch::Watch {
         report: None,
         killed_by: None,
+        kill_grace: None,
     };
     let mut signal = |sig| {
         kill_tree(sig);

@@ -15,8 +15,11 @@ use crate::paths::{HOSTNAME, JOB_UID};
 use crate::sys::{Step, StepError, check, fail};
 use crate::{SandboxSpec, SpawnSpec};
 
-/// Where the init finds the job's cgroup, and the signal that it exists.
+/// Where the init finds the job's cgroup, and the supervisor's go-ahead bytes on `ready`:
+/// `m` once a rootless init's id maps are written, `g` once the job's cgroup exists.
 pub(super) struct CgroupTarget<'a> {
+    /// v1 hierarchies' `warden` directories the init moves itself into (`<dir>/<attach>`);
+    /// empty on v2, where the init was cloned into its cgroup.
     pub parents: &'a [PathBuf],
     pub attach: &'a str,
     pub ready: OwnedFd,
@@ -51,6 +54,12 @@ fn init(args: InitArgs<'_>, report: &OwnedFd) -> Step {
         filters,
         netns,
     } = args;
+    if sandbox.rootless && !wait_byte(&cgroup.ready) {
+        return Err(fail(
+            "wait for id maps",
+            io::Error::from(io::ErrorKind::UnexpectedEof),
+        ));
+    }
     // fd 0 is the supervisor's control socket: the job must never hold it.
     let devnull = std::fs::File::open("/dev/null").map_err(|e| fail("open /dev/null", e))?;
     // SAFETY: replaces fd 0 with /dev/null.
@@ -62,6 +71,8 @@ fn init(args: InitArgs<'_>, report: &OwnedFd) -> Step {
         .iter()
         .map(|p| std::fs::File::open(p).map_err(|e| fail(format!("open {}", p.display()), e)))
         .collect::<Result<Vec<_>, _>>()?;
+    // Where /artifacts is copied to when the job is over: out of sight after pivot_root.
+    let host_artifacts = open_dir(&sandbox.artifacts)?;
     // SAFETY: a valid buffer and length.
     check("sethostname", unsafe {
         libc::sethostname(HOSTNAME.as_ptr().cast(), HOSTNAME.len())
@@ -84,8 +95,10 @@ fn init(args: InitArgs<'_>, report: &OwnedFd) -> Step {
         libc::unshare(libc::CLONE_NEWCGROUP)
     })?;
     let job = start_job(spec, sandbox, filters)?;
-    forward_sigterm();
+    install_handlers();
     let wait_status = reap_until(job);
+    // Nothing of the job may run on while its artifacts are copied.
+    end_everything();
     let usage = children_usage();
     let us = |tv: libc::timeval| tv.tv_sec * 1_000_000 + tv.tv_usec;
     InitMessage::Exited {
@@ -95,7 +108,37 @@ fn init(args: InitArgs<'_>, report: &OwnedFd) -> Step {
         max_rss_kb: usage.ru_maxrss,
     }
     .send(report);
+    let copy = crate::artifacts::copy_out(Path::new(crate::paths::ARTIFACTS), &host_artifacts);
+    InitMessage::Artifacts { copy }.send(report);
     Ok(())
+}
+
+fn open_dir(path: &Path) -> Step<OwnedFd> {
+    let c = crate::sys::cstr(path)?;
+    // SAFETY: open with a valid C string; checked before use.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    check(&format!("open {}", path.display()), fd)?;
+    // SAFETY: a fresh descriptor owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Kills every process left in the namespace (but the init) and reaps them all.
+fn end_everything() {
+    // SAFETY: kill(-1) from pid 1 reaches every other process of the PID namespace.
+    unsafe { libc::kill(-1, libc::SIGKILL) };
+    loop {
+        let mut st = 0;
+        // SAFETY: waitpid writes into a valid int.
+        let rc = unsafe { libc::waitpid(-1, &mut st, 0) };
+        if rc < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return;
+        }
+    }
 }
 
 /// Into the job's cgroup, which the supervisor made meanwhile, before the job starts.
@@ -175,19 +218,32 @@ extern "C" fn forward_term(_: libc::c_int) {
     }
 }
 
-/// The supervisor's SIGTERM (a cancel) reaches every process of the job. The init inherited
-/// the supervisor's mask, in which SIGTERM is blocked: unblocked here, or the forward never runs.
-fn forward_sigterm() {
-    // SAFETY: installs a handler that only calls kill (async-signal-safe), then unblocks the
-    // signal; sigset_t is initialised by sigemptyset before use.
+extern "C" fn kill_job(_: libc::c_int) {
+    // SAFETY: as above.
+    unsafe { libc::kill(-1, libc::SIGKILL) };
+}
+
+/// The supervisor's SIGTERM (a cancel) reaches every process of the job; its SIGUSR1 (the
+/// deadline, a kill request) kills them all, and the init lives on to copy the artifacts out.
+/// The init inherited the supervisor's mask, in which SIGTERM is blocked: unblocked here, or
+/// the forward never runs.
+fn install_handlers() {
+    // SAFETY: installs handlers that only call kill (async-signal-safe), then unblocks the
+    // signals; sigset_t is initialised by sigemptyset before use.
     unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = forward_term as *const () as usize;
-        libc::sigemptyset(&mut sa.sa_mask);
-        libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
+        for (sig, handler) in [
+            (libc::SIGTERM, forward_term as extern "C" fn(libc::c_int)),
+            (libc::SIGUSR1, kill_job),
+        ] {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = handler as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
         libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
     }
 }

@@ -20,6 +20,8 @@ pub(crate) enum InitMessage {
         system_us: i64,
         max_rss_kb: i64,
     },
+    /// `/artifacts` was copied out to the host once every process of the job was gone.
+    Artifacts { copy: crate::artifacts::CopyOut },
 }
 
 impl InitMessage {
@@ -59,6 +61,7 @@ pub(crate) fn apply(bytes: &[u8], out: &mut ExitReport) {
                 out.max_rss_kb = max_rss_kb.max(0) as u64;
                 exited = true;
             }
+            Ok(InitMessage::Artifacts { copy }) => out.artifacts = Some(copy),
             Err(_) => {}
         }
     }
@@ -131,6 +134,21 @@ mod tests {
             error: "later".into(),
         }));
         check(&both, None, None, Some("mount /r/work: Permission denied"));
+    }
+
+    #[test]
+    fn the_artifacts_copy_is_reported() {
+        let copy = crate::artifacts::CopyOut {
+            files: 2,
+            bytes: 10,
+            full: true,
+            ..Default::default()
+        };
+        let mut input = line(&exited(0));
+        input.extend(line(&InitMessage::Artifacts { copy: copy.clone() }));
+        let mut out = ExitReport::default();
+        apply(&input, &mut out);
+        assert_eq!((out.exit_code, out.artifacts), (Some(0), Some(copy)));
     }
 
     #[test]

@@ -6,14 +6,14 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::init::{CgroupTarget, InitArgs, init_main};
 use super::{reap, setup_failed};
-use crate::cgroups::{CgroupLayout, JobCgroup};
+use crate::cgroups::{CgroupHome, JobCgroup};
 use crate::fd::{pipe, write_all};
 use crate::{ExitReport, Rlimits, SandboxSpec, SpawnSpec};
 
@@ -48,28 +48,43 @@ pub(crate) fn run(
         Ok(f) => f,
         Err(e) => return setup_failed("seccomp compile", e),
     };
-    // Limits that cgroups enforce: memory (with no swap) and processes. The job's cgroup is
-    // made while the init builds the root; the init then moves itself in (see `init.rs`).
-    let layout = CgroupLayout::detect();
-    let parents = match crate::cgroups::parents(&layout) {
-        Ok(p) => p,
-        Err(e) => return setup_failed("cgroup", e),
-    };
-    let attach = crate::cgroups::self_attach_name(&layout, &sb.cgroup_name);
     let (Ok((sync_r, sync_w)), Ok((report_r, report_w))) = (pipe(), pipe()) else {
         return setup_failed("pipe", std::io::Error::last_os_error());
     };
-    // No supplementary groups of warden's may reach the job.
+    // No supplementary groups of warden's may reach the job (root only: a rootless warden
+    // cannot drop them; see docs/sandbox.md).
     // SAFETY: setgroups with an empty list.
     unsafe { libc::setgroups(0, std::ptr::null()) };
 
+    // Limits that cgroups enforce: memory (with no swap), processes, CPU. On v2 the cgroup is
+    // made first and the init cloned straight into it; on v1 it is made while the init builds
+    // the root, and the init then moves itself in (see `init.rs`).
+    let v1 = matches!(sb.cgroups, CgroupHome::V1 { .. });
+    let mut cgroup = None;
+    if !v1 {
+        match JobCgroup::create(&sb.cgroups, &sb.cgroup_name, sb.limits) {
+            Ok(cg) => cgroup = Some(cg),
+            Err(e) => return setup_failed("cgroup", e),
+        }
+    }
+    let into = match cgroup.as_ref().and_then(JobCgroup::v2_fd).transpose() {
+        Ok(fd) => fd,
+        Err(e) => return setup_failed("open cgroup", e),
+    };
+    let parents = match &sb.cgroups {
+        CgroupHome::V1 { memory, pids, cpu } => {
+            [memory, pids, cpu].into_iter().flatten().cloned().collect()
+        }
+        _ => Vec::new(),
+    };
+    let attach = format!("{}/tasks", sb.cgroup_name);
     let init = Init {
         parents: &parents,
         attach: &attach,
         sync_r,
         report_w,
     };
-    let pid = match init.clone_into_namespaces(spec, sb, filters, netns) {
+    let pid = match init.clone_into_namespaces(spec, sb, filters, netns, into) {
         Ok(pid) => pid,
         Err(e) => return setup_failed("clone namespaces", e),
     };
@@ -80,20 +95,24 @@ pub(crate) fn run(
     // Our stdout/stderr are the job's pipes; only the job may hold them from now on.
     crate::fd::release_stdio();
 
-    let cgroup = match JobCgroup::create(&layout, &sb.cgroup_name, sb.memory_bytes, sb.pids) {
-        Ok(cg) => Some(cg),
-        Err(_)
-            if sb.memory_bytes.is_none() && sb.pids.is_none() && layout == CgroupLayout::None =>
-        {
-            None
-        }
-        Err(e) => {
-            // SAFETY: kill our own child.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            reap(pid);
-            return setup_failed("cgroup", e);
-        }
+    let abort = |step: &str, e: std::io::Error| {
+        // SAFETY: kill our own child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        reap(pid);
+        setup_failed(step, e)
     };
+    if sb.rootless {
+        if let Err(e) = map_init_ids(pid) {
+            return abort("uid map of the init", e);
+        }
+        write_all(&sync_w, b"m");
+    }
+    if v1 {
+        match JobCgroup::create(&sb.cgroups, &sb.cgroup_name, sb.limits) {
+            Ok(cg) => cgroup = Some(cg),
+            Err(e) => return abort("cgroup", e),
+        }
+    }
     let mut out = ExitReport {
         enforcement: enforcement(&spec.rlimits, sb, cgroup.as_ref()),
         ..ExitReport::default()
@@ -115,11 +134,28 @@ pub(crate) fn run(
     // Whatever the init still had to say.
     let _ = std::fs::File::from(report_r).read_to_end(&mut bytes);
     super::report::apply(&bytes, &mut out);
-    finish(&mut out, cgroup.as_ref());
+    finish(&mut out, cgroup.as_ref(), spec.rlimits.cpu_s);
     out.wall_ms = started.elapsed().as_millis() as u64;
     drop(cgroup);
     out
 }
+
+/// A rootless init's user namespace maps only the calling user and group, as its root; it may
+/// never call `setgroups` (the kernel's rule for an unprivileged map).
+fn map_init_ids(pid: i32) -> std::io::Result<()> {
+    // SAFETY: plain id getters.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let write = |file: &str, text: String| {
+        std::fs::write(format!("/proc/{pid}/{file}"), text)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{file}: {e}")))
+    };
+    write("setgroups", "deny".into())?;
+    write("uid_map", format!("0 {uid} 1\n"))?;
+    write("gid_map", format!("0 {gid} 1\n"))
+}
+
+/// How long a killed job's init has to copy its artifacts out before it is killed too.
+const KILL_GRACE: Duration = Duration::from_secs(30);
 
 /// What the clone hands to the init.
 struct Init<'a> {
@@ -129,40 +165,76 @@ struct Init<'a> {
     report_w: OwnedFd,
 }
 
+/// `struct clone_args` of `clone3(2)`, up to `cgroup` (`CLONE_ARGS_SIZE_VER2`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
 impl Init<'_> {
     /// Clones the init into new PID, mount, IPC, UTS (and, unless the job shares the host's,
-    /// network) namespaces. Returns its pid; the child never returns.
+    /// network; rootless, user) namespaces, and on v2 straight into `cgroup`. Returns its pid;
+    /// the child never returns.
     fn clone_into_namespaces(
         self,
         spec: &SpawnSpec,
         sb: &SandboxSpec,
         filters: &[seccompiler::BpfProgram],
         netns: Option<OwnedFd>,
+        cgroup: Option<OwnedFd>,
     ) -> std::io::Result<i32> {
         let mut flags =
             libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+        if sb.rootless {
+            flags |= libc::CLONE_NEWUSER;
+        }
         // A fresh network namespace: taken ready-made from the zygote's pool when there is one
-        // (creating one is the costliest step of the whole setup), else created here.
-        let netns = if sb.network { None } else { netns };
+        // (creating one is the costliest step of the whole setup), else created here. A
+        // rootless init cannot join a namespace of the host's user namespace.
+        let netns = if sb.network || sb.rootless {
+            None
+        } else {
+            netns
+        };
         if !sb.network && netns.is_none() {
             flags |= libc::CLONE_NEWNET;
         }
-        // SAFETY: a fork-like clone (no new stack) of this single-threaded process; the child
-        // runs `init_main`, which never returns.
+        let mut args = CloneArgs {
+            flags: flags as u64,
+            exit_signal: libc::SIGCHLD as u64,
+            ..CloneArgs::default()
+        };
+        if let Some(fd) = &cgroup {
+            args.flags |= CLONE_INTO_CGROUP;
+            args.cgroup = fd.as_raw_fd() as u64;
+        }
+        // SAFETY: a fork-like clone3 (no new stack) of this single-threaded process, with a
+        // valid clone_args of the size given; the child runs `init_main`, which never returns.
         let pid = unsafe {
             libc::syscall(
-                libc::SYS_clone,
-                (flags | libc::SIGCHLD) as libc::c_ulong,
-                0usize,
-                0usize,
-                0usize,
-                0usize,
+                libc::SYS_clone3,
+                &args as *const CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
             )
         } as i32;
         if pid < 0 {
             return Err(std::io::Error::last_os_error());
         }
         if pid == 0 {
+            drop(cgroup);
             let args = InitArgs {
                 cgroup: CgroupTarget {
                     parents: self.parents,
@@ -181,11 +253,12 @@ impl Init<'_> {
 }
 
 /// The cgroup's verdict: peak memory and the limit that ended the job, if one did.
-fn finish(out: &mut ExitReport, cgroup: Option<&JobCgroup>) {
+fn finish(out: &mut ExitReport, cgroup: Option<&JobCgroup>, cpu_s: Option<u64>) {
     if let Some(cg) = cgroup {
         cg.kill_all();
         let stats = cg.stats();
         out.peak_memory_bytes = stats.peak_memory_bytes;
+        out.cpu_throttled_ms = stats.cpu_throttled_us.map(|us| us / 1000);
         out.limit_hit = if stats.oom_killed {
             Some("memory_limit".into())
         } else if stats.pids_max_hit {
@@ -195,9 +268,13 @@ fn finish(out: &mut ExitReport, cgroup: Option<&JobCgroup>) {
         };
     }
     if out.limit_hit.is_none() {
+        // A job that ignored SIGXCPU is killed at the hard limit, a second later: its CPU time
+        // says why.
+        let cpu_spent = cpu_s.is_some_and(|s| out.user_cpu_ms + out.system_cpu_ms >= s * 1000);
         out.limit_hit = match out.signal {
             Some(libc::SIGXFSZ) => Some("file_size_limit".into()),
             Some(libc::SIGXCPU) => Some("cpu_limit".into()),
+            Some(libc::SIGKILL) if cpu_spent && out.killed_by.is_none() => Some("cpu_limit".into()),
             _ => None,
         };
     }
@@ -214,18 +291,39 @@ fn enforcement(
         .unwrap_or_else(|| "none".into());
     let set_or = |on: bool, how: String| if on { how } else { "not set".into() };
     let rl = |on: bool| set_or(on, "rlimit".into());
+    let cpu = match cg.map(JobCgroup::version) {
+        Some(2) => format!("{cgv} (cpu.max)"),
+        _ => format!("{cgv} (cfs quota)"),
+    };
     BTreeMap::from([
         ("wall_time".into(), "supervisor".into()),
         (
             "memory".into(),
-            set_or(sb.memory_bytes.is_some(), format!("{cgv} (no swap)")),
+            set_or(sb.limits.memory_bytes.is_some(), format!("{cgv} (no swap)")),
         ),
-        ("pids".into(), set_or(sb.pids.is_some(), cgv.clone())),
+        ("pids".into(), set_or(sb.limits.pids.is_some(), cgv.clone())),
+        ("cpus".into(), set_or(sb.limits.cpu_millis.is_some(), cpu)),
         ("tmpfs".into(), "tmpfs size".into()),
+        (
+            "artifacts".into(),
+            format!(
+                "tmpfs {} MiB, {} inodes",
+                sb.artifacts_bytes >> 20,
+                crate::artifacts::inode_cap(sb.artifacts_bytes)
+            ),
+        ),
         ("core_dumps".into(), "rlimit (off)".into()),
         ("cpu_time".into(), rl(rlimits.cpu_s.is_some())),
         ("file_size".into(), rl(rlimits.file_size_bytes.is_some())),
         ("open_files".into(), rl(rlimits.open_files.is_some())),
+        (
+            "identity".into(),
+            if sb.rootless {
+                "rootless: user namespaces of the calling user".into()
+            } else {
+                "unprivileged host uid per slot".into()
+            },
+        ),
         (
             "network".into(),
             if sb.network {
@@ -262,11 +360,21 @@ fn supervise(
     let mut watch = crate::watch::Watch {
         report: Some((report, bytes)),
         killed_by: None,
+        kill_grace: Some(KILL_GRACE),
     };
-    // The init forwards SIGTERM to every process of the job; SIGKILL to it ends the namespace.
-    // SAFETY: signals our own child.
-    let mut signal = |sig| unsafe {
-        libc::kill(pid, sig);
+    // The init forwards SIGTERM to every process of the job. A kill is first asked of the
+    // init (SIGUSR1: it kills the job and copies its artifacts out); a second one, or the
+    // grace running out, is SIGKILL to it, which ends the namespace.
+    let mut asked = false;
+    let mut signal = |sig| {
+        let sig = if sig == libc::SIGKILL && !asked {
+            asked = true;
+            libc::SIGUSR1
+        } else {
+            sig
+        };
+        // SAFETY: signals our own child.
+        unsafe { libc::kill(pid, sig) };
     };
     crate::watch::wait_for(&pidfd, control, deadline, &mut watch, &mut signal);
     out.killed_by = watch.killed_by;
@@ -284,6 +392,7 @@ mod tests {
             work: "/w".into(),
             git: None,
             artifacts: "/a".into(),
+            artifacts_bytes: 1 << 30,
             etc: "/e".into(),
             rootfs: None,
             binds: vec![],
@@ -291,8 +400,12 @@ mod tests {
             inotify: false,
             uid: 1,
             gid: 1,
-            memory_bytes: Some(1 << 20),
-            pids: None,
+            rootless: false,
+            cgroups: CgroupHome::Unavailable { why: "t".into() },
+            limits: crate::CgroupLimits {
+                memory_bytes: Some(1 << 20),
+                ..Default::default()
+            },
             tmpfs_bytes: 1 << 20,
             cgroup_name: "t".into(),
         };
@@ -307,5 +420,7 @@ mod tests {
         assert_eq!(m["cpu_time"], "rlimit");
         assert_eq!(m["file_size"], "not set");
         assert_eq!(m["network"], "own network namespace (loopback only)");
+        assert_eq!(m["cpus"], "not set");
+        assert_eq!(m["artifacts"], "tmpfs 1024 MiB, 65536 inodes");
     }
 }

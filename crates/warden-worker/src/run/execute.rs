@@ -35,7 +35,11 @@ pub(super) async fn execute(
     prepared: Prepared,
     signals: &JobSignals,
 ) -> (Executed, ExecInfo) {
-    let Prepared { spec, job_type } = prepared;
+    let Prepared {
+        spec,
+        job_type,
+        unenforced,
+    } = prepared;
     let mut info = ExecInfo {
         limits: limit_enforcement(&job_type.limits, spec.isolation.tier()),
         ..ExecInfo::default()
@@ -83,9 +87,10 @@ pub(super) async fn execute(
     };
     if report.enforcement.is_empty() {
         report.enforcement = info.limits.clone();
-    } else {
-        info.limits = report.enforcement.clone();
     }
+    // What the job type accepted running without, and why, in place of "not set".
+    report.enforcement.extend(unenforced);
+    info.limits = report.enforcement.clone();
     info.report = Some(report.clone());
     (Ok((report, end)), info)
 }
@@ -154,12 +159,14 @@ fn limit_enforcement(limits: &Limits, tier: Tier) -> BTreeMap<String, String> {
     m.insert("core_dumps".into(), "rlimit (off)".into());
     let rl = |on: bool| if on { "rlimit" } else { "not set" }.to_string();
     m.insert("cpu_time".into(), rl(limits.cpu_s.is_some()));
-    m.insert("file_size".into(), rl(limits.file_size_mb.is_some()));
+    m.insert("file_size".into(), "rlimit".into());
     m.insert("open_files".into(), rl(limits.open_files.is_some()));
     if tier == Tier::UnsafeFallback {
         for (name, set) in [
             ("memory", true),
             ("pids", true),
+            ("cpus", limits.cpus.is_some()),
+            ("artifacts", true),
             ("tmpfs", limits.tmpfs_mb.is_some()),
         ] {
             if set {

@@ -5,20 +5,22 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use warden_core::JobType;
+use warden_core::{CgroupLimit, JobType};
 use warden_repo::Checkout;
-use warden_sandbox::{Bind, GitMounts, Isolation, Rlimits, SandboxSpec, SpawnSpec, Tier, paths};
+use warden_sandbox::{
+    Bind, CgroupLimits, GitMounts, Isolation, Rlimits, SandboxSpec, SpawnSpec, Tier, paths,
+};
 use warden_store::JobRecord;
 
 use super::verdict::Refusal;
 use crate::shared::Shared;
 
-/// Size of `/tmp` (and `/dev/shm`) when the job type does not say.
-const DEFAULT_TMPFS_MB: u64 = 256;
-
 pub(super) struct Prepared {
     pub spec: SpawnSpec,
     pub job_type: JobType,
+    /// Limits the job type accepted running without, because this host cannot enforce them:
+    /// limit name → why.
+    pub unenforced: BTreeMap<String, String>,
 }
 
 /// What a job on a repository gets of its checkout.
@@ -76,18 +78,35 @@ pub(super) fn prepare(
     let artifacts = shared.data.artifacts(job.id);
     let scratch = shared.data.scratch(job.id);
     let mut env = base_env(job, repo.as_ref());
+    let mut unenforced = BTreeMap::new();
     let isolation = match tier {
         Tier::Sandbox => {
+            let host = shared.executor.host();
+            let (limits, missing) =
+                cgroup_limits(&job_type, &host.cgroups, shared.config.unsafe_fallback)?;
+            unenforced = missing;
+            // Rootless, the job's ids are the init's own root (warden's user outside); as
+            // root, one host identity per slot: jobs running at once never share a uid
+            // (validated at start: the range fits, and is not root).
+            let (uid, gid) = if host.rootless {
+                (0, 0)
+            } else {
+                (
+                    shared.config.sandbox_uid + slot as u32,
+                    shared.config.sandbox_gid + slot as u32,
+                )
+            };
             let layout = SandboxedLayout {
                 root: shared.data.sandbox_root(),
                 empty_work: shared.data.sandbox_work(),
                 etc: shared.data.sandbox_etc(),
                 artifacts,
                 scratch,
-                // One host identity per slot: jobs running at once never share a uid
-                // (validated at start: the range fits, and is not root).
-                uid: shared.config.sandbox_uid + slot as u32,
-                gid: shared.config.sandbox_gid + slot as u32,
+                uid,
+                gid,
+                rootless: host.rootless,
+                cgroups: host.cgroups.clone(),
+                limits,
                 // Per claim (the lease's fencing token): a job re-run elsewhere while a lost
                 // attempt is still being torn down never shares, or kills, its cgroup.
                 cgroup_name: format!("{}-{claim}", job.id),
@@ -110,7 +129,57 @@ pub(super) fn prepare(
         rlimits: rlimits(&job_type),
         isolation,
     };
-    Ok(Prepared { spec, job_type })
+    Ok(Prepared {
+        spec,
+        job_type,
+        unenforced,
+    })
+}
+
+/// The cgroup limits of a sandboxed job: every one the job type sets that the host can
+/// enforce. One it cannot is refused (fail closed) unless the job type (or `unsafe_fallback`)
+/// accepts running without it; those are returned with the reason, for the record.
+fn cgroup_limits(
+    job_type: &JobType,
+    home: &warden_sandbox::CgroupHome,
+    unsafe_fallback: bool,
+) -> Result<(CgroupLimits, BTreeMap<String, String>), Refusal> {
+    let l = &job_type.limits;
+    let mut limits = CgroupLimits {
+        memory_bytes: Some(l.memory_mb.get().saturating_mul(1 << 20)),
+        pids: Some(l.pids.get()),
+        cpu_millis: l.cpus.map(|c| c.millis()),
+    };
+    let mut unenforced = BTreeMap::new();
+    for limit in CgroupLimit::ALL {
+        let slot = match limit {
+            CgroupLimit::Memory => limits.memory_bytes.is_some(),
+            CgroupLimit::Pids => limits.pids.is_some(),
+            CgroupLimit::Cpus => limits.cpu_millis.is_some(),
+        };
+        if !slot || home.enforces(limit.controller()) {
+            continue;
+        }
+        let why = home.describe();
+        if !(unsafe_fallback || job_type.accept_unenforced.contains(&limit)) {
+            return Err(Refusal::new(
+                "limit_unavailable",
+                format!(
+                    "the {} limit cannot be enforced on this host (cgroups: {why}); run `warden doctor`, \
+                     or list {} in the job type's accept_unenforced to run without it",
+                    limit.as_str(),
+                    limit.as_str()
+                ),
+            ));
+        }
+        match limit {
+            CgroupLimit::Memory => limits.memory_bytes = None,
+            CgroupLimit::Pids => limits.pids = None,
+            CgroupLimit::Cpus => limits.cpu_millis = None,
+        }
+        unenforced.insert(limit.as_str().to_string(), format!("not enforced ({why})"));
+    }
+    Ok((limits, unenforced))
 }
 
 fn directories(e: std::io::Error) -> Refusal {
@@ -137,7 +206,7 @@ fn rlimits(job_type: &JobType) -> Rlimits {
     let limits = &job_type.limits;
     Rlimits {
         cpu_s: limits.cpu_s.map(|p| p.get()),
-        file_size_bytes: limits.file_size_mb.map(|p| p.get().saturating_mul(1 << 20)),
+        file_size_bytes: Some(limits.file_size_mb().saturating_mul(1 << 20)),
         open_files: limits.open_files.map(|p| p.get()),
     }
 }
@@ -165,14 +234,17 @@ pub(super) struct SandboxedLayout {
     pub scratch: PathBuf,
     pub uid: u32,
     pub gid: u32,
+    pub rootless: bool,
+    pub cgroups: warden_sandbox::CgroupHome,
+    pub limits: CgroupLimits,
     pub cgroup_name: String,
 }
 
 impl SandboxedLayout {
+    /// The artifact directory stays warden's: the job writes to its own capped tmpfs, which
+    /// the sandbox's init copies here when the job is over.
     fn make_dirs(&self) -> std::io::Result<()> {
-        reset(&self.artifacts, &self.scratch)?;
-        // The job's uid 1000 is this host uid: it owns its artifact directory, nothing else.
-        std::os::unix::fs::chown(&self.artifacts, Some(self.uid), Some(self.gid))
+        reset(&self.artifacts, &self.scratch)
     }
 
     pub(super) fn env(&self, env: &mut BTreeMap<String, String>, repo: Option<&RepoView>) {
@@ -198,6 +270,7 @@ impl SandboxedLayout {
                 objects: r.objects.clone(),
             }),
             artifacts: self.artifacts,
+            artifacts_bytes: limits.artifacts_mb.get().saturating_mul(1 << 20),
             etc: self.etc,
             rootfs: job_type.rootfs.clone(),
             binds: job_type
@@ -212,9 +285,10 @@ impl SandboxedLayout {
             inotify: job_type.inotify,
             uid: self.uid,
             gid: self.gid,
-            memory_bytes: Some(limits.memory_mb.get().saturating_mul(1 << 20)),
-            pids: Some(limits.pids.get()),
-            tmpfs_bytes: limits.tmpfs_mb.map(|m| m.get()).unwrap_or(DEFAULT_TMPFS_MB) << 20,
+            rootless: self.rootless,
+            cgroups: self.cgroups,
+            limits: self.limits,
+            tmpfs_bytes: limits.tmpfs_mb() << 20,
             cgroup_name: self.cgroup_name,
         }))
     }
@@ -285,6 +359,7 @@ fn path_str(p: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use warden_sandbox::CgroupHome;
 
     fn repo() -> RepoView {
         RepoView {
@@ -323,8 +398,57 @@ mod tests {
             scratch: "/data/scratch/j".into(),
             uid: 65534,
             gid: 65533,
+            rootless: false,
+            cgroups: v1_home(),
+            limits: cgroup_limits(&job_type(), &v1_home(), false).unwrap().0,
             cgroup_name: "j".into(),
         }
+    }
+
+    fn v1_home() -> CgroupHome {
+        CgroupHome::V1 {
+            memory: Some("/sys/fs/cgroup/memory/warden".into()),
+            pids: Some("/sys/fs/cgroup/pids/warden".into()),
+            cpu: None,
+        }
+    }
+
+    fn with(yaml_extra: &str) -> JobType {
+        let yaml =
+            format!("job_types:\n  t:\n    argv: [/bin/true]\n    timeout_s: 5\n{yaml_extra}");
+        warden_core::Config::from_yaml_str(&yaml, "t.yaml")
+            .unwrap()
+            .job_types["t"]
+            .clone()
+    }
+
+    #[test]
+    fn a_limit_the_host_cannot_enforce_fails_closed_unless_accepted() {
+        // No cpu hierarchy here: a cpus limit is refused, naming the way out.
+        let t = with("    limits: {cpus: 0.5}\n");
+        let err = cgroup_limits(&t, &v1_home(), false).unwrap_err();
+        assert_eq!(
+            err.reason(),
+            "limit_unavailable: the cpus limit cannot be enforced on this host (cgroups: v1 (memory pids)); run `warden doctor`, or list cpus in the job type's accept_unenforced to run without it"
+        );
+        // Accepted by the job type: it runs without, and the record says so.
+        let t = with("    limits: {cpus: 0.5}\n    accept_unenforced: [cpus]\n");
+        let (limits, missing) = cgroup_limits(&t, &v1_home(), false).unwrap();
+        assert_eq!(limits.cpu_millis, None);
+        assert_eq!(limits.memory_bytes, Some(4096 << 20));
+        assert_eq!(missing["cpus"], "not enforced (v1 (memory pids))");
+        // No cgroup at all: memory and pids (always set) need accepting too, or the fallback.
+        let none = CgroupHome::Unavailable {
+            why: "not delegated".into(),
+        };
+        assert!(cgroup_limits(&with(""), &none, false).is_err());
+        let (limits, missing) = cgroup_limits(&with(""), &none, true).unwrap();
+        assert_eq!(limits, CgroupLimits::default());
+        assert_eq!(missing.keys().collect::<Vec<_>>(), ["memory", "pids"]);
+        // Enforceable: enforced, whatever the job type accepts.
+        let t = with("    accept_unenforced: [memory, pids]\n");
+        let (limits, missing) = cgroup_limits(&t, &v1_home(), false).unwrap();
+        assert_eq!((limits.pids, missing.len()), (Some(1024), 0));
     }
 
     #[test]
@@ -344,8 +468,12 @@ mod tests {
             sb.git.unwrap().objects,
             Path::new("/data/git/mirrors/m/objects")
         );
-        assert_eq!((sb.memory_bytes, sb.pids), (Some(64 << 20), Some(32)));
-        assert_eq!(sb.tmpfs_bytes, DEFAULT_TMPFS_MB << 20);
+        assert_eq!(
+            (sb.limits.memory_bytes, sb.limits.pids),
+            (Some(64 << 20), Some(32))
+        );
+        assert_eq!(sb.tmpfs_bytes, 256 << 20);
+        assert_eq!(sb.artifacts_bytes, 1024 << 20);
         assert_eq!((sb.uid, sb.gid), (65534, 65533));
         assert!(sb.network);
         assert_eq!(sb.binds.len(), 1);

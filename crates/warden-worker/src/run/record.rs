@@ -29,6 +29,7 @@ pub(super) fn resources(info: Option<&ExecInfo>) -> Option<ResourceUsage> {
         system_cpu_ms: r.system_cpu_ms,
         max_rss_kb: r.max_rss_kb,
         peak_memory_bytes: r.peak_memory_bytes,
+        cpu_throttled_ms: r.cpu_throttled_ms,
     })
 }
 

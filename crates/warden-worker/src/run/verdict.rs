@@ -90,6 +90,30 @@ pub(crate) enum Proof {
     Failed(String),
 }
 
+/// What the record must say about limits beside the status: the job filled its artifacts
+/// (`ARTIFACTS_LIMIT`: it met `ENOSPC`; its status is its own exit's), they could not all be
+/// copied out (`ARTIFACTS_INCOMPLETE`), or a limit was accepted as not enforced on this host
+/// (`LIMITS_NOT_ENFORCED`, the enforcement map says which).
+fn limit_warnings(report: &ExitReport) -> Vec<String> {
+    let mut w = Vec::new();
+    if let Some(a) = &report.artifacts {
+        if a.full {
+            w.push("ARTIFACTS_LIMIT".to_string());
+        }
+        if a.error.is_some() {
+            w.push("ARTIFACTS_INCOMPLETE".to_string());
+        }
+    }
+    if report
+        .enforcement
+        .values()
+        .any(|v| v.starts_with("not enforced"))
+    {
+        w.push("LIMITS_NOT_ENFORCED".to_string());
+    }
+    w
+}
+
 /// The job's end from the supervisor's report and the run loop, then the proof over it.
 pub(crate) fn verdict(report: &ExitReport, end: RunEnd, proof: &Proof) -> Outcome {
     apply_proof(exit_verdict(report, end), proof)
@@ -127,6 +151,7 @@ fn exit_verdict(report: &ExitReport, end: RunEnd) -> Outcome {
             Some(format!("exit_code: {}", report.exit_code.unwrap_or(-1))),
         )
     };
+    warnings.extend(limit_warnings(report));
     Outcome::Complete(Completion {
         status: Some(status),
         reason,
@@ -289,6 +314,47 @@ mod tests {
                 end,
                 &Proof::NotMade,
                 "error sandbox_setup_failed: mount /work: EPERM []",
+            ),
+            (
+                &with(report(None, Some(25)), |r| {
+                    r.limit_hit = Some("file_size_limit".into())
+                }),
+                end,
+                &Proof::NotMade,
+                "failed file_size_limit []",
+            ),
+            (
+                &with(report(None, Some(24)), |r| {
+                    r.limit_hit = Some("cpu_limit".into())
+                }),
+                end,
+                &Proof::NotMade,
+                "failed cpu_limit []",
+            ),
+            // A full /artifacts: the job met ENOSPC; its own exit decides the status.
+            (
+                &with(report(Some(1), None), |r| {
+                    r.artifacts = Some(warden_sandbox::artifacts::CopyOut {
+                        full: true,
+                        ..Default::default()
+                    })
+                }),
+                end,
+                &Proof::NotMade,
+                "failed exit_code: 1 [\"ARTIFACTS_LIMIT\"]",
+            ),
+            (
+                &with(ok.clone(), |r| {
+                    r.artifacts = Some(warden_sandbox::artifacts::CopyOut {
+                        error: Some("EIO".into()),
+                        ..Default::default()
+                    });
+                    r.enforcement
+                        .insert("memory".into(), "not enforced (none)".into());
+                }),
+                end,
+                &Proof::NotMade,
+                "succeeded - [\"ARTIFACTS_INCOMPLETE\", \"LIMITS_NOT_ENFORCED\"]",
             ),
             // The proof overrides whatever the job's own end was.
             (

@@ -1,5 +1,6 @@
 //! `warden doctor`: can this host run warden's sandbox, and is the configuration sound?
 
+use warden_sandbox::Host;
 use warden_sandbox::doctor::{Check, Status, kernel_checks};
 use warden_sandbox::{Launcher, Tier};
 use warden_worker::token::read_worker_token;
@@ -55,7 +56,9 @@ pub async fn run(args: DoctorArgs) -> i32 {
     let selftest = match std::env::current_exe() {
         Ok(exe) => {
             let _ = std::fs::create_dir_all(&scratch);
-            let exec = SupervisedExecutor::new(Launcher::new(exe), Tier::Sandbox);
+            // As `warden serve` would: its cgroup home, rootless or not.
+            let exec =
+                SupervisedExecutor::new(Launcher::new(exe), Tier::Sandbox, Host::establish());
             let etc = scratch.join("etc");
             let r = match warden_sandbox::prepare_etc(&etc) {
                 Ok(()) => sandbox_self_test(&exec, &scratch, &etc, uid, gid)

@@ -36,6 +36,7 @@ fn test_app_with(body: &str) -> TestApp {
     let executor = Arc::new(SupervisedExecutor::new(
         Launcher::new(WARDEN),
         Tier::UnsafeFallback,
+        warden_sandbox::Host::without_cgroups("unsafe_fallback test app"),
     ));
     let repos = Arc::new(warden_repo::Repos::open(&data.git(), &config.git).unwrap());
     let service = warden_server::serve::embedded(sqlite, executor, config, data, repos);

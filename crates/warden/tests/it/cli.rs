@@ -367,7 +367,9 @@ fn doctor_reports_every_kernel_feature_and_exits_by_its_verdict() {
         "unprivileged user namespaces",
         "seccomp",
         "landlock",
-        "cgroups",
+        "privileges",
+        "cgroup layout",
+        "cgroup limits",
         "configuration",
         "sandbox self-test",
     ] {

@@ -8,4 +8,5 @@ mod hostile;
 mod hostile_escapes;
 mod hostile_repo;
 mod repo;
+mod rootless;
 mod support;

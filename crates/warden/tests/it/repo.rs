@@ -490,7 +490,7 @@ job_types:
         .insert("PYTEST_ADDOPTS".into(), "-p no:cacheprovider".into());
     let job = run(&c, req.clone()).await;
     let out = stdout(&c, &job).await;
-    assert_eq!(job.status, JobStatus::Succeeded, "{out}");
+    assert_eq!(job.status, JobStatus::Succeeded, "{out} {job:?}");
     assert!(out.contains("3 passed"), "{out}");
     assert_eq!(job.invariants.unwrap().clean_tree_ok, Some(true));
 

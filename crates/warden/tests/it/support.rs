@@ -133,9 +133,14 @@ pub struct Server {
 
 impl Server {
     pub fn start(config: &Path) -> Server {
-        let mut child = Command::new(WARDEN)
-            .args(["serve", "--config"])
-            .arg(config)
+        let mut cmd = Command::new(WARDEN);
+        cmd.args(["serve", "--config"]).arg(config);
+        Server::start_with(cmd)
+    }
+
+    /// `warden serve` started by `cmd` (a wrapper that ends by exec'ing it).
+    pub fn start_with(mut cmd: Command) -> Server {
+        let mut child = cmd
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -1,0 +1,605 @@
+//! `cargo xtask vm-test`: warden's sandbox on a pure cgroup v2 host, proven in a VM.
+//!
+//! Boots Debian's cloud kernel under `qemu-system-x86_64` (TCG: nested KVM hangs on the
+//! machines this runs on; `--kvm` tries it) with `cgroup_no_v1=all`, on a Debian root
+//! filesystem made by `debootstrap`, with the workspace's debug binaries and test executables
+//! on a second disk mounted at the workspace's own path (so every path the tests were built
+//! with holds). Inside, as root: `warden doctor`, the sandbox crate's tests, the hostile-job
+//! suite and the rootless tests (an unprivileged user with a delegated subtree); with
+//! `--bench`, `xtask bench sandbox` beside bwrap. Prints `vm-test: N passed, M failed`.
+//!
+//! Everything large is cached under `target/vm/`: the root filesystem (and its image) and the
+//! kernel are made once; a second run rebuilds only the payload disk and boots in seconds.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::workspace_root;
+
+const SUITE: &str = "bookworm";
+const MIRROR: &str = "http://deb.debian.org/debian";
+/// Packages the tests call inside the VM (git for mirrors and worktrees, python3 for the
+/// memory bombs, bubblewrap for the benchmark, util-linux for setpriv).
+const PACKAGES: &str = "git,python3,bubblewrap,util-linux,procps,iproute2,kmod";
+const KERNEL_PACKAGE: &str = "linux-image-cloud-amd64";
+/// Modules the initramfs loads to reach its disks (the cloud kernel builds them as modules).
+const BOOT_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "ext4"];
+
+struct Options {
+    bench: bool,
+    kvm: bool,
+    timeout: Duration,
+    memory_mb: u32,
+}
+
+pub fn vm_test(rest: &[&str]) -> anyhow::Result<()> {
+    let opts = Options {
+        bench: rest.contains(&"--bench"),
+        kvm: rest.contains(&"--kvm"),
+        timeout: Duration::from_secs(crate::flag(rest, "--timeout-min", 45)? as u64 * 60),
+        memory_mb: crate::flag(rest, "--memory-mb", 4096)? as u32,
+    };
+    let root = workspace_root();
+    let vm = root.join("target/vm");
+    std::fs::create_dir_all(&vm)?;
+    let rootfs = vm.join("rootfs");
+    ensure_rootfs(&rootfs)?;
+    let kernel = ensure_kernel(&rootfs)?;
+    let initrd = ensure_initrd(&vm, &kernel)?;
+    let rootfs_img = ensure_image(&rootfs, &vm.join("rootfs.ext4"), "3G")?;
+    let tests = build_tests(&root, opts.bench)?;
+    let payload = make_payload(&root, &vm, &tests, opts.bench)?;
+    let summary = boot(
+        &opts,
+        &kernel.vmlinuz,
+        &initrd,
+        &rootfs_img,
+        &payload,
+        &root,
+    )?;
+    println!(
+        "vm-test: {} passed, {} failed",
+        summary.passed, summary.failed
+    );
+    if !summary.finished {
+        bail!("the VM did not finish its run (crash, hang or timeout): see the console above");
+    }
+    if summary.failed > 0 || summary.passed == 0 {
+        bail!("vm-test failed");
+    }
+    Ok(())
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed: {status}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().with_context(|| format!("start {shown}"))?;
+    if !out.status.success() {
+        bail!(
+            "{shown} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A Debian root filesystem with the packages the tests call, made once.
+fn ensure_rootfs(rootfs: &Path) -> anyhow::Result<()> {
+    let done = rootfs.join(".warden-vm-ready");
+    if done.exists() {
+        return Ok(());
+    }
+    let _ = std::fs::remove_dir_all(rootfs);
+    eprintln!(
+        "vm-test: debootstrap {SUITE} into {} (once)",
+        rootfs.display()
+    );
+    run(Command::new("debootstrap")
+        .args(["--variant=minbase", &format!("--include={PACKAGES}"), SUITE])
+        .arg(rootfs)
+        .arg(MIRROR)
+        .stdout(Stdio::null()))?;
+    // The unprivileged user of the rootless tests needs nothing but a uid: they use setpriv.
+    std::fs::write(rootfs.join("etc/hostname"), "warden-vm\n")?;
+    std::fs::write(&done, "")?;
+    Ok(())
+}
+
+struct Kernel {
+    vmlinuz: PathBuf,
+    /// `lib/modules/<version>` inside the root filesystem.
+    modules: PathBuf,
+}
+
+/// Debian's cloud kernel, unpacked into the root filesystem (its modules live there).
+fn ensure_kernel(rootfs: &Path) -> anyhow::Result<Kernel> {
+    if let Some(k) = find_kernel(rootfs)? {
+        return Ok(k);
+    }
+    let deps = output(Command::new("apt-cache").args(["depends", KERNEL_PACKAGE]))?;
+    let image = deps
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Depends: "))
+        .filter(|p| p.starts_with("linux-image-"))
+        .context("apt-cache names no kernel image for linux-image-cloud-amd64")?
+        .to_string();
+    let tmp = tempfile::tempdir()?;
+    eprintln!("vm-test: apt-get download {image} (once)");
+    run(Command::new("apt-get")
+        .args(["download", "-q", &image])
+        .current_dir(tmp.path()))?;
+    // Unpacked aside, then moved in: a package's `lib/` would replace the merged-/usr
+    // root's `lib -> usr/lib` link with a directory.
+    let unpacked = tmp.path().join("unpacked");
+    for deb in std::fs::read_dir(tmp.path())? {
+        let deb = deb?.path();
+        if deb.extension().is_some_and(|e| e == "deb") {
+            run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
+        }
+    }
+    for (from, to) in [("boot", "boot"), ("lib/modules", "usr/lib/modules")] {
+        let (from, to) = (unpacked.join(from), rootfs.join(to));
+        std::fs::create_dir_all(&to)?;
+        for e in std::fs::read_dir(&from)? {
+            let e = e?;
+            std::fs::rename(e.path(), to.join(e.file_name()))?;
+        }
+    }
+    find_kernel(rootfs)?.context("the kernel package held no vmlinuz")
+}
+
+fn find_kernel(rootfs: &Path) -> anyhow::Result<Option<Kernel>> {
+    let Ok(entries) = std::fs::read_dir(rootfs.join("boot")) else {
+        return Ok(None);
+    };
+    for e in entries {
+        let name = e?.file_name().to_string_lossy().into_owned();
+        if let Some(version) = name.strip_prefix("vmlinuz-") {
+            let modules = rootfs.join("lib/modules").join(version);
+            if modules.join("modules.order").exists() {
+                return Ok(Some(Kernel {
+                    vmlinuz: rootfs.join("boot").join(&name),
+                    modules,
+                }));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The modules (and their dependencies, dependencies first) that `names` need, as paths
+/// relative to the modules directory; built-in ones need nothing. Dependencies are read from
+/// each module's own `depends=` modinfo (no `depmod` needed on the host).
+fn module_closure(modules: &Path, names: &[&str]) -> anyhow::Result<Vec<String>> {
+    let order = std::fs::read_to_string(modules.join("modules.order"))?;
+    let stem = |path: &str| {
+        let file = path.rsplit('/').next().unwrap_or(path);
+        file.split(".ko").next().unwrap_or(file).replace('-', "_")
+    };
+    let paths: std::collections::HashMap<String, String> =
+        order.lines().map(|l| (stem(l), l.to_string())).collect();
+    let builtin = std::fs::read_to_string(modules.join("modules.builtin")).unwrap_or_default();
+    let builtin: std::collections::HashSet<String> = builtin.lines().map(stem).collect();
+    let depends = |path: &str| -> anyhow::Result<Vec<String>> {
+        let bytes = std::fs::read(modules.join(path))?;
+        let key = b"depends=";
+        let Some(at) = bytes.windows(key.len()).position(|w| w == key) else {
+            return Ok(Vec::new());
+        };
+        let rest = &bytes[at + key.len()..];
+        let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
+        Ok(String::from_utf8_lossy(&rest[..end])
+            .split(',')
+            .filter(|d| !d.is_empty())
+            .map(|d| d.replace('-', "_"))
+            .collect())
+    };
+    fn visit(
+        name: &str,
+        paths: &std::collections::HashMap<String, String>,
+        builtin: &std::collections::HashSet<String>,
+        depends: &dyn Fn(&str) -> anyhow::Result<Vec<String>>,
+        order: &mut Vec<String>,
+    ) -> anyhow::Result<()> {
+        let Some(path) = paths.get(name) else {
+            if builtin.contains(name) {
+                return Ok(());
+            }
+            bail!("module {name} is neither built in nor in modules.order");
+        };
+        if order.contains(path) {
+            return Ok(());
+        }
+        for d in depends(path)? {
+            visit(&d, paths, builtin, depends, order)?;
+        }
+        order.push(path.clone());
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for n in names {
+        visit(n, &paths, &builtin, &depends, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// A busybox initramfs that loads the disk modules, mounts the root filesystem and the
+/// payload, and hands over to the payload's run script.
+fn ensure_initrd(vm: &Path, kernel: &Kernel) -> anyhow::Result<PathBuf> {
+    let out = vm.join("initrd.gz");
+    let dir = vm.join("initrd");
+    let _ = std::fs::remove_dir_all(&dir);
+    for d in ["bin", "proc", "sys", "dev", "newroot", "modules"] {
+        std::fs::create_dir_all(dir.join(d))?;
+    }
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox"))
+        .context("copy /bin/busybox (a static busybox: apt-get install busybox-static)")?;
+    let mut load = String::new();
+    for (i, m) in module_closure(&kernel.modules, BOOT_MODULES)?
+        .iter()
+        .enumerate()
+    {
+        let src = kernel.modules.join(m);
+        let dst = dir.join(format!("modules/{i:02}.ko"));
+        if m.ends_with(".xz") {
+            let f = std::fs::File::create(&dst)?;
+            run(Command::new("xz").arg("-dc").arg(&src).stdout(f))?;
+        } else if m.ends_with(".zst") {
+            let f = std::fs::File::create(&dst)?;
+            run(Command::new("zstd").arg("-dc").arg(&src).stdout(f))?;
+        } else {
+            std::fs::copy(&src, &dst)?;
+        }
+        load.push_str(&format!("insmod /modules/{i:02}.ko\n"));
+    }
+    let init = format!(
+        r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+{load}for i in $(seq 1 100); do [ -b /dev/vdb ] && break; sleep 0.1; done
+mount -t ext4 /dev/vda /newroot || {{ echo "vm-init: no root disk"; poweroff -f; }}
+payload=$(cat /proc/cmdline | tr ' ' '\n' | sed -n 's/^warden.payload=//p')
+mkdir -p /newroot$payload
+mount -t ext4 /dev/vdb /newroot$payload || {{ echo "vm-init: no payload disk"; poweroff -f; }}
+umount /proc /sys
+mount --move /dev /newroot/dev
+exec switch_root /newroot /bin/sh $payload/target/vm-run.sh
+"#
+    );
+    std::fs::write(dir.join("init"), init)?;
+    run(Command::new("chmod").arg("755").arg(dir.join("init")))?;
+    let f = std::fs::File::create(&out)?;
+    let script = "find . | cpio -o -H newc --quiet | gzip -1";
+    run(Command::new("sh")
+        .args(["-c", script])
+        .current_dir(&dir)
+        .stdout(f))?;
+    Ok(out)
+}
+
+/// An ext4 image of `dir` (`mke2fs -d`: no mount needed), rebuilt when missing.
+fn ensure_image(dir: &Path, img: &Path, size: &str) -> anyhow::Result<PathBuf> {
+    if img.exists() {
+        return Ok(img.to_path_buf());
+    }
+    make_image(dir, img, size)
+}
+
+fn make_image(dir: &Path, img: &Path, size: &str) -> anyhow::Result<PathBuf> {
+    let tmp = img.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    run(Command::new("mke2fs")
+        .args(["-q", "-t", "ext4", "-F", "-d"])
+        .arg(dir)
+        .arg(&tmp)
+        .arg(size))?;
+    std::fs::rename(&tmp, img)?;
+    Ok(img.to_path_buf())
+}
+
+/// Test executables the VM runs, by what they test.
+struct Tests {
+    sandbox_unit: PathBuf,
+    sandbox_it: PathBuf,
+    warden_it: PathBuf,
+    xtask: Option<PathBuf>,
+}
+
+/// Builds the debug binaries and the test executables, and finds them.
+fn build_tests(root: &Path, bench: bool) -> anyhow::Result<Tests> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(&cargo)
+        .args(["build", "-p", "warden", "-p", "warden-sandbox", "--bins"])
+        .current_dir(root))?;
+    let json = output(
+        Command::new(&cargo)
+            .args([
+                "test",
+                "--no-run",
+                "--message-format=json",
+                "-p",
+                "warden",
+                "-p",
+                "warden-sandbox",
+            ])
+            .current_dir(root),
+    )?;
+    let mut found = std::collections::HashMap::new();
+    for line in json.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let (Some(exe), Some(pkg), Some(name), Some(kind)) = (
+            v["executable"].as_str(),
+            v["package_id"].as_str(),
+            v["target"]["name"].as_str(),
+            v["target"]["kind"][0].as_str(),
+        ) else {
+            continue;
+        };
+        let pkg = if pkg.contains("warden-sandbox") {
+            "sandbox"
+        } else {
+            "warden"
+        };
+        found.insert(format!("{pkg}:{kind}:{name}"), PathBuf::from(exe));
+    }
+    let get = |k: &str| {
+        found
+            .get(k)
+            .cloned()
+            .with_context(|| format!("no test executable {k} in {found:?}"))
+    };
+    let xtask = if bench {
+        run(Command::new(&cargo)
+            .args(["build", "--release", "-p", "xtask", "-p", "warden"])
+            .current_dir(root))?;
+        Some(root.join("target/release/xtask"))
+    } else {
+        None
+    };
+    Ok(Tests {
+        sandbox_unit: get("sandbox:lib:warden_sandbox")?,
+        sandbox_it: get("sandbox:test:it")?,
+        warden_it: get("warden:test:it")?,
+        xtask,
+    })
+}
+
+/// The second disk: the binaries and tests at their workspace paths, and the run script.
+fn make_payload(root: &Path, vm: &Path, tests: &Tests, bench: bool) -> anyhow::Result<PathBuf> {
+    let dir = vm.join("payload");
+    let _ = std::fs::remove_dir_all(&dir);
+    let place = |p: &Path| -> anyhow::Result<()> {
+        let rel = p.strip_prefix(root)?;
+        let dst = dir.join(rel);
+        std::fs::create_dir_all(dst.parent().unwrap())?;
+        // Hard links: no copy of hundreds of MiB (same filesystem under target/).
+        if std::fs::hard_link(p, &dst).is_err() {
+            std::fs::copy(p, &dst)?;
+        }
+        Ok(())
+    };
+    for p in [
+        root.join("target/debug/warden"),
+        root.join("target/debug/warden-probe"),
+        tests.sandbox_unit.clone(),
+        tests.sandbox_it.clone(),
+        tests.warden_it.clone(),
+    ] {
+        place(&p)?;
+    }
+    if let Some(x) = &tests.xtask {
+        place(x)?;
+        place(&root.join("target/release/warden"))?;
+    }
+    let rel = |p: &Path| p.strip_prefix(root).unwrap().display().to_string();
+    let bench_step = if bench {
+        format!(
+            "step bench-sandbox {} bench sandbox --runs 100\n",
+            rel(tests.xtask.as_ref().unwrap())
+        )
+    } else {
+        String::new()
+    };
+    let script = format!(
+        r#"#!/bin/sh
+# Generated by `cargo xtask vm-test`: runs inside the VM as its init.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mount -t tmpfs tmpfs /run
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+ip link set lo up
+hostname warden-vm
+echo "vm: kernel $(uname -r), cgroup controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
+cd {root}
+step() {{
+    name=$1; shift
+    echo "=== vm-step $name"
+    "$@" 2>&1
+    echo "=== vm-step $name exit $?"
+}}
+step doctor target/debug/warden doctor
+# One test at a time: each asserts that no process of its jobs' uids is left, and libtest runs
+# every test of a binary in one process (one uid range).
+step sandbox-unit {sandbox_unit} --test-threads=1 --color=never
+step sandbox-it {sandbox_it} --test-threads=1 --color=never
+step hostile {warden_it} hostile rootless --test-threads=1 --color=never
+{bench_step}echo "=== vm-test-finished"
+sync
+echo 1 > /proc/sys/kernel/sysrq
+echo o > /proc/sysrq-trigger
+"#,
+        root = root.display(),
+        sandbox_unit = rel(&tests.sandbox_unit),
+        sandbox_it = rel(&tests.sandbox_it),
+        warden_it = rel(&tests.warden_it),
+    );
+    std::fs::write(dir.join("target/vm-run.sh"), script)?;
+    let size = dir_size(&dir)? / (1 << 20) + 256;
+    make_image(&dir, &vm.join("payload.ext4"), &format!("{size}M"))
+}
+
+fn dir_size(dir: &Path) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let m = e.metadata()?;
+        total += if m.is_dir() {
+            dir_size(&e.path())?
+        } else {
+            m.len()
+        };
+    }
+    Ok(total)
+}
+
+#[derive(Default)]
+struct Summary {
+    passed: u64,
+    failed: u64,
+    finished: bool,
+}
+
+/// Folds one console line into the summary: libtest's result lines, and the end marker.
+fn tally(line: &str, s: &mut Summary) {
+    if line.contains("=== vm-test-finished") {
+        s.finished = true;
+    }
+    if let Some(rest) = line.trim().strip_prefix("test result: ") {
+        // `ok. 16 passed; 0 failed; ...` (the first part may carry colour codes).
+        let num = |word: &str| {
+            rest.split(';')
+                .find_map(|part| {
+                    let n = part.trim().strip_suffix(word)?.trim_end();
+                    n.rsplit(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+                })
+                .unwrap_or(0)
+        };
+        s.passed += num("passed");
+        s.failed += num("failed");
+    }
+    // A step that ended without a libtest result line (doctor, a crash) counts by its exit.
+    if let Some(code) = line.strip_prefix("=== vm-step ").and_then(|l| {
+        let (name, code) = l.rsplit_once(" exit ")?;
+        Some((name.to_string(), code.trim().parse::<i32>().ok()?))
+    }) {
+        match code {
+            (name, 0) if name == "doctor" || name == "bench-sandbox" => s.passed += 1,
+            (name, _) if name == "doctor" || name == "bench-sandbox" => s.failed += 1,
+            _ => {}
+        }
+    }
+}
+
+fn boot(
+    opts: &Options,
+    vmlinuz: &Path,
+    initrd: &Path,
+    rootfs: &Path,
+    payload: &Path,
+    root: &Path,
+) -> anyhow::Result<Summary> {
+    let append = format!(
+        "console=ttyS0 panic=-1 cgroup_no_v1=all systemd.unified_cgroup_hierarchy=1 \
+         lsm=landlock,lockdown,yama,apparmor warden.payload={}",
+        root.display()
+    );
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-accel", if opts.kvm { "kvm" } else { "tcg,thread=multi" }])
+        .args(["-m", &opts.memory_mb.to_string(), "-smp", "2"])
+        .args(["-nographic", "-no-reboot", "-nic", "none"])
+        .arg("-kernel")
+        .arg(vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", &append])
+        .arg("-drive")
+        .arg(format!(
+            "file={},format=raw,if=virtio,snapshot=on",
+            rootfs.display()
+        ))
+        .arg("-drive")
+        .arg(format!(
+            "file={},format=raw,if=virtio,snapshot=on",
+            payload.display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    eprintln!(
+        "vm-test: booting ({})",
+        if opts.kvm { "kvm" } else { "tcg" }
+    );
+    let started = Instant::now();
+    let mut child = cmd.spawn().context("start qemu-system-x86_64")?;
+    let stdout = child.stdout.take().unwrap();
+    let pid = child.id();
+    let timeout = opts.timeout;
+    // The watchdog: the VM never outlives its budget.
+    let watchdog = std::thread::spawn(move || {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                return;
+            }
+        }
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    });
+    let mut summary = Summary::default();
+    let mut out = std::io::stdout().lock();
+    for line in BufReader::new(stdout).split(b'\n') {
+        let line = String::from_utf8_lossy(&line?).replace('\r', "");
+        tally(&line, &mut summary);
+        writeln!(out, "{line}")?;
+    }
+    let status = child.wait()?;
+    let _ = watchdog.join();
+    eprintln!(
+        "vm-test: VM ended ({status}) after {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_console_is_tallied_by_libtest_results_and_step_exits() {
+        let mut s = Summary::default();
+        for line in [
+            "=== vm-step doctor exit 0",
+            "test result: ok. 16 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out",
+            "test result: \u{1b}[31mFAILED\u{1b}[m. 40 passed; 2 failed; 0 ignored; 0 measured; 70 filtered out; finished in 9s",
+            "=== vm-step hostile exit 101",
+        ] {
+            tally(line, &mut s);
+        }
+        assert_eq!((s.passed, s.failed, s.finished), (57, 2, false));
+        tally("=== vm-test-finished", &mut s);
+        assert!(s.finished);
+        tally("=== vm-step doctor exit 1", &mut s);
+        assert_eq!(s.failed, 3);
+    }
+}
