@@ -38,6 +38,16 @@ pub enum RepoError {
     FetchTooLarge(u64),
     #[error("checkout_failed: {0}")]
     CheckoutFailed(String),
+    /// The commit's tree is bigger than the whole checkout cache may hold.
+    #[error(
+        "checkout_too_large: the tree is {size_mb} MiB in {files} files, over the {budget_mb} MiB \
+         the checkout cache may hold (git.checkout_cache_mb)"
+    )]
+    CheckoutTooLarge {
+        size_mb: u64,
+        files: u64,
+        budget_mb: u64,
+    },
     #[error("clean_tree_proof_failed: {0}")]
     ProofFailed(String),
     #[error("repo_io: {0}")]
@@ -53,6 +63,7 @@ impl RepoError {
             RepoError::FetchTimeout(_) => "fetch_timeout",
             RepoError::FetchTooLarge(_) => "fetch_too_large",
             RepoError::CheckoutFailed(_) => "checkout_failed",
+            RepoError::CheckoutTooLarge { .. } => "checkout_too_large",
             RepoError::ProofFailed(_) => "clean_tree_proof_failed",
             RepoError::Io(_) => "repo_io",
         }

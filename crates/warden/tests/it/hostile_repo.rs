@@ -297,3 +297,45 @@ async fn names_with_newlines_and_terminal_escapes_are_kept_exactly() {
         "byte-exact names"
     );
 }
+
+#[tokio::test]
+async fn a_tree_that_inflates_past_the_checkout_budget_is_refused_before_it_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 3 MiB of zeros compress to almost nothing in the pack: a small fetch, a big tree.
+    let (repo, sha) = repo(tmp.path(), |r| {
+        for i in 0..3 {
+            std::fs::write(r.join(format!("zeros{i}")), vec![0u8; 1 << 20]).unwrap();
+        }
+    });
+    let dir = tmp.path().join("w");
+    std::fs::create_dir(&dir).unwrap();
+    let server = server(&dir, &repo, "echo ran", "git: {checkout_cache_mb: 2}\n");
+    let (job, out) = run(&server.client(), &sha).await;
+    assert_eq!(job.status, JobStatus::Error, "{job:?}");
+    assert_eq!(out, "", "the job never ran");
+    assert_eq!(
+        job.reason.as_deref(),
+        Some(
+            "checkout_too_large: the tree is 3 MiB in 3 files, over the 2 MiB the checkout cache \
+             may hold (git.checkout_cache_mb)"
+        )
+    );
+    // Nothing of the tree was written.
+    let trees = dir.join("data/git/trees");
+    let written: u64 = walk_size(&trees);
+    assert!(written < 1 << 20, "{written} bytes of checkout written");
+}
+
+fn walk_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => walk_size(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
+}
