@@ -410,7 +410,7 @@ fn make_payload(root: &Path, vm: &Path, tests: &Tests, bench: bool) -> anyhow::R
     let rel = |p: &Path| p.strip_prefix(root).unwrap().display().to_string();
     let bench_step = if bench {
         format!(
-            "step bench-sandbox {} bench sandbox --runs 100\n",
+            "export XTASK_NO_BUILD=1\nstep bench-sandbox {} bench sandbox --runs 100\n",
             rel(tests.xtask.as_ref().unwrap())
         )
     } else {

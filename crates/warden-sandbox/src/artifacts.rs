@@ -38,17 +38,17 @@ pub struct CopyOut {
     pub error: Option<String>,
 }
 
-/// Whether the filesystem at `path` has no block or no inode left.
-fn is_full(path: &Path) -> bool {
-    rustix::fs::statvfs(path).is_ok_and(|s| s.f_bavail == 0 || s.f_favail == 0)
-}
-
 /// Copies the tree at `src` (the job's `/artifacts`) into the directory `dst`.
 pub(crate) fn copy_out(src: &Path, dst: &OwnedFd) -> CopyOut {
-    let mut out = CopyOut {
-        full: is_full(src),
-        ..CopyOut::default()
-    };
+    let mut out = CopyOut::default();
+    // One statvfs says whether the job met the cap (no block or no inode left) and whether
+    // there is anything at all to copy (the root directory is the only inode in use).
+    if let Ok(s) = rustix::fs::statvfs(src) {
+        out.full = s.f_bavail == 0 || s.f_favail == 0;
+        if s.f_files.saturating_sub(s.f_ffree) <= 1 {
+            return out;
+        }
+    }
     if let Err(e) = copy_tree(src, dst, &mut out) {
         out.error = Some(e.to_string());
     }
@@ -196,6 +196,18 @@ mod tests {
         let out = copy_out(&src, &fd);
         assert!(out.error.is_some());
         assert_eq!(std::fs::read(dst.join("a")).unwrap(), b"old");
+        let _ = std::fs::remove_dir_all(&src);
+        let _ = std::fs::remove_dir_all(&dst);
+    }
+
+    #[test]
+    fn an_empty_tree_copies_nothing() {
+        let src = tempdir("src3");
+        let dst = tempdir("dst3");
+        let fd = OwnedFd::from(std::fs::File::open(&dst).unwrap());
+        let out = copy_out(&src, &fd);
+        assert_eq!((out.files, out.error), (0, None));
+        assert_eq!(std::fs::read_dir(&dst).unwrap().count(), 0);
         let _ = std::fs::remove_dir_all(&src);
         let _ = std::fs::remove_dir_all(&dst);
     }

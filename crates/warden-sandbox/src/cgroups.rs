@@ -207,6 +207,23 @@ impl CgroupHome {
         }
     }
 
+    /// The v1 hierarchies' `warden` directories a job with these limits gets a cgroup in:
+    /// memory and pids always (their verdicts and peak are read even without a limit), cpu
+    /// only for a CPU limit (one hierarchy less per job otherwise). Empty on v2.
+    pub fn v1_parents(&self, limits: &CgroupLimits) -> Vec<PathBuf> {
+        match self {
+            CgroupHome::V1 { memory, pids, cpu } => {
+                let cpu = cpu.as_ref().filter(|_| limits.cpu_millis.is_some());
+                [memory.as_ref(), pids.as_ref(), cpu]
+                    .into_iter()
+                    .flatten()
+                    .cloned()
+                    .collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
     fn version(&self) -> u8 {
         match self {
             CgroupHome::V2 { .. } => 2,
@@ -474,7 +491,11 @@ impl JobCgroup {
                     cg.dirs.push(dir.clone());
                     Ok(Some(dir))
                 };
-                let (memory_dir, pids_dir, cpu_dir) = (make(memory)?, make(pids)?, make(cpu)?);
+                let cpu = cpu
+                    .as_ref()
+                    .filter(|_| limits.cpu_millis.is_some())
+                    .cloned();
+                let (memory_dir, pids_dir, cpu_dir) = (make(memory)?, make(pids)?, make(&cpu)?);
                 if let (Some(dir), Some(bytes)) = (&memory_dir, limits.memory_bytes) {
                     write(&dir.join("memory.limit_in_bytes"), &bytes.to_string())?;
                     // No swap: memory+swap capped at the same value where swap is accounted.

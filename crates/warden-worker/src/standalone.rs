@@ -50,7 +50,7 @@ pub async fn run(
     let executor = local_executor(&config, &data, supervisor_exe).await;
     opts.sandbox = pb::SandboxCapabilities {
         isolation: executor.tier().as_str().to_string(),
-        cgroups: warden_sandbox::cgroups::CgroupLayout::detect().describe(),
+        cgroups: executor.host().cgroups.describe(),
         landlock_abi: warden_sandbox::landlock_abi().max(0) as u32,
     };
     let repos = warden_repo::Repos::open(&data.git(), &config.git)

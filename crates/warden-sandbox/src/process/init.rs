@@ -95,6 +95,11 @@ fn init(args: InitArgs<'_>, report: &OwnedFd) -> Step {
         libc::unshare(libc::CLONE_NEWCGROUP)
     })?;
     let job = start_job(spec, sandbox, filters)?;
+    // The init outlives an OOM kill of the job's cgroup (`memory.oom.group` spares -1000) to
+    // copy the artifacts out; set after the job is forked, so the job never inherits it. Root
+    // only: a rootless init may not lower its score, dies with its job in a group OOM kill, and
+    // the record then says the artifacts are incomplete.
+    let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
     install_handlers();
     let wait_status = reap_until(job);
     // Nothing of the job may run on while its artifacts are copied.

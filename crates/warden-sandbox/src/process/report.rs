@@ -68,6 +68,14 @@ pub(crate) fn apply(bytes: &[u8], out: &mut ExitReport) {
     if !exited && out.setup_error.is_none() {
         out.signal = Some(libc::SIGKILL);
     }
+    // The job ran, but its artifacts were never (or not wholly) copied out: the init was killed
+    // first (a second kill, the grace running out, or an OOM kill that took it too).
+    if out.setup_error.is_none() && out.artifacts.is_none() {
+        out.artifacts = Some(crate::artifacts::CopyOut {
+            error: Some("not copied: the job's init ended before the copy did".into()),
+            ..Default::default()
+        });
+    }
 }
 
 #[cfg(test)]
@@ -120,8 +128,17 @@ mod tests {
             None,
             Some("mount /r/work: Permission denied"),
         );
-        // Nothing said: the init died with its job.
+        // Nothing said: the init died with its job, and its artifacts were never copied.
         check(b"", None, Some(libc::SIGKILL), None);
+        let mut out = ExitReport::default();
+        apply(b"", &mut out);
+        assert!(
+            out.artifacts
+                .unwrap()
+                .error
+                .unwrap()
+                .starts_with("not copied")
+        );
         // A torn line is ignored, not misread.
         check(
             b"{\"kind\":\"exited\",\"wait_st",

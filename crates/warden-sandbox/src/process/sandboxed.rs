@@ -71,12 +71,7 @@ pub(crate) fn run(
         Ok(fd) => fd,
         Err(e) => return setup_failed("open cgroup", e),
     };
-    let parents = match &sb.cgroups {
-        CgroupHome::V1 { memory, pids, cpu } => {
-            [memory, pids, cpu].into_iter().flatten().cloned().collect()
-        }
-        _ => Vec::new(),
-    };
+    let parents = sb.cgroups.v1_parents(&sb.limits);
     let attach = format!("{}/tasks", sb.cgroup_name);
     let init = Init {
         parents: &parents,

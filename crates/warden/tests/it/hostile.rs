@@ -43,7 +43,7 @@ fn config(dir: &Path) -> PathBuf {
         (
             "python_bomb",
             sh(
-                "exec python3 -c 'b = bytearray(1 << 30); print(len(b))'",
+                "echo kept > $ARTIFACT_DIR/before.txt; exec python3 -c 'b = bytearray(1 << 30); print(len(b))'",
                 "memory_mb: 64",
                 30,
                 "",
@@ -446,7 +446,7 @@ hostile!(fork_bomb_hits_the_pids_limit, |b| {
     b.after(&r).await;
 });
 
-async fn memory_bomb(b: &Box, job_type: &str) {
+async fn memory_bomb(b: &Box, job_type: &str) -> Ran {
     let r = b.run(job_type, &[]).await;
     assert_status(&r, JobStatus::Failed, Some("memory_limit"));
     assert_eq!(r.job.signal, Some(9), "killed by the OOM killer");
@@ -458,6 +458,7 @@ async fn memory_bomb(b: &Box, job_type: &str) {
     let peak = r.job.resources.as_ref().unwrap().peak_memory_bytes.unwrap();
     assert!(peak <= 64 << 20, "peak {peak} over the 64 MiB limit");
     b.after(&r).await;
+    r
 }
 
 hostile!(malloc_bomb_is_oom_killed, |b| {
@@ -469,8 +470,12 @@ hostile!(mmap_bomb_is_oom_killed, |b| {
 hostile!(memfd_bomb_is_oom_killed, |b| {
     memory_bomb(&b, "memfd_bomb").await;
 });
-hostile!(python_bomb_is_oom_killed, |b| {
-    memory_bomb(&b, "python_bomb").await;
+hostile!(python_bomb_is_oom_killed_and_its_artifacts_are_kept, |b| {
+    let r = memory_bomb(&b, "python_bomb").await;
+    // The OOM kill took the whole job, but not its init: what it wrote before was copied out.
+    let kept = b.client.artifact(&r.job.job_id, "before.txt").await;
+    assert_eq!(kept.unwrap(), b"kept\n");
+    assert!(r.job.warnings.is_empty(), "{:?}", r.job.warnings);
 });
 
 hostile!(filling_tmp_stops_at_its_size, |b| {
