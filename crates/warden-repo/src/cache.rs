@@ -425,36 +425,8 @@ impl CheckoutCache {
         })
     }
 
-    /// The size of the commit's tree, from the mirror's own record of it (`ls-tree -l`): a
-    /// tree that could never fit the cache is refused before a byte of it is written, so a
-    /// hostile repository (a small pack of highly compressible blobs) cannot fill the disk.
-    async fn check_size(&self, commit: &MirrorCommit) -> Result<(), RepoError> {
-        let out = self
-            .git
-            .command(None)
-            .env("GIT_DIR", &commit.mirror)
-            .args(["ls-tree", "-r", "-l", "-z", "--full-tree"])
-            .arg(&commit.sha)
-            .timeout(Duration::from_secs(600))
-            .run()
-            .await
-            .map_err(|e| RepoError::CheckoutFailed(format!("ls-tree: {e}")))?;
-        if !out.success() {
-            return Err(RepoError::CheckoutFailed(out.stderr_tail()));
-        }
-        let (bytes, files) = tree_size(&out.stdout);
-        if bytes > self.budget_bytes {
-            return Err(RepoError::CheckoutTooLarge {
-                size_mb: bytes.div_ceil(1 << 20),
-                files,
-                budget_mb: self.budget_bytes >> 20,
-            });
-        }
-        Ok(())
-    }
-
     async fn build_in(&self, tmp: &Path, commit: &MirrorCommit) -> Result<Meta, RepoError> {
-        self.check_size(commit).await?;
+        crate::size::check_tree_size(&self.git, commit, self.budget_bytes).await?;
         let (t, sha) = (tmp.to_path_buf(), commit.sha.clone());
         blocking(move || -> std::io::Result<()> {
             std::fs::create_dir_all(t.join("tree"))?;
@@ -555,24 +527,6 @@ impl CheckoutCache {
     }
 }
 
-/// Total blob bytes and entries of `git ls-tree -r -l -z` output (`<mode> <type> <object>
-/// <size>\t<path>\0` per entry; a submodule's size is `-`).
-fn tree_size(listing: &[u8]) -> (u64, u64) {
-    let mut bytes = 0u64;
-    let mut files = 0u64;
-    for entry in listing.split(|b| *b == 0).filter(|e| !e.is_empty()) {
-        let head = entry.split(|b| *b == b'\t').next().unwrap_or_default();
-        let size = std::str::from_utf8(head)
-            .ok()
-            .and_then(|h| h.split_whitespace().nth(3))
-            .and_then(|s| s.parse::<u64>().ok())
-            .unwrap_or(0);
-        bytes = bytes.saturating_add(size);
-        files += 1;
-    }
-    (bytes, files)
-}
-
 /// Least recently used entries nobody holds go until the cache fits its budget.
 fn evict(state: &mut State, budget: u64) -> Vec<PathBuf> {
     let mut ready: Vec<Arc<Entry>> = state
@@ -600,18 +554,4 @@ fn evict(state: &mut State, budget: u64) -> Vec<PathBuf> {
         gone.push(e.dir.clone());
     }
     gone
-}
-
-#[cfg(test)]
-mod tests {
-    use super::tree_size;
-
-    #[test]
-    fn tree_size_sums_blobs_and_counts_entries() {
-        let listing = b"100644 blob 1111111111111111111111111111111111111111    1048576\tbig\0\
-100755 blob 2222222222222222222222222222222222222222         12\tdir/run.sh\0\
-160000 commit 3333333333333333333333333333333333333333       -\tsub\0";
-        assert_eq!(tree_size(listing), ((1 << 20) + 12, 3));
-        assert_eq!(tree_size(b""), (0, 0));
-    }
 }

@@ -13,6 +13,7 @@ pub mod cache;
 pub mod git;
 pub mod mirror;
 pub mod proof;
+mod size;
 mod tree_fs;
 
 use std::path::Path;
