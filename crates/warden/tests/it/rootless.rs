@@ -103,6 +103,11 @@ fn start() -> Rootless {
     chown(dir.path(), Some(user()), Some(user())).unwrap();
     let config = write_config_with(dir.path(), &job_types());
     let cgroup = Delegated::make();
+    start_in(dir, cgroup, &["--config", config.to_str().unwrap()])
+}
+
+/// `warden serve <args>` as the unprivileged user, from `dir`.
+fn start_in(dir: tempfile::TempDir, cgroup: Option<Delegated>, args: &[&str]) -> Rootless {
     let enter = match &cgroup {
         Some(d) => format!("echo $$ > {}/cgroup.procs && ", d.0.display()),
         None => String::new(),
@@ -112,11 +117,11 @@ fn start() -> Rootless {
     cmd.args([
         "-c",
         &format!(
-            "{enter}exec setpriv --reuid={uid} --regid={uid} --clear-groups --inh-caps=-all \"$0\" serve --config \"$1\""
+            "{enter}exec setpriv --reuid={uid} --regid={uid} --clear-groups --inh-caps=-all \"$0\" serve \"$@\""
         ),
         WARDEN,
     ])
-    .arg(&config)
+    .args(args)
     .current_dir(dir.path());
     let server = Server::start_with(cmd);
     let client = server.client();
@@ -220,5 +225,26 @@ async fn limits_hold_in_a_delegated_subtree_or_the_job_fails_closed() {
             assert!(reason.contains("accept_unenforced"), "{reason}");
         }
     }
+    w.stop();
+}
+
+/// The README's first command, as an ordinary user: the built-in demo configuration gives the
+/// rootless sandbox, not the unsandboxed fallback, and says which limits it could not enforce.
+#[tokio::test]
+async fn the_demo_configuration_gives_an_ordinary_user_the_sandbox() {
+    let dir = tempfile::tempdir().unwrap();
+    chown(dir.path(), Some(user()), Some(user())).unwrap();
+    let w = start_in(
+        dir,
+        None,
+        &["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"],
+    );
+    let (job, out) = w.run("local_echo").await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{job:?}");
+    assert!(out.starts_with("hello from warden\n"), "{out}");
+    assert!(!job.unsafe_fallback, "{job:?}");
+    assert!(job.enforcement["identity"].starts_with("rootless"));
+    // No cgroup delegated to this user here: the demo accepts that, and the record says so.
+    assert_eq!(job.warnings, ["LIMITS_NOT_ENFORCED"]);
     w.stop();
 }
