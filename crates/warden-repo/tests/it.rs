@@ -321,8 +321,8 @@ async fn eviction_keeps_the_budget_and_never_takes_a_tree_in_use() {
         shas.push(src.head());
     }
     let data = tempfile::tempdir().unwrap();
-    // Room for one tree.
-    let r = repos(data.path(), 1);
+    // Room for one tree and a little (a tree bigger than the whole budget is refused).
+    let r = repos(data.path(), 2);
     let remote = src.remote();
     let held = r.checkout(&remote, &shas[0]).await.unwrap();
     let second = r.checkout(&remote, &shas[1]).await.unwrap();
