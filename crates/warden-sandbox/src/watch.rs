@@ -74,7 +74,8 @@ pub(crate) fn wait_for(
             if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            // Cannot watch any more: the job must not run unwatched.
+            // Cannot watch any more: the job must not run unwatched. Twice: a sandboxed job's
+            // first kill only asks its init (see `sandboxed::supervise`), the second is final.
             signal(libc::SIGKILL);
             signal(libc::SIGKILL);
             return;

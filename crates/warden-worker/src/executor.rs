@@ -163,30 +163,24 @@ async fn self_test_in(
 }
 
 /// Says at start which job types will fail closed, and which will run without a limit they
-/// accept as not enforced, where this host's cgroups cannot enforce every limit.
+/// accept as not enforced, where this host's cgroups cannot enforce every limit (the rule
+/// itself is `run::cgroup_limits`, which every job goes through).
 fn warn_unenforceable(config: &Config, home: &warden_sandbox::CgroupHome) {
-    use warden_core::CgroupLimit;
-    let missing = |t: &warden_core::JobType| -> Vec<CgroupLimit> {
-        CgroupLimit::ALL
-            .into_iter()
-            .filter(|l| *l != CgroupLimit::Cpus || t.limits.cpus.is_some())
-            .filter(|l| !home.enforces(l.controller()))
-            .collect()
-    };
     for (name, t) in &config.job_types {
-        let missing = missing(t);
-        if missing.is_empty() {
-            continue;
-        }
-        let names: Vec<&str> = missing.iter().map(|l| l.as_str()).collect();
-        if config.unsafe_fallback || missing.iter().all(|l| t.accept_unenforced.contains(l)) {
-            tracing::warn!(job_type = %name, limits = ?names, cgroups = %home.describe(),
+        match crate::run::cgroup_limits(t, home, config.unsafe_fallback) {
+            Ok((_, unenforced)) if unenforced.is_empty() => {}
+            Ok((_, unenforced)) => tracing::warn!(
+                job_type = %name,
+                limits = ?unenforced.keys().collect::<Vec<_>>(),
+                cgroups = %home.describe(),
                 "these limits cannot be enforced on this host; the job type accepts that, and \
-                 each of its jobs records LIMITS_NOT_ENFORCED");
-        } else {
-            tracing::warn!(job_type = %name, limits = ?names, cgroups = %home.describe(),
-                "these limits cannot be enforced on this host: jobs of this type will end \
-                 `error: limit_unavailable` (run `warden doctor`)");
+                 each of its jobs records LIMITS_NOT_ENFORCED"
+            ),
+            Err(refusal) => tracing::warn!(
+                job_type = %name,
+                "jobs of this type will end `error`: {}",
+                refusal.reason()
+            ),
         }
     }
 }

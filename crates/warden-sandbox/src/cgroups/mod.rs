@@ -14,7 +14,7 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -260,7 +260,7 @@ impl JobCgroup {
             return None;
         }
         let dir = self.dirs.first()?;
-        Some(open_dir(dir))
+        Some(crate::fd::open_dir(dir))
     }
 
     /// The v1 directories a process joins by writing `0` to their `tasks` file.
@@ -306,23 +306,6 @@ impl JobCgroup {
             }
         }
     }
-}
-
-fn open_dir(dir: &Path) -> io::Result<OwnedFd> {
-    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: open with a valid C string; the result is checked before use.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 impl Drop for JobCgroup {

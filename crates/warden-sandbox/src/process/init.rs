@@ -72,7 +72,8 @@ fn init(args: InitArgs<'_>, report: &OwnedFd) -> Step {
         .map(|p| std::fs::File::open(p).map_err(|e| fail(format!("open {}", p.display()), e)))
         .collect::<Result<Vec<_>, _>>()?;
     // Where /artifacts is copied to when the job is over: out of sight after pivot_root.
-    let host_artifacts = open_dir(&sandbox.artifacts)?;
+    let host_artifacts = crate::fd::open_dir(&sandbox.artifacts)
+        .map_err(|e| fail(format!("open {}", sandbox.artifacts.display()), e))?;
     // SAFETY: a valid buffer and length.
     check("sethostname", unsafe {
         libc::sethostname(HOSTNAME.as_ptr().cast(), HOSTNAME.len())
@@ -116,20 +117,6 @@ fn init(args: InitArgs<'_>, report: &OwnedFd) -> Step {
     let copy = crate::artifacts::copy_out(Path::new(crate::paths::ARTIFACTS), &host_artifacts);
     InitMessage::Artifacts { copy }.send(report);
     Ok(())
-}
-
-fn open_dir(path: &Path) -> Step<OwnedFd> {
-    let c = crate::sys::cstr(path)?;
-    // SAFETY: open with a valid C string; checked before use.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    check(&format!("open {}", path.display()), fd)?;
-    // SAFETY: a fresh descriptor owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Kills every process left in the namespace (but the init) and reaps them all.

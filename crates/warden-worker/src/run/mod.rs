@@ -15,6 +15,7 @@ use warden_sandbox::Tier;
 use warden_store::{Claimed, Completion, JobRecord, Lease, StoreError, now_millis};
 
 use self::execute::{ExecInfo, execute};
+pub(crate) use self::prepare::cgroup_limits;
 use self::prepare::prepare;
 use self::record::{RecordInput, artifact_record, resources};
 use self::verdict::{Outcome, Proof, Refusal, apply_proof, verdict};

@@ -139,7 +139,7 @@ pub(super) fn prepare(
 /// The cgroup limits of a sandboxed job: every one the job type sets that the host can
 /// enforce. One it cannot is refused (fail closed) unless the job type (or `unsafe_fallback`)
 /// accepts running without it; those are returned with the reason, for the record.
-fn cgroup_limits(
+pub(crate) fn cgroup_limits(
     job_type: &JobType,
     home: &warden_sandbox::CgroupHome,
     unsafe_fallback: bool,
