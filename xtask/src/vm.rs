@@ -273,6 +273,8 @@ mount -t devtmpfs dev /dev
 {load}for i in $(seq 1 100); do [ -b /dev/vdb ] && break; sleep 0.1; done
 mount -t ext4 /dev/vda /newroot || {{ echo "vm-init: no root disk"; poweroff -f; }}
 payload=$(cat /proc/cmdline | tr ' ' '\n' | sed -n 's/^warden.payload=//p')
+# /tmp before the payload: the workspace may itself live under /tmp.
+mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
 mkdir -p /newroot$payload
 mount -t ext4 /dev/vdb /newroot$payload || {{ echo "vm-init: no payload disk"; poweroff -f; }}
 umount /proc /sys
@@ -422,7 +424,6 @@ fn make_payload(root: &Path, vm: &Path, tests: &Tests, bench: bool) -> anyhow::R
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
 mount -t proc proc /proc
 mount -t sysfs sys /sys
-mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs tmpfs /run
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 ip link set lo up
