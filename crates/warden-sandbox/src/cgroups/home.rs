@@ -63,20 +63,12 @@ impl CgroupHome {
                 cpu: dirs[2].clone(),
             };
         }
-        let own = match own_v2_cgroup() {
-            Ok(own) => own,
+        let (parent, above) = match v2_parent(root) {
+            Ok(p) => p,
             Err(why) => return CgroupHome::Unavailable { why },
         };
-        let rel = own.strip_prefix("/").unwrap_or(&own).to_path_buf();
-        let (parent, check) = if rel.as_os_str().is_empty() {
-            (root.join("warden"), root.to_path_buf())
-        } else {
-            let mut dir = root.join(&rel);
-            if dir.file_name().is_some_and(|n| n == SELF_LEAF) {
-                dir.pop();
-            }
-            (dir.clone(), dir)
-        };
+        // Where warden must write: the root (for `warden`) or its own delegated cgroup.
+        let check = above.unwrap_or_else(|| parent.clone());
         if !writable(&check.join("cgroup.subtree_control"))
             || !writable(&check.join("cgroup.procs"))
         {
@@ -166,20 +158,25 @@ fn own_v2_cgroup() -> Result<PathBuf, String> {
         .ok_or_else(|| "/proc/self/cgroup has no unified (0::) entry".to_string())
 }
 
-fn establish_v2(root: &Path) -> Result<CgroupHome, String> {
+/// The directory jobs' cgroups go in, and, when warden is in the root cgroup, that root (whose
+/// controllers must be enabled too): `<root>/warden`, or warden's own cgroup (one up from
+/// [`SELF_LEAF`] when warden already moved itself there).
+fn v2_parent(root: &Path) -> Result<(PathBuf, Option<PathBuf>), String> {
     let own = own_v2_cgroup()?;
     let rel = own.strip_prefix("/").unwrap_or(&own);
-    let (parent, above) = if rel.as_os_str().is_empty() {
+    if rel.as_os_str().is_empty() {
         // The root cgroup may hold processes and children at once.
-        (root.join("warden"), Some(root.to_path_buf()))
-    } else {
-        let mut dir = root.join(rel);
-        // Established before by this process (or its parent): the delegated cgroup is one up.
-        if dir.file_name().is_some_and(|n| n == SELF_LEAF) {
-            dir.pop();
-        }
-        (dir, None)
-    };
+        return Ok((root.join("warden"), Some(root.to_path_buf())));
+    }
+    let mut dir = root.join(rel);
+    if dir.file_name().is_some_and(|n| n == SELF_LEAF) {
+        dir.pop();
+    }
+    Ok((dir, None))
+}
+
+fn establish_v2(root: &Path) -> Result<CgroupHome, String> {
+    let (parent, above) = v2_parent(root)?;
     let ours = |what: &str, e: io::Error| -> String {
         let fix = if is_root() {
             "warden's own cgroup must be writable (systemd: Delegate=yes)".to_string()
