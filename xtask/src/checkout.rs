@@ -256,7 +256,7 @@ fn job_starts(
     std::fs::write(
         &config,
         format!(
-            "listen: 127.0.0.1:0\ngrpc_listen: 127.0.0.1:0\ndata_dir: {}\nslots: 2\nrepos:\n  bench: {{url: \"{}\"}}\njob_types:\n  on_repo:\n    argv: [\"/bin/echo\", \"started\"]\n    requires_repo: true\n    timeout_s: 60\n  plain:\n    argv: [\"/bin/echo\", \"started\"]\n    timeout_s: 60\n",
+            "listen: 127.0.0.1:0\ngrpc_listen: 127.0.0.1:0\nauth: {{loopback_trusted: true}}\ndata_dir: {}\nslots: 2\nrepos:\n  bench: {{url: \"{}\"}}\njob_types:\n  on_repo:\n    argv: [\"/bin/echo\", \"started\"]\n    requires_repo: true\n    timeout_s: 60\n  plain:\n    argv: [\"/bin/echo\", \"started\"]\n    timeout_s: 60\n",
             dir.join("serve-data").display(),
             src.display()
         ),

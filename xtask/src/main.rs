@@ -135,7 +135,7 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
     std::fs::write(
         &config,
         format!(
-            "listen: 127.0.0.1:0\ngrpc_listen: 127.0.0.1:0\ndata_dir: {}\nslots: {slots}\nunsafe_fallback: true\njob_types:\n  noop:\n    argv: {:?}\n    timeout_s: 60\n",
+            "listen: 127.0.0.1:0\ngrpc_listen: 127.0.0.1:0\nauth: {{loopback_trusted: true}}\ndata_dir: {}\nslots: {slots}\nunsafe_fallback: true\njob_types:\n  noop:\n    argv: {:?}\n    timeout_s: 60\n",
             dir.join("data").display(),
             NOOP
         ),

@@ -234,7 +234,7 @@ async fn submit_to_start(db_url: &str, n: usize) -> anyhow::Result<(Vec<Duration
     let dir = tempfile::tempdir()?;
     let yaml = |data: &Path| {
         format!(
-            "listen: 127.0.0.1:0\ngrpc_listen: 127.0.0.1:0\ndata_dir: {}\nunsafe_fallback: true\n\
+            "listen: 127.0.0.1:0\ngrpc_listen: 127.0.0.1:0\nauth: {{loopback_trusted: true}}\ndata_dir: {}\nunsafe_fallback: true\n\
              job_types:\n  noop:\n    argv: [\"/bin/echo\", \"started\"]\n    timeout_s: 60\n",
             data.display()
         )

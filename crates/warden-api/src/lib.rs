@@ -3,6 +3,9 @@
 //! This is the only crate whose types are serialized onto the wire; the server, the client and
 //! the CLI all speak through them, so a field renamed here is a breaking change for callers.
 
+mod perimeter;
+pub use perimeter::*;
+
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -298,6 +301,14 @@ pub enum ErrorCode {
     ShuttingDown,
     NotFound,
     MethodNotAllowed,
+    /// No valid token: missing, malformed, unknown, expired or revoked.
+    Unauthenticated,
+    /// The token lacks the scope, or its tenant may not use this job type or repository.
+    Forbidden,
+    /// The tenant's `max_queued` is reached; retry after `Retry-After` seconds.
+    QueueFull,
+    /// The token's request rate is over its limit; retry after `Retry-After` seconds.
+    RateLimited,
     Internal,
 }
 
@@ -311,6 +322,9 @@ impl ErrorCode {
             | ErrorCode::InvalidPath => 400,
             ErrorCode::JobNotFound | ErrorCode::ArtifactNotFound | ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::Unauthenticated => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::QueueFull | ErrorCode::RateLimited => 429,
             ErrorCode::IdempotencyConflict | ErrorCode::JobFinished | ErrorCode::LeaseLost => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
@@ -355,6 +369,10 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::QueueFull => "queue_full",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
         }
     }
@@ -400,6 +418,8 @@ mod tests {
             ErrorCode::RepoNotAllowed,
             ErrorCode::InvalidRef,
             ErrorCode::RepoUnavailable,
+            ErrorCode::Unauthenticated,
+            ErrorCode::QueueFull,
         ] {
             let json = serde_json::to_value(code).unwrap();
             assert_eq!(json.as_str().unwrap(), code.as_str());

@@ -21,20 +21,41 @@ pub(crate) struct Grpc {
 }
 
 impl Grpc {
-    /// `server` is `grpc://host:port`.
+    /// `server` is `grpc://host:port`, or `grpcs://host:port` with the CA that signed its
+    /// certificate.
     pub(crate) fn new(
         server: &str,
         timeout: Duration,
         token: Option<String>,
+        ca_pem: Option<&[u8]>,
     ) -> Result<Grpc, ClientError> {
-        let rest = server.strip_prefix("grpc://").ok_or_else(|| {
-            ClientError::Protocol(format!("server {server:?} must start with grpc://"))
-        })?;
-        let channel = Endpoint::from_shared(format!("http://{rest}"))
+        let (scheme, rest) = if let Some(rest) = server.strip_prefix("grpcs://") {
+            ("https", rest)
+        } else if let Some(rest) = server.strip_prefix("grpc://") {
+            ("http", rest)
+        } else {
+            return Err(ClientError::Protocol(format!(
+                "server {server:?} must start with grpc:// or grpcs://"
+            )));
+        };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{rest}"))
             .map_err(|e| ClientError::Protocol(format!("server {server:?}: {e}")))?
             .tcp_nodelay(true)
-            .connect_timeout(timeout)
-            .connect_lazy();
+            .connect_timeout(timeout);
+        if scheme == "https" {
+            let ca = ca_pem.ok_or_else(|| {
+                ClientError::Protocol(format!(
+                    "server {server:?}: grpcs:// needs --ca FILE (the CA that signed the server's \
+                     certificate)"
+                ))
+            })?;
+            let tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| ClientError::Protocol(format!("server {server:?}: TLS: {e}")))?;
+        }
+        let channel = endpoint.connect_lazy();
         Ok(Grpc {
             server: server.to_string(),
             channel,

@@ -1,7 +1,10 @@
 //! A typed client for warden's API: HTTP/JSON (`http://`, `https://`) or gRPC (`grpc://`),
 //! with the same methods and answers either way.
 
+mod admin;
 mod grpc;
+
+pub use admin::AuditQuery;
 
 use std::time::Duration;
 
@@ -47,6 +50,8 @@ pub struct Client {
 /// Filters for [`Client::list`].
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {
+    /// Another tenant's jobs (admin tokens only).
+    pub tenant: Option<String>,
     pub status: Option<String>,
     pub job_type: Option<String>,
     pub limit: Option<u32>,
@@ -67,19 +72,40 @@ impl Client {
         timeout: Duration,
         token: Option<String>,
     ) -> Result<Client, ClientError> {
-        let http = reqwest::Client::builder()
+        Client::with_ca(server, timeout, token, None)
+    }
+
+    /// Like [`new`](Self::new), trusting the CA certificate(s) of `ca_pem` for `https://` and
+    /// `grpcs://` (a `grpcs://` server needs one; `https://` also trusts the system's roots).
+    pub fn with_ca(
+        server: &str,
+        timeout: Duration,
+        token: Option<String>,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Client, ClientError> {
+        // reqwest's rustls takes the process's default provider; tonic brings its own.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(timeout)
-            .tcp_nodelay(true)
+            .tcp_nodelay(true);
+        if let Some(pem) = ca_pem {
+            for cert in reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| ClientError::Protocol(format!("--ca: not a PEM certificate: {e}")))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
             .build()
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let base = server.trim_end_matches('/').to_string();
-        let grpc = if base.starts_with("grpc://") {
-            Some(grpc::Grpc::new(&base, timeout, token.clone())?)
+        let grpc = if base.starts_with("grpc://") || base.starts_with("grpcs://") {
+            Some(grpc::Grpc::new(&base, timeout, token.clone(), ca_pem)?)
         } else if base.starts_with("http://") || base.starts_with("https://") {
             None
         } else {
             return Err(ClientError::Protocol(format!(
-                "server {server:?} must start with http://, https:// or grpc://"
+                "server {server:?} must start with http://, https://, grpc:// or grpcs://"
             )));
         };
         Ok(Client {
@@ -95,7 +121,7 @@ impl Client {
         &self.base
     }
 
-    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+    pub(crate) fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         self.request_untimed(method, path).timeout(self.timeout)
     }
 
@@ -134,7 +160,7 @@ impl Client {
         })
     }
 
-    async fn json<T: DeserializeOwned>(
+    pub(crate) async fn json<T: DeserializeOwned>(
         &self,
         rb: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
@@ -179,6 +205,9 @@ impl Client {
             return g.list(q).await;
         }
         let mut params: Vec<(&str, String)> = Vec::new();
+        if let Some(t) = &q.tenant {
+            params.push(("tenant", t.clone()));
+        }
         if let Some(s) = &q.status {
             params.push(("status", s.clone()));
         }
@@ -368,7 +397,7 @@ impl Client {
     }
 }
 
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {

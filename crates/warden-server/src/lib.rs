@@ -5,10 +5,12 @@
 //! wires a control plane together: the store (SQLite with an in-process worker pool, or
 //! PostgreSQL), the lease reaper, the listeners.
 
+pub mod auth;
 pub mod grpc;
 pub mod http;
 pub mod serve;
 pub mod service;
+pub mod tls;
 
 pub use http::app;
 pub use service::{JobService, ServiceError};

@@ -127,8 +127,25 @@ pub async fn run(
             config.grpc_listen
         )));
     }
+    let http_tls = config
+        .tls
+        .as_ref()
+        .map(|t| crate::tls::server_config(&t.cert, &t.key))
+        .transpose()
+        .map_err(ServeError::Config)?;
+    if config.auth.insecure_plaintext_behind_proxy && config.tls.is_none() {
+        tracing::warn!(
+            listen = %config.listen,
+            "insecure_plaintext_behind_proxy: serving plaintext; tokens cross the network in the \
+             clear unless a TLS-terminating proxy stands in front"
+        );
+    }
+    if config.auth.loopback_trusted {
+        tracing::info!("auth.loopback_trusted: callers on loopback need no token");
+    }
     let (data, lock) = DataDir::open_locked(&config.data_dir, config.artifact_dir.as_deref())?;
     let (store, sqlite, pg) = open_store(&data, &options).await?;
+    store.set_fair_share(fair_share(&config));
     // Scratch space of jobs from a previous run is never reused.
     DataDir::clear(&data.scratch_root());
 
@@ -163,13 +180,30 @@ pub async fn run(
         pg.listen(move || svc.job_queued(), move |id| events.job_changed(id))
     });
     let reaper = start_reaper(store.clone(), service.clone());
-    let result = listen(&config, &data, service, store, token, stop).await;
+    let result = listen(&config, &data, service, store, token, http_tls, stop).await;
     reaper.abort();
     if let Some(t) = listener_task {
         t.abort();
     }
     drop(lock);
     result
+}
+
+/// The tenants' shares as the store schedules them.
+pub fn fair_share(config: &Config) -> warden_store::FairShare {
+    warden_store::FairShare {
+        shares: config
+            .tenants
+            .iter()
+            .map(|(name, t)| {
+                let share = warden_store::Share {
+                    weight: t.weight.get(),
+                    max_running: t.max_running.map(|m| m.get()),
+                };
+                (name.clone(), share)
+            })
+            .collect(),
+    }
 }
 
 type Stores = (Arc<dyn Store>, Option<Arc<SqliteStore>>, Option<PgStore>);
@@ -197,11 +231,21 @@ async fn open_store(data: &DataDir, options: &ServeOptions) -> Result<Stores, Se
 /// The reaper: a lease that was not renewed in time means its worker is gone.
 fn start_reaper(store: Arc<dyn Store>, svc: Arc<JobService>) -> tokio::task::JoinHandle<()> {
     let lease_ms = (svc.config.lease_s.get() as i64).saturating_mul(1000);
+    let retention_ms = (svc.config.audit_retention_days.get() as i64).saturating_mul(86_400_000);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis((lease_ms / 4).max(100) as u64));
+        let mut last_purge: Option<tokio::time::Instant> = None;
         loop {
             tick.tick().await;
             let now = now_millis();
+            if last_purge.is_none_or(|t| t.elapsed() > Duration::from_secs(3600)) {
+                last_purge = Some(tokio::time::Instant::now());
+                match store.purge_audit(now.saturating_sub(retention_ms)).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(entries = n, "purged audit entries past retention"),
+                    Err(e) => tracing::error!(error = %e, "audit purge failed"),
+                }
+            }
             match store.reap_expired(now, now).await {
                 Ok(r) if !r.is_empty() => {
                     for j in &r {
@@ -230,6 +274,7 @@ async fn listen(
     service: Arc<JobService>,
     store: Arc<dyn Store>,
     token: Option<String>,
+    http_tls: Option<rustls::ServerConfig>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let listener = bind(config.listen).await?;
@@ -271,16 +316,28 @@ async fn listen(
             tracing::info!("all slots stopped; unfinished jobs are back in the queue");
         }
     };
-    // Small answers (a job id, one log event) must not wait for delayed ACKs (Nagle).
+    let app = app(service).into_make_service_with_connect_info::<SocketAddr>();
     use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY");
+    match http_tls {
+        Some(tls) => {
+            // (tap_io: axum gives the peer address to listeners it wraps.)
+            let listener = crate::tls::TlsListener::new(listener, tls)?.tap_io(|_| {});
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await?;
         }
-    });
-    axum::serve(listener, app(service))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+        None => {
+            // Small answers (a job id, one log event) must not wait for delayed ACKs (Nagle).
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "TCP_NODELAY");
+                }
+            });
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await?;
+        }
+    }
     match grpc_task.await {
         Ok(Err(e)) => tracing::error!(error = %e, "gRPC server failed"),
         Err(e) => tracing::error!(error = %e, "gRPC server task failed"),
@@ -293,8 +350,8 @@ async fn listen(
 fn announce(addr: SocketAddr, grpc_addr: SocketAddr, tls: bool) {
     use std::io::Write;
     let mut out = std::io::stdout();
-    let _ = writeln!(out, "warden listening on http://{addr}");
     let scheme = if tls { "https" } else { "http" };
+    let _ = writeln!(out, "warden listening on {scheme}://{addr}");
     let _ = writeln!(out, "warden gRPC listening on {scheme}://{grpc_addr}");
     let _ = out.flush();
 }

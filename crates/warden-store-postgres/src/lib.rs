@@ -10,6 +10,7 @@
 //! Notifications are a wake-up only: claimers and log followers also poll, so a lost connection
 //! delays work but never loses it.
 
+mod perimeter;
 mod rows;
 mod store;
 pub mod testing;
@@ -26,7 +27,10 @@ use warden_store::{Migrations, Result, StoreError, pending_migrations};
 use self::rows::backend;
 
 /// Migrations, applied in order, each once, under an advisory lock (replicas may start together).
-const MIGRATIONS: Migrations = &[(1, include_str!("../migrations/0001_jobs.sql"))];
+const MIGRATIONS: Migrations = &[
+    (1, include_str!("../migrations/0001_jobs.sql")),
+    (2, include_str!("../migrations/0002_perimeter.sql")),
+];
 
 /// Any number; the same for every replica.
 const MIGRATION_LOCK: i64 = 0x7761_7264_656e; // "warden"
@@ -44,6 +48,7 @@ const LEASED: &str = "status = 'running' AND lease_token = $2 AND lease_owner = 
 pub struct PgStore {
     pool: PgPool,
     url: String,
+    fair: std::sync::Arc<std::sync::RwLock<std::sync::Arc<warden_store::FairShare>>>,
 }
 
 /// What a `--database-url` could not give.
@@ -71,6 +76,7 @@ impl PgStore {
         let store = PgStore {
             pool,
             url: url.to_string(),
+            fair: Default::default(),
         };
         store.migrate().await?;
         Ok(store)

@@ -82,33 +82,15 @@ pub(crate) fn sql_select_by_id() -> &'static str {
     SQL.get_or_init(|| format!("SELECT {COLUMNS} FROM jobs WHERE id = $1::uuid"))
 }
 
-pub(crate) fn sql_claim() -> &'static str {
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SQL.get_or_init(|| {
-        format!(
-            "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = $1,
-                 lease_owner = $2, lease_token = lease_token + 1, lease_expires_at = $3
-             WHERE id = (
-                 SELECT id FROM jobs
-                 WHERE status = 'queued' AND ($4::text[] IS NULL OR job_type = ANY($4))
-                 ORDER BY id LIMIT 1
-                 FOR UPDATE SKIP LOCKED)
-             RETURNING {COLUMNS}"
-        )
-    })
-}
-
+/// Marks the jobs the scheduler picked running (those still queued: a cancellation may have
+/// come first).
 pub(crate) fn sql_claim_many() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
         format!(
             "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = $1,
                  lease_owner = $2, lease_token = lease_token + 1, lease_expires_at = $3
-             WHERE id IN (
-                 SELECT id FROM jobs
-                 WHERE status = 'queued' AND ($4::text[] IS NULL OR job_type = ANY($4))
-                 ORDER BY id LIMIT $5
-                 FOR UPDATE SKIP LOCKED)
+             WHERE id = ANY($4::uuid[]) AND status = 'queued'
              RETURNING {COLUMNS}"
         )
     })

@@ -14,7 +14,33 @@ use super::{COLUMNS, LEASED, PgStore};
 
 #[async_trait]
 impl Store for PgStore {
+    fn set_fair_share(&self, fair: warden_store::FairShare) {
+        *self.fair.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(fair);
+    }
+
     async fn submit(&self, job: NewJob) -> Result<SubmitOutcome> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        if let Some(max) = job.max_queued {
+            // Submissions of one tenant take turns while a quota is checked, on every replica.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('warden-queue:' || $1))")
+                .bind(&job.tenant)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            let queued: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND tenant = $1",
+            )
+            .bind(&job.tenant)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?;
+            if queued as u64 >= max {
+                return Err(StoreError::QueueFull {
+                    tenant: job.tenant.clone(),
+                    max,
+                });
+            }
+        }
         let inserted = sqlx::query(&format!(
             "INSERT INTO jobs (id, tenant, job_type, repo_name, remote_url, sha, params,
                  idempotency_key, status, max_attempts, unsafe_fallback, created_at, git_ref)
@@ -34,9 +60,10 @@ impl Store for PgStore {
         .bind(job.unsafe_fallback)
         .bind(job.created_at)
         .bind(&job.git_ref)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
         if let Some(row) = inserted {
             return Ok(SubmitOutcome::Created(row_to_job(&row)?));
         }
@@ -92,22 +119,10 @@ impl Store for PgStore {
         lease_ms: i64,
         now: Millis,
     ) -> Result<Option<Claimed>> {
-        let row = sqlx::query(sql_claim())
-            .bind(now)
-            .bind(worker)
-            .bind(now.saturating_add(lease_ms))
-            .bind(job_types)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
-        let Some(row) = row else { return Ok(None) };
-        let job = row_to_job(&row)?;
-        let lease = Lease {
-            job_id: job.id,
-            worker: worker.to_string(),
-            token: job.lease_token,
-        };
-        Ok(Some(Claimed { job, lease }))
+        Ok(self
+            .claim_many(worker, job_types, 1, lease_ms, now)
+            .await?
+            .pop())
     }
 
     async fn claim_many(
@@ -121,15 +136,22 @@ impl Store for PgStore {
         if max == 0 {
             return Ok(Vec::new());
         }
+        let fair = self.fair.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let ids = super::perimeter::pick_fairly(&mut tx, &fair, job_types, max).await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
         let rows = sqlx::query(sql_claim_many())
             .bind(now)
             .bind(worker)
             .bind(now.saturating_add(lease_ms))
-            .bind(job_types)
-            .bind(max as i64)
-            .fetch_all(&self.pool)
+            .bind(&ids)
+            .fetch_all(&mut *tx)
             .await
             .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
         let mut claimed = rows
             .iter()
             .map(|row| {
@@ -142,7 +164,8 @@ impl Store for PgStore {
                 Ok(Claimed { job, lease })
             })
             .collect::<Result<Vec<_>>>()?;
-        claimed.sort_by_key(|c| c.job.id);
+        // In the order the scheduler chose them.
+        claimed.sort_by_key(|c| ids.iter().position(|i| *i == c.job.id.to_string()));
         Ok(claimed)
     }
 
@@ -400,5 +423,40 @@ impl Store for PgStore {
             }
         }
         Ok(out)
+    }
+
+    async fn create_token(&self, token: warden_store::TokenRecord) -> Result<()> {
+        self.create_token_row(&token).await
+    }
+
+    async fn token(&self, id: &str) -> Result<Option<warden_store::TokenRecord>> {
+        self.token_row(id).await
+    }
+
+    async fn list_tokens(&self, tenant: Option<&str>) -> Result<Vec<warden_store::TokenRecord>> {
+        self.token_rows(tenant).await
+    }
+
+    async fn revoke_token(
+        &self,
+        id: &str,
+        now: Millis,
+    ) -> Result<Option<warden_store::TokenRecord>> {
+        self.revoke_token_row(id, now).await
+    }
+
+    async fn append_audit(&self, entries: Vec<warden_store::AuditEntry>) -> Result<()> {
+        self.append_audit_rows(&entries).await
+    }
+
+    async fn list_audit(
+        &self,
+        filter: &warden_store::AuditFilter,
+    ) -> Result<Vec<warden_store::AuditRecord>> {
+        self.audit_rows(filter).await
+    }
+
+    async fn purge_audit(&self, before: Millis) -> Result<u64> {
+        self.purge_audit_rows(before).await
     }
 }

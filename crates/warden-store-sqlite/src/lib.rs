@@ -15,16 +15,19 @@ use warden_api::ResourceUsage;
 use warden_core::state::can_transition;
 use warden_core::{JobId, JobStatus};
 use warden_store::{
-    CancelOutcome, Claimed, Completion, HeartbeatReply, JobRecord, Lease, ListFilter, LogStream,
-    Migrations, Millis, NewJob, Reaped, Result, Store, StoreError, SubmitOutcome,
-    pending_migrations,
+    AuditEntry, AuditFilter, AuditRecord, CancelOutcome, Claimed, Completion, FairShare,
+    HeartbeatReply, JobRecord, Lease, ListFilter, LogStream, Migrations, Millis, NewJob, Reaped,
+    Result, Store, StoreError, SubmitOutcome, TokenRecord, pending_migrations,
 };
+
+mod perimeter;
 
 /// Migrations, applied in order, each once. Append-only.
 const MIGRATIONS: Migrations = &[
     (1, include_str!("../migrations/0001_jobs.sql")),
     (2, include_str!("../migrations/0002_enforcement.sql")),
     (3, include_str!("../migrations/0003_repo.sql")),
+    (4, include_str!("../migrations/0004_perimeter.sql")),
 ];
 
 const COLUMNS: &str = "id, tenant, job_type, repo_name, remote_url, sha, params, \
@@ -36,6 +39,7 @@ const COLUMNS: &str = "id, tenant, job_type, repo_name, remote_url, sha, params,
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    fair: Arc<std::sync::RwLock<Arc<FairShare>>>,
 }
 
 impl SqliteStore {
@@ -60,6 +64,7 @@ impl SqliteStore {
         migrate(&conn)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
+            fair: Arc::default(),
         })
     }
 
@@ -246,6 +251,21 @@ impl Store for SqliteStore {
                     };
                 }
             }
+            if let Some(max) = job.max_queued {
+                let queued: i64 = tx
+                    .query_row(
+                        "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND tenant = ?1",
+                        [&job.tenant],
+                        |r| r.get(0),
+                    )
+                    .map_err(backend)?;
+                if queued as u64 >= max {
+                    return Err(StoreError::QueueFull {
+                        tenant: job.tenant.clone(),
+                        max,
+                    });
+                }
+            }
             tx.execute(
                 "INSERT INTO jobs (id, tenant, job_type, repo_name, remote_url, sha, params,
                      idempotency_key, status, max_attempts, unsafe_fallback, created_at, git_ref)
@@ -309,6 +329,10 @@ impl Store for SqliteStore {
         .await
     }
 
+    fn set_fair_share(&self, fair: FairShare) {
+        *self.fair.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fair);
+    }
+
     async fn claim(
         &self,
         worker: &str,
@@ -316,41 +340,50 @@ impl Store for SqliteStore {
         lease_ms: i64,
         now: Millis,
     ) -> Result<Option<Claimed>> {
+        Ok(self
+            .claim_many(worker, job_types, 1, lease_ms, now)
+            .await?
+            .pop())
+    }
+
+    async fn claim_many(
+        &self,
+        worker: &str,
+        job_types: Option<&[String]>,
+        max: usize,
+        lease_ms: i64,
+        now: Millis,
+    ) -> Result<Vec<Claimed>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
         let worker = worker.to_string();
         let job_types = job_types.map(|t| to_json(&t)).transpose()?;
+        let fair = self.fair.read().unwrap_or_else(|p| p.into_inner()).clone();
         self.with(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(backend)?;
-            let id: Option<String> = tx
-                .query_row(
-                    "SELECT id FROM jobs WHERE status = 'queued'
-                         AND (?1 IS NULL OR job_type IN (SELECT value FROM json_each(?1)))
-                     ORDER BY id LIMIT 1",
-                    [&job_types],
-                    |r| r.get(0),
+            let ids = perimeter::pick_fairly(&tx, &fair, job_types.as_deref(), max)?;
+            let mut claimed = Vec::with_capacity(ids.len());
+            for id in ids {
+                tx.execute(
+                    "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?2,
+                         lease_owner = ?3, lease_token = lease_token + 1, lease_expires_at = ?4
+                     WHERE id = ?1",
+                    params![id.to_string(), now, worker, now + lease_ms],
                 )
-                .optional()
                 .map_err(backend)?;
-            let Some(id) = id else { return Ok(None) };
-            tx.execute(
-                "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?2,
-                     lease_owner = ?3, lease_token = lease_token + 1, lease_expires_at = ?4
-                 WHERE id = ?1",
-                params![id, now, worker, now + lease_ms],
-            )
-            .map_err(backend)?;
-            let id: JobId = id
-                .parse()
-                .map_err(|e| StoreError::Corrupt(format!("{e}")))?;
-            let job = load(&tx, id)?;
+                let job = load(&tx, id)?;
+                let lease = Lease {
+                    job_id: id,
+                    worker: worker.clone(),
+                    token: job.lease_token,
+                };
+                claimed.push(Claimed { job, lease });
+            }
             tx.commit().map_err(backend)?;
-            let lease = Lease {
-                job_id: id,
-                worker,
-                token: job.lease_token,
-            };
-            Ok(Some(Claimed { job, lease }))
+            Ok(claimed)
         })
         .await
     }
@@ -590,6 +623,48 @@ impl Store for SqliteStore {
                 }
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn create_token(&self, token: TokenRecord) -> Result<()> {
+        self.with(move |conn| perimeter::create_token(conn, &token))
+            .await
+    }
+
+    async fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
+        let id = id.to_string();
+        self.with(move |conn| perimeter::token(conn, &id)).await
+    }
+
+    async fn list_tokens(&self, tenant: Option<&str>) -> Result<Vec<TokenRecord>> {
+        let tenant = tenant.map(str::to_string);
+        self.with(move |conn| perimeter::list_tokens(conn, tenant.as_deref()))
+            .await
+    }
+
+    async fn revoke_token(&self, id: &str, now: Millis) -> Result<Option<TokenRecord>> {
+        let id = id.to_string();
+        self.with(move |conn| perimeter::revoke_token(conn, &id, now))
+            .await
+    }
+
+    async fn append_audit(&self, entries: Vec<AuditEntry>) -> Result<()> {
+        self.with(move |conn| perimeter::append_audit(conn, &entries))
+            .await
+    }
+
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
+        let filter = filter.clone();
+        self.with(move |conn| perimeter::list_audit(conn, &filter))
+            .await
+    }
+
+    async fn purge_audit(&self, before: Millis) -> Result<u64> {
+        self.with(move |conn| {
+            conn.execute("DELETE FROM audit WHERE at < ?1", [before])
+                .map(|n| n as u64)
+                .map_err(backend)
         })
         .await
     }

@@ -14,6 +14,11 @@ use async_trait::async_trait;
 use warden_core::{JobId, JobStatus};
 
 pub mod conformance;
+pub mod fair;
+pub mod perimeter;
+
+pub use fair::{FairShare, Share};
+pub use perimeter::{AuditEntry, AuditFilter, AuditRecord, TokenRecord};
 
 pub use warden_core::record::{
     Claimed, Completion, HeartbeatReply, JobRecord, Lease, LogStream, Millis,
@@ -44,6 +49,8 @@ pub struct NewJob {
     pub max_attempts: u32,
     pub unsafe_fallback: bool,
     pub created_at: Millis,
+    /// Refuse the job (`QueueFull`) when its tenant already has this many jobs queued.
+    pub max_queued: Option<u64>,
 }
 
 impl NewJob {
@@ -62,6 +69,7 @@ impl NewJob {
             max_attempts: 1,
             unsafe_fallback: false,
             created_at,
+            max_queued: None,
         }
     }
 
@@ -134,6 +142,10 @@ pub enum StoreError {
         "log write for job {job} at offset {offset} does not continue the stream (length {len})"
     )]
     LogOffset { job: JobId, offset: u64, len: u64 },
+    #[error("tenant {tenant:?} already has {max} jobs queued")]
+    QueueFull { tenant: String, max: u64 },
+    #[error("token {0:?} already exists")]
+    TokenExists(String),
     #[error("store backend: {0}")]
     Backend(String),
     #[error("store data is corrupt: {0}")]
@@ -159,8 +171,12 @@ pub fn pending_migrations(all: Migrations, applied: i64) -> Result<Migrations> {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// The tenants' shares, used by every later claim (the server sets them from its config).
+    fn set_fair_share(&self, fair: FairShare);
+
     /// Records a new job as `queued`, or returns the earlier job with the same
-    /// `(tenant, idempotency_key)`; a different request under the same key is a conflict.
+    /// `(tenant, idempotency_key)`; a different request under the same key is a conflict. Over
+    /// `job.max_queued`, nothing is written and the answer is `QueueFull`.
     async fn submit(&self, job: NewJob) -> Result<SubmitOutcome>;
 
     async fn get(&self, id: JobId) -> Result<JobRecord>;
@@ -168,8 +184,8 @@ pub trait Store: Send + Sync + 'static {
     /// Newest first, `filter.limit` at most.
     async fn list(&self, filter: &ListFilter) -> Result<Vec<JobRecord>>;
 
-    /// Takes the oldest queued job (of one of `job_types`, when given), marks it `running` under
-    /// a new lease for `worker`.
+    /// Takes a queued job (of one of `job_types`, when given) and marks it `running` under a
+    /// new lease for `worker`: the oldest job of the tenant whose turn it is ([`fair`]).
     async fn claim(
         &self,
         worker: &str,
@@ -178,8 +194,8 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> Result<Option<Claimed>>;
 
-    /// Up to `max` jobs at once, oldest first, each under its own lease (one statement where the
-    /// backend can: a worker with several idle slots claims for all of them together).
+    /// Up to `max` jobs at once, in fair-share order, each under its own lease (one transaction:
+    /// a worker with several idle slots claims for all of them together).
     async fn claim_many(
         &self,
         worker: &str,
@@ -231,6 +247,27 @@ pub trait Store: Send + Sync + 'static {
         offset: u64,
         max: usize,
     ) -> Result<Vec<u8>>;
+
+    /// Records a new token; its id must be new (`TokenExists`).
+    async fn create_token(&self, token: TokenRecord) -> Result<()>;
+
+    async fn token(&self, id: &str) -> Result<Option<TokenRecord>>;
+
+    /// Tokens, of one tenant or all, oldest first.
+    async fn list_tokens(&self, tenant: Option<&str>) -> Result<Vec<TokenRecord>>;
+
+    /// Marks a token revoked at `now` (once: a second revocation keeps the first time).
+    /// `None` when there is no such token.
+    async fn revoke_token(&self, id: &str, now: Millis) -> Result<Option<TokenRecord>>;
+
+    /// Appends to the audit trail; entries are never changed, only purged by age.
+    async fn append_audit(&self, entries: Vec<AuditEntry>) -> Result<()>;
+
+    /// Newest first.
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>>;
+
+    /// Deletes audit entries older than `before`; returns how many.
+    async fn purge_audit(&self, before: Millis) -> Result<u64>;
 }
 
 #[cfg(test)]

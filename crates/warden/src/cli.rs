@@ -27,8 +27,78 @@ pub enum Command {
     Job(JobArgs),
     /// Manage the client configuration ($HOME/.warden/config): contexts and the current one.
     Config(ConfigArgs),
-    /// Check this host and the configuration: kernel features, cgroups, a sandbox self-test.
+    /// Check this host and the configuration: kernel features, cgroups, a sandbox self-test,
+    /// listening ports, secret files.
     Doctor(DoctorArgs),
+    /// Create, list and revoke API tokens (admin).
+    Token(TokenArgs),
+    /// Read the audit log: submissions, cancellations, tokens, downloads, refusals (admin).
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: TokenCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it once (the server keeps only its hash).
+    Create {
+        /// The tenant whose jobs the token acts on.
+        #[arg(long)]
+        tenant: String,
+        /// What it may do: read, submit, cancel, admin (comma-separated).
+        #[arg(long, value_delimiter = ',', required = true, value_name = "A,B")]
+        scopes: Vec<String>,
+        /// Lifetime (30d, 12h, 90m); without it the token does not expire.
+        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+        expires: Option<std::time::Duration>,
+        /// A name to recognise it by in lists.
+        #[arg(long)]
+        name: Option<String>,
+        /// Write the token to this new file (mode 0600) instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// On the server's host: open the store of this server configuration directly instead
+        /// of calling the API (to create the first admin token).
+        #[arg(long, value_name = "FILE")]
+        serve_config: Option<PathBuf>,
+        /// With --serve-config: the server's PostgreSQL database.
+        #[arg(
+            long,
+            env = "WARDEN_DATABASE_URL",
+            value_name = "URL",
+            requires = "serve_config"
+        )]
+        database_url: Option<String>,
+    },
+    /// List tokens (never the tokens themselves).
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke a token: refused at once on every replica.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// submit, cancel, token.create, token.revoke, artifact.download, secret.use, refused
+    #[arg(long)]
+    pub action: Option<String>,
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: Option<u32>,
+    /// Continue after a previous page (its next_cursor).
+    #[arg(long)]
+    pub cursor: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +189,12 @@ pub struct ClientArgs {
     /// Request timeout in seconds.
     #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub timeout: Option<u64>,
+    /// Read the API token from this file, overriding the context (never pass a token in argv).
+    #[arg(long, global = true, env = "WARDEN_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// PEM file of the CA that signed the server's certificate (https://, grpcs://).
+    #[arg(long, global = true, env = "WARDEN_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
     /// Output format.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
@@ -145,6 +221,9 @@ pub enum JobCommand {
     },
     /// List jobs, newest first.
     List {
+        /// Another tenant's jobs (admin tokens; an admin sees every tenant without it).
+        #[arg(long)]
+        tenant: Option<String>,
         #[arg(long)]
         status: Option<String>,
         #[arg(long)]
@@ -240,9 +319,13 @@ pub enum ConfigCommand {
         server: String,
         #[arg(long = "timeout", value_parser = clap::value_parser!(u64).range(1..=86_400))]
         timeout_seconds: Option<u64>,
-        /// Read the API token from this file (never pass secrets in argv).
+        /// Read the API token from this file each time the context is used (never pass secrets
+        /// in argv).
         #[arg(long, value_name = "FILE")]
         token_file: Option<PathBuf>,
+        /// PEM file of the CA that signed the server's certificate.
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
     },
     /// Make a context the current one.
     UseContext { name: String },

@@ -7,8 +7,12 @@
 //!   - name: local
 //!     server: http://127.0.0.1:8080
 //!     timeoutSeconds: 30
-//!     token: ...        # optional; the file is kept mode 0600
+//!     tokenFile: /home/me/.warden/local.token   # optional; read at each use
+//!     caFile: /etc/warden/ca.pem                # optional; for https:// and grpcs://
 //! ```
+//!
+//! (`token:` inline is still read, from files written by earlier versions; the file is kept
+//! mode 0600.)
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -37,6 +41,12 @@ pub struct Context {
     pub timeout_seconds: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// A file holding the API token, read each time the context is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// The CA certificate (PEM) that signed the server's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +60,25 @@ pub enum ClientConfigError {
     },
     #[error("no context named {0:?}; see `warden config get-contexts`")]
     NoSuchContext(String),
+    #[error("token file {path}: {message}")]
+    TokenFile { path: PathBuf, message: String },
+}
+
+/// The token in `path`: its contents, surrounding whitespace trimmed, not empty.
+pub fn read_token_file(path: &Path) -> Result<String, ClientConfigError> {
+    let bad = |message: String| ClientConfigError::TokenFile {
+        path: path.into(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(bad("the file is empty".into()));
+    }
+    if token.chars().any(|c| c.is_control() || c == ' ') {
+        return Err(bad("a token has no spaces or control characters".into()));
+    }
+    Ok(token.to_string())
 }
 
 /// The file to use: `--config`/`WARDEN_CONFIG` (already merged by clap), else the default.
@@ -161,14 +190,29 @@ pub struct Resolved {
     pub server: String,
     pub timeout_s: u64,
     pub token: Option<String>,
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Flags that override the context.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Overrides<'a> {
+    pub server: Option<&'a str>,
+    pub timeout: Option<u64>,
+    pub token_file: Option<&'a Path>,
+    pub ca_file: Option<&'a Path>,
 }
 
 pub fn resolve(
     config: &ClientConfig,
     context: Option<&str>,
-    server: Option<&str>,
-    timeout: Option<u64>,
+    flags: Overrides<'_>,
 ) -> Result<Resolved, ClientConfigError> {
+    let Overrides {
+        server,
+        timeout,
+        token_file,
+        ca_file,
+    } = flags;
     let ctx = match context.or(config.current_context.as_deref()) {
         Some(name) => Some(
             config
@@ -185,7 +229,13 @@ pub fn resolve(
         timeout_s: timeout
             .or(ctx.and_then(|c| c.timeout_seconds))
             .unwrap_or(DEFAULT_TIMEOUT_S),
-        token: ctx.and_then(|c| c.token.clone()),
+        token: match token_file.or(ctx.and_then(|c| c.token_file.as_deref())) {
+            Some(f) => Some(read_token_file(f)?),
+            None => ctx.and_then(|c| c.token.clone()),
+        },
+        ca_file: ca_file
+            .map(Path::to_path_buf)
+            .or_else(|| ctx.and_then(|c| c.ca_file.clone())),
     })
 }
 
@@ -199,35 +249,67 @@ mod tests {
             server: server.into(),
             timeout_seconds: Some(5),
             token: None,
+            token_file: None,
+            ca_file: None,
         }
     }
 
     #[test]
     fn flags_beat_context_beats_default() {
         let mut c = ClientConfig::default();
-        assert_eq!(
-            resolve(&c, None, None, None).unwrap().server,
-            DEFAULT_SERVER
-        );
+        let none = Overrides::default();
+        assert_eq!(resolve(&c, None, none).unwrap().server, DEFAULT_SERVER);
         c.upsert(ctx("a", "http://a:1"));
         c.upsert(ctx("b", "http://b:2"));
         assert_eq!(c.current_context.as_deref(), Some("a"));
-        let r = resolve(&c, None, None, None).unwrap();
+        let r = resolve(&c, None, none).unwrap();
         assert_eq!((r.server.as_str(), r.timeout_s), ("http://a:1", 5));
-        assert_eq!(
-            resolve(&c, Some("b"), None, None).unwrap().server,
-            "http://b:2"
-        );
-        assert_eq!(
-            resolve(&c, Some("b"), Some("http://x"), Some(9))
-                .unwrap()
-                .timeout_s,
-            9
-        );
+        assert_eq!(resolve(&c, Some("b"), none).unwrap().server, "http://b:2");
+        let flags = Overrides {
+            server: Some("http://x"),
+            timeout: Some(9),
+            ..none
+        };
+        assert_eq!(resolve(&c, Some("b"), flags).unwrap().timeout_s, 9);
         assert!(matches!(
-            resolve(&c, Some("zz"), None, None),
+            resolve(&c, Some("zz"), none),
             Err(ClientConfigError::NoSuchContext(_))
         ));
+    }
+
+    #[test]
+    fn token_files_are_read_at_use_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("tok");
+        let mut c = ClientConfig::default();
+        c.upsert(Context {
+            token_file: Some(f.clone()),
+            token: Some("inline-is-second".into()),
+            ..ctx("a", "http://a:1")
+        });
+        let none = Overrides::default();
+        let missing = resolve(&c, None, none).unwrap_err().to_string();
+        assert!(missing.contains("tok"), "{missing}");
+        for (text, fragment) in [("  \n", "empty"), ("two words", "no spaces")] {
+            std::fs::write(&f, text).unwrap();
+            let err = resolve(&c, None, none).unwrap_err().to_string();
+            assert!(err.contains(fragment), "{text:?}: {err}");
+        }
+        std::fs::write(&f, "wdn_abc\n").unwrap();
+        assert_eq!(
+            resolve(&c, None, none).unwrap().token.as_deref(),
+            Some("wdn_abc")
+        );
+        let other = dir.path().join("other");
+        std::fs::write(&other, "wdn_flag").unwrap();
+        let flags = Overrides {
+            token_file: Some(&other),
+            ..none
+        };
+        assert_eq!(
+            resolve(&c, None, flags).unwrap().token.as_deref(),
+            Some("wdn_flag")
+        );
     }
 
     #[test]

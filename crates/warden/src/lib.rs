@@ -59,6 +59,8 @@ pub fn main() -> i32 {
             Command::Job(args) => commands::job::run(args).await,
             Command::Config(args) => commands::config::run(args),
             Command::Doctor(args) => commands::doctor::run(args).await,
+            Command::Token(args) => commands::token::run(args).await,
+            Command::Audit(args) => commands::token::audit(args).await,
         }
     })
 }

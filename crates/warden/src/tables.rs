@@ -141,6 +141,59 @@ pub fn contexts(config: &ClientConfig) -> String {
     render_table(&["CURRENT", "NAME", "SERVER", "TIMEOUT"], &rows)
 }
 
+/// `warden token list` (and the token just created): never the token itself.
+pub fn tokens(tokens: &[warden_api::TokenView]) -> String {
+    let rows: Vec<Vec<String>> = tokens
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.clone(),
+                t.tenant.clone(),
+                t.scopes.join(","),
+                t.name.clone().unwrap_or_default(),
+                t.expires_at.clone().unwrap_or_else(|| "never".into()),
+                match &t.revoked_at {
+                    Some(at) => format!("revoked {at}"),
+                    None => "active".into(),
+                },
+            ]
+        })
+        .collect();
+    render_table(
+        &["ID", "TENANT", "SCOPES", "NAME", "EXPIRES", "STATE"],
+        &rows,
+    )
+}
+
+/// `warden audit`, newest first.
+pub fn audit(resp: &warden_api::AuditResponse) -> String {
+    let rows: Vec<Vec<String>> = resp
+        .entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.at.clone(),
+                e.action.clone(),
+                e.outcome.clone(),
+                e.tenant.clone().unwrap_or_default(),
+                e.token_id.clone().unwrap_or_else(|| "-".into()),
+                e.client.clone().unwrap_or_default(),
+                e.target.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let mut out = render_table(
+        &[
+            "AT", "ACTION", "OUTCOME", "TENANT", "TOKEN", "CLIENT", "TARGET",
+        ],
+        &rows,
+    );
+    if let Some(c) = &resp.next_cursor {
+        out.push_str(&format!("more: --cursor {c}\n"));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -337,12 +390,16 @@ mod tests {
                     server: "http://127.0.0.1:8080".into(),
                     timeout_seconds: None,
                     token: None,
+                    token_file: None,
+                    ca_file: None,
                 },
                 Context {
                     name: "prod".into(),
                     server: "grpc://warden.internal:50051".into(),
                     timeout_seconds: Some(30),
                     token: Some("s3cr3t-token-value".into()),
+                    token_file: None,
+                    ca_file: None,
                 },
             ],
         };

@@ -84,6 +84,10 @@ pub struct JobType {
     /// delegated to a rootless warden): each such run is recorded as not enforced. Absent:
     /// a limit that cannot be enforced fails the job closed.
     pub accept_unenforced: Vec<CgroupLimit>,
+    /// Secrets (names from `secrets:`) the job reads as files `/run/secrets/NAME`.
+    pub secrets: Vec<String>,
+    /// Secrets the job gets as environment variables instead: variable → secret name.
+    pub secret_env: std::collections::BTreeMap<String, String>,
 }
 
 /// A limit only a cgroup enforces.
@@ -192,6 +196,10 @@ struct RawJobType {
     labels: Vec<String>,
     #[serde(default)]
     accept_unenforced: Vec<CgroupLimit>,
+    #[serde(default)]
+    secrets: Vec<String>,
+    #[serde(default)]
+    secret_env: std::collections::BTreeMap<String, String>,
 }
 
 impl TryFrom<RawJobType> for JobType {
@@ -266,7 +274,27 @@ impl TryFrom<RawJobType> for JobType {
                 ));
             }
         }
+        for (i, name) in raw.secrets.iter().enumerate() {
+            if raw.secrets[..i].contains(name) {
+                return Err(format!("secrets lists {name:?} twice"));
+            }
+        }
+        for var in raw.secret_env.keys() {
+            if !is_valid_param_name(var) || is_reserved(var) {
+                return Err(format!(
+                    "secret_env variable {var:?} must match ^[A-Z][A-Z0-9_]{{0,63}}$ and not be \
+                     one warden sets"
+                ));
+            }
+            if raw.allowed_params.contains(var) {
+                return Err(format!(
+                    "secret_env variable {var:?} is also an allowed param: a caller could set it"
+                ));
+            }
+        }
         Ok(JobType {
+            secrets: raw.secrets,
+            secret_env: raw.secret_env,
             accept_unenforced: raw.accept_unenforced,
             labels: raw.labels,
             hooks_path: raw.hooks_path,

@@ -11,11 +11,16 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 mod job_type;
+mod perimeter;
 mod positive;
 #[cfg(test)]
 mod tests;
 
 pub use job_type::{BindConfig, CgroupLimit, JobType, JobTypeName, Limits, is_valid_label};
+pub use perimeter::{
+    AuthConfig, InlinePolicy, RateLimit, SecretSource, TenantConfig, is_valid_secret_name,
+    is_valid_tenant,
+};
 pub use positive::{Cpus, Positive};
 
 use crate::repo::{Transport, parse_repo_url};
@@ -25,6 +30,10 @@ pub const DEFAULT_CONFIG_YAML: &str = r#"# warden's built-in default configurati
 listen: 127.0.0.1:8080
 data_dir: ./.warden
 slots: 2
+# Callers on this machine need no token (they act as tenant `default` with every scope). A
+# configuration for a shared host leaves this out and gives every caller a token
+# (`warden token create`).
+auth: {loopback_trusted: true}
 # Jobs run in warden's kernel sandbox: as root, or, for an ordinary user, rootless (user
 # namespaces of that user). Where even that cannot be set up (warden checks at start and says so
 # in a banner; `warden doctor` says why), this demo configuration runs jobs as plain supervised
@@ -107,9 +116,22 @@ pub struct Config {
     /// A file holding the token remote workers present (`WARDEN_WORKER_TOKEN` takes precedence).
     #[serde(default)]
     pub worker_token_file: Option<PathBuf>,
-    /// TLS for the gRPC listener (rustls); without it gRPC is plaintext.
+    /// TLS for the HTTP and gRPC listeners (rustls). Required on a non-loopback address unless
+    /// `auth.insecure_plaintext_behind_proxy` is set.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Authentication: tokens, loopback trust, rate limits.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Tenants and their policies. Empty: any tenant a token names, without quotas.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantConfig>,
+    /// Operator-defined secrets, granted to job types by name.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, SecretSource>,
+    /// How long audit entries are kept.
+    #[serde(default = "default_audit_retention_days")]
+    pub audit_retention_days: Positive,
     /// Where artifacts are kept: a directory every replica shares. Default `<data_dir>/artifacts`.
     #[serde(default)]
     pub artifact_dir: Option<PathBuf>,
@@ -121,6 +143,10 @@ pub struct Config {
 pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+fn default_audit_retention_days() -> Positive {
+    Positive(90)
 }
 
 fn default_grpc_listen() -> SocketAddr {
@@ -191,14 +217,20 @@ impl Config {
 
     /// Rules that span fields, checked again after command-line overrides are applied.
     pub fn validate(&self) -> Result<(), InvalidConfig> {
-        if !self.listen.ip().is_loopback() {
-            return Err(InvalidConfig(format!(
-                "listen address {} is not loopback: binding beyond loopback requires \
-                 authentication, which this version of warden does not provide yet; \
-                 use 127.0.0.1 or ::1",
-                self.listen
-            )));
+        for (what, addr) in [("listen", self.listen), ("grpc_listen", self.grpc_listen)] {
+            if !addr.ip().is_loopback()
+                && self.tls.is_none()
+                && !self.auth.insecure_plaintext_behind_proxy
+            {
+                return Err(InvalidConfig(format!(
+                    "{what} {addr} is not loopback: beyond loopback warden serves only TLS \
+                     (set tls: {{cert, key}}), or plaintext behind a TLS-terminating proxy \
+                     (auth: {{insecure_plaintext_behind_proxy: true}})"
+                )));
+            }
         }
+        perimeter::check(&self.tenants, &self.secrets, &self.job_types, &self.repos)
+            .map_err(InvalidConfig)?;
         for (name, first) in [
             ("sandbox_uid", self.sandbox_uid),
             ("sandbox_gid", self.sandbox_gid),
@@ -227,6 +259,15 @@ impl Config {
 
     pub fn job_type(&self, name: &str) -> Option<&JobType> {
         self.job_types.get(name)
+    }
+
+    /// A tenant's policy: as configured, or, when no tenants are configured, the default
+    /// (everything, no quota). `None`: tenants are configured and this is not one of them.
+    pub fn tenant(&self, name: &str) -> Option<std::borrow::Cow<'_, TenantConfig>> {
+        if self.tenants.is_empty() {
+            return Some(std::borrow::Cow::Owned(TenantConfig::default()));
+        }
+        self.tenants.get(name).map(std::borrow::Cow::Borrowed)
     }
 }
 

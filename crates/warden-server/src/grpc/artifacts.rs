@@ -8,7 +8,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 use warden_proto::{MAX_CHUNK, pb};
 
-use super::status;
+use super::{caller, status};
 use crate::service::JobService;
 
 pub(crate) struct Artifacts {
@@ -27,8 +27,9 @@ impl pb::artifact_service_server::ArtifactService for Artifacts {
         &self,
         req: Request<pb::ListArtifactsRequest>,
     ) -> Result<Response<pb::ListArtifactsResponse>, Status> {
+        let caller = caller(&self.svc, &req, "grpc ListArtifacts").await?;
         let id = JobService::parse_id(&req.get_ref().job_id).map_err(status)?;
-        let (list, truncated) = self.svc.artifacts(id).await.map_err(status)?;
+        let (list, truncated) = self.svc.artifacts(&caller, id).await.map_err(status)?;
         Ok(Response::new(pb::ListArtifactsResponse {
             artifacts: list
                 .into_iter()
@@ -50,6 +51,7 @@ impl pb::artifact_service_server::ArtifactService for Artifacts {
         &self,
         req: Request<pb::DownloadArtifactRequest>,
     ) -> Result<Response<Self::DownloadArtifactStream>, Status> {
+        let caller = caller(&self.svc, &req, "grpc DownloadArtifact").await?;
         let r = req.into_inner();
         let id = JobService::parse_id(&r.job_id).map_err(status)?;
         let path = if r.path_bytes.is_empty() {
@@ -57,7 +59,11 @@ impl pb::artifact_service_server::ArtifactService for Artifacts {
         } else {
             r.path_bytes
         };
-        let (mut file, size) = self.svc.open_artifact(id, &path).await.map_err(status)?;
+        let (mut file, size) = self
+            .svc
+            .open_artifact(&caller, id, &path)
+            .await
+            .map_err(status)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
             let mut offset = 0u64;

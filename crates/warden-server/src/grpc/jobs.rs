@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use warden_api::{ErrorCode, SubmitJobRequest};
 use warden_proto::{job_to_pb, parse_job_id, pb, status_from_pb, status_to_pb, stream_from_pb};
 
-use super::{invalid, status};
+use super::{caller, invalid, status};
 use crate::service::{JobService, ListQuery, LogItem, ServiceError};
 
 pub(crate) struct Jobs {
@@ -33,6 +33,7 @@ impl pb::job_service_server::JobService for Jobs {
         &self,
         req: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let caller = caller(&self.svc, &req, "grpc SubmitJob").await?;
         let r = req.into_inner();
         let submit = SubmitJobRequest {
             job_type: r.job_type,
@@ -43,7 +44,7 @@ impl pb::job_service_server::JobService for Jobs {
             params: r.params.into_iter().collect(),
             idempotency_key: r.idempotency_key,
         };
-        let (job, created) = self.svc.submit(submit).await.map_err(status)?;
+        let (job, created) = self.svc.submit(&caller, submit).await.map_err(status)?;
         Ok(Response::new(pb::SubmitJobResponse {
             job: Some(job_to_pb(&job)),
             created,
@@ -51,8 +52,9 @@ impl pb::job_service_server::JobService for Jobs {
     }
 
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let caller = caller(&self.svc, &req, "grpc GetJob").await?;
         let id = job_id(&req.get_ref().job_id)?;
-        let job = self.svc.get(id).await.map_err(status)?;
+        let job = self.svc.get(&caller, id).await.map_err(status)?;
         Ok(Response::new(job_to_pb(&job)))
     }
 
@@ -60,6 +62,7 @@ impl pb::job_service_server::JobService for Jobs {
         &self,
         req: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let caller = caller(&self.svc, &req, "grpc ListJobs").await?;
         let r = req.into_inner();
         let limit = match r.limit {
             0 => 50,
@@ -76,12 +79,13 @@ impl pb::job_service_server::JobService for Jobs {
             None => None,
         };
         let query = ListQuery {
+            tenant: None,
             status: r.status.map(status_from_pb).transpose().map_err(invalid)?,
             job_type: r.job_type.filter(|t| !t.is_empty()),
             before,
             limit,
         };
-        let (jobs, next_before) = self.svc.list(query).await.map_err(status)?;
+        let (jobs, next_before) = self.svc.list(&caller, query).await.map_err(status)?;
         Ok(Response::new(pb::ListJobsResponse {
             jobs: jobs.iter().map(job_to_pb).collect(),
             next_before,
@@ -94,11 +98,12 @@ impl pb::job_service_server::JobService for Jobs {
         &self,
         req: Request<pb::StreamJobLogsRequest>,
     ) -> Result<Response<Self::StreamJobLogsStream>, Status> {
+        let caller = caller(&self.svc, &req, "grpc StreamJobLogs").await?;
         let r = req.into_inner();
         let id = job_id(&r.job_id)?;
         let stream = stream_from_pb(r.stream).map_err(invalid)?;
         // Unknown jobs fail the call itself, not the first message.
-        self.svc.get(id).await.map_err(status)?;
+        self.svc.get(&caller, id).await.map_err(status)?;
         let pb_stream = r.stream;
         let chunks = self
             .svc
@@ -133,8 +138,9 @@ impl pb::job_service_server::JobService for Jobs {
         &self,
         req: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let caller = caller(&self.svc, &req, "grpc CancelJob").await?;
         let id = job_id(&req.get_ref().job_id)?;
-        let job = self.svc.cancel(id).await.map_err(status)?;
+        let job = self.svc.cancel(&caller, id).await.map_err(status)?;
         Ok(Response::new(job_to_pb(&job)))
     }
 
@@ -144,8 +150,9 @@ impl pb::job_service_server::JobService for Jobs {
         &self,
         req: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let caller = caller(&self.svc, &req, "grpc WatchJob").await?;
         let id = job_id(&req.get_ref().job_id)?;
-        let jobs = self.svc.watch(id).await.map_err(status)?;
+        let jobs = self.svc.watch(&caller, id).await.map_err(status)?;
         Ok(Response::new(Box::pin(jobs.map(|j| match j {
             Ok(job) => Ok(job_to_pb(&job)),
             Err(e) => Err(status(e)),

@@ -8,7 +8,6 @@ pub mod workers;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tonic::service::interceptor::InterceptedService;
 use tonic::{Code, Request, Status};
 use warden_api::ErrorCode;
 pub use warden_proto::ERROR_CODE_KEY;
@@ -41,6 +40,9 @@ fn grpc_code(code: ErrorCode) -> Code {
             Code::NotFound
         }
         ErrorCode::MethodNotAllowed => Code::Unimplemented,
+        ErrorCode::Unauthenticated => Code::Unauthenticated,
+        ErrorCode::Forbidden => Code::PermissionDenied,
+        ErrorCode::QueueFull | ErrorCode::RateLimited => Code::ResourceExhausted,
         ErrorCode::IdempotencyConflict | ErrorCode::JobFinished | ErrorCode::LeaseLost => {
             Code::FailedPrecondition
         }
@@ -56,15 +58,34 @@ pub(crate) fn status(e: ServiceError) -> Status {
     if let Ok(v) = e.code.as_str().parse() {
         status.metadata_mut().insert(ERROR_CODE_KEY, v);
     }
+    if let Some(after) = e.retry_after
+        && let Ok(v) = after.as_secs().max(1).to_string().parse()
+    {
+        status.metadata_mut().insert("retry-after", v);
+    }
     status
+}
+
+/// The caller of a `JobService` or `ArtifactService` call: its `authorization: Bearer` token,
+/// or a trusted loopback peer where the configuration allows (as over HTTP).
+pub(crate) async fn caller<T>(
+    svc: &JobService,
+    req: &Request<T>,
+    method: &str,
+) -> Result<crate::auth::Caller, Status> {
+    let header = req.metadata().get("authorization").map(|v| v.as_bytes());
+    svc.auth
+        .authenticate(header, req.remote_addr(), method)
+        .await
+        .map_err(status)
 }
 
 pub(crate) fn invalid(e: WireError) -> Status {
     status(ServiceError::new(ErrorCode::InvalidRequest, e.0))
 }
 
-/// Who may call: a peer on loopback may use the job and artifact services without a token
-/// (as over HTTP); anyone else, and every worker, presents the worker token.
+/// Which workers may attach: every worker presents the worker token. (Callers of the job and
+/// artifact services present API tokens instead: see [`caller`].)
 #[derive(Clone)]
 pub struct Auth {
     token: Option<Arc<str>>,
@@ -98,14 +119,6 @@ impl Auth {
         }
     }
 
-    /// For `JobService` and `ArtifactService`.
-    fn check_client<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        match req.remote_addr() {
-            Some(addr) if addr.ip().is_loopback() => Ok(()),
-            _ => self.bearer_ok(req),
-        }
-    }
-
     /// For `WorkerService`: always the token.
     pub(crate) fn check_worker<T>(&self, req: &Request<T>) -> Result<(), Status> {
         self.bearer_ok(req)
@@ -121,8 +134,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// All three services, ready for a tonic server.
 pub fn routes(service: Arc<JobService>, hub: Arc<WorkerHub>, auth: Auth) -> tonic::service::Routes {
-    let client_auth = auth.clone();
-    let check = move |req: Request<()>| client_auth.check_client(&req).map(|()| req);
     let jobs = pb::job_service_server::JobServiceServer::new(jobs::Jobs::new(service.clone()))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
@@ -134,8 +145,8 @@ pub fn routes(service: Arc<JobService>, hub: Arc<WorkerHub>, auth: Auth) -> toni
         pb::worker_service_server::WorkerServiceServer::new(workers::Workers::new(hub, auth))
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
-    tonic::service::Routes::new(InterceptedService::new(jobs, check.clone()))
-        .add_service(InterceptedService::new(artifacts, check))
+    tonic::service::Routes::new(jobs)
+        .add_service(artifacts)
         .add_service(workers)
 }
 

@@ -23,6 +23,7 @@ const SSE_CHUNK: usize = 64 * 1024;
 
 pub(super) async fn logs(
     State(svc): State<AppState>,
+    axum::extract::Extension(caller): axum::extract::Extension<crate::auth::Caller>,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
@@ -52,7 +53,7 @@ pub(super) async fn logs(
         ));
     }
     let limit = query_num(&q, "limit", 1usize..=16 << 20)?.unwrap_or(16 << 20);
-    let job = svc.get(id).await?;
+    let job = svc.get(&caller, id).await?;
 
     if follow {
         if offset.is_none()

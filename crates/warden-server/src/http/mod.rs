@@ -1,5 +1,7 @@
 //! The HTTP/JSON API. Handlers parse and translate; [`JobService`] decides.
 
+mod admin;
+mod auth;
 mod error;
 mod json;
 mod logs;
@@ -8,7 +10,7 @@ mod query;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -21,6 +23,7 @@ use warden_core::JobId;
 
 pub use self::json::{JsonBody, MAX_BODY_BYTES};
 use self::query::{parse_query, query_num};
+use crate::auth::Caller;
 use crate::service::{JobService, ListQuery, ServiceError};
 
 pub type AppState = Arc<JobService>;
@@ -36,8 +39,16 @@ pub fn app(service: AppState) -> Router {
         .route("/jobs/{id}/artifacts", get(artifacts))
         .route("/jobs/{id}/artifacts/{*path}", get(download))
         .route("/job-types", get(job_types))
+        .route("/whoami", get(admin::whoami))
+        .route("/tokens", post(admin::create_token).get(admin::list_tokens))
+        .route("/tokens/{id}/revoke", post(admin::revoke_token))
+        .route("/audit", get(admin::audit))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            service.clone(),
+            auth::authenticate,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
@@ -75,9 +86,10 @@ async fn healthz() -> Json<serde_json::Value> {
 
 async fn submit(
     State(svc): State<AppState>,
+    Extension(caller): Extension<Caller>,
     JsonBody(req): JsonBody<SubmitJobRequest>,
 ) -> Result<Response, ServiceError> {
-    let (job, created) = svc.submit(req).await?;
+    let (job, created) = svc.submit(&caller, req).await?;
     let body = SubmitJobResponse {
         job_id: job.id.to_string(),
         artifact_dir: svc.artifact_dir(job.id),
@@ -94,18 +106,20 @@ async fn submit(
 
 async fn get_job(
     State(svc): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ServiceError> {
     let id = JobService::parse_id(&id)?;
-    let job = svc.get(id).await?;
+    let job = svc.get(&caller, id).await?;
     Ok(Json(svc.view(&job)).into_response())
 }
 
 async fn list(
     State(svc): State<AppState>,
+    Extension(caller): Extension<Caller>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ServiceError> {
-    let q = parse_query(raw, &["status", "job_type", "limit", "cursor"])?;
+    let q = parse_query(raw, &["status", "job_type", "limit", "cursor", "tenant"])?;
     let status = match q.get("status") {
         None => None,
         Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
@@ -129,12 +143,13 @@ async fn list(
         })?),
     };
     let query = ListQuery {
+        tenant: q.get("tenant").cloned(),
         status,
         job_type: q.get("job_type").cloned(),
         before,
         limit,
     };
-    let (jobs, next_cursor) = svc.list(query).await?;
+    let (jobs, next_cursor) = svc.list(&caller, query).await?;
     let body = ListJobsResponse {
         jobs: jobs.iter().map(|j| svc.view(j)).collect(),
         next_cursor,
@@ -144,25 +159,30 @@ async fn list(
 
 async fn cancel(
     State(svc): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ServiceError> {
     let id = JobService::parse_id(&id)?;
-    let job = svc.cancel(id).await?;
+    let job = svc.cancel(&caller, id).await?;
     Ok((StatusCode::ACCEPTED, Json(svc.view(&job))).into_response())
 }
 
-async fn job_types(State(svc): State<AppState>) -> Json<JobTypesResponse> {
-    Json(JobTypesResponse {
-        job_types: svc.job_types(),
-    })
+async fn job_types(
+    State(svc): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<JobTypesResponse>, ServiceError> {
+    Ok(Json(JobTypesResponse {
+        job_types: svc.job_types(&caller).await?,
+    }))
 }
 
 async fn artifacts(
     State(svc): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ServiceError> {
     let id = JobService::parse_id(&id)?;
-    let (artifacts, truncated) = svc.artifacts(id).await?;
+    let (artifacts, truncated) = svc.artifacts(&caller, id).await?;
     Ok(Json(ArtifactsResponse {
         job_id: id.to_string(),
         artifacts,
@@ -185,11 +205,12 @@ fn download_target(uri: &axum::http::Uri) -> (String, Vec<u8>) {
 
 async fn download(
     State(svc): State<AppState>,
+    Extension(caller): Extension<Caller>,
     uri: axum::http::Uri,
 ) -> Result<Response, ServiceError> {
     let (raw_id, path) = download_target(&uri);
     let id = JobService::parse_id(&raw_id)?;
-    let (file, len) = svc.open_artifact(id, &path).await?;
+    let (file, len) = svc.open_artifact(&caller, id, &path).await?;
     let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
     let mut resp = Response::new(Body::from_stream(stream));
     let h = resp.headers_mut();

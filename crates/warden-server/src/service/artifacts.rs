@@ -5,12 +5,17 @@ use warden_core::JobId;
 use warden_worker::artifact_dir;
 
 use super::{JobService, ServiceError};
+use crate::auth::{Caller, Scope};
 
 impl JobService {
     /// Lists a job's artifact directory without following links: its entries (names exact:
     /// `path_hex` where they are not UTF-8) and whether the listing stopped at its limit.
-    pub async fn artifacts(&self, id: JobId) -> Result<(Vec<ArtifactEntry>, bool), ServiceError> {
-        self.store.get(id).await?;
+    pub async fn artifacts(
+        &self,
+        caller: &Caller,
+        id: JobId,
+    ) -> Result<(Vec<ArtifactEntry>, bool), ServiceError> {
+        self.job(caller, id, Scope::Read).await?;
         let root = self.data.artifacts(id);
         let listing = tokio::task::spawn_blocking(move || artifact_dir::list(&root))
             .await
@@ -38,11 +43,18 @@ impl JobService {
     /// directory, reached without following any link.
     pub async fn open_artifact(
         &self,
+        caller: &Caller,
         id: JobId,
         rel: &[u8],
     ) -> Result<(std::fs::File, u64), ServiceError> {
-        self.store.get(id).await?;
+        self.job(caller, id, Scope::Read).await?;
         let rel = artifact_dir::validate_path_bytes(rel)?;
+        self.audit(caller.audit(
+            "artifact.download",
+            Some(format!("{id}/{}", rel.display())),
+            "ok",
+        ))
+        .await;
         let root = self.data.artifacts(id);
         let opened = tokio::task::spawn_blocking(move || artifact_dir::open_beneath(&root, &rel))
             .await

@@ -10,6 +10,10 @@ use warden_worker::artifact_dir::ArtifactError;
 pub struct ServiceError {
     pub code: ErrorCode,
     pub message: String,
+    /// When to try again (`Retry-After`), for 429s.
+    pub retry_after: Option<std::time::Duration>,
+    /// A 401 that asks for a bearer token (`WWW-Authenticate: Bearer`).
+    pub www_authenticate: bool,
 }
 
 impl ServiceError {
@@ -17,6 +21,8 @@ impl ServiceError {
         ServiceError {
             code,
             message: message.into(),
+            retry_after: None,
+            www_authenticate: false,
         }
     }
 
@@ -40,6 +46,17 @@ impl From<StoreError> for ServiceError {
                      different request; use a new key or resend the original request"
                 ),
             ),
+            StoreError::QueueFull { tenant, max } => {
+                let mut e = ServiceError::new(
+                    ErrorCode::QueueFull,
+                    format!(
+                        "tenant {tenant:?} already has {max} jobs queued (its max_queued); \
+                         retry when some have started"
+                    ),
+                );
+                e.retry_after = Some(std::time::Duration::from_secs(5));
+                e
+            }
             StoreError::LeaseLost(id) => ServiceError::new(
                 ErrorCode::LeaseLost,
                 format!("lease on job {id} is no longer held"),

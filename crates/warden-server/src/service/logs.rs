@@ -97,7 +97,7 @@ impl JobService {
                     st.offset += data.len() as u64;
                     return Some((Ok(LogItem::Chunk { offset: at, data }), st));
                 }
-                let job = match st.svc.get(id).await {
+                let job = match st.svc.load(id).await {
                     Ok(j) => j,
                     Err(e) => {
                         st.done = true;
@@ -127,12 +127,13 @@ impl JobService {
     /// The job now and after every change, until it has ended (or the server stops).
     pub async fn watch(
         self: &std::sync::Arc<Self>,
+        caller: &crate::auth::Caller,
         id: JobId,
     ) -> Result<impl Stream<Item = Result<JobRecord, ServiceError>> + Send + 'static, ServiceError>
     {
         // Subscribed before the first read: no change between the two is missed.
         let rx = self.events.subscribe();
-        let first = self.get(id).await?;
+        let first = self.get(caller, id).await?;
         let svc = self.clone();
         let state = (svc, rx, Some(first), None::<JobRecord>);
         Ok(futures::stream::unfold(
@@ -151,7 +152,7 @@ impl JobService {
                         _ = tokio::time::sleep(FOLLOW_POLL) => {}
                         _ = svc.shutdown.cancelled() => return None,
                     }
-                    match svc.get(id).await {
+                    match svc.load(id).await {
                         Ok(job) if job != last => {
                             return Some((Ok(job.clone()), (svc, rx, None, Some(job))));
                         }

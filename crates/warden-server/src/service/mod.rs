@@ -2,6 +2,7 @@
 //! The service speaks the `Store` trait and, when jobs run in this process, a [`LocalWorkers`]
 //! handle; it knows neither SQLite nor the worker pool (`serve.rs` wires them).
 
+pub mod admin;
 mod artifacts;
 mod error;
 mod logs;
@@ -14,13 +15,15 @@ use std::time::Duration;
 use warden_api::{ErrorCode, JobStatus, JobTypeView, JobView, rfc3339};
 use warden_core::{Config, JobId};
 use warden_repo::Repos;
-use warden_store::{CancelOutcome, JobRecord, ListFilter, Store, now_millis};
+use warden_store::{AuditEntry, CancelOutcome, JobRecord, ListFilter, Store, now_millis};
+
+use crate::auth::{Caller, Scope};
 use warden_worker::{DataDir, Events};
 
 pub use error::ServiceError;
 pub use logs::LogItem;
 
-/// The tenant of every job until authentication arrives.
+/// The tenant of trusted loopback callers (`auth.loopback_trusted`).
 pub const DEFAULT_TENANT: &str = "default";
 
 /// How often a log follower or job watcher looks again without being woken: a worker attached
@@ -53,11 +56,14 @@ pub struct JobService {
     queued: tokio::sync::watch::Sender<u64>,
     /// Cancelled when the server stops: live log streams end.
     pub shutdown: tokio_util::sync::CancellationToken,
+    pub auth: crate::auth::Authenticator,
 }
 
 /// One page of a listing.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ListQuery {
+    /// Only an admin may list another tenant's jobs (or every tenant's, with `None`).
+    pub tenant: Option<String>,
     pub status: Option<JobStatus>,
     pub job_type: Option<String>,
     /// The cursor of the previous page: jobs older than this one.
@@ -77,6 +83,7 @@ impl JobService {
         unsafe_fallback: bool,
     ) -> JobService {
         JobService {
+            auth: crate::auth::Authenticator::new(store.clone(), config.clone()),
             unsafe_fallback,
             repos,
             store,
@@ -119,16 +126,83 @@ impl JobService {
         })
     }
 
-    pub async fn get(&self, id: JobId) -> Result<JobRecord, ServiceError> {
+    /// A job as the store has it, whoever asks (the service's own reads).
+    pub(crate) async fn load(&self, id: JobId) -> Result<JobRecord, ServiceError> {
         Ok(self.store.get(id).await?)
+    }
+
+    /// Refuses (403, audited) a caller without `scope`.
+    pub async fn authorize(
+        &self,
+        caller: &Caller,
+        scope: Scope,
+        target: &str,
+    ) -> Result<(), ServiceError> {
+        match caller.require(scope) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.denied(caller, target, e).await),
+        }
+    }
+
+    /// Audits a refusal (403, 404 for another tenant's job, 429) and returns it.
+    pub async fn denied(&self, caller: &Caller, target: &str, e: ServiceError) -> ServiceError {
+        let mut entry = caller.audit(
+            "refused",
+            Some(target.to_string()),
+            &e.code.http_status().to_string(),
+        );
+        entry.detail = Some(e.message.clone());
+        self.audit(entry).await;
+        e
+    }
+
+    /// A job the caller may act on with `scope`: another tenant's job is not found (404, never
+    /// 403: its existence is not the caller's business), and the refusal is audited.
+    pub async fn job(
+        &self,
+        caller: &Caller,
+        id: JobId,
+        scope: Scope,
+    ) -> Result<JobRecord, ServiceError> {
+        self.authorize(caller, scope, &id.to_string()).await?;
+        let job = self.load(id).await?;
+        if !caller.sees(&job.tenant) {
+            let e = ServiceError::from(warden_store::StoreError::NotFound(id));
+            return Err(self.denied(caller, &id.to_string(), e).await);
+        }
+        Ok(job)
+    }
+
+    pub async fn get(&self, caller: &Caller, id: JobId) -> Result<JobRecord, ServiceError> {
+        self.job(caller, id, Scope::Read).await
+    }
+
+    /// Appends to the audit trail. A store that cannot take it is logged, not the caller's
+    /// failure: the action it records has already happened.
+    pub async fn audit(&self, entry: AuditEntry) {
+        if let Err(e) = self.store.append_audit(vec![entry.clone()]).await {
+            tracing::error!(error = %e, ?entry, "could not write the audit entry");
+        }
     }
 
     /// One page of the caller's jobs, newest first, and the cursor of the next page when this
     /// one is full.
     pub async fn list(
         &self,
+        caller: &Caller,
         q: ListQuery,
     ) -> Result<(Vec<JobRecord>, Option<String>), ServiceError> {
+        self.authorize(caller, Scope::Read, "list").await?;
+        let tenant = match q.tenant {
+            Some(t) if t != caller.tenant => {
+                self.authorize(caller, Scope::Admin, "list another tenant")
+                    .await?;
+                Some(t)
+            }
+            Some(t) => Some(t),
+            None if caller.is_admin() => None,
+            None => Some(caller.tenant.clone()),
+        };
         if !(1..=500).contains(&q.limit) {
             return Err(ServiceError::new(
                 ErrorCode::InvalidQuery,
@@ -136,7 +210,7 @@ impl JobService {
             ));
         }
         let filter = ListFilter {
-            tenant: Some(DEFAULT_TENANT.to_string()),
+            tenant,
             status: q.status,
             job_type: q.job_type,
             before: q.before,
@@ -149,7 +223,10 @@ impl JobService {
         Ok((jobs, next))
     }
 
-    pub async fn cancel(&self, id: JobId) -> Result<JobRecord, ServiceError> {
+    pub async fn cancel(&self, caller: &Caller, id: JobId) -> Result<JobRecord, ServiceError> {
+        self.job(caller, id, Scope::Cancel).await?;
+        self.audit(caller.audit("cancel", Some(id.to_string()), "ok"))
+            .await;
         match self.store.request_cancel(id, now_millis()).await? {
             CancelOutcome::Cancelled(job) => {
                 self.events.job_changed(id);
@@ -171,10 +248,17 @@ impl JobService {
         }
     }
 
-    pub fn job_types(&self) -> Vec<JobTypeView> {
-        self.config
+    /// The job types the caller's tenant may submit.
+    pub async fn job_types(&self, caller: &Caller) -> Result<Vec<JobTypeView>, ServiceError> {
+        self.authorize(caller, Scope::Read, "job types").await?;
+        let tenant = self.config.tenant(&caller.tenant);
+        Ok(self
+            .config
             .job_types
             .iter()
+            .filter(|(name, _)| {
+                caller.is_admin() || tenant.as_ref().is_some_and(|t| t.may_use_job_type(&name.0))
+            })
             .map(|(name, t)| JobTypeView {
                 name: name.0.clone(),
                 argv: t.argv.clone(),
@@ -183,7 +267,7 @@ impl JobService {
                 allowed_params: t.allowed_params.clone(),
                 network: t.network,
             })
-            .collect()
+            .collect())
     }
 
     pub fn view(&self, job: &JobRecord) -> JobView {

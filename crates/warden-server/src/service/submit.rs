@@ -7,7 +7,8 @@ use warden_core::{JobId, JobType, validate_params};
 use warden_repo::RepoError;
 use warden_store::{JobRecord, NewJob, SubmitOutcome, now_millis};
 
-use super::{DEFAULT_TENANT, JobService, ServiceError};
+use super::{JobService, ServiceError};
+use crate::auth::{Caller, Scope};
 
 fn invalid(code: ErrorCode, message: impl Into<String>) -> ServiceError {
     ServiceError::new(code, message)
@@ -20,7 +21,25 @@ fn non_empty(v: Option<String>) -> Option<String> {
 
 impl JobService {
     /// Records a new job (`true`), or returns the earlier job of an idempotent replay (`false`).
-    pub async fn submit(&self, req: SubmitJobRequest) -> Result<(JobRecord, bool), ServiceError> {
+    pub async fn submit(
+        &self,
+        caller: &Caller,
+        req: SubmitJobRequest,
+    ) -> Result<(JobRecord, bool), ServiceError> {
+        match self.submit_as(caller, req).await {
+            Err(e) if matches!(e.code, ErrorCode::Forbidden | ErrorCode::QueueFull) => {
+                Err(self.denied(caller, "submit", e).await)
+            }
+            other => other,
+        }
+    }
+
+    async fn submit_as(
+        &self,
+        caller: &Caller,
+        req: SubmitJobRequest,
+    ) -> Result<(JobRecord, bool), ServiceError> {
+        caller.require(Scope::Submit)?;
         if !self.accepting.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(invalid(
                 ErrorCode::ShuttingDown,
@@ -28,6 +47,24 @@ impl JobService {
             ));
         }
         let job_type = self.submitted_type(&req.job_type)?;
+        let Some(tenant) = self.config.tenant(&caller.tenant) else {
+            return Err(invalid(
+                ErrorCode::Forbidden,
+                format!(
+                    "tenant {:?} is not configured on this server (tenants:)",
+                    caller.tenant
+                ),
+            ));
+        };
+        if !tenant.may_use_job_type(&req.job_type) {
+            return Err(invalid(
+                ErrorCode::Forbidden,
+                format!(
+                    "tenant {:?} may not use job type {:?}",
+                    caller.tenant, req.job_type
+                ),
+            ));
+        }
         validate_params(&req.job_type, &job_type.allowed_params, &req.params).map_err(|e| {
             let code = match e {
                 warden_core::ParamError::Unknown { .. } => ErrorCode::UnknownParam,
@@ -57,6 +94,16 @@ impl JobService {
             }
             None => None,
             Some(name) => {
+                if !tenant.may_use_repo(name) {
+                    return Err(invalid(
+                        ErrorCode::Forbidden,
+                        format!(
+                            "tenant {:?} may not use repository {:?}",
+                            caller.tenant,
+                            name.chars().take(80).collect::<String>()
+                        ),
+                    ));
+                }
                 let remote = self
                     .config
                     .repo_remote(&req.job_type, name, remote_url.as_deref())
@@ -81,8 +128,9 @@ impl JobService {
             ));
         }
         let new = NewJob {
+            max_queued: tenant.max_queued.map(|m| m.get()),
             id: JobId::new(),
-            tenant: DEFAULT_TENANT.to_string(),
+            tenant: caller.tenant.clone(),
             job_type: req.job_type,
             repo_name,
             remote_url,
@@ -97,6 +145,8 @@ impl JobService {
         let outcome = self.store.submit(new).await?;
         let created = matches!(outcome, SubmitOutcome::Created(_));
         if created {
+            self.audit(caller.audit("submit", Some(outcome.job().id.to_string()), "ok"))
+                .await;
             self.job_queued();
         }
         let job = match outcome {

@@ -29,7 +29,8 @@ pub fn run(args: ConfigArgs) -> i32 {
             server,
             timeout_seconds,
             token_file,
-        } => set_context(config, &path, name, server, timeout_seconds, token_file),
+            ca,
+        } => set_context(config, &path, name, server, timeout_seconds, token_file, ca),
         ConfigCommand::UseContext { name } => use_context(config, &path, name),
         ConfigCommand::DeleteContext { name } => delete_context(config, &path, name),
         ConfigCommand::GetContexts => {
@@ -62,38 +63,46 @@ fn set_context(
     server: String,
     timeout_seconds: Option<u64>,
     token_file: Option<PathBuf>,
+    ca: Option<PathBuf>,
 ) -> Result<(), Failed> {
-    if !["http://", "https://", "grpc://"]
+    if !["http://", "https://", "grpc://", "grpcs://"]
         .iter()
         .any(|s| server.starts_with(s))
     {
         return Err(Failed::Usage(format!(
-            "--server {server:?} must start with http://, https:// or grpc://"
+            "--server {server:?} must start with http://, https://, grpc:// or grpcs://"
         )));
     }
-    let token = match token_file {
-        None => config.context(&name).and_then(|c| c.token.clone()),
-        Some(f) => match std::fs::read_to_string(&f) {
-            Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
-            Ok(_) => {
-                return Err(Failed::Usage(format!(
-                    "token file {} is empty",
-                    f.display()
-                )));
-            }
-            Err(e) => {
-                return Err(Failed::Usage(format!(
-                    "cannot read token file {}: {e}",
-                    f.display()
-                )));
-            }
-        },
+    let absolute = |p: PathBuf| -> Result<PathBuf, Failed> {
+        std::path::absolute(&p).map_err(|e| Failed::Usage(format!("{}: {e}", p.display())))
+    };
+    let existing = config.context(&name).cloned();
+    let token_file = match token_file {
+        Some(f) => {
+            // Checked now, read at each use: the file may be rotated in place.
+            clientconfig::read_token_file(&f).map_err(|e| Failed::Usage(e.to_string()))?;
+            Some(absolute(f)?)
+        }
+        None => existing.as_ref().and_then(|c| c.token_file.clone()),
+    };
+    let ca_file = match ca {
+        Some(f) => {
+            std::fs::read(&f).map_err(|e| Failed::Usage(format!("--ca {}: {e}", f.display())))?;
+            Some(absolute(f)?)
+        }
+        None => existing.as_ref().and_then(|c| c.ca_file.clone()),
     };
     config.upsert(Context {
         name: name.clone(),
         server,
         timeout_seconds,
-        token,
+        token: if token_file.is_some() {
+            None
+        } else {
+            existing.and_then(|c| c.token)
+        },
+        token_file,
+        ca_file,
     });
     save(&config, path)?;
     println!("context {name:?} saved in {}", path.display());
@@ -139,7 +148,9 @@ fn get_contexts(config: &ClientConfig, format: OutputFormat) {
                 "name": c.name,
                 "server": c.server,
                 "timeoutSeconds": c.timeout_seconds,
-                "hasToken": c.token.is_some(),
+                "hasToken": c.token.is_some() || c.token_file.is_some(),
+                "tokenFile": c.token_file,
+                "caFile": c.ca_file,
                 "current": config.current_context.as_deref() == Some(c.name.as_str()),
             })
         })

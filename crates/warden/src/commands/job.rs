@@ -22,6 +22,7 @@ pub async fn run(args: JobArgs) -> i32 {
         JobCommand::Submit(s) => submit(&client, s, fmt).await,
         JobCommand::Get { job_id, wait } => get(&client, &job_id, wait, fmt).await,
         JobCommand::List {
+            tenant,
             status,
             job_type,
             limit,
@@ -30,6 +31,7 @@ pub async fn run(args: JobArgs) -> i32 {
             list(
                 &client,
                 ListQuery {
+                    tenant,
                     status,
                     job_type,
                     limit,
@@ -68,31 +70,35 @@ pub async fn run(args: JobArgs) -> i32 {
     }
 }
 
-fn connect(args: &ClientArgs) -> Result<Client, i32> {
+/// The client of the chosen context and flags; a usage error (exit 2) says what to fix.
+pub fn connect(args: &ClientArgs) -> Result<Client, i32> {
+    let usage = |e: &dyn std::fmt::Display| {
+        eprintln!("error: {e}");
+        exit::USAGE
+    };
     let path = clientconfig::path(args.config.as_deref());
-    let config = ClientConfig::load(&path).map_err(|e| {
-        eprintln!("error: {e}");
-        exit::USAGE
-    })?;
-    let resolved = clientconfig::resolve(
-        &config,
-        args.context.as_deref(),
-        args.server.as_deref(),
-        args.timeout,
-    )
-    .map_err(|e| {
-        eprintln!("error: {e}");
-        exit::USAGE
-    })?;
-    Client::new(
+    let config = ClientConfig::load(&path).map_err(|e| usage(&e))?;
+    let flags = clientconfig::Overrides {
+        server: args.server.as_deref(),
+        timeout: args.timeout,
+        token_file: args.token_file.as_deref(),
+        ca_file: args.ca.as_deref(),
+    };
+    let resolved =
+        clientconfig::resolve(&config, args.context.as_deref(), flags).map_err(|e| usage(&e))?;
+    let ca = match &resolved.ca_file {
+        Some(f) => {
+            Some(std::fs::read(f).map_err(|e| usage(&format!("--ca {}: {e}", f.display())))?)
+        }
+        None => None,
+    };
+    Client::with_ca(
         &resolved.server,
         Duration::from_secs(resolved.timeout_s),
         resolved.token,
+        ca.as_deref(),
     )
-    .map_err(|e| {
-        eprintln!("error: {e}");
-        exit::USAGE
-    })
+    .map_err(|e| usage(&e))
 }
 
 fn print_job(j: &JobView, fmt: OutputFormat) {

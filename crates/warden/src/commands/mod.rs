@@ -2,4 +2,5 @@ pub mod config;
 pub mod doctor;
 pub mod job;
 pub mod serve;
+pub mod token;
 pub mod worker;

@@ -27,7 +27,7 @@ fn test_app() -> TestApp {
 /// The app on the unsafe fallback executor (no sandbox), with these job types and repos.
 fn test_app_with(body: &str) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let yaml = format!("unsafe_fallback: true\n{body}");
+    let yaml = format!("unsafe_fallback: true\nauth: {{loopback_trusted: true}}\n{body}");
     let config = Arc::new(Config::from_yaml_str(&yaml, "test.yaml").unwrap());
     let data = DataDir::new(dir.path());
     std::fs::create_dir_all(data.artifacts_root()).unwrap();
@@ -41,7 +41,10 @@ fn test_app_with(body: &str) -> TestApp {
     let repos = Arc::new(warden_repo::Repos::open(&data.git(), &config.git).unwrap());
     let service = warden_server::serve::embedded(sqlite, executor, config, data, repos);
     TestApp {
-        router: app(Arc::new(service)),
+        // As if called from loopback: the trusted caller of `auth.loopback_trusted`.
+        router: app(Arc::new(service)).layer(axum::extract::connect_info::MockConnectInfo(
+            std::net::SocketAddr::from(([127, 0, 0, 1], 40000)),
+        )),
         _dir: dir,
     }
 }

@@ -116,8 +116,12 @@ impl ControlPlane {
     ) -> ControlPlane {
         let (home, config) = write_home(dir, name, |data| {
             format!(
-                "listen: 127.0.0.1:0\ngrpc_listen: {grpc_listen}\ndata_dir: {}\n\
-                 artifact_dir: {}\nlease_s: 2\nshutdown_grace_s: 1\n{extra}\n{JOB_TYPES}",
+                "listen: 127.0.0.1:0\ngrpc_listen: {grpc_listen}\n\
+                 auth: {{loopback_trusted: true, insecure_plaintext_behind_proxy: {}}}\n\
+                 data_dir: {}\nartifact_dir: {}\nlease_s: 2\nshutdown_grace_s: 1\n{extra}\n{JOB_TYPES}",
+                // Workers in network namespaces of the test's own reach a non-loopback gRPC
+                // address; the test's plaintext there is deliberate.
+                !grpc_listen.starts_with("127."),
                 data.display(),
                 dir.join("artifacts").display(),
             )
@@ -718,7 +722,17 @@ async fn workers_on_other_hosts_reach_the_control_plane_over_veth() {
     let cp1_log = cp1.proc.log_text();
     assert!(cp1_log.contains(&format!("10.213.{tag}.2:")), "{cp1_log}");
     assert!(cp2.proc.log_text().contains(&format!("10.214.{tag}.2:")));
-    // Off loopback, the job API wants the token too.
+    // Off loopback, the job API wants an API token; the workers' token is not one.
+    let api_token = cp1
+        .client()
+        .create_token(&warden_api::CreateTokenRequest {
+            tenant: "default".into(),
+            scopes: vec!["read".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .token;
     let mut jobs_api =
         warden_proto::pb::job_service_client::JobServiceClient::connect(cp1.grpc.clone())
             .await
@@ -730,11 +744,17 @@ async fn workers_on_other_hosts_reach_the_control_plane_over_veth() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
-    let mut req = tonic::Request::new(warden_proto::pb::GetJobRequest {
-        job_id: ids[0].clone(),
-    });
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    let with = |token: &str| {
+        let mut req = tonic::Request::new(warden_proto::pb::GetJobRequest {
+            job_id: ids[0].clone(),
+        });
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        req
+    };
+    let worker_token = jobs_api.get_job(with(TOKEN)).await.unwrap_err();
+    assert_eq!(worker_token.code(), tonic::Code::Unauthenticated);
+    let req = with(&api_token);
     let got = jobs_api.get_job(req).await.unwrap().into_inner();
     assert_eq!(got.status, warden_proto::pb::JobStatus::Succeeded as i32);
 }
@@ -977,7 +997,16 @@ async fn workers_talk_tls_when_certificates_are_configured() {
         id: "tls".into(),
     };
     w.proc.announced("warden worker tls registered");
-    let client = cp.client();
+    assert!(
+        cp.http.starts_with("https://"),
+        "tls covers HTTP too: {}",
+        cp.http
+    );
+    let ca_pem = std::fs::read(&ca).unwrap();
+    let client = Client::with_ca(&cp.http, Duration::from_secs(10), None, Some(&ca_pem)).unwrap();
+    let untrusted = Client::new(&cp.http, Duration::from_secs(10), None).unwrap();
+    let err = untrusted.list(&Default::default()).await.unwrap_err();
+    assert!(err.to_string().contains("UnknownIssuer"), "{err}");
     let id = client.submit(&job("quick")).await.unwrap().job_id;
     let done = wait_all(&client, std::slice::from_ref(&id), Duration::from_secs(30)).await;
     assert_eq!(done[0].status, JobStatus::Succeeded);

@@ -314,7 +314,7 @@ async fn background_child_holding_stdout_is_killed_when_main_exits() {
 async fn idempotency_key_returns_the_same_job_and_conflicts_on_change() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&write_config(dir.path(), ""));
-    let http = reqwest::Client::new();
+    let http = crate::support::http();
     let body = serde_json::json!({"job_type": "echo", "params": {"GREETING": "a"}, "idempotency_key": "k-1"});
     let first = http
         .post(format!("{}/jobs", server.url))
@@ -446,7 +446,7 @@ async fn artifact_downloads_never_follow_links_or_block_on_fifos() {
         .status()
         .unwrap();
     std::fs::hard_link(art.join("out.txt"), art.join("hard.txt")).unwrap();
-    let http = reqwest::Client::new();
+    let http = crate::support::http();
     let get = |p: &str| {
         let url = format!("{}/jobs/{}/artifacts/{p}", server.url, sub.job_id);
         let http = http.clone();

@@ -878,7 +878,7 @@ hostile!(artifact_links_and_fifos_are_never_followed, |b| {
     let r = b.run("artifact_links", &[]).await;
     assert_status(&r, JobStatus::Succeeded, None);
     assert_eq!(r.out, "hardlink-refused\nmade\n");
-    let http = reqwest::Client::new();
+    let http = crate::support::http();
     for path in ["passwd", "root/etc/passwd"] {
         let url = format!("{}/jobs/{}/artifacts/{path}", b.server.url, r.job.job_id);
         let resp = http.get(url).send().await.unwrap();

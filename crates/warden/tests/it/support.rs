@@ -11,6 +11,13 @@ use warden_client::Client;
 
 pub const WARDEN: &str = env!("CARGO_BIN_EXE_warden");
 
+/// A plain HTTP client for requests the typed client does not make (rustls needs its crypto
+/// provider chosen first, as `warden-client` does).
+pub fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 /// Job types the tests use. `{dir}` is replaced by the test's scratch directory.
 pub const TEST_JOB_TYPES: &str = r#"
 job_types:
@@ -115,7 +122,7 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
 pub fn write_config_with(dir: &Path, body: &str) -> PathBuf {
     let data = dir.join("data");
     let text = format!(
-        "listen: 127.0.0.1:0\ngrpc_listen: 127.0.0.1:0\ndata_dir: {}\nslots: 2\nunsafe_fallback: false\nsandbox_uid: {uid}\nsandbox_gid: {uid}\ncancel_grace_s: 1\nshutdown_grace_s: 1\n{body}\n",
+        "listen: 127.0.0.1:0\ngrpc_listen: 127.0.0.1:0\nauth: {{loopback_trusted: true}}\ndata_dir: {}\nslots: 2\nunsafe_fallback: false\nsandbox_uid: {uid}\nsandbox_gid: {uid}\ncancel_grace_s: 1\nshutdown_grace_s: 1\n{body}\n",
         data.display(),
         uid = test_uid()
     );

@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 use warden_api::ResourceUsage;
 use warden_core::{JobId, JobStatus};
 
+mod perimeter;
+pub use perimeter::*;
+
 use crate::{
     CancelOutcome, Completion, ListFilter, LogStream, Millis, NewJob, Store, StoreError,
     SubmitOutcome,
@@ -31,7 +34,12 @@ macro_rules! conformance_tests {
             release_requeues_without_counting_the_attempt,
             list_filters_and_paginates_newest_first,
             complete_records_the_outcome_once,
-            repo_fields_and_invariants_round_trip
+            repo_fields_and_invariants_round_trip,
+            fair_share_serves_a_newcomer_next,
+            fair_share_follows_weights_and_max_running,
+            max_queued_refuses_without_writing,
+            tokens_round_trip_and_revoke_once,
+            audit_is_appended_listed_and_purged
         );
     };
     (@each $make:expr; $($name:ident),*) => {
@@ -45,7 +53,7 @@ macro_rules! conformance_tests {
     };
 }
 
-const LEASE_MS: i64 = 30_000;
+pub(super) const LEASE_MS: i64 = 30_000;
 
 fn new_job(job_type: &str, key: Option<&str>, now: i64) -> NewJob {
     NewJob {
@@ -56,7 +64,7 @@ fn new_job(job_type: &str, key: Option<&str>, now: i64) -> NewJob {
     }
 }
 
-async fn submit(store: &dyn Store, job: NewJob) -> crate::JobRecord {
+pub(super) async fn submit(store: &dyn Store, job: NewJob) -> crate::JobRecord {
     match store.submit(job).await.unwrap() {
         SubmitOutcome::Created(j) => j,
         other => panic!("expected a new job, got {other:?}"),

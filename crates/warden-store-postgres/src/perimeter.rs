@@ -1,0 +1,260 @@
+//! Fair claims, tokens and the audit trail on PostgreSQL.
+
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, Row};
+use warden_core::JobId;
+use warden_store::fair::Candidate;
+use warden_store::{
+    AuditEntry, AuditFilter, AuditRecord, FairShare, Millis, Result, StoreError, TokenRecord,
+};
+
+use super::PgStore;
+use super::rows::{backend, corrupt, from_json, to_json};
+
+fn parse_id(s: String) -> Result<JobId> {
+    s.parse().map_err(|e| corrupt("job id", e))
+}
+
+/// Tenants with queued jobs and the oldest eligible job of each: a skip scan of
+/// `jobs_queued_tenant`, one index seek per tenant.
+const CANDIDATES: &str = "WITH RECURSIVE t AS (
+        (SELECT tenant FROM jobs WHERE status = 'queued' ORDER BY tenant LIMIT 1)
+        UNION ALL
+        SELECT (SELECT j.tenant FROM jobs j WHERE j.status = 'queued' AND j.tenant > t.tenant
+                ORDER BY j.tenant LIMIT 1)
+        FROM t WHERE t.tenant IS NOT NULL)
+    SELECT t.tenant,
+           (SELECT id::text FROM jobs j WHERE j.status = 'queued' AND j.tenant = t.tenant
+                AND ($1::text[] IS NULL OR j.job_type = ANY($1))
+            ORDER BY id LIMIT 1) AS oldest,
+           COALESCE((SELECT pass FROM tenant_pass p WHERE p.tenant = t.tenant), 0) AS pass,
+           (SELECT COUNT(*) FROM jobs r WHERE r.status = 'running' AND r.tenant = t.tenant)
+               AS running
+    FROM t WHERE t.tenant IS NOT NULL";
+
+const NEXT_OF: &str = "SELECT id::text FROM jobs WHERE status = 'queued' AND tenant = $1
+        AND ($2::text[] IS NULL OR job_type = ANY($2)) AND id > $3::uuid
+    ORDER BY id LIMIT 1";
+
+/// Up to `max` queued jobs in fair-share order. Takes the scheduler's row lock for the rest of
+/// the caller's transaction: claims of every replica take turns.
+pub(crate) async fn pick_fairly(
+    conn: &mut PgConnection,
+    fair: &FairShare,
+    job_types: Option<&[String]>,
+    max: usize,
+) -> Result<Vec<JobId>> {
+    let mut v: i64 = sqlx::query_scalar("SELECT v FROM scheduler WHERE id = 1 FOR UPDATE")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(backend)?;
+    let rows = sqlx::query(CANDIDATES)
+        .bind(job_types)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(backend)?;
+    let mut candidates = Vec::with_capacity(rows.len());
+    for row in rows {
+        let get = |e: sqlx::Error| corrupt("candidate", e);
+        let Some(oldest) = row.try_get::<Option<String>, _>(1).map_err(get)? else {
+            continue;
+        };
+        candidates.push(Candidate {
+            tenant: row.try_get(0).map_err(get)?,
+            oldest: parse_id(oldest)?,
+            pass: row.try_get(2).map_err(get)?,
+            running: row.try_get::<i64, _>(3).map_err(get)? as u64,
+        });
+    }
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let before: std::collections::HashMap<String, i64> = candidates
+        .iter()
+        .map(|c| (c.tenant.clone(), c.pass))
+        .collect();
+    let mut picked = Vec::new();
+    let mut exhausted = Vec::new();
+    while picked.len() < max {
+        let Some(i) = fair.pick(v, &candidates) else {
+            break;
+        };
+        let c = &mut candidates[i];
+        picked.push(c.oldest);
+        fair.charge(&mut v, c);
+        let next: Option<String> = sqlx::query_scalar(NEXT_OF)
+            .bind(&c.tenant)
+            .bind(job_types)
+            .bind(c.oldest.to_string())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(backend)?;
+        match next {
+            Some(n) => c.oldest = parse_id(n)?,
+            None => exhausted.push(candidates.swap_remove(i)),
+        }
+    }
+    let (tenants, passes): (Vec<String>, Vec<i64>) = candidates
+        .iter()
+        .chain(&exhausted)
+        .filter(|c| before.get(&c.tenant) != Some(&c.pass))
+        .map(|c| (c.tenant.clone(), c.pass))
+        .unzip();
+    sqlx::query(
+        "INSERT INTO tenant_pass (tenant, pass) SELECT * FROM UNNEST($1::text[], $2::bigint[])
+         ON CONFLICT (tenant) DO UPDATE SET pass = excluded.pass",
+    )
+    .bind(&tenants)
+    .bind(&passes)
+    .execute(&mut *conn)
+    .await
+    .map_err(backend)?;
+    sqlx::query("UPDATE scheduler SET v = $1 WHERE id = 1")
+        .bind(v)
+        .execute(&mut *conn)
+        .await
+        .map_err(backend)?;
+    Ok(picked)
+}
+
+const TOKEN_COLUMNS: &str = "id, tenant, name, scopes, hash, created_at, expires_at, revoked_at";
+
+fn row_to_token(row: &PgRow) -> Result<TokenRecord> {
+    let get = |e: sqlx::Error| corrupt("token", e);
+    Ok(TokenRecord {
+        id: row.try_get(0).map_err(get)?,
+        tenant: row.try_get(1).map_err(get)?,
+        name: row.try_get(2).map_err(get)?,
+        scopes: from_json("scopes", row.try_get::<&str, _>(3).map_err(get)?)?,
+        hash: row.try_get(4).map_err(get)?,
+        created_at: row.try_get(5).map_err(get)?,
+        expires_at: row.try_get(6).map_err(get)?,
+        revoked_at: row.try_get(7).map_err(get)?,
+    })
+}
+
+impl PgStore {
+    pub(crate) async fn create_token_row(&self, t: &TokenRecord) -> Result<()> {
+        let done = sqlx::query(
+            "INSERT INTO tokens (id, tenant, name, scopes, hash, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&t.id)
+        .bind(&t.tenant)
+        .bind(&t.name)
+        .bind(to_json(&t.scopes)?)
+        .bind(&t.hash)
+        .bind(t.created_at)
+        .bind(t.expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::TokenExists(t.id.clone()));
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn token_row(&self, id: &str) -> Result<Option<TokenRecord>> {
+        sqlx::query(&format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?
+            .as_ref()
+            .map(row_to_token)
+            .transpose()
+    }
+
+    pub(crate) async fn token_rows(&self, tenant: Option<&str>) -> Result<Vec<TokenRecord>> {
+        sqlx::query(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE $1::text IS NULL OR tenant = $1
+             ORDER BY created_at, id"
+        ))
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(row_to_token)
+        .collect()
+    }
+
+    pub(crate) async fn revoke_token_row(
+        &self,
+        id: &str,
+        now: Millis,
+    ) -> Result<Option<TokenRecord>> {
+        sqlx::query("UPDATE tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1")
+            .bind(id)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        self.token_row(id).await
+    }
+
+    pub(crate) async fn append_audit_rows(&self, entries: &[AuditEntry]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut qb = sqlx::QueryBuilder::new(
+            "INSERT INTO audit (at, action, tenant, token_id, client, target, outcome, detail) ",
+        );
+        qb.push_values(entries, |mut b, e| {
+            b.push_bind(e.at)
+                .push_bind(&e.action)
+                .push_bind(&e.tenant)
+                .push_bind(&e.token_id)
+                .push_bind(&e.client)
+                .push_bind(&e.target)
+                .push_bind(&e.outcome)
+                .push_bind(&e.detail);
+        });
+        qb.build().execute(&self.pool).await.map_err(backend)?;
+        Ok(())
+    }
+
+    pub(crate) async fn audit_rows(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>> {
+        let rows = sqlx::query(
+            "SELECT seq, at, action, tenant, token_id, client, target, outcome, detail FROM audit
+             WHERE ($1::text IS NULL OR tenant = $1) AND ($2::text IS NULL OR action = $2)
+               AND ($3::bigint IS NULL OR seq < $3)
+             ORDER BY seq DESC LIMIT $4",
+        )
+        .bind(&f.tenant)
+        .bind(&f.action)
+        .bind(f.before)
+        .bind(f.limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                let get = |e: sqlx::Error| corrupt("audit", e);
+                Ok(AuditRecord {
+                    seq: r.try_get(0).map_err(get)?,
+                    entry: AuditEntry {
+                        at: r.try_get(1).map_err(get)?,
+                        action: r.try_get(2).map_err(get)?,
+                        tenant: r.try_get(3).map_err(get)?,
+                        token_id: r.try_get(4).map_err(get)?,
+                        client: r.try_get(5).map_err(get)?,
+                        target: r.try_get(6).map_err(get)?,
+                        outcome: r.try_get(7).map_err(get)?,
+                        detail: r.try_get(8).map_err(get)?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn purge_audit_rows(&self, before: Millis) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM audit WHERE at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(done.rows_affected())
+    }
+}
