@@ -106,6 +106,7 @@ impl WardenRuns {
                 },
                 tmpfs_bytes: 64 << 20,
                 cgroup_name: format!("bench-{}-{}", std::process::id(), self.n),
+                secrets: Vec::new(),
             })),
         }
     }

@@ -157,6 +157,24 @@ pub struct SandboxSpec {
     pub tmpfs_bytes: u64,
     /// Name of the job's cgroup in the cgroup home.
     pub cgroup_name: String,
+    /// Files of `/run/secrets` (a tmpfs of this job's alone, each file 0400 for the job).
+    #[serde(default)]
+    pub secrets: Vec<SecretFile>,
+}
+
+/// One secret delivered as a file. Its value crosses only pipes and the job's own tmpfs; no
+/// `Debug` output shows it.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecretFile {
+    /// `^[A-Z][A-Z0-9_]{0,63}$` (checked when the configuration is read).
+    pub name: String,
+    pub value: Vec<u8>,
+}
+
+impl std::fmt::Debug for SecretFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretFile({}, {} bytes)", self.name, self.value.len())
+    }
 }
 
 /// A repository's git directory and object store, shown read-only inside the worktree.

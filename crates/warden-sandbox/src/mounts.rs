@@ -19,7 +19,7 @@ const SYSTEM_DIRS: &[&str] = &[
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
 
 /// Top-level names warden fills itself; a job type's rootfs does not provide them.
-const RESERVED_TOP: &[&str] = &["proc", "dev", "tmp", "work", "artifacts", "sys"];
+const RESERVED_TOP: &[&str] = &["proc", "dev", "tmp", "work", "artifacts", "sys", "run"];
 
 const RO: libc::c_ulong = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
 
@@ -37,6 +37,7 @@ pub(crate) fn build_root(k: &mut impl Kernel, spec: &SandboxSpec) -> Step {
     make_tmp(k, root, spec)?;
     bind_worktree(k, root, spec)?;
     mount_artifacts(k, root, spec)?;
+    make_secrets(k, root, spec)?;
     bind_extra(k, root, &spec.binds)?;
     pivot(k, root)?;
     seal_root(k)
@@ -224,6 +225,45 @@ fn mount_artifacts(k: &mut impl Kernel, root: &Path, spec: &SandboxSpec) -> Step
     k.chown(&at, spec.uid, spec.gid)
 }
 
+/// `/run` (empty), and `/run/secrets` when the job is granted secrets: a tmpfs of its own,
+/// readable by the job alone, each secret a file of mode 0400; sealed read-only, so the job
+/// cannot change what it was given nor leave anything there.
+fn make_secrets(k: &mut impl Kernel, root: &Path, spec: &SandboxSpec) -> Step {
+    let run = inside(root, "/run");
+    k.mkdir(&run)?;
+    if spec.secrets.is_empty() {
+        return Ok(());
+    }
+    let dir = run.join("secrets");
+    k.mkdir(&dir)?;
+    let bytes: usize = spec.secrets.iter().map(|s| s.value.len() + 4096).sum();
+    k.mount(
+        Some(Path::new("tmpfs")),
+        &dir,
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        Some(&format!(
+            "size={},nr_inodes={},mode=0700",
+            bytes + 4096,
+            spec.secrets.len() + 8
+        )),
+    )?;
+    for secret in &spec.secrets {
+        let file = dir.join(&secret.name);
+        k.write_new(&file, &secret.value, 0o400)?;
+        k.chown(&file, spec.uid, spec.gid)?;
+    }
+    k.chown(&dir, spec.uid, spec.gid)?;
+    k.chmod(&dir, 0o500)?;
+    k.set_mount_attrs(
+        &dir,
+        libc::MOUNT_ATTR_RDONLY
+            | libc::MOUNT_ATTR_NOSUID
+            | libc::MOUNT_ATTR_NODEV
+            | libc::MOUNT_ATTR_NOEXEC,
+    )
+}
+
 /// Extra read-only paths the job type asks for.
 fn bind_extra(k: &mut impl Kernel, root: &Path, binds: &[Bind]) -> Step {
     for bind in binds {
@@ -328,6 +368,10 @@ mod tests {
             limits: crate::CgroupLimits::default(),
             tmpfs_bytes: 1 << 20,
             cgroup_name: "t".into(),
+            secrets: vec![crate::SecretFile {
+                name: "API_KEY".into(),
+                value: b"s3cr3t-value".to_vec(),
+            }],
         }
     }
 
@@ -386,6 +430,26 @@ mod tests {
         let home = Path::new("/r/tmp/home");
         assert!(calls.contains(&Call::Chown(home.into(), 65534, 65534)));
         assert!(calls.contains(&Call::Chmod(home.into(), 0o700)));
+        // Secrets: files of the job's alone on a tmpfs of their own, sealed read-only before
+        // the job exists.
+        let secrets = position(calls, mounted_at("/r/run/secrets"), "secrets tmpfs");
+        let file = Path::new("/r/run/secrets/API_KEY");
+        let written = position(
+            calls,
+            |c| *c == Call::WriteNew(file.into(), 12, 0o400),
+            "secret file",
+        );
+        let sealed = position(
+            calls,
+            |c| {
+                matches!(c, Call::SetAttrs(p, a) if p == Path::new("/r/run/secrets")
+                && a & libc::MOUNT_ATTR_RDONLY != 0 && a & libc::MOUNT_ATTR_NOEXEC != 0)
+            },
+            "secrets sealed",
+        );
+        assert!(secrets < written && written < sealed && sealed < pivot);
+        assert!(calls.contains(&Call::Chown(file.into(), 65534, 65534)));
+        assert!(calls.contains(&Call::Chmod("/r/run/secrets".into(), 0o500)));
     }
 
     #[test]

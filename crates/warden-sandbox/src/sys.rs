@@ -63,6 +63,8 @@ pub trait Kernel {
     fn mkdir(&mut self, path: &Path) -> Step;
     /// Creates an empty file (a mount point for a file bind).
     fn touch(&mut self, path: &Path) -> Step;
+    /// Creates a new file (never through a link, never an existing one) holding `data`.
+    fn write_new(&mut self, path: &Path, data: &[u8], mode: u32) -> Step;
     fn symlink(&mut self, target: &Path, at: &Path) -> Step;
     fn chown(&mut self, path: &Path, uid: u32, gid: u32) -> Step;
     fn chmod(&mut self, path: &Path, mode: u32) -> Step;
@@ -142,6 +144,19 @@ impl Kernel for Linux {
             .map_err(|e| fail(format!("create {}", path.display()), e))
     }
 
+    fn write_new(&mut self, path: &Path, data: &[u8], mode: u32) -> Step {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+            .and_then(|mut f| f.write_all(data))
+            .map_err(|e| fail(format!("write {}", path.display()), e))
+    }
+
     fn symlink(&mut self, target: &Path, at: &Path) -> Step {
         std::os::unix::fs::symlink(target, at)
             .map_err(|e| fail(format!("symlink {}", at.display()), e))
@@ -212,6 +227,8 @@ pub(crate) mod recording {
         SetAttrs(PathBuf, u64),
         Mkdir(PathBuf),
         Touch(PathBuf),
+        /// A new file of this many bytes with this mode (never its contents: they may be secret).
+        WriteNew(PathBuf, usize, u32),
         Symlink(PathBuf, PathBuf),
         Chown(PathBuf, u32, u32),
         Chmod(PathBuf, u32),
@@ -254,6 +271,11 @@ pub(crate) mod recording {
         }
         fn touch(&mut self, path: &Path) -> Step {
             self.calls.push(Call::Touch(path.to_path_buf()));
+            Ok(())
+        }
+        fn write_new(&mut self, path: &Path, data: &[u8], mode: u32) -> Step {
+            self.calls
+                .push(Call::WriteNew(path.to_path_buf(), data.len(), mode));
             Ok(())
         }
         fn symlink(&mut self, target: &Path, at: &Path) -> Step {

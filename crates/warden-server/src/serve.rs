@@ -87,6 +87,7 @@ pub fn embedded(
     config: Arc<Config>,
     data: DataDir,
     repos: Arc<Repos>,
+    secrets: Arc<warden_worker::secrets::Secrets>,
 ) -> JobService {
     let unsafe_fallback = executor.tier() == Tier::UnsafeFallback;
     let events = Events::new();
@@ -96,7 +97,10 @@ pub fn embedded(
         config.clone(),
         data.clone(),
         events.clone(),
-        WorkerConfig::from_config(&config),
+        WorkerConfig {
+            secrets,
+            ..WorkerConfig::from_config(&config)
+        },
         repos.clone(),
     );
     JobService::new(
@@ -143,6 +147,11 @@ pub async fn run(
     if config.auth.loopback_trusted {
         tracing::info!("auth.loopback_trusted: callers on loopback need no token");
     }
+    // Secret files that others could read, or that are missing, refuse the start (with the path).
+    let secrets = Arc::new(
+        warden_worker::secrets::Secrets::load(&config)
+            .map_err(|e| ServeError::Config(e.to_string()))?,
+    );
     let (data, lock) = DataDir::open_locked(&config.data_dir, config.artifact_dir.as_deref())?;
     let (store, sqlite, pg) = open_store(&data, &options).await?;
     store.set_fair_share(fair_share(&config));
@@ -160,7 +169,14 @@ pub async fn run(
     let service = Arc::new(match sqlite {
         Some(sqlite) => {
             let executor = local_executor(&config, &data, supervisor_exe).await;
-            embedded(sqlite, executor, config.clone(), data.clone(), repos)
+            embedded(
+                sqlite,
+                executor,
+                config.clone(),
+                data.clone(),
+                repos,
+                secrets,
+            )
         }
         None => JobService::new(
             store.clone(),

@@ -136,6 +136,7 @@ async fn self_test_in(
             cgroups: executor.host().cgroups.clone(),
             limits: warden_sandbox::CgroupLimits::default(),
             tmpfs_bytes: 1 << 20,
+            secrets: Vec::new(),
             cgroup_name: dir
                 .file_name()
                 .unwrap_or_default()

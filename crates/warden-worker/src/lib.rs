@@ -13,6 +13,7 @@ mod layout;
 mod pool;
 mod remote;
 mod run;
+pub mod secrets;
 mod shared;
 pub mod standalone;
 pub mod token;
@@ -61,6 +62,14 @@ pub trait Coordinator: Send + Sync + 'static {
         now: Millis,
     ) -> Result<JobRecord, StoreError>;
     async fn release(&self, lease: &Lease) -> Result<(), StoreError>;
+    /// Records what the worker did that the audit trail keeps (a job given secrets). A remote
+    /// worker's control plane has no such call yet: its worker logs them instead.
+    async fn audit(&self, entries: Vec<warden_store::AuditEntry>) -> Result<(), StoreError> {
+        for e in entries {
+            tracing::info!(action = %e.action, target = ?e.target, tenant = ?e.tenant, "audit");
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -101,5 +110,8 @@ impl<S: Store + ?Sized> Coordinator for S {
     }
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         Store::release(self, lease).await
+    }
+    async fn audit(&self, entries: Vec<warden_store::AuditEntry>) -> Result<(), StoreError> {
+        Store::append_audit(self, entries).await
     }
 }

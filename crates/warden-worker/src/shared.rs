@@ -20,6 +20,8 @@ pub struct WorkerConfig {
     pub idle_poll: Duration,
     /// Claim only these job types (those this worker's labels qualify it for); `None`: any.
     pub job_types: Option<Vec<String>>,
+    /// The secrets this worker can grant (loaded at start: see [`Secrets::load`]).
+    pub secrets: Arc<crate::secrets::Secrets>,
 }
 
 impl WorkerConfig {
@@ -31,6 +33,7 @@ impl WorkerConfig {
             cancel_grace: Duration::from_secs(config.cancel_grace_s.get()),
             idle_poll: Duration::from_millis(500),
             job_types: None,
+            secrets: Arc::default(),
         }
     }
 

@@ -26,6 +26,8 @@ pub enum StandaloneError {
     Remote(#[from] RemoteError),
     #[error("the control plane refused this worker: {0}")]
     Refused(#[from] crate::remote::Refused),
+    #[error("{0}")]
+    Secret(#[from] crate::secrets::SecretError),
 }
 
 impl StandaloneError {
@@ -43,6 +45,8 @@ pub async fn run(
     supervisor_exe: PathBuf,
     stop: impl Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
 ) -> Result<(), StandaloneError> {
+    // Secrets this worker grants are its host's: read (and checked) before anything starts.
+    let secrets = Arc::new(crate::secrets::Secrets::load(&config)?);
     let (data, _lock) = DataDir::open_locked(&config.data_dir, None)?;
     // Nothing from a previous run is reused: its jobs were re-queued by the control plane.
     DataDir::clear(&data.scratch_root());
@@ -79,6 +83,7 @@ pub async fn run(
         // The server holds each claim open; an empty answer means "ask again".
         idle_poll: Duration::from_millis(10),
         job_types: None,
+        secrets,
     };
     let pool = WorkerPool::start(
         Arc::new(remote),

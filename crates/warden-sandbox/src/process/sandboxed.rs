@@ -403,6 +403,7 @@ mod tests {
             },
             tmpfs_bytes: 1 << 20,
             cgroup_name: "t".into(),
+            secrets: Vec::new(),
         };
         let rl = Rlimits {
             cpu_s: Some(1),

@@ -39,6 +39,8 @@ pub(super) async fn execute(
         spec,
         job_type,
         unenforced,
+        mask,
+        ..
     } = prepared;
     let mut info = ExecInfo {
         limits: limit_enforcement(&job_type.limits, spec.isolation.tier()),
@@ -63,6 +65,7 @@ pub(super) async fn execute(
             stream,
             reader,
             output.clone(),
+            mask.clone(),
         ))
     });
     let control = execution.job.control.clone();
@@ -210,18 +213,26 @@ impl OutputBudget {
     }
 }
 
-/// Copies one stream into the log, chunk by chunk, until the job's tree closes it. Returns the
-/// number of bytes stored.
+/// Copies one stream into the log, chunk by chunk, until the job's tree closes it, with the
+/// job's secrets masked. Returns the number of bytes stored.
 async fn pump(
     shared: Shared,
     lease: Lease,
     stream: LogStream,
     mut reader: pipe::Receiver,
     budget: Arc<OutputBudget>,
+    mask: Option<Arc<crate::secrets::MaskSet>>,
 ) -> u64 {
     let mut buf = vec![0u8; 64 * 1024];
-    let mut offset = 0u64;
-    let mut writing = true;
+    let mut log = LogWriter {
+        shared: &shared,
+        lease: &lease,
+        stream,
+        budget: &budget,
+        offset: 0,
+        writing: true,
+    };
+    let mut masker = mask.as_deref().map(crate::secrets::Masker::new);
     loop {
         let n = match reader.read(&mut buf).await {
             Ok(0) => break,
@@ -233,33 +244,65 @@ async fn pump(
         };
         // Past the cap or after a failed write, keep draining so the job never blocks on a full
         // pipe before it is killed.
-        if !writing {
+        if !log.writing {
             continue;
         }
-        let keep = budget.admit(n);
+        match &mut masker {
+            Some(m) => {
+                let masked = m.push(&buf[..n]);
+                log.write(&masked).await;
+            }
+            None => log.write(&buf[..n]).await,
+        }
+    }
+    if let Some(m) = &mut masker
+        && log.writing
+    {
+        let rest = m.finish();
+        log.write(&rest).await;
+    }
+    log.offset
+}
+
+/// One stream's appends to the log, under the job's output cap.
+struct LogWriter<'a> {
+    shared: &'a Shared,
+    lease: &'a Lease,
+    stream: LogStream,
+    budget: &'a OutputBudget,
+    offset: u64,
+    writing: bool,
+}
+
+impl LogWriter<'_> {
+    async fn write(&mut self, data: &[u8]) {
+        if data.is_empty() || !self.writing {
+            return;
+        }
+        let keep = self.budget.admit(data.len());
         if keep == 0 {
-            writing = false;
-            continue;
+            self.writing = false;
+            return;
         }
-        match shared
+        match self
+            .shared
             .coordinator
-            .append_log(&lease, stream, offset, &buf[..keep])
+            .append_log(self.lease, self.stream, self.offset, &data[..keep])
             .await
         {
             Ok(()) => {
-                offset += keep as u64;
-                shared.events.job_changed(lease.job_id);
+                self.offset += keep as u64;
+                self.shared.events.job_changed(self.lease.job_id);
             }
             Err(e) => {
-                tracing::warn!(job = %lease.job_id, error = %e, "log append failed");
-                writing = false;
+                tracing::warn!(job = %self.lease.job_id, error = %e, "log append failed");
+                self.writing = false;
             }
         }
-        if keep < n {
-            writing = false;
+        if keep < data.len() {
+            self.writing = false;
         }
     }
-    offset
 }
 
 #[cfg(test)]

@@ -130,6 +130,7 @@ pub(crate) async fn run_job(shared: &Shared, claimed: Claimed, signals: JobSigna
                         (Outcome::refused(&refusal), None, checkout, inv)
                     }
                     Ok(prepared) => {
+                        audit_secrets(shared, &job, &prepared.secret_names).await;
                         let (executed, info) = execute(shared, &lease, prepared, &signals).await;
                         // The proof: whatever the job did or how it ended, the tree it saw must
                         // still be the commit.
@@ -156,6 +157,28 @@ pub(crate) async fn run_job(shared: &Shared, claimed: Claimed, signals: JobSigna
     // The job's hold on its tree ends here (a tainted tree is deleted with its last user).
     drop(checkout);
     shared.events.job_changed(job.id);
+}
+
+/// Every job given secrets is in the audit trail, by secret name (never the value).
+async fn audit_secrets(shared: &Shared, job: &JobRecord, names: &[String]) {
+    if names.is_empty() {
+        return;
+    }
+    let entries = names
+        .iter()
+        .map(|name| warden_store::AuditEntry {
+            at: now_millis(),
+            action: "secret.use".into(),
+            tenant: Some(job.tenant.clone()),
+            target: Some(name.clone()),
+            outcome: "ok".into(),
+            detail: Some(format!("job {} ({})", job.id, job.job_type)),
+            ..Default::default()
+        })
+        .collect();
+    if let Err(e) = shared.coordinator.audit(entries).await {
+        tracing::error!(job = %job.id, error = %e, "could not audit the secrets given to the job");
+    }
 }
 
 /// Runs the clean-tree proof after a job and records it; a tree that differs or cannot be

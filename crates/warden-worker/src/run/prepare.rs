@@ -18,6 +18,10 @@ use crate::shared::Shared;
 pub(super) struct Prepared {
     pub spec: SpawnSpec,
     pub job_type: JobType,
+    /// Masks the granted secrets in the job's logs.
+    pub mask: Option<std::sync::Arc<crate::secrets::MaskSet>>,
+    /// The secrets it was given (for the audit trail).
+    pub secret_names: Vec<String>,
     /// Limits the job type accepted running without, because this host cannot enforce them:
     /// limit name → why.
     pub unenforced: BTreeMap<String, String>,
@@ -75,9 +79,23 @@ pub(super) fn prepare(
         }),
         None => None,
     };
+    let granted = shared
+        .worker
+        .secrets
+        .for_job(&job_type)
+        .map_err(|e| Refusal::new("secret_unavailable", e))?;
+    if tier == Tier::UnsafeFallback && !granted.files.is_empty() {
+        // Fail closed: no private tmpfs for /run/secrets without the sandbox.
+        return Err(Refusal::new(
+            "secret_unavailable",
+            "secrets are delivered as files only inside the sandbox; this worker runs jobs \
+             unsandboxed (unsafe_fallback)",
+        ));
+    }
     let artifacts = shared.data.artifacts(job.id);
     let scratch = shared.data.scratch(job.id);
     let mut env = base_env(job, repo.as_ref());
+    env.extend(granted.env.iter().cloned());
     let mut unenforced = BTreeMap::new();
     let isolation = match tier {
         Tier::Sandbox => {
@@ -113,7 +131,11 @@ pub(super) fn prepare(
             };
             layout.make_dirs().map_err(directories)?;
             layout.env(&mut env, repo.as_ref());
-            layout.isolation(&job_type, repo.as_ref())
+            let mut isolation = layout.isolation(&job_type, repo.as_ref());
+            if let Isolation::Sandbox(spec) = &mut isolation {
+                spec.secrets = granted.files.clone();
+            }
+            isolation
         }
         Tier::UnsafeFallback => {
             let layout = FallbackLayout { artifacts, scratch };
@@ -133,6 +155,8 @@ pub(super) fn prepare(
         spec,
         job_type,
         unenforced,
+        mask: granted.mask,
+        secret_names: granted.names,
     })
 }
 
@@ -290,6 +314,7 @@ impl SandboxedLayout {
             limits: self.limits,
             tmpfs_bytes: limits.tmpfs_mb() << 20,
             cgroup_name: self.cgroup_name,
+            secrets: Vec::new(),
         }))
     }
 }

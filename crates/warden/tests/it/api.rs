@@ -39,7 +39,8 @@ fn test_app_with(body: &str) -> TestApp {
         warden_sandbox::Host::without_cgroups("unsafe_fallback test app"),
     ));
     let repos = Arc::new(warden_repo::Repos::open(&data.git(), &config.git).unwrap());
-    let service = warden_server::serve::embedded(sqlite, executor, config, data, repos);
+    let service =
+        warden_server::serve::embedded(sqlite, executor, config, data, repos, Arc::default());
     TestApp {
         // As if called from loopback: the trusted caller of `auth.loopback_trusted`.
         router: app(Arc::new(service)).layer(axum::extract::connect_info::MockConnectInfo(

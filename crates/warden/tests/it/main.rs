@@ -7,6 +7,7 @@ mod e2e;
 mod hostile;
 mod hostile_escapes;
 mod hostile_repo;
+mod perimeter;
 mod repo;
 mod rootless;
 mod support;
