@@ -6,6 +6,9 @@ use warden_sandbox::{Launcher, Tier};
 use warden_worker::token::read_worker_token;
 use warden_worker::{SupervisedExecutor, sandbox_self_test};
 
+mod perimeter;
+mod ports;
+
 use crate::cli::{DoctorArgs, OutputFormat};
 use crate::{config_file, exit, output};
 
@@ -43,7 +46,9 @@ pub async fn run(args: DoctorArgs) -> i32 {
     if let Some(c) = &config {
         checks.push(cache_check(c));
         checks.push(token_check(c));
+        checks.extend(perimeter::checks(c, args.serve.config.as_deref()));
     }
+    checks.extend(ports::audit(std::path::Path::new("/proc")));
     if let Some(url) = &args.serve.database_url {
         checks.push(database_check(url).await);
     }
