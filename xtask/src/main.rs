@@ -14,6 +14,7 @@ use warden_api::SubmitJobRequest;
 use warden_client::Client;
 
 mod checkout;
+mod perimeter;
 mod queue;
 mod sandbox;
 mod vm;
@@ -30,6 +31,7 @@ fn main() -> anyhow::Result<()> {
         ["bench", "sandbox", rest @ ..] => sandbox::bench_sandbox(rest),
         ["bench", "checkout", rest @ ..] => checkout::bench_checkout(rest),
         ["bench", "queue", rest @ ..] => queue::bench_queue(rest),
+        ["bench", "perimeter", rest @ ..] => perimeter::bench_perimeter(rest),
         ["vm-test", rest @ ..] => vm::vm_test(rest),
         _ => {
             eprintln!(

@@ -99,6 +99,10 @@ pub struct SubmitJobRequest {
     pub params: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// An inline command: this argv runs under the job type the caller's tenant policy names
+    /// (`inline: {job_type}`), with its sandbox and limits. Only for tenants that allow it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
 }
 
 /// `POST /jobs` answer.
@@ -171,6 +175,9 @@ pub struct JobView {
     /// ...). Empty until the job ends.
     #[serde(default)]
     pub enforcement: std::collections::BTreeMap<String, String>,
+    /// An inline job's own argv (absent for a job type's argv).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline_argv: Option<Vec<String>>,
     pub artifact_dir: String,
 }
 

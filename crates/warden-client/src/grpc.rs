@@ -132,6 +132,7 @@ impl Grpc {
             r#ref: r.git_ref.clone(),
             params: r.params.clone().into_iter().collect(),
             idempotency_key: r.idempotency_key.clone(),
+            command: r.command.clone(),
         };
         let resp = self
             .jobs()

@@ -69,6 +69,8 @@ pub struct JobRecord {
     pub enforcement: BTreeMap<String, String>,
     /// The worktree proof, set at completion of a job that ran on a repository.
     pub invariants: Option<Invariants>,
+    /// An inline job's own argv (run under its job type's sandbox and limits).
+    pub inline_argv: Option<Vec<String>>,
 }
 
 impl JobRecord {

@@ -137,6 +137,7 @@ pub fn job_to_pb(j: &JobRecord) -> pb::Job {
         log_truncated: j.log_truncated,
         resources: j.resources.as_ref().map(resources_to_pb),
         enforcement: j.enforcement.clone().into_iter().collect(),
+        inline_argv: j.inline_argv.clone().unwrap_or_default(),
     }
 }
 
@@ -190,6 +191,7 @@ pub fn job_from_pb(j: pb::Job, lease: Option<&Lease>) -> Result<JobRecord, WireE
         lease_expires_at: None,
         enforcement: j.enforcement.into_iter().collect(),
         invariants: j.invariants.map(invariants_from_pb),
+        inline_argv: (!j.inline_argv.is_empty()).then_some(j.inline_argv),
     })
 }
 
@@ -224,6 +226,7 @@ pub fn job_view_from_pb(j: pb::Job) -> Result<warden_api::JobView, WireError> {
         log_truncated: r.log_truncated,
         resources: r.resources,
         enforcement: r.enforcement,
+        inline_argv: r.inline_argv,
         // Where the server keeps artifacts is not part of the gRPC contract.
         artifact_dir: String::new(),
     })
@@ -324,6 +327,7 @@ mod tests {
                 changed_count: 1,
                 ..Invariants::default()
             }),
+            inline_argv: Some(vec!["/bin/sh".into(), "-c".into(), "a b".into()]),
         };
         let back = assignment_from_pb(pb::Assignment {
             job: Some(job_to_pb(&record)),

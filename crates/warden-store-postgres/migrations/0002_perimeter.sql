@@ -23,18 +23,6 @@ CREATE TABLE audit (
 );
 CREATE INDEX audit_at ON audit (at);
 
--- Fair share: each tenant's pass and the scheduler's virtual time (see warden-store's fair.rs).
--- Every claim locks the scheduler row: claims from all replicas take turns, which is what
--- makes the turns fair.
-CREATE TABLE tenant_pass (
-    tenant      text PRIMARY KEY,
-    pass        bigint NOT NULL
-);
-CREATE TABLE scheduler (
-    id          integer PRIMARY KEY CHECK (id = 1),
-    v           bigint NOT NULL
-);
-INSERT INTO scheduler (id, v) VALUES (1, 0);
-
--- Per-tenant queue heads: the claim skips from tenant to tenant along this index.
+-- Fair share: each replica keeps its schedule in memory (see src/perimeter.rs); the claim
+-- finds tenants with queued jobs along this index.
 CREATE INDEX jobs_queued_tenant ON jobs (tenant, id) WHERE status = 'queued';

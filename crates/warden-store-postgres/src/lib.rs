@@ -2,7 +2,8 @@
 //!
 //! Every state change is one statement (or one short transaction) whose `WHERE` clause carries
 //! the rule it enforces: a claim takes the oldest queued row with `FOR UPDATE SKIP LOCKED`, so
-//! replicas never wait on each other nor take the same job; every write a worker makes names the
+//! replicas never wait on each other nor take the same job (the tenant whose turn it is comes
+//! from the replica's own fair-share schedule, `perimeter.rs`); every write a worker makes names the
 //! job's fencing token, so a write from a lease that is no longer current changes nothing.
 //!
 //! Triggers `NOTIFY` every replica when a job is queued (`warden_queued`) and when a job's
@@ -30,6 +31,7 @@ use self::rows::backend;
 const MIGRATIONS: Migrations = &[
     (1, include_str!("../migrations/0001_jobs.sql")),
     (2, include_str!("../migrations/0002_perimeter.sql")),
+    (3, include_str!("../migrations/0003_inline.sql")),
 ];
 
 /// Any number; the same for every replica.
@@ -39,7 +41,7 @@ const COLUMNS: &str = "id::text, tenant, job_type, repo_name, remote_url, sha, p
     idempotency_key, status, reason, exit_code, signal, attempts, max_attempts, cancel_requested, \
     unsafe_fallback, warnings, created_at, started_at, finished_at, stdout_bytes, stderr_bytes, \
     log_truncated, resources, lease_owner, lease_token, lease_expires_at, enforcement, git_ref, \
-    invariants";
+    invariants, inline_argv";
 
 /// `... WHERE` clause shared by every write under a lease.
 const LEASED: &str = "status = 'running' AND lease_token = $2 AND lease_owner = $3";
@@ -49,6 +51,8 @@ pub struct PgStore {
     pool: PgPool,
     url: String,
     fair: std::sync::Arc<std::sync::RwLock<std::sync::Arc<warden_store::FairShare>>>,
+    /// This replica's fair-share schedule (see `perimeter::Schedule`).
+    schedule: std::sync::Arc<std::sync::Mutex<perimeter::Schedule>>,
 }
 
 /// What a `--database-url` could not give.
@@ -77,6 +81,7 @@ impl PgStore {
             pool,
             url: url.to_string(),
             fair: Default::default(),
+            schedule: Default::default(),
         };
         store.migrate().await?;
         Ok(store)

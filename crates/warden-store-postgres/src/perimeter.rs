@@ -15,8 +15,8 @@ fn parse_id(s: String) -> Result<JobId> {
     s.parse().map_err(|e| corrupt("job id", e))
 }
 
-/// Tenants with queued jobs and the oldest eligible job of each: a skip scan of
-/// `jobs_queued_tenant`, one index seek per tenant.
+/// Tenants with queued jobs, the oldest eligible job and the running count of each: a skip
+/// scan of `jobs_queued_tenant`, one index seek per tenant. Takes no lock.
 const CANDIDATES: &str = "WITH RECURSIVE t AS (
         (SELECT tenant FROM jobs WHERE status = 'queued' ORDER BY tenant LIMIT 1)
         UNION ALL
@@ -27,94 +27,128 @@ const CANDIDATES: &str = "WITH RECURSIVE t AS (
            (SELECT id::text FROM jobs j WHERE j.status = 'queued' AND j.tenant = t.tenant
                 AND ($1::text[] IS NULL OR j.job_type = ANY($1))
             ORDER BY id LIMIT 1) AS oldest,
-           COALESCE((SELECT pass FROM tenant_pass p WHERE p.tenant = t.tenant), 0) AS pass,
            (SELECT COUNT(*) FROM jobs r WHERE r.status = 'running' AND r.tenant = t.tenant)
                AS running
     FROM t WHERE t.tenant IS NOT NULL";
 
-const NEXT_OF: &str = "SELECT id::text FROM jobs WHERE status = 'queued' AND tenant = $1
-        AND ($2::text[] IS NULL OR job_type = ANY($2)) AND id > $3::uuid
-    ORDER BY id LIMIT 1";
+/// This replica's schedule: the passes and virtual time of `warden_store::fair`. Each replica
+/// keeps its own, so that claims never wait on each other: a replica's claims interleave
+/// tenants exactly, several replicas' approximately (each serves a newcomer within its next
+/// claim or two).
+#[derive(Debug, Default)]
+pub(crate) struct Schedule {
+    v: i64,
+    passes: std::collections::HashMap<String, i64>,
+}
 
-/// Up to `max` queued jobs in fair-share order. Takes the scheduler's row lock for the rest of
-/// the caller's transaction: claims of every replica take turns.
-pub(crate) async fn pick_fairly(
-    conn: &mut PgConnection,
+/// How many jobs to take from each tenant for `max` free slots, in fair order (planned on a copy
+/// of the schedule; [`charge`] accounts what was really claimed).
+pub(crate) async fn plan(
+    pool: &sqlx::PgPool,
+    schedule: &std::sync::Mutex<Schedule>,
     fair: &FairShare,
     job_types: Option<&[String]>,
     max: usize,
-) -> Result<Vec<JobId>> {
-    let mut v: i64 = sqlx::query_scalar("SELECT v FROM scheduler WHERE id = 1 FOR UPDATE")
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(backend)?;
+) -> Result<Vec<(String, usize)>> {
     let rows = sqlx::query(CANDIDATES)
         .bind(job_types)
-        .fetch_all(&mut *conn)
+        .fetch_all(pool)
         .await
         .map_err(backend)?;
+    let sched = schedule.lock().unwrap_or_else(|p| p.into_inner());
+    let mut v = sched.v;
     let mut candidates = Vec::with_capacity(rows.len());
     for row in rows {
         let get = |e: sqlx::Error| corrupt("candidate", e);
         let Some(oldest) = row.try_get::<Option<String>, _>(1).map_err(get)? else {
             continue;
         };
+        let tenant: String = row.try_get(0).map_err(get)?;
         candidates.push(Candidate {
-            tenant: row.try_get(0).map_err(get)?,
+            pass: sched.passes.get(&tenant).copied().unwrap_or(0),
+            tenant,
             oldest: parse_id(oldest)?,
-            pass: row.try_get(2).map_err(get)?,
-            running: row.try_get::<i64, _>(3).map_err(get)? as u64,
+            running: row.try_get::<i64, _>(2).map_err(get)? as u64,
         });
     }
-    if candidates.is_empty() {
-        return Ok(Vec::new());
-    }
-    let before: std::collections::HashMap<String, i64> = candidates
-        .iter()
-        .map(|c| (c.tenant.clone(), c.pass))
-        .collect();
-    let mut picked = Vec::new();
-    let mut exhausted = Vec::new();
-    while picked.len() < max {
+    drop(sched);
+    let mut plan: Vec<(String, usize)> = Vec::new();
+    for _ in 0..max {
         let Some(i) = fair.pick(v, &candidates) else {
             break;
         };
         let c = &mut candidates[i];
-        picked.push(c.oldest);
         fair.charge(&mut v, c);
-        let next: Option<String> = sqlx::query_scalar(NEXT_OF)
-            .bind(&c.tenant)
-            .bind(job_types)
-            .bind(c.oldest.to_string())
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(backend)?;
-        match next {
-            Some(n) => c.oldest = parse_id(n)?,
-            None => exhausted.push(candidates.swap_remove(i)),
+        match plan.iter_mut().find(|(t, _)| *t == c.tenant) {
+            Some((_, n)) => *n += 1,
+            None => plan.push((c.tenant.clone(), 1)),
         }
     }
-    let (tenants, passes): (Vec<String>, Vec<i64>) = candidates
-        .iter()
-        .chain(&exhausted)
-        .filter(|c| before.get(&c.tenant) != Some(&c.pass))
-        .map(|c| (c.tenant.clone(), c.pass))
-        .unzip();
-    sqlx::query(
-        "INSERT INTO tenant_pass (tenant, pass) SELECT * FROM UNNEST($1::text[], $2::bigint[])
-         ON CONFLICT (tenant) DO UPDATE SET pass = excluded.pass",
-    )
-    .bind(&tenants)
-    .bind(&passes)
-    .execute(&mut *conn)
-    .await
-    .map_err(backend)?;
-    sqlx::query("UPDATE scheduler SET v = $1 WHERE id = 1")
-        .bind(v)
-        .execute(&mut *conn)
+    Ok(plan)
+}
+
+/// Accounts `n` claims of `tenant`'s jobs in this replica's schedule.
+pub(crate) fn charge(
+    schedule: &std::sync::Mutex<Schedule>,
+    fair: &FairShare,
+    tenant: &str,
+    n: usize,
+) {
+    let mut sched = schedule.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = Candidate {
+        tenant: tenant.to_string(),
+        oldest: JobId::new(),
+        pass: sched.passes.get(tenant).copied().unwrap_or(0),
+        running: 0,
+    };
+    let mut v = sched.v;
+    for _ in 0..n {
+        fair.charge(&mut v, &mut c);
+    }
+    sched.v = v;
+    sched.passes.insert(c.tenant, c.pass);
+}
+
+/// Up to `n` of `tenant`'s oldest queued jobs marked running, skipping rows another claim holds.
+/// A tenant with `max_running` is counted under its advisory lock, so that replicas together
+/// never exceed it.
+pub(crate) async fn claim_of(
+    tx: &mut PgConnection,
+    tenant: &str,
+    max_running: Option<u64>,
+    mut n: usize,
+    job_types: Option<&[String]>,
+    claim: (&str, Millis, Millis),
+) -> Result<Vec<PgRow>> {
+    if let Some(limit) = max_running {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('warden-running:' || $1))")
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let running: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM jobs WHERE status = 'running' AND tenant = $1",
+        )
+        .bind(tenant)
+        .fetch_one(&mut *tx)
         .await
         .map_err(backend)?;
-    Ok(picked)
+        n = n.min(limit.saturating_sub(running as u64) as usize);
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+    }
+    let (worker, now, expires) = claim;
+    sqlx::query(super::rows::sql_claim_tenant())
+        .bind(now)
+        .bind(worker)
+        .bind(expires)
+        .bind(job_types)
+        .bind(n as i64)
+        .bind(tenant)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend)
 }
 
 const TOKEN_COLUMNS: &str = "id, tenant, name, scopes, hash, created_at, expires_at, revoked_at";

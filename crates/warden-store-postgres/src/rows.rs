@@ -74,6 +74,11 @@ pub(crate) fn row_to_job(row: &PgRow) -> Result<JobRecord> {
             .map_err(get)?
             .map(|s| from_json("invariants", s))
             .transpose()?,
+        inline_argv: row
+            .try_get::<Option<&str>, _>(30)
+            .map_err(get)?
+            .map(|s| from_json("inline_argv", s))
+            .transpose()?,
     })
 }
 
@@ -82,15 +87,20 @@ pub(crate) fn sql_select_by_id() -> &'static str {
     SQL.get_or_init(|| format!("SELECT {COLUMNS} FROM jobs WHERE id = $1::uuid"))
 }
 
-/// Marks the jobs the scheduler picked running (those still queued: a cancellation may have
-/// come first).
-pub(crate) fn sql_claim_many() -> &'static str {
+/// Marks up to `$5` of tenant `$6`'s oldest queued jobs (of job types `$4`) running: rows
+/// another claim holds are skipped, so claims never wait on each other.
+pub(crate) fn sql_claim_tenant() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
         format!(
             "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = $1,
                  lease_owner = $2, lease_token = lease_token + 1, lease_expires_at = $3
-             WHERE id = ANY($4::uuid[]) AND status = 'queued'
+             WHERE id IN (
+                 SELECT id FROM jobs
+                 WHERE status = 'queued' AND tenant = $6
+                   AND ($4::text[] IS NULL OR job_type = ANY($4))
+                 ORDER BY id LIMIT $5
+                 FOR UPDATE SKIP LOCKED)
              RETURNING {COLUMNS}"
         )
     })

@@ -43,8 +43,9 @@ impl Store for PgStore {
         }
         let inserted = sqlx::query(&format!(
             "INSERT INTO jobs (id, tenant, job_type, repo_name, remote_url, sha, params,
-                 idempotency_key, status, max_attempts, unsafe_fallback, created_at, git_ref)
-             VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, $10, $11, $12)
+                 idempotency_key, status, max_attempts, unsafe_fallback, created_at, git_ref,
+                 inline_argv)
+             VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, $10, $11, $12, $13)
              ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
              RETURNING {COLUMNS}"
         ))
@@ -60,6 +61,7 @@ impl Store for PgStore {
         .bind(job.unsafe_fallback)
         .bind(job.created_at)
         .bind(&job.git_ref)
+        .bind(job.inline_argv.as_ref().map(to_json).transpose()?)
         .fetch_optional(&mut *tx)
         .await
         .map_err(backend)?;
@@ -133,39 +135,44 @@ impl Store for PgStore {
         lease_ms: i64,
         now: Millis,
     ) -> Result<Vec<Claimed>> {
+        use super::perimeter::{charge, claim_of, plan};
         if max == 0 {
             return Ok(Vec::new());
         }
         let fair = self.fair.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut tx = self.pool.begin().await.map_err(backend)?;
-        let ids = super::perimeter::pick_fairly(&mut tx, &fair, job_types, max).await?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
+        let planned = plan(&self.pool, &self.schedule, &fair, job_types, max).await?;
+        let mut claimed = Vec::new();
+        for (tenant, n) in planned {
+            let share = fair.share(&tenant);
+            let rows = if share.max_running.is_some() {
+                let mut tx = self.pool.begin().await.map_err(backend)?;
+                let claim = (worker, now, now.saturating_add(lease_ms));
+                let rows =
+                    claim_of(&mut tx, &tenant, share.max_running, n, job_types, claim).await?;
+                tx.commit().await.map_err(backend)?;
+                rows
+            } else {
+                let mut conn = self.pool.acquire().await.map_err(backend)?;
+                let claim = (worker, now, now.saturating_add(lease_ms));
+                claim_of(&mut conn, &tenant, None, n, job_types, claim).await?
+            };
+            charge(&self.schedule, &fair, &tenant, rows.len());
+            let mut batch = rows
+                .iter()
+                .map(|row| {
+                    let job = row_to_job(row)?;
+                    let lease = Lease {
+                        job_id: job.id,
+                        worker: worker.to_string(),
+                        token: job.lease_token,
+                    };
+                    Ok(Claimed { job, lease })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            // RETURNING has no order: within a tenant, oldest first.
+            batch.sort_by_key(|c| c.job.id);
+            claimed.extend(batch);
         }
-        let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
-        let rows = sqlx::query(sql_claim_many())
-            .bind(now)
-            .bind(worker)
-            .bind(now.saturating_add(lease_ms))
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
-        let mut claimed = rows
-            .iter()
-            .map(|row| {
-                let job = row_to_job(row)?;
-                let lease = Lease {
-                    job_id: job.id,
-                    worker: worker.to_string(),
-                    token: job.lease_token,
-                };
-                Ok(Claimed { job, lease })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        // In the order the scheduler chose them.
-        claimed.sort_by_key(|c| ids.iter().position(|i| *i == c.job.id.to_string()));
         Ok(claimed)
     }
 

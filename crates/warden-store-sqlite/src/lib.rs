@@ -28,13 +28,14 @@ const MIGRATIONS: Migrations = &[
     (2, include_str!("../migrations/0002_enforcement.sql")),
     (3, include_str!("../migrations/0003_repo.sql")),
     (4, include_str!("../migrations/0004_perimeter.sql")),
+    (5, include_str!("../migrations/0005_inline.sql")),
 ];
 
 const COLUMNS: &str = "id, tenant, job_type, repo_name, remote_url, sha, params, \
     idempotency_key, status, reason, exit_code, signal, attempts, max_attempts, cancel_requested, \
     unsafe_fallback, warnings, created_at, started_at, finished_at, stdout_bytes, stderr_bytes, \
     log_truncated, resources, lease_owner, lease_token, lease_expires_at, enforcement, git_ref, \
-    invariants";
+    invariants, inline_argv";
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -170,6 +171,11 @@ fn row_to_job(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
             .map(|s| serde_json::from_str(&s))
             .transpose()
             .map_err(|e| corrupt("invariants", e))?,
+        inline_argv: row
+            .get::<_, Option<String>>(30)?
+            .map(|s| serde_json::from_str(&s))
+            .transpose()
+            .map_err(|e| corrupt("inline_argv", e))?,
     })
 }
 
@@ -268,8 +274,9 @@ impl Store for SqliteStore {
             }
             tx.execute(
                 "INSERT INTO jobs (id, tenant, job_type, repo_name, remote_url, sha, params,
-                     idempotency_key, status, max_attempts, unsafe_fallback, created_at, git_ref)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10, ?11, ?12)",
+                     idempotency_key, status, max_attempts, unsafe_fallback, created_at, git_ref,
+                     inline_argv)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10, ?11, ?12, ?13)",
                 params![
                     job.id.to_string(),
                     job.tenant,
@@ -283,6 +290,7 @@ impl Store for SqliteStore {
                     job.unsafe_fallback,
                     job.created_at,
                     job.git_ref,
+                    job.inline_argv.as_ref().map(to_json).transpose()?,
                 ],
             )
             .map_err(backend)?;

@@ -51,6 +51,8 @@ pub struct NewJob {
     pub created_at: Millis,
     /// Refuse the job (`QueueFull`) when its tenant already has this many jobs queued.
     pub max_queued: Option<u64>,
+    /// The caller's argv of an inline job.
+    pub inline_argv: Option<Vec<String>>,
 }
 
 impl NewJob {
@@ -70,6 +72,7 @@ impl NewJob {
             unsafe_fallback: false,
             created_at,
             max_queued: None,
+            inline_argv: None,
         }
     }
 
@@ -85,6 +88,7 @@ impl NewJob {
                 None => other.git_ref.is_none() && self.sha == other.sha,
             }
             && self.params == other.params
+            && self.inline_argv == other.inline_argv
     }
 }
 

@@ -267,7 +267,21 @@ pub enum JobCommand {
 
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
-    pub job_type: String,
+    /// The job type (with --cmd: optional, the tenant's inline job type).
+    #[arg(required_unless_present = "cmd")]
+    pub job_type: Option<String>,
+    /// An inline command (tenants whose policy allows it): this program runs under the job
+    /// type the policy names, with its sandbox and limits.
+    #[arg(long, value_name = "PROGRAM")]
+    pub cmd: Option<String>,
+    /// An argument of --cmd (repeatable, in order).
+    #[arg(
+        long = "arg",
+        value_name = "ARG",
+        requires = "cmd",
+        allow_hyphen_values = true
+    )]
+    pub args: Vec<String>,
     /// A declared parameter, KEY=VALUE (repeatable). Reaches the job as an environment variable.
     #[arg(short = 'p', long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
     pub params: Vec<(String, String)>,

@@ -44,6 +44,10 @@ pub fn job(j: &JobView) -> String {
             .unwrap_or_default();
         out.push_str(&format!("repo: {repo:?} at {sha}{via}\n"));
     }
+    if let Some(argv) = &j.inline_argv {
+        let shown: Vec<String> = argv.iter().map(|a| format!("{:?}", sanitize(a))).collect();
+        out.push_str(&format!("inline: [{}]\n", shown.join(", ")));
+    }
     if !j.warnings.is_empty() {
         let w: Vec<String> = j.warnings.iter().map(|w| sanitize(w)).collect();
         out.push_str(&format!("warnings: {}\n", w.join(", ")));
@@ -232,6 +236,7 @@ mod tests {
             log_truncated: false,
             resources: None,
             enforcement: BTreeMap::new(),
+            inline_argv: None,
             artifact_dir: "/data/artifacts/x".into(),
         }
     }

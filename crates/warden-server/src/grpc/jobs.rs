@@ -43,6 +43,7 @@ impl pb::job_service_server::JobService for Jobs {
             git_ref: r.r#ref,
             params: r.params.into_iter().collect(),
             idempotency_key: r.idempotency_key,
+            command: r.command,
         };
         let (job, created) = self.svc.submit(&caller, submit).await.map_err(status)?;
         Ok(Response::new(pb::SubmitJobResponse {

@@ -299,6 +299,7 @@ impl JobService {
             log_truncated: job.log_truncated,
             resources: job.resources.clone(),
             enforcement: job.enforcement.clone(),
+            inline_argv: job.inline_argv.clone(),
             artifact_dir: self.artifact_dir(job.id),
         }
     }

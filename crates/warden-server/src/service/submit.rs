@@ -37,7 +37,7 @@ impl JobService {
     async fn submit_as(
         &self,
         caller: &Caller,
-        req: SubmitJobRequest,
+        mut req: SubmitJobRequest,
     ) -> Result<(JobRecord, bool), ServiceError> {
         caller.require(Scope::Submit)?;
         if !self.accepting.load(std::sync::atomic::Ordering::SeqCst) {
@@ -46,7 +46,6 @@ impl JobService {
                 "warden is shutting down; retry later",
             ));
         }
-        let job_type = self.submitted_type(&req.job_type)?;
         let Some(tenant) = self.config.tenant(&caller.tenant) else {
             return Err(invalid(
                 ErrorCode::Forbidden,
@@ -56,6 +55,8 @@ impl JobService {
                 ),
             ));
         };
+        let inline_argv = inline_command(&caller.tenant, &tenant, &mut req)?;
+        let job_type = self.submitted_type(&req.job_type)?;
         if !tenant.may_use_job_type(&req.job_type) {
             return Err(invalid(
                 ErrorCode::Forbidden,
@@ -128,6 +129,7 @@ impl JobService {
             ));
         }
         let new = NewJob {
+            inline_argv,
             max_queued: tenant.max_queued.map(|m| m.get()),
             id: JobId::new(),
             tenant: caller.tenant.clone(),
@@ -222,6 +224,58 @@ impl JobService {
                 }),
         }
     }
+}
+
+/// Most arguments and bytes an inline command may have.
+const INLINE_MAX_ARGS: usize = 256;
+const INLINE_MAX_BYTES: usize = 64 * 1024;
+
+/// An inline command's argv, checked against the tenant's policy; the request's job type becomes
+/// the policy's. `None` for an ordinary submission.
+fn inline_command(
+    tenant_name: &str,
+    tenant: &warden_core::config::TenantConfig,
+    req: &mut SubmitJobRequest,
+) -> Result<Option<Vec<String>>, ServiceError> {
+    if req.command.is_empty() {
+        return Ok(None);
+    }
+    let Some(policy) = &tenant.inline else {
+        return Err(invalid(
+            ErrorCode::Forbidden,
+            format!(
+                "tenant {tenant_name:?} may not submit inline commands (its policy has no \
+                 `inline: {{job_type: ...}}`); submit a job type instead"
+            ),
+        ));
+    };
+    if !req.job_type.is_empty() && req.job_type != policy.job_type {
+        return Err(invalid(
+            ErrorCode::InvalidRequest,
+            format!(
+                "inline commands of tenant {tenant_name:?} run as job type {:?}; leave job_type \
+                 empty or give that one",
+                policy.job_type
+            ),
+        ));
+    }
+    let argv = std::mem::take(&mut req.command);
+    let bytes: usize = argv.iter().map(String::len).sum();
+    if argv[0].is_empty()
+        || argv.len() > INLINE_MAX_ARGS
+        || bytes > INLINE_MAX_BYTES
+        || argv.iter().any(|a| a.contains('\0'))
+    {
+        return Err(invalid(
+            ErrorCode::InvalidRequest,
+            format!(
+                "command must name a program, with at most {INLINE_MAX_ARGS} arguments and \
+                 {INLINE_MAX_BYTES} bytes in all, without NUL bytes"
+            ),
+        ));
+    }
+    req.job_type = policy.job_type.clone();
+    Ok(Some(argv))
 }
 
 #[cfg(test)]

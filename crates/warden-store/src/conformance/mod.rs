@@ -39,7 +39,8 @@ macro_rules! conformance_tests {
             fair_share_follows_weights_and_max_running,
             max_queued_refuses_without_writing,
             tokens_round_trip_and_revoke_once,
-            audit_is_appended_listed_and_purged
+            audit_is_appended_listed_and_purged,
+            inline_argv_round_trips
         );
     };
     (@each $make:expr; $($name:ident),*) => {

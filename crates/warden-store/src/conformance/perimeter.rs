@@ -226,3 +226,27 @@ pub async fn audit_is_appended_listed_and_purged(store: &dyn Store) {
         .unwrap();
     assert_eq!(left.len(), 2);
 }
+
+pub async fn inline_argv_round_trips(store: &dyn Store) {
+    let argv = vec![
+        "/bin/sh".to_string(),
+        "-c".into(),
+        "echo 'it''s' \u{e9}".into(),
+    ];
+    let job = submit(
+        store,
+        NewJob {
+            inline_argv: Some(argv.clone()),
+            ..job_of("scripted", 1)
+        },
+    )
+    .await;
+    assert_eq!(
+        store.get(job.id).await.unwrap().inline_argv,
+        Some(argv.clone())
+    );
+    let claimed = store.claim("w", None, LEASE_MS, 10).await.unwrap().unwrap();
+    assert_eq!(claimed.job.inline_argv, Some(argv));
+    let plain = submit(store, job_of("scripted", 2)).await;
+    assert_eq!(plain.inline_argv, None);
+}

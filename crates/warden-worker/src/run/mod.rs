@@ -365,6 +365,7 @@ pub(crate) mod tests {
             lease_expires_at: None,
             enforcement: Default::default(),
             invariants: None,
+            inline_argv: None,
         }
     }
 }

@@ -145,7 +145,11 @@ pub(super) fn prepare(
         }
     };
     let spec = SpawnSpec {
-        argv: job_type.argv.clone(),
+        // An inline job's own argv, under everything else of its type.
+        argv: job
+            .inline_argv
+            .clone()
+            .unwrap_or_else(|| job_type.argv.clone()),
         env,
         timeout_ms: job_type.timeout_s.get().saturating_mul(1000),
         rlimits: rlimits(&job_type),

@@ -141,14 +141,19 @@ async fn wait_for(client: &Client, id: &str) -> Result<JobView, ClientError> {
 
 async fn submit(client: &Client, args: SubmitArgs, fmt: OutputFormat) -> Result<i32, ClientError> {
     let params: BTreeMap<String, String> = args.params.into_iter().collect();
+    let command = match args.cmd {
+        Some(program) => std::iter::once(program).chain(args.args).collect(),
+        None => Vec::new(),
+    };
     let req = SubmitJobRequest {
-        job_type: args.job_type,
+        job_type: args.job_type.unwrap_or_default(),
         repo_name: args.repo,
         remote_url: args.remote_url,
         sha: args.sha,
         git_ref: args.git_ref,
         params,
         idempotency_key: args.idempotency_key,
+        command,
     };
     let resp = client.submit(&req).await?;
     if args.follow {

@@ -250,6 +250,7 @@ fn job(job_type: &str) -> SubmitJobRequest {
         git_ref: None,
         params: BTreeMap::new(),
         idempotency_key: None,
+        command: Vec::new(),
     }
 }
 

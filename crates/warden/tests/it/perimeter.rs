@@ -37,7 +37,12 @@ tenants:
   team-b: {{weight: 1}}
   capped: {{max_queued: 2, job_types: [sleeper]}}
   narrow: {{job_types: [noop]}}
+  scripted: {{inline: {{job_type: shell}}}}
 job_types:
+  shell:
+    argv: ["/bin/false"]
+    timeout_s: 30
+    limits: {{pids: 64}}
   noop:
     argv: ["/bin/true"]
     timeout_s: 30
@@ -614,4 +619,101 @@ async fn a_started_between(a: &Client, from: &str, to: &str) -> usize {
             None => return n,
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_commands_run_under_the_policys_job_type_only_where_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, config) = perimeter_server(dir.path(), "");
+    let admin = client(&server, &bootstrap_admin(dir.path(), &config));
+    let scripted_token = token(&admin, "scripted", &["submit", "read"]).await;
+    let scripted = client(&server, &scripted_token);
+    let inline = |argv: &[&str], job_type: &str| SubmitJobRequest {
+        job_type: job_type.into(),
+        command: argv.iter().map(|a| a.to_string()).collect(),
+        ..Default::default()
+    };
+    let id = scripted
+        .submit(&inline(
+            &[
+                "/bin/sh",
+                "-c",
+                "echo inline $(id -u) $WARDEN_JOB_ID; exit 3",
+            ],
+            "",
+        ))
+        .await
+        .unwrap()
+        .job_id;
+    let done = wait_terminal(&scripted, &id).await;
+    assert_eq!(
+        (done.status, done.exit_code),
+        (JobStatus::Failed, Some(3)),
+        "{done:?}"
+    );
+    assert_eq!(done.job_type, "shell");
+    assert_eq!(done.inline_argv.as_ref().unwrap()[0], "/bin/sh");
+    assert!(done.enforcement.contains_key("pids"), "{done:?}");
+    let out = String::from_utf8(scripted.logs_raw(&id, "stdout", 0).await.unwrap()).unwrap();
+    assert_eq!(out.trim(), format!("inline 1000 {id}"));
+    // The CLI: --cmd and --arg, with the record's inline line.
+    let out = Command::new(WARDEN)
+        .args([
+            "job",
+            "submit",
+            "--wait",
+            "--server",
+            &server.url,
+            "--cmd",
+            "/bin/echo",
+        ])
+        .args(["--arg", "-n", "--arg", "from the cli"])
+        .env("WARDEN_CONFIG", dir.path().join("client-config"))
+        .env("WARDEN_TOKEN_FILE", {
+            let f = dir.path().join("scripted.token");
+            std::fs::write(&f, &scripted_token).unwrap();
+            f
+        })
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(r#"inline: ["/bin/echo", "-n", "from the cli"]"#),
+        "{stdout}"
+    );
+
+    // Not for tenants without the policy; bad commands are the caller's mistake.
+    let a = client(&server, &token(&admin, "team-a", &["submit", "read"]).await);
+    let refused = a.submit(&inline(&["/bin/true"], "")).await.unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("may not submit inline commands"),
+        "{refused}"
+    );
+    assert_eq!(code(refused), (403, ErrorCode::Forbidden));
+    let too_many: Vec<String> = (0..300).map(|i| i.to_string()).collect();
+    let too_many: Vec<&str> = std::iter::once("/bin/true")
+        .chain(too_many.iter().map(String::as_str))
+        .collect();
+    for (req, fragment) in [
+        (inline(&[""], ""), "must name a program"),
+        (inline(&["/bin/true", "a\0b"], ""), "without NUL"),
+        (inline(&too_many, ""), "at most 256 arguments"),
+        (inline(&["/bin/true"], "noop"), "run as job type \"shell\""),
+    ] {
+        let e = scripted.submit(&req).await.unwrap_err();
+        assert!(e.to_string().contains(fragment), "{e}");
+        assert_eq!(code(e).0, 422);
+    }
+    assert_eq!(
+        scripted.list(&Default::default()).await.unwrap().jobs.len(),
+        2
+    );
 }

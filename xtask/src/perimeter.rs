@@ -1,0 +1,200 @@
+//! `cargo xtask bench perimeter`: what the perimeter costs, against itself without it, in the
+//! same invocation.
+//!
+//! 1. Submit→terminal of a no-op job (sequential, p50/p99) on two servers started side by side:
+//!    one trusting loopback callers (no token), one checking a bearer token on every request
+//!    (store lookup, constant-time hash comparison, rate limiter). Jobs alternate between them
+//!    so that the machine's noise falls on both alike.
+//! 2. Claim+complete throughput on PostgreSQL with the queue spread over 100 tenants against
+//!    one tenant (fair-share scheduling against plain FIFO order of one tenant).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use warden_api::SubmitJobRequest;
+use warden_client::Client;
+use warden_store::{Completion, NewJob, Store, now_millis};
+use warden_store_postgres::PgStore;
+use warden_store_postgres::testing::TestDb;
+
+use crate::{build_release, flag, ms, start_server, stats};
+
+fn config(dir: &std::path::Path, name: &str, trusted: bool) -> anyhow::Result<std::path::PathBuf> {
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            "listen: 127.0.0.1:0\ngrpc_listen: 127.0.0.1:0\n\
+             auth: {{loopback_trusted: {trusted}, rate_limit: {{per_second: 1000000, burst: 1000000}}}}\n\
+             data_dir: {}\nslots: 2\nunsafe_fallback: true\n\
+             job_types:\n  noop:\n    argv: [\"/bin/true\"]\n    timeout_s: 60\n",
+            dir.join(name).display()
+        ),
+    )?;
+    Ok(path)
+}
+
+pub fn bench_perimeter(rest: &[&str]) -> anyhow::Result<()> {
+    let sequential = flag(rest, "--sequential", 300)?;
+    let jobs = flag(rest, "--jobs", 20_000)?;
+    let claimers = flag(rest, "--claimers", 16)?;
+    let warden = build_release()?;
+    let dir = std::env::temp_dir().join(format!("warden-bench-perimeter-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let (mut open, open_url) = start_server(&warden, &config(&dir, "open", true)?)?;
+    let authed_config = config(&dir, "authed", false)?;
+    let (mut authed, authed_url) = start_server(&warden, &authed_config)?;
+    let token_file = dir.join("token");
+    let made = std::process::Command::new(&warden)
+        .args([
+            "token",
+            "create",
+            "--tenant",
+            "default",
+            "--scopes",
+            "submit,read",
+        ])
+        .arg("--serve-config")
+        .arg(&authed_config)
+        .arg("--out")
+        .arg(&token_file)
+        .output()?;
+    if !made.status.success() {
+        bail!("token create: {}", String::from_utf8_lossy(&made.stderr));
+    }
+    let token = std::fs::read_to_string(&token_file)?.trim().to_string();
+    let rt = tokio::runtime::Runtime::new()?;
+    let latency = rt.block_on(async {
+        let open = Client::new(&open_url, Duration::from_secs(30), None)?;
+        let authed = Client::new(&authed_url, Duration::from_secs(30), Some(token))?;
+        let req = SubmitJobRequest {
+            job_type: "noop".into(),
+            ..SubmitJobRequest::default()
+        };
+        for _ in 0..20 {
+            one(&open, &req).await?;
+            one(&authed, &req).await?;
+        }
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..sequential {
+            a.push(one(&open, &req).await?);
+            b.push(one(&authed, &req).await?);
+        }
+        anyhow::Ok((a, b))
+    });
+    for server in [&mut open, &mut authed] {
+        let _ = std::process::Command::new("kill")
+            .arg(server.id().to_string())
+            .status();
+        let _ = server.wait();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let (off, on) = latency?;
+    let (off, on) = (stats(off), stats(on));
+
+    let (one_tenant, hundred) = rt.block_on(async {
+        let db = TestDb::create().await;
+        let pg = PgStore::connect(&db.url, claimers as u32 + 2).await?;
+        // Alternating, twice each: the better of each pair.
+        let mut one = 0f64;
+        let mut many = 0f64;
+        for _ in 0..2 {
+            one = one.max(drain(Arc::new(pg.clone()), jobs, 1, claimers).await?);
+            many = many.max(drain(Arc::new(pg.clone()), jobs, 100, claimers).await?);
+        }
+        anyhow::Ok((one, many))
+    })?;
+
+    println!();
+    println!("| measurement | auth off | auth on | on/off | goal |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| submit→terminal p50 ({sequential} sequential no-op jobs each, alternating) | {} ms | {} ms | {:.3}× | ≤ 1.05× |",
+        ms(off.p50),
+        ms(on.p50),
+        on.p50.as_secs_f64() / off.p50.as_secs_f64()
+    );
+    println!(
+        "| submit→terminal p99 | {} ms | {} ms | {:.3}× | |",
+        ms(off.p99),
+        ms(on.p99),
+        on.p99.as_secs_f64() / off.p99.as_secs_f64()
+    );
+    println!();
+    println!("| measurement | 1 tenant | 100 tenants | ratio | goal |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| claim+complete, PostgreSQL, {jobs} jobs, {claimers} claimers | {one_tenant:.0} jobs/s | {hundred:.0} jobs/s | {:.2}× | ≥ 0.9× |",
+        hundred / one_tenant
+    );
+    Ok(())
+}
+
+async fn one(client: &Client, req: &SubmitJobRequest) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let sub = client.submit(req).await?;
+    let end = client
+        .follow(&sub.job_id, "stdout", Some(0), None, |_| {})
+        .await?;
+    if end.status != warden_api::JobStatus::Succeeded {
+        bail!("job {} ended {}", sub.job_id, end.status);
+    }
+    Ok(t.elapsed())
+}
+
+/// Queues `n` jobs spread round-robin over `tenants`, then drains them with `claimers`
+/// claim+complete loops. Jobs per second of the drain.
+async fn drain(
+    store: Arc<dyn Store>,
+    n: usize,
+    tenants: usize,
+    claimers: usize,
+) -> anyhow::Result<f64> {
+    let submitters: Vec<_> = (0..16)
+        .map(|s| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in (s..n).step_by(16) {
+                    let job = NewJob {
+                        tenant: format!("t{}", i % tenants),
+                        ..NewJob::plain("noop", i as i64)
+                    };
+                    store.submit(job).await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for s in submitters {
+        s.await??;
+    }
+    let started = Instant::now();
+    let loops: Vec<_> = (0..claimers)
+        .map(|c| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let worker = format!("bench-{c}");
+                let mut done = 0usize;
+                while let Some(c) = store.claim(&worker, None, 30_000, now_millis()).await? {
+                    let ok = Completion {
+                        status: Some(warden_core::JobStatus::Succeeded),
+                        exit_code: Some(0),
+                        ..Completion::default()
+                    };
+                    store.complete(&c.lease, ok, now_millis()).await?;
+                    done += 1;
+                }
+                anyhow::Ok(done)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for l in loops {
+        total += l.await??;
+    }
+    if total != n {
+        bail!("drained {total} of {n} jobs");
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
