@@ -39,6 +39,42 @@ pub fn bench_perimeter(rest: &[&str]) -> anyhow::Result<()> {
     let sequential = flag(rest, "--sequential", 300)?;
     let jobs = flag(rest, "--jobs", 20_000)?;
     let claimers = flag(rest, "--claimers", 16)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    if !rest.contains(&"--claims-only") {
+        auth_on_off(sequential, &rt)?;
+    }
+    let (one_tenant, hundred, fifo) = rt.block_on(async {
+        let db = TestDb::create().await;
+        let pg = PgStore::connect(&db.url, claimers as u32 + 2).await?;
+        // Alternating, twice each: the better of each.
+        let (mut one, mut many, mut fifo) = (0f64, 0f64, 0f64);
+        for _ in 0..2 {
+            fifo = fifo.max(drain_fifo(&pg, jobs, claimers).await?);
+            one = one.max(drain(Arc::new(pg.clone()), jobs, 1, claimers).await?);
+            many = many.max(drain(Arc::new(pg.clone()), jobs, 100, claimers).await?);
+        }
+        anyhow::Ok((one, many, fifo))
+    })?;
+    println!();
+    println!("| claim+complete, PostgreSQL, {jobs} jobs, {claimers} claimers | jobs/s | ratio |");
+    println!("|---|---|---|");
+    println!(
+        "| FIFO claim without tenants (the statement before fair share; baseline) | {fifo:.0} | 1.00× |"
+    );
+    println!(
+        "| fair claim, 1 tenant | {one_tenant:.0} | {:.2}× |",
+        one_tenant / fifo
+    );
+    println!(
+        "| fair claim, 100 tenants | {hundred:.0} | {:.2}× (of 1 tenant: {:.2}×, goal ≥ 0.9×) |",
+        hundred / fifo,
+        hundred / one_tenant
+    );
+    Ok(())
+}
+
+/// Submit→terminal latency with and without a token, on two servers side by side.
+fn auth_on_off(sequential: usize, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let warden = build_release()?;
     let dir = std::env::temp_dir().join(format!("warden-bench-perimeter-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -64,7 +100,6 @@ pub fn bench_perimeter(rest: &[&str]) -> anyhow::Result<()> {
         bail!("token create: {}", String::from_utf8_lossy(&made.stderr));
     }
     let token = std::fs::read_to_string(&token_file)?.trim().to_string();
-    let rt = tokio::runtime::Runtime::new()?;
     let latency = rt.block_on(async {
         let open = Client::new(&open_url, Duration::from_secs(30), None)?;
         let authed = Client::new(&authed_url, Duration::from_secs(30), Some(token))?;
@@ -92,20 +127,6 @@ pub fn bench_perimeter(rest: &[&str]) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     let (off, on) = latency?;
     let (off, on) = (stats(off), stats(on));
-
-    let (one_tenant, hundred) = rt.block_on(async {
-        let db = TestDb::create().await;
-        let pg = PgStore::connect(&db.url, claimers as u32 + 2).await?;
-        // Alternating, twice each: the better of each pair.
-        let mut one = 0f64;
-        let mut many = 0f64;
-        for _ in 0..2 {
-            one = one.max(drain(Arc::new(pg.clone()), jobs, 1, claimers).await?);
-            many = many.max(drain(Arc::new(pg.clone()), jobs, 100, claimers).await?);
-        }
-        anyhow::Ok((one, many))
-    })?;
-
     println!();
     println!("| measurement | auth off | auth on | on/off | goal |");
     println!("|---|---|---|---|---|");
@@ -120,13 +141,6 @@ pub fn bench_perimeter(rest: &[&str]) -> anyhow::Result<()> {
         ms(off.p99),
         ms(on.p99),
         on.p99.as_secs_f64() / off.p99.as_secs_f64()
-    );
-    println!();
-    println!("| measurement | 1 tenant | 100 tenants | ratio | goal |");
-    println!("|---|---|---|---|---|");
-    println!(
-        "| claim+complete, PostgreSQL, {jobs} jobs, {claimers} claimers | {one_tenant:.0} jobs/s | {hundred:.0} jobs/s | {:.2}× | ≥ 0.9× |",
-        hundred / one_tenant
     );
     Ok(())
 }
@@ -183,6 +197,63 @@ async fn drain(
                         ..Completion::default()
                     };
                     store.complete(&c.lease, ok, now_millis()).await?;
+                    done += 1;
+                }
+                anyhow::Ok(done)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for l in loops {
+        total += l.await??;
+    }
+    if total != n {
+        bail!("drained {total} of {n} jobs");
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The baseline: the same drain with the claim statement warden used before tenants were
+/// scheduled (oldest queued job, `FOR UPDATE SKIP LOCKED`), completing through the store.
+async fn drain_fifo(pg: &PgStore, n: usize, claimers: usize) -> anyhow::Result<f64> {
+    use sqlx::Row;
+    for i in 0..n {
+        pg.submit(NewJob::plain("noop", i as i64)).await?;
+    }
+    let started = Instant::now();
+    let loops: Vec<_> = (0..claimers)
+        .map(|c| {
+            let pg = pg.clone();
+            tokio::spawn(async move {
+                let worker = format!("fifo-{c}");
+                let mut done = 0usize;
+                loop {
+                    let now = now_millis();
+                    let row = sqlx::query(
+                        "UPDATE jobs SET status = 'running', attempts = attempts + 1,
+                             started_at = $1, lease_owner = $2, lease_token = lease_token + 1,
+                             lease_expires_at = $3
+                         WHERE id = (SELECT id FROM jobs WHERE status = 'queued'
+                                     ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
+                         RETURNING id::text, lease_token",
+                    )
+                    .bind(now)
+                    .bind(&worker)
+                    .bind(now + 30_000)
+                    .fetch_optional(pg.pool())
+                    .await?;
+                    let Some(row) = row else { break };
+                    let lease = warden_store::Lease {
+                        job_id: row.try_get::<String, _>(0)?.parse()?,
+                        worker: worker.clone(),
+                        token: row.try_get(1)?,
+                    };
+                    let ok = Completion {
+                        status: Some(warden_core::JobStatus::Succeeded),
+                        exit_code: Some(0),
+                        ..Completion::default()
+                    };
+                    pg.complete(&lease, ok, now_millis()).await?;
                     done += 1;
                 }
                 anyhow::Ok(done)

@@ -332,6 +332,7 @@ mod tests {
         let back = assignment_from_pb(pb::Assignment {
             job: Some(job_to_pb(&record)),
             lease: Some(lease_to_pb(&lease)),
+            ..Default::default()
         })
         .unwrap();
         assert_eq!(back.job, record);

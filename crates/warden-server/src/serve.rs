@@ -175,7 +175,7 @@ pub async fn run(
                 config.clone(),
                 data.clone(),
                 repos,
-                secrets,
+                secrets.clone(),
             )
         }
         None => JobService::new(
@@ -196,7 +196,15 @@ pub async fn run(
         pg.listen(move || svc.job_queued(), move |id| events.job_changed(id))
     });
     let reaper = start_reaper(store.clone(), service.clone());
-    let result = listen(&config, &data, service, store, token, http_tls, stop).await;
+    let result = listen(
+        &config,
+        &data,
+        (service, store, secrets),
+        token,
+        http_tls,
+        stop,
+    )
+    .await;
     reaper.abort();
     if let Some(t) = listener_task {
         t.abort();
@@ -287,8 +295,11 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServeError> {
 async fn listen(
     config: &Arc<Config>,
     data: &DataDir,
-    service: Arc<JobService>,
-    store: Arc<dyn Store>,
+    (service, store, secrets): (
+        Arc<JobService>,
+        Arc<dyn Store>,
+        Arc<warden_worker::secrets::Secrets>,
+    ),
     token: Option<String>,
     http_tls: Option<rustls::ServerConfig>,
     stop: impl Future<Output = ()> + Send + 'static,
@@ -307,6 +318,7 @@ async fn listen(
         queued: service.queued_events(),
         lease_ms: (config.lease_s.get() as i64).saturating_mul(1000),
         shutdown: service.shutdown.clone(),
+        secrets,
     });
     let mut grpc = grpc_server(config)?;
     let grpc_shutdown = service.shutdown.clone();

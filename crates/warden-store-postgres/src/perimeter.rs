@@ -15,8 +15,8 @@ fn parse_id(s: String) -> Result<JobId> {
     s.parse().map_err(|e| corrupt("job id", e))
 }
 
-/// Tenants with queued jobs, the oldest eligible job and the running count of each: a skip
-/// scan of `jobs_queued_tenant`, one index seek per tenant. Takes no lock.
+/// Tenants with queued jobs and the oldest eligible job of each: a skip scan of
+/// `jobs_queued_tenant`, one index seek per tenant. Takes no lock.
 const CANDIDATES: &str = "WITH RECURSIVE t AS (
         (SELECT tenant FROM jobs WHERE status = 'queued' ORDER BY tenant LIMIT 1)
         UNION ALL
@@ -26,10 +26,13 @@ const CANDIDATES: &str = "WITH RECURSIVE t AS (
     SELECT t.tenant,
            (SELECT id::text FROM jobs j WHERE j.status = 'queued' AND j.tenant = t.tenant
                 AND ($1::text[] IS NULL OR j.job_type = ANY($1))
-            ORDER BY id LIMIT 1) AS oldest,
-           (SELECT COUNT(*) FROM jobs r WHERE r.status = 'running' AND r.tenant = t.tenant)
-               AS running
+            ORDER BY id LIMIT 1) AS oldest
     FROM t WHERE t.tenant IS NOT NULL";
+
+/// Running jobs of the tenants that have a `max_running` (along the partial index of running
+/// rows: there are never more of them than slots).
+const RUNNING: &str = "SELECT tenant, COUNT(*) FROM jobs
+    WHERE status = 'running' AND tenant = ANY($1) GROUP BY tenant";
 
 /// This replica's schedule: the passes and virtual time of `warden_store::fair`. Each replica
 /// keeps its own, so that claims never wait on each other: a replica's claims interleave
@@ -49,12 +52,34 @@ pub(crate) async fn plan(
     fair: &FairShare,
     job_types: Option<&[String]>,
     max: usize,
+    excluded: &[String],
 ) -> Result<Vec<(String, usize)>> {
     let rows = sqlx::query(CANDIDATES)
         .bind(job_types)
         .fetch_all(pool)
         .await
         .map_err(backend)?;
+    let capped: Vec<String> = fair
+        .shares
+        .iter()
+        .filter(|(_, s)| s.max_running.is_some())
+        .map(|(t, _)| t.clone())
+        .collect();
+    let mut running = std::collections::HashMap::new();
+    if !capped.is_empty() {
+        for row in sqlx::query(RUNNING)
+            .bind(&capped)
+            .fetch_all(pool)
+            .await
+            .map_err(backend)?
+        {
+            let get = |e: sqlx::Error| corrupt("running", e);
+            running.insert(
+                row.try_get::<String, _>(0).map_err(get)?,
+                row.try_get::<i64, _>(1).map_err(get)? as u64,
+            );
+        }
+    }
     let sched = schedule.lock().unwrap_or_else(|p| p.into_inner());
     let mut v = sched.v;
     let mut candidates = Vec::with_capacity(rows.len());
@@ -64,11 +89,14 @@ pub(crate) async fn plan(
             continue;
         };
         let tenant: String = row.try_get(0).map_err(get)?;
+        if excluded.contains(&tenant) {
+            continue;
+        }
         candidates.push(Candidate {
             pass: sched.passes.get(&tenant).copied().unwrap_or(0),
+            running: running.get(&tenant).copied().unwrap_or(0),
             tenant,
             oldest: parse_id(oldest)?,
-            running: row.try_get::<i64, _>(2).map_err(get)? as u64,
         });
     }
     drop(sched);
@@ -85,6 +113,14 @@ pub(crate) async fn plan(
         }
     }
     Ok(plan)
+}
+
+/// This replica's schedule as the one-statement claim takes it: known tenants, their passes,
+/// and the virtual time.
+pub(crate) fn snapshot(schedule: &std::sync::Mutex<Schedule>) -> (Vec<String>, Vec<i64>, i64) {
+    let sched = schedule.lock().unwrap_or_else(|p| p.into_inner());
+    let (tenants, passes) = sched.passes.iter().map(|(t, p)| (t.clone(), *p)).unzip();
+    (tenants, passes, sched.v)
 }
 
 /// Accounts `n` claims of `tenant`'s jobs in this replica's schedule.

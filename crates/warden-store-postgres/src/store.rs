@@ -135,43 +135,51 @@ impl Store for PgStore {
         lease_ms: i64,
         now: Millis,
     ) -> Result<Vec<Claimed>> {
-        use super::perimeter::{charge, claim_of, plan};
+        use super::perimeter::plan;
         if max == 0 {
             return Ok(Vec::new());
         }
         let fair = self.fair.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let planned = plan(&self.pool, &self.schedule, &fair, job_types, max).await?;
         let mut claimed = Vec::new();
-        for (tenant, n) in planned {
-            let share = fair.share(&tenant);
-            let rows = if share.max_running.is_some() {
-                let mut tx = self.pool.begin().await.map_err(backend)?;
-                let claim = (worker, now, now.saturating_add(lease_ms));
-                let rows =
-                    claim_of(&mut tx, &tenant, share.max_running, n, job_types, claim).await?;
-                tx.commit().await.map_err(backend)?;
-                rows
-            } else {
-                let mut conn = self.pool.acquire().await.map_err(backend)?;
-                let claim = (worker, now, now.saturating_add(lease_ms));
-                claim_of(&mut conn, &tenant, None, n, job_types, claim).await?
-            };
-            charge(&self.schedule, &fair, &tenant, rows.len());
-            let mut batch = rows
-                .iter()
-                .map(|row| {
-                    let job = row_to_job(row)?;
-                    let lease = Lease {
-                        job_id: job.id,
-                        worker: worker.to_string(),
-                        token: job.lease_token,
-                    };
-                    Ok(Claimed { job, lease })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            // RETURNING has no order: within a tenant, oldest first.
-            batch.sort_by_key(|c| c.job.id);
-            claimed.extend(batch);
+        if fair.shares.values().all(|s| s.max_running.is_none()) {
+            claimed = self
+                .claim_fair(&fair, worker, job_types, max, (now, lease_ms))
+                .await?;
+            if claimed.len() == max {
+                return Ok(claimed);
+            }
+            // The chosen tenant's jobs were all held by other claims at that instant: the
+            // planned path below looks at the other tenants.
+        }
+        // A tenant that gave fewer jobs than planned (others' claims took them, or its
+        // max_running was reached meanwhile) is left out when the rest is planned again.
+        let mut excluded = Vec::new();
+        for _ in 0..3 {
+            let want = max - claimed.len();
+            if want == 0 {
+                break;
+            }
+            let planned = plan(
+                &self.pool,
+                &self.schedule,
+                &fair,
+                job_types,
+                want,
+                &excluded,
+            )
+            .await?;
+            if planned.is_empty() {
+                break;
+            }
+            for (tenant, n) in planned {
+                let got = self
+                    .claim_tenant(&fair, &tenant, n, worker, job_types, (now, lease_ms))
+                    .await?;
+                if got.len() < n {
+                    excluded.push(tenant);
+                }
+                claimed.extend(got);
+            }
         }
         Ok(claimed)
     }
@@ -465,5 +473,90 @@ impl Store for PgStore {
 
     async fn purge_audit(&self, before: Millis) -> Result<u64> {
         self.purge_audit_rows(before).await
+    }
+}
+
+impl PgStore {
+    /// Up to `n` of `tenant`'s jobs, claimed and accounted in this replica's schedule.
+    async fn claim_tenant(
+        &self,
+        fair: &warden_store::FairShare,
+        tenant: &str,
+        n: usize,
+        worker: &str,
+        job_types: Option<&[String]>,
+        (now, lease_ms): (Millis, i64),
+    ) -> Result<Vec<Claimed>> {
+        use super::perimeter::{charge, claim_of};
+        let tenant = tenant.to_string();
+        {
+            let share = fair.share(&tenant);
+            let rows = if share.max_running.is_some() {
+                let mut tx = self.pool.begin().await.map_err(backend)?;
+                let claim = (worker, now, now.saturating_add(lease_ms));
+                let rows =
+                    claim_of(&mut tx, &tenant, share.max_running, n, job_types, claim).await?;
+                tx.commit().await.map_err(backend)?;
+                rows
+            } else {
+                let mut conn = self.pool.acquire().await.map_err(backend)?;
+                let claim = (worker, now, now.saturating_add(lease_ms));
+                claim_of(&mut conn, &tenant, None, n, job_types, claim).await?
+            };
+            charge(&self.schedule, fair, &tenant, rows.len());
+            let mut batch = rows
+                .iter()
+                .map(|row| {
+                    let job = row_to_job(row)?;
+                    let lease = Lease {
+                        job_id: job.id,
+                        worker: worker.to_string(),
+                        token: job.lease_token,
+                    };
+                    Ok(Claimed { job, lease })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            // RETURNING has no order: within a tenant, oldest first.
+            batch.sort_by_key(|c| c.job.id);
+            Ok(batch)
+        }
+    }
+
+    /// Without `max_running` anywhere: one statement per job, which chooses the tenant and
+    /// claims its oldest job (see `rows::sql_claim_fair`).
+    async fn claim_fair(
+        &self,
+        fair: &warden_store::FairShare,
+        worker: &str,
+        job_types: Option<&[String]>,
+        max: usize,
+        (now, lease_ms): (Millis, i64),
+    ) -> Result<Vec<Claimed>> {
+        use super::perimeter::{charge, snapshot};
+        let mut claimed = Vec::new();
+        while claimed.len() < max {
+            let (tenants, passes, v) = snapshot(&self.schedule);
+            let row = sqlx::query(sql_claim_fair())
+                .bind(now)
+                .bind(worker)
+                .bind(now.saturating_add(lease_ms))
+                .bind(job_types)
+                .bind(&tenants)
+                .bind(&passes)
+                .bind(v)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(backend)?;
+            let Some(row) = row else { break };
+            let job = row_to_job(&row)?;
+            charge(&self.schedule, fair, &job.tenant, 1);
+            let lease = Lease {
+                job_id: job.id,
+                worker: worker.to_string(),
+                token: job.lease_token,
+            };
+            claimed.push(Claimed { job, lease });
+        }
+        Ok(claimed)
     }
 }

@@ -62,8 +62,16 @@ pub trait Coordinator: Send + Sync + 'static {
         now: Millis,
     ) -> Result<JobRecord, StoreError>;
     async fn release(&self, lease: &Lease) -> Result<(), StoreError>;
+    /// The secrets a control plane sent with this job (remote workers; taken once). `None`:
+    /// the worker's own grants apply. `Some(Err)`: the job may not run (they were withheld).
+    fn take_secrets(
+        &self,
+        _job: warden_core::JobId,
+    ) -> Option<Result<crate::secrets::JobSecrets, String>> {
+        None
+    }
     /// Records what the worker did that the audit trail keeps (a job given secrets). A remote
-    /// worker's control plane has no such call yet: its worker logs them instead.
+    /// worker's control plane audits what it sends instead: its worker only logs.
     async fn audit(&self, entries: Vec<warden_store::AuditEntry>) -> Result<(), StoreError> {
         for e in entries {
             tracing::info!(action = %e.action, target = ?e.target, tenant = ?e.tenant, "audit");

@@ -61,6 +61,8 @@ pub(super) struct Inner {
     pub(super) pending: Mutex<HashMap<u64, oneshot::Sender<Out>>>,
     pub(super) cancels: mpsc::UnboundedSender<JobId>,
     pub(super) data: DataDir,
+    /// Secrets sent with assignments, until the job's run takes them (memory only).
+    pub(super) secrets: Mutex<HashMap<JobId, Result<crate::secrets::JobSecrets, String>>>,
 }
 
 impl Inner {

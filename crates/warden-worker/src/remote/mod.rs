@@ -81,6 +81,7 @@ impl RemoteCoordinator {
             pending: Mutex::default(),
             cancels,
             data,
+            secrets: Mutex::default(),
         });
         tokio::spawn(session_loop(Arc::downgrade(&inner)));
         Ok((RemoteCoordinator { inner }, cancel_rx))
@@ -211,6 +212,14 @@ fn lease_error(lease: &Lease, e: &pb::WorkerError) -> Option<StoreError> {
 
 #[async_trait]
 impl Coordinator for RemoteCoordinator {
+    fn take_secrets(&self, job: JobId) -> Option<Result<crate::secrets::JobSecrets, String>> {
+        self.inner
+            .secrets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&job)
+    }
+
     async fn claim(
         &self,
         _worker: &str,
@@ -225,9 +234,37 @@ impl Coordinator for RemoteCoordinator {
             .call(In::Claim(wait), None, Duration::from_secs(30), &mut tries)
             .await
         {
-            Ok(Out::Assignment(a)) => assignment_from_pb(a)
-                .map(Some)
-                .map_err(|e| StoreError::Backend(format!("bad assignment: {e}"))),
+            Ok(Out::Assignment(mut a)) => {
+                let sent = if a.secrets_withheld {
+                    Some(Err(
+                        "the control plane sends secrets only over TLS or to a loopback \
+                              peer, and this connection is neither"
+                            .to_string(),
+                    ))
+                } else if a.secret_files.is_empty() && a.secret_env.is_empty() {
+                    None
+                } else {
+                    let files = std::mem::take(&mut a.secret_files)
+                        .into_iter()
+                        .map(|f| (f.name, f.value))
+                        .collect();
+                    let env = std::mem::take(&mut a.secret_env)
+                        .into_iter()
+                        .map(|e| (e.var, e.name, e.value))
+                        .collect();
+                    Some(crate::secrets::JobSecrets::from_wire(files, env))
+                };
+                let claimed = assignment_from_pb(a)
+                    .map_err(|e| StoreError::Backend(format!("bad assignment: {e}")))?;
+                if let Some(sent) = sent {
+                    self.inner
+                        .secrets
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(claimed.job.id, sent);
+                }
+                Ok(Some(claimed))
+            }
             Ok(Out::NoWork(_)) => Ok(None),
             Ok(other) => Err(Self::unexpected("claim", other)),
             Err(CallError::Unreachable) => Err(Self::unreachable("claim")),

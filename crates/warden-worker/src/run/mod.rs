@@ -104,6 +104,7 @@ async fn check_out(
 pub(crate) async fn run_job(shared: &Shared, claimed: Claimed, signals: JobSignals, slot: usize) {
     let Claimed { job, lease } = claimed;
     let started_ms = job.started_at.unwrap_or_else(now_millis);
+    let sent_secrets = shared.coordinator.take_secrets(job.id);
     let (outcome, info, checkout, invariants) =
         match check_out(shared, &job, &lease, &signals).await {
             Err(outcome) => (outcome, None, None, None),
@@ -117,6 +118,7 @@ pub(crate) async fn run_job(shared: &Shared, claimed: Claimed, signals: JobSigna
                         preparing.2.as_deref(),
                         slot,
                         claim,
+                        sent_secrets,
                     )
                 })
                 .await;

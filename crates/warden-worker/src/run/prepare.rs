@@ -47,6 +47,7 @@ pub(super) fn prepare(
     checkout: Option<&Checkout>,
     slot: usize,
     claim: i64,
+    sent_secrets: Option<Result<crate::secrets::JobSecrets, String>>,
 ) -> Result<Prepared, Refusal> {
     let Some(job_type) = shared.config.job_type(&job.job_type).cloned() else {
         return Err(Refusal::new(
@@ -79,11 +80,12 @@ pub(super) fn prepare(
         }),
         None => None,
     };
-    let granted = shared
-        .worker
-        .secrets
-        .for_job(&job_type)
-        .map_err(|e| Refusal::new("secret_unavailable", e))?;
+    // A remote job's secrets come from its control plane; a local one's from this worker.
+    let granted = match sent_secrets {
+        Some(sent) => sent,
+        None => shared.worker.secrets.for_job(&job_type),
+    }
+    .map_err(|e| Refusal::new("secret_unavailable", e))?;
     if tier == Tier::UnsafeFallback && !granted.files.is_empty() {
         // Fail closed: no private tmpfs for /run/secrets without the sandbox.
         return Err(Refusal::new(

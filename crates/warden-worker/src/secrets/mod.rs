@@ -60,7 +60,7 @@ pub struct Secrets {
 }
 
 /// What one job gets.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct JobSecrets {
     pub files: Vec<SecretFile>,
     pub env: Vec<(String, String)>,
@@ -92,6 +92,32 @@ impl Secrets {
             values.insert(name.clone(), SecretValue(value));
         }
         Ok(Secrets { values })
+    }
+
+    /// What a control plane sends a remote worker for a job of `job_type`: the file secrets
+    /// (name, value) and the variables (variable, name, value).
+    #[allow(clippy::type_complexity)]
+    pub fn wire_grant(
+        &self,
+        job_type: &JobType,
+    ) -> Result<(Vec<(String, Vec<u8>)>, Vec<(String, String, Vec<u8>)>), String> {
+        let get = |name: &String| {
+            self.values
+                .get(name)
+                .map(|v| v.0.clone())
+                .ok_or_else(|| format!("secret {name:?} is not defined"))
+        };
+        let files = job_type
+            .secrets
+            .iter()
+            .map(|n| Ok((n.clone(), get(n)?)))
+            .collect::<Result<_, String>>()?;
+        let env = job_type
+            .secret_env
+            .iter()
+            .map(|(var, n)| Ok((var.clone(), n.clone(), get(n)?)))
+            .collect::<Result<_, String>>()?;
+        Ok((files, env))
     }
 
     /// The secrets `job_type` is granted. `Err` names a grant this worker cannot honour (a
@@ -126,6 +152,51 @@ impl Secrets {
             .names
             .iter()
             .filter_map(|n| self.values.get(n).map(|v| (n.as_str(), v.bytes())))
+            .collect();
+        out.mask = MaskSet::new(&pairs).map(Arc::new);
+        Ok(out)
+    }
+}
+
+impl JobSecrets {
+    /// What a control plane sent with a remote job: files and variables (name → value).
+    pub fn from_wire(
+        files: Vec<(String, Vec<u8>)>,
+        env: Vec<(String, String, Vec<u8>)>,
+    ) -> Result<JobSecrets, String> {
+        let mut out = JobSecrets::default();
+        let mut values: Vec<(String, Vec<u8>)> = Vec::new();
+        for (name, value) in files {
+            if !warden_core::config::is_valid_secret_name(&name) {
+                return Err(format!("secret name {name:?} is invalid"));
+            }
+            values.push((name.clone(), value.clone()));
+            out.names.push(name.clone());
+            out.files.push(SecretFile { name, value });
+        }
+        for (var, name, value) in env {
+            if !warden_core::params::is_valid_param_name(&var)
+                || warden_core::params::is_reserved(&var)
+                || !warden_core::config::is_valid_secret_name(&name)
+            {
+                return Err(format!("secret variable {var:?} ({name:?}) is invalid"));
+            }
+            let text = String::from_utf8(value.clone())
+                .ok()
+                .filter(|t| !t.contains('\0'))
+                .ok_or_else(|| format!("secret variable {var} is not text"))?;
+            if !out.names.contains(&name) {
+                out.names.push(name.clone());
+            }
+            values.push((name, value));
+            out.env.push((var, text));
+        }
+        if values.iter().any(|(_, v)| v.len() < MIN_SECRET_LEN) {
+            return Err("a secret shorter than 6 bytes cannot be masked".into());
+        }
+        let pairs: Vec<(&str, &[u8])> = values
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_slice()))
             .collect();
         out.mask = MaskSet::new(&pairs).map(Arc::new);
         Ok(out)

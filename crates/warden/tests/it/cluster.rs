@@ -31,7 +31,17 @@ job_types:
     argv: ["/bin/echo", "on a gpu worker"]
     timeout_s: 60
     labels: [gpu]
+  secretive:
+    argv: ["/bin/sh", "-c", "echo \"var $CP_VAR\"; sha256sum < /run/secrets/CP_SECRET"]
+    timeout_s: 60
+    secrets: [CP_SECRET]
+    secret_env: {CP_VAR: CP_SECRET}
 "#;
+
+/// The control plane's value of the secret `secretive` jobs are granted, and a worker's own
+/// (different) one: which one a job got tells where it came from.
+const CP_SECRET: &str = "from-the-control-plane-7f3a";
+const WORKER_SECRET: &str = "from-the-worker-itself-91c2";
 
 /// A process whose stdout lines are watched for announcements; stderr goes to `log`.
 struct Proc {
@@ -46,6 +56,8 @@ impl Proc {
         let mut child = cmd
             .env("RUST_LOG", "info")
             .env("WARDEN_WORKER_TOKEN", TOKEN)
+            .env("WARDEN_TEST_SECRET_CP", CP_SECRET)
+            .env("WARDEN_TEST_SECRET_WORKER", WORKER_SECRET)
             .stdout(Stdio::piped())
             .stderr(err)
             .spawn()
@@ -118,7 +130,8 @@ impl ControlPlane {
             format!(
                 "listen: 127.0.0.1:0\ngrpc_listen: {grpc_listen}\n\
                  auth: {{loopback_trusted: true, insecure_plaintext_behind_proxy: {}}}\n\
-                 data_dir: {}\nartifact_dir: {}\nlease_s: 2\nshutdown_grace_s: 1\n{extra}\n{JOB_TYPES}",
+                 data_dir: {}\nartifact_dir: {}\nlease_s: 2\nshutdown_grace_s: 1\n\
+                 secrets: {{CP_SECRET: {{env: WARDEN_TEST_SECRET_CP}}}}\n{extra}\n{JOB_TYPES}",
                 // Workers in network namespaces of the test's own reach a non-loopback gRPC
                 // address; the test's plaintext there is deliberate.
                 !grpc_listen.starts_with("127."),
@@ -208,7 +221,7 @@ fn write_home(dir: &Path, name: &str, text: impl FnOnce(&Path) -> String) -> (Pa
 fn worker_yaml(data: &Path) -> String {
     format!(
         "data_dir: {}\nsandbox_uid: {uid}\nsandbox_gid: {uid}\ncancel_grace_s: 1\n\
-         shutdown_grace_s: 1\n{JOB_TYPES}",
+         shutdown_grace_s: 1\nsecrets: {{CP_SECRET: {{env: WARDEN_TEST_SECRET_WORKER}}}}\n{JOB_TYPES}",
         data.display(),
         uid = test_uid(),
     )
@@ -603,6 +616,7 @@ async fn workers_without_the_token_are_refused() {
         .arg("--config")
         .arg(&config)
         .env_remove("WARDEN_WORKER_TOKEN")
+        .env("WARDEN_TEST_SECRET_WORKER", WORKER_SECRET)
         .env("RUST_LOG", "error")
         .output()
         .unwrap();
@@ -758,6 +772,24 @@ async fn workers_on_other_hosts_reach_the_control_plane_over_veth() {
     let req = with(&api_token);
     let got = jobs_api.get_job(req).await.unwrap().into_inner();
     assert_eq!(got.status, warden_proto::pb::JobStatus::Succeeded as i32);
+    // Plaintext off loopback never carries a secret: the job ends error, never runs without.
+    let client = cp1.client();
+    let id = client.submit(&job("secretive")).await.unwrap().job_id;
+    let done = wait_all(&client, std::slice::from_ref(&id), Duration::from_secs(60)).await;
+    assert_eq!(done[0].status, JobStatus::Error, "{:?}", done[0]);
+    let reason = done[0].reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("secret_unavailable") && reason.contains("TLS"),
+        "{reason}"
+    );
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Stops and starts the machine's PostgreSQL (the one every test uses), so this test runs alone
@@ -1012,6 +1044,33 @@ async fn workers_talk_tls_when_certificates_are_configured() {
     let done = wait_all(&client, std::slice::from_ref(&id), Duration::from_secs(30)).await;
     assert_eq!(done[0].status, JobStatus::Succeeded);
     assert_eq!(w.started(), std::slice::from_ref(&id));
+    // Over TLS the control plane sends the secret with the job: the job has the control
+    // plane's value (not the worker's own), masked in its log, and the sending is audited.
+    let sid = client.submit(&job("secretive")).await.unwrap().job_id;
+    let done = wait_all(&client, std::slice::from_ref(&sid), Duration::from_secs(30)).await;
+    assert_eq!(done[0].status, JobStatus::Succeeded, "{:?}", done[0]);
+    let out = String::from_utf8(client.logs_raw(&sid, "stdout", 0).await.unwrap()).unwrap();
+    assert!(out.contains("var [MASKED:CP_SECRET]"), "{out}");
+    assert!(out.contains(&sha256_hex(CP_SECRET)), "{out}");
+    assert!(
+        !out.contains(CP_SECRET) && !out.contains(WORKER_SECRET),
+        "{out}"
+    );
+    let audit = client
+        .audit(&warden_client::AuditQuery {
+            action: Some("secret.use".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        audit
+            .entries
+            .iter()
+            .any(|e| e.target.as_deref() == Some("CP_SECRET")
+                && e.detail.as_deref().is_some_and(|d| d.contains(&sid))),
+        "{audit:?}"
+    );
     // Plaintext to a TLS listener gets nowhere; neither does TLS without trusting the CA.
     let plain = cp.grpc.replace("https://", "http://");
     let out = Command::new(WARDEN)

@@ -20,6 +20,8 @@ pub struct WorkerHub {
     pub lease_ms: i64,
     /// Cancelled when the server stops: sessions end, workers reconnect elsewhere.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The secrets this control plane grants; sent with a job only over TLS or to loopback.
+    pub secrets: Arc<warden_worker::secrets::Secrets>,
 }
 
 pub(super) fn error(code: ErrCode, message: impl Into<String>) -> Out {

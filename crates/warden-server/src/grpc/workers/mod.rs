@@ -92,6 +92,8 @@ impl Workers {
             waiting: Mutex::default(),
             claim_wanted: tokio::sync::Notify::new(),
             ended: tokio_util::sync::CancellationToken::new(),
+            secure: self.hub.config.tls.is_some() || peer.is_some_and(|p| p.ip().is_loopback()),
+            peer,
         })
     }
 }

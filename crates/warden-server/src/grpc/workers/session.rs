@@ -40,6 +40,9 @@ pub(super) struct Session {
     pub claim_wanted: tokio::sync::Notify,
     /// Cancelled when the worker's stream ends.
     pub ended: tokio_util::sync::CancellationToken,
+    /// The connection may carry secrets: TLS, or a peer on loopback.
+    pub secure: bool,
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 impl Session {
@@ -237,14 +240,73 @@ impl Session {
         match answer {
             Some(Ok(c)) => {
                 tracing::info!(job = %c.job.id, worker = %self.worker_id, job_type = %c.job.job_type, "job assigned");
-                Out::Assignment(pb::Assignment {
+                let mut assignment = pb::Assignment {
                     job: Some(job_to_pb(&c.job)),
                     lease: Some(lease_to_pb(&c.lease)),
-                })
+                    ..Default::default()
+                };
+                self.attach_secrets(&c.job, &mut assignment).await;
+                Out::Assignment(assignment)
             }
             Some(Err(e)) => store_error(e),
             // Waited long enough (the sender is dropped unused at the deadline, or at shutdown).
             _ => Out::NoWork(pb::NoWork {}),
+        }
+    }
+
+    /// The job type's secrets, on a connection that may carry them (else marked withheld, and
+    /// the worker ends the job `error: secret_unavailable`); each one sent is audited.
+    async fn attach_secrets(&self, job: &warden_store::JobRecord, a: &mut pb::Assignment) {
+        let Some(job_type) = self.hub.config.job_type(&job.job_type) else {
+            return;
+        };
+        if job_type.secrets.is_empty() && job_type.secret_env.is_empty() {
+            return;
+        }
+        if !self.secure {
+            tracing::warn!(job = %job.id, worker = %self.worker_id, peer = ?self.peer,
+                "secrets withheld: plaintext connection off loopback");
+            a.secrets_withheld = true;
+            return;
+        }
+        let (files, env) = match self.hub.secrets.wire_grant(job_type) {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(job = %job.id, error = %e, "secrets withheld");
+                a.secrets_withheld = true;
+                return;
+            }
+        };
+        let mut names: Vec<String> = files.iter().map(|f| f.0.clone()).collect();
+        names.extend(env.iter().map(|e| e.1.clone()));
+        names.sort();
+        names.dedup();
+        a.secret_files = files
+            .into_iter()
+            .map(|(name, value)| pb::SecretFile { name, value })
+            .collect();
+        a.secret_env = env
+            .into_iter()
+            .map(|(var, name, value)| pb::SecretEnv { var, name, value })
+            .collect();
+        let entries = names
+            .into_iter()
+            .map(|name| warden_store::AuditEntry {
+                at: warden_store::now_millis(),
+                action: "secret.use".into(),
+                tenant: Some(job.tenant.clone()),
+                client: self.peer.map(|p| p.to_string()),
+                target: Some(name),
+                outcome: "ok".into(),
+                detail: Some(format!(
+                    "job {} ({}) on worker {}",
+                    job.id, job.job_type, self.worker_id
+                )),
+                ..Default::default()
+            })
+            .collect();
+        if let Err(e) = self.hub.store.append_audit(entries).await {
+            tracing::error!(job = %job.id, error = %e, "could not audit the secrets sent");
         }
     }
 
