@@ -85,5 +85,23 @@ mod tests {
         for c in cases {
             assert_eq!(id_of(&c), None, "{c:?}");
         }
+        // Garbage of every shape: never a panic, never an id that is not 16 hex digits.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 80) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|i| {
+                    let b = (x >> (i % 56)) as u8;
+                    if i < 4 { b"wdn_"[i] } else if i == 20 { b'_' } else { b }
+                })
+                .collect();
+            let text = String::from_utf8_lossy(&bytes);
+            if let Some(id) = id_of(&text) {
+                assert!(id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()));
+            }
+        }
     }
 }

@@ -270,6 +270,55 @@ mod tests {
         assert!(MaskSet::new(&[]).is_none());
     }
 
+    /// A small deterministic generator (xorshift): the same cases on every run.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn streaming_equals_masking_whole_for_random_texts_and_splits() {
+        use base64::engine::general_purpose::STANDARD;
+        let set = set();
+        let pieces: Vec<Vec<u8>> = vec![
+            SECRET.to_vec(),
+            b"0ther-secret".to_vec(),
+            STANDARD.encode(SECRET).into_bytes(),
+            b"hunter2".to_vec(),
+            b"%2F".to_vec(),
+            b"\n".to_vec(),
+            vec![0xff, 0x00, 0xc3],
+            b"Sup3r s3cret".to_vec(),
+        ];
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..2_000 {
+            let mut text = Vec::new();
+            for _ in 0..rng.below(12) {
+                if rng.below(3) == 0 {
+                    text.extend_from_slice(&pieces[rng.below(pieces.len())]);
+                } else {
+                    text.extend((0..rng.below(20)).map(|_| b' ' + rng.below(95) as u8));
+                }
+            }
+            let mut chunks = Vec::new();
+            let mut at = 0;
+            while at < text.len() {
+                let n = 1 + rng.below(text.len() - at);
+                chunks.push(&text[at..at + n]);
+                at += n;
+            }
+            assert_eq!(stream(&set, &chunks), set.mask_all(&text), "{text:?}");
+        }
+    }
+
     #[test]
     fn a_large_log_with_secrets_near_every_boundary_is_masked_whole() {
         // 8 MiB of text in 64 KiB reads with the secret straddling every read boundary.

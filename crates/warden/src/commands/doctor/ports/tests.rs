@@ -203,3 +203,24 @@ fn this_hosts_audit_runs_and_names_its_checks() {
         assert!(c.check.starts_with("port "), "{c:?}");
     }
 }
+
+#[test]
+fn garbage_proc_text_never_panics() {
+    let mut x: u64 = 0x1234_5678_9abc_def1;
+    let alphabet = b"0123456789ABCDEF: \n\t-";
+    for _ in 0..5_000 {
+        let mut text = String::from(HEADER);
+        text.push('\n');
+        for _ in 0..(x % 300) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            text.push(alphabet[(x % alphabet.len() as u64) as usize] as char);
+        }
+        for proto in Proto::ALL {
+            for l in parse_proc_net(&text, proto) {
+                let _ = judge(&l, &[]);
+            }
+        }
+    }
+}
