@@ -18,6 +18,7 @@ use warden_store::{Completion, NewJob, Store, now_millis};
 use warden_store_postgres::PgStore;
 use warden_store_postgres::testing::TestDb;
 
+use crate::queue::drain;
 use crate::{build_release, flag, ms, start_server, stats};
 
 fn config(dir: &std::path::Path, name: &str, trusted: bool) -> anyhow::Result<std::path::PathBuf> {
@@ -50,8 +51,8 @@ pub fn bench_perimeter(rest: &[&str]) -> anyhow::Result<()> {
         let (mut one, mut many, mut fifo) = (0f64, 0f64, 0f64);
         for _ in 0..2 {
             fifo = fifo.max(drain_fifo(&pg, jobs, claimers).await?);
-            one = one.max(drain(Arc::new(pg.clone()), jobs, 1, claimers).await?);
-            many = many.max(drain(Arc::new(pg.clone()), jobs, 100, claimers).await?);
+            one = one.max(drain(Arc::new(pg.clone()), jobs, claimers, 1, 1).await?);
+            many = many.max(drain(Arc::new(pg.clone()), jobs, claimers, 1, 100).await?);
         }
         anyhow::Ok((one, many, fifo))
     })?;
@@ -155,62 +156,6 @@ async fn one(client: &Client, req: &SubmitJobRequest) -> anyhow::Result<Duration
         bail!("job {} ended {}", sub.job_id, end.status);
     }
     Ok(t.elapsed())
-}
-
-/// Queues `n` jobs spread round-robin over `tenants`, then drains them with `claimers`
-/// claim+complete loops. Jobs per second of the drain.
-async fn drain(
-    store: Arc<dyn Store>,
-    n: usize,
-    tenants: usize,
-    claimers: usize,
-) -> anyhow::Result<f64> {
-    let submitters: Vec<_> = (0..16)
-        .map(|s| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                for i in (s..n).step_by(16) {
-                    let job = NewJob {
-                        tenant: format!("t{}", i % tenants),
-                        ..NewJob::plain("noop", i as i64)
-                    };
-                    store.submit(job).await?;
-                }
-                anyhow::Ok(())
-            })
-        })
-        .collect();
-    for s in submitters {
-        s.await??;
-    }
-    let started = Instant::now();
-    let loops: Vec<_> = (0..claimers)
-        .map(|c| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let worker = format!("bench-{c}");
-                let mut done = 0usize;
-                while let Some(c) = store.claim(&worker, None, 30_000, now_millis()).await? {
-                    let ok = Completion {
-                        status: Some(warden_core::JobStatus::Succeeded),
-                        exit_code: Some(0),
-                        ..Completion::default()
-                    };
-                    store.complete(&c.lease, ok, now_millis()).await?;
-                    done += 1;
-                }
-                anyhow::Ok(done)
-            })
-        })
-        .collect();
-    let mut total = 0;
-    for l in loops {
-        total += l.await??;
-    }
-    if total != n {
-        bail!("drained {total} of {n} jobs");
-    }
-    Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
 /// The baseline: the same drain with the claim statement warden used before tenants were

@@ -24,25 +24,34 @@ use warden_store_sqlite::SqliteStore;
 
 use crate::{build_release, flag, ms, stats};
 
-fn new_job(i: usize) -> NewJob {
-    NewJob::plain("noop", i as i64)
+/// Job `i` of a queue spread round-robin over `tenants`.
+fn new_job(i: usize, tenants: usize) -> NewJob {
+    NewJob {
+        tenant: if tenants == 1 {
+            "default".to_string()
+        } else {
+            format!("t{}", i % tenants)
+        },
+        ..NewJob::plain("noop", i as i64)
+    }
 }
 
-/// Queues `n` jobs (16 submitters), then drains them with `claimers` loops that each claim up
-/// to `batch` jobs at once (as a worker session with idle slots does) and complete each.
-/// Returns jobs per second of the drain.
-async fn drain(
+/// Queues `n` jobs spread over `tenants` (16 submitters), then drains them with `claimers`
+/// loops that each claim up to `batch` jobs at once (as a worker session with idle slots does)
+/// and complete each. Returns jobs per second of the drain.
+pub(crate) async fn drain(
     store: Arc<dyn Store>,
     n: usize,
     claimers: usize,
     batch: usize,
+    tenants: usize,
 ) -> anyhow::Result<f64> {
     let submitters: Vec<_> = (0..16)
         .map(|s| {
             let store = store.clone();
             tokio::spawn(async move {
                 for i in (s..n).step_by(16) {
-                    store.submit(new_job(i)).await?;
+                    store.submit(new_job(i, tenants)).await?;
                 }
                 anyhow::Ok(())
             })
@@ -115,18 +124,18 @@ pub fn bench_queue(rest: &[&str]) -> anyhow::Result<()> {
         println!("queue only: {jobs} jobs, {claimers} claimers, claim + complete each");
         let dir = tempfile::tempdir()?;
         let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("q.db"))?);
-        let sqlite_rate = drain(sqlite, jobs, claimers, 1).await?;
+        let sqlite_rate = drain(sqlite, jobs, claimers, 1, 1).await?;
         println!("  sqlite: {sqlite_rate:.0} jobs/s");
 
         let db = TestDb::create().await;
         let pg = PgStore::connect(&db.url, claimers as u32 + 2).await?;
-        let pg_rate = drain(Arc::new(pg.clone()), jobs, claimers, 1).await?;
+        let pg_rate = drain(Arc::new(pg.clone()), jobs, claimers, 1, 1).await?;
         println!("  postgres: {pg_rate:.0} jobs/s");
-        let pg_batch = drain(Arc::new(pg.clone()), jobs, claimers, batch).await?;
+        let pg_batch = drain(Arc::new(pg.clone()), jobs, claimers, batch, 1).await?;
         println!("  postgres, claims of up to {batch}: {pg_batch:.0} jobs/s");
         eprintln!("  adding {history} finished jobs ...");
         add_history(&pg, history).await?;
-        let pg_hist = drain(Arc::new(pg.clone()), jobs, claimers, 1).await?;
+        let pg_hist = drain(Arc::new(pg.clone()), jobs, claimers, 1, 1).await?;
         println!("  postgres with {history} finished jobs: {pg_hist:.0} jobs/s");
         drop(pg);
         // The baseline: what this PostgreSQL does with pgbench's simple-update transactions at

@@ -5,13 +5,11 @@
 //! WAL mode keeps every committed transaction across a crash of warden (kill -9); only a power
 //! loss may drop the last few commits.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
-use warden_api::ResourceUsage;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use warden_core::state::can_transition;
 use warden_core::{JobId, JobStatus};
 use warden_store::{
@@ -21,6 +19,9 @@ use warden_store::{
 };
 
 mod perimeter;
+mod rows;
+
+use self::rows::{COLUMNS, load, load_leased, row_to_job, stream_code, to_json};
 
 /// Migrations, applied in order, each once. Append-only.
 const MIGRATIONS: Migrations = &[
@@ -30,12 +31,6 @@ const MIGRATIONS: Migrations = &[
     (4, include_str!("../migrations/0004_perimeter.sql")),
     (5, include_str!("../migrations/0005_inline.sql")),
 ];
-
-const COLUMNS: &str = "id, tenant, job_type, repo_name, remote_url, sha, params, \
-    idempotency_key, status, reason, exit_code, signal, attempts, max_attempts, cancel_requested, \
-    unsafe_fallback, warnings, created_at, started_at, finished_at, stdout_bytes, stderr_bytes, \
-    log_truncated, resources, lease_owner, lease_token, lease_expires_at, enforcement, git_ref, \
-    invariants, inline_argv";
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -112,103 +107,6 @@ fn migrate(conn: &Connection) -> Result<()> {
         tracing::info!(version, "applied store migration");
     }
     Ok(())
-}
-
-fn stream_code(s: LogStream) -> i64 {
-    match s {
-        LogStream::Stdout => 1,
-        LogStream::Stderr => 2,
-    }
-}
-
-fn corrupt(what: &str, e: impl std::fmt::Display) -> rusqlite::Error {
-    rusqlite::Error::ToSqlConversionFailure(format!("{what}: {e}").into())
-}
-
-fn row_to_job(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
-    let id: String = row.get(0)?;
-    let params: String = row.get(6)?;
-    let status: String = row.get(8)?;
-    let warnings: String = row.get(16)?;
-    let resources: Option<String> = row.get(23)?;
-    Ok(JobRecord {
-        id: id.parse().map_err(|e| corrupt("job id", e))?,
-        tenant: row.get(1)?,
-        job_type: row.get(2)?,
-        repo_name: row.get(3)?,
-        remote_url: row.get(4)?,
-        sha: row.get(5)?,
-        params: serde_json::from_str::<BTreeMap<String, String>>(&params)
-            .map_err(|e| corrupt("params", e))?,
-        idempotency_key: row.get(7)?,
-        status: JobStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
-        reason: row.get(9)?,
-        exit_code: row.get(10)?,
-        signal: row.get(11)?,
-        attempts: row.get(12)?,
-        max_attempts: row.get(13)?,
-        cancel_requested: row.get(14)?,
-        unsafe_fallback: row.get(15)?,
-        warnings: serde_json::from_str(&warnings).map_err(|e| corrupt("warnings", e))?,
-        created_at: row.get(17)?,
-        started_at: row.get(18)?,
-        finished_at: row.get(19)?,
-        stdout_bytes: row.get::<_, i64>(20)? as u64,
-        stderr_bytes: row.get::<_, i64>(21)? as u64,
-        log_truncated: row.get(22)?,
-        resources: resources
-            .map(|r| serde_json::from_str::<ResourceUsage>(&r))
-            .transpose()
-            .map_err(|e| corrupt("resources", e))?,
-        lease_owner: row.get(24)?,
-        lease_token: row.get(25)?,
-        lease_expires_at: row.get(26)?,
-        enforcement: serde_json::from_str(&row.get::<_, String>(27)?)
-            .map_err(|e| corrupt("enforcement", e))?,
-        git_ref: row.get(28)?,
-        invariants: row
-            .get::<_, Option<String>>(29)?
-            .map(|s| serde_json::from_str(&s))
-            .transpose()
-            .map_err(|e| corrupt("invariants", e))?,
-        inline_argv: row
-            .get::<_, Option<String>>(30)?
-            .map(|s| serde_json::from_str(&s))
-            .transpose()
-            .map_err(|e| corrupt("inline_argv", e))?,
-    })
-}
-
-/// `SELECT <all columns> FROM jobs WHERE id = ?1`, built once: every state change reads the row.
-fn select_by_id() -> &'static str {
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SQL.get_or_init(|| format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"))
-}
-
-fn load(conn: &Connection, id: JobId) -> Result<JobRecord> {
-    // The hottest statement of the store: prepared once per connection, then reused.
-    conn.prepare_cached(select_by_id())
-        .map_err(backend)?
-        .query_row([id.to_string()], row_to_job)
-        .optional()
-        .map_err(backend)?
-        .ok_or(StoreError::NotFound(id))
-}
-
-/// Loads a job and checks that `lease` is its current claim.
-fn load_leased(conn: &Connection, lease: &Lease) -> Result<JobRecord> {
-    let job = load(conn, lease.job_id)?;
-    if job.status != JobStatus::Running
-        || job.lease_token != lease.token
-        || job.lease_owner.as_deref() != Some(lease.worker.as_str())
-    {
-        return Err(StoreError::LeaseLost(lease.job_id));
-    }
-    Ok(job)
-}
-
-fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
-    serde_json::to_string(v).map_err(|e| StoreError::Backend(e.to_string()))
 }
 
 /// Puts a running job back in the queue, with its logs reset: the next attempt writes from 0.

@@ -95,7 +95,13 @@ mod tests {
             let bytes: Vec<u8> = (0..len)
                 .map(|i| {
                     let b = (x >> (i % 56)) as u8;
-                    if i < 4 { b"wdn_"[i] } else if i == 20 { b'_' } else { b }
+                    if i < 4 {
+                        b"wdn_"[i]
+                    } else if i == 20 {
+                        b'_'
+                    } else {
+                        b
+                    }
                 })
                 .collect();
             let text = String::from_utf8_lossy(&bytes);
