@@ -8,10 +8,11 @@
 //! 2. Claim+complete throughput on PostgreSQL with the queue spread over 100 tenants against
 //!    one tenant (fair-share scheduling against plain FIFO order of one tenant).
 
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use warden_api::SubmitJobRequest;
 use warden_client::Client;
 use warden_store::{Completion, NewJob, Store, now_millis};
@@ -41,6 +42,14 @@ pub fn bench_perimeter(rest: &[&str]) -> anyhow::Result<()> {
     let jobs = flag(rest, "--jobs", 20_000)?;
     let claimers = flag(rest, "--claimers", 16)?;
     let rt = tokio::runtime::Runtime::new()?;
+    if let Some(i) = rest.iter().position(|a| *a == "--log-mb") {
+        let mb: u64 = rest
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .filter(|m| *m > 0)
+            .context("--log-mb needs a number of MiB")?;
+        return masked_log(mb, &rt);
+    }
     if !rest.contains(&"--claims-only") {
         auth_on_off(sequential, &rt)?;
     }
@@ -213,4 +222,133 @@ async fn drain_fifo(pg: &PgStore, n: usize, claimers: usize) -> anyhow::Result<f
         bail!("drained {total} of {n} jobs");
     }
     Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The secret of the masked-log run: as long as its mask `[MASKED:API]`, so that both logs
+/// have the same size.
+const LOG_SECRET: &str = "s3cret-VALUE";
+/// A 100-byte line with the secret (or a stand-in of its length) in it.
+const LINE_HEAD: &str = "a log line of the job, with its ";
+const LINE_TAIL: &str = " in the middle of the text, at some offset, then more..";
+
+/// `--log-mb N`: a job printing N MiB of 100-byte lines, each holding its secret (granted as a
+/// variable, so masked), against the same job printing a stand-in of the same length: time
+/// submit→terminal of each, then read the stored log back whole and check that the secret is
+/// nowhere and every line was masked.
+fn masked_log(mb: u64, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let warden = build_release()?;
+    let dir = std::env::temp_dir().join(format!("warden-bench-masking-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let secret = dir.join("api");
+    std::fs::write(&secret, LOG_SECRET)?;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600))?;
+    let line = format!("{LINE_HEAD}$V{LINE_TAIL}");
+    let bytes = mb << 20;
+    let lines = bytes / 100;
+    let script = format!("yes \"{line}\" | head -n {lines}");
+    let config = dir.join("masking.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:0\ngrpc_listen: 127.0.0.1:0\nauth: {{loopback_trusted: true}}\n\
+             data_dir: {}\nslots: 2\nunsafe_fallback: true\n\
+             secrets: {{API: {{file: {}}}}}\n\
+             job_types:\n\
+             \x20 masked:\n    argv: [\"/bin/sh\", \"-c\", {script:?}]\n    timeout_s: 3600\n\
+             \x20   limits: {{output_mb: {out}}}\n    secret_env: {{V: API}}\n\
+             \x20 plain:\n    argv: [\"/bin/sh\", \"-c\", {script:?}]\n    timeout_s: 3600\n\
+             \x20   limits: {{output_mb: {out}}}\n    allowed_params: [V]\n",
+            dir.join("data").display(),
+            secret.display(),
+            out = mb + 16,
+        ),
+    )?;
+    let (mut server, url) = start_server(&warden, &config)?;
+    let result = rt.block_on(async {
+        let client = Client::new(&url, Duration::from_secs(600), None)?;
+        let run = |job_type: &str| {
+            let mut req = SubmitJobRequest {
+                job_type: job_type.into(),
+                ..SubmitJobRequest::default()
+            };
+            if job_type == "plain" {
+                req.params.insert("V".into(), "stand-in-abc".into());
+            }
+            req
+        };
+        let mut times = (Vec::new(), Vec::new());
+        let mut masked_id = String::new();
+        for _ in 0..2 {
+            let t = Instant::now();
+            let id = client.submit(&run("plain")).await?.job_id;
+            let done = client.wait(&id, |_| {}).await?;
+            times.0.push(t.elapsed());
+            if done.status != warden_api::JobStatus::Succeeded || done.stdout_bytes != lines * 100 {
+                bail!(
+                    "plain job {id}: {:?}, {} bytes",
+                    done.status,
+                    done.stdout_bytes
+                );
+            }
+            let t = Instant::now();
+            let id = client.submit(&run("masked")).await?.job_id;
+            let done = client.wait(&id, |_| {}).await?;
+            times.1.push(t.elapsed());
+            if done.status != warden_api::JobStatus::Succeeded || done.stdout_bytes != lines * 100 {
+                bail!(
+                    "masked job {id}: {:?}, {} bytes",
+                    done.status,
+                    done.stdout_bytes
+                );
+            }
+            masked_id = id;
+        }
+        // The whole stored log, read back: the secret nowhere, every line masked.
+        let finder = aho_corasick::AhoCorasick::new([LOG_SECRET, "[MASKED:API]"])?;
+        let (mut offset, mut found, mut masks) = (0u64, 0u64, 0u64);
+        let mut carry: Vec<u8> = Vec::new();
+        loop {
+            let chunk = client.logs_raw(&masked_id, "stdout", offset).await?;
+            if chunk.is_empty() {
+                break;
+            }
+            offset += chunk.len() as u64;
+            // Lines are whole in what is scanned; a partial last line waits for the next read.
+            carry.extend_from_slice(&chunk);
+            let cut = carry.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+            for m in finder.find_iter(&carry[..cut]) {
+                if m.pattern().as_usize() == 0 {
+                    found += 1;
+                } else {
+                    masks += 1;
+                }
+            }
+            carry.drain(..cut);
+        }
+        anyhow::Ok((times, offset, found, masks))
+    });
+    let _ = Command::new("kill").arg(server.id().to_string()).status();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let ((plain, masked), read, found, masks) = result?;
+    if found != 0 || masks != lines || read != lines * 100 {
+        bail!("{read} bytes read back: the secret {found} times, {masks} masks of {lines} lines");
+    }
+    let best = |v: &[Duration]| v.iter().min().copied().unwrap_or_default();
+    let (p, m) = (best(&plain), best(&masked));
+    println!();
+    println!(
+        "{mb} MiB of 100-byte lines, each with the secret: read back whole, the secret found 0 \
+         times, {masks} of {lines} lines masked"
+    );
+    println!("| job | submit→terminal (better of 2) | ratio |");
+    println!("|---|---|---|");
+    println!("| stand-in, no secret (baseline) | {} ms | 1.00× |", ms(p));
+    println!(
+        "| the secret in every line, masked | {} ms | {:.2}× |",
+        ms(m),
+        m.as_secs_f64() / p.as_secs_f64()
+    );
+    Ok(())
 }

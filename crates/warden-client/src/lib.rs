@@ -75,8 +75,9 @@ impl Client {
         Client::with_ca(server, timeout, token, None)
     }
 
-    /// Like [`new`](Self::new), trusting the CA certificate(s) of `ca_pem` for `https://` and
-    /// `grpcs://` (a `grpcs://` server needs one; `https://` also trusts the system's roots).
+    /// Like [`new`](Self::new), trusting only the CA certificate(s) of `ca_pem` for `https://`
+    /// and `grpcs://` (a `grpcs://` server needs one; `https://` without it trusts the
+    /// system's roots).
     pub fn with_ca(
         server: &str,
         timeout: Duration,
@@ -88,16 +89,31 @@ impl Client {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(timeout)
             .tcp_nodelay(true);
-        if let Some(pem) = ca_pem {
-            for cert in reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| ClientError::Protocol(format!("--ca: not a PEM certificate: {e}")))?
-            {
-                builder = builder.add_root_certificate(cert);
+        let https = server.starts_with("https://");
+        match ca_pem {
+            // Only this CA: the operator said which one signs the server's certificate.
+            Some(pem) => {
+                let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+                    ClientError::Protocol(format!("--ca: not a PEM certificate: {e}"))
+                })?;
+                builder = builder.tls_certs_only(certs);
             }
+            // Plain http never verifies a certificate: no need for the system's roots (a
+            // minimal host may have none).
+            None if !https => builder = builder.tls_certs_only([]),
+            // https without --ca: the system's roots.
+            None => {}
         }
-        let http = builder
-            .build()
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let http = builder.build().map_err(|e| {
+            ClientError::Protocol(if https && ca_pem.is_none() {
+                format!(
+                    "cannot use the system's CA certificates for {server} ({e}); give the CA \
+                     that signed the server's certificate with --ca FILE"
+                )
+            } else {
+                e.to_string()
+            })
+        })?;
         let base = server.trim_end_matches('/').to_string();
         let grpc = if base.starts_with("grpc://") || base.starts_with("grpcs://") {
             Some(grpc::Grpc::new(&base, timeout, token.clone(), ca_pem)?)

@@ -12,10 +12,14 @@ use warden_client::Client;
 pub const WARDEN: &str = env!("CARGO_BIN_EXE_warden");
 
 /// A plain HTTP client for requests the typed client does not make (rustls needs its crypto
-/// provider chosen first, as `warden-client` does).
+/// provider chosen first, as `warden-client` does; plain http needs no system roots, which the
+/// VM's minimal root filesystem does not have).
 pub fn http() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
+    reqwest::Client::builder()
+        .tls_certs_only([])
+        .build()
+        .expect("an http client")
 }
 
 /// Job types the tests use. `{dir}` is replaced by the test's scratch directory.
