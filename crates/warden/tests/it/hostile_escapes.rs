@@ -311,7 +311,7 @@ async fn names_are_lossless_and_long_listings_say_they_stopped() {
     // ... and each can be downloaded by its exact bytes.
     for (name, body) in [("a%FF", "1"), ("a%FE", "22")] {
         let url = format!("{}/jobs/{id}/artifacts/{name}", h.server.url);
-        let resp = reqwest::get(&url).await.unwrap();
+        let resp = crate::support::http().get(&url).send().await.unwrap();
         assert_eq!(resp.status(), 200, "{url}");
         assert_eq!(resp.text().await.unwrap(), body);
     }
