@@ -229,7 +229,7 @@ async fn run_e2e(
 }
 
 /// Submits one job and follows it to its end; the time from submit to the `end` event.
-async fn one(client: &Client, req: &SubmitJobRequest) -> anyhow::Result<Duration> {
+pub(crate) async fn one(client: &Client, req: &SubmitJobRequest) -> anyhow::Result<Duration> {
     let t = Instant::now();
     let sub = client.submit(req).await?;
     let end = client

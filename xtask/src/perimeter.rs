@@ -20,7 +20,7 @@ use warden_store_postgres::PgStore;
 use warden_store_postgres::testing::TestDb;
 
 use crate::queue::drain;
-use crate::{build_release, flag, ms, start_server, stats};
+use crate::{build_release, flag, ms, one, start_server, stats};
 
 fn config(dir: &std::path::Path, name: &str, trusted: bool) -> anyhow::Result<std::path::PathBuf> {
     let path = dir.join(format!("{name}.yaml"));
@@ -153,18 +153,6 @@ fn auth_on_off(sequential: usize, rt: &tokio::runtime::Runtime) -> anyhow::Resul
         on.p99.as_secs_f64() / off.p99.as_secs_f64()
     );
     Ok(())
-}
-
-async fn one(client: &Client, req: &SubmitJobRequest) -> anyhow::Result<Duration> {
-    let t = Instant::now();
-    let sub = client.submit(req).await?;
-    let end = client
-        .follow(&sub.job_id, "stdout", Some(0), None, |_| {})
-        .await?;
-    if end.status != warden_api::JobStatus::Succeeded {
-        bail!("job {} ended {}", sub.job_id, end.status);
-    }
-    Ok(t.elapsed())
 }
 
 /// The baseline: the same drain with the claim statement warden used before tenants were
