@@ -32,6 +32,7 @@ const MIGRATIONS: Migrations = &[
     (1, include_str!("../migrations/0001_jobs.sql")),
     (2, include_str!("../migrations/0002_perimeter.sql")),
     (3, include_str!("../migrations/0003_inline.sql")),
+    (4, include_str!("../migrations/0004_queued_tenant.sql")),
 ];
 
 /// Any number; the same for every replica.
@@ -91,6 +92,15 @@ impl PgStore {
         &self.pool
     }
 
+    /// Jobs were queued again whose tenants this replica's schedule may not hold: its next
+    /// claim looks at the database.
+    fn mark_queued(&self) {
+        self.schedule
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .mark_stale();
+    }
+
     async fn migrate(&self) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -131,6 +141,7 @@ impl PgStore {
         on_job: impl Fn(JobId) + Send + 'static,
     ) -> tokio::task::JoinHandle<()> {
         let url = self.url.clone();
+        let store = self.clone();
         tokio::spawn(async move {
             loop {
                 let listener = async {
@@ -146,10 +157,19 @@ impl PgStore {
                         continue;
                     }
                 };
+                store.mark_queued();
                 on_queued();
                 loop {
                     match listener.try_recv().await {
-                        Ok(Some(n)) if n.channel() == "warden_queued" => on_queued(),
+                        Ok(Some(n)) if n.channel() == "warden_queued" => {
+                            // The payload is the job's tenant (migration 4).
+                            store
+                                .schedule
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .note(n.payload());
+                            on_queued();
+                        }
                         Ok(Some(n)) => {
                             if let Ok(id) = n.payload().parse() {
                                 on_job(id);

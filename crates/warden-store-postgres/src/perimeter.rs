@@ -34,14 +34,141 @@ const CANDIDATES: &str = "WITH RECURSIVE t AS (
 const RUNNING: &str = "SELECT tenant, COUNT(*) FROM jobs
     WHERE status = 'running' AND tenant = ANY($1) GROUP BY tenant";
 
-/// This replica's schedule: the passes and virtual time of `warden_store::fair`. Each replica
-/// keeps its own, so that claims never wait on each other: a replica's claims interleave
-/// tenants exactly, several replicas' approximately (each serves a newcomer within its next
-/// claim or two).
+/// How long the active set is trusted without a look at the database: tenants that queued jobs
+/// through another replica while its notifications were lost come back within this.
+const RESCAN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// This replica's schedule: the passes and virtual time of `warden_store::fair`, and the
+/// *active set* — the tenants believed to have queued jobs, each with its place in the turn
+/// order among equal passes. Each replica keeps its own, so that claims never wait on each
+/// other: a replica's claims interleave tenants exactly, several replicas' approximately (each
+/// serves a newcomer within its next claim or two).
+///
+/// The active set is what keeps a claim's cost independent of the number of tenants: a claim
+/// picks its tenant here and asks the database for that tenant's oldest job only. It learns of
+/// queued jobs from this replica's submissions, from every replica's `warden_queued`
+/// notifications (whose payload is the tenant), and from a full look (`ACTIVE`) when it is
+/// empty, stale (`RESCAN`) or when a notification may have been missed.
 #[derive(Debug, Default)]
 pub(crate) struct Schedule {
     v: i64,
     passes: std::collections::HashMap<String, i64>,
+    active: std::collections::HashMap<String, u64>,
+    /// The next place in the turn order.
+    seq: u64,
+    scanned: Option<std::time::Instant>,
+    stale: bool,
+}
+
+/// One claim's turn: the tenant, charged ahead of its claim so that concurrent claimers of this
+/// replica take turns too; [`Schedule::refund`] gives it back when the tenant had no job.
+#[derive(Debug)]
+pub(crate) struct Turn {
+    pub(crate) tenant: String,
+    before: i64,
+    after: i64,
+}
+
+impl Schedule {
+    /// A tenant has (or may have) queued a job.
+    pub(crate) fn note(&mut self, tenant: &str) {
+        if !self.active.contains_key(tenant) {
+            self.seq += 1;
+            self.active.insert(tenant.to_string(), self.seq);
+        }
+    }
+
+    /// Jobs may have been queued that the active set does not know of.
+    pub(crate) fn mark_stale(&mut self) {
+        self.stale = true;
+    }
+
+    pub(crate) fn needs_scan(&self) -> bool {
+        self.stale || self.active.is_empty() || self.scanned.is_none_or(|at| at.elapsed() >= RESCAN)
+    }
+
+    /// The database's answer: exactly these tenants have queued jobs, oldest first. Tenants
+    /// already known keep their place; newcomers queue up behind them in the order of their
+    /// oldest job.
+    pub(crate) fn rescanned(&mut self, tenants: Vec<String>) {
+        let keep: std::collections::HashSet<&String> = tenants.iter().collect();
+        self.active.retain(|t, _| keep.contains(t));
+        for t in &tenants {
+            self.note(t);
+        }
+        self.scanned = Some(std::time::Instant::now());
+        self.stale = false;
+    }
+
+    /// The active tenant whose turn it is (lowest effective pass, then longest waiting),
+    /// skipping `skip`, charged for one claim.
+    pub(crate) fn take_turn(&mut self, fair: &FairShare, skip: &[String]) -> Option<Turn> {
+        let v = self.v;
+        let (tenant, _) = self
+            .active
+            .iter()
+            .filter(|(t, _)| !skip.contains(t))
+            .min_by_key(|(t, seq)| {
+                let pass = self.passes.get(t.as_str()).copied().unwrap_or(0);
+                (pass.max(v), **seq)
+            })?;
+        let tenant = tenant.clone();
+        let before = self.passes.get(&tenant).copied().unwrap_or(0);
+        let mut c = Candidate {
+            tenant,
+            oldest: JobId::new(),
+            pass: before,
+            running: 0,
+        };
+        fair.charge(&mut self.v, &mut c);
+        self.passes.insert(c.tenant.clone(), c.pass);
+        self.seq += 1;
+        self.active.insert(c.tenant.clone(), self.seq);
+        Some(Turn {
+            tenant: c.tenant,
+            before,
+            after: c.pass,
+        })
+    }
+
+    /// `turn`'s tenant had no job for it: its pass goes back (unless it was charged again
+    /// since), and with `gone` it leaves the active set until it queues again.
+    pub(crate) fn refund(&mut self, turn: &Turn, gone: bool) {
+        if self.passes.get(&turn.tenant) == Some(&turn.after) {
+            self.passes.insert(turn.tenant.clone(), turn.before);
+        }
+        if gone {
+            self.active.remove(&turn.tenant);
+        }
+    }
+}
+
+/// Every tenant with queued jobs, in the order of its oldest: a skip scan of
+/// `jobs_queued_tenant`, two index seeks per tenant. Takes no lock.
+const ACTIVE: &str = "WITH RECURSIVE t AS (
+        (SELECT tenant FROM jobs WHERE status = 'queued' ORDER BY tenant LIMIT 1)
+        UNION ALL
+        SELECT (SELECT j.tenant FROM jobs j WHERE j.status = 'queued' AND j.tenant > t.tenant
+                ORDER BY j.tenant LIMIT 1)
+        FROM t WHERE t.tenant IS NOT NULL)
+    SELECT t.tenant FROM t WHERE t.tenant IS NOT NULL
+    ORDER BY (SELECT id FROM jobs j WHERE j.status = 'queued' AND j.tenant = t.tenant
+              ORDER BY id LIMIT 1)";
+
+/// Refreshes `schedule`'s active set from the database.
+pub(crate) async fn rescan(
+    pool: &sqlx::PgPool,
+    schedule: &std::sync::Mutex<Schedule>,
+) -> Result<()> {
+    let tenants: Vec<String> = sqlx::query_scalar(ACTIVE)
+        .fetch_all(pool)
+        .await
+        .map_err(backend)?;
+    schedule
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .rescanned(tenants);
+    Ok(())
 }
 
 /// How many jobs to take from each tenant for `max` free slots, in fair order (planned on a copy
@@ -113,14 +240,6 @@ pub(crate) async fn plan(
         }
     }
     Ok(plan)
-}
-
-/// This replica's schedule as the one-statement claim takes it: known tenants, their passes,
-/// and the virtual time.
-pub(crate) fn snapshot(schedule: &std::sync::Mutex<Schedule>) -> (Vec<String>, Vec<i64>, i64) {
-    let sched = schedule.lock().unwrap_or_else(|p| p.into_inner());
-    let (tenants, passes) = sched.passes.iter().map(|(t, p)| (t.clone(), *p)).unzip();
-    (tenants, passes, sched.v)
 }
 
 /// Accounts `n` claims of `tenant`'s jobs in this replica's schedule.

@@ -87,43 +87,6 @@ pub(crate) fn sql_select_by_id() -> &'static str {
     SQL.get_or_init(|| format!("SELECT {COLUMNS} FROM jobs WHERE id = $1::uuid"))
 }
 
-/// One statement that chooses the tenant whose turn it is and claims its oldest queued job:
-/// tenants with queued jobs (a skip scan of `jobs_queued_tenant`), each at its effective pass
-/// from this replica's schedule (`$5` tenants, `$6` passes; any other tenant at the virtual
-/// time `$7`), the lowest pass then the oldest job wins; `FOR UPDATE SKIP LOCKED` as ever.
-pub(crate) fn sql_claim_fair() -> &'static str {
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SQL.get_or_init(|| {
-        format!(
-            "WITH RECURSIVE t AS (
-                 (SELECT tenant FROM jobs WHERE status = 'queued' ORDER BY tenant LIMIT 1)
-                 UNION ALL
-                 SELECT (SELECT j.tenant FROM jobs j WHERE j.status = 'queued'
-                             AND j.tenant > t.tenant ORDER BY j.tenant LIMIT 1)
-                 FROM t WHERE t.tenant IS NOT NULL),
-             known AS (SELECT * FROM unnest($5::text[], $6::bigint[]) AS k(tenant, pass)),
-             pick AS (
-                 SELECT t.tenant, GREATEST(COALESCE(k.pass, $7), $7) AS pass,
-                        (SELECT id FROM jobs j WHERE j.status = 'queued' AND j.tenant = t.tenant
-                             AND ($4::text[] IS NULL OR j.job_type = ANY($4))
-                         ORDER BY id LIMIT 1) AS oldest
-                 FROM t LEFT JOIN known k ON k.tenant = t.tenant
-                 WHERE t.tenant IS NOT NULL),
-             chosen AS (SELECT tenant FROM pick WHERE oldest IS NOT NULL
-                        ORDER BY pass, oldest LIMIT 1)
-             UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = $1,
-                 lease_owner = $2, lease_token = lease_token + 1, lease_expires_at = $3
-             WHERE id = (
-                 SELECT id FROM jobs
-                 WHERE status = 'queued' AND tenant = (SELECT tenant FROM chosen)
-                   AND ($4::text[] IS NULL OR job_type = ANY($4))
-                 ORDER BY id LIMIT 1
-                 FOR UPDATE SKIP LOCKED)
-             RETURNING {COLUMNS}"
-        )
-    })
-}
-
 /// Marks up to `$5` of tenant `$6`'s oldest queued jobs (of job types `$4`) running: rows
 /// another claim holds are skipped, so claims never wait on each other.
 pub(crate) fn sql_claim_tenant() -> &'static str {

@@ -67,6 +67,10 @@ impl Store for PgStore {
         .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
         if let Some(row) = inserted {
+            self.schedule
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .note(&job.tenant);
             return Ok(SubmitOutcome::Created(row_to_job(&row)?));
         }
         // The key was taken (by this request before, or by another one).
@@ -142,14 +146,9 @@ impl Store for PgStore {
         let fair = self.fair.read().unwrap_or_else(|p| p.into_inner()).clone();
         let mut claimed = Vec::new();
         if fair.shares.values().all(|s| s.max_running.is_none()) {
-            claimed = self
+            return self
                 .claim_fair(&fair, worker, job_types, max, (now, lease_ms))
-                .await?;
-            if claimed.len() == max {
-                return Ok(claimed);
-            }
-            // The chosen tenant's jobs were all held by other claims at that instant: the
-            // planned path below looks at the other tenants.
+                .await;
         }
         // A tenant that gave fewer jobs than planned (others' claims took them, or its
         // max_running was reached meanwhile) is left out when the rest is planned again.
@@ -318,7 +317,9 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        tx.commit().await.map_err(backend)
+        tx.commit().await.map_err(backend)?;
+        self.mark_queued();
+        Ok(())
     }
 
     async fn request_cancel(&self, id: JobId, now: Millis) -> Result<CancelOutcome> {
@@ -404,6 +405,9 @@ impl Store for PgStore {
                 .map_err(backend)?;
         }
         tx.commit().await.map_err(backend)?;
+        if !requeued.is_empty() {
+            self.mark_queued();
+        }
         reaped.sort_by_key(|r| r.job_id);
         Ok(reaped)
     }
@@ -522,8 +526,12 @@ impl PgStore {
         }
     }
 
-    /// Without `max_running` anywhere: one statement per job, which chooses the tenant and
-    /// claims its oldest job (see `rows::sql_claim_fair`).
+    /// Without `max_running` anywhere: the tenant whose turn it is comes from this replica's
+    /// active set, and one statement per job claims that tenant's oldest (`rows::sql_claim_tenant`),
+    /// so that a claim costs the same with one tenant or a thousand. A tenant that gives nothing
+    /// is passed over for the rest of this call (and leaves the active set when no job type
+    /// filter could explain it); before giving up, the database is asked once which tenants
+    /// have queued jobs.
     async fn claim_fair(
         &self,
         fair: &warden_store::FairShare,
@@ -532,24 +540,47 @@ impl PgStore {
         max: usize,
         (now, lease_ms): (Millis, i64),
     ) -> Result<Vec<Claimed>> {
-        use super::perimeter::{charge, snapshot};
+        use super::perimeter::rescan;
         let mut claimed = Vec::new();
+        let mut skip: Vec<String> = Vec::new();
+        let mut scanned = false;
+        let lock = || self.schedule.lock().unwrap_or_else(|p| p.into_inner());
         while claimed.len() < max {
-            let (tenants, passes, v) = snapshot(&self.schedule);
-            let row = sqlx::query(sql_claim_fair())
+            if !scanned && lock().needs_scan() {
+                rescan(&self.pool, &self.schedule).await?;
+                scanned = true;
+            }
+            let turn = lock().take_turn(fair, &skip);
+            let Some(turn) = turn else {
+                if scanned {
+                    break;
+                }
+                rescan(&self.pool, &self.schedule).await?;
+                scanned = true;
+                continue;
+            };
+            let row = sqlx::query(sql_claim_tenant())
                 .bind(now)
                 .bind(worker)
                 .bind(now.saturating_add(lease_ms))
                 .bind(job_types)
-                .bind(&tenants)
-                .bind(&passes)
-                .bind(v)
+                .bind(1i64)
+                .bind(&turn.tenant)
                 .fetch_optional(&self.pool)
-                .await
-                .map_err(backend)?;
-            let Some(row) = row else { break };
+                .await;
+            let row = match row {
+                Ok(Some(row)) => row,
+                Ok(None) => {
+                    lock().refund(&turn, job_types.is_none());
+                    skip.push(turn.tenant);
+                    continue;
+                }
+                Err(e) => {
+                    lock().refund(&turn, false);
+                    return Err(backend(e));
+                }
+            };
             let job = row_to_job(&row)?;
-            charge(&self.schedule, fair, &job.tenant, 1);
             let lease = Lease {
                 job_id: job.id,
                 worker: worker.to_string(),

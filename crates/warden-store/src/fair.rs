@@ -5,8 +5,9 @@
 //! scheduler's virtual time `v` is the pass of the last claim: a tenant that was idle comes back
 //! at `v`, never below it, so it cannot bank idleness into a burst — and it is served before
 //! any tenant that has just been served. One tenant's 10,000 queued jobs therefore delay
-//! another tenant's single job by at most one claim. Backends keep the passes and `v` in the
-//! database so that every replica schedules alike; this module is the arithmetic.
+//! another tenant's single job by at most one claim. This module is the arithmetic: SQLite keeps
+//! the passes and `v` in the database (one writer, in the claim's transaction); PostgreSQL keeps
+//! them per replica in memory, so that claims never wait on each other.
 
 use std::collections::BTreeMap;
 
