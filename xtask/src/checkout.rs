@@ -151,10 +151,10 @@ fn rounds(dir: &Path, src: &Path, sha: &str, runs: usize) -> anyhow::Result<Samp
     let rt = tokio::runtime::Runtime::new()?;
     let git_config = warden_core::GitConfig::default();
     let repos = warden_repo::Repos::open(&dir.join("git"), &git_config)?;
-    let remote = warden_repo::Remote {
-        url: src.to_string_lossy().into_owned(),
-        transport: warden_core::repo::Transport::Local(src.to_path_buf()),
-    };
+    let remote = warden_repo::Remote::new(
+        src.to_string_lossy(),
+        warden_core::repo::Transport::Local(src.to_path_buf()),
+    );
     let mut s = Samples::default();
     let t = Instant::now();
     let commit = rt.block_on(repos.mirrors.ensure_commit(&remote, sha))?;

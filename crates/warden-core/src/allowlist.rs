@@ -61,6 +61,8 @@ impl Config {
             return Ok(Remote {
                 url: repo.url.clone(),
                 transport: repo.transport.clone(),
+                credential: repo.credential.clone(),
+                ca_file: repo.ca_file.clone(),
             });
         }
         if self
@@ -79,10 +81,7 @@ impl Config {
         if matches!(transport, Transport::Local(_)) {
             return Err(RepoRefused::LocalNotConfigured);
         }
-        Ok(Remote {
-            url: url.into(),
-            transport,
-        })
+        Ok(Remote::new(url, transport))
     }
 
     /// The remote a job accepted at submission fetches from when it runs, by this host's

@@ -55,6 +55,33 @@ pub struct InvalidRefName(pub String);
 pub struct Remote {
     pub url: String,
     pub transport: Transport,
+    /// A private https repository's login (only ever from the operator's `repos:` entry).
+    pub credential: Option<RepoCredential>,
+    /// The CA bundle that the https server's certificate is checked against instead of the
+    /// system's.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// How warden logs in to a private https repository: a user name and the secret (by name,
+/// from `secrets:`) that is its password or token. git gets the value from a pipe, through a
+/// credential helper that answers for this repository's host only; it is never written to
+/// disk, to a git config or to a URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoCredential {
+    pub username: String,
+    pub secret: String,
+}
+
+impl Remote {
+    /// A remote with no credential and the system's CAs.
+    pub fn new(url: impl Into<String>, transport: Transport) -> Remote {
+        Remote {
+            url: url.into(),
+            transport,
+            credential: None,
+            ca_file: None,
+        }
+    }
 }
 
 /// Classifies a repository URL, refusing what warden never fetches from. The message says what

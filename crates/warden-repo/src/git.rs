@@ -80,6 +80,44 @@ pub struct GitCommand {
     cmd: std::process::Command,
     timeout: Duration,
     limits: ChildLimits,
+    /// What the credential helper reads from descriptor [`CREDENTIAL_FD`].
+    credential: Option<Vec<u8>>,
+}
+
+/// The descriptor git's credential helper reads the login from: a pipe, filled and closed by
+/// warden before git starts.
+const CREDENTIAL_FD: i32 = 3;
+
+/// The largest login the pipe takes without a reader (a pipe holds 64 KiB).
+const MAX_CREDENTIAL_BYTES: usize = 16 * 1024;
+
+/// What git's credential protocol carries for one login (`username=…`, `password=…`). A
+/// password may end in one line break (as a secret file written with `echo` does) but hold no
+/// other, nor a NUL byte: the protocol is line-based.
+pub fn credential_lines(username: &str, password: &[u8]) -> Result<Vec<u8>, String> {
+    let password = password
+        .strip_suffix(b"\r\n")
+        .or_else(|| password.strip_suffix(b"\n"))
+        .unwrap_or(password);
+    if password.is_empty() {
+        return Err("the password is empty".into());
+    }
+    if password.iter().any(|b| matches!(b, b'\n' | b'\r' | 0)) {
+        return Err("the password holds a line break or a NUL byte".into());
+    }
+    if username.contains(['\n', '\r', '\0']) {
+        return Err("the user name holds a line break or a NUL byte".into());
+    }
+    let mut lines = format!("username={username}\npassword=").into_bytes();
+    lines.extend_from_slice(password);
+    lines.push(b'\n');
+    if lines.len() > MAX_CREDENTIAL_BYTES {
+        return Err(format!(
+            "the login is {} bytes; at most {MAX_CREDENTIAL_BYTES} are passed to git",
+            lines.len()
+        ));
+    }
+    Ok(lines)
 }
 
 impl Git {
@@ -124,6 +162,7 @@ impl Git {
             cmd,
             timeout: Duration::from_secs(60),
             limits: ChildLimits::default(),
+            credential: None,
         }
     }
 }
@@ -148,6 +187,21 @@ impl GitCommand {
         self
     }
 
+    /// Logs in to `origin` (`https://host[:port]`, no path) with `lines` (from
+    /// [`credential_lines`]): a credential helper scoped to that origin reads them from a pipe
+    /// at descriptor 3, and answers nothing else (no `store`, no other host; redirects are not
+    /// followed). Must come before the subcommand.
+    pub fn credential(mut self, origin: &str, lines: Vec<u8>) -> GitCommand {
+        self.cmd
+            .arg("-c")
+            .arg(format!(
+                "credential.{origin}.helper=!f() {{ test \"$1\" = get && cat <&{CREDENTIAL_FD}; }}; f"
+            ))
+            .args(["-c", "http.followRedirects=false"]);
+        self.credential = Some(lines);
+        self
+    }
+
     /// Runs against a repository directory (`--git-dir`).
     pub fn git_dir(self, dir: &Path) -> GitCommand {
         self.env("GIT_DIR", dir)
@@ -169,7 +223,21 @@ impl GitCommand {
             mut cmd,
             timeout,
             limits,
+            credential,
         } = self;
+        if let Some(lines) = credential {
+            let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                .map_err(|e| GitError::Spawn(e.into()))?;
+            // Fits the pipe (MAX_CREDENTIAL_BYTES): written whole before git starts, and the
+            // writing end closed, so a helper that reads gets exactly the login and then EOF.
+            let mut rest = &lines[..];
+            while !rest.is_empty() {
+                let n = rustix::io::write(&write, rest).map_err(|e| GitError::Spawn(e.into()))?;
+                rest = &rest[n..];
+            }
+            drop(write);
+            child::pass_fd(&mut cmd, read, CREDENTIAL_FD);
+        }
         // Its own process group: a timeout kills git and every helper it started (ssh,
         // remote-https, index-pack) together.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
@@ -195,5 +263,38 @@ impl GitCommand {
                 Err(GitError::Timeout(timeout))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::credential_lines;
+
+    #[test]
+    fn a_login_is_two_protocol_lines_or_a_reason() {
+        assert_eq!(
+            credential_lines("ci", b"tok\n").unwrap(),
+            b"username=ci\npassword=tok\n"
+        );
+        assert_eq!(
+            credential_lines("ci", b"tok\r\n").unwrap(),
+            b"username=ci\npassword=tok\n"
+        );
+        for (user, password, expected) in [
+            ("ci", &b"\n"[..], "the password is empty"),
+            ("ci", b"a\nb", "line break"),
+            ("ci", b"a\nb\n", "line break"),
+            ("ci", b"a\0b", "NUL"),
+            ("c\ni", b"tok", "user name"),
+        ] {
+            let err = credential_lines(user, password).unwrap_err();
+            assert!(err.contains(expected), "{user:?} {password:?}: {err}");
+        }
+        let huge = vec![b'x'; 20_000];
+        assert!(
+            credential_lines("ci", &huge)
+                .unwrap_err()
+                .contains("at most")
+        );
     }
 }

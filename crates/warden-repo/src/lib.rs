@@ -21,7 +21,7 @@ use std::time::Duration;
 
 pub use cache::{CacheStats, Checkout, CheckoutCache};
 pub use git::Git;
-pub use mirror::{MirrorCommit, Mirrors, PUSH_DISABLED, Remote, mirror_id};
+pub use mirror::{MirrorCommit, Mirrors, PUSH_DISABLED, Remote, mirror_id, remote_mirror_id};
 pub use proof::TreeProof;
 
 /// Why a repository could not be made ready. The `Display` form starts with the reason code a
@@ -99,7 +99,7 @@ impl Repos {
     /// Gets the tree of `sha` ready: fetched into the mirror if needed, then from the cache.
     pub async fn checkout(&self, remote: &Remote, sha: &str) -> Result<Checkout, RepoError> {
         // A cached commit needs nothing from the mirror: no git process on the warm path.
-        if let Some(co) = self.cache.cached(&mirror_id(&remote.url), sha) {
+        if let Some(co) = self.cache.cached(&remote_mirror_id(remote), sha) {
             return Ok(co);
         }
         let commit = self.mirrors.ensure_commit(remote, sha).await?;

@@ -16,7 +16,7 @@ use warden_core::repo::{Transport, check_ref_name, normalize_repo_url};
 use warden_sandbox::child::ChildLimits;
 
 use crate::RepoError;
-use crate::git::{Git, GitError, GitOutput};
+use crate::git::{Git, GitCommand, GitError, GitOutput};
 
 /// The push URL of every mirror: not a URL git can push to.
 pub const PUSH_DISABLED: &str = "DISABLED";
@@ -43,6 +43,23 @@ pub struct Mirrors {
     fetch_timeout: Duration,
     fetch_max_bytes: u64,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Logins for private https repositories, by secret name ([`Mirrors::set_logins`]).
+    logins: std::sync::RwLock<HashMap<String, Arc<Vec<u8>>>>,
+}
+
+/// The mirror of `remote`: a remote with a credential never shares a mirror (nor, through its
+/// id, checkouts) with one of the same URL without it, so that what was fetched with the
+/// operator's login is only ever served to jobs of the repository that has it.
+pub fn remote_mirror_id(remote: &Remote) -> String {
+    let id = mirror_id(&remote.url);
+    match &remote.credential {
+        None => id,
+        Some(c) => {
+            let digest = Sha256::digest(format!("{}\0{}", c.username, c.secret).as_bytes());
+            let tag: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+            format!("{id}.login-{tag}")
+        }
+    }
 }
 
 /// The directory name of a URL's mirror: a hash of the normalised URL (so any URL is a safe
@@ -97,7 +114,57 @@ impl Mirrors {
             fetch_timeout,
             fetch_max_bytes,
             locks: Mutex::new(HashMap::new()),
+            logins: Default::default(),
         })
+    }
+
+    /// The logins private repositories fetch with: for each `(repository, username, secret
+    /// name, value)`. A value git's credential protocol cannot carry is refused, naming the
+    /// repository and the secret.
+    pub fn set_logins<'a>(
+        &self,
+        logins: impl IntoIterator<Item = (&'a str, &'a str, &'a str, &'a [u8])>,
+    ) -> Result<(), String> {
+        let mut map = HashMap::new();
+        for (repo, username, secret, value) in logins {
+            let lines = crate::git::credential_lines(username, value).map_err(|e| {
+                format!("repos.{repo}.credential: secret {secret} cannot be a git login: {e}")
+            })?;
+            map.insert(format!("{username}\0{secret}"), Arc::new(lines));
+        }
+        *self.logins.write().unwrap_or_else(|p| p.into_inner()) = map;
+        Ok(())
+    }
+
+    /// A git command that may reach `remote`: only over its transport, with its CA and login.
+    fn remote_command(&self, remote: &Remote) -> Result<GitCommand, RepoError> {
+        let mut cmd = self.git.command(Some(remote.transport.git_protocol()));
+        if let Some(ca) = &remote.ca_file {
+            cmd = cmd
+                .arg("-c")
+                .arg(format!("http.sslCAInfo={}", ca.display()));
+        }
+        if let Some(c) = &remote.credential {
+            let key = format!("{}\0{}", c.username, c.secret);
+            let lines = self
+                .logins
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+                .cloned()
+                .ok_or_else(|| {
+                    RepoError::FetchFailed(format!(
+                        "{} logs in with secret {}, which this host does not have (define it \
+                         under secrets: in this host's configuration)",
+                        remote.url, c.secret
+                    ))
+                })?;
+            let origin = https_origin(&remote.url).ok_or_else(|| {
+                RepoError::FetchFailed(format!("{} is not an https URL", remote.url))
+            })?;
+            cmd = cmd.credential(&origin, lines.to_vec());
+        }
+        Ok(cmd)
     }
 
     pub fn git(&self) -> &Git {
@@ -145,7 +212,7 @@ impl Mirrors {
         remote: &Remote,
         sha: &str,
     ) -> Result<MirrorCommit, RepoError> {
-        let id = mirror_id(&remote.url);
+        let id = remote_mirror_id(remote);
         let mirror = self.root.join(&id);
         let found = |tree: String, fetched: bool| MirrorCommit {
             mirror: mirror.clone(),
@@ -292,8 +359,7 @@ impl Mirrors {
         // The URL is given on the command line (as a file:// URL for local repositories, so that
         // git's transport and GIT_ALLOW_PROTOCOL apply), with the mirror's refspecs.
         let mut cmd = self
-            .git
-            .command(Some(remote.transport.git_protocol()))
+            .remote_command(remote)?
             .git_dir(mirror)
             .args(["-c", "fetch.unpackLimit=1", "-c", "transfer.unpackLimit=1"])
             .args(["fetch", "--quiet", "--no-write-fetch-head", "--no-auto-gc"])
@@ -329,10 +395,7 @@ impl Mirrors {
             vec![format!("refs/tags/{name}"), format!("refs/heads/{name}")]
         };
         // No patterns: a pattern would hide the peeled `^{}` line of an annotated tag.
-        let mut cmd = self
-            .git
-            .command(Some(remote.transport.git_protocol()))
-            .args(["ls-remote", "--quiet"]);
+        let mut cmd = self.remote_command(remote)?.args(["ls-remote", "--quiet"]);
         if candidates.len() > 1 {
             cmd = cmd.args(["--heads", "--tags"]);
         }
@@ -379,6 +442,13 @@ impl Mirrors {
             [(_, sha), ..] => Ok(sha.clone()),
         }
     }
+}
+
+/// `https://host[:port]` of an https URL: what a credential helper is scoped to.
+fn https_origin(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("https://")?;
+    let authority = rest.split('/').next().filter(|a| !a.is_empty())?;
+    Some(format!("https://{authority}"))
 }
 
 /// The URL git is given. Local paths go as `file://` URLs so that git uses its transport (and

@@ -59,10 +59,10 @@ impl Source {
     }
 
     fn remote(&self) -> Remote {
-        Remote {
-            url: self.path.to_string_lossy().into_owned(),
-            transport: Transport::Local(self.path.clone()),
-        }
+        Remote::new(
+            self.path.to_string_lossy(),
+            Transport::Local(self.path.clone()),
+        )
     }
 }
 

@@ -38,3 +38,25 @@ pub fn apply(cmd: &mut Command, limits: ChildLimits) {
         });
     }
 }
+
+/// Arranges for `cmd`'s process to find `fd` open at descriptor number `at` (say 3), and for
+/// no other process to get it: `fd` itself is close-on-exec, its copy at `at` is not.
+pub fn pass_fd(cmd: &mut Command, fd: std::os::fd::OwnedFd, at: std::os::fd::RawFd) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the closure runs in the child between fork and exec and only makes the
+    // async-signal-safe system calls dup2(2) and fcntl(2) on a descriptor it owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            let raw = fd.as_raw_fd();
+            if raw == at {
+                // dup2 onto itself keeps close-on-exec: clear it instead.
+                if libc::fcntl(raw, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(raw, at) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

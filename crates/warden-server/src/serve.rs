@@ -159,13 +159,14 @@ pub async fn run(
     DataDir::clear(&data.scratch_root());
 
     let config = Arc::new(config);
-    let repos =
-        Arc::new(
-            Repos::open(&data.git(), &config.git).map_err(|source| DataDirError::Io {
-                path: data.git(),
-                source,
-            })?,
-        );
+    let repos = Repos::open(&data.git(), &config.git).map_err(|source| DataDirError::Io {
+        path: data.git(),
+        source,
+    })?;
+    secrets
+        .give_logins(&config, &repos.mirrors)
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    let repos = Arc::new(repos);
     let service = Arc::new(match sqlite {
         Some(sqlite) => {
             let executor = local_executor(&config, &data, supervisor_exe).await;

@@ -57,12 +57,14 @@ pub async fn run(
         cgroups: executor.host().cgroups.describe(),
         landlock_abi: warden_sandbox::landlock_abi().max(0) as u32,
     };
-    let repos = warden_repo::Repos::open(&data.git(), &config.git)
-        .map(Arc::new)
-        .map_err(|source| StandaloneError::Repos {
+    let repos = warden_repo::Repos::open(&data.git(), &config.git).map_err(|source| {
+        StandaloneError::Repos {
             path: data.git(),
             source,
-        })?;
+        }
+    })?;
+    secrets.give_logins(&config, &repos.mirrors)?;
+    let repos = Arc::new(repos);
     let (server, worker_id) = (opts.server.clone(), opts.worker_id.clone());
     let (remote, mut cancels) = RemoteCoordinator::start(opts, data.clone())?;
     eprintln!("connecting to {server} as {worker_id} ...");

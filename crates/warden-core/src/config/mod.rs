@@ -277,12 +277,27 @@ impl Config {
 pub struct RepoConfig {
     pub url: String,
     pub transport: Transport,
+    /// For a private https repository: `{username, secret}` (see [`RepoCredential`]).
+    pub credential: Option<crate::repo::RepoCredential>,
+    /// A CA bundle (PEM) for the repository's https server.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRepo {
     url: String,
+    #[serde(default)]
+    credential: Option<RawCredential>,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCredential {
+    username: String,
+    secret: String,
 }
 
 impl TryFrom<RawRepo> for RepoConfig {
@@ -290,9 +305,43 @@ impl TryFrom<RawRepo> for RepoConfig {
 
     fn try_from(raw: RawRepo) -> Result<RepoConfig, String> {
         let transport = parse_repo_url(&raw.url).map_err(|e| e.0)?;
+        let https = transport == Transport::Https;
+        if !https && (raw.credential.is_some() || raw.ca_file.is_some()) {
+            return Err(format!(
+                "credential and ca_file are for https repositories; {:?} is fetched over {} \
+                 (ssh repositories log in with the agent's key)",
+                raw.url, transport
+            ));
+        }
+        let credential = raw
+            .credential
+            .map(|c| {
+                let user_ok = !c.username.is_empty()
+                    && c.username.len() <= 256
+                    && !c.username.chars().any(|ch| ch.is_control());
+                if !user_ok {
+                    return Err(
+                        "credential.username must be 1 to 256 characters, none of them a \
+                         control character"
+                            .to_string(),
+                    );
+                }
+                Ok(crate::repo::RepoCredential {
+                    username: c.username,
+                    secret: c.secret,
+                })
+            })
+            .transpose()?;
+        if let Some(ca) = &raw.ca_file
+            && !ca.is_absolute()
+        {
+            return Err(format!("ca_file {} must be an absolute path", ca.display()));
+        }
         Ok(RepoConfig {
             url: raw.url,
             transport,
+            credential,
+            ca_file: raw.ca_file,
         })
     }
 }

@@ -207,6 +207,16 @@ pub(super) fn check(
             ));
         }
     }
+    for (name, repo) in repos {
+        if let Some(c) = &repo.credential
+            && !secrets.contains_key(&c.secret)
+        {
+            return Err(format!(
+                "repos.{name}.credential.secret {:?} is not defined under secrets:",
+                c.secret
+            ));
+        }
+    }
     for (jt_name, jt) in job_types {
         for s in jt.secrets.iter().chain(jt.secret_env.values()) {
             if !secrets.contains_key(s) {

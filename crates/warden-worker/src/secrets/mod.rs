@@ -45,6 +45,8 @@ pub enum SecretError {
     },
     #[error("secret {name}: environment variable {var} is not set (or not UTF-8)")]
     Env { name: String, var: String },
+    #[error("{0}")]
+    Login(String),
     #[error(
         "secret {name}: its value is {len} bytes; secrets are {MIN_SECRET_LEN} to \
          {MAX_SECRET_BYTES} bytes (shorter ones cannot be masked in logs without masking \
@@ -92,6 +94,26 @@ impl Secrets {
             values.insert(name.clone(), SecretValue(value));
         }
         Ok(Secrets { values })
+    }
+
+    /// Hands `mirrors` the logins of the private https repositories `config` lists (each names
+    /// a secret defined here: the configuration's own check saw to that).
+    pub fn give_logins(
+        &self,
+        config: &Config,
+        mirrors: &warden_repo::Mirrors,
+    ) -> Result<(), SecretError> {
+        let logins = config.repos.iter().filter_map(|(name, repo)| {
+            let c = repo.credential.as_ref()?;
+            let value = self.values.get(&c.secret)?;
+            Some((
+                name.as_str(),
+                c.username.as_str(),
+                c.secret.as_str(),
+                value.bytes(),
+            ))
+        });
+        mirrors.set_logins(logins).map_err(SecretError::Login)
     }
 
     /// What a control plane sends a remote worker for a job of `job_type`: the file secrets

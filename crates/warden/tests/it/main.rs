@@ -8,6 +8,7 @@ mod hostile;
 mod hostile_escapes;
 mod hostile_repo;
 mod perimeter;
+mod private_repo;
 mod repo;
 mod rootless;
 mod support;
