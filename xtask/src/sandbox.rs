@@ -93,6 +93,7 @@ impl WardenRuns {
                 rootfs: None,
                 binds: Vec::<Bind>::new(),
                 network: false,
+                egress: None,
                 inotify: false,
                 // Rootless, the job's ids are the init's own root (the calling user outside).
                 uid: if self.host.rootless { 0 } else { 65534 },

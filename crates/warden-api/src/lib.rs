@@ -269,7 +269,12 @@ pub struct JobTypeView {
     pub timeout_s: u64,
     pub requires_repo: bool,
     pub allowed_params: Vec<String>,
+    /// Whether its jobs reach anything beyond their own loopback (`host` or `egress`).
     pub network: bool,
+    /// What may be reached through warden's egress gateway (`network: {egress: [...]}`);
+    /// empty for `none` and `host`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

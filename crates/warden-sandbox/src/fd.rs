@@ -2,7 +2,7 @@
 //! here runs in single-threaded processes between fork and exec.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::Rlimits;
 use crate::sys::{Step, check};
@@ -115,4 +115,96 @@ pub(crate) fn open_dir(path: &std::path::Path) -> std::io::Result<std::os::fd::O
     }
     // SAFETY: a fresh descriptor owned by nothing else.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends one byte with `fds` attached (`SCM_RIGHTS`) on the socket `sock`.
+pub(crate) fn send_fds(sock: RawFd, byte: u8, fds: &[RawFd]) -> io::Result<()> {
+    let byte = [byte];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_ptr() as *mut _,
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_SPACE / CMSG_LEN are pure size computations.
+    let (space, len) = unsafe {
+        let payload = std::mem::size_of_val(fds) as u32;
+        (
+            libc::CMSG_SPACE(payload) as usize,
+            libc::CMSG_LEN(payload) as usize,
+        )
+    };
+    let mut cmsg = vec![0u8; space];
+    // SAFETY: msghdr is plain data; the pointers set below stay valid during sendmsg, and the
+    // control message is written within the buffer of CMSG_SPACE bytes.
+    let rc = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if !fds.is_empty() {
+            msg.msg_control = cmsg.as_mut_ptr().cast();
+            msg.msg_controllen = space;
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = len;
+            let data = libc::CMSG_DATA(c) as *mut RawFd;
+            for (i, fd) in fds.iter().enumerate() {
+                std::ptr::write_unaligned(data.add(i), *fd);
+            }
+        }
+        libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL)
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Receives one byte and up to `max` descriptors sent with it (close-on-exec), or `None` at
+/// EOF. Descriptors beyond `max` are closed (the kernel truncates the message).
+pub(crate) fn recv_fds(sock: RawFd, max: usize) -> io::Result<Option<(u8, Vec<OwnedFd>)>> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE((max * std::mem::size_of::<RawFd>()) as u32) } as usize;
+    let mut cmsg = vec![0u8; space];
+    // SAFETY: msghdr is plain data; every pointer set below stays valid during recvmsg.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    let n = loop {
+        // SAFETY: receives into the buffers described by msg; CLOEXEC on received descriptors.
+        let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        break n;
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if n == 0 {
+        return Ok(None);
+    }
+    let mut fds = Vec::new();
+    // SAFETY: walks the control messages the kernel filled in, within msg_controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c) as *const RawFd;
+                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
+                    / std::mem::size_of::<RawFd>();
+                for i in 0..count {
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok(Some((byte[0], fds)))
 }

@@ -32,6 +32,8 @@ pub struct RunningJob {
     pub control: JobControl,
     reader: OwnedReadHalf,
     supervisor: i32,
+    /// Bytes of the report read while looking for the gateway message.
+    read_ahead: Vec<u8>,
 }
 
 /// Steers a running job. Cheap to clone. The supervisor treats the end of the control stream as
@@ -139,6 +141,7 @@ impl Launcher {
             control,
             reader,
             supervisor,
+            read_ahead: Vec::new(),
         })
     }
 }
@@ -169,9 +172,36 @@ impl JobControl {
 }
 
 impl RunningJob {
+    /// An egress job's gateway sockets, sent by its init once its network namespace is ready
+    /// and before the job starts: UDP sockets on port 53 and TCP listeners, IPv4 and IPv6, in
+    /// the job's namespace. `None` when setup failed first (the report then says why).
+    pub async fn take_gateway(&mut self) -> Result<Option<Vec<OwnedFd>>, SandboxError> {
+        use std::os::fd::AsRawFd;
+        let stream = self.reader.as_ref();
+        let raw = stream.as_raw_fd();
+        let got = loop {
+            stream.readable().await.map_err(SandboxError::Control)?;
+            match stream.try_io(tokio::io::Interest::READABLE, || {
+                crate::fd::recv_fds(raw, 64)
+            }) {
+                Ok(got) => break got,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(SandboxError::Control(e)),
+            }
+        };
+        match got {
+            Some((crate::net::GATEWAY_MESSAGE, fds)) if !fds.is_empty() => Ok(Some(fds)),
+            Some((byte, _)) => {
+                self.read_ahead.push(byte);
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
     /// Waits until the job's whole process tree is gone and returns the supervisor's report.
     pub async fn wait(mut self) -> Result<ExitReport, SandboxError> {
-        let mut buf = Vec::new();
+        let mut buf = std::mem::take(&mut self.read_ahead);
         let read = self.reader.read_to_end(&mut buf).await;
         drop(self.control);
         read.map_err(SandboxError::Control)?;

@@ -40,6 +40,7 @@ pub use cgroups::{CgroupHome, CgroupLimits};
 pub use etc::prepare_etc;
 pub use landlock::kernel_abi as landlock_abi;
 pub use launcher::{JobControl, Launcher, RunningJob};
+pub use net::{DNS_PORT, EgressPorts};
 pub use paths::JOB_UID;
 pub use process::supervisor;
 pub use zygote::ZYGOTE_ARG;
@@ -139,6 +140,11 @@ pub struct SandboxSpec {
     pub binds: Vec<Bind>,
     /// Share the host's network namespace instead of a loopback-only one.
     pub network: bool,
+    /// An egress namespace instead: every address is local, and the sockets listening on
+    /// these ports (and on 53, for DNS) are handed to warden's gateway before the job starts
+    /// ([`RunningJob::take_gateway`]).
+    #[serde(default)]
+    pub egress: Option<EgressPorts>,
     /// Allow `inotify_init*` (denied by default: see `seccomp::INOTIFY`).
     #[serde(default)]
     pub inotify: bool,

@@ -360,6 +360,7 @@ mod tests {
                 at: "/opt/toolchain".into(),
             }],
             network: false,
+            egress: None,
             inotify: false,
             uid: 65534,
             gid: 65534,

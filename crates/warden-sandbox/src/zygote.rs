@@ -152,50 +152,9 @@ fn become_supervisor(fds: &[OwnedFd], netns: Option<&OwnedFd>) -> ! {
 
 /// One request: three descriptors, or `None` at EOF.
 fn receive() -> io::Result<Option<Vec<OwnedFd>>> {
-    let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE((FDS * std::mem::size_of::<RawFd>()) as u32) } as usize;
-    let mut cmsg = vec![0u8; space];
-    // SAFETY: msghdr is plain data; every pointer set below stays valid during recvmsg.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cmsg.as_mut_ptr().cast();
-    msg.msg_controllen = space;
-    let n = loop {
-        // SAFETY: receives into the buffers described by msg; CLOEXEC on received descriptors.
-        let n = unsafe { libc::recvmsg(0, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-            continue;
-        }
-        break n;
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if n == 0 {
+    let Some((_, fds)) = crate::fd::recv_fds(0, FDS)? else {
         return Ok(None);
-    }
-    let mut fds = Vec::new();
-    // SAFETY: walks the control messages the kernel filled in, within msg_controllen.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(c) as *const RawFd;
-                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
-                    / std::mem::size_of::<RawFd>();
-                for i in 0..count {
-                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
-                }
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-    }
+    };
     if fds.len() != FDS {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -207,42 +166,7 @@ fn receive() -> io::Result<Option<Vec<OwnedFd>>> {
 
 /// warden's side: sends one request (one byte with the three descriptors attached).
 pub(crate) fn send(sock: std::os::fd::BorrowedFd<'_>, fds: [&OwnedFd; FDS]) -> io::Result<()> {
-    let byte = [b'S'];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_ptr() as *mut _,
-        iov_len: 1,
-    };
-    // SAFETY: CMSG_SPACE / CMSG_LEN are pure size computations.
-    let (space, len) = unsafe {
-        let payload = (FDS * std::mem::size_of::<RawFd>()) as u32;
-        (
-            libc::CMSG_SPACE(payload) as usize,
-            libc::CMSG_LEN(payload) as usize,
-        )
-    };
-    let mut cmsg = vec![0u8; space];
-    // SAFETY: msghdr is plain data; the pointers set below stay valid during sendmsg, and the
-    // control message is written within the buffer of CMSG_SPACE bytes.
-    let rc = unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cmsg.as_mut_ptr().cast();
-        msg.msg_controllen = space;
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = len;
-        let data = libc::CMSG_DATA(c) as *mut RawFd;
-        for (i, fd) in fds.iter().enumerate() {
-            std::ptr::write_unaligned(data.add(i), fd.as_raw_fd());
-        }
-        libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    crate::fd::send_fds(sock.as_raw_fd(), b'S', &fds.map(|f| f.as_raw_fd()))
 }
 
 /// warden's side: decodes the answer to a request, the supervisor's pid.

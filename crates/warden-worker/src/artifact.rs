@@ -75,19 +75,26 @@ pub struct LogSummary {
 /// renamed into place, which replaces a planted symlink or file instead of writing through it;
 /// a directory the job planted under that name is removed first (the job is gone by then).
 pub fn write_artifact_json(dir: &Path, record: &ArtifactJson) -> std::io::Result<()> {
-    let target = dir.join("artifact.json");
+    let mut body = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
+    body.push(b'\n');
+    write_warden_file(dir, "artifact.json", &body)
+}
+
+/// Writes a file of warden's (`artifact.json`, `egress.jsonl`) into a sealed artifact
+/// directory: whole or not at all (a fresh name, synced, renamed over whatever the job left
+/// under that name).
+pub fn write_warden_file(dir: &Path, name: &str, body: &[u8]) -> std::io::Result<()> {
+    let target = dir.join(name);
     if std::fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
         // std's remove_dir_all never follows links out of the tree.
         std::fs::remove_dir_all(&target)?;
     }
-    let body = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
-    let tmp = dir.join(format!(".artifact.json.{}", uuid::Uuid::now_v7().simple()));
+    let tmp = dir.join(format!(".{name}.{}", uuid::Uuid::now_v7().simple()));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&tmp)?;
-    file.write_all(&body)?;
-    file.write_all(b"\n")?;
+    file.write_all(body)?;
     file.sync_all()?;
     drop(file);
     std::fs::rename(&tmp, target)

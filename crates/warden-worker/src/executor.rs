@@ -129,6 +129,7 @@ async fn self_test_in(
             rootfs: None,
             binds: Vec::new(),
             network: false,
+            egress: None,
             inotify: false,
             uid,
             gid,
@@ -252,12 +253,13 @@ pub async fn local_executor(
     if executor.tier() == Tier::Sandbox {
         warn_unenforceable(config, &executor.host().cgroups);
     }
-    for (name, t) in config.job_types.iter().filter(|(_, t)| t.network) {
+    for (name, t) in config.job_types.iter().filter(|(_, t)| t.network.is_host()) {
         tracing::warn!(
             job_type = %name,
             argv0 = %t.argv[0],
-            "network: true shares the host's network namespace: these jobs can reach the \
-             network and services on the host's loopback; grant it only to trusted job types"
+            "network: host shares the host's network namespace: these jobs can reach the \
+             network and services on the host's loopback; grant it only to trusted job types \
+             (an egress allowlist, network: {{egress: [...]}}, closes everything else)"
         );
     }
     executor

@@ -7,6 +7,7 @@
 
 mod artifact;
 pub mod artifact_dir;
+pub mod egress;
 mod events;
 mod executor;
 mod layout;

@@ -375,6 +375,7 @@ mod tests {
             requires_repo: repo,
             allowed_params: params.iter().map(|p| p.to_string()).collect(),
             network: false,
+            egress: Vec::new(),
         };
         let resp = JobTypesResponse {
             job_types: vec![

@@ -67,7 +67,8 @@ pub struct JobType {
     pub requires_repo_allowlist: bool,
     pub allowed_params: Vec<String>,
     pub limits: Limits,
-    pub network: bool,
+    /// `none` (the default), `host`, or an egress allowlist (see [`NetworkPolicy`]).
+    pub network: super::NetworkPolicy,
     /// The job may use inotify (file watching); off by default, since on the shared read-only
     /// system directories it shows what the host runs.
     pub inotify: bool,
@@ -183,7 +184,7 @@ struct RawJobType {
     #[serde(default)]
     limits: Limits,
     #[serde(default)]
-    network: bool,
+    network: super::NetworkPolicy,
     #[serde(default)]
     inotify: bool,
     #[serde(default)]

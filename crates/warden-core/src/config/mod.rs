@@ -11,12 +11,16 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 mod job_type;
+mod network;
 mod perimeter;
 mod positive;
 #[cfg(test)]
 mod tests;
 
 pub use job_type::{BindConfig, CgroupLimit, JobType, JobTypeName, Limits, is_valid_label};
+pub use network::{
+    Destination, EgressPolicy, EgressRule, NetworkPolicy, always_denied, parse_rule,
+};
 pub use perimeter::{
     AuthConfig, InlinePolicy, RateLimit, SecretSource, TenantConfig, is_valid_secret_name,
     is_valid_tenant,
@@ -135,6 +139,19 @@ pub struct Config {
     /// Where artifacts are kept: a directory every replica shares. Default `<data_dir>/artifacts`.
     #[serde(default)]
     pub artifact_dir: Option<PathBuf>,
+    /// The egress gateway of jobs with a `network: {egress: [...]}` policy.
+    #[serde(default)]
+    pub egress: EgressGatewayConfig,
+}
+
+/// How the egress gateway reaches the outside.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressGatewayConfig {
+    /// The DNS server that allowed names are resolved with (`IP:PORT`); default: the first
+    /// `nameserver` of this host's `/etc/resolv.conf`.
+    #[serde(default)]
+    pub resolver: Option<SocketAddr>,
 }
 
 /// PEM files for a TLS listener (or, on a worker, the CA that signed the server's certificate).

@@ -60,7 +60,18 @@ fn init(args: InitArgs<'_>, report: &OwnedFd) -> Step {
             io::Error::from(io::ErrorKind::UnexpectedEof),
         ));
     }
-    // fd 0 is the supervisor's control socket: the job must never hold it.
+    // fd 0 is the supervisor's control socket: the job must never hold it. An egress job's
+    // init keeps a close-on-exec copy until the gateway's sockets are handed over on it.
+    let control = match &sandbox.egress {
+        Some(_) => {
+            // SAFETY: duplicates fd 0 (ours) to a new close-on-exec descriptor, owned below.
+            let fd = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) };
+            check("keep the control socket", fd)?;
+            // SAFETY: just created; owned from here.
+            Some(unsafe { OwnedFd::from_raw_fd(fd) })
+        }
+        None => None,
+    };
     let devnull = std::fs::File::open("/dev/null").map_err(|e| fail("open /dev/null", e))?;
     // SAFETY: replaces fd 0 with /dev/null.
     check("stdin", unsafe { libc::dup2(devnull.as_raw_fd(), 0) })?;
@@ -86,6 +97,11 @@ fn init(args: InitArgs<'_>, report: &OwnedFd) -> Step {
         })?,
         None if !sandbox.network => crate::net::loopback_up()?,
         None => {}
+    }
+    if let (Some(ports), Some(control)) = (&sandbox.egress, control) {
+        let v6 = crate::net::egress_routes()?;
+        let sockets = crate::net::gateway_sockets(ports, v6)?;
+        crate::net::send_gateway(&control, &sockets)?;
     }
     crate::mounts::build_root(&mut crate::sys::Linux, sandbox)?;
     enter_cgroup(&cgroup.ready, &parents, cgroup.attach)?;

@@ -323,6 +323,12 @@ fn enforcement(
             "network".into(),
             if sb.network {
                 "host network namespace".into()
+            } else if let Some(ports) = &sb.egress {
+                format!(
+                    "own network namespace, egress only through warden's gateway (DNS and TCP \
+                     ports {:?})",
+                    ports.tcp
+                )
             } else {
                 "own network namespace (loopback only)".into()
             },
@@ -392,6 +398,7 @@ mod tests {
             rootfs: None,
             binds: vec![],
             network: false,
+            egress: None,
             inotify: false,
             uid: 1,
             gid: 1,

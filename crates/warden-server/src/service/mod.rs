@@ -265,7 +265,12 @@ impl JobService {
                 timeout_s: t.timeout_s.get(),
                 requires_repo: t.requires_repo,
                 allowed_params: t.allowed_params.clone(),
-                network: t.network,
+                network: t.network != warden_core::config::NetworkPolicy::None,
+                egress: t
+                    .network
+                    .egress()
+                    .map(|p| p.rules.iter().map(ToString::to_string).collect())
+                    .unwrap_or_default(),
             })
             .collect())
     }

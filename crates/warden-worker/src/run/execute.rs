@@ -23,6 +23,8 @@ pub(super) struct ExecInfo {
     /// What enforced each limit.
     pub limits: BTreeMap<String, String>,
     pub log_bytes: (u64, u64),
+    /// An egress job's gateway decisions and their summary.
+    pub egress: Option<Vec<crate::egress::Decision>>,
 }
 
 /// How a started job ended: its report and how the watch over it ended, or why it could not
@@ -46,13 +48,43 @@ pub(super) async fn execute(
         limits: limit_enforcement(&job_type.limits, spec.isolation.tier()),
         ..ExecInfo::default()
     };
-    let execution = match shared.executor.start(spec).await {
+    let mut execution = match shared.executor.start(spec).await {
         Ok(e) => e,
         Err(e) => {
             let refusal = Refusal::new("sandbox_setup_failed", format!("start: {e}"));
             return (Err(refusal), info);
         }
     };
+    // An egress job's namespace hands its sockets over before the job starts; without them
+    // (setup failed: the report says why) there is nothing to serve.
+    let gateway = match job_type.network.egress() {
+        None => None,
+        Some(policy) => match execution.job.take_gateway().await {
+            Ok(None) => None,
+            Ok(Some(sockets)) => {
+                match crate::egress::Gateway::start(policy.clone(), sockets, &shared.config.egress)
+                {
+                    Ok(g) => Some(g),
+                    Err(e) => {
+                        // Fail closed: the job never runs without its gateway.
+                        execution.job.control.kill().await;
+                        let _ = execution.job.wait().await;
+                        let refusal =
+                            Refusal::new("sandbox_setup_failed", format!("egress gateway: {e}"));
+                        return (Err(refusal), info);
+                    }
+                }
+            }
+            Err(e) => {
+                execution.job.control.kill().await;
+                let refusal = Refusal::new("sandbox_setup_failed", format!("egress gateway: {e}"));
+                return (Err(refusal), info);
+            }
+        },
+    };
+    let network_limit = gateway
+        .as_ref()
+        .map_or_else(CancellationToken::new, |g| g.limit());
     let output = Arc::new(OutputBudget::new(job_type.limits.output_bytes()));
     let pumps = [
         (LogStream::Stdout, execution.stdout),
@@ -74,10 +106,21 @@ pub(super) async fn execute(
         lease,
         signals,
         &control,
-        &output,
+        (&output, &network_limit),
         execution.job.wait(),
     )
     .await;
+    let mut egress_summary = None;
+    if let Some(gateway) = gateway {
+        let (decisions, summary, limit) = gateway.finish().await;
+        let mut shown = summary.to_string();
+        if let Some(why) = limit {
+            end.network_limit = true;
+            shown = format!("{shown}; stopped: {why}");
+        }
+        egress_summary = Some(shown);
+        info.egress = Some(decisions);
+    }
     let [out, err] = pumps;
     info.log_bytes = (out.await.unwrap_or(0), err.await.unwrap_or(0));
     end.output_truncated = output.exceeded.is_cancelled();
@@ -93,6 +136,9 @@ pub(super) async fn execute(
     }
     // What the job type accepted running without, and why, in place of "not set".
     report.enforcement.extend(unenforced);
+    if let Some(shown) = egress_summary {
+        report.enforcement.insert("egress".into(), shown);
+    }
     info.limits = report.enforcement.clone();
     info.report = Some(report.clone());
     (Ok((report, end)), info)
@@ -104,7 +150,7 @@ async fn watch(
     lease: &Lease,
     signals: &JobSignals,
     control: &JobControl,
-    output: &OutputBudget,
+    (output, network_limit): (&OutputBudget, &CancellationToken),
     wait: impl Future<Output = Result<ExitReport, warden_sandbox::SandboxError>>,
 ) -> (Result<ExitReport, warden_sandbox::SandboxError>, RunEnd) {
     tokio::pin!(wait);
@@ -146,6 +192,10 @@ async fn watch(
                 control.kill().await;
             }
             _ = output.exceeded.cancelled(), if !output.killed.swap(true, Ordering::SeqCst) => {
+                control.kill().await;
+            }
+            _ = network_limit.cancelled(), if !end.network_limit => {
+                end.network_limit = true;
                 control.kill().await;
             }
         }

@@ -310,6 +310,13 @@ async fn write_record(
         }
         // The job is gone: its artifacts become warden's, without setuid or world-write bits.
         seal(&dir)?;
+        if let Some(decisions) = info.as_ref().and_then(|i| i.egress.as_ref()) {
+            crate::artifact::write_warden_file(
+                &dir,
+                "egress.jsonl",
+                &crate::egress::to_jsonl(decisions),
+            )?;
+        }
         let input = RecordInput {
             job: &job,
             done: &done,

@@ -69,6 +69,14 @@ pub(super) fn prepare(
             "the kernel sandbox is not available in this build and unsafe_fallback is not enabled",
         ));
     }
+    if tier == Tier::UnsafeFallback && job_type.network.egress().is_some() {
+        // Fail closed: without the sandbox there is no namespace for the gateway to close.
+        return Err(Refusal::new(
+            "network_unavailable",
+            "an egress allowlist is enforced only inside the sandbox; this worker runs jobs \
+             unsandboxed (unsafe_fallback)",
+        ));
+    }
     let repo = match checkout {
         Some(co) => Some(RepoView {
             sha: co.sha().to_string(),
@@ -311,7 +319,11 @@ impl SandboxedLayout {
                     at: b.at.clone(),
                 })
                 .collect(),
-            network: job_type.network,
+            network: job_type.network.is_host(),
+            egress: job_type
+                .network
+                .egress()
+                .map(|p| warden_sandbox::EgressPorts { tcp: p.ports() }),
             inotify: job_type.inotify,
             uid: self.uid,
             gid: self.gid,

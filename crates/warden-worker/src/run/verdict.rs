@@ -72,6 +72,8 @@ pub(crate) struct RunEnd {
     pub lease_lost: bool,
     /// The output cap was reached (the job was killed for it).
     pub output_truncated: bool,
+    /// A cap of its egress policy was reached (the job was killed for it).
+    pub network_limit: bool,
 }
 
 /// The clean-tree proof of a job that ran on a repository.
@@ -133,6 +135,8 @@ fn exit_verdict(report: &ExitReport, end: RunEnd) -> Outcome {
         return Outcome::Release;
     } else if end.output_truncated {
         (JobStatus::Failed, Some("output_limit".to_string()))
+    } else if end.network_limit {
+        (JobStatus::Failed, Some("network_limit".to_string()))
     } else if report.killed_by == Some(KilledBy::Timeout) {
         (JobStatus::TimedOut, Some("timed_out".to_string()))
     } else if report.exit_code == Some(0) {

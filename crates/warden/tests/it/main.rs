@@ -4,6 +4,7 @@ mod api;
 mod cli;
 mod cluster;
 mod e2e;
+mod egress;
 mod hostile;
 mod hostile_escapes;
 mod hostile_repo;

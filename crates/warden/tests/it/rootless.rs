@@ -48,6 +48,13 @@ fn job_types() -> String {
     argv: ["/bin/sh", "-c", "(while :; do :; done) & a=$!; sleep 2; kill $a; wait; echo burned"]
     timeout_s: 30
     limits: {{cpus: 0.5}}
+  egress:
+    argv: ["python3", "-c", "import socket\ntry: socket.getaddrinfo('unlisted.test', 80)\nexcept socket.gaierror as e: print('dns', e.errno == socket.EAI_NONAME)\ns = socket.create_connection(('127.0.0.1', 80), timeout=5)\ns.sendall(b'GET / HTTP/1.0\\r\\nHost: api.test\\r\\n\\r\\n')\nprint('answer', s.recv(100))"]
+    timeout_s: 30
+    accept_unenforced: [memory, pids]
+    network: {{egress: ["api.test:80"]}}
+# Nothing of an allowed name is ever resolved here: a resolver that answers nobody.
+egress: {{resolver: "127.0.0.1:9"}}
 "#,
         probe = probe.display()
     )
@@ -198,6 +205,32 @@ async fn an_ordinary_user_gets_the_sandbox() {
             );
         }
     }
+    w.stop();
+}
+
+/// The egress gateway needs no privilege: the job's init (root in its own user namespace) routes
+/// every address to its loopback and hands the listening sockets to warden.
+#[tokio::test]
+async fn an_ordinary_users_jobs_get_the_egress_gateway() {
+    let w = start();
+    let (job, out) = w.run("egress").await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{job:?} {out}");
+    // An unlisted name: NXDOMAIN from warden's resolver. Its loopback on an allowed port: the
+    // gateway accepted the connection, refused it, and closed it without an answer.
+    assert_eq!(out, "dns True\nanswer b''\n");
+    let egress = w
+        .client
+        .artifact(&job.job_id, "egress.jsonl")
+        .await
+        .unwrap();
+    let egress = String::from_utf8_lossy(&egress);
+    assert!(
+        egress.contains("unlisted.test: not on the allowlist"),
+        "{egress}"
+    );
+    assert!(egress.contains("\"addr\":\"127.0.0.1\""), "{egress}");
+    assert!(egress.contains("loopback is never reached"), "{egress}");
+    assert!(job.enforcement["network"].contains("egress only through warden's gateway"));
     w.stop();
 }
 
