@@ -14,6 +14,7 @@ use warden_api::SubmitJobRequest;
 use warden_client::Client;
 
 mod checkout;
+mod egress;
 mod perimeter;
 mod queue;
 mod sandbox;
@@ -32,10 +33,11 @@ fn main() -> anyhow::Result<()> {
         ["bench", "checkout", rest @ ..] => checkout::bench_checkout(rest),
         ["bench", "queue", rest @ ..] => queue::bench_queue(rest),
         ["bench", "perimeter", rest @ ..] => perimeter::bench_perimeter(rest),
+        ["bench", "egress", rest @ ..] => egress::bench_egress(rest),
         ["vm-test", rest @ ..] => vm::vm_test(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask bench e2e [--jobs N] [--sequential N] [--concurrency C] [--slots S]\n       cargo xtask bench sandbox [--runs N]\n       cargo xtask bench checkout [--files N] [--mb M] [--runs R] [--jobs J]\n       cargo xtask bench queue [--jobs N] [--claimers C] [--history H] [--starts S]\n       cargo xtask bench perimeter [--sequential N] [--jobs N] [--claimers C] [--claims-only]\n       cargo xtask vm-test [--bench] [--kvm] [--timeout-min M] [--memory-mb M]"
+                "usage: cargo xtask bench e2e [--jobs N] [--sequential N] [--concurrency C] [--slots S]\n       cargo xtask bench sandbox [--runs N]\n       cargo xtask bench checkout [--files N] [--mb M] [--runs R] [--jobs J]\n       cargo xtask bench queue [--jobs N] [--claimers C] [--history H] [--starts S]\n       cargo xtask bench perimeter [--sequential N] [--jobs N] [--claimers C] [--claims-only] [--log-mb N]\n       cargo xtask bench egress [--mb N] [--connections N] [--starts N]\n       cargo xtask vm-test [--bench] [--kvm] [--timeout-min M] [--memory-mb M]"
             );
             std::process::exit(2);
         }
@@ -84,6 +86,7 @@ fn build_release() -> anyhow::Result<PathBuf> {
     Ok(root.join("target/release/warden"))
 }
 
+#[derive(Debug, Clone, Copy)]
 struct Stats {
     p50: Duration,
     p99: Duration,
@@ -106,9 +109,15 @@ const NOOP: [&str; 1] = ["/bin/true"];
 
 /// Starts `warden serve --config <config>` and waits for the address it listens on.
 fn start_server(warden: &Path, config: &Path) -> anyhow::Result<(std::process::Child, String)> {
-    let mut server = Command::new(warden)
-        .args(["serve", "--config"])
-        .arg(config)
+    let mut cmd = Command::new(warden);
+    cmd.args(["serve", "--config"]).arg(config);
+    start_command(cmd)
+}
+
+/// Starts `cmd` (a `warden serve`, perhaps behind a wrapper that execs it) and waits for the
+/// address it listens on.
+fn start_command(mut cmd: Command) -> anyhow::Result<(std::process::Child, String)> {
+    let mut server = cmd
         .env("RUST_LOG", "error")
         .stdout(Stdio::piped())
         .spawn()?;

@@ -57,6 +57,87 @@ fn can_unshare(flag: libc::c_int) -> Result<(), String> {
     }
 }
 
+/// Whether a job's egress namespace can be made here, as the sandbox makes it: a fresh
+/// network namespace (in a user namespace when not root) whose every address is routed to `lo`,
+/// with the gateway's sockets bound in it.
+fn egress_gateway(root: bool) -> Check {
+    const NAME: &str = "per-job network (egress gateway)";
+    // SAFETY: fork of the calling process; the child makes the namespace, reports by its exit
+    // code and _exits (glibc's malloc stays usable in a forked child).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return check(
+            NAME,
+            Status::Fail,
+            std::io::Error::last_os_error().to_string(),
+            None,
+        );
+    }
+    if pid == 0 {
+        let flags = libc::CLONE_NEWNET | if root { 0 } else { libc::CLONE_NEWUSER };
+        // SAFETY: plain unshare and _exit in the child.
+        let code = unsafe {
+            if libc::unshare(flags) != 0 {
+                10
+            } else if crate::net::loopback_up().is_err() {
+                11
+            } else {
+                match crate::net::egress_routes() {
+                    Err(_) => 12,
+                    Ok(v6) => match crate::net::gateway_sockets(
+                        &crate::net::EgressPorts { tcp: vec![443] },
+                        v6,
+                    ) {
+                        Err(_) => 13,
+                        Ok(_) if v6 => 0,
+                        Ok(_) => 1,
+                    },
+                }
+            }
+        };
+        // SAFETY: leaves the child at once.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child just forked.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    let how = if root {
+        "own network namespace per job"
+    } else {
+        "own network namespace per job, in the job's user namespace (rootless)"
+    };
+    let fix = Some(
+        "jobs with network: {egress: [...]} end error until this passes; check that network namespaces and netlink are not blocked (container seccomp, CONFIG_NET_NS)",
+    );
+    match libc::WEXITSTATUS(status) {
+        0 => check(
+            NAME,
+            Status::Pass,
+            format!(
+                "{how}; every address routed to its lo, served by warden's gateway (IPv4 and IPv6)"
+            ),
+            None,
+        ),
+        1 => check(
+            NAME,
+            Status::Pass,
+            format!(
+                "{how}; every address routed to its lo, served by warden's gateway (IPv4; this kernel has no IPv6: none is reachable)"
+            ),
+            None,
+        ),
+        10 => check(NAME, Status::Fail, "cannot create the namespace", fix),
+        11 => check(NAME, Status::Fail, "cannot bring lo up", fix),
+        12 => check(
+            NAME,
+            Status::Fail,
+            "cannot route addresses to lo (rtnetlink refused)",
+            fix,
+        ),
+        _ => check(NAME, Status::Fail, "cannot bind the gateway's sockets", fix),
+    }
+}
+
 fn read_trim(path: &str) -> Option<String> {
     std::fs::read_to_string(path)
         .ok()
@@ -70,6 +151,7 @@ pub fn kernel_checks() -> Vec<Check> {
     let mut out = vec![privileges(root)];
     out.extend(namespaces(root));
     out.push(user_namespaces());
+    out.push(egress_gateway(root));
     out.push(seccomp());
     out.push(landlock());
     out.extend(cgroups(root));

@@ -178,6 +178,34 @@ fn bad_configs_are_refused_with_line_and_reason() {
         Some(2),
         "reserved",
     );
+    for (network, line, why) in [
+        ("maybe", 5, "write none, host, or {egress:"),
+        ("{egress: []}", 5, "network.egress is empty"),
+        ("{egress: [pypi.org]}", 5, "a port is required"),
+        ("{egress: [\"a.*.org:443\"]}", 5, "'*' is allowed only"),
+        (
+            "{egress: [\"10.0.0.1/8:5432\"]}",
+            5,
+            "host bits set; the range is 10.0.0.0/8",
+        ),
+        (
+            "{egress: [\"x.org:443\"], max_connections: 0}",
+            5,
+            "0 never means unlimited",
+        ),
+        (
+            "{egress: [\"x.org:443\"], max_bytes: 5}",
+            5,
+            "unknown field `max_bytes`",
+        ),
+        ("{egres: [\"x.org:443\"]}", 5, "unknown field `egres`"),
+    ] {
+        check(
+            &format!("job_types:\n  t:\n    argv: [x]\n    timeout_s: 5\n    network: {network}\n"),
+            Some(line),
+            why,
+        );
+    }
     check(
         "repos:\n  x: {url: \"ext::sh -c id\"}\n",
         Some(2),

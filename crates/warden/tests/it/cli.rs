@@ -388,6 +388,19 @@ fn doctor_reports_every_kernel_feature_and_exits_by_its_verdict() {
         .find(|c| c["check"] == "sandbox self-test")
         .unwrap();
     assert_eq!(selftest["status"], "PASS", "{selftest}");
+    // ... and so does the egress gateway's namespace, the way the sandbox makes it.
+    let egress = checks
+        .iter()
+        .find(|c| c["check"] == "per-job network (egress gateway)")
+        .unwrap();
+    assert_eq!(egress["status"], "PASS", "{egress}");
+    assert!(
+        egress["detail"]
+            .as_str()
+            .unwrap()
+            .contains("every address routed to its lo"),
+        "{egress}"
+    );
     // A bad configuration is a FAIL of its own, and the verdict follows.
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");

@@ -20,7 +20,15 @@ fn probe() -> PathBuf {
     p
 }
 
-fn config(dir: &Path) -> PathBuf {
+/// The network every hostile job type gets: the suite runs once with each.
+#[derive(Clone, Copy)]
+enum Net {
+    None,
+    /// An egress allowlist: the job's namespace is the gateway's, served by warden.
+    Egress,
+}
+
+fn config(dir: &Path, net: Net) -> PathBuf {
     let probe = probe();
     let bind = format!("binds: [{{host: {}, at: /opt/probe}}]", probe.display());
     let p = |mode: &str, limits: &str, timeout: u32| {
@@ -269,6 +277,9 @@ fn config(dir: &Path) -> PathBuf {
     let mut yaml = String::from("job_types:\n");
     for (name, body) in types {
         yaml.push_str(&format!("  {name}:\n{body}"));
+        if let Net::Egress = net {
+            yaml.push_str("    network: {egress: [\"pypi.org:443\", \"192.0.2.0/28:80\"]}\n");
+        }
     }
     write_config(dir, "").with_job_types(&yaml)
 }
@@ -301,9 +312,9 @@ struct Box {
     _dir: tempfile::TempDir,
 }
 
-async fn start() -> Box {
+async fn start(net: Net) -> Box {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&config(dir.path()));
+    let server = Server::start(&config(dir.path(), net));
     let client = server.client();
     Box {
         data: dir.path().join("data"),
@@ -420,12 +431,23 @@ fn all_blocked(r: &Ran, expected: &[&str]) {
     );
 }
 
+/// Each hostile job runs twice: with no network, and behind an egress allowlist.
 macro_rules! hostile {
     ($name:ident, |$b:ident| $body:block) => {
-        #[tokio::test]
-        async fn $name() {
-            let $b = start().await;
-            $body
+        mod $name {
+            use super::*;
+
+            #[tokio::test]
+            async fn network_none() {
+                let $b = start(Net::None).await;
+                $body
+            }
+
+            #[tokio::test]
+            async fn network_egress() {
+                let $b = start(Net::Egress).await;
+                $body
+            }
         }
     };
 }
@@ -588,7 +610,7 @@ async fn every_way_a_job_ends_maps_to_one_status_and_reason() {
     // Elsewhere: memory_limit (memory bombs), output_limit (flood), timed_out (sleep_forever,
     // sigstop), file_size_limit (sparse files), ARTIFACTS_LIMIT (fill_artifacts_3g), cancelled
     // and lost leases (e2e, cluster), limit_unavailable (rootless).
-    let b = start().await;
+    let b = start(Net::None).await;
     let table: &[(&str, JobStatus, &str)] = &[
         ("cpu_seconds", JobStatus::Failed, "cpu_limit"),
         ("cpu_seconds_ignored", JobStatus::Failed, "cpu_limit"),
