@@ -56,6 +56,15 @@ if ! cargo deny --version >/dev/null 2>&1; then
     echo "setup: installing cargo-deny"
     cargo install cargo-deny --locked
 fi
+# The fuzz targets (fuzz/, run by .ci/run for a bounded time): a nightly toolchain and cargo-fuzz.
+if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    echo "setup: installing the nightly toolchain (for cargo fuzz)"
+    rustup toolchain install nightly --profile minimal
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "setup: installing cargo-fuzz"
+    cargo install cargo-fuzz --locked
+fi
 # Optional parts, by flag: --bench (benchmarks compare against bubblewrap and util-linux's
 # unshare), --vm (`cargo xtask vm-test`: QEMU, a static busybox for the initramfs, debootstrap
 # for the VM's Debian root filesystem, cpio to pack the initramfs; the VM's root filesystem and
