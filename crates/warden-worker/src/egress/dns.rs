@@ -36,8 +36,18 @@ pub(super) fn upstream(
             ),
             ResolverOpts::default(),
         ),
-        None => hickory_resolver::system_conf::read_system_conf()
-            .map_err(|e| std::io::Error::other(format!("read /etc/resolv.conf: {e}")))?,
+        None => match hickory_resolver::system_conf::read_system_conf() {
+            Ok(system) => system,
+            // No resolver configured on this host: allowed names get SERVFAIL (recorded), and
+            // every other refusal works as ever.
+            Err(e) => {
+                tracing::warn!(error = %e, "egress gateway: no upstream resolver (/etc/resolv.conf)");
+                (
+                    ResolverConfig::from_parts(None, vec![], NameServerConfigGroup::new()),
+                    ResolverOpts::default(),
+                )
+            }
+        },
     };
     opts.use_hosts_file = ResolveHosts::Never;
     opts.timeout = Duration::from_secs(3);
