@@ -22,6 +22,9 @@
 //! `failed: network_limit`.
 
 mod dns;
+#[doc(hidden)]
+pub mod fuzzing;
+mod relay;
 mod sniff;
 
 use std::collections::{BTreeSet, HashMap};
@@ -298,72 +301,46 @@ async fn connection(state: &Arc<State>, mut conn: TcpStream) {
         }
         _ => decide(state, &mut conn, ip, port, &mut head).await,
     };
-    let (name, reason) = match verdict {
-        Verdict::Deny { name, reason } => {
-            state.record(Decision {
-                at_ms: state.now_ms(),
-                kind: "tcp",
-                name,
-                addr: Some(ip.to_string()),
-                port,
-                allowed: false,
-                reason,
-                bytes_out: 0,
-                bytes_in: 0,
-            });
-            return;
-        }
-        Verdict::Allow { name, reason } => (name, reason),
-    };
-    let upstream = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        TcpStream::connect(SocketAddr::new(ip, port)),
-    )
-    .await;
-    let mut upstream = match upstream {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            state.record(Decision {
-                at_ms: state.now_ms(),
-                kind: "tcp",
-                name,
-                addr: Some(ip.to_string()),
-                port,
-                allowed: true,
-                reason: format!("{reason}; upstream connect failed: {e}"),
-                bytes_out: 0,
-                bytes_in: 0,
-            });
-            return;
-        }
-        Err(_) => {
-            state.record(Decision {
-                at_ms: state.now_ms(),
-                kind: "tcp",
-                name,
-                addr: Some(ip.to_string()),
-                port,
-                allowed: true,
-                reason: format!("{reason}; upstream connect timed out"),
-                bytes_out: 0,
-                bytes_in: 0,
-            });
-            return;
+    let (allowed, name, reason, (bytes_out, bytes_in)) = match verdict {
+        Verdict::Deny { name, reason } => (false, name, reason, (0, 0)),
+        Verdict::Allow { name, reason } => {
+            let upstream = tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                TcpStream::connect(SocketAddr::new(ip, port)),
+            )
+            .await;
+            match upstream {
+                Ok(Ok(mut upstream)) => {
+                    let _ = upstream.set_nodelay(true);
+                    let _ = conn.set_nodelay(true);
+                    let moved = relay::relay(state, &mut conn, &mut upstream, &head).await;
+                    (true, name, reason, moved)
+                }
+                Ok(Err(e)) => (
+                    true,
+                    name,
+                    format!("{reason}; upstream connect failed: {e}"),
+                    (0, 0),
+                ),
+                Err(_) => (
+                    true,
+                    name,
+                    format!("{reason}; upstream connect timed out"),
+                    (0, 0),
+                ),
+            }
         }
     };
-    let _ = upstream.set_nodelay(true);
-    let _ = conn.set_nodelay(true);
-    let (out, inn) = relay(state, &mut conn, &mut upstream, &head).await;
     state.record(Decision {
         at_ms: state.now_ms(),
         kind: "tcp",
         name,
         addr: Some(ip.to_string()),
         port,
-        allowed: true,
+        allowed,
         reason,
-        bytes_out: out,
-        bytes_in: inn,
+        bytes_out,
+        bytes_in,
     });
 }
 
@@ -464,113 +441,6 @@ async fn decide(
     }
 }
 
-/// Copies both ways until either side closes, counting bytes against the job's cap. The
-/// bytes move socket → pipe → socket with `splice(2)`: the gateway never copies them through
-/// its own memory (what was read while sniffing goes first, written plainly).
-async fn relay(
-    state: &State,
-    conn: &mut TcpStream,
-    upstream: &mut TcpStream,
-    head: &[u8],
-) -> (u64, u64) {
-    let out = AtomicU64::new(0);
-    let inn = AtomicU64::new(0);
-    let count = |n: usize, dir: &AtomicU64| -> bool {
-        dir.fetch_add(n as u64, Ordering::Relaxed);
-        let total = state.bytes.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
-        match state.policy.max_bytes {
-            Some(max) if total > max => {
-                state.hit_limit(format!(
-                    "more than {} MiB through the gateway (max_bytes_mb)",
-                    max >> 20
-                ));
-                false
-            }
-            _ => true,
-        }
-    };
-    let (conn, upstream) = (&*conn, &*upstream);
-    let up = async {
-        if !head.is_empty()
-            && (!count(head.len(), &out) || write_all(upstream, head).await.is_err())
-        {
-            return;
-        }
-        if splice_all(conn, upstream, |n| count(n, &out)).await.is_ok() {
-            let _ = rustix::net::shutdown(upstream, rustix::net::Shutdown::Write);
-        }
-    };
-    let down = async {
-        if splice_all(upstream, conn, |n| count(n, &inn)).await.is_ok() {
-            let _ = rustix::net::shutdown(conn, rustix::net::Shutdown::Write);
-        }
-    };
-    tokio::select! {
-        _ = async { tokio::join!(up, down) } => {}
-        _ = state.limit.cancelled() => {}
-    }
-    (out.into_inner(), inn.into_inner())
-}
-
-async fn write_all(to: &TcpStream, mut data: &[u8]) -> std::io::Result<()> {
-    while !data.is_empty() {
-        to.writable().await?;
-        match to.try_write(data) {
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// How much one splice moves at most (the pipe is grown to this where the kernel lets it).
-const SPLICE_CHUNK: usize = 1 << 20;
-
-/// Moves everything `from` sends to `to` through a pipe until `from` ends (`Ok`) or `admit`
-/// refuses more (`Err`).
-async fn splice_all(
-    from: &TcpStream,
-    to: &TcpStream,
-    admit: impl Fn(usize) -> bool,
-) -> std::io::Result<()> {
-    use rustix::pipe::{PipeFlags, SpliceFlags, splice};
-    use tokio::io::Interest;
-    let (pr, pw) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
-    let _ = rustix::pipe::fcntl_setpipe_size(&pw, SPLICE_CHUNK);
-    let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
-    let would_block = |e: &std::io::Error| e.kind() == std::io::ErrorKind::WouldBlock;
-    loop {
-        let n = loop {
-            from.readable().await?;
-            match from.try_io(Interest::READABLE, || {
-                Ok(splice(from, None, &pw, None, SPLICE_CHUNK, flags)?)
-            }) {
-                Ok(n) => break n,
-                Err(e) if would_block(&e) => continue,
-                Err(e) => return Err(e),
-            }
-        };
-        if n == 0 {
-            return Ok(());
-        }
-        if !admit(n) {
-            return Err(std::io::Error::other("over the byte cap"));
-        }
-        let mut left = n;
-        while left > 0 {
-            to.writable().await?;
-            match to.try_io(Interest::WRITABLE, || {
-                Ok(splice(&pr, None, to, None, left, flags)?)
-            }) {
-                Ok(m) => left -= m,
-                Err(e) if would_block(&e) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-}
-
 /// `egress.jsonl`: one decision per line.
 pub fn to_jsonl(decisions: &[Decision]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -581,97 +451,4 @@ pub fn to_jsonl(decisions: &[Decision]) -> Vec<u8> {
         }
     }
     out
-}
-
-/// Entry points for `fuzz/` (cargo fuzz): the parsers that read what a job sends, with the
-/// properties every answer must have. Not part of warden's API.
-#[doc(hidden)]
-pub mod fuzzing {
-    use super::*;
-
-    /// The head of a connection: whatever it names is a lowercase name without a trailing dot.
-    pub fn sniff(head: &[u8]) {
-        if let Some(Ok(sniff::Named::Tls(Some(n)) | sniff::Named::Http(Some(n)))) =
-            sniff::classify(head)
-        {
-            assert!(!n.is_empty() && !n.ends_with('.'), "{n:?}");
-            assert_eq!(n, n.to_ascii_lowercase());
-        }
-    }
-
-    thread_local! {
-        static DNS: (tokio::runtime::Runtime, Arc<State>) = {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            let policy = EgressPolicy {
-                rules: vec![warden_core::config::parse_rule("198.51.100.0/24:443").unwrap()],
-                max_connections: None,
-                max_bytes: None,
-            };
-            let config = EgressGatewayConfig { resolver: Some(([127, 0, 0, 1], 9).into()) };
-            let resolver = rt.block_on(async { dns::upstream(&config) }).unwrap();
-            let state = Arc::new(State {
-                policy,
-                resolver,
-                started: Instant::now(),
-                resolved: Mutex::default(),
-                decisions: Mutex::default(),
-                summary: Mutex::default(),
-                connections: AtomicU64::new(0),
-                bytes: AtomicU64::new(0),
-                limit: CancellationToken::new(),
-                limit_reason: Mutex::default(),
-            });
-            (rt, state)
-        };
-    }
-
-    /// One datagram to the job's resolver, under a policy that names no host: nothing is ever
-    /// forwarded, and any reply is a well-formed refusal to the same id.
-    pub fn dns(query: &[u8]) {
-        use hickory_proto::op::{Message, ResponseCode};
-        DNS.with(|(rt, state)| {
-            let Some(reply) = rt.block_on(dns::answer(state, query)) else {
-                return;
-            };
-            let reply = Message::from_vec(&reply).expect("warden's reply parses");
-            let asked = Message::from_vec(query).expect("a query that was answered parsed");
-            assert_eq!(reply.id(), asked.id());
-            assert!(reply.answers().is_empty(), "nothing is answered: {reply:?}");
-            assert!(
-                matches!(
-                    reply.response_code(),
-                    ResponseCode::NXDomain | ResponseCode::FormErr | ResponseCode::NotImp
-                ),
-                "{reply:?}"
-            );
-        });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::fuzzing;
-
-    fn query(name: &str, id: u16) -> Vec<u8> {
-        use hickory_proto::op::{Message, Query};
-        use hickory_proto::rr::{Name, RecordType};
-        let mut m = Message::new();
-        m.set_id(id)
-            .add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
-        m.to_vec().unwrap()
-    }
-
-    /// The fuzz harness's properties hold for the inputs a job sends most.
-    #[test]
-    fn the_fuzz_properties_hold_on_ordinary_input() {
-        fuzzing::dns(&query("unlisted.test.", 7));
-        fuzzing::dns(&query("a.b.c.d.e.f.exfil.test.", 8));
-        fuzzing::dns(b"");
-        fuzzing::dns(b"\x00\x01\x81\x80garbage");
-        let mut two = query("x.test.", 9);
-        two[5] = 2; // QDCOUNT 2 with one question: malformed
-        fuzzing::dns(&two);
-        fuzzing::sniff(b"GET / HTTP/1.1\r\nHost: A.Test.\r\n\r\n");
-        fuzzing::sniff(&[0x16, 3, 1, 0, 0]);
-    }
 }

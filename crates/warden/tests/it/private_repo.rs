@@ -292,6 +292,18 @@ job_types:
     assert!(holding.is_empty(), "the token was written to {holding:?}");
 }
 
+/// `warden serve` with `config` exits 2 at once; its stderr.
+fn refused_start(config: &Path) -> String {
+    let out = std::process::Command::new(crate::support::WARDEN)
+        .args(["serve", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    stderr
+}
+
 /// What a private repository's entry refuses at start.
 #[test]
 fn private_repository_entries_refuse_bad_input() {
@@ -332,13 +344,7 @@ fn private_repository_entries_refuse_bad_input() {
                 token.display()
             ),
         );
-        let out = std::process::Command::new(crate::support::WARDEN)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{entry}: {stderr}");
+        let stderr = refused_start(&config);
         assert!(stderr.contains(expected), "{entry}: {stderr}");
     }
     // A secret git's line protocol cannot carry refuses the start too, naming both.
@@ -350,13 +356,7 @@ fn private_repository_entries_refuse_bad_input() {
             token.display()
         ),
     );
-    let out = std::process::Command::new(crate::support::WARDEN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = refused_start(&config);
     assert!(
         stderr.contains("repos.r.credential: secret GIT_TOKEN cannot be a git login"),
         "{stderr}"
