@@ -20,6 +20,8 @@ use super::{Decision, State};
 const MAX_QUERY: usize = 4096;
 /// TTL of the answers: short, so that a job never outlives what it was told by much.
 const TTL: u32 = 30;
+/// Queries of one job being answered at once (each may wait on the upstream resolver).
+const MAX_IN_FLIGHT: usize = 64;
 /// Most addresses given for one name.
 const MAX_ADDRS: usize = 16;
 
@@ -63,6 +65,7 @@ pub(super) fn upstream(
 
 pub(super) async fn serve(state: Arc<State>, sock: UdpSocket, stop: CancellationToken) {
     let sock = Arc::new(sock);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let mut buf = vec![0u8; MAX_QUERY];
     loop {
         let got = tokio::select! {
@@ -70,12 +73,18 @@ pub(super) async fn serve(state: Arc<State>, sock: UdpSocket, stop: Cancellation
             _ = stop.cancelled() => return,
         };
         let Ok((n, from)) = got else { continue };
+        // A job that floods its resolver loses the queries over the bound, as a lossy network
+        // would; its resolver library retries.
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            continue;
+        };
         let query = buf[..n].to_vec();
         let (state, sock) = (state.clone(), sock.clone());
         tokio::spawn(async move {
             if let Some(reply) = answer(&state, &query).await {
                 let _ = sock.send_to(&reply, from).await;
             }
+            drop(permit);
         });
     }
 }

@@ -31,6 +31,10 @@ pub(super) struct ExecInfo {
 /// be started or supervised.
 pub(super) type Executed = Result<(ExitReport, RunEnd), Refusal>;
 
+/// How long an egress job's init may take to hand over its gateway sockets (it does so right
+/// after its network namespace is ready, before anything slow).
+const GATEWAY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub(super) async fn execute(
     shared: &Shared,
     lease: &Lease,
@@ -59,7 +63,14 @@ pub(super) async fn execute(
     // (setup failed: the report says why) there is nothing to serve.
     let gateway = match job_type.network.egress() {
         None => None,
-        Some(policy) => match execution.job.take_gateway().await {
+        Some(policy) => match tokio::time::timeout(GATEWAY_WAIT, execution.job.take_gateway())
+            .await
+            .unwrap_or_else(|_| {
+                Err(warden_sandbox::SandboxError::Control(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the job's namespace did not hand over its sockets within 30 s",
+                )))
+            }) {
             Ok(None) => None,
             Ok(Some(sockets)) => {
                 match crate::egress::Gateway::start(policy.clone(), sockets, &shared.config.egress)
