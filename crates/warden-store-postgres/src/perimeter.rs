@@ -15,19 +15,29 @@ fn parse_id(s: String) -> Result<JobId> {
     s.parse().map_err(|e| corrupt("job id", e))
 }
 
-/// Tenants with queued jobs and the oldest eligible job of each: a skip scan of
-/// `jobs_queued_tenant`, one index seek per tenant. Takes no lock.
-const CANDIDATES: &str = "WITH RECURSIVE t AS (
+/// `t`: the tenants with queued jobs, by a skip scan of `jobs_queued_tenant` (one index seek
+/// per tenant). Takes no lock.
+macro_rules! queued_tenants {
+    () => {
+        "WITH RECURSIVE t AS (
         (SELECT tenant FROM jobs WHERE status = 'queued' ORDER BY tenant LIMIT 1)
         UNION ALL
         SELECT (SELECT j.tenant FROM jobs j WHERE j.status = 'queued' AND j.tenant > t.tenant
                 ORDER BY j.tenant LIMIT 1)
-        FROM t WHERE t.tenant IS NOT NULL)
+        FROM t WHERE t.tenant IS NOT NULL)"
+    };
+}
+
+/// Tenants with queued jobs and the oldest eligible job of each.
+const CANDIDATES: &str = concat!(
+    queued_tenants!(),
+    "
     SELECT t.tenant,
            (SELECT id::text FROM jobs j WHERE j.status = 'queued' AND j.tenant = t.tenant
                 AND ($1::text[] IS NULL OR j.job_type = ANY($1))
             ORDER BY id LIMIT 1) AS oldest
-    FROM t WHERE t.tenant IS NOT NULL";
+    FROM t WHERE t.tenant IS NOT NULL"
+);
 
 /// Running jobs of the tenants that have a `max_running` (along the partial index of running
 /// rows: there are never more of them than slots).
@@ -143,17 +153,14 @@ impl Schedule {
     }
 }
 
-/// Every tenant with queued jobs, in the order of its oldest: a skip scan of
-/// `jobs_queued_tenant`, two index seeks per tenant. Takes no lock.
-const ACTIVE: &str = "WITH RECURSIVE t AS (
-        (SELECT tenant FROM jobs WHERE status = 'queued' ORDER BY tenant LIMIT 1)
-        UNION ALL
-        SELECT (SELECT j.tenant FROM jobs j WHERE j.status = 'queued' AND j.tenant > t.tenant
-                ORDER BY j.tenant LIMIT 1)
-        FROM t WHERE t.tenant IS NOT NULL)
+/// Every tenant with queued jobs, in the order of its oldest (two index seeks per tenant).
+const ACTIVE: &str = concat!(
+    queued_tenants!(),
+    "
     SELECT t.tenant FROM t WHERE t.tenant IS NOT NULL
     ORDER BY (SELECT id FROM jobs j WHERE j.status = 'queued' AND j.tenant = t.tenant
-              ORDER BY id LIMIT 1)";
+              ORDER BY id LIMIT 1)"
+);
 
 /// Refreshes `schedule`'s active set from the database.
 pub(crate) async fn rescan(
