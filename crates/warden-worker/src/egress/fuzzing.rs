@@ -22,19 +22,7 @@ thread_local! {
             max_bytes: None,
         };
         let config = EgressGatewayConfig { resolver: Some(([127, 0, 0, 1], 9).into()) };
-        let resolver = rt.block_on(async { dns::upstream(&config) }).unwrap();
-        let state = Arc::new(State {
-            policy,
-            resolver,
-            started: Instant::now(),
-            resolved: Mutex::default(),
-            decisions: Mutex::default(),
-            summary: Mutex::default(),
-            connections: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            limit: CancellationToken::new(),
-            limit_reason: Mutex::default(),
-        });
+        let state = Arc::new(rt.block_on(async { State::new(policy, &config) }).unwrap());
         (rt, state)
     };
 }

@@ -122,19 +122,7 @@ impl Gateway {
         sockets: Vec<OwnedFd>,
         config: &EgressGatewayConfig,
     ) -> std::io::Result<Gateway> {
-        let resolver = dns::upstream(config)?;
-        let state = Arc::new(State {
-            policy,
-            resolver,
-            started: Instant::now(),
-            resolved: Mutex::default(),
-            decisions: Mutex::default(),
-            summary: Mutex::default(),
-            connections: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            limit: CancellationToken::new(),
-            limit_reason: Mutex::default(),
-        });
+        let state = Arc::new(State::new(policy, config)?);
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
         for fd in sockets {
@@ -185,6 +173,25 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl State {
+    /// A job's gateway state before its first decision.
+    pub(crate) fn new(
+        policy: EgressPolicy,
+        config: &EgressGatewayConfig,
+    ) -> std::io::Result<State> {
+        Ok(State {
+            policy,
+            resolver: dns::upstream(config)?,
+            started: Instant::now(),
+            resolved: Mutex::default(),
+            decisions: Mutex::default(),
+            summary: Mutex::default(),
+            connections: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            limit: CancellationToken::new(),
+            limit_reason: Mutex::default(),
+        })
+    }
+
     pub(crate) fn record(&self, d: Decision) {
         {
             let mut s = lock(&self.summary);
