@@ -101,72 +101,6 @@ fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static)
     .unwrap()
 }
 
-/// A CA and a certificate for api.test and other.test, made with openssl.
-fn certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .current_dir(dir)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "openssl {args:?}: {out:?}");
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509"];
-    ca.extend(ec);
-    ca.extend([
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-subj",
-        "/CN=egress test CA",
-        "-days",
-        "2",
-    ]);
-    run(&ca);
-    let mut csr = vec!["req"];
-    csr.extend(ec);
-    csr.extend([
-        "-keyout",
-        "srv.key",
-        "-out",
-        "srv.csr",
-        "-subj",
-        "/CN=api.test",
-    ]);
-    run(&csr);
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=DNS:api.test,DNS:other.test\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "srv.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "srv.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ]);
-    (dir.join("ca.pem"), dir.join("srv.pem"), dir.join("srv.key"))
-}
-
 /// The fake internet's sockets, made inside its namespace.
 struct Sockets {
     dns: std::net::UdpSocket,
@@ -388,7 +322,8 @@ fn egress_allowlists_close_everything_else() {
     let tag = (std::process::id() % 60000) as u16;
     let nets = Nets::create(tag);
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = certs(dir.path());
+    let (ca, cert, key) =
+        crate::support::test_certs_for(dir.path(), "api.test", "DNS:api.test,DNS:other.test");
     let ca_dir = dir.path().join("ca");
     std::fs::create_dir_all(&ca_dir).unwrap();
     std::fs::copy(&ca, ca_dir.join("ca.pem")).unwrap();

@@ -274,6 +274,12 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
 
 /// A CA and a server certificate for 127.0.0.1, made with openssl.
 pub fn test_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    test_certs_for(dir, "127.0.0.1", "IP:127.0.0.1")
+}
+
+/// A CA and a server certificate named `cn` with subject alternative names `san`
+/// (`IP:…`/`DNS:…`, comma-separated), made with openssl in `dir`: (CA, certificate, key).
+pub fn test_certs_for(dir: &Path, cn: &str, san: &str) -> (PathBuf, PathBuf, PathBuf) {
     let run = |args: &[&str]| {
         let out = Command::new("openssl")
             .current_dir(dir)
@@ -315,11 +321,11 @@ pub fn test_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         "-out",
         "server.csr",
         "-subj",
-        "/CN=127.0.0.1",
+        &format!("/CN={cn}"),
     ]);
     std::fs::write(
         dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        format!("subjectAltName={san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"),
     )
     .unwrap();
     run(&[
