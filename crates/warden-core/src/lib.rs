@@ -5,6 +5,7 @@
 pub mod allowlist;
 pub mod config;
 pub mod id;
+pub mod image;
 pub mod params;
 pub mod record;
 pub mod repo;

@@ -76,6 +76,9 @@ pub struct JobType {
     pub binds: Vec<BindConfig>,
     /// A root filesystem directory to run in instead of the host's system directories.
     pub rootfs: Option<PathBuf>,
+    /// An OCI image to run in instead (see docs/images.md): pulled and unpacked by warden,
+    /// pinned to its digest when a job is submitted.
+    pub image: Option<crate::image::ImageRef>,
     /// `core.hooksPath` in the git directory the job sees (e.g. `.githooks`): set in the gitdir's
     /// config, never in the tree. warden itself never runs hooks.
     pub hooks_path: Option<String>,
@@ -192,6 +195,8 @@ struct RawJobType {
     #[serde(default)]
     rootfs: Option<PathBuf>,
     #[serde(default)]
+    image: Option<String>,
+    #[serde(default)]
     hooks_path: Option<String>,
     #[serde(default)]
     labels: Vec<String>,
@@ -243,6 +248,16 @@ impl TryFrom<RawJobType> for JobType {
             return Err(format!(
                 "rootfs {r:?} must be an absolute path without '..'"
             ));
+        }
+        let image = match &raw.image {
+            Some(r) => Some(r.parse::<crate::image::ImageRef>()?),
+            None => None,
+        };
+        if image.is_some() && raw.rootfs.is_some() {
+            return Err(
+                "a job type runs in either an image or a rootfs directory: remove one of them"
+                    .into(),
+            );
         }
         if let Some(h) = &raw.hooks_path {
             let p = std::path::Path::new(h);
@@ -301,6 +316,7 @@ impl TryFrom<RawJobType> for JobType {
             hooks_path: raw.hooks_path,
             binds: raw.binds,
             rootfs: raw.rootfs,
+            image,
             description: raw.description,
             argv: raw.argv,
             timeout_s: raw.timeout_s,

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+mod images;
 mod job_type;
 mod network;
 mod perimeter;
@@ -17,6 +18,7 @@ mod positive;
 #[cfg(test)]
 mod tests;
 
+pub use images::{ImagesConfig, RegistryConfig, RegistryCredential};
 pub use job_type::{BindConfig, CgroupLimit, JobType, JobTypeName, Limits, is_valid_label};
 pub use network::{
     Destination, EgressPolicy, EgressRule, NetworkPolicy, always_denied, parse_rule,
@@ -142,6 +144,9 @@ pub struct Config {
     /// The egress gateway of jobs with a `network: {egress: [...]}` policy.
     #[serde(default)]
     pub egress: EgressGatewayConfig,
+    /// Images job types run in: the cache, its caps, and how registries are reached.
+    #[serde(default)]
+    pub images: ImagesConfig,
 }
 
 /// How the egress gateway reaches the outside.
@@ -261,6 +266,7 @@ impl Config {
                 )));
             }
         }
+        self.images.check(&self.secrets).map_err(InvalidConfig)?;
         if self.data_dir.as_os_str().is_empty() {
             return Err(InvalidConfig("data_dir must not be empty".into()));
         }
