@@ -108,6 +108,8 @@ impl WardenRuns {
                 tmpfs_bytes: 64 << 20,
                 cgroup_name: format!("bench-{}-{}", std::process::id(), self.n),
                 secrets: Vec::new(),
+                cwd: None,
+                job_ids: None,
             })),
         }
     }

@@ -178,6 +178,9 @@ pub struct JobView {
     /// An inline job's own argv (absent for a job type's argv).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inline_argv: Option<Vec<String>>,
+    /// The image the job runs in, pinned to its digest at submission (`REF@sha256:…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     pub artifact_dir: String,
 }
 
@@ -303,6 +306,8 @@ pub enum ErrorCode {
     InvalidRef,
     /// The repository's server could not be reached to resolve a ref.
     RepoUnavailable,
+    /// The job type's image could not be resolved to a digest (its registry or file).
+    ImageUnavailable,
     JobNotFound,
     ArtifactNotFound,
     NotAFile,
@@ -349,7 +354,7 @@ impl ErrorCode {
             | ErrorCode::RepoNotAllowed
             | ErrorCode::InvalidRef
             | ErrorCode::NotAFile => 422,
-            ErrorCode::RepoUnavailable => 502,
+            ErrorCode::RepoUnavailable | ErrorCode::ImageUnavailable => 502,
             ErrorCode::ShuttingDown => 503,
             ErrorCode::Internal => 500,
         }
@@ -372,6 +377,7 @@ impl ErrorCode {
             ErrorCode::RepoNotAllowed => "repo_not_allowed",
             ErrorCode::InvalidRef => "invalid_ref",
             ErrorCode::RepoUnavailable => "repo_unavailable",
+            ErrorCode::ImageUnavailable => "image_unavailable",
             ErrorCode::JobNotFound => "job_not_found",
             ErrorCode::ArtifactNotFound => "artifact_not_found",
             ErrorCode::NotAFile => "not_a_file",
@@ -430,6 +436,7 @@ mod tests {
             ErrorCode::RepoNotAllowed,
             ErrorCode::InvalidRef,
             ErrorCode::RepoUnavailable,
+            ErrorCode::ImageUnavailable,
             ErrorCode::Unauthenticated,
             ErrorCode::QueueFull,
         ] {

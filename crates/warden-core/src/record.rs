@@ -71,6 +71,8 @@ pub struct JobRecord {
     pub invariants: Option<Invariants>,
     /// An inline job's own argv (run under its job type's sandbox and limits).
     pub inline_argv: Option<Vec<String>>,
+    /// The job type's image, pinned to a digest when the job was submitted (`REF@sha256:…`).
+    pub image: Option<String>,
 }
 
 impl JobRecord {

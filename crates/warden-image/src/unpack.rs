@@ -276,6 +276,18 @@ impl Unpacker {
         Ok(())
     }
 
+    /// Makes directory `path` (absolute or relative to the root) with its parents, resolved
+    /// inside the root, if it is not there: an image's `WorkingDir`, as a container runtime
+    /// would make it.
+    pub fn ensure_dir(&mut self, path: &str) -> Result<(), UnpackError> {
+        let (rel, _) = normalise(path)?;
+        self.dir(&rel, true).map_err(|source| UnpackError::Entry {
+            path: path.to_string(),
+            source,
+        })?;
+        Ok(())
+    }
+
     /// Applies the directory modes and returns what was unpacked.
     pub fn finish(self) -> Result<Report, UnpackError> {
         // Deepest first, so a read-only parent never blocks its child's chmod (rootless).

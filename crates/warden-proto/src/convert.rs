@@ -138,6 +138,7 @@ pub fn job_to_pb(j: &JobRecord) -> pb::Job {
         resources: j.resources.as_ref().map(resources_to_pb),
         enforcement: j.enforcement.clone().into_iter().collect(),
         inline_argv: j.inline_argv.clone().unwrap_or_default(),
+        image: j.image.clone().unwrap_or_default(),
     }
 }
 
@@ -192,6 +193,7 @@ pub fn job_from_pb(j: pb::Job, lease: Option<&Lease>) -> Result<JobRecord, WireE
         enforcement: j.enforcement.into_iter().collect(),
         invariants: j.invariants.map(invariants_from_pb),
         inline_argv: (!j.inline_argv.is_empty()).then_some(j.inline_argv),
+        image: (!j.image.is_empty()).then_some(j.image),
     })
 }
 
@@ -227,6 +229,7 @@ pub fn job_view_from_pb(j: pb::Job) -> Result<warden_api::JobView, WireError> {
         resources: r.resources,
         enforcement: r.enforcement,
         inline_argv: r.inline_argv,
+        image: r.image,
         // Where the server keeps artifacts is not part of the gRPC contract.
         artifact_dir: String::new(),
     })
@@ -328,6 +331,7 @@ mod tests {
                 ..Invariants::default()
             }),
             inline_argv: Some(vec!["/bin/sh".into(), "-c".into(), "a b".into()]),
+            image: Some(format!("127.0.0.1:5000/t/py:3@sha256:{}", "c".repeat(64))),
         };
         let back = assignment_from_pb(pb::Assignment {
             job: Some(job_to_pb(&record)),

@@ -166,6 +166,24 @@ pub struct SandboxSpec {
     /// Files of `/run/secrets` (a tmpfs of this job's alone, each file 0400 for the job).
     #[serde(default)]
     pub secrets: Vec<SecretFile>,
+    /// The job's working directory instead of `/work` (an image's `WorkingDir`, for a job
+    /// without a repository). Must exist in the job's root.
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+    /// The ids the job has inside its user namespace instead of [`JOB_UID`] (an image's
+    /// `User`); never 0. Outside, it is still `uid`/`gid`.
+    #[serde(default)]
+    pub job_ids: Option<(u32, u32)>,
+}
+
+impl SandboxSpec {
+    /// The job's uid and gid inside its user namespace.
+    pub fn inner_ids(&self) -> (u32, u32) {
+        match self.job_ids {
+            Some((u, g)) if u != 0 && g != 0 => (u, g),
+            _ => (JOB_UID, JOB_UID),
+        }
+    }
 }
 
 /// One secret delivered as a file. Its value crosses only pipes and the job's own tmpfs; no

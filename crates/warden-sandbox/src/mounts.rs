@@ -373,6 +373,8 @@ mod tests {
                 name: "API_KEY".into(),
                 value: b"s3cr3t-value".to_vec(),
             }],
+            cwd: None,
+            job_ids: None,
         }
     }
 

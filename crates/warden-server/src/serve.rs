@@ -23,7 +23,7 @@ use warden_worker::{
 
 use crate::grpc::{Auth, WorkerHub};
 use crate::http::app;
-use crate::service::{JobService, LocalWorkers};
+use crate::service::{JobService, LocalWorkers, Sources};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -87,6 +87,7 @@ pub fn embedded(
     config: Arc<Config>,
     data: DataDir,
     repos: Arc<Repos>,
+    images: Arc<warden_image::Images>,
     secrets: Arc<warden_worker::secrets::Secrets>,
 ) -> JobService {
     let unsafe_fallback = executor.tier() == Tier::UnsafeFallback;
@@ -99,6 +100,7 @@ pub fn embedded(
         events.clone(),
         WorkerConfig {
             secrets,
+            images: Some(images.clone()),
             ..WorkerConfig::from_config(&config)
         },
         repos.clone(),
@@ -108,7 +110,7 @@ pub fn embedded(
         config,
         data,
         events,
-        repos,
+        Sources { repos, images },
         Some(pool as Arc<dyn LocalWorkers>),
         unsafe_fallback,
     )
@@ -167,6 +169,11 @@ pub async fn run(
         .give_logins(&config, &repos.mirrors)
         .map_err(|e| ServeError::Config(e.to_string()))?;
     let repos = Arc::new(repos);
+    let images = Arc::new(
+        secrets
+            .open_images(&config, &config.data_dir)
+            .map_err(|e| ServeError::Config(format!("the image cache: {e}")))?,
+    );
     let service = Arc::new(match sqlite {
         Some(sqlite) => {
             let executor = local_executor(&config, &data, supervisor_exe).await;
@@ -176,6 +183,7 @@ pub async fn run(
                 config.clone(),
                 data.clone(),
                 repos,
+                images,
                 secrets.clone(),
             )
         }
@@ -184,7 +192,7 @@ pub async fn run(
             config.clone(),
             data.clone(),
             Events::new(),
-            repos,
+            Sources { repos, images },
             None,
             // Jobs may run on workers without the sandbox only where this is allowed; such a
             // worker's completions also carry an UNSAFE_FALLBACK warning.

@@ -33,6 +33,7 @@ const MIGRATIONS: Migrations = &[
     (2, include_str!("../migrations/0002_perimeter.sql")),
     (3, include_str!("../migrations/0003_inline.sql")),
     (4, include_str!("../migrations/0004_queued_tenant.sql")),
+    (5, include_str!("../migrations/0005_image.sql")),
 ];
 
 /// Any number; the same for every replica.
@@ -42,7 +43,7 @@ const COLUMNS: &str = "id::text, tenant, job_type, repo_name, remote_url, sha, p
     idempotency_key, status, reason, exit_code, signal, attempts, max_attempts, cancel_requested, \
     unsafe_fallback, warnings, created_at, started_at, finished_at, stdout_bytes, stderr_bytes, \
     log_truncated, resources, lease_owner, lease_token, lease_expires_at, enforcement, git_ref, \
-    invariants, inline_argv";
+    invariants, inline_argv, image";
 
 /// `... WHERE` clause shared by every write under a lease.
 const LEASED: &str = "status = 'running' AND lease_token = $2 AND lease_owner = $3";

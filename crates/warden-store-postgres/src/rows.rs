@@ -79,6 +79,7 @@ pub(crate) fn row_to_job(row: &PgRow) -> Result<JobRecord> {
             .map_err(get)?
             .map(|s| from_json("inline_argv", s))
             .transpose()?,
+        image: row.try_get(31).map_err(get)?,
     })
 }
 

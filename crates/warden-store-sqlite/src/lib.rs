@@ -30,6 +30,7 @@ const MIGRATIONS: Migrations = &[
     (3, include_str!("../migrations/0003_repo.sql")),
     (4, include_str!("../migrations/0004_perimeter.sql")),
     (5, include_str!("../migrations/0005_inline.sql")),
+    (6, include_str!("../migrations/0006_image.sql")),
 ];
 
 #[derive(Clone)]
@@ -173,8 +174,8 @@ impl Store for SqliteStore {
             tx.execute(
                 "INSERT INTO jobs (id, tenant, job_type, repo_name, remote_url, sha, params,
                      idempotency_key, status, max_attempts, unsafe_fallback, created_at, git_ref,
-                     inline_argv)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10, ?11, ?12, ?13)",
+                     inline_argv, image)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10, ?11, ?12, ?13, ?14)",
                 params![
                     job.id.to_string(),
                     job.tenant,
@@ -189,6 +190,7 @@ impl Store for SqliteStore {
                     job.created_at,
                     job.git_ref,
                     job.inline_argv.as_ref().map(to_json).transpose()?,
+                    job.image,
                 ],
             )
             .map_err(backend)?;

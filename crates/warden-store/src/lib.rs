@@ -53,6 +53,8 @@ pub struct NewJob {
     pub max_queued: Option<u64>,
     /// The caller's argv of an inline job.
     pub inline_argv: Option<Vec<String>>,
+    /// The job type's image, pinned (`REF@sha256:…`).
+    pub image: Option<String>,
 }
 
 impl NewJob {
@@ -73,6 +75,7 @@ impl NewJob {
             created_at,
             max_queued: None,
             inline_argv: None,
+            image: None,
         }
     }
 
@@ -89,6 +92,7 @@ impl NewJob {
             }
             && self.params == other.params
             && self.inline_argv == other.inline_argv
+            && self.image == other.image
     }
 }
 

@@ -138,6 +138,8 @@ async fn self_test_in(
             limits: warden_sandbox::CgroupLimits::default(),
             tmpfs_bytes: 1 << 20,
             secrets: Vec::new(),
+            cwd: None,
+            job_ids: None,
             cgroup_name: dir
                 .file_name()
                 .unwrap_or_default()

@@ -22,6 +22,8 @@ pub struct WorkerConfig {
     pub job_types: Option<Vec<String>>,
     /// The secrets this worker can grant (loaded at start: see [`Secrets::load`]).
     pub secrets: Arc<crate::secrets::Secrets>,
+    /// The image cache jobs with an `image:` run from; `None`: such jobs fail closed.
+    pub images: Option<Arc<warden_image::Images>>,
 }
 
 impl WorkerConfig {
@@ -34,6 +36,7 @@ impl WorkerConfig {
             idle_poll: Duration::from_millis(500),
             job_types: None,
             secrets: Arc::default(),
+            images: None,
         }
     }
 

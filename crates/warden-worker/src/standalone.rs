@@ -65,6 +65,12 @@ pub async fn run(
     })?;
     secrets.give_logins(&config, &repos.mirrors)?;
     let repos = Arc::new(repos);
+    let images = secrets
+        .open_images(&config, &config.data_dir)
+        .map_err(|source| StandaloneError::Repos {
+            path: config.data_dir.join("images"),
+            source,
+        })?;
     let (server, worker_id) = (opts.server.clone(), opts.worker_id.clone());
     let (remote, mut cancels) = RemoteCoordinator::start(opts, data.clone())?;
     eprintln!("connecting to {server} as {worker_id} ...");
@@ -86,6 +92,7 @@ pub async fn run(
         idle_poll: Duration::from_millis(10),
         job_types: None,
         secrets,
+        images: Some(Arc::new(images)),
     };
     let pool = WorkerPool::start(
         Arc::new(remote),

@@ -44,6 +44,9 @@ pub fn job(j: &JobView) -> String {
             .unwrap_or_default();
         out.push_str(&format!("repo: {repo:?} at {sha}{via}\n"));
     }
+    if let Some(image) = &j.image {
+        out.push_str(&format!("image: {}\n", sanitize(image)));
+    }
     if let Some(argv) = &j.inline_argv {
         let shown: Vec<String> = argv.iter().map(|a| format!("{:?}", sanitize(a))).collect();
         out.push_str(&format!("inline: [{}]\n", shown.join(", ")));
@@ -237,6 +240,7 @@ mod tests {
             resources: None,
             enforcement: BTreeMap::new(),
             inline_argv: None,
+            image: None,
             artifact_dir: "/data/artifacts/x".into(),
         }
     }

@@ -11,7 +11,7 @@ use seccompiler::BpfProgram;
 use super::job::{JobPipes, job_main};
 use super::report::InitMessage;
 use crate::fd::{pipe, wait_byte, write_all};
-use crate::paths::{HOSTNAME, JOB_UID};
+use crate::paths::HOSTNAME;
 use crate::sys::{Step, StepError, check, fail};
 use crate::{SandboxSpec, SpawnSpec};
 
@@ -203,8 +203,9 @@ fn start_job(spec: &SpawnSpec, sandbox: &SandboxSpec, filters: &[BpfProgram]) ->
                 .map_err(|e| fail(format!("write {file}"), e))
         };
         write("setgroups", "deny".into())?;
-        write("uid_map", format!("{JOB_UID} {} 1\n", sandbox.uid))?;
-        write("gid_map", format!("{JOB_UID} {} 1\n", sandbox.gid))?;
+        let (uid, gid) = sandbox.inner_ids();
+        write("uid_map", format!("{uid} {} 1\n", sandbox.uid))?;
+        write("gid_map", format!("{gid} {} 1\n", sandbox.gid))?;
         write_all(&mapped_w, b"m");
     }
     drop(mapped_w);

@@ -46,9 +46,14 @@ fn become_job(
     // SAFETY: setsid has no arguments.
     check("setsid", unsafe { libc::setsid() })?;
     enter_user_namespace(unshared, mapped)?;
-    drop_privileges()?;
+    let (sandbox_ids, cwd) = match &spec.isolation {
+        crate::Isolation::Sandbox(sb) => (sb.inner_ids(), sb.cwd.as_deref()),
+        crate::Isolation::UnsafeFallback { .. } => ((JOB_UID, JOB_UID), None),
+    };
+    drop_privileges(sandbox_ids)?;
     apply_rlimits(&spec.rlimits)?;
-    std::env::set_current_dir(WORK).map_err(|e| fail("chdir /work", e))?;
+    let cwd = cwd.unwrap_or(std::path::Path::new(WORK));
+    std::env::set_current_dir(cwd).map_err(|e| fail(format!("chdir {}", cwd.display()), e))?;
     // Every descriptor but 0-2 closes at exec (the exec-status pipe included).
     cloexec_from(3);
     crate::landlock::restrict().map_err(|e| StepError(format!("landlock: {e}")))?;
@@ -77,16 +82,13 @@ fn enter_user_namespace(unshared: &OwnedFd, mapped: OwnedFd) -> Result<(), StepE
     Ok(())
 }
 
-/// uid/gid 1000, no capabilities in any set, and no way to gain any back.
-fn drop_privileges() -> Result<(), StepError> {
+/// The job's ids (1000 unless its image names others), no capabilities in any set, and no way
+/// to gain any back.
+fn drop_privileges((uid, gid): (u32, u32)) -> Result<(), StepError> {
     // SAFETY: plain id setters.
-    check("setresgid", unsafe {
-        libc::setresgid(JOB_UID, JOB_UID, JOB_UID)
-    })?;
+    check("setresgid", unsafe { libc::setresgid(gid, gid, gid) })?;
     // SAFETY: as above.
-    check("setresuid", unsafe {
-        libc::setresuid(JOB_UID, JOB_UID, JOB_UID)
-    })?;
+    check("setresuid", unsafe { libc::setresuid(uid, uid, uid) })?;
     drop_capabilities()?;
     // SAFETY: plain prctl.
     check("no_new_privs", unsafe {

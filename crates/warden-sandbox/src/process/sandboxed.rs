@@ -411,6 +411,8 @@ mod tests {
             tmpfs_bytes: 1 << 20,
             cgroup_name: "t".into(),
             secrets: Vec::new(),
+            cwd: None,
+            job_ids: None,
         };
         let rl = Rlimits {
             cpu_s: Some(1),

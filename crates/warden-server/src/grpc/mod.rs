@@ -46,7 +46,9 @@ fn grpc_code(code: ErrorCode) -> Code {
         ErrorCode::IdempotencyConflict | ErrorCode::JobFinished | ErrorCode::LeaseLost => {
             Code::FailedPrecondition
         }
-        ErrorCode::RepoUnavailable | ErrorCode::ShuttingDown => Code::Unavailable,
+        ErrorCode::RepoUnavailable | ErrorCode::ImageUnavailable | ErrorCode::ShuttingDown => {
+            Code::Unavailable
+        }
         ErrorCode::Internal => Code::Internal,
     }
 }

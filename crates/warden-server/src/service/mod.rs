@@ -41,12 +41,20 @@ pub trait LocalWorkers: Send + Sync + 'static {
     async fn shutdown(&self, grace: Duration);
 }
 
+/// Where jobs' code and roots come from: git mirrors and checkouts, and images.
+pub struct Sources {
+    pub repos: Arc<Repos>,
+    pub images: Arc<warden_image::Images>,
+}
+
 pub struct JobService {
     pub store: Arc<dyn Store>,
     pub config: Arc<Config>,
     pub data: DataDir,
     pub events: Events,
     pub repos: Arc<Repos>,
+    /// Resolves a job type's image to the digest a submitted job is pinned to.
+    pub images: Arc<warden_image::Images>,
     workers: Option<Arc<dyn LocalWorkers>>,
     /// Jobs run without the kernel sandbox (recorded on each job).
     unsafe_fallback: bool,
@@ -78,11 +86,12 @@ impl JobService {
         config: Arc<Config>,
         data: DataDir,
         events: Events,
-        repos: Arc<Repos>,
+        Sources { repos, images }: Sources,
         workers: Option<Arc<dyn LocalWorkers>>,
         unsafe_fallback: bool,
     ) -> JobService {
         JobService {
+            images,
             auth: crate::auth::Authenticator::new(store.clone(), config.clone()),
             unsafe_fallback,
             repos,
@@ -305,6 +314,7 @@ impl JobService {
             resources: job.resources.clone(),
             enforcement: job.enforcement.clone(),
             inline_argv: job.inline_argv.clone(),
+            image: job.image.clone(),
             artifact_dir: self.artifact_dir(job.id),
         }
     }

@@ -119,6 +119,20 @@ impl JobService {
                 Some(self.pin(&remote, sha, git_ref.as_deref()).await?)
             }
         };
+        // Pinned like a ref to a sha: the job runs in what the tag named now, wherever and
+        // whenever it runs.
+        let image = match &job_type.image {
+            Some(r) => {
+                let digest = self.images.resolve(r).await.map_err(|e| {
+                    invalid(
+                        ErrorCode::ImageUnavailable,
+                        format!("could not resolve the job type's image {r}: {e}"),
+                    )
+                })?;
+                Some(pinned_image(r, &digest))
+            }
+            None => None,
+        };
         let idempotency_key = non_empty(req.idempotency_key);
         if let Some(key) = &idempotency_key
             && (key.len() > 255 || key.chars().any(char::is_control))
@@ -130,6 +144,7 @@ impl JobService {
         }
         let new = NewJob {
             inline_argv,
+            image,
             max_queued: tenant.max_queued.map(|m| m.get()),
             id: JobId::new(),
             tenant: caller.tenant.clone(),
@@ -224,6 +239,17 @@ impl JobService {
                 }),
         }
     }
+}
+
+/// `REF@sha256:…`: the reference as configured (without a digest it may already carry) and
+/// the digest it resolved to.
+fn pinned_image(r: &warden_core::image::ImageRef, digest: &warden_core::image::Digest) -> String {
+    let text = r.to_string();
+    let name = match text.rsplit_once('@') {
+        Some((name, _)) if r.pinned().is_some() => name.to_string(),
+        _ => text,
+    };
+    format!("{name}@{digest}")
 }
 
 /// Most arguments and bytes an inline command may have.

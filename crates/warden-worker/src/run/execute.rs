@@ -46,6 +46,8 @@ pub(super) async fn execute(
         job_type,
         unenforced,
         mask,
+        // Holds the image in the cache until the job is over.
+        image: _image,
         ..
     } = prepared;
     let mut info = ExecInfo {

@@ -100,58 +100,111 @@ async fn check_out(
     }
 }
 
+/// The job's image, unpacked (pulled first if this worker does not have it) and held in the
+/// cache until the job is over; `None` for a job type without one.
+async fn image_root(
+    shared: &Shared,
+    job: &JobRecord,
+    lease: &Lease,
+    signals: &JobSignals,
+) -> Result<Option<Arc<warden_image::Root>>, Outcome> {
+    let Some(reference) = shared
+        .config
+        .job_type(&job.job_type)
+        .and_then(|t| t.image.clone())
+    else {
+        return Ok(None);
+    };
+    let refuse = |code, message: String| Outcome::refused(&Refusal::new(code, message));
+    let digest = job
+        .image
+        .as_deref()
+        .and_then(|pinned| pinned.rsplit_once('@'))
+        .and_then(|(_, d)| d.parse::<warden_core::image::Digest>().ok());
+    let Some(digest) = digest else {
+        // Fail closed: never a digest other than the one the job was submitted with.
+        return Err(refuse(
+            "image_unavailable",
+            format!(
+                "the job type runs in {reference}, but the job was not pinned to an image digest \
+                 when it was submitted; submit it again"
+            ),
+        ));
+    };
+    let Some(images) = shared.worker.images.clone() else {
+        return Err(refuse(
+            "image_unavailable",
+            "this worker has no image cache".to_string(),
+        ));
+    };
+    let pull = async move { images.prepare(&reference, &digest).await };
+    match under_lease(shared, lease, signals, pull).await {
+        Waited::Done(Ok(root)) => {
+            tracing::info!(job = %job.id, image = %root.info.digest, "image ready");
+            Ok(Some(Arc::new(root)))
+        }
+        Waited::Done(Err(e)) => Err(refuse(e.code(), e.to_string())),
+        Waited::Stopped(outcome) => Err(outcome),
+    }
+}
+
 /// Runs one claimed job in slot `slot` (whose host uid and gid its sandbox maps to).
 pub(crate) async fn run_job(shared: &Shared, claimed: Claimed, signals: JobSignals, slot: usize) {
     let Claimed { job, lease } = claimed;
     let started_ms = job.started_at.unwrap_or_else(now_millis);
     let sent_secrets = shared.coordinator.take_secrets(job.id);
-    let (outcome, info, checkout, invariants) =
-        match check_out(shared, &job, &lease, &signals).await {
-            Err(outcome) => (outcome, None, None, None),
-            Ok(checkout) => {
-                let preparing = (shared.clone(), job.clone(), checkout.clone());
-                let claim = lease.token;
-                let prepared = blocking(move || {
-                    prepare(
-                        &preparing.0,
-                        &preparing.1,
-                        preparing.2.as_deref(),
-                        slot,
-                        claim,
-                        sent_secrets,
-                    )
-                })
-                .await;
-                match prepared {
-                    Err(refusal) => {
-                        // It never ran: the commit's tree is known, nothing about it was proven.
-                        let inv = checkout.as_ref().map(|co| Invariants {
-                            tree: Some(co.tree_id().to_string()),
-                            ..Invariants::default()
-                        });
-                        (Outcome::refused(&refusal), None, checkout, inv)
-                    }
-                    Ok(prepared) => {
-                        audit_secrets(shared, &job, &prepared.secret_names).await;
-                        let (executed, info) = execute(shared, &lease, prepared, &signals).await;
-                        // The proof: whatever the job did or how it ended, the tree it saw must
-                        // still be the commit.
-                        let (proof, inv) = match &checkout {
-                            Some(co) => {
-                                let (proof, inv) = prove(shared, &job, co).await;
-                                (proof, Some(inv))
-                            }
-                            None => (Proof::NotMade, None),
-                        };
-                        let outcome = match executed {
-                            Ok((report, end)) => verdict(&report, end, &proof),
-                            Err(refusal) => apply_proof(Outcome::refused(&refusal), &proof),
-                        };
-                        (outcome, Some(info), checkout, inv)
-                    }
+    let sources = async {
+        let checkout = check_out(shared, &job, &lease, &signals).await?;
+        let image = image_root(shared, &job, &lease, &signals).await?;
+        Ok::<_, Outcome>((checkout, image))
+    };
+    let (outcome, info, checkout, invariants) = match sources.await {
+        Err(outcome) => (outcome, None, None, None),
+        Ok((checkout, image)) => {
+            let preparing = (shared.clone(), job.clone(), checkout.clone());
+            let claim = lease.token;
+            let prepared = blocking(move || {
+                prepare(
+                    &preparing.0,
+                    &preparing.1,
+                    preparing.2.as_deref(),
+                    image,
+                    slot,
+                    claim,
+                    sent_secrets,
+                )
+            })
+            .await;
+            match prepared {
+                Err(refusal) => {
+                    // It never ran: the commit's tree is known, nothing about it was proven.
+                    let inv = checkout.as_ref().map(|co| Invariants {
+                        tree: Some(co.tree_id().to_string()),
+                        ..Invariants::default()
+                    });
+                    (Outcome::refused(&refusal), None, checkout, inv)
+                }
+                Ok(prepared) => {
+                    audit_secrets(shared, &job, &prepared.secret_names).await;
+                    let (executed, info) = execute(shared, &lease, prepared, &signals).await;
+                    // The proof: whatever the job did or how it ended, the tree it saw must
+                    // still be the commit.
+                    let (proof, inv) = match &checkout {
+                        Some(co) => {
+                            let (proof, inv) = prove(shared, &job, co).await;
+                            (proof, Some(inv))
+                        }
+                        None => (Proof::NotMade, None),
+                    };
+                    let outcome = match executed {
+                        Ok((report, end)) => verdict(&report, end, &proof),
+                        Err(refusal) => apply_proof(Outcome::refused(&refusal), &proof),
+                    };
+                    (outcome, Some(info), checkout, inv)
                 }
             }
-        };
+        }
+    };
     finish(
         shared, &job, &lease, outcome, invariants, info, &checkout, started_ms,
     )
@@ -375,6 +428,7 @@ pub(crate) mod tests {
             enforcement: Default::default(),
             invariants: None,
             inline_argv: None,
+            image: None,
         }
     }
 }

@@ -25,6 +25,8 @@ pub(super) struct Prepared {
     /// Limits the job type accepted running without, because this host cannot enforce them:
     /// limit name → why.
     pub unenforced: BTreeMap<String, String>,
+    /// The image root the job runs in, kept in the cache while this lives.
+    pub image: Option<std::sync::Arc<warden_image::Root>>,
 }
 
 /// What a job on a repository gets of its checkout.
@@ -45,6 +47,7 @@ pub(super) fn prepare(
     shared: &Shared,
     job: &JobRecord,
     checkout: Option<&Checkout>,
+    image: Option<std::sync::Arc<warden_image::Root>>,
     slot: usize,
     claim: i64,
     sent_secrets: Option<Result<crate::secrets::JobSecrets, String>>,
@@ -77,6 +80,14 @@ pub(super) fn prepare(
              unsandboxed (unsafe_fallback)",
         ));
     }
+    if tier == Tier::UnsafeFallback && job_type.image.is_some() {
+        // Fail closed: an image is a root filesystem, which only the sandbox can give a job.
+        return Err(Refusal::new(
+            "sandbox_unavailable",
+            "a job type with an image runs only inside the sandbox; this worker runs jobs \
+             unsandboxed (unsafe_fallback)",
+        ));
+    }
     let repo = match checkout {
         Some(co) => Some(RepoView {
             sha: co.sha().to_string(),
@@ -105,6 +116,9 @@ pub(super) fn prepare(
     let artifacts = shared.data.artifacts(job.id);
     let scratch = shared.data.scratch(job.id);
     let mut env = base_env(job, repo.as_ref());
+    if let Some(root) = &image {
+        image_env(&mut env, &root.info.env);
+    }
     env.extend(granted.env.iter().cloned());
     let mut unenforced = BTreeMap::new();
     let isolation = match tier {
@@ -144,6 +158,16 @@ pub(super) fn prepare(
             let mut isolation = layout.isolation(&job_type, repo.as_ref());
             if let Isolation::Sandbox(spec) = &mut isolation {
                 spec.secrets = granted.files.clone();
+                if let Some(root) = &image {
+                    spec.rootfs = Some(root.rootfs.clone());
+                    // A repository job works in its checkout; otherwise where the image says.
+                    if repo.is_none() {
+                        spec.cwd = root.info.working_dir.as_ref().map(PathBuf::from);
+                    }
+                    spec.job_ids = root
+                        .user_ids()
+                        .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
+                }
             }
             isolation
         }
@@ -167,6 +191,7 @@ pub(super) fn prepare(
     };
     Ok(Prepared {
         spec,
+        image,
         job_type,
         unenforced,
         mask: granted.mask,
@@ -238,6 +263,24 @@ fn base_env(job: &JobRecord, repo: Option<&RepoView>) -> BTreeMap<String, String
         }
     }
     env
+}
+
+/// An image's `Env` under warden's own variables and the job's params: only its `PATH`
+/// replaces warden's (the image knows where its programs are).
+fn image_env(env: &mut BTreeMap<String, String>, image: &[String]) {
+    for entry in image {
+        let Some((k, v)) = entry.split_once('=') else {
+            continue;
+        };
+        if k.is_empty() || k.contains('\0') || v.contains('\0') {
+            continue;
+        }
+        if k == "PATH" {
+            env.insert(k.to_string(), v.to_string());
+        } else {
+            env.entry(k.to_string()).or_insert_with(|| v.to_string());
+        }
+    }
 }
 
 fn rlimits(job_type: &JobType) -> Rlimits {
@@ -333,6 +376,8 @@ impl SandboxedLayout {
             tmpfs_bytes: limits.tmpfs_mb() << 20,
             cgroup_name: self.cgroup_name,
             secrets: Vec::new(),
+            cwd: None,
+            job_ids: None,
         }))
     }
 }

@@ -116,6 +116,36 @@ impl Secrets {
         mirrors.set_logins(logins).map_err(SecretError::Login)
     }
 
+    /// Opens the image cache of `config` (`images.dir`, default `<data_dir>/images`), with the
+    /// passwords of the registries that have a credential.
+    pub fn open_images(
+        &self,
+        config: &Config,
+        data_dir: &std::path::Path,
+    ) -> std::io::Result<warden_image::Images> {
+        let passwords = config
+            .images
+            .registries
+            .iter()
+            .filter_map(|(host, r)| {
+                let c = r.credential.as_ref()?;
+                let value = self.values.get(&c.secret)?;
+                Some((
+                    host.clone(),
+                    String::from_utf8_lossy(value.bytes())
+                        .trim_end()
+                        .to_string(),
+                ))
+            })
+            .collect();
+        let dir = config
+            .images
+            .dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("images"));
+        warden_image::Images::open(dir, config.images.clone(), passwords)
+    }
+
     /// What a control plane sends a remote worker for a job of `job_type`: the file secrets
     /// (name, value) and the variables (variable, name, value).
     #[allow(clippy::type_complexity)]

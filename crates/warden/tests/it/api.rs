@@ -39,8 +39,10 @@ fn test_app_with(body: &str) -> TestApp {
         warden_sandbox::Host::without_cgroups("unsafe_fallback test app"),
     ));
     let repos = Arc::new(warden_repo::Repos::open(&data.git(), &config.git).unwrap());
+    let secrets: Arc<warden_worker::secrets::Secrets> = Arc::default();
+    let images = Arc::new(secrets.open_images(&config, dir.path()).unwrap());
     let service =
-        warden_server::serve::embedded(sqlite, executor, config, data, repos, Arc::default());
+        warden_server::serve::embedded(sqlite, executor, config, data, repos, images, secrets);
     TestApp {
         // As if called from loopback: the trusted caller of `auth.loopback_trusted`.
         router: app(Arc::new(service)).layer(axum::extract::connect_info::MockConnectInfo(

@@ -8,6 +8,7 @@ mod egress;
 mod hostile;
 mod hostile_escapes;
 mod hostile_repo;
+mod images;
 mod perimeter;
 mod private_repo;
 mod repo;

@@ -1,0 +1,319 @@
+//! Images as job roots, through real jobs: images built here with `buildah` (from scratch and
+//! Debian's static busybox: nothing is pulled from the internet), served by a real OCI
+//! registry on loopback (Debian's `docker-registry`, the distribution registry) and read from
+//! local OCI layouts and archives.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use warden_api::{ErrorCode, JobStatus, JobView, SubmitJobRequest};
+use warden_client::{Client, ClientError};
+
+use crate::support::{Server, wait_job, write_config_with};
+
+/// What every test image holds: busybox as `/bin/sh`, a user `app` (1234:1234), and a motd
+/// that says which build it is.
+fn image_tree(dir: &Path, motd: &str) {
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    std::fs::create_dir_all(dir.join("etc")).unwrap();
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox")).unwrap();
+    for applet in ["sh", "id", "cat", "ls", "echo", "pwd"] {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(
+        dir.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1234:1234:app:/srv:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("etc/group"), "root:x:0:\napp:x:1234:\n").unwrap();
+    std::fs::write(dir.join("etc/motd"), format!("{motd}\n")).unwrap();
+}
+
+/// Builds an image with buildah into `dest` (an `oci-archive:` or `oci:` destination).
+fn build(work: &Path, motd: &str, dest: &str) {
+    let tree = work.join(format!("tree-{motd}"));
+    if !tree.exists() {
+        image_tree(&tree, motd);
+    }
+    let buildah = |args: &[&str]| -> String {
+        let out = Command::new("buildah")
+            .arg("--root")
+            .arg(work.join("buildah/root"))
+            .arg("--runroot")
+            .arg(work.join("buildah/run"))
+            .args(["--storage-driver", "vfs"])
+            .args(args)
+            .output()
+            .expect("buildah (scripts/setup.sh installs it)");
+        assert!(
+            out.status.success(),
+            "buildah {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let c = buildah(&["from", "scratch"]);
+    buildah(&["copy", &c, tree.to_str().unwrap(), "/"]);
+    buildah(&[
+        "config",
+        "--env",
+        "GREETING=hello from the image",
+        "--env",
+        "PATH=/bin",
+        "--workingdir",
+        "/srv",
+        "--user",
+        "app",
+        "--entrypoint",
+        "[\"/bin/false\"]",
+        &c,
+    ]);
+    buildah(&["commit", "-q", &c, dest]);
+    buildah(&["rm", &c]);
+}
+
+/// The distribution registry on a loopback port, storing under `dir`; stopped on drop.
+struct Registry {
+    child: Child,
+    host: String,
+}
+
+impl Registry {
+    fn start(dir: &Path) -> Registry {
+        let port = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let host = format!("127.0.0.1:{port}");
+        let config = dir.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: {host}}}\n",
+                dir.join("registry").display()
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry (scripts/setup.sh installs it)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&host).is_ok() {
+                return Registry { child, host };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the registry did not start on {host}");
+    }
+
+    /// Copies a local image to `name` (`team/busy:v1`) in the registry.
+    fn push(&self, from: &str, name: &str) {
+        let out = Command::new("skopeo")
+            .args(["copy", "-q", "--dest-tls-verify=false", from])
+            .arg(format!("docker://{}/{name}", self.host))
+            .output()
+            .expect("skopeo (scripts/setup.sh installs it)");
+        assert!(
+            out.status.success(),
+            "skopeo copy: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Shows everything the image decides, and that nothing of the host's root is there.
+const PROBE: &str = r#"echo "$GREETING"; pwd; id -u; id -g; cat /etc/motd; test -e /usr && echo host-usr; (echo x > /probe) 2>/dev/null || echo read-only"#;
+
+fn job_type(name: &str, image: &str) -> String {
+    format!(
+        "  {name}:\n    argv: [/bin/sh, -c, '{PROBE}']\n    timeout_s: 60\n    image: \"{image}\"\n"
+    )
+}
+
+fn req(job_type: &str) -> SubmitJobRequest {
+    SubmitJobRequest {
+        job_type: job_type.into(),
+        ..SubmitJobRequest::default()
+    }
+}
+
+async fn run(c: &Client, job_type: &str) -> (JobView, String) {
+    let job = c.submit(&req(job_type)).await.unwrap();
+    let done = wait_job(c, &job.job_id, Duration::from_secs(120), |j| {
+        j.status.is_terminal()
+    })
+    .await;
+    let out = c.logs_raw(&done.job_id, "stdout", 0).await.unwrap();
+    (done, String::from_utf8_lossy(&out).into_owned())
+}
+
+fn expected(motd: &str) -> String {
+    format!("hello from the image\n/srv\n1234\n1234\n{motd}\nread-only\n")
+}
+
+fn digest_of(job: &JobView) -> String {
+    let pinned = job.image.as_deref().expect("the job records its image");
+    let (_, d) = pinned.rsplit_once('@').expect("pinned to a digest");
+    assert!(d.starts_with("sha256:") && d.len() == 71, "{pinned}");
+    d.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_in_an_image_pulled_from_a_registry_pinned_at_submission() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let registry = Registry::start(work);
+    let one = format!("oci-archive:{}:v1", work.join("one.tar").display());
+    build(work, "build-one", &one);
+    registry.push(&one, "team/busy:v1");
+    let image = format!("{}/team/busy:v1", registry.host);
+    let config = write_config_with(
+        work,
+        &format!(
+            "images: {{registries: {{\"{host}\": {{insecure_http: true}}}}}}\njob_types:\n{}",
+            job_type("busy", &image),
+            host = registry.host
+        ),
+    );
+    let server = Server::start(&config);
+    let c = server.client();
+    let (first, out) = run(&c, "busy").await;
+    assert_eq!(first.status, JobStatus::Succeeded, "{first:?}\n{out}");
+    // The image's Env, WorkingDir and User (a name from its own /etc/passwd) apply; its
+    // Entrypoint (/bin/false) does not; the host's /usr is not there; the root is read-only.
+    assert_eq!(out, expected("build-one"));
+    let d1 = digest_of(&first);
+    assert!(
+        first
+            .image
+            .as_deref()
+            .unwrap()
+            .starts_with(&format!("{image}@"))
+    );
+    // The tag moves: the next job is pinned to the new digest and runs the new image.
+    let two = format!("oci-archive:{}:v1", work.join("two.tar").display());
+    build(work, "build-two", &two);
+    registry.push(&two, "team/busy:v1");
+    let (second, out) = run(&c, "busy").await;
+    assert_eq!(second.status, JobStatus::Succeeded, "{second:?}");
+    assert_eq!(out, expected("build-two"));
+    assert_ne!(digest_of(&second), d1);
+    // Both are in the cache, unpacked once each; a third job of the same digest unpacks nothing.
+    let roots = work.join("data/images/roots");
+    assert_eq!(std::fs::read_dir(&roots).unwrap().count(), 2);
+    let (third, _) = run(&c, "busy").await;
+    assert_eq!(digest_of(&third), digest_of(&second));
+    assert_eq!(std::fs::read_dir(&roots).unwrap().count(), 2);
+    // The registry gone: a submission cannot be pinned and is refused, saying why.
+    drop(registry);
+    match c.submit(&req("busy")).await {
+        Err(ClientError::Api {
+            status,
+            code,
+            message,
+        }) => {
+            assert_eq!(
+                (status, code),
+                (502, ErrorCode::ImageUnavailable),
+                "{message}"
+            );
+            assert!(message.contains(&image), "{message}");
+        }
+        other => panic!("expected image_unavailable, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_run_in_images_from_local_layouts_and_archives() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let archive = work.join("img.tar");
+    let layout = work.join("layout");
+    build(
+        work,
+        "from-archive",
+        &format!("oci-archive:{}:v1", archive.display()),
+    );
+    build(work, "from-layout", &format!("oci:{}:v2", layout.display()));
+    let config = write_config_with(
+        work,
+        &format!(
+            "job_types:\n{}{}{}",
+            job_type("archive", &format!("oci-archive:{}:v1", archive.display())),
+            job_type("layout", &format!("oci:{}:v2", layout.display())),
+            job_type("missing_tag", &format!("oci:{}:nope", layout.display())),
+        ),
+    );
+    let server = Server::start(&config);
+    let c = server.client();
+    let (job, out) = run(&c, "archive").await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{job:?}");
+    assert_eq!(out, expected("from-archive"));
+    let (job, out) = run(&c, "layout").await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{job:?}");
+    assert_eq!(out, expected("from-layout"));
+    match c.submit(&req("missing_tag")).await {
+        Err(ClientError::Api { code, message, .. }) => {
+            assert_eq!(code, ErrorCode::ImageUnavailable, "{message}");
+            assert!(
+                message.contains("has no image tagged \"nope\""),
+                "{message}"
+            );
+        }
+        other => panic!("expected image_unavailable, got {other:?}"),
+    }
+}
+
+#[test]
+fn image_entries_refuse_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    for (body, says) in [
+        (
+            "job_types:\n  t:\n    argv: [/bin/true]\n    timeout_s: 5\n    image: python:3.12\n",
+            "names no registry",
+        ),
+        (
+            "job_types:\n  t:\n    argv: [/bin/true]\n    timeout_s: 5\n    image: oci:relative\n",
+            "absolute path",
+        ),
+        (
+            "job_types:\n  t:\n    argv: [/bin/true]\n    timeout_s: 5\n    image: r.example/x\n    rootfs: /srv/root\n",
+            "either an image or a rootfs",
+        ),
+        ("images: {cache_mb: 0}\n", "cache_mb"),
+        (
+            "images: {registries: {\"r.example\": {insecure_http: true, ca_file: /ca.pem}}}\n",
+            "ca_file is for https",
+        ),
+        (
+            "images: {registries: {\"r.example\": {credential: {username: u, secret: NOPE}}}}\n",
+            "is not defined under secrets",
+        ),
+        ("images: {pull_timeout: 5}\n", "unknown field"),
+    ] {
+        let config = write_config_with(dir.path(), body);
+        let out = Command::new(crate::support::WARDEN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{body}: {err}");
+        assert!(err.contains(says), "{body}: {err}");
+    }
+}
