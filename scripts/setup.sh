@@ -19,13 +19,21 @@ for tool in sh setsid nsenter mkfifo sleep cc git ip openssl psql pg_ctlcluster;
     have "$tool" || missing+=("$tool")
 done
 /usr/bin/python3 -c 'import pytest' >/dev/null 2>&1 || missing+=(python3-pytest)
+# The image tests build their images with buildah (from scratch and a static busybox: nothing
+# is pulled from the internet), serve them from the distribution registry on loopback, and
+# push with skopeo; the image benchmark compares with skopeo + umoci.
+for tool in buildah skopeo umoci docker-registry; do
+    have "$tool" || missing+=("$tool")
+done
+[ -x /bin/busybox ] || missing+=(busybox-static)
 if [ ${#missing[@]} -gt 0 ]; then
     if have apt-get && [ "$(id -u)" = 0 ]; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq coreutils util-linux build-essential \
-            git python3 python3-pytest iproute2 openssl postgresql postgresql-client
+            git python3 python3-pytest iproute2 openssl postgresql postgresql-client \
+            buildah skopeo umoci docker-registry busybox-static
     else
-        echo "setup: missing: ${missing[*]} (install coreutils, util-linux, a C compiler, git, python3-pytest, iproute2, openssl, postgresql)" >&2
+        echo "setup: missing: ${missing[*]} (install coreutils, util-linux, a C compiler, git, python3-pytest, iproute2, openssl, postgresql, buildah, skopeo, umoci, docker-registry, busybox-static)" >&2
         exit 1
     fi
 fi

@@ -1,4 +1,4 @@
-//! `cargo xtask bench e2e|sandbox|checkout|queue ...` and `cargo xtask vm-test` (see `usage`)
+//! `cargo xtask bench e2e|sandbox|checkout|queue|perimeter|egress|images ...` and `cargo xtask vm-test` (see `usage`)
 //!
 //! Benchmarks are not tests: they print a table of medians and ratios against a baseline run in
 //! the same invocation. Results and the command that reproduces them go to docs/benchmarks.md.
@@ -15,6 +15,7 @@ use warden_client::Client;
 
 mod checkout;
 mod egress;
+mod images;
 mod perimeter;
 mod queue;
 mod sandbox;
@@ -34,10 +35,11 @@ fn main() -> anyhow::Result<()> {
         ["bench", "queue", rest @ ..] => queue::bench_queue(rest),
         ["bench", "perimeter", rest @ ..] => perimeter::bench_perimeter(rest),
         ["bench", "egress", rest @ ..] => egress::bench_egress(rest),
+        ["bench", "images", rest @ ..] => images::bench_images(rest),
         ["vm-test", rest @ ..] => vm::vm_test(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask bench e2e [--jobs N] [--sequential N] [--concurrency C] [--slots S]\n       cargo xtask bench sandbox [--runs N]\n       cargo xtask bench checkout [--files N] [--mb M] [--runs R] [--jobs J]\n       cargo xtask bench queue [--jobs N] [--claimers C] [--history H] [--starts S]\n       cargo xtask bench perimeter [--sequential N] [--jobs N] [--claimers C] [--claims-only] [--log-mb N]\n       cargo xtask bench egress [--mb N] [--connections N] [--starts N]\n       cargo xtask vm-test [--bench] [--kvm] [--timeout-min M] [--memory-mb M]"
+                "usage: cargo xtask bench e2e [--jobs N] [--sequential N] [--concurrency C] [--slots S]\n       cargo xtask bench sandbox [--runs N]\n       cargo xtask bench checkout [--files N] [--mb M] [--runs R] [--jobs J]\n       cargo xtask bench queue [--jobs N] [--claimers C] [--history H] [--starts S]\n       cargo xtask bench perimeter [--sequential N] [--jobs N] [--claimers C] [--claims-only] [--log-mb N]\n       cargo xtask bench egress [--mb N] [--connections N] [--starts N]\n       cargo xtask bench images [--mb N] [--starts N] [--rounds N]\n       cargo xtask vm-test [--bench] [--kvm] [--timeout-min M] [--memory-mb M]"
             );
             std::process::exit(2);
         }

@@ -110,6 +110,7 @@ impl WardenRuns {
                 secrets: Vec::new(),
                 cwd: None,
                 job_ids: None,
+                writable_root_bytes: None,
             })),
         }
     }

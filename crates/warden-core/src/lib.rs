@@ -14,6 +14,7 @@ pub mod state;
 pub use allowlist::RepoRefused;
 pub use config::{
     CgroupLimit, Config, ConfigError, GitConfig, InvalidConfig, JobType, Limits, RepoConfig,
+    RootMode,
 };
 pub use id::JobId;
 pub use params::{ParamError, validate_params};

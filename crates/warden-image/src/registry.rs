@@ -32,6 +32,8 @@ impl Registry {
         password: Option<String>,
         timeout: std::time::Duration,
     ) -> Result<Registry, ImageError> {
+        // reqwest is built without a provider of its own: ring, as everywhere in warden.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut extra = Vec::new();
         let mut protocol = ClientProtocol::Https;
         if let Some(c) = config {

@@ -18,8 +18,9 @@ const ABI_WANTED: ABI = ABI::V6;
 pub struct LandlockError(pub String);
 
 /// Restricts the calling thread (and what it execs). Fails when Landlock enforces nothing:
-/// the sandbox never silently runs without it.
-pub fn restrict() -> Result<RulesetStatus, LandlockError> {
+/// the sandbox never silently runs without it. `writable`: more directories the job may write
+/// (a writable root's overlays).
+pub fn restrict(writable: &[std::path::PathBuf]) -> Result<RulesetStatus, LandlockError> {
     let e = |e: ::landlock::RulesetError| LandlockError(e.to_string());
     let read = AccessFs::from_read(ABI_WANTED);
     let all = AccessFs::from_all(ABI_WANTED);
@@ -34,6 +35,8 @@ pub fn restrict() -> Result<RulesetStatus, LandlockError> {
         .add_rules(path_beneath_rules(["/"], read))
         .map_err(e)?
         .add_rules(path_beneath_rules([TMP, "/dev/shm", ARTIFACTS], all))
+        .map_err(e)?
+        .add_rules(path_beneath_rules(writable, all))
         .map_err(e)?
         .add_rules(path_beneath_rules(
             ["/dev/null", "/dev/zero", "/dev/full"],

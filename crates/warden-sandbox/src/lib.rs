@@ -27,6 +27,7 @@ mod landlock;
 mod launcher;
 mod mounts;
 mod net;
+pub mod overlay;
 pub mod paths;
 mod proc_tree;
 mod process;
@@ -174,6 +175,11 @@ pub struct SandboxSpec {
     /// `User`); never 0. Outside, it is still `uid`/`gid`.
     #[serde(default)]
     pub job_ids: Option<(u32, u32)>,
+    /// A writable root: the system directories (or the rootfs's) each an overlay over the
+    /// read-only original, with their changes in a tmpfs of this many bytes (charged to the
+    /// job's memory); the init reports what changed ([`ExitReport::root_changes`]).
+    #[serde(default)]
+    pub writable_root_bytes: Option<u64>,
 }
 
 impl SandboxSpec {
@@ -270,6 +276,9 @@ pub struct ExitReport {
     /// What became of `/artifacts` (sandboxed jobs).
     #[serde(default)]
     pub artifacts: Option<artifacts::CopyOut>,
+    /// What the job changed in its writable root (jobs with one).
+    #[serde(default)]
+    pub root_changes: Option<overlay::RootChanges>,
     /// What enforced each limit.
     pub enforcement: BTreeMap<String, String>,
 }

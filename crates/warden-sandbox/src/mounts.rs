@@ -12,25 +12,32 @@ use crate::{Bind, SandboxSpec};
 
 /// System directories bound read-only (a symlink on the host, as on merged-/usr systems,
 /// becomes the same symlink).
-const SYSTEM_DIRS: &[&str] = &[
+pub(crate) const SYSTEM_DIRS: &[&str] = &[
     "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
 ];
 
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
 
 /// Top-level names warden fills itself; a job type's rootfs does not provide them.
-const RESERVED_TOP: &[&str] = &["proc", "dev", "tmp", "work", "artifacts", "sys", "run"];
+pub(crate) const RESERVED_TOP: &[&str] = &["proc", "dev", "tmp", "work", "artifacts", "sys", "run"];
 
 const RO: libc::c_ulong = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
 
 /// Builds the root at `spec.root` and pivots into it. Afterwards `/` is the job's root.
-pub(crate) fn build_root(k: &mut impl Kernel, spec: &SandboxSpec) -> Step {
+/// `idmap`: for a writable root, a user namespace mapping 0 to the job's host ids (see
+/// `System`).
+pub(crate) fn build_root(
+    k: &mut impl Kernel,
+    spec: &SandboxSpec,
+    idmap: Option<std::os::fd::RawFd>,
+) -> Step {
     let root = spec.root.as_path();
     make_mounts_private(k)?;
     mount_root_tmpfs(k, root)?;
+    let system = System::new(k, root, spec, idmap)?;
     match &spec.rootfs {
-        None => bind_host_system(k, root, &spec.etc)?,
-        Some(rootfs) => bind_rootfs(k, root, rootfs)?,
+        None => bind_host_system(k, root, &spec.etc, &system)?,
+        Some(rootfs) => bind_rootfs(k, root, rootfs, &system)?,
     }
     mount_proc(k, root)?;
     make_dev(k, root, spec.tmpfs_bytes)?;
@@ -65,19 +72,146 @@ fn mount_root_tmpfs(k: &mut impl Kernel, root: &Path) -> Step {
     )
 }
 
+/// Where the upper directories of a writable root live (a size-capped tmpfs mounted here,
+/// opened by the init and detached before the job starts: the job sees an empty directory).
+pub(crate) const UPPER: &str = "/.warden-upper";
+
+/// Inside the job's root: the top-level directories a writable root made overlays of (every
+/// directory but the ones warden fills itself and the detached upper's mount point).
+pub(crate) fn overlay_dirs() -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir("/") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            !RESERVED_TOP.contains(&n.as_str()) && Path::new("/").join(n) != Path::new(UPPER)
+        })
+        .map(|n| Path::new("/").join(n))
+        .collect()
+}
+
+/// How the system directories are mounted: read-only binds, or, for a writable root, each an
+/// overlay whose upper directory is in the job's own capped tmpfs. The lower directory is an
+/// idmapped bind in which what root owns belongs to the job's host ids, so the job (not root,
+/// in a user namespace where host root does not exist) owns what it may now change; nothing is
+/// written to the lower directory either way.
+struct System {
+    upper: Option<PathBuf>,
+    idmap: Option<std::os::fd::RawFd>,
+    userxattr: bool,
+    /// The job's host ids: the upper directories' roots are the job's, as the lower ones
+    /// appear through the id mapping (an overlay's root takes its owner from the upper).
+    ids: (u32, u32),
+}
+
+impl System {
+    fn new(
+        k: &mut impl Kernel,
+        root: &Path,
+        spec: &SandboxSpec,
+        idmap: Option<std::os::fd::RawFd>,
+    ) -> Step<System> {
+        let Some(bytes) = spec.writable_root_bytes else {
+            return Ok(System {
+                upper: None,
+                idmap: None,
+                userxattr: false,
+                ids: (spec.uid, spec.gid),
+            });
+        };
+        let Some(idmap) = idmap else {
+            return Err(fail(
+                "writable root",
+                std::io::Error::other("no id-mapping user namespace"),
+            ));
+        };
+        let upper = inside(root, UPPER);
+        k.mkdir(&upper)?;
+        k.mount(
+            Some(Path::new("tmpfs")),
+            &upper,
+            Some("tmpfs"),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some(&format!(
+                "size={bytes},nr_inodes={},mode=0700",
+                (bytes / 4096).max(1024)
+            )),
+        )?;
+        k.mkdir(&upper.join("u"))?;
+        k.mkdir(&upper.join("w"))?;
+        k.mkdir(&upper.join("l"))?;
+        Ok(System {
+            ids: (spec.uid, spec.gid),
+            upper: Some(upper),
+            idmap: Some(idmap),
+            // In a user namespace of its own (rootless) overlayfs keeps its metadata in user.*
+            // extended attributes.
+            userxattr: spec.rootless,
+        })
+    }
+
+    /// `src` (a directory) at `dst`, named `name` in the upper tmpfs.
+    fn mount(&self, k: &mut impl Kernel, src: &Path, dst: &Path, name: &str) -> Step {
+        let Some(upper) = &self.upper else {
+            return bind_ro(k, src, dst);
+        };
+        let (u, w) = (upper.join("u").join(name), upper.join("w").join(name));
+        let l = upper.join("l").join(name);
+        k.mkdir(&u)?;
+        k.chown(&u, self.ids.0, self.ids.1)?;
+        k.mkdir(&w)?;
+        k.mkdir(&l)?;
+        if let Some(userns) = self.idmap {
+            k.idmapped_bind(src, &l, userns)?;
+        }
+        let paths = [l.as_path(), &u, &w];
+        if let Some(bad) = paths
+            .iter()
+            .find(|p| p.to_string_lossy().contains([',', ':', '\\']))
+        {
+            return Err(fail(
+                format!("overlay {}", bad.display()),
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "a writable root's directories may not contain ',', ':' or '\\'",
+                ),
+            ));
+        }
+        let mut options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            l.display(),
+            u.display(),
+            w.display()
+        );
+        if self.userxattr {
+            options.push_str(",userxattr");
+        }
+        k.mount(
+            Some(Path::new("overlay")),
+            dst,
+            Some("overlay"),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some(&options),
+        )
+    }
+}
+
 /// The host's system directories, and the sandbox's own /etc (see `prepare_etc`).
-fn bind_host_system(k: &mut impl Kernel, root: &Path, etc: &Path) -> Step {
+fn bind_host_system(k: &mut impl Kernel, root: &Path, etc: &Path, system: &System) -> Step {
     for dir in SYSTEM_DIRS {
-        bind_host(k, root, Path::new(dir))?;
+        bind_host(k, root, Path::new(dir), system)?;
     }
     let at = root.join("etc");
     k.mkdir(&at)?;
-    bind_ro(k, etc, &at)
+    system.mount(k, etc, &at, "etc")
 }
 
 /// A root filesystem the job type names: each of its top-level entries, read-only, except the
 /// places warden provides itself.
-fn bind_rootfs(k: &mut impl Kernel, root: &Path, rootfs: &Path) -> Step {
+fn bind_rootfs(k: &mut impl Kernel, root: &Path, rootfs: &Path, system: &System) -> Step {
     let entries =
         fs::read_dir(rootfs).map_err(|e| fail(format!("rootfs {}", rootfs.display()), e))?;
     for entry in entries {
@@ -94,8 +228,11 @@ fn bind_rootfs(k: &mut impl Kernel, root: &Path, rootfs: &Path) -> Step {
             let target =
                 fs::read_link(&src).map_err(|e| fail(format!("readlink {}", src.display()), e))?;
             k.symlink(&target, &dst)?;
+        } else if meta.is_dir() {
+            mount_point(k, &dst, true)?;
+            system.mount(k, &src, &dst, &name.to_string_lossy())?;
         } else {
-            mount_point(k, &dst, meta.is_dir())?;
+            mount_point(k, &dst, false)?;
             bind_ro(k, &src, &dst)?;
         }
     }
@@ -319,8 +456,9 @@ fn bind_ro(k: &mut impl Kernel, src: &Path, dst: &Path) -> Step {
     Ok(())
 }
 
-/// Binds a host path (dir or file) read-only at the same place under `root`.
-fn bind_host(k: &mut impl Kernel, root: &Path, host: &Path) -> Step {
+/// Binds a host path (dir or file) read-only at the same place under `root` (a directory
+/// through `system`: an overlay for a writable root).
+fn bind_host(k: &mut impl Kernel, root: &Path, host: &Path, system: &System) -> Step {
     let Ok(meta) = fs::symlink_metadata(host) else {
         return Ok(());
     };
@@ -334,7 +472,12 @@ fn bind_host(k: &mut impl Kernel, root: &Path, host: &Path) -> Step {
         return k.symlink(&target, &dst);
     }
     mount_point(k, &dst, meta.is_dir())?;
-    bind_ro(k, host, &dst)
+    if meta.is_dir() {
+        let name = host.to_string_lossy().trim_start_matches('/').to_string();
+        system.mount(k, host, &dst, &name)
+    } else {
+        bind_ro(k, host, &dst)
+    }
 }
 
 #[cfg(test)]
@@ -375,6 +518,7 @@ mod tests {
             }],
             cwd: None,
             job_ids: None,
+            writable_root_bytes: None,
         }
     }
 
@@ -392,7 +536,7 @@ mod tests {
     #[test]
     fn setup_steps_run_in_their_safe_order() {
         let mut k = Recorder::default();
-        build_root(&mut k, &spec()).unwrap();
+        build_root(&mut k, &spec(), None).unwrap();
         let calls = &k.calls;
         // Private propagation comes before any mount, the sealed root after everything.
         assert!(
@@ -458,7 +602,7 @@ mod tests {
     #[test]
     fn every_bind_is_made_read_only() {
         let mut k = Recorder::default();
-        build_root(&mut k, &spec()).unwrap();
+        build_root(&mut k, &spec(), None).unwrap();
         let ro = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
         for (i, call) in k.calls.iter().enumerate() {
             let Call::Mount {

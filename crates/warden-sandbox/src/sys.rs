@@ -75,6 +75,9 @@ pub trait Kernel {
     fn detach(&mut self, path: &Path) -> Step;
     /// Whether the filesystem at `path` reports itself read-only (`statvfs`).
     fn is_read_only(&mut self, path: &Path) -> Step<bool>;
+    /// Binds `src` at `dst` through an idmapped mount whose ids are those of the user
+    /// namespace `userns` (`open_tree` clone, `mount_setattr(MOUNT_ATTR_IDMAP)`, `move_mount`).
+    fn idmapped_bind(&mut self, src: &Path, dst: &Path, userns: std::os::fd::RawFd) -> Step;
 }
 
 /// The real kernel.
@@ -205,6 +208,55 @@ impl Kernel for Linux {
         })?;
         Ok(st.f_flag & libc::ST_RDONLY != 0)
     }
+
+    fn idmapped_bind(&mut self, src: &Path, dst: &Path, userns: std::os::fd::RawFd) -> Step {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        const OPEN_TREE_CLONE: libc::c_uint = 1;
+        const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+        const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+        let (src_c, dst_c) = (cstr(src)?, cstr(dst)?);
+        let step = format!("idmapped bind {} at {}", src.display(), dst.display());
+        // SAFETY: open_tree with a valid C string; the result is checked before use.
+        let tree = unsafe {
+            libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                src_c.as_ptr(),
+                OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+            )
+        };
+        check(&step, tree as i32)?;
+        // SAFETY: a new descriptor, owned from here.
+        let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
+        let attr = libc::mount_attr {
+            attr_set: MOUNT_ATTR_IDMAP,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: userns as u64,
+        };
+        // SAFETY: a valid descriptor, an empty C string, and a mount_attr of the size passed.
+        check(&step, unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                tree.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH,
+                &attr as *const libc::mount_attr,
+                std::mem::size_of::<libc::mount_attr>(),
+            )
+        } as i32)?;
+        // SAFETY: valid descriptors and C strings.
+        check(&step, unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                tree.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                dst_c.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        } as i32)
+    }
 }
 
 #[cfg(test)]
@@ -236,6 +288,7 @@ pub(crate) mod recording {
         PivotRoot,
         Detach(PathBuf),
         CheckReadOnly(PathBuf),
+        IdmappedBind(PathBuf, PathBuf),
     }
 
     #[derive(Default)]
@@ -306,6 +359,11 @@ pub(crate) mod recording {
         fn is_read_only(&mut self, path: &Path) -> Step<bool> {
             self.calls.push(Call::CheckReadOnly(path.to_path_buf()));
             Ok(true)
+        }
+        fn idmapped_bind(&mut self, src: &Path, dst: &Path, _userns: i32) -> Step {
+            self.calls
+                .push(Call::IdmappedBind(src.to_path_buf(), dst.to_path_buf()));
+            Ok(())
         }
     }
 }

@@ -140,6 +140,7 @@ async fn self_test_in(
             secrets: Vec::new(),
             cwd: None,
             job_ids: None,
+            writable_root_bytes: None,
             cgroup_name: dir
                 .file_name()
                 .unwrap_or_default()

@@ -79,6 +79,10 @@ pub struct JobType {
     /// An OCI image to run in instead (see docs/images.md): pulled and unpacked by warden,
     /// pinned to its digest when a job is submitted.
     pub image: Option<crate::image::ImageRef>,
+    /// `read_only` (the default) or `writable`: an overlay over the system directories (or
+    /// the image's, or the rootfs's) whose changes live in a capped tmpfs, reported after the
+    /// job in `changes.json`, and gone with it.
+    pub root: RootMode,
     /// `core.hooksPath` in the git directory the job sees (e.g. `.githooks`): set in the gitdir's
     /// config, never in the tree. warden itself never runs hooks.
     pub hooks_path: Option<String>,
@@ -92,6 +96,15 @@ pub struct JobType {
     pub secrets: Vec<String>,
     /// Secrets the job gets as environment variables instead: variable → secret name.
     pub secret_env: std::collections::BTreeMap<String, String>,
+}
+
+/// Whether the job's root is read-only (the default) or writable for the job's lifetime.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RootMode {
+    #[default]
+    ReadOnly,
+    Writable,
 }
 
 /// A limit only a cgroup enforces.
@@ -196,6 +209,8 @@ struct RawJobType {
     rootfs: Option<PathBuf>,
     #[serde(default)]
     image: Option<String>,
+    #[serde(default)]
+    root: RootMode,
     #[serde(default)]
     hooks_path: Option<String>,
     #[serde(default)]
@@ -317,6 +332,7 @@ impl TryFrom<RawJobType> for JobType {
             binds: raw.binds,
             rootfs: raw.rootfs,
             image,
+            root: raw.root,
             description: raw.description,
             argv: raw.argv,
             timeout_s: raw.timeout_s,
@@ -353,10 +369,14 @@ pub struct Limits {
     pub file_size_mb: Option<Positive>,
     pub open_files: Option<Positive>,
     pub tmpfs_mb: Option<Positive>,
+    /// What a writable root (`root: writable`) may hold of changes (a tmpfs charged to the job).
+    pub root_mb: Option<Positive>,
 }
 
 /// `/artifacts` of a job type that does not say.
 pub const DEFAULT_ARTIFACTS_MB: u64 = 1024;
+/// The changes a writable root of a job type that does not say may hold.
+pub const DEFAULT_ROOT_MB: u64 = 1024;
 /// `/tmp` (and `/dev/shm`) of a job type that does not say.
 pub const DEFAULT_TMPFS_MB: u64 = 256;
 
@@ -393,6 +413,7 @@ impl Default for Limits {
             file_size_mb: None,
             open_files: None,
             tmpfs_mb: None,
+            root_mb: None,
         }
     }
 }
@@ -400,6 +421,11 @@ impl Default for Limits {
 impl Limits {
     pub fn output_bytes(&self) -> u64 {
         self.output_mb.get().saturating_mul(1024 * 1024)
+    }
+
+    /// The changes a writable root may hold, in MiB (default 1024).
+    pub fn root_mb(&self) -> u64 {
+        self.root_mb.map_or(DEFAULT_ROOT_MB, Positive::get)
     }
 
     pub fn tmpfs_mb(&self) -> u64 {

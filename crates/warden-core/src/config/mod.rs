@@ -19,7 +19,9 @@ mod positive;
 mod tests;
 
 pub use images::{ImagesConfig, RegistryConfig, RegistryCredential};
-pub use job_type::{BindConfig, CgroupLimit, JobType, JobTypeName, Limits, is_valid_label};
+pub use job_type::{
+    BindConfig, CgroupLimit, JobType, JobTypeName, Limits, RootMode, is_valid_label,
+};
 pub use network::{
     Destination, EgressPolicy, EgressRule, NetworkPolicy, always_denied, parse_rule,
 };

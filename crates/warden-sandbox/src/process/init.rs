@@ -103,7 +103,33 @@ fn init(args: InitArgs<'_>, report: &OwnedFd) -> Step {
         let sockets = crate::net::gateway_sockets(ports, v6)?;
         crate::net::send_gateway(&control, &sockets)?;
     }
-    crate::mounts::build_root(&mut crate::sys::Linux, sandbox)?;
+    // A writable root's lower directories, for telling new paths from changed ones at the end.
+    let (lowers, idmap) = if sandbox.writable_root_bytes.is_some() {
+        if sandbox.rootless {
+            // Idmapped mounts need root in the initial user namespace.
+            return Err(StepError(
+                "writable root: needs warden running as root (idmapped mounts); this one is rootless"
+                    .into(),
+            ));
+        }
+        (
+            writable_lowers(sandbox)?,
+            Some(idmap_userns(sandbox.uid, sandbox.gid)?),
+        )
+    } else {
+        (Vec::new(), None)
+    };
+    crate::mounts::build_root(
+        &mut crate::sys::Linux,
+        sandbox,
+        idmap.as_ref().map(AsRawFd::as_raw_fd),
+    )?;
+    drop(idmap);
+    // Its upper directories: kept open by the init alone, detached before the job starts.
+    let upper = match sandbox.writable_root_bytes {
+        Some(_) => Some(detach_upper()?),
+        None => None,
+    };
     enter_cgroup(&cgroup.ready, &parents, cgroup.attach)?;
     drop(parents);
     // A cgroup namespace rooted at the job's own cgroup.
@@ -130,9 +156,121 @@ fn init(args: InitArgs<'_>, report: &OwnedFd) -> Step {
         max_rss_kb: usage.ru_maxrss,
     }
     .send(report);
+    if let Some(upper) = &upper {
+        let changes = crate::overlay::changes(upper, &lowers, sandbox.rootless);
+        InitMessage::RootChanges { changes }.send(report);
+    }
     let copy = crate::artifacts::copy_out(Path::new(crate::paths::ARTIFACTS), &host_artifacts);
     InitMessage::Artifacts { copy }.send(report);
     Ok(())
+}
+
+/// The lower directory of each overlay of a writable root, by the name its upper directory
+/// has (as `mounts::System` names them), opened while the host's paths are in sight.
+fn writable_lowers(
+    sandbox: &crate::SandboxSpec,
+) -> Result<Vec<(String, OwnedFd)>, crate::sys::StepError> {
+    let open =
+        |p: &Path| crate::fd::open_dir(p).map_err(|e| fail(format!("open {}", p.display()), e));
+    let mut out = Vec::new();
+    match &sandbox.rootfs {
+        None => {
+            for dir in crate::mounts::SYSTEM_DIRS {
+                let p = Path::new(dir);
+                if std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
+                    out.push((dir.trim_start_matches('/').to_string(), open(p)?));
+                }
+            }
+            out.push(("etc".to_string(), open(&sandbox.etc)?));
+        }
+        Some(rootfs) => {
+            let entries = std::fs::read_dir(rootfs)
+                .map_err(|e| fail(format!("rootfs {}", rootfs.display()), e))?;
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if entry.file_type().is_ok_and(|t| t.is_dir())
+                    && !crate::mounts::RESERVED_TOP.contains(&name.as_str())
+                {
+                    out.push((name, open(&entry.path())?));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A user namespace whose root is the job's host uid and gid (`0 uid 1`): through an idmapped
+/// mount of it, files the host's root owns belong to the job. Made by a child that unshares it
+/// and waits while the maps are written and the namespace opened.
+fn idmap_userns(uid: u32, gid: u32) -> Result<OwnedFd, StepError> {
+    let (ready_r, ready_w) = pipe()?;
+    let (done_r, done_w) = pipe()?;
+    // SAFETY: the child calls only async-signal-safe functions and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    check("fork (id map)", pid)?;
+    if pid == 0 {
+        drop((ready_r, done_w));
+        // SAFETY: plain unshare flag.
+        if unsafe { libc::unshare(libc::CLONE_NEWUSER) } == 0 {
+            // Its pid as the host's /proc (still the one mounted) knows it, not as this
+            // namespace numbers it.
+            let mut buf = [0u8; 32];
+            // SAFETY: readlink into a buffer of the length passed.
+            let n = unsafe {
+                libc::readlink(c"/proc/self".as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+            };
+            if n > 0 {
+                write_all(&ready_w, &buf[..n as usize]);
+            }
+        }
+        drop(ready_w);
+        let _ = wait_byte(&done_r);
+        // SAFETY: leaves without unwinding or running destructors.
+        unsafe { libc::_exit(0) }
+    }
+    drop((ready_w, done_r));
+    let result = (move || {
+        let mut buf = [0u8; 32];
+        let n = std::fs::File::from(ready_r)
+            .read(&mut buf)
+            .map_err(|e| fail("id map namespace", e))?;
+        let Some(pid) = std::str::from_utf8(&buf[..n])
+            .ok()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            return Err(fail(
+                "id map namespace",
+                io::Error::other("the helper failed"),
+            ));
+        };
+        let write = |file: &str, text: String| {
+            std::fs::write(format!("/proc/{pid}/{file}"), text)
+                .map_err(|e| fail(format!("id map {file}"), e))
+        };
+        write("uid_map", format!("0 {uid} 1\n"))?;
+        write("setgroups", "deny".into())?;
+        write("gid_map", format!("0 {gid} 1\n"))?;
+        std::fs::File::open(format!("/proc/{pid}/ns/user"))
+            .map(OwnedFd::from)
+            .map_err(|e| fail("open the id map namespace", e))
+    })();
+    drop(done_w);
+    let mut st = 0;
+    // SAFETY: waits for our own child.
+    unsafe { libc::waitpid(pid, &mut st, 0) };
+    result
+}
+
+/// Opens the writable root's upper tmpfs and detaches it from the job's tree.
+fn detach_upper() -> Result<OwnedFd, crate::sys::StepError> {
+    let at = Path::new(crate::mounts::UPPER);
+    let fd = crate::fd::open_dir(at).map_err(|e| fail("open the upper directory", e))?;
+    let c = crate::sys::cstr(at)?;
+    // SAFETY: umount2 with a valid C string.
+    check("detach the upper directory", unsafe {
+        libc::umount2(c.as_ptr(), libc::MNT_DETACH)
+    })?;
+    Ok(fd)
 }
 
 /// Kills every process left in the namespace (but the init) and reaps them all.

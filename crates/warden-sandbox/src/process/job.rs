@@ -46,9 +46,19 @@ fn become_job(
     // SAFETY: setsid has no arguments.
     check("setsid", unsafe { libc::setsid() })?;
     enter_user_namespace(unshared, mapped)?;
-    let (sandbox_ids, cwd) = match &spec.isolation {
-        crate::Isolation::Sandbox(sb) => (sb.inner_ids(), sb.cwd.as_deref()),
-        crate::Isolation::UnsafeFallback { .. } => ((JOB_UID, JOB_UID), None),
+    let (sandbox_ids, cwd, writable_root) = match &spec.isolation {
+        crate::Isolation::Sandbox(sb) => (
+            sb.inner_ids(),
+            sb.cwd.as_deref(),
+            sb.writable_root_bytes.is_some(),
+        ),
+        crate::Isolation::UnsafeFallback { .. } => ((JOB_UID, JOB_UID), None, false),
+    };
+    // A writable root's overlays: the top-level directories but warden's own.
+    let writable = if writable_root {
+        crate::mounts::overlay_dirs()
+    } else {
+        Vec::new()
     };
     drop_privileges(sandbox_ids)?;
     apply_rlimits(&spec.rlimits)?;
@@ -56,7 +66,7 @@ fn become_job(
     std::env::set_current_dir(cwd).map_err(|e| fail(format!("chdir {}", cwd.display()), e))?;
     // Every descriptor but 0-2 closes at exec (the exec-status pipe included).
     cloexec_from(3);
-    crate::landlock::restrict().map_err(|e| StepError(format!("landlock: {e}")))?;
+    crate::landlock::restrict(&writable).map_err(|e| StepError(format!("landlock: {e}")))?;
     let exec = Exec::new(spec)?;
     // A fresh process's signal state: the supervisor's blocked and ignored signals stay behind.
     crate::signals::reset();

@@ -22,6 +22,10 @@ pub(crate) enum InitMessage {
     },
     /// `/artifacts` was copied out to the host once every process of the job was gone.
     Artifacts { copy: crate::artifacts::CopyOut },
+    /// What the job changed in its writable root.
+    RootChanges {
+        changes: crate::overlay::RootChanges,
+    },
 }
 
 impl InitMessage {
@@ -62,6 +66,7 @@ pub(crate) fn apply(bytes: &[u8], out: &mut ExitReport) {
                 exited = true;
             }
             Ok(InitMessage::Artifacts { copy }) => out.artifacts = Some(copy),
+            Ok(InitMessage::RootChanges { changes }) => out.root_changes = Some(changes),
             Err(_) => {}
         }
     }

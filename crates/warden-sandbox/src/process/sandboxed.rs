@@ -413,6 +413,7 @@ mod tests {
             secrets: Vec::new(),
             cwd: None,
             job_ids: None,
+            writable_root_bytes: None,
         };
         let rl = Rlimits {
             cpu_s: Some(1),

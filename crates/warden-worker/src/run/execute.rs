@@ -152,6 +152,19 @@ pub(super) async fn execute(
     if let Some(shown) = egress_summary {
         report.enforcement.insert("egress".into(), shown);
     }
+    if let Some(c) = &report.root_changes {
+        report.enforcement.insert(
+            "root".into(),
+            format!(
+                "writable (overlay, changes in a {} MiB tmpfs): {} added, {} modified, {} deleted{}",
+                job_type.limits.root_mb(),
+                c.added,
+                c.modified,
+                c.deleted,
+                if c.error.is_some() { " (report incomplete)" } else { "" }
+            ),
+        );
+    }
     info.limits = report.enforcement.clone();
     info.report = Some(report.clone());
     (Ok((report, end)), info)

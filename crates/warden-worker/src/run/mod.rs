@@ -363,6 +363,14 @@ async fn write_record(
         }
         // The job is gone: its artifacts become warden's, without setuid or world-write bits.
         seal(&dir)?;
+        if let Some(changes) = info
+            .as_ref()
+            .and_then(|i| i.report.as_ref())
+            .and_then(|r| r.root_changes.as_ref())
+        {
+            let json = serde_json::to_vec_pretty(changes).map_err(std::io::Error::other)?;
+            crate::artifact::write_warden_file(&dir, "changes.json", &json)?;
+        }
         if let Some(decisions) = info.as_ref().and_then(|i| i.egress.as_ref()) {
             crate::artifact::write_warden_file(
                 &dir,

@@ -88,6 +88,16 @@ pub(super) fn prepare(
              unsandboxed (unsafe_fallback)",
         ));
     }
+    if job_type.root == warden_core::RootMode::Writable
+        && (tier == Tier::UnsafeFallback || shared.executor.host().rootless)
+    {
+        // Fail closed: never a job that asked for its own writable root writing the host's.
+        return Err(Refusal::new(
+            "sandbox_setup_failed",
+            "root: writable needs the sandbox with warden running as root (an overlay over \
+             idmapped lower directories); this worker is rootless or unsandboxed",
+        ));
+    }
     let repo = match checkout {
         Some(co) => Some(RepoView {
             sha: co.sha().to_string(),
@@ -158,6 +168,9 @@ pub(super) fn prepare(
             let mut isolation = layout.isolation(&job_type, repo.as_ref());
             if let Isolation::Sandbox(spec) = &mut isolation {
                 spec.secrets = granted.files.clone();
+                if job_type.root == warden_core::RootMode::Writable {
+                    spec.writable_root_bytes = Some(job_type.limits.root_mb() << 20);
+                }
                 if let Some(root) = &image {
                     spec.rootfs = Some(root.rootfs.clone());
                     // A repository job works in its checkout; otherwise where the image says.
@@ -378,6 +391,7 @@ impl SandboxedLayout {
             secrets: Vec::new(),
             cwd: None,
             job_ids: None,
+            writable_root_bytes: None,
         }))
     }
 }

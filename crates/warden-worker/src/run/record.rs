@@ -46,8 +46,14 @@ pub(super) fn artifact_record(input: RecordInput<'_>, dir: &Path) -> ArtifactJso
     } = input;
     let (stdout_bytes, stderr_bytes) = info.map(|i| i.log_bytes).unwrap_or_default();
     // warden's own files are not the job's outputs.
-    let egress = info.is_some_and(|i| i.egress.is_some());
-    let (outputs, outputs_truncated) = outputs(dir, egress);
+    let mut ours = vec!["artifact.json"];
+    if info.is_some_and(|i| i.egress.is_some()) {
+        ours.push("egress.jsonl");
+    }
+    if info.is_some_and(|i| i.report.as_ref().is_some_and(|r| r.root_changes.is_some())) {
+        ours.push("changes.json");
+    }
+    let (outputs, outputs_truncated) = outputs(dir, &ours);
     ArtifactJson {
         job_id: job.id.to_string(),
         job_type: job.job_type.clone(),
@@ -86,16 +92,16 @@ pub(super) fn artifact_record(input: RecordInput<'_>, dir: &Path) -> ArtifactJso
     }
 }
 
-/// Relative paths of the regular files the job left, never following links; `artifact.json`
-/// itself excluded; and whether the listing stopped at its limit.
-fn outputs(dir: &Path, egress: bool) -> (Vec<String>, bool) {
+/// Relative paths of the regular files the job left, never following links; warden's own
+/// files (`ours`: `artifact.json`, `egress.jsonl`, `changes.json`) excluded; and whether the
+/// listing stopped at its limit.
+fn outputs(dir: &Path, ours: &[&str]) -> (Vec<String>, bool) {
     let listing = artifact_dir::list(dir);
     let files = listing
         .entries
         .into_iter()
         .filter(|e| e.kind == artifact_dir::EntryKind::File)
-        .filter(|e| e.path != Path::new("artifact.json"))
-        .filter(|e| !egress || e.path != Path::new("egress.jsonl"))
+        .filter(|e| !ours.iter().any(|o| e.path == Path::new(o)))
         .map(|e| e.path.to_string_lossy().into_owned())
         .collect();
     (files, listing.truncated)

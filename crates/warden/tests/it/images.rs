@@ -317,3 +317,149 @@ fn image_entries_refuse_bad_input() {
         assert!(err.contains(says), "{body}: {err}");
     }
 }
+
+/// The job's changes as `changes.json` lists them: path → (change, kind).
+fn changes(work: &Path, job: &JobView) -> std::collections::BTreeMap<String, (String, String)> {
+    let path = work
+        .join("data/artifacts")
+        .join(&job.job_id)
+        .join("changes.json");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("changes.json")).unwrap();
+    report["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["path"].as_str().unwrap().to_string(),
+                (
+                    c["change"].as_str().unwrap().to_string(),
+                    c["kind"].as_str().unwrap().to_string(),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writable_root_changes_nothing_outside_the_job_and_reports_what_it_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let tool = format!("warden-tool-{}", std::process::id());
+    let archive = work.join("img.tar");
+    build(
+        work,
+        "writable",
+        &format!("oci-archive:{}:v1", archive.display()),
+    );
+    // Replace a system program, add one, change and delete files of /etc, make a directory;
+    // then show that the replaced program is what runs.
+    let host_script = format!(
+        "cp /bin/true /usr/bin/false && cp /bin/sh /usr/bin/{tool} && echo extra >> /etc/hostname \
+         && rm /etc/hosts && mkdir /usr/share/{tool}-dir && echo x > /usr/share/{tool}-dir/f \
+         && /usr/bin/false && echo replaced"
+    );
+    let config = write_config_with(
+        work,
+        &format!(
+            "job_types:\n\
+             \x20 host_writable:\n    argv: [/bin/sh, -c, {host_script:?}]\n    timeout_s: 60\n    root: writable\n\
+             \x20 host_again:\n    argv: [/bin/sh, -c, 'test ! -e /usr/bin/{tool} && test -e /etc/hosts && /usr/bin/false || echo clean']\n    timeout_s: 60\n    root: writable\n\
+             \x20 host_small:\n    argv: [/bin/sh, -c, 'head -c 3000000 /dev/zero > /usr/bin/{tool}-big']\n    timeout_s: 60\n    root: writable\n    limits: {{root_mb: 1}}\n\
+             \x20 host_read_only:\n    argv: [/bin/sh, -c, 'echo x > /usr/bin/{tool}']\n    timeout_s: 60\n\
+             \x20 image_writable:\n    argv: [/bin/sh, -c, 'echo new > /bin/{tool} && echo changed > /etc/motd && cat /etc/motd']\n    timeout_s: 60\n    root: writable\n    image: \"oci-archive:{}:v1\"\n",
+            archive.display()
+        ),
+    );
+    let server = Server::start(&config);
+    let c = server.client();
+    let (job, out) = run(&c, "host_writable").await;
+    let err = c.logs_raw(&job.job_id, "stderr", 0).await.unwrap();
+    assert_eq!(
+        job.status,
+        JobStatus::Succeeded,
+        "{job:?}\n{}",
+        String::from_utf8_lossy(&err)
+    );
+    assert_eq!(out, "replaced\n");
+    // The host's root is untouched.
+    assert!(!Path::new("/usr/bin").join(&tool).exists());
+    assert!(!Path::new("/usr/share").join(format!("{tool}-dir")).exists());
+    assert!(
+        !Command::new("/usr/bin/false").status().unwrap().success(),
+        "the host's /usr/bin/false was replaced"
+    );
+    let got = changes(work, &job);
+    let want = |c: &str, k: &str| Some((c.to_string(), k.to_string()));
+    let at = |p: &str| got.get(p).cloned();
+    assert_eq!(at("/usr/bin/false"), want("modified", "file"), "{got:?}");
+    assert_eq!(
+        at(&format!("/usr/bin/{tool}")),
+        want("added", "file"),
+        "{got:?}"
+    );
+    assert_eq!(at("/etc/hostname"), want("modified", "file"), "{got:?}");
+    assert_eq!(at("/etc/hosts"), want("deleted", "file"), "{got:?}");
+    assert_eq!(
+        at(&format!("/usr/share/{tool}-dir")),
+        want("added", "dir"),
+        "{got:?}"
+    );
+    assert_eq!(
+        at(&format!("/usr/share/{tool}-dir/f")),
+        want("added", "file"),
+        "{got:?}"
+    );
+    assert_eq!(got.len(), 6, "{got:?}");
+    assert_eq!(
+        job.enforcement["root"],
+        "writable (overlay, changes in a 1024 MiB tmpfs): 3 added, 2 modified, 1 deleted"
+    );
+    // changes.json is warden's, not one of the job's outputs.
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            work.join("data/artifacts")
+                .join(&job.job_id)
+                .join("artifact.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record["outputs"], serde_json::json!([]));
+    // Nothing persists into the next job.
+    let (again, out) = run(&c, "host_again").await;
+    assert_eq!(again.status, JobStatus::Succeeded, "{again:?}");
+    assert_eq!(out, "clean\n");
+    // The changes are capped: more than root_mb is ENOSPC for the job.
+    let (small, _) = run(&c, "host_small").await;
+    assert_eq!(small.status, JobStatus::Failed, "{small:?}");
+    // Without `root: writable` the root stays read-only.
+    let (ro, _) = run(&c, "host_read_only").await;
+    assert_eq!(ro.status, JobStatus::Failed, "{ro:?}");
+    // Over an image: the image's files belong to the job, and what it changed is reported.
+    let (img, out) = run(&c, "image_writable").await;
+    assert_eq!(img.status, JobStatus::Succeeded, "{img:?}");
+    assert_eq!(out, "changed\n");
+    let got = changes(work, &img);
+    let at = |p: &str| got.get(p).cloned();
+    assert_eq!(
+        at(&format!("/bin/{tool}")),
+        want("added", "file"),
+        "{got:?}"
+    );
+    assert_eq!(at("/etc/motd"), want("modified", "file"), "{got:?}");
+    // The cached image itself is unchanged.
+    let roots = work.join("data/images/roots");
+    let root = std::fs::read_dir(&roots)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert_eq!(
+        std::fs::read_to_string(root.join("rootfs/etc/motd")).unwrap(),
+        "writable\n"
+    );
+    assert!(!root.join("rootfs/bin").join(&tool).exists());
+}
