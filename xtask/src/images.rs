@@ -179,6 +179,22 @@ pub fn bench_images(rest: &[&str]) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&bundle);
     }
 
+    // What pinning costs a submission: resolving the tag against the registry, client kept.
+    let resolver = warden_image::Images::open(
+        dir.join("cache-resolve"),
+        config.images.clone(),
+        Default::default(),
+    )?;
+    let resolve = rt.block_on(async {
+        let mut v = Vec::new();
+        for _ in 0..starts {
+            let t = Instant::now();
+            resolver.resolve(&image).await?;
+            v.push(t.elapsed());
+        }
+        anyhow::Ok(stats(v))
+    })?;
+
     // Job start from the cached image vs the host root.
     let config_path = dir.join("serve.yaml");
     std::fs::write(
@@ -227,6 +243,11 @@ pub fn bench_images(rest: &[&str]) -> anyhow::Result<()> {
         o.as_secs_f64() / t.as_secs_f64()
     );
     println!();
+    println!(
+        "resolving the tag at submission (part of every image job's start), {starts} times: p50 {} ms, p99 {} ms",
+        ms(resolve.p50),
+        ms(resolve.p99)
+    );
     println!(
         "| job start, submit→terminal ({starts} each, alternating; first image job with the pull: {} ms) | host root | cached image | ratio (goal ≤ 1.2×) |",
         ms(first)

@@ -179,6 +179,9 @@ pub struct Images {
     passwords: BTreeMap<String, String>,
     /// One pull per digest at a time in this process.
     pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// One client per registry host, kept: its TLS setup and token are paid once, not at every
+    /// submission.
+    clients: Mutex<HashMap<String, Arc<registry::Registry>>>,
 }
 
 impl std::fmt::Debug for Images {
@@ -221,6 +224,7 @@ impl Images {
             config,
             passwords,
             pulls: Mutex::new(HashMap::new()),
+            clients: Mutex::new(HashMap::new()),
         })
     }
 
@@ -235,14 +239,22 @@ impl Images {
         Duration::from_secs(self.config.pull_timeout_s.get())
     }
 
-    fn registry(&self, r: &ImageRef) -> Result<registry::Registry, ImageError> {
+    fn registry(&self, r: &ImageRef) -> Result<Arc<registry::Registry>, ImageError> {
         let host = r.registry().expect("a registry reference");
-        registry::Registry::new(
+        if let Some(c) = self.clients.lock().expect("clients").get(host) {
+            return Ok(c.clone());
+        }
+        let client = Arc::new(registry::Registry::new(
             host,
             self.config.registries.get(host),
             self.passwords.get(host).cloned(),
             self.timeout(),
-        )
+        )?);
+        self.clients
+            .lock()
+            .expect("clients")
+            .insert(host.to_string(), client.clone());
+        Ok(client)
     }
 
     /// The digest `r` names now: what a job submitted with it is pinned to.

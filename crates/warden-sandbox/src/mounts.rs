@@ -534,6 +534,49 @@ mod tests {
     }
 
     #[test]
+    fn a_writable_root_overlays_idmapped_system_directories_and_needs_the_id_map() {
+        let mut spec = spec();
+        spec.writable_root_bytes = Some(8 << 20);
+        // Without the id-mapping namespace there is no writable root (fail closed).
+        assert!(build_root(&mut Recorder::default(), &spec, None).is_err());
+        let mut k = Recorder::default();
+        build_root(&mut k, &spec, Some(99)).unwrap();
+        let calls = &k.calls;
+        // The upper tmpfs, capped, before any overlay.
+        let upper = position(calls, mounted_at("/r/.warden-upper"), "upper tmpfs");
+        let Call::Mount { data, .. } = &calls[upper] else {
+            unreachable!()
+        };
+        assert!(
+            data.as_deref().unwrap().starts_with("size=8388608,"),
+            "{data:?}"
+        );
+        // /usr: an idmapped bind of the host's /usr as the lower layer, then the overlay.
+        let idmap = position(
+            calls,
+            |c| matches!(c, Call::IdmappedBind(src, dst) if src == Path::new("/usr") && dst == Path::new("/r/.warden-upper/l/usr")),
+            "idmapped /usr",
+        );
+        let overlay = position(calls, mounted_at("/r/usr"), "overlay /usr");
+        assert!(upper < idmap && idmap < overlay);
+        let Call::Mount { fstype, data, .. } = &calls[overlay] else {
+            unreachable!()
+        };
+        assert_eq!(fstype.as_deref(), Some("overlay"));
+        assert_eq!(
+            data.as_deref(),
+            Some(
+                "lowerdir=/r/.warden-upper/l/usr,upperdir=/r/.warden-upper/u/usr,workdir=/r/.warden-upper/w/usr"
+            )
+        );
+        // The upper root is the job's: an overlay's root takes its owner from it.
+        assert!(calls.contains(&Call::Chown("/r/.warden-upper/u/usr".into(), 65534, 65534)));
+        // /work is never an overlay: still bound read-only and checked.
+        assert!(!calls.iter().any(|c| matches!(c, Call::Mount { target, fstype: Some(f), .. } if target == Path::new("/r/work") && f == "overlay")));
+        assert!(calls.contains(&Call::CheckReadOnly("/r/work".into())));
+    }
+
+    #[test]
     fn setup_steps_run_in_their_safe_order() {
         let mut k = Recorder::default();
         build_root(&mut k, &spec(), None).unwrap();

@@ -305,6 +305,14 @@ fn image_entries_refuse_bad_input() {
             "is not defined under secrets",
         ),
         ("images: {pull_timeout: 5}\n", "unknown field"),
+        (
+            "job_types:\n  t:\n    argv: [/bin/true]\n    timeout_s: 5\n    root: rw\n",
+            "unknown variant",
+        ),
+        (
+            "job_types:\n  t:\n    argv: [/bin/true]\n    timeout_s: 5\n    limits: {root_mb: 0}\n",
+            "root_mb",
+        ),
     ] {
         let config = write_config_with(dir.path(), body);
         let out = Command::new(crate::support::WARDEN)
