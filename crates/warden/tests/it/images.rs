@@ -82,6 +82,11 @@ struct Registry {
 
 impl Registry {
     fn start(dir: &Path) -> Registry {
+        Registry::start_with(dir, "")
+    }
+
+    /// With `extra` in its configuration (TLS, auth); always on a loopback port.
+    fn start_with(dir: &Path, extra: &str) -> Registry {
         let port = {
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
@@ -91,8 +96,13 @@ impl Registry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: {host}}}\n",
-                dir.join("registry").display()
+                "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\n{}",
+                dir.join("registry").display(),
+                if extra.is_empty() {
+                    format!("http: {{addr: {host}}}\n")
+                } else {
+                    extra.replace("ADDR", &host)
+                }
             ),
         )
         .unwrap();
@@ -116,8 +126,17 @@ impl Registry {
 
     /// Copies a local image to `name` (`team/busy:v1`) in the registry.
     fn push(&self, from: &str, name: &str) {
-        let out = Command::new("skopeo")
-            .args(["copy", "-q", "--dest-tls-verify=false", from])
+        self.push_as(from, name, None);
+    }
+
+    fn push_as(&self, from: &str, name: &str, creds: Option<&str>) {
+        let mut cmd = Command::new("skopeo");
+        cmd.args(["copy", "-q", "--dest-tls-verify=false"]);
+        if let Some(c) = creds {
+            cmd.args(["--dest-creds", c]);
+        }
+        let out = cmd
+            .arg(from)
             .arg(format!("docker://{}/{name}", self.host))
             .output()
             .expect("skopeo (scripts/setup.sh installs it)");
@@ -470,4 +489,90 @@ async fn a_writable_root_changes_nothing_outside_the_job_and_reports_what_it_cha
         "writable\n"
     );
     assert!(!root.join("rootfs/bin").join(&tool).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_registry_is_reached_over_tls_with_a_login_from_the_secrets() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let (ca, cert, key) = crate::support::test_certs(work);
+    const TOKEN: &str = "registry-token-7d1f0c9b5a";
+    let hash = Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import crypt; print(crypt.crypt({TOKEN:?}, crypt.mksalt(crypt.METHOD_BLOWFISH)))"
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(hash.status.success());
+    let htpasswd = work.join("htpasswd");
+    std::fs::write(
+        &htpasswd,
+        format!("ci:{}", String::from_utf8_lossy(&hash.stdout)),
+    )
+    .unwrap();
+    let registry = Registry::start_with(
+        work,
+        &format!(
+            "http: {{addr: ADDR, tls: {{certificate: {}, key: {}}}}}\nauth: {{htpasswd: {{realm: warden-test, path: {}}}}}\n",
+            cert.display(),
+            key.display(),
+            htpasswd.display()
+        ),
+    );
+    let image = format!("oci-archive:{}:v1", work.join("img.tar").display());
+    build(work, "private", &image);
+    registry.push_as(&image, "team/private:v1", Some(&format!("ci:{TOKEN}")));
+    let secret = work.join("registry-token");
+    std::fs::write(&secret, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let reference = format!("{}/team/private:v1", registry.host);
+    let config = write_config_with(
+        work,
+        &format!(
+            "secrets: {{REGISTRY_TOKEN: {{file: {secret}}}}}\n\
+             images: {{registries: {{\"{host}\": {{ca_file: {ca}, credential: {{username: ci, secret: REGISTRY_TOKEN}}}}}}}}\n\
+             job_types:\n{}",
+            job_type("private", &reference),
+            secret = secret.display(),
+            host = registry.host,
+            ca = ca.display(),
+        ),
+    );
+    let server = Server::start(&config);
+    let c = server.client();
+    let (job, out) = run(&c, "private").await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{job:?}");
+    assert_eq!(out, expected("private"));
+    drop(server);
+    // Without the login, or without the CA, the image cannot even be pinned.
+    for registry_entry in [
+        format!("{{ca_file: {}}}", ca.display()),
+        "{credential: {username: ci, secret: REGISTRY_TOKEN}}".to_string(),
+    ] {
+        let data = work.join("data");
+        let _ = std::fs::remove_dir_all(&data);
+        let config = write_config_with(
+            work,
+            &format!(
+                "secrets: {{REGISTRY_TOKEN: {{file: {secret}}}}}\n\
+                 images: {{registries: {{\"{host}\": {registry_entry}}}}}\n\
+                 job_types:\n{}",
+                job_type("private", &reference),
+                secret = secret.display(),
+                host = registry.host,
+            ),
+        );
+        let server = Server::start(&config);
+        match server.client().submit(&req("private")).await {
+            Err(ClientError::Api { code, message, .. }) => {
+                assert_eq!(code, ErrorCode::ImageUnavailable, "{message}");
+                assert!(!message.contains(TOKEN), "{message}");
+            }
+            other => panic!("{registry_entry}: expected image_unavailable, got {other:?}"),
+        }
+    }
 }
