@@ -102,14 +102,18 @@ impl Layout {
 fn read_capped(path: &Path) -> Result<Vec<u8>, ImageError> {
     let file = std::fs::File::open(path)
         .map_err(|e| ImageError::Unavailable(format!("{}: {e}", path.display())))?;
+    read_json(file, &path.display().to_string())
+}
+
+/// A small JSON file read whole, refused beyond [`oci::MAX_JSON`] bytes.
+fn read_json(from: impl Read, what: &str) -> Result<Vec<u8>, ImageError> {
     let mut bytes = Vec::new();
-    file.take(oci::MAX_JSON + 1)
+    from.take(oci::MAX_JSON + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| ImageError::Unavailable(format!("{}: {e}", path.display())))?;
+        .map_err(|e| ImageError::Unavailable(format!("{what}: {e}")))?;
     if bytes.len() as u64 > oci::MAX_JSON {
         return Err(ImageError::Refused(format!(
-            "{} is larger than {} bytes",
-            path.display(),
+            "{what} is larger than {} bytes",
             oci::MAX_JSON
         )));
     }
@@ -129,19 +133,7 @@ fn archive_file(path: &Path, want: &str) -> Result<Vec<u8>, ImageError> {
         let name = entry.path_bytes();
         let name = name.strip_prefix(b"./").unwrap_or(&name);
         if name == want.as_bytes() {
-            let mut bytes = Vec::new();
-            entry
-                .take(oci::MAX_JSON + 1)
-                .read_to_end(&mut bytes)
-                .map_err(|e| ImageError::Unavailable(format!("{}: {e}", path.display())))?;
-            if bytes.len() as u64 > oci::MAX_JSON {
-                return Err(ImageError::Refused(format!(
-                    "{}: {want} is larger than {} bytes",
-                    path.display(),
-                    oci::MAX_JSON
-                )));
-            }
-            return Ok(bytes);
+            return read_json(entry, &format!("{}: {want}", path.display()));
         }
     }
     Err(ImageError::Refused(format!(

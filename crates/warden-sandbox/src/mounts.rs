@@ -6,6 +6,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::overlay::System;
 use crate::paths::{ARTIFACTS, HOME, TMP, WORK};
 use crate::sys::{Kernel, Step, fail};
 use crate::{Bind, SandboxSpec};
@@ -70,133 +71,6 @@ fn mount_root_tmpfs(k: &mut impl Kernel, root: &Path) -> Step {
         libc::MS_NOSUID | libc::MS_NODEV,
         Some("size=1m,mode=0755"),
     )
-}
-
-/// Where the upper directories of a writable root live (a size-capped tmpfs mounted here,
-/// opened by the init and detached before the job starts: the job sees an empty directory).
-pub(crate) const UPPER: &str = "/.warden-upper";
-
-/// Inside the job's root: the top-level directories a writable root made overlays of (every
-/// directory but the ones warden fills itself and the detached upper's mount point).
-pub(crate) fn overlay_dirs() -> Vec<PathBuf> {
-    let Ok(entries) = fs::read_dir("/") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| {
-            !RESERVED_TOP.contains(&n.as_str()) && Path::new("/").join(n) != Path::new(UPPER)
-        })
-        .map(|n| Path::new("/").join(n))
-        .collect()
-}
-
-/// How the system directories are mounted: read-only binds, or, for a writable root, each an
-/// overlay whose upper directory is in the job's own capped tmpfs. The lower directory is an
-/// idmapped bind in which what root owns belongs to the job's host ids, so the job (not root,
-/// in a user namespace where host root does not exist) owns what it may now change; nothing is
-/// written to the lower directory either way.
-struct System {
-    upper: Option<PathBuf>,
-    idmap: Option<std::os::fd::RawFd>,
-    userxattr: bool,
-    /// The job's host ids: the upper directories' roots are the job's, as the lower ones
-    /// appear through the id mapping (an overlay's root takes its owner from the upper).
-    ids: (u32, u32),
-}
-
-impl System {
-    fn new(
-        k: &mut impl Kernel,
-        root: &Path,
-        spec: &SandboxSpec,
-        idmap: Option<std::os::fd::RawFd>,
-    ) -> Step<System> {
-        let Some(bytes) = spec.writable_root_bytes else {
-            return Ok(System {
-                upper: None,
-                idmap: None,
-                userxattr: false,
-                ids: (spec.uid, spec.gid),
-            });
-        };
-        let Some(idmap) = idmap else {
-            return Err(fail(
-                "writable root",
-                std::io::Error::other("no id-mapping user namespace"),
-            ));
-        };
-        let upper = inside(root, UPPER);
-        k.mkdir(&upper)?;
-        k.mount(
-            Some(Path::new("tmpfs")),
-            &upper,
-            Some("tmpfs"),
-            libc::MS_NOSUID | libc::MS_NODEV,
-            Some(&format!(
-                "size={bytes},nr_inodes={},mode=0700",
-                (bytes / 4096).max(1024)
-            )),
-        )?;
-        k.mkdir(&upper.join("u"))?;
-        k.mkdir(&upper.join("w"))?;
-        k.mkdir(&upper.join("l"))?;
-        Ok(System {
-            ids: (spec.uid, spec.gid),
-            upper: Some(upper),
-            idmap: Some(idmap),
-            // In a user namespace of its own (rootless) overlayfs keeps its metadata in user.*
-            // extended attributes.
-            userxattr: spec.rootless,
-        })
-    }
-
-    /// `src` (a directory) at `dst`, named `name` in the upper tmpfs.
-    fn mount(&self, k: &mut impl Kernel, src: &Path, dst: &Path, name: &str) -> Step {
-        let Some(upper) = &self.upper else {
-            return bind_ro(k, src, dst);
-        };
-        let (u, w) = (upper.join("u").join(name), upper.join("w").join(name));
-        let l = upper.join("l").join(name);
-        k.mkdir(&u)?;
-        k.chown(&u, self.ids.0, self.ids.1)?;
-        k.mkdir(&w)?;
-        k.mkdir(&l)?;
-        if let Some(userns) = self.idmap {
-            k.idmapped_bind(src, &l, userns)?;
-        }
-        let paths = [l.as_path(), &u, &w];
-        if let Some(bad) = paths
-            .iter()
-            .find(|p| p.to_string_lossy().contains([',', ':', '\\']))
-        {
-            return Err(fail(
-                format!("overlay {}", bad.display()),
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "a writable root's directories may not contain ',', ':' or '\\'",
-                ),
-            ));
-        }
-        let mut options = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            l.display(),
-            u.display(),
-            w.display()
-        );
-        if self.userxattr {
-            options.push_str(",userxattr");
-        }
-        k.mount(
-            Some(Path::new("overlay")),
-            dst,
-            Some("overlay"),
-            libc::MS_NOSUID | libc::MS_NODEV,
-            Some(&options),
-        )
-    }
 }
 
 /// The host's system directories, and the sandbox's own /etc (see `prepare_etc`).
@@ -430,7 +304,7 @@ fn seal_root(k: &mut impl Kernel) -> Step {
     )
 }
 
-fn inside(root: &Path, at: &str) -> PathBuf {
+pub(crate) fn inside(root: &Path, at: &str) -> PathBuf {
     root.join(at.trim_start_matches('/'))
 }
 
@@ -446,7 +320,7 @@ fn mount_point(k: &mut impl Kernel, dst: &Path, dir: bool) -> Step {
 }
 
 /// Bind `src` at `dst` read-only (recursively: mount_setattr makes every submount read-only).
-fn bind_ro(k: &mut impl Kernel, src: &Path, dst: &Path) -> Step {
+pub(crate) fn bind_ro(k: &mut impl Kernel, src: &Path, dst: &Path) -> Step {
     k.mount(Some(src), dst, None, libc::MS_BIND | libc::MS_REC, None)?;
     let attrs = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
     if k.set_mount_attrs(dst, attrs).is_err() {

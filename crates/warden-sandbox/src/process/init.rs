@@ -263,7 +263,7 @@ fn idmap_userns(uid: u32, gid: u32) -> Result<OwnedFd, StepError> {
 
 /// Opens the writable root's upper tmpfs and detaches it from the job's tree.
 fn detach_upper() -> Result<OwnedFd, crate::sys::StepError> {
-    let at = Path::new(crate::mounts::UPPER);
+    let at = Path::new(crate::overlay::UPPER);
     let fd = crate::fd::open_dir(at).map_err(|e| fail("open the upper directory", e))?;
     let c = crate::sys::cstr(at)?;
     // SAFETY: umount2 with a valid C string.

@@ -56,7 +56,7 @@ fn become_job(
     };
     // A writable root's overlays: the top-level directories but warden's own.
     let writable = if writable_root {
-        crate::mounts::overlay_dirs()
+        crate::overlay::overlay_dirs()
     } else {
         Vec::new()
     };
