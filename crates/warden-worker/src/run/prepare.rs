@@ -620,6 +620,29 @@ mod tests {
     }
 
     #[test]
+    fn an_images_env_lies_under_wardens_and_the_params_but_its_path_wins() {
+        let job = crate::run::tests::record();
+        let mut env = base_env(&job, None);
+        env.insert("LANG".into(), "from-a-param".into());
+        image_env(
+            &mut env,
+            &[
+                "PATH=/opt/py/bin:/usr/bin".into(),
+                "LANG=C.UTF-8".into(),
+                "WARDEN_JOB_ID=forged".into(),
+                "PYTHONDONTWRITEBYTECODE=1".into(),
+                "no equals sign".into(),
+                "=empty-name".into(),
+            ],
+        );
+        assert_eq!(env["PATH"], "/opt/py/bin:/usr/bin");
+        assert_eq!(env["LANG"], "from-a-param");
+        assert_eq!(env["WARDEN_JOB_ID"], job.id.to_string());
+        assert_eq!(env["PYTHONDONTWRITEBYTECODE"], "1");
+        assert!(!env.contains_key("") && !env.contains_key("no equals sign"));
+    }
+
+    #[test]
     fn every_job_gets_its_identity_and_commit() {
         let mut job = warden_store::JobRecord {
             attempts: 2,
