@@ -174,7 +174,7 @@ impl Unpacker {
                     }
                     self.report.bytes += size;
                     let dir = self.dir(parent, true).map_err(entry_err)?.expect("made");
-                    replace(&dir, name).map_err(entry_err)?;
+                    remove(&dir, name).map_err(entry_err)?;
                     let file = rustix::fs::openat(
                         &dir,
                         name,
@@ -201,22 +201,16 @@ impl Unpacker {
                         .map_err(|e| entry_err(e.into()))?;
                 }
                 tar::EntryType::Symlink => {
-                    let target = entry
-                        .link_name_bytes()
-                        .map(|b| String::from_utf8_lossy(&b).into_owned())
-                        .unwrap_or_default();
+                    let target = link_name(&entry);
                     let dir = self.dir(parent, true).map_err(entry_err)?.expect("made");
-                    replace(&dir, name).map_err(entry_err)?;
+                    remove(&dir, name).map_err(entry_err)?;
                     // Where it points is resolved only ever inside the root: by the job in
                     // its own mount namespace, by warden with RESOLVE_IN_ROOT.
                     rustix::fs::symlinkat(target.as_str(), &dir, name)
                         .map_err(|e| entry_err(e.into()))?;
                 }
                 tar::EntryType::Link => {
-                    let target_raw = entry
-                        .link_name_bytes()
-                        .map(|b| String::from_utf8_lossy(&b).into_owned())
-                        .unwrap_or_default();
+                    let target_raw = link_name(&entry);
                     let (target, _) = normalise(&target_raw)?;
                     let outside = || UnpackError::LinkOutside {
                         path: raw.clone(),
@@ -238,7 +232,7 @@ impl Unpacker {
                         return Err(outside());
                     }
                     let dir = self.dir(parent, true).map_err(entry_err)?.expect("made");
-                    replace(&dir, name).map_err(entry_err)?;
+                    remove(&dir, name).map_err(entry_err)?;
                     // Through /proc/self/fd: linkat(AT_EMPTY_PATH) needs CAP_DAC_READ_SEARCH,
                     // which a rootless warden does not have.
                     let proc_path = format!("/proc/self/fd/{}", fd_number(&src));
@@ -253,7 +247,7 @@ impl Unpacker {
                 }
                 tar::EntryType::Fifo => {
                     let dir = self.dir(parent, true).map_err(entry_err)?.expect("made");
-                    replace(&dir, name).map_err(entry_err)?;
+                    remove(&dir, name).map_err(entry_err)?;
                     rustix::fs::mknodat(
                         &dir,
                         name,
@@ -426,10 +420,12 @@ pub(crate) fn remove(dir: &OwnedFd, name: &str) -> io::Result<()> {
     }
 }
 
-/// Makes room for a new entry `name`: a file or link there goes; a directory goes only if the
-/// new entry is not one (handled by the caller for directories).
-fn replace(dir: &OwnedFd, name: &str) -> io::Result<()> {
-    remove(dir, name)
+/// An entry's link target, as text (empty if it has none).
+fn link_name<R: Read>(entry: &tar::Entry<'_, R>) -> String {
+    entry
+        .link_name_bytes()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
 }
 
 fn names(dir: &OwnedFd) -> io::Result<Vec<String>> {
