@@ -111,6 +111,7 @@ impl WardenRuns {
                 cwd: None,
                 job_ids: None,
                 writable_root_bytes: None,
+                gvisor: None,
             })),
         }
     }

@@ -13,8 +13,8 @@ pub mod state;
 
 pub use allowlist::RepoRefused;
 pub use config::{
-    CgroupLimit, Config, ConfigError, GitConfig, InvalidConfig, JobType, Limits, RepoConfig,
-    RootMode,
+    CgroupLimit, Config, ConfigError, GitConfig, GvisorConfig, InvalidConfig, IsolationTier,
+    JobType, Limits, RepoConfig, RootMode,
 };
 pub use id::JobId;
 pub use params::{ParamError, validate_params};

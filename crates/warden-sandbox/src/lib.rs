@@ -23,6 +23,7 @@ pub mod child;
 pub mod doctor;
 mod etc;
 mod fd;
+pub mod gvisor;
 mod landlock;
 mod launcher;
 mod mounts;
@@ -39,6 +40,7 @@ pub mod zygote;
 
 pub use cgroups::{CgroupHome, CgroupLimits};
 pub use etc::prepare_etc;
+pub use gvisor::GvisorSpec;
 pub use landlock::kernel_abi as landlock_abi;
 pub use launcher::{JobControl, Launcher, RunningJob};
 pub use net::{DNS_PORT, EgressPorts};
@@ -55,6 +57,9 @@ pub enum Tier {
     UnsafeFallback,
     /// The full sandbox: namespaces, pivoted read-only root, cgroups, Landlock, seccomp.
     Sandbox,
+    /// The sandbox's namespaces, root and cgroup, with the job's system calls served by
+    /// gVisor (`runsc`) instead of the host's kernel.
+    Gvisor,
 }
 
 impl Tier {
@@ -62,6 +67,7 @@ impl Tier {
         match self {
             Tier::UnsafeFallback => "unsafe_fallback",
             Tier::Sandbox => "sandbox",
+            Tier::Gvisor => "gvisor",
         }
     }
 }
@@ -111,6 +117,7 @@ impl Isolation {
     pub fn tier(&self) -> Tier {
         match self {
             Isolation::UnsafeFallback { .. } => Tier::UnsafeFallback,
+            Isolation::Sandbox(sb) if sb.gvisor.is_some() => Tier::Gvisor,
             Isolation::Sandbox(_) => Tier::Sandbox,
         }
     }
@@ -180,6 +187,10 @@ pub struct SandboxSpec {
     /// job's memory); the init reports what changed ([`ExitReport::root_changes`]).
     #[serde(default)]
     pub writable_root_bytes: Option<u64>,
+    /// Run the job under gVisor in this sandbox (see `gvisor.rs`); never with a writable root
+    /// or rootless.
+    #[serde(default)]
+    pub gvisor: Option<GvisorSpec>,
 }
 
 impl SandboxSpec {

@@ -51,8 +51,44 @@ pub(crate) fn build_root(
     seal_root(k)
 }
 
+/// The root a gVisor job's `runsc` serves at `spec.root` (see `gvisor.rs`): the same tree,
+/// built on the host side, without the host's `/proc` and device nodes (the sentry has its
+/// own), never pivoted into, and sealed read-only but for its tmpfs mounts.
+pub(crate) fn build_gvisor_root(k: &mut impl Kernel, spec: &SandboxSpec) -> Step {
+    let root = spec.root.as_path();
+    mount_root_tmpfs(k, root)?;
+    let system = System::new(k, root, spec, None)?;
+    match &spec.rootfs {
+        None => bind_host_system(k, root, &spec.etc, &system)?,
+        Some(rootfs) => bind_rootfs(k, root, rootfs, &system)?,
+    }
+    k.mkdir(&root.join("proc"))?;
+    let shm = root.join("dev/shm");
+    k.mkdir(&root.join("dev"))?;
+    k.mkdir(&shm)?;
+    k.mount(
+        Some(Path::new("tmpfs")),
+        &shm,
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        Some(&tmpfs_options(spec.tmpfs_bytes)),
+    )?;
+    make_tmp(k, root, spec)?;
+    bind_worktree(k, root, spec)?;
+    mount_artifacts(k, root, spec)?;
+    make_secrets(k, root, spec)?;
+    bind_extra(k, root, &spec.binds)?;
+    k.mount(
+        None,
+        root,
+        None,
+        libc::MS_REMOUNT | libc::MS_BIND | RO,
+        None,
+    )
+}
+
 /// Nothing we mount may propagate back to the host.
-fn make_mounts_private(k: &mut impl Kernel) -> Step {
+pub(crate) fn make_mounts_private(k: &mut impl Kernel) -> Step {
     k.mount(
         None,
         Path::new("/"),
@@ -393,6 +429,7 @@ mod tests {
             cwd: None,
             job_ids: None,
             writable_root_bytes: None,
+            gvisor: None,
         }
     }
 

@@ -141,6 +141,7 @@ async fn self_test_in(
             cwd: None,
             job_ids: None,
             writable_root_bytes: None,
+            gvisor: None,
             cgroup_name: dir
                 .file_name()
                 .unwrap_or_default()

@@ -83,6 +83,9 @@ pub struct JobType {
     /// the image's, or the rootfs's) whose changes live in a capped tmpfs, reported after the
     /// job in `changes.json`, and gone with it.
     pub root: RootMode,
+    /// `native` (the default: warden's own sandbox) or `gvisor` (the job runs under gVisor's
+    /// `runsc`, a kernel in user space, inside the same namespaces and cgroup).
+    pub isolation: IsolationTier,
     /// `core.hooksPath` in the git directory the job sees (e.g. `.githooks`): set in the gitdir's
     /// config, never in the tree. warden itself never runs hooks.
     pub hooks_path: Option<String>,
@@ -105,6 +108,28 @@ pub enum RootMode {
     #[default]
     ReadOnly,
     Writable,
+}
+
+/// Which sandbox runs a job type's jobs (see "Choosing a tier" in docs/sandbox.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IsolationTier {
+    /// warden's own: namespaces, a read-only root, cgroups, Landlock and seccomp over the
+    /// host's kernel.
+    #[default]
+    Native,
+    /// gVisor: the job's system calls are served by `runsc`'s user-space kernel, itself run
+    /// inside warden's namespaces and cgroup.
+    Gvisor,
+}
+
+impl IsolationTier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IsolationTier::Native => "native",
+            IsolationTier::Gvisor => "gvisor",
+        }
+    }
 }
 
 /// A limit only a cgroup enforces.
@@ -212,6 +237,8 @@ struct RawJobType {
     #[serde(default)]
     root: RootMode,
     #[serde(default)]
+    isolation: IsolationTier,
+    #[serde(default)]
     hooks_path: Option<String>,
     #[serde(default)]
     labels: Vec<String>,
@@ -274,6 +301,13 @@ impl TryFrom<RawJobType> for JobType {
                     .into(),
             );
         }
+        if raw.isolation == IsolationTier::Gvisor && raw.root == RootMode::Writable {
+            return Err(
+                "root: writable is not available with isolation: gvisor (its change report comes \
+                 from warden's own overlay): use isolation: native, or a read-only root"
+                    .into(),
+            );
+        }
         if let Some(h) = &raw.hooks_path {
             let p = std::path::Path::new(h);
             if h.is_empty()
@@ -333,6 +367,7 @@ impl TryFrom<RawJobType> for JobType {
             rootfs: raw.rootfs,
             image,
             root: raw.root,
+            isolation: raw.isolation,
             description: raw.description,
             argv: raw.argv,
             timeout_s: raw.timeout_s,

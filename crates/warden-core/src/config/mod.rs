@@ -20,7 +20,7 @@ mod tests;
 
 pub use images::{ImagesConfig, RegistryConfig, RegistryCredential};
 pub use job_type::{
-    BindConfig, CgroupLimit, JobType, JobTypeName, Limits, RootMode, is_valid_label,
+    BindConfig, CgroupLimit, IsolationTier, JobType, JobTypeName, Limits, RootMode, is_valid_label,
 };
 pub use network::{
     Destination, EgressPolicy, EgressRule, NetworkPolicy, always_denied, parse_rule,
@@ -149,6 +149,33 @@ pub struct Config {
     /// Images job types run in: the cache, its caps, and how registries are reached.
     #[serde(default)]
     pub images: ImagesConfig,
+    /// Where the gVisor tier (`isolation: gvisor`) finds `runsc`.
+    #[serde(default)]
+    pub gvisor: GvisorConfig,
+}
+
+/// The gVisor tier's runtime.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GvisorConfig {
+    /// The `runsc` binary (an absolute path); default: the first `runsc` in `/usr/local/bin`,
+    /// `/usr/bin`, `/usr/sbin`.
+    #[serde(default)]
+    pub runsc: Option<PathBuf>,
+}
+
+impl GvisorConfig {
+    /// The `runsc` to run: the configured one, or the first found where packages install it.
+    /// `None` when there is none (a job type asking for the tier then fails closed).
+    pub fn runsc(&self) -> Option<PathBuf> {
+        match &self.runsc {
+            Some(p) => Some(p.clone()),
+            None => ["/usr/local/bin/runsc", "/usr/bin/runsc", "/usr/sbin/runsc"]
+                .into_iter()
+                .map(PathBuf::from)
+                .find(|p| p.is_file()),
+        }
+    }
 }
 
 /// How the egress gateway reaches the outside.
@@ -269,6 +296,13 @@ impl Config {
             }
         }
         self.images.check(&self.secrets).map_err(InvalidConfig)?;
+        if let Some(runsc) = &self.gvisor.runsc
+            && !runsc.is_absolute()
+        {
+            return Err(InvalidConfig(format!(
+                "gvisor.runsc {runsc:?} must be an absolute path"
+            )));
+        }
         if self.data_dir.as_os_str().is_empty() {
             return Err(InvalidConfig("data_dir must not be empty".into()));
         }

@@ -103,6 +103,17 @@ fn init(args: InitArgs<'_>, report: &OwnedFd) -> Step {
         let sockets = crate::net::gateway_sockets(ports, v6)?;
         crate::net::send_gateway(&control, &sockets)?;
     }
+    if let Some(gvisor) = &sandbox.gvisor {
+        return run_gvisor(
+            spec,
+            sandbox,
+            gvisor,
+            &cgroup,
+            parents,
+            &host_artifacts,
+            report,
+        );
+    }
     // A writable root's lower directories, for telling new paths from changed ones at the end.
     let (lowers, idmap) = if sandbox.writable_root_bytes.is_some() {
         if sandbox.rootless {
@@ -164,6 +175,55 @@ fn init(args: InitArgs<'_>, report: &OwnedFd) -> Step {
     InitMessage::Artifacts { copy }.send(report);
     Ok(())
 }
+
+/// The rest of a gVisor job's init: the root is staged (not pivoted into), `runsc` runs the job
+/// inside the job's cgroup, and its exit says how the job ended (see `gvisor.rs`).
+fn run_gvisor(
+    spec: &SpawnSpec,
+    sandbox: &SandboxSpec,
+    gvisor: &crate::GvisorSpec,
+    cgroup: &CgroupTarget<'_>,
+    parents: Vec<std::fs::File>,
+    host_artifacts: &OwnedFd,
+    report: &OwnedFd,
+) -> Step {
+    if sandbox.rootless {
+        return Err(StepError(
+            "gvisor: needs warden running as root; this one is rootless".into(),
+        ));
+    }
+    let bundle = crate::gvisor::prepare(spec, sandbox)?;
+    enter_cgroup(&cgroup.ready, &parents, cgroup.attach)?;
+    drop(parents);
+    let runsc = crate::gvisor::start(&bundle, gvisor, sandbox)?;
+    // A cancel's SIGTERM goes to runsc alone, which hands it to the job; runsc's gofer and
+    // sandbox must live on until the job is gone.
+    TERM_TARGET.store(runsc, std::sync::atomic::Ordering::SeqCst);
+    let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
+    install_handlers();
+    let status = reap_until(runsc);
+    end_everything();
+    let status = crate::gvisor::outcome(&bundle, status).map_err(StepError)?;
+    let usage = children_usage();
+    let us = |tv: libc::timeval| tv.tv_sec * 1_000_000 + tv.tv_usec;
+    InitMessage::Exited {
+        wait_status: status,
+        user_us: us(usage.ru_utime),
+        system_us: us(usage.ru_stime),
+        max_rss_kb: usage.ru_maxrss,
+    }
+    .send(report);
+    let artifacts = bundle
+        .rootfs()
+        .join(crate::paths::ARTIFACTS.trim_start_matches('/'));
+    let copy = crate::artifacts::copy_out(&artifacts, host_artifacts);
+    InitMessage::Artifacts { copy }.send(report);
+    Ok(())
+}
+
+/// Where the init forwards a SIGTERM: every process of the namespace (`-1`, natively), or
+/// `runsc` alone.
+static TERM_TARGET: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 
 /// The lower directory of each overlay of a writable root, by the name its upper directory
 /// has (as `mounts::System` names them), opened while the host's paths are in sight.
@@ -358,10 +418,12 @@ fn start_job(spec: &SpawnSpec, sandbox: &SandboxSpec, filters: &[BpfProgram]) ->
 }
 
 extern "C" fn forward_term(_: libc::c_int) {
-    // SAFETY: kill is async-signal-safe; -1 from pid 1 reaches every process of the namespace.
+    let to = TERM_TARGET.load(std::sync::atomic::Ordering::SeqCst);
+    // SAFETY: kill is async-signal-safe (an atomic load too); -1 from pid 1 reaches every
+    // process of the namespace.
     unsafe {
-        libc::kill(-1, libc::SIGTERM);
-        libc::kill(-1, libc::SIGCONT);
+        libc::kill(to, libc::SIGTERM);
+        libc::kill(to, libc::SIGCONT);
     }
 }
 

@@ -26,7 +26,7 @@ fn setup_failed(step: &str, e: impl std::fmt::Display) -> ExitReport {
 }
 
 /// Waits for `pid` (retrying on EINTR) and returns its wait status.
-fn reap(pid: i32) -> i32 {
+pub(crate) fn reap(pid: i32) -> i32 {
     let mut status = 0;
     loop {
         // SAFETY: waitpid writes into a valid int.

@@ -60,9 +60,10 @@ pub(crate) fn run(
     // made first and the init cloned straight into it; on v1 it is made while the init builds
     // the root, and the init then moves itself in (see `init.rs`).
     let v1 = matches!(sb.cgroups, CgroupHome::V1 { .. });
+    let limits = cgroup_limits(sb);
     let mut cgroup = None;
     if !v1 {
-        match JobCgroup::create(&sb.cgroups, &sb.cgroup_name, sb.limits) {
+        match JobCgroup::create(&sb.cgroups, &sb.cgroup_name, limits) {
             Ok(cg) => cgroup = Some(cg),
             Err(e) => return setup_failed("cgroup", e),
         }
@@ -71,7 +72,7 @@ pub(crate) fn run(
         Ok(fd) => fd,
         Err(e) => return setup_failed("open cgroup", e),
     };
-    let parents = sb.cgroups.v1_parents(&sb.limits);
+    let parents = sb.cgroups.v1_parents(&limits);
     let attach = format!("{}/tasks", sb.cgroup_name);
     let init = Init {
         parents: &parents,
@@ -103,7 +104,7 @@ pub(crate) fn run(
         write_all(&sync_w, b"m");
     }
     if v1 {
-        match JobCgroup::create(&sb.cgroups, &sb.cgroup_name, sb.limits) {
+        match JobCgroup::create(&sb.cgroups, &sb.cgroup_name, limits) {
             Ok(cg) => cgroup = Some(cg),
             Err(e) => return abort("cgroup", e),
         }
@@ -133,6 +134,17 @@ pub(crate) fn run(
     out.wall_ms = started.elapsed().as_millis() as u64;
     drop(cgroup);
     out
+}
+
+/// The job's cgroup limits; a gVisor job's `pids` also holds runsc's own tasks.
+fn cgroup_limits(sb: &SandboxSpec) -> crate::CgroupLimits {
+    let mut limits = sb.limits;
+    if sb.gvisor.is_some() {
+        limits.pids = limits
+            .pids
+            .map(|p| p.saturating_add(crate::gvisor::PIDS_OVERHEAD));
+    }
+    limits
 }
 
 /// A rootless init's user namespace maps only the calling user and group, as its root; it may
@@ -296,7 +308,17 @@ fn enforcement(
             "memory".into(),
             set_or(sb.limits.memory_bytes.is_some(), format!("{cgv} (no swap)")),
         ),
-        ("pids".into(), set_or(sb.limits.pids.is_some(), cgv.clone())),
+        (
+            "pids".into(),
+            set_or(
+                sb.limits.pids.is_some(),
+                if sb.gvisor.is_some() {
+                    format!("{cgv} (with {} for runsc)", crate::gvisor::PIDS_OVERHEAD)
+                } else {
+                    cgv.clone()
+                },
+            ),
+        ),
         ("cpus".into(), set_or(sb.limits.cpu_millis.is_some(), cpu)),
         ("tmpfs".into(), "tmpfs size".into()),
         (
@@ -311,6 +333,14 @@ fn enforcement(
         ("cpu_time".into(), rl(rlimits.cpu_s.is_some())),
         ("file_size".into(), rl(rlimits.file_size_bytes.is_some())),
         ("open_files".into(), rl(rlimits.open_files.is_some())),
+        (
+            "kernel".into(),
+            if sb.gvisor.is_some() {
+                "gVisor (runsc): the job's system calls never reach the host's kernel".into()
+            } else {
+                "host kernel, seccomp and Landlock".into()
+            },
+        ),
         (
             "identity".into(),
             if sb.rootless {
@@ -414,6 +444,7 @@ mod tests {
             cwd: None,
             job_ids: None,
             writable_root_bytes: None,
+            gvisor: None,
         };
         let rl = Rlimits {
             cpu_s: Some(1),

@@ -25,6 +25,8 @@ pub(super) struct ExecInfo {
     pub log_bytes: (u64, u64),
     /// An egress job's gateway decisions and their summary.
     pub egress: Option<Vec<crate::egress::Decision>>,
+    /// The tier the job ran under (the worker's, or gVisor when its type asks for it).
+    pub tier: Option<Tier>,
 }
 
 /// How a started job ended: its report and how the watch over it ended, or why it could not
@@ -52,6 +54,7 @@ pub(super) async fn execute(
     } = prepared;
     let mut info = ExecInfo {
         limits: limit_enforcement(&job_type.limits, spec.isolation.tier()),
+        tier: Some(spec.isolation.tier()),
         ..ExecInfo::default()
     };
     let mut execution = match shared.executor.start(spec).await {
@@ -151,6 +154,11 @@ pub(super) async fn execute(
     report.enforcement.extend(unenforced);
     if let Some(shown) = egress_summary {
         report.enforcement.insert("egress".into(), shown);
+    }
+    if let Some(tier) = info.tier {
+        report
+            .enforcement
+            .insert("isolation".into(), tier.as_str().into());
     }
     if let Some(c) = &report.root_changes {
         report.enforcement.insert(

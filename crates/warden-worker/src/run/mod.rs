@@ -242,7 +242,7 @@ async fn prove(shared: &Shared, job: &JobRecord, co: &Checkout) -> (Proof, Invar
     let mut inv = Invariants {
         // Sandboxed, the worktree is a read-only bind checked from inside before the job
         // starts (setup fails otherwise); unsandboxed, nothing stops the job writing.
-        read_only_ok: Some(shared.executor.tier() == Tier::Sandbox),
+        read_only_ok: Some(shared.executor.tier() != Tier::UnsafeFallback),
         clean_tree_ok: None,
         tree: Some(co.tree_id().to_string()),
         ..Invariants::default()
@@ -355,7 +355,11 @@ async fn write_record(
     info: Option<ExecInfo>,
     checkout: Option<CheckoutSummary>,
 ) -> std::io::Result<()> {
-    let (job, done, tier) = (job.clone(), done.clone(), shared.executor.tier());
+    let tier = info
+        .as_ref()
+        .and_then(|i| i.tier)
+        .unwrap_or(shared.executor.tier());
+    let (job, done) = (job.clone(), done.clone());
     let dir = shared.data.artifacts(job.id);
     blocking(move || {
         if !dir.is_dir() {

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use warden_core::{CgroupLimit, JobType};
 use warden_repo::Checkout;
 use warden_sandbox::{
-    Bind, CgroupLimits, GitMounts, Isolation, Rlimits, SandboxSpec, SpawnSpec, Tier, paths,
+    Bind, CgroupLimits, GitMounts, GvisorSpec, Isolation, Rlimits, SandboxSpec, SpawnSpec, Tier,
+    paths,
 };
 use warden_store::JobRecord;
 
@@ -98,6 +99,10 @@ pub(super) fn prepare(
              idmapped lower directories); this worker is rootless or unsandboxed",
         ));
     }
+    let gvisor = match job_type.isolation {
+        warden_core::IsolationTier::Native => None,
+        warden_core::IsolationTier::Gvisor => Some(gvisor_runtime(shared, tier)?),
+    };
     let repo = match checkout {
         Some(co) => Some(RepoView {
             sha: co.sha().to_string(),
@@ -132,7 +137,7 @@ pub(super) fn prepare(
     env.extend(granted.env.iter().cloned());
     let mut unenforced = BTreeMap::new();
     let isolation = match tier {
-        Tier::Sandbox => {
+        Tier::Sandbox | Tier::Gvisor => {
             let host = shared.executor.host();
             let (limits, missing) =
                 cgroup_limits(&job_type, &host.cgroups, shared.config.unsafe_fallback)?;
@@ -168,6 +173,7 @@ pub(super) fn prepare(
             let mut isolation = layout.isolation(&job_type, repo.as_ref());
             if let Isolation::Sandbox(spec) = &mut isolation {
                 spec.secrets = granted.files.clone();
+                spec.gvisor = gvisor;
                 if job_type.root == warden_core::RootMode::Writable {
                     spec.writable_root_bytes = Some(job_type.limits.root_mb() << 20);
                 }
@@ -210,6 +216,35 @@ pub(super) fn prepare(
         mask: granted.mask,
         secret_names: granted.names,
     })
+}
+
+/// The gVisor tier on this worker, or why it cannot give it (fail closed: never a job that
+/// asked for gVisor run natively).
+fn gvisor_runtime(shared: &Shared, tier: Tier) -> Result<GvisorSpec, Refusal> {
+    let refuse = |why: String| Refusal::new("sandbox_setup_failed", format!("gvisor: {why}"));
+    if tier == Tier::UnsafeFallback {
+        return Err(refuse(
+            "runs inside the kernel sandbox; this worker runs jobs unsandboxed (unsafe_fallback)"
+                .into(),
+        ));
+    }
+    if shared.executor.host().rootless {
+        return Err(refuse(
+            "needs warden running as root; this worker is rootless".into(),
+        ));
+    }
+    match shared.config.gvisor.runsc() {
+        Some(runsc) if runsc.is_file() => Ok(GvisorSpec { runsc }),
+        Some(runsc) => Err(refuse(format!(
+            "runsc {} not found (gvisor.runsc)",
+            runsc.display()
+        ))),
+        None => Err(refuse(
+            "runsc not found in /usr/local/bin, /usr/bin or /usr/sbin: install gVisor (Debian: \
+             apt-get install runsc) or set gvisor.runsc"
+                .into(),
+        )),
+    }
 }
 
 /// The cgroup limits of a sandboxed job: every one the job type sets that the host can
@@ -392,6 +427,7 @@ impl SandboxedLayout {
             cwd: None,
             job_ids: None,
             writable_root_bytes: None,
+            gvisor: None,
         }))
     }
 }
