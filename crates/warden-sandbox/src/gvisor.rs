@@ -51,6 +51,27 @@ impl Bundle {
     fn log(&self) -> PathBuf {
         self.dir.join("runsc.log")
     }
+
+    /// Where `runsc run` writes its sandbox's pid (in the init's PID namespace).
+    fn sandbox_pid(&self) -> PathBuf {
+        self.dir.join("sandbox.pid")
+    }
+
+    /// Hands a SIGTERM to the job: runsc's sandbox delivers the signals it gets to the job's
+    /// first process. Before the sandbox exists there is no job to ask: everything is killed.
+    pub(crate) fn terminate(&self) {
+        let pid = std::fs::read_to_string(self.sandbox_pid())
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+            .filter(|p| *p > 1);
+        // SAFETY: signals a process of the init's own PID namespace (or all of them).
+        unsafe {
+            match pid {
+                Some(pid) => libc::kill(pid, libc::SIGTERM),
+                None => libc::kill(-1, libc::SIGKILL),
+            };
+        }
+    }
 }
 
 /// Builds the bundle in the init's own mount namespace: a small tmpfs at the sandbox root, the
@@ -182,6 +203,7 @@ pub(crate) fn start(bundle: &Bundle, gvisor: &GvisorSpec, sandbox: &SandboxSpec)
         // The job's cgroup is warden's, made before runsc started: runsc stays out of it.
         "--ignore-cgroups".into(),
         "run".into(),
+        format!("--pid-file={}", bundle.sandbox_pid().display()),
         format!("--bundle={}", bundle.dir.display()),
         CONTAINER.into(),
     ]

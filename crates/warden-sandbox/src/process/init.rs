@@ -196,12 +196,26 @@ fn run_gvisor(
     enter_cgroup(&cgroup.ready, &parents, cgroup.attach)?;
     drop(parents);
     let runsc = crate::gvisor::start(&bundle, gvisor, sandbox)?;
-    // A cancel's SIGTERM goes to runsc alone, which hands it to the job; runsc's gofer and
-    // sandbox must live on until the job is gone.
-    TERM_TARGET.store(runsc, std::sync::atomic::Ordering::SeqCst);
+    // A cancel's SIGTERM is only noted by the handler; the loop below hands it to runsc's
+    // sandbox, which delivers it to the job (runsc's gofer must live on until the job is gone).
+    GVISOR_TERM.store(1, std::sync::atomic::Ordering::SeqCst);
     let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
     install_handlers();
-    let status = reap_until(runsc);
+    let status = loop {
+        let mut st = 0;
+        // SAFETY: waitpid writes into a valid int.
+        let rc = unsafe { libc::waitpid(-1, &mut st, 0) };
+        if rc == runsc {
+            break st;
+        }
+        let interrupted = rc < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted;
+        if rc < 0 && !interrupted {
+            break 0;
+        }
+        if GVISOR_TERM.swap(1, std::sync::atomic::Ordering::SeqCst) == 2 {
+            bundle.terminate();
+        }
+    };
     end_everything();
     let status = crate::gvisor::outcome(&bundle, status).map_err(StepError)?;
     let usage = children_usage();
@@ -221,9 +235,9 @@ fn run_gvisor(
     Ok(())
 }
 
-/// Where the init forwards a SIGTERM: every process of the namespace (`-1`, natively), or
-/// `runsc` alone.
-static TERM_TARGET: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+/// A gVisor job's init: 0 natively (SIGTERM goes to every process of the namespace), 1 under
+/// gVisor, 2 once a SIGTERM came that the init's loop has yet to hand to runsc's sandbox.
+static GVISOR_TERM: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
 /// The lower directory of each overlay of a writable root, by the name its upper directory
 /// has (as `mounts::System` names them), opened while the host's paths are in sight.
@@ -418,12 +432,15 @@ fn start_job(spec: &SpawnSpec, sandbox: &SandboxSpec, filters: &[BpfProgram]) ->
 }
 
 extern "C" fn forward_term(_: libc::c_int) {
-    let to = TERM_TARGET.load(std::sync::atomic::Ordering::SeqCst);
-    // SAFETY: kill is async-signal-safe (an atomic load too); -1 from pid 1 reaches every
-    // process of the namespace.
+    use std::sync::atomic::Ordering::SeqCst;
+    // Atomics are async-signal-safe.
+    if GVISOR_TERM.compare_exchange(1, 2, SeqCst, SeqCst).is_ok() {
+        return;
+    }
+    // SAFETY: kill is async-signal-safe; -1 from pid 1 reaches every process of the namespace.
     unsafe {
-        libc::kill(to, libc::SIGTERM);
-        libc::kill(to, libc::SIGCONT);
+        libc::kill(-1, libc::SIGTERM);
+        libc::kill(-1, libc::SIGCONT);
     }
 }
 

@@ -381,6 +381,13 @@ job_types:
     binds: [{{host: {ca_dir}, at: /opt/testca}}]
     network:
       egress: ["api.test:80", "api.test:443", "other.test:443", "meta.test:80", "loop.test:80"]
+  probe_gvisor:
+    argv: ["/usr/bin/python3", "-c", {script:?}]
+    timeout_s: 120
+    binds: [{{host: {ca_dir}, at: /opt/testca}}]
+    isolation: gvisor
+    network:
+      egress: ["api.test:80", "api.test:443", "other.test:443", "meta.test:80", "loop.test:80"]
   few_connections:
     argv: ["/usr/bin/python3", "-c", "import socket\nfor i in range(6):\n  try: socket.create_connection(('198.51.100.10', 80), timeout=3).close()\n  except Exception as e: print(e)\nimport time; time.sleep(30)"]
     timeout_s: 60
@@ -415,10 +422,11 @@ job_types:
             let conns = run(&c, "few_connections").await;
             let bytes = run(&c, "few_bytes").await;
             let isolated = run(&c, "isolated").await;
-            (probe, probe_egress, conns, bytes, isolated)
+            let gvisor = run(&c, "probe_gvisor").await;
+            (probe, probe_egress, conns, bytes, isolated, gvisor)
         })
     });
-    let ((probe, out), egress, (conns, _), (bytes, _), (isolated, isolated_out)) = jobs;
+    let ((probe, out), egress, (conns, _), (bytes, _), (isolated, isolated_out), gvisor) = jobs;
 
     assert_eq!(probe.status, JobStatus::Succeeded, "{probe:?}\n{out}");
     let r = results(&out);
@@ -528,6 +536,21 @@ job_types:
     }
     assert!(conns.enforcement["egress"].contains("max_connections"));
     assert!(bytes.enforcement["egress"].contains("max_bytes_mb"));
+
+    // Under gVisor the job's sockets are the egress namespace's too: every check ends alike.
+    let (gvisor, gvisor_out) = gvisor;
+    assert_eq!(
+        gvisor.status,
+        JobStatus::Succeeded,
+        "{gvisor:?}\n{gvisor_out}"
+    );
+    assert_eq!(gvisor.enforcement["isolation"], "gvisor");
+    let ended = |r: &BTreeMap<String, String>| -> BTreeMap<String, bool> {
+        r.iter()
+            .map(|(k, v)| (k.clone(), v.starts_with("ok:")))
+            .collect()
+    };
+    assert_eq!(ended(&results(&gvisor_out)), ended(&r), "{gvisor_out}");
 
     // network: none still sees only lo.
     assert_eq!(isolated.status, JobStatus::Succeeded, "{isolated:?}");

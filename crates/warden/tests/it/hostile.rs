@@ -383,6 +383,9 @@ impl Box {
     /// The hostile job left nothing behind, and the next job runs normally.
     async fn after(&self, hostile: &Ran) {
         assert_no_job_processes();
+        // runsc and its gofer and sandbox run as root: they name the server's data directory.
+        let runsc = processes_mentioning(&self.data.join("sandbox").display().to_string());
+        assert!(runsc.is_empty(), "runsc processes survived: {runsc:?}");
         let id = &hostile.job.job_id;
         assert!(
             !hostile.data.join("scratch").join(id).exists(),
@@ -512,7 +515,12 @@ async fn memory_bomb(b: &Box, job_type: &str) -> Ran {
         r.job.enforcement
     );
     let peak = r.job.resources.as_ref().unwrap().peak_memory_bytes.unwrap();
-    assert!(peak <= 64 << 20, "peak {peak} over the 64 MiB limit");
+    // gVisor's sentry makes charges the kernel may not refuse (a page over, seen on v1).
+    let slack = if b.gvisor { 64 << 10 } else { 0 };
+    assert!(
+        peak <= (64 << 20) + slack,
+        "peak {peak} over the 64 MiB limit"
+    );
     b.after(&r).await;
     r
 }

@@ -272,9 +272,10 @@ async fn jobs_run_in_images_from_local_layouts_and_archives() {
     let config = write_config_with(
         work,
         &format!(
-            "job_types:\n{}{}{}",
+            "job_types:\n{}{}{}    isolation: gvisor\n{}",
             job_type("archive", &format!("oci-archive:{}:v1", archive.display())),
             job_type("layout", &format!("oci:{}:v2", layout.display())),
+            job_type("layout_gvisor", &format!("oci:{}:v2", layout.display())),
             job_type("missing_tag", &format!("oci:{}:nope", layout.display())),
         ),
     );
@@ -286,6 +287,11 @@ async fn jobs_run_in_images_from_local_layouts_and_archives() {
     let (job, out) = run(&c, "layout").await;
     assert_eq!(job.status, JobStatus::Succeeded, "{job:?}");
     assert_eq!(out, expected("from-layout"));
+    // The same image under gVisor: the image decides the same, and the record names the tier.
+    let (job, out) = run(&c, "layout_gvisor").await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{job:?}");
+    assert_eq!(out, expected("from-layout"));
+    assert_eq!(job.enforcement["isolation"], "gvisor");
     match c.submit(&req("missing_tag")).await {
         Err(ClientError::Api { code, message, .. }) => {
             assert_eq!(code, ErrorCode::ImageUnavailable, "{message}");

@@ -5,6 +5,7 @@ mod cli;
 mod cluster;
 mod e2e;
 mod egress;
+mod gvisor;
 mod hostile;
 mod hostile_escapes;
 mod hostile_repo;

@@ -550,3 +550,57 @@ async fn the_cli_submits_by_ref_and_shows_the_commit_and_the_proof() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("cannot be used with"), "{err}");
 }
+
+#[tokio::test]
+async fn under_gvisor_a_suite_runs_at_the_pinned_commit_and_cannot_change_its_worktree() {
+    let p = Project::new();
+    let dir = tempfile::tempdir().unwrap();
+    let gvisor = r#"
+  suite_gvisor:
+    argv: ["/bin/sh", "run_tests.sh"]
+    requires_repo: true
+    timeout_s: 60
+    isolation: gvisor
+  inspect_gvisor:
+    argv: ["/bin/sh", "-c", "git rev-parse HEAD; git status --porcelain | wc -l; pwd; echo made > $ARTIFACT_DIR/out.txt; for a in 'echo x > run_tests.sh' 'touch new.txt' 'rm lib/add.sh' 'echo x >> .git/config' 'touch .git/objects/x'; do if sh -c \"$a\" 2>/dev/null; then echo \"WROTE: $a\"; else echo \"refused: $a\"; fi; done"]
+    requires_repo: true
+    timeout_s: 60
+    isolation: gvisor
+"#;
+    let server = Server::start(&project_config(dir.path(), &p.path, gvisor));
+    let c = server.client();
+    let mut req = submit_req("suite_gvisor", "project");
+    req.sha = Some(p.main.clone());
+    let job = run(&c, req).await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{job:?}");
+    assert_eq!(
+        stdout(&c, &job).await,
+        "PASS tests/add.sh\nPASS tests/mul.sh\nsummary: 2 passed, 0 failed\n"
+    );
+    // The record says which tier ran the job.
+    assert_eq!(job.enforcement["isolation"], "gvisor");
+    assert!(job.enforcement["kernel"].starts_with("gVisor"), "{job:?}");
+    assert_eq!(artifact_json(&c, &job).await["isolation"], "gvisor");
+    let mut req = submit_req("suite_gvisor", "project");
+    req.sha = Some(p.broken.clone());
+    let job = run(&c, req).await;
+    assert_eq!(
+        (job.status, job.reason.as_deref()),
+        (JobStatus::Failed, Some("exit_code: 1"))
+    );
+
+    let mut req = submit_req("inspect_gvisor", "project");
+    req.sha = Some(p.main.clone());
+    let job = run(&c, req).await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{job:?}");
+    let out = stdout(&c, &job).await;
+    assert!(out.starts_with(&format!("{}\n0\n/work\n", p.main)), "{out}");
+    assert!(!out.contains("WROTE"), "{out}");
+    assert_eq!(out.matches("refused: ").count(), 5, "{out}");
+    let inv = job.invariants.clone().unwrap();
+    assert_eq!(
+        (inv.read_only_ok, inv.clean_tree_ok),
+        (Some(true), Some(true))
+    );
+    assert_eq!(c.artifact(&job.job_id, "out.txt").await.unwrap(), b"made\n");
+}

@@ -117,6 +117,28 @@ pub fn assert_no_job_processes() {
     );
 }
 
+/// Host pids of every process whose command line mentions `needle` (a gVisor job's `runsc`
+/// processes name their state directory, under the server's data directory).
+pub fn processes_mentioning(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        if String::from_utf8_lossy(&cmdline).contains(needle) && pid != std::process::id() as i32 {
+            out.push(pid);
+        }
+    }
+    out
+}
+
 /// A config file for a test server in `dir`.
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     write_config_with(dir, &format!("{extra}\n{TEST_JOB_TYPES}"))
