@@ -22,7 +22,8 @@ done
 # The image tests build their images with buildah (from scratch and a static busybox: nothing
 # is pulled from the internet), serve them from the distribution registry on loopback, and
 # push with skopeo; the image benchmark compares with skopeo + umoci.
-for tool in buildah skopeo umoci docker-registry; do
+# The gVisor tier's tests (and the hostile suite's gvisor cases) run Debian's runsc.
+for tool in buildah skopeo umoci docker-registry runsc; do
     have "$tool" || missing+=("$tool")
 done
 [ -x /bin/busybox ] || missing+=(busybox-static)
@@ -31,9 +32,9 @@ if [ ${#missing[@]} -gt 0 ]; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq coreutils util-linux build-essential \
             git python3 python3-pytest iproute2 openssl postgresql postgresql-client \
-            buildah skopeo umoci docker-registry busybox-static
+            buildah skopeo umoci docker-registry busybox-static runsc
     else
-        echo "setup: missing: ${missing[*]} (install coreutils, util-linux, a C compiler, git, python3-pytest, iproute2, openssl, postgresql, buildah, skopeo, umoci, docker-registry, busybox-static)" >&2
+        echo "setup: missing: ${missing[*]} (install coreutils, util-linux, a C compiler, git, python3-pytest, iproute2, openssl, postgresql, buildah, skopeo, umoci, docker-registry, busybox-static, runsc)" >&2
         exit 1
     fi
 fi

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use warden_sandbox::{
-    Bind, CgroupLimits, Host, Isolation, Launcher, Rlimits, SandboxSpec, SpawnSpec,
+    Bind, CgroupLimits, GvisorSpec, Host, Isolation, Launcher, Rlimits, SandboxSpec, SpawnSpec,
 };
 
 use crate::{Stats, build_release, flag, ms, stats};
@@ -70,6 +70,8 @@ struct WardenRuns {
     etc: PathBuf,
     host: Host,
     n: u64,
+    /// Under gVisor instead of natively.
+    gvisor: Option<GvisorSpec>,
 }
 
 impl WardenRuns {
@@ -111,7 +113,7 @@ impl WardenRuns {
                 cwd: None,
                 job_ids: None,
                 writable_root_bytes: None,
-                gvisor: None,
+                gvisor: self.gvisor.clone(),
             })),
         }
     }
@@ -188,6 +190,7 @@ pub fn bench_sandbox(rest: &[&str]) -> anyhow::Result<()> {
         etc,
         host: Host::establish(),
         n: 0,
+        gvisor: None,
     };
     let (mut w, mut b, mut u, mut f) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..10 {
@@ -227,4 +230,82 @@ fn print_table(runs: usize, [w, b, u, f]: [Stats; 4]) {
             ratio(s)
         );
     }
+}
+
+/// `cargo xtask bench gvisor`: `/bin/true` in warden's native sandbox, in warden's gVisor tier
+/// (the same sandbox with `runsc run` inside it), and under `runsc do` alone (gVisor without
+/// warden), interleaved.
+pub fn bench_gvisor(rest: &[&str]) -> anyhow::Result<()> {
+    let runs = flag(rest, "--runs", 30)?;
+    let runsc = warden_core::GvisorConfig::default()
+        .runsc()
+        .ok_or_else(|| anyhow::anyhow!("runsc not found: scripts/setup.sh installs it"))?;
+    let warden = build_release()?;
+    let dir = std::env::temp_dir().join(format!("warden-bench-gvisor-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("work"))?;
+    std::fs::create_dir_all(dir.join("artifacts"))?;
+    std::os::unix::fs::chown(dir.join("artifacts"), Some(65534), Some(65534))?;
+    let etc = dir.join("etc");
+    warden_sandbox::prepare_etc(&etc)?;
+    let runs_of = |gvisor: Option<GvisorSpec>| -> anyhow::Result<WardenRuns> {
+        Ok(WardenRuns {
+            launcher: Launcher::new(&warden),
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+            dir: dir.clone(),
+            etc: etc.clone(),
+            host: Host::establish(),
+            n: 0,
+            gvisor,
+        })
+    };
+    let mut native = runs_of(None)?;
+    let mut gvisor = runs_of(Some(GvisorSpec {
+        runsc: runsc.clone(),
+    }))?;
+    // Each WardenRuns numbers its roots from 1: keep them apart.
+    gvisor.n = 1 << 32;
+    let runsc_root = dir.join("runsc-state");
+    std::fs::create_dir_all(&runsc_root)?;
+    let runsc_do: Vec<String> = [
+        format!("--root={}", runsc_root.display()),
+        "--network=none".into(),
+        "--ignore-cgroups".into(),
+        "do".into(),
+        "/bin/true".into(),
+    ]
+    .into();
+    let runsc = runsc.display().to_string();
+    for _ in 0..3 {
+        native.run()?;
+        gvisor.run()?;
+        time(&runsc, &runsc_do)?;
+    }
+    let (mut n, mut g, mut d) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        n.push(native.run()?);
+        g.push(gvisor.run()?);
+        d.push(time(&runsc, &runsc_do)?);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let (n, g, d) = (stats(n), stats(g), stats(d));
+    println!();
+    println!("gvisor: start+exit of /bin/true, {runs} interleaved runs each");
+    println!("| path                                   | p50 ms | p99 ms | × native |");
+    println!("|----------------------------------------|-------:|-------:|---------:|");
+    let ratio = |s: &Stats| s.p50.as_secs_f64() / n.p50.as_secs_f64();
+    for (name, s) in [
+        ("warden, native sandbox                ", &n),
+        ("warden, isolation: gvisor (runsc run) ", &g),
+        ("runsc do, without warden              ", &d),
+    ] {
+        println!(
+            "| {name} | {:>6} | {:>6} | {:>8.2} |",
+            ms(s.p50),
+            ms(s.p99),
+            ratio(s)
+        );
+    }
+    Ok(())
 }

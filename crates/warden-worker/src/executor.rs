@@ -90,6 +90,7 @@ pub async fn sandbox_self_test(
     etc: &std::path::Path,
     uid: u32,
     gid: u32,
+    gvisor: Option<warden_sandbox::GvisorSpec>,
 ) -> Result<(), SelfTestFailed> {
     let dir = scratch.join(format!(".selftest-{}", uuid::Uuid::now_v7().simple()));
     // Rootless, the job's ids are the init's own root, which is warden's user outside.
@@ -98,7 +99,7 @@ pub async fn sandbox_self_test(
     } else {
         (uid, gid)
     };
-    let result = self_test_in(executor, &dir, etc, uid, gid).await;
+    let result = self_test_in(executor, &dir, etc, uid, gid, gvisor).await;
     let _ = std::fs::remove_dir_all(&dir);
     result.map_err(SelfTestFailed)
 }
@@ -109,6 +110,7 @@ async fn self_test_in(
     etc: &std::path::Path,
     uid: u32,
     gid: u32,
+    gvisor: Option<warden_sandbox::GvisorSpec>,
 ) -> Result<(), String> {
     let (root, work, artifacts) = (dir.join("root"), dir.join("work"), dir.join("artifacts"));
     for d in [&root, &work, &artifacts] {
@@ -141,7 +143,7 @@ async fn self_test_in(
             cwd: None,
             job_ids: None,
             writable_root_bytes: None,
-            gvisor: None,
+            gvisor,
             cgroup_name: dir
                 .file_name()
                 .unwrap_or_default()
@@ -215,6 +217,7 @@ pub async fn local_executor(
             &data.sandbox_etc(),
             config.sandbox_uid,
             config.sandbox_gid,
+            None,
         )
         .await
         .map_err(|e| e.0),

@@ -244,3 +244,34 @@ fn empty_file_means_defaults() {
     assert!(c.job_types.is_empty());
     assert_eq!(c.slots.get(), 2);
 }
+
+#[test]
+fn the_gvisor_tier_is_chosen_per_job_type_and_refuses_what_it_cannot_give() {
+    let c = Config::from_yaml_str(
+        "gvisor: {runsc: /opt/gvisor/runsc}\njob_types:\n  g:\n    argv: [x]\n    timeout_s: 5\n    isolation: gvisor\n  n:\n    argv: [x]\n    timeout_s: 5\n",
+        "ok.yaml",
+    )
+    .unwrap();
+    assert_eq!(c.job_types["g"].isolation, IsolationTier::Gvisor);
+    assert_eq!(c.job_types["n"].isolation, IsolationTier::Native);
+    assert_eq!(
+        c.gvisor.runsc(),
+        Some(std::path::PathBuf::from("/opt/gvisor/runsc"))
+    );
+    check(
+        "job_types:\n  t:\n    argv: [x]\n    timeout_s: 5\n    isolation: firecracker\n",
+        Some(5),
+        "unknown variant `firecracker`, expected `native` or `gvisor`",
+    );
+    check(
+        "job_types:\n  t:\n    argv: [x]\n    timeout_s: 5\n    isolation: gvisor\n    root: writable\n",
+        Some(2),
+        "root: writable is not available with isolation: gvisor",
+    );
+    check("gvisor: {path: /x}\n", Some(1), "unknown field `path`");
+    check(
+        "gvisor: {runsc: bin/runsc}\n",
+        None,
+        "gvisor.runsc \"bin/runsc\" must be an absolute path",
+    );
+}

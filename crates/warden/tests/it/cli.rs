@@ -401,8 +401,39 @@ fn doctor_reports_every_kernel_feature_and_exits_by_its_verdict() {
             .contains("every address routed to its lo"),
         "{egress}"
     );
-    // A bad configuration is a FAIL of its own, and the verdict follows.
+    // The gVisor tier works here too (scripts/setup.sh installs runsc)...
+    let gvisor = checks.iter().find(|c| c["check"] == "gvisor tier").unwrap();
+    assert_eq!(gvisor["status"], "PASS", "{gvisor}");
+    // ... and where a job type asks for it and it is not there, that is a FAIL.
     let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("gvisor.yaml");
+    std::fs::write(
+        &missing,
+        "gvisor: {runsc: /nonexistent/runsc}\njob_types:\n  gv:\n    argv: [/bin/true]\n    timeout_s: 5\n    isolation: gvisor\n",
+    )
+    .unwrap();
+    let r = warden(
+        &[
+            "doctor",
+            "--config",
+            missing.to_str().unwrap(),
+            "-o",
+            "json",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    let checks: Vec<serde_json::Value> = serde_json::from_str(&r.stdout).unwrap();
+    let gvisor = checks.iter().find(|c| c["check"] == "gvisor tier").unwrap();
+    assert_eq!(gvisor["status"], "FAIL", "{gvisor}");
+    assert!(
+        gvisor["detail"]
+            .as_str()
+            .unwrap()
+            .contains("runsc /nonexistent/runsc not found; jobs of gv end"),
+        "{gvisor}"
+    );
+    // A bad configuration is a FAIL of its own, and the verdict follows.
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, "slots: 0\n").unwrap();
     let r = warden(

@@ -58,6 +58,7 @@ pub async fn run(args: DoctorArgs) -> i32 {
         .map(|c| (c.sandbox_uid, c.sandbox_gid))
         .unwrap_or((65534, 65534));
     let scratch = std::env::temp_dir().join(format!("warden-doctor-{}", std::process::id()));
+    let mut gvisor = None;
     let selftest = match std::env::current_exe() {
         Ok(exe) => {
             let _ = std::fs::create_dir_all(&scratch);
@@ -66,11 +67,20 @@ pub async fn run(args: DoctorArgs) -> i32 {
                 SupervisedExecutor::new(Launcher::new(exe), Tier::Sandbox, Host::establish());
             let etc = scratch.join("etc");
             let r = match warden_sandbox::prepare_etc(&etc) {
-                Ok(()) => sandbox_self_test(&exec, &scratch, &etc, uid, gid)
+                Ok(()) => sandbox_self_test(&exec, &scratch, &etc, uid, gid, None)
                     .await
                     .map_err(|e| e.0),
                 Err(e) => Err(format!("prepare /etc: {e}")),
             };
+            if r.is_ok() {
+                let test = GvisorTest {
+                    exec: &exec,
+                    scratch: &scratch,
+                    etc: &etc,
+                    ids: (uid, gid),
+                };
+                gvisor = Some(gvisor_check(config.as_ref(), test).await);
+            }
             let _ = std::fs::remove_dir_all(&scratch);
             r
         }
@@ -85,6 +95,7 @@ pub async fn run(args: DoctorArgs) -> i32 {
             fix: Some("see the failing checks above; until fixed, jobs end `error` unless unsafe_fallback: true".into()),
         },
     });
+    checks.extend(gvisor);
 
     match args.output {
         OutputFormat::Json => output::json(&checks),
@@ -111,6 +122,80 @@ pub async fn run(args: DoctorArgs) -> i32 {
         exit::JOB_FAILED
     } else {
         exit::OK
+    }
+}
+
+/// Where the gVisor tier's self-test runs.
+struct GvisorTest<'a> {
+    exec: &'a SupervisedExecutor,
+    scratch: &'a std::path::Path,
+    etc: &'a std::path::Path,
+    ids: (u32, u32),
+}
+
+/// Whether the gVisor tier (`isolation: gvisor`) can run jobs here, learned by running
+/// `/bin/true` under it. Unavailable is a failure only when a job type asks for it.
+async fn gvisor_check(config: Option<&warden_core::Config>, test: GvisorTest<'_>) -> Check {
+    let wanted: Vec<&str> = config
+        .map(|c| {
+            c.job_types
+                .iter()
+                .filter(|(_, t)| t.isolation == warden_core::IsolationTier::Gvisor)
+                .map(|(n, _)| n.0.as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    let unavailable = |why: String| Check {
+        check: "gvisor tier".into(),
+        status: if wanted.is_empty() {
+            Status::Warn
+        } else {
+            Status::Fail
+        },
+        detail: if wanted.is_empty() {
+            format!("unavailable: {why} (no job type uses isolation: gvisor)")
+        } else {
+            format!(
+                "unavailable: {why}; jobs of {} end `error: sandbox_setup_failed: gvisor: …`",
+                wanted.join(", ")
+            )
+        },
+        fix: Some(
+            "install gVisor's runsc (Debian: apt-get install runsc) or set gvisor.runsc, and run \
+             warden as root"
+                .into(),
+        ),
+    };
+    let runsc = match config.map_or_else(
+        || warden_core::GvisorConfig::default().runsc(),
+        |c| c.gvisor.runsc(),
+    ) {
+        Some(r) if r.is_file() => r,
+        Some(r) => return unavailable(format!("runsc {} not found", r.display())),
+        None => {
+            return unavailable("runsc not found in /usr/local/bin, /usr/bin or /usr/sbin".into());
+        }
+    };
+    if rustix::process::geteuid().as_raw() != 0 {
+        return unavailable("warden is not running as root".into());
+    }
+    let started = std::time::Instant::now();
+    let spec = warden_sandbox::GvisorSpec {
+        runsc: runsc.clone(),
+    };
+    let (uid, gid) = test.ids;
+    match sandbox_self_test(test.exec, test.scratch, test.etc, uid, gid, Some(spec)).await {
+        Ok(()) => Check {
+            check: "gvisor tier".into(),
+            status: Status::Pass,
+            detail: format!(
+                "/bin/true ran under gVisor ({}) in {} ms",
+                runsc.display(),
+                started.elapsed().as_millis()
+            ),
+            fix: None,
+        },
+        Err(e) => unavailable(e.0),
     }
 }
 
