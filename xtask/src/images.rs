@@ -4,7 +4,8 @@
 //! - First pull + unpack of an N MiB image (gzip layers) from a registry on loopback (Debian's
 //!   `docker-registry`): warden's `Images::prepare` — the worker's own code — into an empty
 //!   cache, against `skopeo copy docker://… oci:DIR` followed by `umoci unpack`.
-//! - Job start (submit → terminal of `/bin/true`) from the cached image against the host root.
+//! - Job start (submit → terminal of `true`) from the cached image against the host root: the
+//!   same static busybox in both (the image's `/bin/true`, the host's `/bin/busybox true`).
 //!
 //! The image is built here with buildah from scratch: a static busybox and N MiB of files, half
 //! random (incompressible) and half text.
@@ -205,7 +206,7 @@ pub fn bench_images(rest: &[&str]) -> anyhow::Result<()> {
              images: {{registries: {{\"{host}\": {{insecure_http: true}}}}}}\n\
              job_types:\n\
              \x20 from_image:\n    argv: [/bin/true]\n    timeout_s: 60\n    image: \"{reference}\"\n\
-             \x20 from_host:\n    argv: [/bin/true]\n    timeout_s: 60\n",
+             \x20 from_host:\n    argv: [/bin/busybox, \"true\"]\n    timeout_s: 60\n",
             data = dir.join("serve-data").display()
         ),
     )?;
