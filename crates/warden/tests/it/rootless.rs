@@ -40,6 +40,11 @@ fn job_types() -> String {
   strict:
     argv: ["/bin/sh", "-c", "echo strict"]
     timeout_s: 30
+  gvisor:
+    argv: ["/bin/sh", "-c", "echo ran"]
+    timeout_s: 30
+    accept_unenforced: [memory, pids]
+    isolation: gvisor
   bomb:
     argv: ["python3", "-c", "b = bytearray(1 << 30); print(len(b))"]
     timeout_s: 30
@@ -185,6 +190,14 @@ async fn an_ordinary_user_gets_the_sandbox() {
         w.client.artifact(&job.job_id, "out.txt").await.unwrap(),
         b"out\n"
     );
+    // gVisor needs root: a job type that asks for it fails closed, never runs natively.
+    let (job, out) = w.run("gvisor").await;
+    assert_eq!(job.status, JobStatus::Error, "{job:?}");
+    assert_eq!(
+        job.reason.as_deref(),
+        Some("sandbox_setup_failed: gvisor: needs warden running as root; this worker is rootless")
+    );
+    assert_eq!(out, "");
     // The box is the one specified: pid 2, uid 1000, read-only root, no capabilities, ...
     let (job, out) = w.run("inspect").await;
     assert_eq!(job.status, JobStatus::Succeeded, "{job:?} {out}");
