@@ -63,16 +63,8 @@ pub(crate) fn build_gvisor_root(k: &mut impl Kernel, spec: &SandboxSpec) -> Step
         Some(rootfs) => bind_rootfs(k, root, rootfs, &system)?,
     }
     k.mkdir(&root.join("proc"))?;
-    let shm = root.join("dev/shm");
     k.mkdir(&root.join("dev"))?;
-    k.mkdir(&shm)?;
-    k.mount(
-        Some(Path::new("tmpfs")),
-        &shm,
-        Some("tmpfs"),
-        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-        Some(&tmpfs_options(spec.tmpfs_bytes)),
-    )?;
+    make_shm(k, &root.join("dev"), spec.tmpfs_bytes)?;
     make_tmp(k, root, spec)?;
     bind_worktree(k, root, spec)?;
     mount_artifacts(k, root, spec)?;
@@ -194,6 +186,11 @@ fn make_dev(k: &mut impl Kernel, root: &Path, tmpfs_bytes: u64) -> Step {
     ] {
         k.symlink(Path::new(target), &dev.join(name))?;
     }
+    make_shm(k, &dev, tmpfs_bytes)
+}
+
+/// `/dev/shm`: a size-capped tmpfs of the job's own.
+fn make_shm(k: &mut impl Kernel, dev: &Path, tmpfs_bytes: u64) -> Step {
     let shm = dev.join("shm");
     k.mkdir(&shm)?;
     k.mount(

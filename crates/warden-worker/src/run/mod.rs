@@ -3,6 +3,7 @@
 //! (how it ended, decided from facts alone) and [`record`] (`artifact.json`, the completion).
 
 mod execute;
+mod gvisor;
 mod prepare;
 mod record;
 mod verdict;

@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 use warden_core::{CgroupLimit, JobType};
 use warden_repo::Checkout;
 use warden_sandbox::{
-    Bind, CgroupLimits, GitMounts, GvisorSpec, Isolation, Rlimits, SandboxSpec, SpawnSpec, Tier,
-    paths,
+    Bind, CgroupLimits, GitMounts, Isolation, Rlimits, SandboxSpec, SpawnSpec, Tier, paths,
 };
 use warden_store::JobRecord;
 
@@ -101,7 +100,7 @@ pub(super) fn prepare(
     }
     let gvisor = match job_type.isolation {
         warden_core::IsolationTier::Native => None,
-        warden_core::IsolationTier::Gvisor => Some(gvisor_runtime(
+        warden_core::IsolationTier::Gvisor => Some(super::gvisor::runtime(
             tier,
             shared.executor.host().rootless,
             &shared.config.gvisor,
@@ -220,39 +219,6 @@ pub(super) fn prepare(
         mask: granted.mask,
         secret_names: granted.names,
     })
-}
-
-/// The gVisor tier on this worker, or why it cannot give it (fail closed: never a job that
-/// asked for gVisor run natively).
-fn gvisor_runtime(
-    tier: Tier,
-    rootless: bool,
-    config: &warden_core::GvisorConfig,
-) -> Result<GvisorSpec, Refusal> {
-    let refuse = |why: String| Refusal::new("sandbox_setup_failed", format!("gvisor: {why}"));
-    if tier == Tier::UnsafeFallback {
-        return Err(refuse(
-            "runs inside the kernel sandbox; this worker runs jobs unsandboxed (unsafe_fallback)"
-                .into(),
-        ));
-    }
-    if rootless {
-        return Err(refuse(
-            "needs warden running as root; this worker is rootless".into(),
-        ));
-    }
-    match config.runsc() {
-        Some(runsc) if runsc.is_file() => Ok(GvisorSpec { runsc }),
-        Some(runsc) => Err(refuse(format!(
-            "runsc {} not found (gvisor.runsc)",
-            runsc.display()
-        ))),
-        None => Err(refuse(
-            "runsc not found in /usr/local/bin, /usr/bin or /usr/sbin: install gVisor (Debian: \
-             apt-get install runsc) or set gvisor.runsc"
-                .into(),
-        )),
-    }
 }
 
 /// The cgroup limits of a sandboxed job: every one the job type sets that the host can
@@ -595,45 +561,6 @@ mod tests {
         let t = with("    accept_unenforced: [memory, pids]\n");
         let (limits, missing) = cgroup_limits(&t, &v1_home(), false).unwrap();
         assert_eq!((limits.pids, missing.len()), (Some(1024), 0));
-    }
-
-    #[test]
-    fn gvisor_is_given_only_where_it_can_be_and_refused_saying_why() {
-        let at = |p: &str| warden_core::GvisorConfig {
-            runsc: Some(PathBuf::from(p)),
-        };
-        // Any existing file stands in for runsc: only its presence is checked here.
-        let present = at("/bin/sh");
-        let spec = gvisor_runtime(Tier::Sandbox, false, &present).unwrap();
-        assert_eq!(spec.runsc, PathBuf::from("/bin/sh"));
-        for (tier, rootless, config, why) in [
-            (
-                Tier::UnsafeFallback,
-                false,
-                &present,
-                "unsandboxed (unsafe_fallback)",
-            ),
-            (
-                Tier::Sandbox,
-                true,
-                &present,
-                "needs warden running as root",
-            ),
-            (
-                Tier::Sandbox,
-                false,
-                &at("/nonexistent/runsc"),
-                "runsc /nonexistent/runsc not found",
-            ),
-        ] {
-            let refusal = gvisor_runtime(tier, rootless, config).unwrap_err();
-            let reason = refusal.reason();
-            assert!(
-                reason.starts_with("sandbox_setup_failed: gvisor: "),
-                "{reason}"
-            );
-            assert!(reason.contains(why), "{reason}");
-        }
     }
 
     #[test]

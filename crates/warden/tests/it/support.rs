@@ -83,29 +83,28 @@ pub fn test_uid() -> u32 {
 /// How many slot uids a test's range holds.
 pub const SLOT_UIDS: u32 = 16;
 
+/// Every process's host pid.
+fn all_pids() -> impl Iterator<Item = i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+}
+
 /// Host pids of every process running as one of the slot uids from `uid`.
 pub fn processes_of_uid(uid: u32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-            continue;
-        };
-        let real = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|l| l.split_whitespace().next()?.parse::<u32>().ok());
-        if real.is_some_and(|r| (uid..uid + SLOT_UIDS).contains(&r)) {
-            out.push(pid);
-        }
-    }
-    out
+    all_pids()
+        .filter(|pid| {
+            let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+                return false;
+            };
+            let real = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().next()?.parse::<u32>().ok());
+            real.is_some_and(|r| (uid..uid + SLOT_UIDS).contains(&r))
+        })
+        .collect()
 }
 
 /// Nothing of this test's jobs runs any more.
@@ -120,23 +119,14 @@ pub fn assert_no_job_processes() {
 /// Host pids of every process whose command line mentions `needle` (a gVisor job's `runsc`
 /// processes name their state directory, under the server's data directory).
 pub fn processes_mentioning(needle: &str) -> Vec<i32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        if String::from_utf8_lossy(&cmdline).contains(needle) && pid != std::process::id() as i32 {
-            out.push(pid);
-        }
-    }
-    out
+    let me = std::process::id() as i32;
+    all_pids()
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .collect()
 }
 
 /// A config file for a test server in `dir`.
