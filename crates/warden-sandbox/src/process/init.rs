@@ -158,15 +158,7 @@ fn init(args: InitArgs<'_>, report: &OwnedFd) -> Step {
     let wait_status = reap_until(job);
     // Nothing of the job may run on while its artifacts are copied.
     end_everything();
-    let usage = children_usage();
-    let us = |tv: libc::timeval| tv.tv_sec * 1_000_000 + tv.tv_usec;
-    InitMessage::Exited {
-        wait_status,
-        user_us: us(usage.ru_utime),
-        system_us: us(usage.ru_stime),
-        max_rss_kb: usage.ru_maxrss,
-    }
-    .send(report);
+    send_exited(report, wait_status);
     if let Some(upper) = &upper {
         let changes = crate::overlay::changes(upper, &lowers, sandbox.rootless);
         InitMessage::RootChanges { changes }.send(report);
@@ -198,6 +190,8 @@ fn run_gvisor(
     let runsc = crate::gvisor::start(&bundle, gvisor, sandbox)?;
     // A cancel's SIGTERM is only noted by the handler; the loop below hands it to runsc's
     // sandbox, which delivers it to the job (runsc's gofer must live on until the job is gone).
+    // One that lands between the check and the next wait waits for the next child to end; the
+    // kill after the cancel's grace ends the job either way.
     GVISOR_TERM.store(1, std::sync::atomic::Ordering::SeqCst);
     let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
     install_handlers();
@@ -218,15 +212,7 @@ fn run_gvisor(
     };
     end_everything();
     let status = crate::gvisor::outcome(&bundle, status).map_err(StepError)?;
-    let usage = children_usage();
-    let us = |tv: libc::timeval| tv.tv_sec * 1_000_000 + tv.tv_usec;
-    InitMessage::Exited {
-        wait_status: status,
-        user_us: us(usage.ru_utime),
-        system_us: us(usage.ru_stime),
-        max_rss_kb: usage.ru_maxrss,
-    }
-    .send(report);
+    send_exited(report, status);
     let artifacts = bundle
         .rootfs()
         .join(crate::paths::ARTIFACTS.trim_start_matches('/'));
@@ -487,6 +473,19 @@ fn reap_until(job: i32) -> i32 {
             return 0;
         }
     }
+}
+
+/// Tells the supervisor how the job ended, with the usage of every process the init reaped.
+fn send_exited(report: &OwnedFd, wait_status: i32) {
+    let usage = children_usage();
+    let us = |tv: libc::timeval| tv.tv_sec * 1_000_000 + tv.tv_usec;
+    InitMessage::Exited {
+        wait_status,
+        user_us: us(usage.ru_utime),
+        system_us: us(usage.ru_stime),
+        max_rss_kb: usage.ru_maxrss,
+    }
+    .send(report);
 }
 
 fn children_usage() -> libc::rusage {
