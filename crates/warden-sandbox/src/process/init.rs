@@ -190,26 +190,30 @@ fn run_gvisor(
     let runsc = crate::gvisor::start(&bundle, gvisor, sandbox)?;
     // A cancel's SIGTERM is only noted by the handler; the loop below hands it to runsc's
     // sandbox, which delivers it to the job (runsc's gofer must live on until the job is gone).
-    // One that lands between the check and the next wait waits for the next child to end; the
-    // kill after the cancel's grace ends the job either way.
     GVISOR_TERM.store(1, std::sync::atomic::Ordering::SeqCst);
     let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
     install_handlers();
-    let status = loop {
-        let mut st = 0;
-        // SAFETY: waitpid writes into a valid int.
-        let rc = unsafe { libc::waitpid(-1, &mut st, 0) };
-        if rc == runsc {
-            break st;
-        }
-        let interrupted = rc < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted;
-        if rc < 0 && !interrupted {
-            break 0;
-        }
+    let ended = crate::watch::pidfd(runsc).map_err(|e| fail("pidfd_open runsc", e))?;
+    // SIGTERM is blocked but while the init waits: one that comes is either noted before the
+    // check below or interrupts the wait, never lost between the two.
+    let waiting = block(libc::SIGTERM);
+    loop {
         if GVISOR_TERM.swap(1, std::sync::atomic::Ordering::SeqCst) == 2 {
             bundle.terminate();
         }
-    };
+        let mut fd = libc::pollfd {
+            fd: ended.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no timeout, a valid signal mask.
+        let rc = unsafe { libc::ppoll(&mut fd, 1, std::ptr::null(), &waiting) };
+        if rc > 0 || (rc < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted) {
+            // runsc ended (or the wait cannot be made: reaping it below waits instead).
+            break;
+        }
+    }
+    let status = super::reap(runsc);
     end_everything();
     let status = crate::gvisor::outcome(&bundle, status).map_err(StepError)?;
     send_exited(report, status);
@@ -219,6 +223,19 @@ fn run_gvisor(
     let copy = crate::artifacts::copy_out(&artifacts, host_artifacts);
     InitMessage::Artifacts { copy }.send(report);
     Ok(())
+}
+
+/// Blocks `sig`; returns the mask it was blocked from (for waits that let it in).
+fn block(sig: libc::c_int) -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data initialised by sigemptyset before use.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old);
+        old
+    }
 }
 
 /// A gVisor job's init: 0 natively (SIGTERM goes to every process of the namespace), 1 under
