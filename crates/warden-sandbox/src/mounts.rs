@@ -485,6 +485,36 @@ mod tests {
     }
 
     #[test]
+    fn a_gvisor_root_is_the_same_tree_without_host_proc_or_devices_and_is_never_pivoted_into() {
+        let mut k = Recorder::default();
+        build_gvisor_root(&mut k, &spec()).unwrap();
+        let calls = &k.calls;
+        let work = position(calls, mounted_at("/r/work"), "worktree bind");
+        let checked = position(
+            calls,
+            |c| *c == Call::CheckReadOnly("/r/work".into()),
+            "read-only check",
+        );
+        let artifacts = position(calls, mounted_at("/r/artifacts"), "artifacts tmpfs");
+        assert!(work < checked && checked < artifacts);
+        for at in ["/r/tmp", "/r/dev/shm", "/r/run/secrets", "/r/opt/toolchain"] {
+            position(calls, mounted_at(at), at);
+        }
+        // No host /proc, no host device node, no pivot: the sentry has its own, runsc serves
+        // the tree where it is.
+        assert!(!calls.iter().any(mounted_at("/r/proc")));
+        assert!(!calls.iter().any(mounted_at("/r/dev/null")));
+        assert!(!calls.contains(&Call::PivotRoot));
+        // Sealed read-only last: only its own tmpfs mounts stay writable.
+        assert!(
+            matches!(calls.last(), Some(Call::Mount { target, flags, .. })
+                if target == Path::new("/r") && flags & libc::MS_RDONLY != 0),
+            "{:?}",
+            calls.last()
+        );
+    }
+
+    #[test]
     fn setup_steps_run_in_their_safe_order() {
         let mut k = Recorder::default();
         build_root(&mut k, &spec(), None).unwrap();

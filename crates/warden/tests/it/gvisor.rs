@@ -72,3 +72,53 @@ async fn a_cancelled_gvisor_job_ends_with_everything_runsc_started() {
         assert!(left.is_empty(), "runsc processes survived: {left:?}");
     }
 }
+
+#[tokio::test]
+async fn a_gvisor_job_gets_its_secrets_params_and_limits_as_a_native_one_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("api-key");
+    std::fs::write(&secret, "s3cr3t-value-for-gvisor\n").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    // The same script under both tiers: what it sees must not differ.
+    let script = "v=$(cat /run/secrets/API_KEY); test \"$v\" = s3cr3t-value-for-gvisor && echo secret-read; \
+                  echo \"param $GREETING\"; echo \"home $HOME tmp $TMPDIR art $ARTIFACT_DIR\"; id -u; ulimit -n; \
+                  (echo x > /run/secrets/API_KEY) 2>/dev/null || echo secret-read-only; \
+                  (touch /run/secrets/new) 2>/dev/null || echo no-new-secret; \
+                  echo \"$v\"";
+    let types: String = ["native", "gvisor"]
+        .iter()
+        .map(|tier| {
+            format!(
+                "  {tier}:\n    argv: [/bin/sh, -c, {script:?}]\n    timeout_s: 30\n    isolation: {tier}\n    \
+                 secrets: [API_KEY]\n    allowed_params: [GREETING]\n    limits: {{open_files: 100}}\n"
+            )
+        })
+        .collect();
+    let config = write_config_with(
+        dir.path(),
+        &format!(
+            "secrets:\n  API_KEY: {{file: {}}}\njob_types:\n{types}",
+            secret.display()
+        ),
+    );
+    let server = Server::start(&config);
+    let c = server.client();
+    let mut outs = Vec::new();
+    for tier in ["native", "gvisor"] {
+        let mut r = req(tier);
+        r.params.insert("GREETING".into(), "hi".into());
+        let sub = c.submit(&r).await.unwrap();
+        let job = wait_terminal(&c, &sub.job_id).await;
+        assert_eq!(job.status, JobStatus::Succeeded, "{tier}: {job:?}");
+        let out = c.logs_raw(&job.job_id, "stdout", 0).await.unwrap();
+        outs.push(String::from_utf8_lossy(&out).into_owned());
+    }
+    assert_eq!(
+        outs[0],
+        "secret-read\nparam hi\nhome /tmp/home tmp /tmp art /artifacts\n1000\n100\n\
+         secret-read-only\nno-new-secret\n[MASKED:API_KEY]\n",
+        "native"
+    );
+    // The secret is masked in a gVisor job's log as in a native one's.
+    assert_eq!(outs[1], outs[0], "gvisor sees what native sees");
+}
