@@ -219,29 +219,32 @@ pub(crate) fn start(bundle: &Bundle, gvisor: &GvisorSpec, sandbox: &SandboxSpec)
     env_ptrs.push(std::ptr::null());
     let (exec_r, exec_w) = pipe()?;
     // SAFETY: fork of the single-threaded init; the child only calls async-signal-safe
-    // functions (sigprocmask, execve, write, _exit) on memory prepared before the fork.
+    // functions (sigprocmask, sigaction, execve, write, _exit) on memory prepared before it.
     let pid = unsafe { libc::fork() };
     check("fork runsc", pid)?;
     if pid == 0 {
         drop(exec_r);
+        // runsc starts with a fresh signal state, as a native job does.
+        crate::signals::reset();
         // SAFETY: as above; the pointers are valid NUL-terminated arrays.
         unsafe {
-            let mut none: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut none);
-            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
             libc::execve(argv_ptrs[0], argv_ptrs.as_ptr(), env_ptrs.as_ptr());
             let errno = *libc::__errno_location();
-            let msg = format!("exec {}: os error {errno}", gvisor.runsc.display());
-            crate::fd::write_all(&exec_w, msg.as_bytes());
+            crate::fd::write_all(&exec_w, &errno.to_le_bytes());
             libc::_exit(127)
         }
     }
     drop(exec_w);
-    let mut why = String::new();
-    let _ = std::fs::File::from(exec_r).read_to_string(&mut why);
-    if !why.is_empty() {
+    // Empty means runsc was exec'd; otherwise the errno of the exec.
+    let mut errno = Vec::new();
+    let _ = std::fs::File::from(exec_r).read_to_end(&mut errno);
+    if let Ok(errno) = <[u8; 4]>::try_from(errno.as_slice()) {
         crate::process::reap(pid);
-        return Err(StepError(format!("gvisor: {why}")));
+        let e = std::io::Error::from_raw_os_error(i32::from_le_bytes(errno));
+        return Err(StepError(format!(
+            "gvisor: exec {}: {e}",
+            gvisor.runsc.display()
+        )));
     }
     Ok(pid)
 }
