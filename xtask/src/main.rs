@@ -32,6 +32,7 @@ fn main() -> anyhow::Result<()> {
         ["bench", "e2e", rest @ ..] => bench_e2e(rest),
         ["bench", "sandbox", rest @ ..] => sandbox::bench_sandbox(rest),
         ["bench", "gvisor", rest @ ..] => sandbox::bench_gvisor(rest),
+        ["bench", "pipeline", rest @ ..] => sandbox::bench_pipeline(rest),
         ["bench", "checkout", rest @ ..] => checkout::bench_checkout(rest),
         ["bench", "queue", rest @ ..] => queue::bench_queue(rest),
         ["bench", "perimeter", rest @ ..] => perimeter::bench_perimeter(rest),
@@ -40,7 +41,7 @@ fn main() -> anyhow::Result<()> {
         ["vm-test", rest @ ..] => vm::vm_test(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask bench e2e [--jobs N] [--sequential N] [--concurrency C] [--slots S]\n       cargo xtask bench sandbox [--runs N]\n       cargo xtask bench gvisor [--runs N]\n       cargo xtask bench checkout [--files N] [--mb M] [--runs R] [--jobs J]\n       cargo xtask bench queue [--jobs N] [--claimers C] [--history H] [--starts S]\n       cargo xtask bench perimeter [--sequential N] [--jobs N] [--claimers C] [--claims-only] [--log-mb N]\n       cargo xtask bench egress [--mb N] [--connections N] [--starts N]\n       cargo xtask bench images [--mb N] [--starts N] [--rounds N]\n       cargo xtask vm-test [--bench] [--kvm] [--timeout-min M] [--memory-mb M]"
+                "usage: cargo xtask bench e2e [--jobs N] [--sequential N] [--concurrency C] [--slots S]\n       cargo xtask bench sandbox [--runs N]\n       cargo xtask bench gvisor [--runs N]\n       cargo xtask bench pipeline [--runs N] [--stages N]\n       cargo xtask bench checkout [--files N] [--mb M] [--runs R] [--jobs J]\n       cargo xtask bench queue [--jobs N] [--claimers C] [--history H] [--starts S]\n       cargo xtask bench perimeter [--sequential N] [--jobs N] [--claimers C] [--claims-only] [--log-mb N]\n       cargo xtask bench egress [--mb N] [--connections N] [--starts N]\n       cargo xtask bench images [--mb N] [--starts N] [--rounds N]\n       cargo xtask vm-test [--bench] [--kvm] [--timeout-min M] [--memory-mb M]"
             );
             std::process::exit(2);
         }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use warden_sandbox::{
     Bind, CgroupLimits, GvisorSpec, Host, Isolation, Launcher, Rlimits, SandboxSpec, SpawnSpec,
+    StageSpec,
 };
 
 use crate::{Stats, build_release, flag, ms, stats};
@@ -72,11 +73,22 @@ struct WardenRuns {
     n: u64,
     /// Under gVisor instead of natively.
     gvisor: Option<GvisorSpec>,
+    /// A staged job of this many `/bin/true` stages instead of one `/bin/true`.
+    stages: usize,
 }
 
 impl WardenRuns {
     fn spec(&self, root: PathBuf) -> SpawnSpec {
         SpawnSpec {
+            stages: (0..self.stages)
+                .map(|i| StageSpec {
+                    name: format!("s{i}"),
+                    argv: vec!["/bin/true".into()],
+                    env: Default::default(),
+                    timeout_ms: None,
+                    always: false,
+                })
+                .collect(),
             argv: vec!["/bin/true".into()],
             env: [("PATH".to_string(), "/usr/bin:/bin".to_string())].into(),
             timeout_ms: 60_000,
@@ -191,6 +203,7 @@ pub fn bench_sandbox(rest: &[&str]) -> anyhow::Result<()> {
         host: Host::establish(),
         n: 0,
         gvisor: None,
+        stages: 0,
     };
     let (mut w, mut b, mut u, mut f) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..10 {
@@ -258,6 +271,7 @@ pub fn bench_gvisor(rest: &[&str]) -> anyhow::Result<()> {
             host: Host::establish(),
             n: 0,
             gvisor,
+            stages: 0,
         })
     };
     let mut native = runs_of(None)?;
@@ -307,5 +321,76 @@ pub fn bench_gvisor(rest: &[&str]) -> anyhow::Result<()> {
             ratio(s)
         );
     }
+    Ok(())
+}
+
+/// `cargo xtask bench pipeline`: one `/bin/true` job against a staged job of `--stages N`
+/// (default 5) `/bin/true` stages in one sandbox, interleaved. Each stage is a fork and exec
+/// in the job's namespaces and a go-ahead round trip through the supervisor; the sandbox is
+/// built once.
+pub fn bench_pipeline(rest: &[&str]) -> anyhow::Result<()> {
+    let runs = flag(rest, "--runs", 100)?;
+    let n_stages = flag(rest, "--stages", 5)?;
+    let warden = build_release()?;
+    let dir = std::env::temp_dir().join(format!("warden-bench-pipeline-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("work"))?;
+    std::fs::create_dir_all(dir.join("artifacts"))?;
+    std::os::unix::fs::chown(dir.join("artifacts"), Some(65534), Some(65534))?;
+    let etc = dir.join("etc");
+    warden_sandbox::prepare_etc(&etc)?;
+    let runs_of = |stages: usize, first: u64| -> anyhow::Result<WardenRuns> {
+        Ok(WardenRuns {
+            launcher: Launcher::new(&warden),
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+            dir: dir.clone(),
+            etc: etc.clone(),
+            host: Host::establish(),
+            n: first,
+            gvisor: None,
+            stages,
+        })
+    };
+    let mut one = runs_of(0, 0)?;
+    // Each WardenRuns numbers its roots from where it starts: keep them apart.
+    let mut staged = runs_of(n_stages, 1 << 32)?;
+    for _ in 0..5 {
+        one.run()?;
+        staged.run()?;
+    }
+    let (mut o, mut s, mut f) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        o.push(one.run()?);
+        s.push(staged.run()?);
+        f.push(time("/bin/true", &[])?);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let (o, s, f) = (stats(o), stats(s), stats(f));
+    println!();
+    println!("pipeline: start+exit, {runs} interleaved runs each");
+    println!("| job                                  | p50 ms | p99 ms | × one job |");
+    println!("|--------------------------------------|-------:|-------:|----------:|");
+    let ratio = |p50: Duration| p50.as_secs_f64() / o.p50.as_secs_f64();
+    for (name, x) in [
+        ("one /bin/true job                   ".to_string(), &o),
+        (format!("{n_stages} /bin/true stages in one sandbox  "), &s),
+    ] {
+        println!(
+            "| {name} | {:>6} | {:>6} | {:>9.2} |",
+            ms(x.p50),
+            ms(x.p99),
+            ratio(x.p50)
+        );
+    }
+    // What no pipeline can beat: the one job, then each further stage a bare spawn and wait of
+    // /bin/true (measured from this process, outside any sandbox).
+    let floor = o.p50 + f.p50 * (n_stages.saturating_sub(1) as u32);
+    println!(
+        "| floor: one job + {} bare /bin/true    | {:>6} |        | {:>9.2} |",
+        n_stages.saturating_sub(1),
+        ms(floor),
+        ratio(floor)
+    );
     Ok(())
 }

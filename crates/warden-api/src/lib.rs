@@ -181,7 +181,55 @@ pub struct JobView {
     /// The image the job runs in, pinned to its digest at submission (`REF@sha256:…`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// A staged job type's stages, in order, once the job has ended (empty otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageRecord>,
     pub artifact_dir: String,
+}
+
+/// How one stage of a staged job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageStatus {
+    Succeeded,
+    /// Exited non-zero or was killed by a signal.
+    Failed,
+    /// Ran past its own `timeout_s`.
+    TimedOut,
+    /// Not run: an earlier stage failed and this one is not `always: true`.
+    Skipped,
+    /// Not run or not finished: the job was cancelled, killed or ran out of time first.
+    NotRun,
+}
+
+impl StageStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageStatus::Succeeded => "succeeded",
+            StageStatus::Failed => "failed",
+            StageStatus::TimedOut => "timed_out",
+            StageStatus::Skipped => "skipped",
+            StageStatus::NotRun => "not_run",
+        }
+    }
+}
+
+/// One stage of a staged job: how it ended, when, and where its output is in the job's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageRecord {
+    pub name: String,
+    pub status: StageStatus,
+    /// The stage ran even though an earlier one failed (`always: true`).
+    #[serde(default)]
+    pub always: bool,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Milliseconds from the job's start (in its sandbox) to the stage's, and its length.
+    pub started_ms: Option<u64>,
+    pub duration_ms: Option<u64>,
+    /// The stage's output: `[start, end)` byte offsets in the job's stdout and stderr logs.
+    pub stdout: [u64; 2],
+    pub stderr: [u64; 2],
 }
 
 /// The guarantees checked after a job that ran on a repository.
@@ -268,7 +316,11 @@ pub struct ArtifactsResponse {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobTypeView {
     pub name: String,
+    /// What its jobs run; empty for a staged job type.
     pub argv: Vec<String>,
+    /// A staged job type's stage names, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<String>,
     pub timeout_s: u64,
     pub requires_repo: bool,
     pub allowed_params: Vec<String>,

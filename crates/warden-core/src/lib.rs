@@ -14,7 +14,7 @@ pub mod state;
 pub use allowlist::RepoRefused;
 pub use config::{
     CgroupLimit, Config, ConfigError, GitConfig, GvisorConfig, InvalidConfig, IsolationTier,
-    JobType, Limits, RepoConfig, RootMode,
+    JobType, Limits, RepoConfig, RootMode, Stage,
 };
 pub use id::JobId;
 pub use params::{ParamError, validate_params};

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use warden_api::{Invariants, ResourceUsage};
+use warden_api::{Invariants, ResourceUsage, StageRecord};
 
 use crate::{JobId, JobStatus};
 
@@ -73,6 +73,8 @@ pub struct JobRecord {
     pub inline_argv: Option<Vec<String>>,
     /// The job type's image, pinned to a digest when the job was submitted (`REF@sha256:…`).
     pub image: Option<String>,
+    /// A staged job's stages, once it has ended.
+    pub stages: Vec<StageRecord>,
 }
 
 impl JobRecord {
@@ -111,6 +113,7 @@ pub struct Completion {
     pub log_truncated: bool,
     pub enforcement: BTreeMap<String, String>,
     pub invariants: Option<Invariants>,
+    pub stages: Vec<StageRecord>,
 }
 
 /// What a heartbeat tells the worker.

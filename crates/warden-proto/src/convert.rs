@@ -1,6 +1,6 @@
 //! Between the generated wire types and warden's own.
 
-use warden_api::{Invariants, ResourceUsage, rfc3339};
+use warden_api::{Invariants, ResourceUsage, StageRecord, StageStatus, rfc3339};
 use warden_core::record::{Claimed, Completion, JobRecord, Lease, LogStream};
 use warden_core::{JobId, JobStatus};
 
@@ -108,6 +108,53 @@ fn invariants_from_pb(i: pb::Invariants) -> Invariants {
     }
 }
 
+fn stage_to_pb(s: &StageRecord) -> pb::Stage {
+    let status = match s.status {
+        StageStatus::Succeeded => pb::StageStatus::Succeeded,
+        StageStatus::Failed => pb::StageStatus::Failed,
+        StageStatus::TimedOut => pb::StageStatus::TimedOut,
+        StageStatus::Skipped => pb::StageStatus::Skipped,
+        StageStatus::NotRun => pb::StageStatus::NotRun,
+    };
+    pb::Stage {
+        name: s.name.clone(),
+        status: status as i32,
+        always: s.always,
+        exit_code: s.exit_code,
+        signal: s.signal,
+        started_ms: s.started_ms,
+        duration_ms: s.duration_ms,
+        stdout_start: s.stdout[0],
+        stdout_end: s.stdout[1],
+        stderr_start: s.stderr[0],
+        stderr_end: s.stderr[1],
+    }
+}
+
+fn stage_from_pb(s: pb::Stage) -> Result<StageRecord, WireError> {
+    let status = match pb::StageStatus::try_from(s.status) {
+        Ok(pb::StageStatus::Succeeded) => StageStatus::Succeeded,
+        Ok(pb::StageStatus::Failed) => StageStatus::Failed,
+        Ok(pb::StageStatus::TimedOut) => StageStatus::TimedOut,
+        Ok(pb::StageStatus::Skipped) => StageStatus::Skipped,
+        Ok(pb::StageStatus::NotRun) => StageStatus::NotRun,
+        Ok(pb::StageStatus::Unspecified) | Err(_) => {
+            return Err(wire(format!("stage {:?} has no valid status", s.name)));
+        }
+    };
+    Ok(StageRecord {
+        name: s.name,
+        status,
+        always: s.always,
+        exit_code: s.exit_code,
+        signal: s.signal,
+        started_ms: s.started_ms,
+        duration_ms: s.duration_ms,
+        stdout: [s.stdout_start, s.stdout_end],
+        stderr: [s.stderr_start, s.stderr_end],
+    })
+}
+
 pub fn job_to_pb(j: &JobRecord) -> pb::Job {
     pb::Job {
         job_id: j.id.to_string(),
@@ -139,6 +186,7 @@ pub fn job_to_pb(j: &JobRecord) -> pb::Job {
         enforcement: j.enforcement.clone().into_iter().collect(),
         inline_argv: j.inline_argv.clone().unwrap_or_default(),
         image: j.image.clone().unwrap_or_default(),
+        stages: j.stages.iter().map(stage_to_pb).collect(),
     }
 }
 
@@ -194,6 +242,11 @@ pub fn job_from_pb(j: pb::Job, lease: Option<&Lease>) -> Result<JobRecord, WireE
         invariants: j.invariants.map(invariants_from_pb),
         inline_argv: (!j.inline_argv.is_empty()).then_some(j.inline_argv),
         image: (!j.image.is_empty()).then_some(j.image),
+        stages: j
+            .stages
+            .into_iter()
+            .map(stage_from_pb)
+            .collect::<Result<_, _>>()?,
     })
 }
 
@@ -230,6 +283,7 @@ pub fn job_view_from_pb(j: pb::Job) -> Result<warden_api::JobView, WireError> {
         enforcement: r.enforcement,
         inline_argv: r.inline_argv,
         image: r.image,
+        stages: r.stages,
         // Where the server keeps artifacts is not part of the gRPC contract.
         artifact_dir: String::new(),
     })
@@ -258,6 +312,7 @@ pub fn completion_to_pb(c: &Completion) -> pb::Completion {
         log_truncated: c.log_truncated,
         enforcement: c.enforcement.clone().into_iter().collect(),
         invariants: c.invariants.as_ref().map(invariants_to_pb),
+        stages: c.stages.iter().map(stage_to_pb).collect(),
     }
 }
 
@@ -279,6 +334,11 @@ pub fn completion_from_pb(c: Option<pb::Completion>) -> Result<Completion, WireE
         log_truncated: c.log_truncated,
         enforcement: c.enforcement.into_iter().collect(),
         invariants: c.invariants.map(invariants_from_pb),
+        stages: c
+            .stages
+            .into_iter()
+            .map(stage_from_pb)
+            .collect::<Result<_, _>>()?,
     })
 }
 
@@ -332,6 +392,17 @@ mod tests {
             }),
             inline_argv: Some(vec!["/bin/sh".into(), "-c".into(), "a b".into()]),
             image: Some(format!("127.0.0.1:5000/t/py:3@sha256:{}", "c".repeat(64))),
+            stages: vec![warden_api::StageRecord {
+                name: "build".into(),
+                status: StageStatus::TimedOut,
+                always: true,
+                exit_code: None,
+                signal: Some(9),
+                started_ms: Some(1),
+                duration_ms: Some(2),
+                stdout: [3, 4],
+                stderr: [5, 6],
+            }],
         };
         let back = assignment_from_pb(pb::Assignment {
             job: Some(job_to_pb(&record)),
@@ -355,5 +426,16 @@ mod tests {
         };
         let e = completion_from_pb(Some(running)).unwrap_err();
         assert!(e.0.contains("not a terminal"), "{e}");
+        let bad_stage = pb::Completion {
+            status: pb::JobStatus::Failed as i32,
+            stages: vec![pb::Stage {
+                name: "build".into(),
+                status: 42,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let e = completion_from_pb(Some(bad_stage)).unwrap_err();
+        assert!(e.0.contains("stage \"build\" has no valid status"), "{e}");
     }
 }

@@ -19,10 +19,11 @@ pub(crate) fn pipe() -> Step<(OwnedFd, OwnedFd)> {
 }
 
 /// Writes all of `data` (best effort: a reader that is gone is not an error here).
-pub(crate) fn write_all(fd: &OwnedFd, mut data: &[u8]) {
+pub(crate) fn write_all(fd: impl std::os::fd::AsFd, mut data: &[u8]) {
+    let fd = fd.as_fd().as_raw_fd();
     while !data.is_empty() {
         // SAFETY: writes from a valid buffer to a descriptor we hold.
-        let n = unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) };
+        let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
         if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
             continue;
         }

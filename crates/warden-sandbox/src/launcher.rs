@@ -165,6 +165,11 @@ impl JobControl {
         self.send(b'K').await;
     }
 
+    /// Lets a staged job's next stage start (after its `StageStart`).
+    pub async fn go(&self) {
+        self.send(b'G').await;
+    }
+
     async fn send(&self, byte: u8) {
         // The supervisor may already be gone (the job ended): nothing left to signal.
         let _ = self.writer.lock().await.write_all(&[byte]).await;
@@ -200,18 +205,59 @@ impl RunningJob {
     }
 
     /// Waits until the job's whole process tree is gone and returns the supervisor's report.
+    /// A staged job's stages are let start as soon as they ask.
     pub async fn wait(mut self) -> Result<ExitReport, SandboxError> {
-        let mut buf = std::mem::take(&mut self.read_ahead);
-        let read = self.reader.read_to_end(&mut buf).await;
-        drop(self.control);
-        read.map_err(SandboxError::Control)?;
-        let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
-        if line.is_empty() {
-            return Err(SandboxError::NoReport(format!(
-                "supervisor {}",
-                self.supervisor
-            )));
+        loop {
+            match self.next_event().await? {
+                JobEvent::Stage(crate::StageEvent::StageStart { wait: true, .. }) => {
+                    self.control.go().await
+                }
+                JobEvent::Stage(_) => {}
+                JobEvent::Report(report) => return Ok(*report),
+            }
         }
-        serde_json::from_slice(line).map_err(|e| SandboxError::BadReport(e.to_string()))
     }
+
+    /// The next thing the supervisor says: a staged job's stage events as they happen, then
+    /// the report once the job's whole process tree is gone. Each `StageStart` waits for
+    /// [`JobControl::go`].
+    pub async fn next_event(&mut self) -> Result<JobEvent, SandboxError> {
+        loop {
+            if let Some(end) = self.read_ahead.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.read_ahead.drain(..=end).collect();
+                if let Ok(event) = serde_json::from_slice::<crate::StageEvent>(&line) {
+                    return Ok(JobEvent::Stage(event));
+                }
+                return serde_json::from_slice(&line)
+                    .map(|r| JobEvent::Report(Box::new(r)))
+                    .map_err(|e| SandboxError::BadReport(e.to_string()));
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self
+                .reader
+                .read(&mut chunk)
+                .await
+                .map_err(SandboxError::Control)?;
+            if n == 0 {
+                if self.read_ahead.iter().all(u8::is_ascii_whitespace) {
+                    return Err(SandboxError::NoReport(format!(
+                        "supervisor {}",
+                        self.supervisor
+                    )));
+                }
+                // A last line without its newline.
+                self.read_ahead.push(b'\n');
+                continue;
+            }
+            self.read_ahead.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// What a running job's supervisor says.
+#[derive(Debug)]
+pub enum JobEvent {
+    Stage(crate::StageEvent),
+    /// The last word: the job's whole process tree is gone.
+    Report(Box<ExitReport>),
 }

@@ -42,7 +42,7 @@ pub use cgroups::{CgroupHome, CgroupLimits};
 pub use etc::prepare_etc;
 pub use gvisor::GvisorSpec;
 pub use landlock::kernel_abi as landlock_abi;
-pub use launcher::{JobControl, Launcher, RunningJob};
+pub use launcher::{JobControl, JobEvent, Launcher, RunningJob};
 pub use net::{DNS_PORT, EgressPorts};
 pub use paths::JOB_UID;
 pub use process::supervisor;
@@ -243,6 +243,55 @@ pub struct SpawnSpec {
     pub timeout_ms: u64,
     pub rlimits: Rlimits,
     pub isolation: Isolation,
+    /// A staged job: these run one after another in the sandbox instead of `argv` (sandboxed
+    /// tier only). Each `StageEvent::Start` waits for warden's go-ahead (`JobControl::go`).
+    #[serde(default)]
+    pub stages: Vec<StageSpec>,
+}
+
+/// One stage of a staged job: run after the one before it, in the same sandbox session (same
+/// `/tmp`, same writable root, its background processes still running).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageSpec {
+    pub name: String,
+    pub argv: Vec<String>,
+    /// Added to (or replacing in) the job's environment for this stage.
+    pub env: BTreeMap<String, String>,
+    /// The stage's own deadline; past it every process of the job is killed.
+    pub timeout_ms: Option<u64>,
+    /// Runs even after an earlier stage failed.
+    pub always: bool,
+}
+
+/// What a staged job's init says about its stages while the job runs, forwarded to warden by
+/// the supervisor as one JSON line each, before the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StageEvent {
+    /// Stage `index` is about to start. With `wait`, it starts once warden says go (after
+    /// storing the output so far, so the stage's log begins exactly there); without, it is the
+    /// first stage, before which the job has written nothing.
+    StageStart { index: usize, wait: bool },
+    /// Stage `index` ended (`wait_status` as `waitpid` gives it), `ms` after it started.
+    StageEnd {
+        index: usize,
+        wait_status: i32,
+        timed_out: bool,
+        started_ms: u64,
+        ms: u64,
+    },
+}
+
+/// How one stage ended, as the report has it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageReport {
+    pub index: usize,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    /// From the job's start in its sandbox.
+    pub started_ms: u64,
+    pub ms: u64,
 }
 
 /// Per-process kernel limits applied before exec. `None` leaves the inherited limit.
@@ -292,6 +341,9 @@ pub struct ExitReport {
     pub root_changes: Option<overlay::RootChanges>,
     /// What enforced each limit.
     pub enforcement: BTreeMap<String, String>,
+    /// A staged job's stages that ran, in order (those not run are absent).
+    #[serde(default)]
+    pub stages: Vec<StageReport>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -11,6 +11,10 @@ use crate::KilledBy;
 pub(crate) struct Watch<'a> {
     /// Bytes the init wrote on its report pipe (sandboxed jobs), collected as they come.
     pub report: Option<(&'a OwnedFd, &'a mut Vec<u8>)>,
+    /// How much of the report has been looked through for stage events to forward to warden.
+    pub forwarded: usize,
+    /// Where warden's go-ahead for a staged job's next stage is passed on to its init.
+    pub go: Option<&'a OwnedFd>,
     pub killed_by: Option<KilledBy>,
     /// After a kill, how long the process may still take to end before it is killed again
     /// (a sandboxed job's init copies the artifacts out); `None`: return at once.
@@ -90,6 +94,9 @@ pub(crate) fn wait_for(
                 watch.report = None;
             } else {
                 lines.extend_from_slice(&buf[..r as usize]);
+                if control_open {
+                    forward_stage_events(lines, &mut watch.forwarded, control);
+                }
             }
         }
         if fds[0].revents != 0 {
@@ -117,6 +124,11 @@ pub(crate) fn wait_for(
                     for &c in &cmd[..n] {
                         match c {
                             b'T' => signal(libc::SIGTERM),
+                            b'G' => {
+                                if let Some(go) = watch.go {
+                                    crate::fd::write_all(go, b"n");
+                                }
+                            }
                             b'K' => {
                                 watch.killed_by = Some(KilledBy::Request);
                                 signal(libc::SIGKILL);
@@ -127,6 +139,20 @@ pub(crate) fn wait_for(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Passes each complete line of the init's report from `from` on that is a stage event to
+/// warden, as it is (the rest stays for the final report).
+fn forward_stage_events(lines: &[u8], from: &mut usize, control: &mut UnixStream) {
+    use std::io::Write;
+    while let Some(end) = lines[*from..].iter().position(|b| *b == b'\n') {
+        let line = &lines[*from..*from + end + 1];
+        *from += end + 1;
+        if serde_json::from_slice::<crate::StageEvent>(line).is_ok() {
+            // warden may be gone: the loop then sees the control stream end.
+            let _ = control.write_all(line);
         }
     }
 }

@@ -80,6 +80,12 @@ pub(crate) fn row_to_job(row: &PgRow) -> Result<JobRecord> {
             .map(|s| from_json("inline_argv", s))
             .transpose()?,
         image: row.try_get(31).map_err(get)?,
+        stages: row
+            .try_get::<Option<&str>, _>(32)
+            .map_err(get)?
+            .map(|s| from_json("stages", s))
+            .transpose()?
+            .unwrap_or_default(),
     })
 }
 

@@ -268,7 +268,8 @@ impl Store for PgStore {
         let row = sqlx::query(&format!(
             "UPDATE jobs SET status = $4, reason = $5, exit_code = $6, signal = $7,
                  warnings = $8, resources = $9, log_truncated = $10, finished_at = $11,
-                 enforcement = $12, invariants = $13, lease_owner = NULL, lease_expires_at = NULL
+                 enforcement = $12, invariants = $13, stages = $14, lease_owner = NULL,
+                 lease_expires_at = NULL
              WHERE id = $1::uuid AND {LEASED}
              RETURNING {COLUMNS}"
         ))
@@ -285,6 +286,11 @@ impl Store for PgStore {
         .bind(now)
         .bind(to_json(&done.enforcement)?)
         .bind(done.invariants.as_ref().map(to_json).transpose()?)
+        .bind(
+            (!done.stages.is_empty())
+                .then(|| to_json(&done.stages))
+                .transpose()?,
+        )
         .fetch_optional(&self.pool)
         .await
         .map_err(backend)?;

@@ -31,6 +31,7 @@ const MIGRATIONS: Migrations = &[
     (4, include_str!("../migrations/0004_perimeter.sql")),
     (5, include_str!("../migrations/0005_inline.sql")),
     (6, include_str!("../migrations/0006_image.sql")),
+    (7, include_str!("../migrations/0007_stages.sql")),
 ];
 
 #[derive(Clone)]
@@ -382,7 +383,7 @@ impl Store for SqliteStore {
             tx.execute(
                 "UPDATE jobs SET status = ?2, reason = ?3, exit_code = ?4, signal = ?5,
                      warnings = ?6, resources = ?7, log_truncated = ?8, finished_at = ?9,
-                     enforcement = ?10, invariants = ?11, lease_owner = NULL,
+                     enforcement = ?10, invariants = ?11, stages = ?12, lease_owner = NULL,
                      lease_expires_at = NULL
                  WHERE id = ?1",
                 params![
@@ -397,6 +398,9 @@ impl Store for SqliteStore {
                     now,
                     to_json(&done.enforcement)?,
                     done.invariants.as_ref().map(to_json).transpose()?,
+                    (!done.stages.is_empty())
+                        .then(|| to_json(&done.stages))
+                        .transpose()?,
                 ],
             )
             .map_err(backend)?;

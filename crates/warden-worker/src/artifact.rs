@@ -38,6 +38,9 @@ pub struct ArtifactJson {
     pub unsafe_fallback: bool,
     pub warnings: Vec<String>,
     pub log: LogSummary,
+    /// A staged job's stages: how each ended, when, and its range of the log.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<warden_api::StageRecord>,
     /// Files the job left in its artifact directory (relative paths), artifact.json excluded.
     pub outputs: Vec<String>,
     /// The listing of `outputs` stopped at its limit (10,000 entries): there are more.
@@ -138,6 +141,7 @@ mod tests {
                 stderr_bytes: 0,
                 truncated: false,
             },
+            stages: vec![],
             outputs: vec![],
             outputs_truncated: false,
         }

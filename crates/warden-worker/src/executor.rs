@@ -117,6 +117,7 @@ async fn self_test_in(
         std::fs::create_dir_all(d).map_err(|e| format!("directories: {e}"))?;
     }
     let spec = SpawnSpec {
+        stages: Vec::new(),
         argv: vec!["/bin/true".into()],
         env: [("PATH".to_string(), "/usr/bin:/bin".to_string())].into(),
         timeout_ms: 10_000,

@@ -248,6 +248,9 @@ pub enum JobCommand {
         /// a terminal, control characters are shown escaped so a job cannot drive it).
         #[arg(long)]
         raw: bool,
+        /// Only what this stage of a staged job wrote (the whole stage; once the job has ended).
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["follow", "tail"])]
+        stage: Option<String>,
     },
     /// Cancel a queued or running job.
     Cancel { job_id: String },

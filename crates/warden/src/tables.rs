@@ -64,6 +64,10 @@ pub fn job(j: &JobView) -> String {
     if !unenforced.is_empty() {
         out.push_str(&format!("NOT ENFORCED: {}\n", unenforced.join(", ")));
     }
+    if !j.stages.is_empty() {
+        out.push('\n');
+        out.push_str(&stages(&j.stages));
+    }
     if let Some(inv) = &j.invariants {
         let show = |v: Option<bool>| match v {
             Some(true) => "yes",
@@ -87,6 +91,42 @@ pub fn job(j: &JobView) -> String {
         }
     }
     out
+}
+
+/// A staged job's stage table: how each stage ended, when, and how much it wrote.
+fn stages(stages: &[warden_api::StageRecord]) -> String {
+    let rows: Vec<Vec<String>> = stages
+        .iter()
+        .map(|st| {
+            let status = if st.always {
+                format!("{} (always)", st.status.as_str())
+            } else {
+                st.status.as_str().to_string()
+            };
+            vec![
+                sanitize(&st.name),
+                status,
+                st.exit_code
+                    .map(|c| c.to_string())
+                    .or(st.signal.map(|s| format!("sig {s}")))
+                    .unwrap_or_default(),
+                st.started_ms
+                    .map(|ms| format!("+{:.3}s", ms as f64 / 1000.0))
+                    .unwrap_or_default(),
+                st.duration_ms
+                    .map(|ms| format!("{:.3}s", ms as f64 / 1000.0))
+                    .unwrap_or_default(),
+                (st.stdout[1] - st.stdout[0]).to_string(),
+                (st.stderr[1] - st.stderr[0]).to_string(),
+            ]
+        })
+        .collect();
+    render_table(
+        &[
+            "STAGE", "STATUS", "EXIT", "START", "TOOK", "STDOUT", "STDERR",
+        ],
+        &rows,
+    )
 }
 
 /// `warden job artifacts`: a name that is not UTF-8 is shown with its exact bytes; a listing
@@ -241,6 +281,7 @@ mod tests {
             enforcement: BTreeMap::new(),
             inline_argv: None,
             image: None,
+            stages: Vec::new(),
             artifact_dir: "/data/artifacts/x".into(),
         }
     }
@@ -282,6 +323,40 @@ mod tests {
                 ("wall_time".into(), "supervisor".into()),
             ]),
             ..view("0193a1b2-0000-7000-8000-000000000007", JobStatus::Succeeded)
+        };
+        insta::assert_snapshot!(job(&j));
+    }
+
+    #[test]
+    fn job_detail_with_stages() {
+        let stage = |name: &str, status, exit, out: [u64; 2], always| warden_api::StageRecord {
+            name: name.into(),
+            status,
+            always,
+            exit_code: exit,
+            signal: None,
+            started_ms: exit.map(|_| 1500),
+            duration_ms: exit.map(|_| 250),
+            stdout: out,
+            stderr: [0, 0],
+        };
+        use warden_api::StageStatus as S;
+        let j = JobView {
+            exit_code: Some(2),
+            reason: Some("stage_failed: build".into()),
+            stages: vec![
+                stage("deps", S::Succeeded, Some(0), [0, 100], false),
+                stage("build", S::Failed, Some(2), [100, 4196], false),
+                stage("test", S::Skipped, None, [4196, 4196], false),
+                stage(
+                    "collect\u{1b}[2J",
+                    S::Succeeded,
+                    Some(0),
+                    [4196, 4200],
+                    true,
+                ),
+            ],
+            ..view("0193a1b2-0000-7000-8000-000000000009", JobStatus::Failed)
         };
         insta::assert_snapshot!(job(&j));
     }
@@ -375,6 +450,7 @@ mod tests {
         let t = |name: &str, repo: bool, params: &[&str]| JobTypeView {
             name: name.into(),
             argv: vec!["/bin/true".into()],
+            stages: Vec::new(),
             timeout_s: 60,
             requires_repo: repo,
             allowed_params: params.iter().map(|p| p.to_string()).collect(),

@@ -61,7 +61,10 @@ impl<'de> Deserialize<'de> for JobTypeName {
 #[serde(try_from = "RawJobType")]
 pub struct JobType {
     pub description: Option<String>,
+    /// What the job runs; empty for a staged job type (see `stages`).
     pub argv: Vec<String>,
+    /// A pipeline run in one sandbox, one stage after another, instead of one `argv`.
+    pub stages: Vec<Stage>,
     pub timeout_s: Positive,
     pub requires_repo: bool,
     pub requires_repo_allowlist: bool,
@@ -99,6 +102,92 @@ pub struct JobType {
     pub secrets: Vec<String>,
     /// Secrets the job gets as environment variables instead: variable → secret name.
     pub secret_env: std::collections::BTreeMap<String, String>,
+}
+
+/// One stage of a staged job type.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    pub name: String,
+    pub argv: Vec<String>,
+    /// The stage's own time limit, within the job's `timeout_s`.
+    #[serde(default)]
+    pub timeout_s: Option<Positive>,
+    /// Variables added to the job's environment for this stage only.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Runs even after an earlier stage failed (a `collect` stage); its own failure is
+    /// reported too.
+    #[serde(default)]
+    pub always: bool,
+}
+
+/// Most stages a job type may have.
+pub const MAX_STAGES: usize = 64;
+
+/// Checks a job type's `stages:` (names, argv, env), given its caller-set params.
+fn check_stages(stages: &[Stage], allowed_params: &[String], timeout_s: u64) -> Result<(), String> {
+    if stages.len() > MAX_STAGES {
+        return Err(format!(
+            "stages lists {} stages: at most {MAX_STAGES}",
+            stages.len()
+        ));
+    }
+    for (i, st) in stages.iter().enumerate() {
+        if !is_valid_label(&st.name) {
+            return Err(format!(
+                "stages[{i}].name {:?} is invalid: names match ^[a-z0-9][a-z0-9_.-]{{0,63}}$",
+                st.name
+            ));
+        }
+        if stages[..i].iter().any(|o| o.name == st.name) {
+            return Err(format!("stages lists the name {:?} twice", st.name));
+        }
+        if st.argv.first().is_none_or(String::is_empty) {
+            return Err(format!(
+                "stages[{i}] ({}): argv must name a program: it is empty",
+                st.name
+            ));
+        }
+        if st.argv.iter().any(|a| a.contains('\0')) {
+            return Err(format!(
+                "stages[{i}] ({}): argv must not contain NUL bytes",
+                st.name
+            ));
+        }
+        if let Some(t) = st.timeout_s
+            && t.get() > timeout_s
+        {
+            return Err(format!(
+                "stages[{i}] ({}): timeout_s {} is longer than the job type's timeout_s {timeout_s}",
+                st.name,
+                t.get()
+            ));
+        }
+        for (var, value) in &st.env {
+            if !is_valid_param_name(var) || is_reserved(var) {
+                return Err(format!(
+                    "stages[{i}] ({}): env variable {var:?} must match ^[A-Z][A-Z0-9_]{{0,63}}$ \
+                     and not be one warden sets",
+                    st.name
+                ));
+            }
+            if allowed_params.contains(var) {
+                return Err(format!(
+                    "stages[{i}] ({}): env variable {var:?} is also an allowed param: say which \
+                     one the stage gets by removing one",
+                    st.name
+                ));
+            }
+            if value.contains('\0') {
+                return Err(format!(
+                    "stages[{i}] ({}): env variable {var:?} contains a NUL byte",
+                    st.name
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether the job's root is read-only (the default) or writable for the job's lifetime.
@@ -214,7 +303,10 @@ impl BindConfig {
 struct RawJobType {
     #[serde(default)]
     description: Option<String>,
-    argv: Vec<String>,
+    #[serde(default)]
+    argv: Option<Vec<String>>,
+    #[serde(default)]
+    stages: Option<Vec<Stage>>,
     timeout_s: Positive,
     #[serde(default)]
     requires_repo: bool,
@@ -254,11 +346,33 @@ impl TryFrom<RawJobType> for JobType {
     type Error = String;
 
     fn try_from(raw: RawJobType) -> Result<JobType, String> {
-        if raw.argv.is_empty() || raw.argv[0].is_empty() {
+        let (argv, stages) = match (raw.argv, raw.stages) {
+            (Some(_), Some(_)) => {
+                return Err(
+                    "a job type has either argv (one program) or stages (a pipeline): remove one"
+                        .into(),
+                );
+            }
+            (None, None) => return Err("missing field `argv` (or `stages`)".into()),
+            (None, Some(stages)) if stages.is_empty() => {
+                return Err("stages is empty: name at least one stage (or use argv)".into());
+            }
+            (None, Some(stages)) => (Vec::new(), stages),
+            (Some(argv), None) => (argv, Vec::new()),
+        };
+        if stages.is_empty() && argv.first().is_none_or(String::is_empty) {
             return Err("argv must name a program: it is empty".to_string());
         }
-        if raw.argv.iter().any(|a| a.contains('\0')) {
+        if argv.iter().any(|a| a.contains('\0')) {
             return Err("argv must not contain NUL bytes".to_string());
+        }
+        check_stages(&stages, &raw.allowed_params, raw.timeout_s.get())?;
+        if !stages.is_empty() && raw.isolation == IsolationTier::Gvisor {
+            return Err(
+                "stages are not available with isolation: gvisor (runsc runs one program per \
+                 sandbox): use argv, or isolation: native"
+                    .into(),
+            );
         }
         if raw.requires_repo_allowlist && !raw.requires_repo {
             return Err("requires_repo_allowlist needs requires_repo: true".to_string());
@@ -369,7 +483,8 @@ impl TryFrom<RawJobType> for JobType {
             root: raw.root,
             isolation: raw.isolation,
             description: raw.description,
-            argv: raw.argv,
+            argv,
+            stages,
             timeout_s: raw.timeout_s,
             requires_repo: raw.requires_repo,
             requires_repo_allowlist: raw.requires_repo_allowlist,

@@ -20,7 +20,8 @@ mod tests;
 
 pub use images::{ImagesConfig, RegistryConfig, RegistryCredential};
 pub use job_type::{
-    BindConfig, CgroupLimit, IsolationTier, JobType, JobTypeName, Limits, RootMode, is_valid_label,
+    BindConfig, CgroupLimit, IsolationTier, JobType, JobTypeName, Limits, MAX_STAGES, RootMode,
+    Stage, is_valid_label,
 };
 pub use network::{
     Destination, EgressPolicy, EgressRule, NetworkPolicy, always_denied, parse_rule,

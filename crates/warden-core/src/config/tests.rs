@@ -275,3 +275,83 @@ fn the_gvisor_tier_is_chosen_per_job_type_and_refuses_what_it_cannot_give() {
         "gvisor.runsc \"bin/runsc\" must be an absolute path",
     );
 }
+
+#[test]
+fn staged_job_types_are_checked_stage_by_stage() {
+    let ok = Config::from_yaml_str(
+        "job_types:\n  ci:\n    timeout_s: 60\n    stages:\n      - {name: deps, argv: [a]}\n      - {name: build, argv: [b, c], timeout_s: 30, env: {MODE: fast}}\n      - {name: collect, argv: [d], always: true}\n",
+        "ok.yaml",
+    )
+    .unwrap();
+    let t = &ok.job_types[&JobTypeName("ci".into())];
+    assert!(t.argv.is_empty());
+    let names: Vec<(&str, bool)> = t
+        .stages
+        .iter()
+        .map(|s| (s.name.as_str(), s.always))
+        .collect();
+    assert_eq!(
+        names,
+        [("deps", false), ("build", false), ("collect", true)]
+    );
+    assert_eq!(t.stages[1].timeout_s.map(|p| p.get()), Some(30));
+    assert_eq!(t.stages[1].env["MODE"], "fast");
+
+    let head = "job_types:\n  ci:\n    timeout_s: 60\n";
+    for (body, fragment) in [
+        (
+            "    argv: [x]\n    stages: [{name: a, argv: [x]}]\n",
+            "either argv (one program) or stages",
+        ),
+        (
+            "    allowed_params: [A]\n",
+            "missing field `argv` (or `stages`)",
+        ),
+        ("    stages: []\n", "stages is empty"),
+        (
+            "    stages: [{name: Build, argv: [x]}]\n",
+            "stages[0].name \"Build\" is invalid",
+        ),
+        (
+            "    stages: [{name: a, argv: [x]}, {name: a, argv: [y]}]\n",
+            "stages lists the name \"a\" twice",
+        ),
+        (
+            "    stages: [{name: a, argv: []}]\n",
+            "stages[0] (a): argv must name a program",
+        ),
+        (
+            "    stages: [{name: a, argv: [x], timeout_s: 61}]\n",
+            "timeout_s 61 is longer than the job type's timeout_s 60",
+        ),
+        (
+            "    stages: [{name: a, argv: [x], timeout_s: 0}]\n",
+            "0 never means unlimited",
+        ),
+        (
+            "    stages: [{name: a, argv: [x], env: {HOME: /x}}]\n",
+            "env variable \"HOME\" must match",
+        ),
+        (
+            "    allowed_params: [MODE]\n    stages: [{name: a, argv: [x], env: {MODE: x}}]\n",
+            "env variable \"MODE\" is also an allowed param",
+        ),
+        (
+            "    stages: [{name: a, argv: [x], retries: 2}]\n",
+            "unknown field `retries`",
+        ),
+        (
+            "    isolation: gvisor\n    stages: [{name: a, argv: [x]}]\n",
+            "stages are not available with isolation: gvisor",
+        ),
+    ] {
+        let err = Config::from_yaml_str(&format!("{head}{body}"), "bad.yaml").unwrap_err();
+        assert!(err.message.contains(fragment), "{err} lacks {fragment:?}");
+        assert!(err.line.is_some(), "{err}");
+    }
+    let many: String = (0..=MAX_STAGES)
+        .map(|i| format!("      - {{name: s{i}, argv: [x]}}\n"))
+        .collect();
+    let err = Config::from_yaml_str(&format!("{head}    stages:\n{many}"), "bad.yaml").unwrap_err();
+    assert!(err.message.contains("at most 64"), "{err}");
+}

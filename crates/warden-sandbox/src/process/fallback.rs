@@ -89,6 +89,8 @@ fn supervise(control: &mut UnixStream, pid: i32, started: Instant, timeout_ms: u
     let deadline = started + Duration::from_millis(timeout_ms);
     let mut watch = crate::watch::Watch {
         report: None,
+        forwarded: 0,
+        go: None,
         killed_by: None,
         kill_grace: None,
     };

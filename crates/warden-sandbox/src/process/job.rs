@@ -22,6 +22,17 @@ pub(super) struct JobPipes {
     pub unshared: OwnedFd,
     /// One byte from the init once the uid/gid maps are written.
     pub mapped: OwnedFd,
+    /// A staged job's stage runner: instead of exec'ing, it runs the stages the init asks for.
+    pub runner: Option<RunnerPipes>,
+}
+
+/// The stage runner's side of its pipes to the init.
+pub(super) struct RunnerPipes {
+    /// Stage indexes to run, 4 bytes each (little-endian); end of file: no more stages.
+    pub run: OwnedFd,
+    /// Per stage: its wait status (4 bytes), then the length (4 bytes) and text of why it could
+    /// not be started (empty when it was).
+    pub done: OwnedFd,
 }
 
 pub(super) fn job_main(pipes: JobPipes, spec: &SpawnSpec, filters: &[BpfProgram]) -> ! {
@@ -29,19 +40,71 @@ pub(super) fn job_main(pipes: JobPipes, spec: &SpawnSpec, filters: &[BpfProgram]
         exec,
         unshared,
         mapped,
+        runner,
     } = pipes;
-    let err = become_job(&unshared, mapped, spec, filters).unwrap_err();
+    let err = match become_job(&unshared, mapped, spec, filters, runner.is_none()) {
+        Ok(Some(exec)) => exec.run(),
+        Ok(None) => {
+            // Set up: the init reads the end of this pipe as the start having worked.
+            drop(exec);
+            run_stages(runner.expect("a runner has its pipes"), spec)
+        }
+        Err(e) => e,
+    };
     write_all(&exec, err.to_string().as_bytes());
     // SAFETY: the job could not start; leave without unwinding.
     unsafe { libc::_exit(127) }
 }
 
+/// The stage runner, inside every layer of the job's sandbox (its user namespace, ids, rlimits,
+/// Landlock, seccomp): for each stage the init names, forks a process that execs it and
+/// reports how it ended. Stages so cost a fork and an exec, not the sandbox's setup.
+fn run_stages(pipes: RunnerPipes, spec: &SpawnSpec) -> ! {
+    // A cancel's SIGTERM is for the stages; the runner outlives it to report how they ended.
+    // SAFETY: setting a disposition installs no handler code.
+    unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    let mut run = std::fs::File::from(pipes.run);
+    loop {
+        let mut index = [0u8; 4];
+        if std::io::Read::read_exact(&mut run, &mut index).is_err() {
+            // SAFETY: no more stages; leave without unwinding.
+            unsafe { libc::_exit(0) }
+        }
+        let Some(stage) = spec.stages.get(u32::from_le_bytes(index) as usize) else {
+            // SAFETY: as above.
+            unsafe { libc::_exit(1) }
+        };
+        let (status, why) = match run_stage(spec, stage) {
+            Ok(status) => (status, String::new()),
+            Err(e) => (127 << 8, e.0),
+        };
+        let mut msg = Vec::with_capacity(8 + why.len());
+        msg.extend_from_slice(&status.to_le_bytes());
+        msg.extend_from_slice(&(why.len() as u32).to_le_bytes());
+        msg.extend_from_slice(why.as_bytes());
+        write_all(&pipes.done, &msg);
+    }
+}
+
+/// Starts one stage with a fresh signal state (`posix_spawn`: no copy of the runner's memory,
+/// and an exec failure comes back as its error); returns its wait status.
+fn run_stage(spec: &SpawnSpec, stage: &crate::StageSpec) -> Result<i32, StepError> {
+    let mut env = spec.env.clone();
+    env.extend(stage.env.clone());
+    let exec = Exec::from_parts(&stage.argv, &env)?;
+    let pid = exec.spawn()?;
+    Ok(super::reap(pid))
+}
+
+/// Sets up the job's process: `Some` exec to run, or `None` for a stage runner (set up, nothing
+/// to exec).
 fn become_job(
     unshared: &OwnedFd,
     mapped: OwnedFd,
     spec: &SpawnSpec,
     filters: &[BpfProgram],
-) -> Result<std::convert::Infallible, StepError> {
+    execs: bool,
+) -> Result<Option<Exec>, StepError> {
     // A session of its own: no controlling terminal.
     // SAFETY: setsid has no arguments.
     check("setsid", unsafe { libc::setsid() })?;
@@ -67,12 +130,16 @@ fn become_job(
     // Every descriptor but 0-2 closes at exec (the exec-status pipe included).
     cloexec_from(3);
     crate::landlock::restrict(&writable).map_err(|e| StepError(format!("landlock: {e}")))?;
-    let exec = Exec::new(spec)?;
+    let exec = if execs {
+        Some(Exec::from_parts(&spec.argv, &spec.env)?)
+    } else {
+        None
+    };
     // A fresh process's signal state: the supervisor's blocked and ignored signals stay behind.
     crate::signals::reset();
     // Last: from here on the job's own syscalls are filtered.
     crate::seccomp::install(filters).map_err(|e| StepError(format!("seccomp: {e}")))?;
-    Err(exec.run())
+    Ok(exec)
 }
 
 /// A user namespace of its own, in which it will be uid 1000 and nothing more; the init
@@ -115,9 +182,12 @@ struct Exec {
 }
 
 impl Exec {
-    fn new(spec: &SpawnSpec) -> Result<Exec, StepError> {
-        let argv0 = spec.argv.first().cloned().unwrap_or_default();
-        let path = spec.env.get("PATH").map(String::as_str).unwrap_or(PATH);
+    fn from_parts(
+        argv: &[String],
+        env: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Exec, StepError> {
+        let argv0 = argv.first().cloned().unwrap_or_default();
+        let path = env.get("PATH").map(String::as_str).unwrap_or(PATH);
         let program = resolve(&argv0, path).ok_or_else(|| {
             fail(
                 format!("exec {argv0}"),
@@ -129,14 +199,59 @@ impl Exec {
         };
         Ok(Exec {
             program: cstr(&program)?,
-            argv: spec.argv.iter().map(|a| c(a)).collect::<Result<_, _>>()?,
-            envp: spec
-                .env
+            argv: argv.iter().map(|a| c(a)).collect::<Result<_, _>>()?,
+            envp: env
                 .iter()
                 .map(|(k, v)| c(&format!("{k}={v}")))
                 .collect::<Result<_, _>>()?,
             argv0,
         })
+    }
+
+    /// Starts it as a child with every signal at its default and none blocked; its pid.
+    fn spawn(&self) -> Result<i32, StepError> {
+        let mut argv: Vec<*mut libc::c_char> =
+            self.argv.iter().map(|a| a.as_ptr().cast_mut()).collect();
+        argv.push(std::ptr::null_mut());
+        let mut envp: Vec<*mut libc::c_char> =
+            self.envp.iter().map(|a| a.as_ptr().cast_mut()).collect();
+        envp.push(std::ptr::null_mut());
+        let mut pid = 0;
+        // SAFETY: the attribute object is initialised before use and destroyed after; the
+        // signal sets are initialised by sigfillset/sigemptyset; argv and envp are
+        // NULL-terminated arrays of valid C strings that outlive the call (posix_spawn does
+        // not write through them).
+        let rc = unsafe {
+            let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
+            libc::posix_spawnattr_init(&mut attr);
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::posix_spawnattr_setsigdefault(&mut attr, &all);
+            libc::posix_spawnattr_setsigmask(&mut attr, &none);
+            libc::posix_spawnattr_setflags(
+                &mut attr,
+                (libc::POSIX_SPAWN_SETSIGDEF | libc::POSIX_SPAWN_SETSIGMASK) as libc::c_short,
+            );
+            let rc = libc::posix_spawn(
+                &mut pid,
+                self.program.as_ptr(),
+                std::ptr::null(),
+                &attr,
+                argv.as_ptr(),
+                envp.as_ptr(),
+            );
+            libc::posix_spawnattr_destroy(&mut attr);
+            rc
+        };
+        if rc != 0 {
+            return Err(fail(
+                format!("exec {}", self.argv0),
+                io::Error::from_raw_os_error(rc),
+            ));
+        }
+        Ok(pid)
     }
 
     /// Execs; returns only the failure.

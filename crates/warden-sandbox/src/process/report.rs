@@ -4,8 +4,8 @@ use std::os::fd::OwnedFd;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ExitReport;
 use crate::fd::write_all;
+use crate::{ExitReport, StageEvent, StageReport};
 
 /// One message from the init (pid 1 of the job's namespaces) to its supervisor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,6 +38,14 @@ impl InitMessage {
     }
 }
 
+/// Writes a stage event as one line, as the init's other messages are.
+pub(crate) fn send_stage(event: &StageEvent, fd: &OwnedFd) {
+    if let Ok(mut line) = serde_json::to_vec(event) {
+        line.push(b'\n');
+        write_all(fd, &line);
+    }
+}
+
 /// Folds everything the init wrote into `out`. The first setup failure wins; lines that do not
 /// parse (a torn write of an init killed mid-line) are ignored. No `exited` message and no
 /// failure means the init was killed before its job ended (timeout, cancel, kill), and so was
@@ -67,7 +75,26 @@ pub(crate) fn apply(bytes: &[u8], out: &mut ExitReport) {
             }
             Ok(InitMessage::Artifacts { copy }) => out.artifacts = Some(copy),
             Ok(InitMessage::RootChanges { changes }) => out.root_changes = Some(changes),
-            Err(_) => {}
+            Err(_) => {
+                if let Ok(StageEvent::StageEnd {
+                    index,
+                    wait_status,
+                    timed_out,
+                    started_ms,
+                    ms,
+                }) = serde_json::from_slice::<StageEvent>(line)
+                {
+                    out.stages.push(StageReport {
+                        index,
+                        exit_code: libc::WIFEXITED(wait_status)
+                            .then(|| libc::WEXITSTATUS(wait_status)),
+                        signal: libc::WIFSIGNALED(wait_status).then(|| libc::WTERMSIG(wait_status)),
+                        timed_out,
+                        started_ms,
+                        ms,
+                    });
+                }
+            }
         }
     }
     if !exited && out.setup_error.is_none() {
@@ -171,6 +198,58 @@ mod tests {
         let mut out = ExitReport::default();
         apply(&input, &mut out);
         assert_eq!((out.exit_code, out.artifacts), (Some(0), Some(copy)));
+    }
+
+    #[test]
+    fn stage_ends_become_the_reports_stages() {
+        let mut input = Vec::new();
+        let stage = |e: StageEvent| {
+            let mut v = serde_json::to_vec(&e).unwrap();
+            v.push(b'\n');
+            v
+        };
+        input.extend(stage(StageEvent::StageStart {
+            index: 0,
+            wait: false,
+        }));
+        input.extend(stage(StageEvent::StageEnd {
+            index: 0,
+            wait_status: 0,
+            timed_out: false,
+            started_ms: 1,
+            ms: 5,
+        }));
+        input.extend(stage(StageEvent::StageEnd {
+            index: 2,
+            wait_status: libc::SIGKILL,
+            timed_out: true,
+            started_ms: 7,
+            ms: 1000,
+        }));
+        input.extend(line(&exited(libc::SIGKILL)));
+        let mut out = ExitReport::default();
+        apply(&input, &mut out);
+        assert_eq!(
+            out.stages,
+            vec![
+                StageReport {
+                    index: 0,
+                    exit_code: Some(0),
+                    signal: None,
+                    timed_out: false,
+                    started_ms: 1,
+                    ms: 5
+                },
+                StageReport {
+                    index: 2,
+                    exit_code: None,
+                    signal: Some(libc::SIGKILL),
+                    timed_out: true,
+                    started_ms: 7,
+                    ms: 1000
+                },
+            ]
+        );
     }
 
     #[test]

@@ -113,20 +113,21 @@ pub(crate) fn run(
         enforcement: enforcement(&spec.rlimits, sb, cgroup.as_ref()),
         ..ExitReport::default()
     };
-    // The init may move into it now.
+    // The init may move into it now. A staged job's init waits on the same pipe before each
+    // stage, for warden's go-ahead.
     write_all(&sync_w, b"g");
-    drop(sync_w);
 
     let mut bytes = Vec::new();
     supervise(
         control,
         pid,
-        &report_r,
+        (&report_r, &sync_w),
         started,
         spec.timeout_ms,
         &mut out,
         &mut bytes,
     );
+    drop(sync_w);
     // Whatever the init still had to say.
     let _ = std::fs::File::from(report_r).read_to_end(&mut bytes);
     super::report::apply(&bytes, &mut out);
@@ -371,7 +372,7 @@ fn enforcement(
 fn supervise(
     control: &mut UnixStream,
     pid: i32,
-    report: &OwnedFd,
+    (report, go): (&OwnedFd, &OwnedFd),
     started: Instant,
     timeout_ms: u64,
     out: &mut ExitReport,
@@ -390,6 +391,8 @@ fn supervise(
     let deadline = started + Duration::from_millis(timeout_ms);
     let mut watch = crate::watch::Watch {
         report: Some((report, bytes)),
+        forwarded: 0,
+        go: Some(go),
         killed_by: None,
         kill_grace: Some(KILL_GRACE),
     };

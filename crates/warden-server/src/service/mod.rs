@@ -271,6 +271,7 @@ impl JobService {
             .map(|(name, t)| JobTypeView {
                 name: name.0.clone(),
                 argv: t.argv.clone(),
+                stages: t.stages.iter().map(|s| s.name.clone()).collect(),
                 timeout_s: t.timeout_s.get(),
                 requires_repo: t.requires_repo,
                 allowed_params: t.allowed_params.clone(),
@@ -315,6 +316,7 @@ impl JobService {
             enforcement: job.enforcement.clone(),
             inline_argv: job.inline_argv.clone(),
             image: job.image.clone(),
+            stages: job.stages.clone(),
             artifact_dir: self.artifact_dir(job.id),
         }
     }

@@ -519,8 +519,33 @@ pub async fn complete_records_the_outcome_once(store: &dyn Store) {
         log_truncated: true,
         enforcement: BTreeMap::from([("memory".to_string(), "cgroup v2 (no swap)".to_string())]),
         invariants: None,
+        stages: vec![
+            warden_api::StageRecord {
+                name: "build".into(),
+                status: warden_api::StageStatus::Failed,
+                always: false,
+                exit_code: Some(2),
+                signal: None,
+                started_ms: Some(3),
+                duration_ms: Some(40),
+                stdout: [0, 12],
+                stderr: [0, 7],
+            },
+            warden_api::StageRecord {
+                name: "collect".into(),
+                status: warden_api::StageStatus::Succeeded,
+                always: true,
+                exit_code: Some(0),
+                signal: None,
+                started_ms: Some(44),
+                duration_ms: Some(1),
+                stdout: [12, 30],
+                stderr: [7, 7],
+            },
+        ],
     };
     let rec = store.complete(&c.lease, done.clone(), 20).await.unwrap();
+    assert_eq!(rec.stages, done.stages);
     assert_eq!(rec.id, job.id);
     assert_eq!(rec.status, JobStatus::Failed);
     assert_eq!(rec.reason.as_deref(), Some("output_limit"));

@@ -27,6 +27,22 @@ pub(super) struct ExecInfo {
     pub egress: Option<Vec<crate::egress::Decision>>,
     /// The tier the job ran under (the worker's, or gVisor when its type asks for it).
     pub tier: Option<Tier>,
+    /// A staged job's stage starts: (stage index, stdout offset, stderr offset).
+    pub stage_marks: Vec<(usize, u64, u64)>,
+    /// A staged job's stages: name and `always`.
+    pub stage_specs: Vec<(String, bool)>,
+}
+
+impl ExecInfo {
+    /// A staged job's stage table (empty for a job without stages).
+    pub fn stages(&self) -> Vec<warden_api::StageRecord> {
+        super::verdict::stage_records(
+            &self.stage_specs,
+            self.report.as_ref(),
+            &self.stage_marks,
+            self.log_bytes,
+        )
+    }
 }
 
 /// How a started job ended: its report and how the watch over it ended, or why it could not
@@ -55,6 +71,11 @@ pub(super) async fn execute(
     let mut info = ExecInfo {
         limits: limit_enforcement(&job_type.limits, spec.isolation.tier()),
         tier: Some(spec.isolation.tier()),
+        stage_specs: spec
+            .stages
+            .iter()
+            .map(|s| (s.name.clone(), s.always))
+            .collect(),
         ..ExecInfo::default()
     };
     let mut execution = match shared.executor.start(spec).await {
@@ -102,30 +123,34 @@ pub(super) async fn execute(
         .as_ref()
         .map_or_else(CancellationToken::new, |g| g.limit());
     let output = Arc::new(OutputBudget::new(job_type.limits.output_bytes()));
+    let (drain_out, drain_out_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (drain_err, drain_err_rx) = tokio::sync::mpsc::unbounded_channel();
     let pumps = [
-        (LogStream::Stdout, execution.stdout),
-        (LogStream::Stderr, execution.stderr),
+        (LogStream::Stdout, execution.stdout, drain_out_rx),
+        (LogStream::Stderr, execution.stderr, drain_err_rx),
     ]
-    .map(|(stream, reader)| {
+    .map(|(stream, reader, drains)| {
         tokio::spawn(pump(
             shared.clone(),
             lease.clone(),
             stream,
-            reader,
+            (reader, drains),
             output.clone(),
             mask.clone(),
         ))
     });
     let control = execution.job.control.clone();
+    let mut marks = Vec::new();
     let (report, mut end) = watch(
         shared,
         lease,
         signals,
         &control,
         (&output, &network_limit),
-        execution.job.wait(),
+        follow_stages(execution.job, [drain_out, drain_err], &mut marks),
     )
     .await;
+    info.stage_marks = marks;
     let mut egress_summary = None;
     if let Some(gateway) = gateway {
         let (decisions, summary, limit) = gateway.finish().await;
@@ -176,6 +201,37 @@ pub(super) async fn execute(
     info.limits = report.enforcement.clone();
     info.report = Some(report.clone());
     (Ok((report, end)), info)
+}
+
+/// Waits for the job's report. Before each stage of a staged job starts, everything the job
+/// wrote so far is stored and the offsets noted: the stage's log begins exactly there.
+async fn follow_stages(
+    mut job: warden_sandbox::RunningJob,
+    drains: [tokio::sync::mpsc::UnboundedSender<tokio::sync::oneshot::Sender<u64>>; 2],
+    marks: &mut Vec<(usize, u64, u64)>,
+) -> Result<ExitReport, warden_sandbox::SandboxError> {
+    use warden_sandbox::{JobEvent, StageEvent};
+    loop {
+        match job.next_event().await? {
+            JobEvent::Stage(StageEvent::StageStart { index, wait: false }) => {
+                // The first stage: nothing written yet.
+                marks.push((index, 0, 0));
+            }
+            JobEvent::Stage(StageEvent::StageStart { index, wait: true }) => {
+                let [out, err] = drains.each_ref().map(|d| {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let _ = d.send(tx);
+                    rx
+                });
+                // A pump that is gone (its stream closed) has nothing more to store.
+                let (out, err) = tokio::join!(out, err);
+                marks.push((index, out.unwrap_or(0), err.unwrap_or(0)));
+                job.control.go().await;
+            }
+            JobEvent::Stage(_) => {}
+            JobEvent::Report(report) => return Ok(*report),
+        }
+    }
 }
 
 /// Waits for the job's report, heartbeating the lease and steering the job meanwhile.
@@ -299,11 +355,17 @@ impl OutputBudget {
 
 /// Copies one stream into the log, chunk by chunk, until the job's tree closes it, with the
 /// job's secrets masked. Returns the number of bytes stored.
+///
+/// A request on `drains` is answered, once everything already in the pipe is stored, with the
+/// stream's offset (a stage boundary).
 async fn pump(
     shared: Shared,
     lease: Lease,
     stream: LogStream,
-    mut reader: pipe::Receiver,
+    (mut reader, mut drains): (
+        pipe::Receiver,
+        tokio::sync::mpsc::UnboundedReceiver<tokio::sync::oneshot::Sender<u64>>,
+    ),
     budget: Arc<OutputBudget>,
     mask: Option<Arc<crate::secrets::MaskSet>>,
 ) -> u64 {
@@ -317,8 +379,27 @@ async fn pump(
         writing: true,
     };
     let mut masker = mask.as_deref().map(crate::secrets::Masker::new);
-    loop {
-        let n = match reader.read(&mut buf).await {
+    'reading: loop {
+        let read = tokio::select! {
+            biased;
+            Some(reply) = drains.recv() => {
+                loop {
+                    match reader.try_read(&mut buf) {
+                        Ok(0) => {
+                            let _ = reply.send(log.offset);
+                            break 'reading;
+                        }
+                        Ok(n) => log.take(masker.as_mut(), &buf[..n]).await,
+                        // Empty now (or unreadable: the read below says so).
+                        Err(_) => break,
+                    }
+                }
+                let _ = reply.send(log.offset);
+                continue;
+            }
+            read = reader.read(&mut buf) => read,
+        };
+        let n = match read {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) => {
@@ -326,18 +407,7 @@ async fn pump(
                 break;
             }
         };
-        // Past the cap or after a failed write, keep draining so the job never blocks on a full
-        // pipe before it is killed.
-        if !log.writing {
-            continue;
-        }
-        match &mut masker {
-            Some(m) => {
-                let masked = m.push(&buf[..n]);
-                log.write(&masked).await;
-            }
-            None => log.write(&buf[..n]).await,
-        }
+        log.take(masker.as_mut(), &buf[..n]).await;
     }
     if let Some(m) = &mut masker
         && log.writing
@@ -359,6 +429,21 @@ struct LogWriter<'a> {
 }
 
 impl LogWriter<'_> {
+    /// Stores what the job wrote, masked. Past the cap or after a failed write nothing is
+    /// stored, and the pipe is still drained so the job never blocks on it before it is killed.
+    async fn take(&mut self, masker: Option<&mut crate::secrets::Masker<'_>>, data: &[u8]) {
+        if !self.writing {
+            return;
+        }
+        match masker {
+            Some(m) => {
+                let masked = m.push(data);
+                self.write(&masked).await;
+            }
+            None => self.write(data).await,
+        }
+    }
+
     async fn write(&mut self, data: &[u8]) {
         if data.is_empty() || !self.writing {
             return;

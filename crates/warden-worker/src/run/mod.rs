@@ -198,7 +198,7 @@ pub(crate) async fn run_job(shared: &Shared, claimed: Claimed, signals: JobSigna
                         None => (Proof::NotMade, None),
                     };
                     let outcome = match executed {
-                        Ok((report, end)) => verdict(&report, end, &proof),
+                        Ok((report, end)) => verdict(&report, end, &proof, &info.stages()),
                         Err(refusal) => apply_proof(Outcome::refused(&refusal), &proof),
                     };
                     (outcome, Some(info), checkout, inv)
@@ -442,6 +442,7 @@ pub(crate) mod tests {
             invariants: None,
             inline_argv: None,
             image: None,
+            stages: Vec::new(),
         }
     }
 }

@@ -88,6 +88,16 @@ pub(super) fn prepare(
              unsandboxed (unsafe_fallback)",
         ));
     }
+    // An inline job's own argv replaces the job type's program, stages included.
+    let staged = !job_type.stages.is_empty() && job.inline_argv.is_none();
+    if staged && tier == Tier::UnsafeFallback {
+        // Fail closed: stages share one sandbox session, which only the sandbox's init keeps.
+        return Err(Refusal::new(
+            "sandbox_unavailable",
+            "a staged job type runs only inside the sandbox; this worker runs jobs unsandboxed \
+             (unsafe_fallback)",
+        ));
+    }
     if job_type.root == warden_core::RootMode::Writable
         && (tier == Tier::UnsafeFallback || shared.executor.host().rootless)
     {
@@ -210,6 +220,21 @@ pub(super) fn prepare(
         timeout_ms: job_type.timeout_s.get().saturating_mul(1000),
         rlimits: rlimits(&job_type),
         isolation,
+        stages: if staged {
+            job_type
+                .stages
+                .iter()
+                .map(|st| warden_sandbox::StageSpec {
+                    name: st.name.clone(),
+                    argv: st.argv.clone(),
+                    env: st.env.clone(),
+                    timeout_ms: st.timeout_s.map(|t| t.get().saturating_mul(1000)),
+                    always: st.always,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
     };
     Ok(Prepared {
         spec,

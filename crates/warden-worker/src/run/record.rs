@@ -87,6 +87,7 @@ pub(super) fn artifact_record(input: RecordInput<'_>, dir: &Path) -> ArtifactJso
             stderr_bytes,
             truncated: done.log_truncated,
         },
+        stages: done.stages.clone(),
         outputs,
         outputs_truncated,
     }

@@ -1,7 +1,7 @@
 //! How a job ended, decided from facts alone: what the supervisor reported, how the run loop
 //! ended, and the clean-tree proof. Pure, so that every status and reason is unit-tested.
 
-use warden_api::JobStatus;
+use warden_api::{JobStatus, StageRecord, StageStatus};
 use warden_repo::RepoError;
 use warden_sandbox::{ExitReport, KilledBy};
 use warden_store::Completion;
@@ -116,12 +116,88 @@ fn limit_warnings(report: &ExitReport) -> Vec<String> {
     w
 }
 
-/// The job's end from the supervisor's report and the run loop, then the proof over it.
-pub(crate) fn verdict(report: &ExitReport, end: RunEnd, proof: &Proof) -> Outcome {
-    apply_proof(exit_verdict(report, end), proof)
+/// The job's end from the supervisor's report, the run loop and (a staged job) its stages,
+/// then the proof over it.
+pub(crate) fn verdict(
+    report: &ExitReport,
+    end: RunEnd,
+    proof: &Proof,
+    stages: &[StageRecord],
+) -> Outcome {
+    let mut outcome = exit_verdict(report, end, stages);
+    if let Outcome::Complete(done) = &mut outcome {
+        done.stages = stages.to_vec();
+    }
+    apply_proof(outcome, proof)
 }
 
-fn exit_verdict(report: &ExitReport, end: RunEnd) -> Outcome {
+/// A staged job's stage table: each stage's end from the report, its log range from where the
+/// worker saw it start (`marks`: index, stdout and stderr offsets) to where the next one
+/// started or the log ends (`log_bytes`). `specs`: each stage's name and `always`.
+pub(crate) fn stage_records(
+    specs: &[(String, bool)],
+    report: Option<&ExitReport>,
+    marks: &[(usize, u64, u64)],
+    log_bytes: (u64, u64),
+) -> Vec<StageRecord> {
+    let ran = |i: usize| report.and_then(|r| r.stages.iter().find(|s| s.index == i));
+    let mut ranges = vec![([0u64; 2], [0u64; 2]); specs.len()];
+    let mut end = log_bytes;
+    for i in (0..specs.len()).rev() {
+        match marks.iter().find(|m| m.0 == i) {
+            Some(&(_, out, err)) => {
+                ranges[i] = ([out, end.0.max(out)], [err, end.1.max(err)]);
+                end = (out, err);
+            }
+            None => ranges[i] = ([end.0; 2], [end.1; 2]),
+        }
+    }
+    let mut failed_before = false;
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, (name, always))| {
+            let (status, exit_code, signal, started_ms, duration_ms) = match ran(i) {
+                Some(r) => {
+                    let status = if r.timed_out {
+                        StageStatus::TimedOut
+                    } else if r.exit_code == Some(0) {
+                        StageStatus::Succeeded
+                    } else {
+                        StageStatus::Failed
+                    };
+                    (
+                        status,
+                        r.exit_code,
+                        r.signal,
+                        Some(r.started_ms),
+                        Some(r.ms),
+                    )
+                }
+                // Not run because an earlier stage failed, or never reached or finished
+                // (cancelled, killed, out of time, or setup failed).
+                None if failed_before && !always => (StageStatus::Skipped, None, None, None, None),
+                None => (StageStatus::NotRun, None, None, None, None),
+            };
+            if matches!(status, StageStatus::Failed | StageStatus::TimedOut) {
+                failed_before = true;
+            }
+            StageRecord {
+                name: name.clone(),
+                status,
+                always: *always,
+                exit_code,
+                signal,
+                started_ms,
+                duration_ms,
+                stdout: ranges[i].0,
+                stderr: ranges[i].1,
+            }
+        })
+        .collect()
+}
+
+fn exit_verdict(report: &ExitReport, end: RunEnd, stages: &[StageRecord]) -> Outcome {
     if let Some(err) = &report.setup_error {
         return Outcome::refused(&Refusal::new("sandbox_setup_failed", err.clone()));
     }
@@ -145,6 +221,25 @@ fn exit_verdict(report: &ExitReport, end: RunEnd) -> Outcome {
             warnings.push(format!("{}_HIT", limit.to_uppercase()));
         }
         (JobStatus::Succeeded, None)
+    } else if let Some(stage) = stages
+        .iter()
+        .find(|s| matches!(s.status, StageStatus::Failed | StageStatus::TimedOut))
+    {
+        // The stage table says how each ended; a limit that ended one is a warning beside it.
+        if let Some(limit) = &report.limit_hit {
+            warnings.push(format!("{}_HIT", limit.to_uppercase()));
+        }
+        if stage.status == StageStatus::TimedOut {
+            (
+                JobStatus::TimedOut,
+                Some(format!("stage_timed_out: {}", stage.name)),
+            )
+        } else {
+            (
+                JobStatus::Failed,
+                Some(format!("stage_failed: {}", stage.name)),
+            )
+        }
     } else if let Some(limit) = &report.limit_hit {
         (JobStatus::Failed, Some(limit.clone()))
     } else if let Some(sig) = report.signal {
@@ -384,7 +479,7 @@ mod tests {
             (&killed(KilledBy::Request), stopping, &changed, "release"),
         ];
         for (i, (report, end, proof, want)) in table.iter().enumerate() {
-            assert_eq!(shape(&verdict(report, *end, proof)), *want, "row {i}");
+            assert_eq!(shape(&verdict(report, *end, proof, &[])), *want, "row {i}");
         }
     }
 
@@ -399,7 +494,7 @@ mod tests {
             output_truncated: true,
             ..RunEnd::default()
         };
-        let Outcome::Complete(c) = verdict(&r, capped, &Proof::Clean) else {
+        let Outcome::Complete(c) = verdict(&r, capped, &Proof::Clean, &[]) else {
             panic!("not complete");
         };
         assert!(c.log_truncated);

@@ -47,10 +47,14 @@ pub async fn run(args: JobArgs) -> i32 {
             tail,
             follow,
             raw,
-        } => {
-            let view = LogView { follow, raw, fmt };
-            logs(&client, &job_id, &stream, tail as usize, view).await
-        }
+            stage,
+        } => match stage {
+            Some(stage) => stage_log(&client, &job_id, &stream, &stage, raw).await,
+            None => {
+                let view = LogView { follow, raw, fmt };
+                logs(&client, &job_id, &stream, tail as usize, view).await
+            }
+        },
         JobCommand::Cancel { job_id } => cancel(&client, &job_id, fmt).await,
         JobCommand::Artifacts { job_id, get, out } => {
             artifacts(&client, &job_id, get, out, fmt).await
@@ -278,6 +282,59 @@ async fn logs(
             }
         }
     }
+    Ok(exit::OK)
+}
+
+/// `warden job logs --stage NAME`: the byte range of one stage's output, from the stage table.
+async fn stage_log(
+    client: &Client,
+    id: &str,
+    stream: &str,
+    name: &str,
+    raw: bool,
+) -> Result<i32, ClientError> {
+    let job = client.get(id).await?;
+    if job.stages.is_empty() {
+        eprintln!(
+            "error: job {id} has no stage table{}",
+            if job.status.is_terminal() {
+                " (its job type has no stages)"
+            } else {
+                ": it is written when the job ends; follow the whole log with -f"
+            }
+        );
+        return Ok(exit::USAGE);
+    }
+    let Some(stage) = job.stages.iter().find(|s| s.name == name) else {
+        let names: Vec<&str> = job.stages.iter().map(|s| s.name.as_str()).collect();
+        eprintln!(
+            "error: job {id} has no stage {name:?} (its stages: {})",
+            names.join(", ")
+        );
+        return Ok(exit::USAGE);
+    };
+    let [start, end] = if stream == "stderr" {
+        stage.stderr
+    } else {
+        stage.stdout
+    };
+    let mut out = std::io::stdout().lock();
+    let mut at = start;
+    while at < end {
+        let bytes = client.logs_raw(id, stream, at).await?;
+        if bytes.is_empty() {
+            break;
+        }
+        let take = bytes.len().min((end - at) as usize);
+        if raw || !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            let _ = out.write_all(&bytes[..take]);
+        } else {
+            let text = String::from_utf8_lossy(&bytes[..take]);
+            let _ = out.write_all(job_text(&text, raw).as_bytes());
+        }
+        at += take as u64;
+    }
+    let _ = out.flush();
     Ok(exit::OK)
 }
 

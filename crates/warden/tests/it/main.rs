@@ -11,6 +11,7 @@ mod hostile_escapes;
 mod hostile_repo;
 mod images;
 mod perimeter;
+mod pipelines;
 mod private_repo;
 mod repo;
 mod rootless;
