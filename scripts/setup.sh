@@ -27,12 +27,16 @@ for tool in buildah skopeo umoci docker-registry runsc; do
     have "$tool" || missing+=("$tool")
 done
 [ -x /bin/busybox ] || missing+=(busybox-static)
+# A real project's test suite for the per-test results test: lazr.uri and lazr.restfulclient
+# as Debian ships them, run with pytest --junitxml.
+[ -d /usr/lib/python3/dist-packages/lazr/restfulclient ] || missing+=(python3-lazr.restfulclient)
 if [ ${#missing[@]} -gt 0 ]; then
     if have apt-get && [ "$(id -u)" = 0 ]; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq coreutils util-linux build-essential \
             git python3 python3-pytest iproute2 openssl postgresql postgresql-client \
-            buildah skopeo umoci docker-registry busybox-static runsc
+            buildah skopeo umoci docker-registry busybox-static runsc python3-lazr.restfulclient \
+            python3-lazr.uri
     else
         echo "setup: missing: ${missing[*]} (install coreutils, util-linux, a C compiler, git, python3-pytest, iproute2, openssl, postgresql, buildah, skopeo, umoci, docker-registry, busybox-static, runsc)" >&2
         exit 1

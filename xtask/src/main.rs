@@ -18,6 +18,7 @@ mod egress;
 mod images;
 mod perimeter;
 mod queue;
+mod results;
 mod sandbox;
 mod vm;
 
@@ -38,10 +39,11 @@ fn main() -> anyhow::Result<()> {
         ["bench", "perimeter", rest @ ..] => perimeter::bench_perimeter(rest),
         ["bench", "egress", rest @ ..] => egress::bench_egress(rest),
         ["bench", "images", rest @ ..] => images::bench_images(rest),
+        ["bench", "junit", rest @ ..] => results::bench_junit(rest),
         ["vm-test", rest @ ..] => vm::vm_test(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask bench e2e [--jobs N] [--sequential N] [--concurrency C] [--slots S]\n       cargo xtask bench sandbox [--runs N]\n       cargo xtask bench gvisor [--runs N]\n       cargo xtask bench pipeline [--runs N] [--stages N]\n       cargo xtask bench checkout [--files N] [--mb M] [--runs R] [--jobs J]\n       cargo xtask bench queue [--jobs N] [--claimers C] [--history H] [--starts S]\n       cargo xtask bench perimeter [--sequential N] [--jobs N] [--claimers C] [--claims-only] [--log-mb N]\n       cargo xtask bench egress [--mb N] [--connections N] [--starts N]\n       cargo xtask bench images [--mb N] [--starts N] [--rounds N]\n       cargo xtask vm-test [--bench] [--kvm] [--timeout-min M] [--memory-mb M]"
+                "usage: cargo xtask bench e2e [--jobs N] [--sequential N] [--concurrency C] [--slots S]\n       cargo xtask bench sandbox [--runs N]\n       cargo xtask bench gvisor [--runs N]\n       cargo xtask bench pipeline [--runs N] [--stages N]\n       cargo xtask bench junit [--cases N] [--runs N]\n       cargo xtask bench checkout [--files N] [--mb M] [--runs R] [--jobs J]\n       cargo xtask bench queue [--jobs N] [--claimers C] [--history H] [--starts S]\n       cargo xtask bench perimeter [--sequential N] [--jobs N] [--claimers C] [--claims-only] [--log-mb N]\n       cargo xtask bench egress [--mb N] [--connections N] [--starts N]\n       cargo xtask bench images [--mb N] [--starts N] [--rounds N]\n       cargo xtask vm-test [--bench] [--kvm] [--timeout-min M] [--memory-mb M]"
             );
             std::process::exit(2);
         }

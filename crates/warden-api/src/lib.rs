@@ -184,7 +184,89 @@ pub struct JobView {
     /// A staged job type's stages, in order, once the job has ended (empty otherwise).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<StageRecord>,
+    /// Test cases in the job's JUnit reports, by status, once the job has ended (job types
+    /// with `results:`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tests: Option<TestCounts>,
     pub artifact_dir: String,
+}
+
+/// How one test case ended, as its JUnit report says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TestStatus {
+    Passed,
+    Failed,
+    Error,
+    Skipped,
+}
+
+impl TestStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TestStatus::Passed => "passed",
+            TestStatus::Failed => "failed",
+            TestStatus::Error => "error",
+            TestStatus::Skipped => "skipped",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TestStatus> {
+        Some(match s {
+            "passed" => TestStatus::Passed,
+            "failed" => TestStatus::Failed,
+            "error" => TestStatus::Error,
+            "skipped" => TestStatus::Skipped,
+            _ => return None,
+        })
+    }
+
+    /// Failed or errored: what "failures first" puts first.
+    pub fn is_failure(self) -> bool {
+        matches!(self, TestStatus::Failed | TestStatus::Error)
+    }
+}
+
+/// One test case of a job's JUnit reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestResult {
+    /// The nearest enclosing `<testsuite name>` (empty without one).
+    pub suite: String,
+    pub classname: String,
+    pub name: String,
+    pub status: TestStatus,
+    pub duration_ms: Option<u64>,
+    /// The failure, error or skip message (capped at 4 KiB).
+    pub message: Option<String>,
+    /// It passed and failed at the same commit (this job or another of its type).
+    #[serde(default)]
+    pub flaky: bool,
+}
+
+/// How many test cases a job's JUnit reports hold, by status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestCounts {
+    pub total: u64,
+    pub passed: u64,
+    pub failed: u64,
+    pub error: u64,
+    pub skipped: u64,
+    /// Report files read.
+    pub files: u64,
+    /// Only the first 50,000 test cases were kept as records (the counts are of all).
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+/// `GET /jobs/{id}/tests` answer: failures first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestsResponse {
+    pub job_id: String,
+    /// Absent until the job has ended, and for a job type without `results:`.
+    pub counts: Option<TestCounts>,
+    pub tests: Vec<TestResult>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    pub next_cursor: Option<String>,
 }
 
 /// How one stage of a staged job ended.

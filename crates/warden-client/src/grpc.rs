@@ -159,6 +159,40 @@ impl Grpc {
         self.view(Some(job))
     }
 
+    pub(crate) async fn tests(
+        &self,
+        id: &str,
+        status: Option<warden_api::TestStatus>,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<warden_api::TestsResponse, ClientError> {
+        let r = self
+            .jobs()
+            .list_tests(self.req(
+                pb::ListTestsRequest {
+                    job_id: id.into(),
+                    status: status.map_or(0, |s| warden_proto::test_status_to_pb(s) as i32),
+                    cursor: cursor.unwrap_or_default().into(),
+                    limit,
+                },
+                true,
+            ))
+            .await
+            .map_err(|s| self.error(s))?
+            .into_inner();
+        Ok(warden_api::TestsResponse {
+            job_id: id.into(),
+            counts: r.counts.map(warden_proto::counts_from_pb),
+            tests: r
+                .tests
+                .into_iter()
+                .map(warden_proto::test_from_pb)
+                .collect::<Result<_, _>>()
+                .map_err(|e| ClientError::Protocol(e.0))?,
+            next_cursor: r.next_cursor,
+        })
+    }
+
     pub(crate) async fn cancel(&self, id: &str) -> Result<JobView, ClientError> {
         let job = self
             .jobs()

@@ -240,6 +240,30 @@ impl Client {
             .await
     }
 
+    /// One page of a job's test results, failures first.
+    pub async fn tests(
+        &self,
+        id: &str,
+        status: Option<warden_api::TestStatus>,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<warden_api::TestsResponse, ClientError> {
+        if let Some(g) = &self.grpc {
+            return g.tests(id, status, cursor, limit).await;
+        }
+        let mut q = vec![("limit", limit.to_string())];
+        if let Some(s) = status {
+            q.push(("status", s.as_str().to_string()));
+        }
+        if let Some(c) = cursor {
+            q.push(("cursor", c.to_string()));
+        }
+        let rb = self
+            .request(Method::GET, &format!("/jobs/{}/tests", enc(id)))
+            .query(&q);
+        self.json(rb).await
+    }
+
     pub async fn cancel(&self, id: &str) -> Result<JobView, ClientError> {
         if let Some(g) = &self.grpc {
             return g.cancel(id).await;

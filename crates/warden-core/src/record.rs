@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use warden_api::{Invariants, ResourceUsage, StageRecord};
+use warden_api::{Invariants, ResourceUsage, StageRecord, TestCounts};
 
 use crate::{JobId, JobStatus};
 
@@ -75,6 +75,8 @@ pub struct JobRecord {
     pub image: Option<String>,
     /// A staged job's stages, once it has ended.
     pub stages: Vec<StageRecord>,
+    /// Its JUnit reports' test cases by status, once it has ended (job types with `results:`).
+    pub tests: Option<TestCounts>,
 }
 
 impl JobRecord {
@@ -114,6 +116,7 @@ pub struct Completion {
     pub enforcement: BTreeMap<String, String>,
     pub invariants: Option<Invariants>,
     pub stages: Vec<StageRecord>,
+    pub tests: Option<TestCounts>,
 }
 
 /// What a heartbeat tells the worker.

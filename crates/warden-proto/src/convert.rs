@@ -1,6 +1,9 @@
 //! Between the generated wire types and warden's own.
 
-use warden_api::{Invariants, ResourceUsage, StageRecord, StageStatus, rfc3339};
+use warden_api::{
+    Invariants, ResourceUsage, StageRecord, StageStatus, TestCounts, TestResult, TestStatus,
+    rfc3339,
+};
 use warden_core::record::{Claimed, Completion, JobRecord, Lease, LogStream};
 use warden_core::{JobId, JobStatus};
 
@@ -108,6 +111,77 @@ fn invariants_from_pb(i: pb::Invariants) -> Invariants {
     }
 }
 
+pub fn test_status_to_pb(s: TestStatus) -> pb::TestStatus {
+    match s {
+        TestStatus::Passed => pb::TestStatus::Passed,
+        TestStatus::Failed => pb::TestStatus::Failed,
+        TestStatus::Error => pb::TestStatus::Error,
+        TestStatus::Skipped => pb::TestStatus::Skipped,
+    }
+}
+
+/// A test status off the wire; `Ok(None)` for unspecified.
+pub fn test_status_from_pb(s: i32) -> Result<Option<TestStatus>, WireError> {
+    Ok(match pb::TestStatus::try_from(s) {
+        Ok(pb::TestStatus::Unspecified) => None,
+        Ok(pb::TestStatus::Passed) => Some(TestStatus::Passed),
+        Ok(pb::TestStatus::Failed) => Some(TestStatus::Failed),
+        Ok(pb::TestStatus::Error) => Some(TestStatus::Error),
+        Ok(pb::TestStatus::Skipped) => Some(TestStatus::Skipped),
+        Err(_) => return Err(wire(format!("test status {s} is not one warden knows"))),
+    })
+}
+
+pub fn test_to_pb(t: &TestResult) -> pb::TestResult {
+    pb::TestResult {
+        suite: t.suite.clone(),
+        classname: t.classname.clone(),
+        name: t.name.clone(),
+        status: test_status_to_pb(t.status) as i32,
+        duration_ms: t.duration_ms,
+        message: t.message.clone(),
+        flaky: t.flaky,
+    }
+}
+
+pub fn test_from_pb(t: pb::TestResult) -> Result<TestResult, WireError> {
+    let status = test_status_from_pb(t.status)?
+        .ok_or_else(|| wire(format!("test {:?} has no status", t.name)))?;
+    Ok(TestResult {
+        suite: t.suite,
+        classname: t.classname,
+        name: t.name,
+        status,
+        duration_ms: t.duration_ms,
+        message: t.message,
+        flaky: t.flaky,
+    })
+}
+
+pub fn counts_to_pb(c: &TestCounts) -> pb::TestCounts {
+    pb::TestCounts {
+        total: c.total,
+        passed: c.passed,
+        failed: c.failed,
+        error: c.error,
+        skipped: c.skipped,
+        files: c.files,
+        truncated: c.truncated,
+    }
+}
+
+pub fn counts_from_pb(c: pb::TestCounts) -> TestCounts {
+    TestCounts {
+        total: c.total,
+        passed: c.passed,
+        failed: c.failed,
+        error: c.error,
+        skipped: c.skipped,
+        files: c.files,
+        truncated: c.truncated,
+    }
+}
+
 fn stage_to_pb(s: &StageRecord) -> pb::Stage {
     let status = match s.status {
         StageStatus::Succeeded => pb::StageStatus::Succeeded,
@@ -187,6 +261,7 @@ pub fn job_to_pb(j: &JobRecord) -> pb::Job {
         inline_argv: j.inline_argv.clone().unwrap_or_default(),
         image: j.image.clone().unwrap_or_default(),
         stages: j.stages.iter().map(stage_to_pb).collect(),
+        tests: j.tests.as_ref().map(counts_to_pb),
     }
 }
 
@@ -247,6 +322,7 @@ pub fn job_from_pb(j: pb::Job, lease: Option<&Lease>) -> Result<JobRecord, WireE
             .into_iter()
             .map(stage_from_pb)
             .collect::<Result<_, _>>()?,
+        tests: j.tests.map(counts_from_pb),
     })
 }
 
@@ -284,6 +360,7 @@ pub fn job_view_from_pb(j: pb::Job) -> Result<warden_api::JobView, WireError> {
         inline_argv: r.inline_argv,
         image: r.image,
         stages: r.stages,
+        tests: r.tests,
         // Where the server keeps artifacts is not part of the gRPC contract.
         artifact_dir: String::new(),
     })
@@ -313,6 +390,7 @@ pub fn completion_to_pb(c: &Completion) -> pb::Completion {
         enforcement: c.enforcement.clone().into_iter().collect(),
         invariants: c.invariants.as_ref().map(invariants_to_pb),
         stages: c.stages.iter().map(stage_to_pb).collect(),
+        tests: c.tests.as_ref().map(counts_to_pb),
     }
 }
 
@@ -339,6 +417,7 @@ pub fn completion_from_pb(c: Option<pb::Completion>) -> Result<Completion, WireE
             .into_iter()
             .map(stage_from_pb)
             .collect::<Result<_, _>>()?,
+        tests: c.tests.map(counts_from_pb),
     })
 }
 
@@ -403,6 +482,14 @@ mod tests {
                 stdout: [3, 4],
                 stderr: [5, 6],
             }],
+            tests: Some(TestCounts {
+                total: 3,
+                failed: 2,
+                skipped: 1,
+                files: 2,
+                truncated: true,
+                ..TestCounts::default()
+            }),
         };
         let back = assignment_from_pb(pb::Assignment {
             job: Some(job_to_pb(&record)),

@@ -35,6 +35,7 @@ const MIGRATIONS: Migrations = &[
     (4, include_str!("../migrations/0004_queued_tenant.sql")),
     (5, include_str!("../migrations/0005_image.sql")),
     (6, include_str!("../migrations/0006_stages.sql")),
+    (7, include_str!("../migrations/0007_tests.sql")),
 ];
 
 /// Any number; the same for every replica.
@@ -44,7 +45,7 @@ const COLUMNS: &str = "id::text, tenant, job_type, repo_name, remote_url, sha, p
     idempotency_key, status, reason, exit_code, signal, attempts, max_attempts, cancel_requested, \
     unsafe_fallback, warnings, created_at, started_at, finished_at, stdout_bytes, stderr_bytes, \
     log_truncated, resources, lease_owner, lease_token, lease_expires_at, enforcement, git_ref, \
-    invariants, inline_argv, image, stages";
+    invariants, inline_argv, image, stages, tests";
 
 /// `... WHERE` clause shared by every write under a lease.
 const LEASED: &str = "status = 'running' AND lease_token = $2 AND lease_owner = $3";

@@ -86,6 +86,11 @@ pub(crate) fn row_to_job(row: &PgRow) -> Result<JobRecord> {
             .map(|s| from_json("stages", s))
             .transpose()?
             .unwrap_or_default(),
+        tests: row
+            .try_get::<Option<&str>, _>(33)
+            .map_err(get)?
+            .map(|s| from_json("tests", s))
+            .transpose()?,
     })
 }
 

@@ -120,6 +120,29 @@ pub enum CancelOutcome {
     AlreadyFinished(JobRecord),
 }
 
+pub use warden_api::{TestResult, TestStatus};
+
+/// Which test results of a job to read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestsQuery {
+    pub job: JobId,
+    pub attempt: u32,
+    pub status: Option<TestStatus>,
+    /// Position (in the failures-first order) to start after; 0 from the start.
+    pub after: u64,
+    pub limit: u32,
+}
+
+/// The order test results are read in: failures (failed and errored) first, then skipped,
+/// then passed; within each, as the reports list them.
+pub fn test_rank(s: TestStatus) -> i64 {
+    match s {
+        TestStatus::Failed | TestStatus::Error => 0,
+        TestStatus::Skipped => 1,
+        TestStatus::Passed => 2,
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ListFilter {
     pub tenant: Option<String>,
@@ -233,6 +256,23 @@ pub trait Store: Send + Sync + 'static {
         offset: u64,
         data: &[u8],
     ) -> Result<()>;
+
+    /// Stores test results of the lease's attempt, numbered from `first` (a result sent again
+    /// under the same number replaces itself).
+    async fn append_tests(&self, lease: &Lease, first: u32, tests: Vec<TestResult>) -> Result<()>;
+
+    /// The test results of a job's `attempt`, failures first (in report order), then skipped,
+    /// then passed; `status` keeps only one kind. At most `limit` from position `after`.
+    async fn tests(&self, query: &TestsQuery) -> Result<Vec<TestResult>>;
+
+    /// The tests (suite, class, name) that both passed and failed (or errored) among the final
+    /// attempts of the jobs of `job_type` on `repo_name` at `sha`: flaky at that commit.
+    async fn flaky_tests(
+        &self,
+        job_type: &str,
+        repo_name: Option<&str>,
+        sha: &str,
+    ) -> Result<Vec<(String, String, String)>>;
 
     /// Ends a running job under its lease.
     async fn complete(&self, lease: &Lease, done: Completion, now: Millis) -> Result<JobRecord>;

@@ -41,6 +41,9 @@ pub struct ArtifactJson {
     /// A staged job's stages: how each ended, when, and its range of the log.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<warden_api::StageRecord>,
+    /// Its JUnit reports' test cases by status (job types with `results:`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tests: Option<warden_api::TestCounts>,
     /// Files the job left in its artifact directory (relative paths), artifact.json excluded.
     pub outputs: Vec<String>,
     /// The listing of `outputs` stopped at its limit (10,000 entries): there are more.
@@ -142,6 +145,7 @@ mod tests {
                 truncated: false,
             },
             stages: vec![],
+            tests: None,
             outputs: vec![],
             outputs_truncated: false,
         }

@@ -10,6 +10,7 @@ pub mod artifact_dir;
 pub mod egress;
 mod events;
 mod executor;
+pub mod junit;
 mod layout;
 mod pool;
 mod remote;
@@ -55,6 +56,13 @@ pub trait Coordinator: Send + Sync + 'static {
         stream: LogStream,
         offset: u64,
         data: &[u8],
+    ) -> Result<(), StoreError>;
+    /// Stores test results of the lease's attempt from position `first` (see `Store`).
+    async fn append_tests(
+        &self,
+        lease: &Lease,
+        first: u32,
+        tests: Vec<warden_store::TestResult>,
     ) -> Result<(), StoreError>;
     async fn complete(
         &self,
@@ -108,6 +116,14 @@ impl<S: Store + ?Sized> Coordinator for S {
         data: &[u8],
     ) -> Result<(), StoreError> {
         Store::append_log(self, lease, stream, offset, data).await
+    }
+    async fn append_tests(
+        &self,
+        lease: &Lease,
+        first: u32,
+        tests: Vec<warden_store::TestResult>,
+    ) -> Result<(), StoreError> {
+        Store::append_tests(self, lease, first, tests).await
     }
     async fn complete(
         &self,

@@ -252,6 +252,16 @@ pub enum JobCommand {
         #[arg(long, value_name = "NAME", conflicts_with_all = ["follow", "tail"])]
         stage: Option<String>,
     },
+    /// A job's test results from its JUnit reports: failures first, flaky ones marked.
+    Tests {
+        job_id: String,
+        /// Only tests that ended so.
+        #[arg(long, value_parser = ["passed", "failed", "error", "skipped"])]
+        status: Option<String>,
+        /// At most this many (the counts are always of all).
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        limit: u32,
+    },
     /// Cancel a queued or running job.
     Cancel { job_id: String },
     /// List a job's artifacts, or download one with --get.

@@ -64,6 +64,21 @@ pub fn job(j: &JobView) -> String {
     if !unenforced.is_empty() {
         out.push_str(&format!("NOT ENFORCED: {}\n", unenforced.join(", ")));
     }
+    if let Some(c) = &j.tests {
+        out.push_str(&format!(
+            "tests: {} ({} passed, {} failed, {} errors, {} skipped){}\n",
+            c.total,
+            c.passed,
+            c.failed,
+            c.error,
+            c.skipped,
+            if c.truncated {
+                "; records truncated"
+            } else {
+                ""
+            }
+        ));
+    }
     if !j.stages.is_empty() {
         out.push('\n');
         out.push_str(&stages(&j.stages));
@@ -89,6 +104,65 @@ pub fn job(j: &JobView) -> String {
                 inv.changed_count - inv.changed_paths.len() as u64
             ));
         }
+    }
+    out
+}
+
+/// `warden job tests`: the counts, then the tests failures first, each failure's first line.
+pub fn tests(page: &warden_api::TestsResponse) -> String {
+    let mut out = String::new();
+    match &page.counts {
+        Some(c) => out.push_str(&format!(
+            "{} tests: {} passed, {} failed, {} errors, {} skipped ({} report file{}){}\n",
+            c.total,
+            c.passed,
+            c.failed,
+            c.error,
+            c.skipped,
+            c.files,
+            if c.files == 1 { "" } else { "s" },
+            if c.truncated {
+                "; only the first 50000 kept as records"
+            } else {
+                ""
+            }
+        )),
+        None => out.push_str("no test results (the job has not ended, or its type reads none)\n"),
+    }
+    if page.tests.is_empty() {
+        return out;
+    }
+    let rows: Vec<Vec<String>> = page
+        .tests
+        .iter()
+        .map(|t| {
+            let status = if t.flaky {
+                format!("{} (flaky)", t.status.as_str())
+            } else {
+                t.status.as_str().to_string()
+            };
+            let name = if t.classname.is_empty() {
+                t.name.clone()
+            } else {
+                format!("{}::{}", t.classname, t.name)
+            };
+            vec![
+                status,
+                sanitize(&name),
+                t.duration_ms
+                    .map(|ms| format!("{:.3}s", ms as f64 / 1000.0))
+                    .unwrap_or_default(),
+                t.message
+                    .as_deref()
+                    .and_then(|m| m.lines().find(|l| !l.trim().is_empty()))
+                    .map(|l| sanitize(&l.chars().take(100).collect::<String>()))
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    out.push_str(&render_table(&["STATUS", "TEST", "TIME", "MESSAGE"], &rows));
+    if page.next_cursor.is_some() {
+        out.push_str("(more: raise --limit, or page with GET /jobs/{id}/tests?cursor=)\n");
     }
     out
 }
@@ -282,6 +356,7 @@ mod tests {
             inline_argv: None,
             image: None,
             stages: Vec::new(),
+            tests: None,
             artifact_dir: "/data/artifacts/x".into(),
         }
     }
@@ -325,6 +400,71 @@ mod tests {
             ..view("0193a1b2-0000-7000-8000-000000000007", JobStatus::Succeeded)
         };
         insta::assert_snapshot!(job(&j));
+    }
+
+    #[test]
+    fn test_results_failures_first() {
+        use warden_api::{TestCounts, TestResult, TestStatus, TestsResponse};
+        let t = |class: &str, name: &str, status, ms, message: Option<&str>, flaky| TestResult {
+            suite: "pytest".into(),
+            classname: class.into(),
+            name: name.into(),
+            status,
+            duration_ms: ms,
+            message: message.map(str::to_string),
+            flaky,
+        };
+        let page = TestsResponse {
+            job_id: "j".into(),
+            counts: Some(TestCounts {
+                total: 4,
+                passed: 1,
+                failed: 1,
+                error: 1,
+                skipped: 1,
+                files: 1,
+                truncated: false,
+            }),
+            tests: vec![
+                t(
+                    "tests.test_a",
+                    "test_bad",
+                    TestStatus::Failed,
+                    Some(250),
+                    Some("\nassert 1 == 2\ntraceback"),
+                    true,
+                ),
+                t(
+                    "tests.test_a",
+                    "test_err\u{1b}[2J",
+                    TestStatus::Error,
+                    None,
+                    Some("fixture broke"),
+                    false,
+                ),
+                t(
+                    "tests.test_b",
+                    "test_skip",
+                    TestStatus::Skipped,
+                    Some(0),
+                    Some("not on linux"),
+                    false,
+                ),
+                t("", "test_ok", TestStatus::Passed, Some(1), None, false),
+            ],
+            next_cursor: Some("4".into()),
+        };
+        insta::assert_snapshot!(tests(&page));
+        let none = TestsResponse {
+            job_id: "j".into(),
+            counts: None,
+            tests: vec![],
+            next_cursor: None,
+        };
+        assert_eq!(
+            tests(&none),
+            "no test results (the job has not ended, or its type reads none)\n"
+        );
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub struct JobType {
     pub argv: Vec<String>,
     /// A pipeline run in one sandbox, one stage after another, instead of one `argv`.
     pub stages: Vec<Stage>,
+    /// Reports the job leaves in its artifacts that warden reads into per-test results.
+    pub results: Results,
     pub timeout_s: Positive,
     pub requires_repo: bool,
     pub requires_repo_allowlist: bool,
@@ -121,6 +123,61 @@ pub struct Stage {
     #[serde(default)]
     pub always: bool,
 }
+
+/// Where a job type's test reports are: JUnit XML files in its artifacts.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Results {
+    /// Paths (globs allowed: `*`, `?`, `[…]`, `**`) written `$ARTIFACT_DIR/…`.
+    #[serde(default)]
+    pub junit: Vec<String>,
+}
+
+/// Most report patterns a job type may name.
+pub const MAX_RESULT_PATTERNS: usize = 16;
+
+impl Results {
+    /// Each pattern relative to the artifact directory (`$ARTIFACT_DIR/` taken off).
+    pub fn junit_patterns(&self) -> impl Iterator<Item = &str> {
+        self.junit
+            .iter()
+            .map(|p| p.strip_prefix(ARTIFACT_DIR_PREFIX).unwrap_or(p))
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.junit.len() > MAX_RESULT_PATTERNS {
+            return Err(format!(
+                "results.junit lists {} patterns: at most {MAX_RESULT_PATTERNS}",
+                self.junit.len()
+            ));
+        }
+        for (i, p) in self.junit.iter().enumerate() {
+            let Some(rel) = p.strip_prefix(ARTIFACT_DIR_PREFIX) else {
+                return Err(format!(
+                    "results.junit[{i}] {p:?} must start with $ARTIFACT_DIR/: warden reads \
+                     reports only from the job's artifacts"
+                ));
+            };
+            if rel.is_empty()
+                || rel.starts_with('/')
+                || rel.split('/').any(|c| c == ".." || c == ".")
+                || rel.chars().any(char::is_control)
+            {
+                return Err(format!(
+                    "results.junit[{i}] {p:?} must name a path inside the artifacts (no '..', \
+                     '.', '//' or control characters)"
+                ));
+            }
+            if let Err(e) = globset::Glob::new(rel) {
+                return Err(format!("results.junit[{i}] {p:?} is not a valid glob: {e}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How a report path is written: inside the job's artifacts.
+pub const ARTIFACT_DIR_PREFIX: &str = "$ARTIFACT_DIR/";
 
 /// Most stages a job type may have.
 pub const MAX_STAGES: usize = 64;
@@ -307,6 +364,8 @@ struct RawJobType {
     argv: Option<Vec<String>>,
     #[serde(default)]
     stages: Option<Vec<Stage>>,
+    #[serde(default)]
+    results: Results,
     timeout_s: Positive,
     #[serde(default)]
     requires_repo: bool,
@@ -367,6 +426,7 @@ impl TryFrom<RawJobType> for JobType {
             return Err("argv must not contain NUL bytes".to_string());
         }
         check_stages(&stages, &raw.allowed_params, raw.timeout_s.get())?;
+        raw.results.check()?;
         if !stages.is_empty() && raw.isolation == IsolationTier::Gvisor {
             return Err(
                 "stages are not available with isolation: gvisor (runsc runs one program per \
@@ -485,6 +545,7 @@ impl TryFrom<RawJobType> for JobType {
             description: raw.description,
             argv,
             stages,
+            results: raw.results,
             timeout_s: raw.timeout_s,
             requires_repo: raw.requires_repo,
             requires_repo_allowlist: raw.requires_repo_allowlist,

@@ -20,8 +20,8 @@ mod tests;
 
 pub use images::{ImagesConfig, RegistryConfig, RegistryCredential};
 pub use job_type::{
-    BindConfig, CgroupLimit, IsolationTier, JobType, JobTypeName, Limits, MAX_STAGES, RootMode,
-    Stage, is_valid_label,
+    ARTIFACT_DIR_PREFIX, BindConfig, CgroupLimit, IsolationTier, JobType, JobTypeName, Limits,
+    MAX_STAGES, Results, RootMode, Stage, is_valid_label,
 };
 pub use network::{
     Destination, EgressPolicy, EgressRule, NetworkPolicy, always_denied, parse_rule,

@@ -355,3 +355,42 @@ fn staged_job_types_are_checked_stage_by_stage() {
     let err = Config::from_yaml_str(&format!("{head}    stages:\n{many}"), "bad.yaml").unwrap_err();
     assert!(err.message.contains("at most 64"), "{err}");
 }
+
+#[test]
+fn result_reports_are_globs_inside_the_artifacts() {
+    let ok = Config::from_yaml_str(
+        "job_types:\n  t:\n    argv: [x]\n    timeout_s: 5\n    results: {junit: [\"$ARTIFACT_DIR/junit.xml\", \"$ARTIFACT_DIR/reports/**/*.xml\"]}\n",
+        "ok.yaml",
+    )
+    .unwrap();
+    let t = &ok.job_types[&JobTypeName("t".into())];
+    let patterns: Vec<&str> = t.results.junit_patterns().collect();
+    assert_eq!(patterns, ["junit.xml", "reports/**/*.xml"]);
+    for (pattern, fragment) in [
+        ("/tmp/junit.xml", "must start with $ARTIFACT_DIR/"),
+        ("junit.xml", "must start with $ARTIFACT_DIR/"),
+        (
+            "$ARTIFACT_DIR/../etc/passwd",
+            "must name a path inside the artifacts",
+        ),
+        (
+            "$ARTIFACT_DIR//x.xml",
+            "must name a path inside the artifacts",
+        ),
+        ("$ARTIFACT_DIR/", "must name a path inside the artifacts"),
+        ("$ARTIFACT_DIR/a[.xml", "is not a valid glob"),
+    ] {
+        let yaml = format!(
+            "job_types:\n  t:\n    argv: [x]\n    timeout_s: 5\n    results: {{junit: [{pattern:?}]}}\n"
+        );
+        let err = Config::from_yaml_str(&yaml, "bad.yaml").unwrap_err();
+        assert!(err.message.contains(fragment), "{pattern}: {err}");
+        assert!(err.line.is_some(), "{err}");
+    }
+    let err = Config::from_yaml_str(
+        "job_types:\n  t:\n    argv: [x]\n    timeout_s: 5\n    results: {xunit: []}\n",
+        "bad.yaml",
+    )
+    .unwrap_err();
+    assert!(err.message.contains("unknown field `xunit`"), "{err}");
+}

@@ -229,13 +229,18 @@ fn run_stages(
             let ended = r.run(index, &waiting);
             // SAFETY: as above; 0 disarms it.
             unsafe { libc::alarm(0) };
-            // A runner that died (a kill took it) is started again for the next stage.
             match ended {
                 Some(done) => {
                     runner = Some(r);
                     done
                 }
-                None => (libc::SIGKILL, String::new()),
+                // The runner died (a kill took it, or the stage did): how its stage ended is
+                // unknown, so it ends here with every process of the job, as a timeout ends
+                // one; the runner is started again for the next stage.
+                None => {
+                    end_everything();
+                    (libc::SIGKILL, String::new())
+                }
             }
         });
         let status = match result {

@@ -145,6 +145,44 @@ impl pb::job_service_server::JobService for Jobs {
         Ok(Response::new(job_to_pb(&job)))
     }
 
+    async fn list_tests(
+        &self,
+        req: Request<pb::ListTestsRequest>,
+    ) -> Result<Response<pb::ListTestsResponse>, Status> {
+        let caller = caller(&self.svc, &req, "grpc ListTests").await?;
+        let r = req.get_ref();
+        let id = job_id(&r.job_id)?;
+        let status_filter = warden_proto::test_status_from_pb(r.status)
+            .map_err(|e| Status::invalid_argument(e.0))?;
+        let after = if r.cursor.is_empty() {
+            0
+        } else {
+            r.cursor.parse::<u64>().map_err(|_| {
+                Status::invalid_argument(format!("cursor {:?} is invalid", r.cursor))
+            })?
+        };
+        let limit = match r.limit {
+            0 => crate::service::DEFAULT_TESTS_LIMIT,
+            n if n <= crate::service::MAX_TESTS_LIMIT => n,
+            n => {
+                return Err(Status::invalid_argument(format!(
+                    "limit {n} is invalid: 1 to {}",
+                    crate::service::MAX_TESTS_LIMIT
+                )));
+            }
+        };
+        let page = self
+            .svc
+            .tests(&caller, id, status_filter, after, limit)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListTestsResponse {
+            counts: page.counts.as_ref().map(warden_proto::counts_to_pb),
+            tests: page.tests.iter().map(warden_proto::test_to_pb).collect(),
+            next_cursor: page.next_cursor,
+        }))
+    }
+
     type WatchJobStream = BoxStream<pb::Job>;
 
     async fn watch_job(

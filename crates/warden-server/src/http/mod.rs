@@ -37,6 +37,7 @@ pub fn app(service: AppState) -> Router {
         .route("/jobs/{id}/cancel", post(cancel))
         .route("/jobs/{id}/logs", get(logs::logs))
         .route("/jobs/{id}/artifacts", get(artifacts))
+        .route("/jobs/{id}/tests", get(tests))
         .route("/jobs/{id}/artifacts/{*path}", get(download))
         .route("/job-types", get(job_types))
         .route("/whoami", get(admin::whoami))
@@ -112,6 +113,28 @@ async fn get_job(
     let id = JobService::parse_id(&id)?;
     let job = svc.get(&caller, id).await?;
     Ok(Json(svc.view(&job)).into_response())
+}
+
+async fn tests(
+    State(svc): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ServiceError> {
+    let id = JobService::parse_id(&id)?;
+    let q = parse_query(raw, &["status", "cursor", "limit"])?;
+    let status = match q.get("status") {
+        None => None,
+        Some(s) => Some(warden_api::TestStatus::parse(s).ok_or_else(|| {
+            ServiceError::new(
+                ErrorCode::InvalidQuery,
+                format!("status={s:?} is invalid; one of: passed, failed, error, skipped"),
+            )
+        })?),
+    };
+    let limit = query_num(&q, "limit", 1u32..=10_000)?.unwrap_or(1000);
+    let after = query_num(&q, "cursor", 0u64..=u64::MAX / 2)?.unwrap_or(0);
+    Ok(Json(svc.tests(&caller, id, status, after, limit).await?).into_response())
 }
 
 async fn list(

@@ -7,6 +7,9 @@ mod artifacts;
 mod error;
 mod logs;
 mod submit;
+mod tests;
+
+pub use tests::{DEFAULT_TESTS_LIMIT, MAX_TESTS_LIMIT};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -317,6 +320,7 @@ impl JobService {
             inline_argv: job.inline_argv.clone(),
             image: job.image.clone(),
             stages: job.stages.clone(),
+            tests: job.tests.clone(),
             artifact_dir: self.artifact_dir(job.id),
         }
     }

@@ -40,7 +40,8 @@ macro_rules! conformance_tests {
             max_queued_refuses_without_writing,
             tokens_round_trip_and_revoke_once,
             audit_is_appended_listed_and_purged,
-            inline_argv_round_trips
+            inline_argv_round_trips,
+            test_results_are_fenced_ordered_and_flaky_across_jobs
         );
     };
     (@each $make:expr; $($name:ident),*) => {
@@ -519,6 +520,7 @@ pub async fn complete_records_the_outcome_once(store: &dyn Store) {
         log_truncated: true,
         enforcement: BTreeMap::from([("memory".to_string(), "cgroup v2 (no swap)".to_string())]),
         invariants: None,
+        tests: None,
         stages: vec![
             warden_api::StageRecord {
                 name: "build".into(),
@@ -546,6 +548,7 @@ pub async fn complete_records_the_outcome_once(store: &dyn Store) {
     };
     let rec = store.complete(&c.lease, done.clone(), 20).await.unwrap();
     assert_eq!(rec.stages, done.stages);
+    assert_eq!(rec.tests, None);
     assert_eq!(rec.id, job.id);
     assert_eq!(rec.status, JobStatus::Failed);
     assert_eq!(rec.reason.as_deref(), Some("output_limit"));
@@ -607,4 +610,165 @@ pub async fn repo_fields_and_invariants_round_trip(store: &dyn Store) {
     assert_eq!(rec.status, JobStatus::MutationDetected);
     assert_eq!(rec.invariants, Some(invariants));
     assert_eq!(store.get(rec.id).await.unwrap(), rec);
+}
+
+pub async fn test_results_are_fenced_ordered_and_flaky_across_jobs(store: &dyn Store) {
+    use crate::{TestResult, TestStatus, TestsQuery};
+    let t = |name: &str, status| TestResult {
+        suite: "s".into(),
+        classname: "c".into(),
+        name: name.into(),
+        status,
+        duration_ms: Some(3),
+        message: (status != TestStatus::Passed).then(|| format!("{name} says\nwhy")),
+        flaky: false,
+    };
+    let sha = "d".repeat(40);
+    let at_commit = |now| {
+        let mut j = new_job("pytest", None, now);
+        j.repo_name = Some("click".into());
+        j.sha = Some(sha.clone());
+        j
+    };
+    let first = submit(store, at_commit(1)).await;
+    let c = store.claim("w", None, LEASE_MS, 2).await.unwrap().unwrap();
+    assert_eq!(c.job.id, first.id);
+    store
+        .append_tests(
+            &c.lease,
+            0,
+            vec![t("a", TestStatus::Passed), t("b", TestStatus::Failed)],
+        )
+        .await
+        .unwrap();
+    // Sent again after a lost reply: replaces itself, adds nothing.
+    store
+        .append_tests(&c.lease, 1, vec![t("b", TestStatus::Failed)])
+        .await
+        .unwrap();
+    store
+        .append_tests(
+            &c.lease,
+            2,
+            vec![t("c", TestStatus::Skipped), t("d", TestStatus::Error)],
+        )
+        .await
+        .unwrap();
+    let stale = crate::Lease {
+        token: c.lease.token + 1,
+        ..c.lease.clone()
+    };
+    let refused = store
+        .append_tests(&stale, 4, vec![t("e", TestStatus::Passed)])
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::LeaseLost(_))),
+        "{refused:?}"
+    );
+    let q = |status, after, limit| TestsQuery {
+        job: first.id,
+        attempt: 1,
+        status,
+        after,
+        limit,
+    };
+    let names = |v: Vec<TestResult>| v.into_iter().map(|t| t.name).collect::<Vec<_>>();
+    assert_eq!(
+        names(store.tests(&q(None, 0, 100)).await.unwrap()),
+        ["b", "d", "c", "a"],
+        "failures first, then skipped, then passed"
+    );
+    let all = store.tests(&q(None, 0, 100)).await.unwrap();
+    assert_eq!(all[0], t("b", TestStatus::Failed));
+    assert_eq!(
+        names(store.tests(&q(None, 1, 2)).await.unwrap()),
+        ["d", "c"]
+    );
+    assert_eq!(
+        names(
+            store
+                .tests(&q(Some(TestStatus::Passed), 0, 100))
+                .await
+                .unwrap()
+        ),
+        ["a"]
+    );
+    // Another attempt's results are not this one's.
+    assert!(
+        store
+            .tests(&TestsQuery {
+                attempt: 2,
+                ..q(None, 0, 100)
+            })
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let counts = warden_api::TestCounts {
+        total: 4,
+        passed: 1,
+        failed: 1,
+        error: 1,
+        skipped: 1,
+        files: 1,
+        truncated: false,
+    };
+    let done = Completion {
+        status: Some(JobStatus::Failed),
+        tests: Some(counts.clone()),
+        ..Completion::default()
+    };
+    let rec = store.complete(&c.lease, done, 3).await.unwrap();
+    assert_eq!(rec.tests, Some(counts));
+    assert!(
+        store
+            .flaky_tests("pytest", Some("click"), &sha)
+            .await
+            .unwrap()
+            .is_empty(),
+        "one job alone is not flaky"
+    );
+
+    // A second job at the same commit where b passed and a errored: both are flaky there.
+    let second = submit(store, at_commit(4)).await;
+    let c2 = store.claim("w", None, LEASE_MS, 5).await.unwrap().unwrap();
+    assert_eq!(c2.job.id, second.id);
+    store
+        .append_tests(
+            &c2.lease,
+            0,
+            vec![t("a", TestStatus::Error), t("b", TestStatus::Passed)],
+        )
+        .await
+        .unwrap();
+    let mut flaky = store
+        .flaky_tests("pytest", Some("click"), &sha)
+        .await
+        .unwrap();
+    flaky.sort();
+    let key = |n: &str| ("s".to_string(), "c".to_string(), n.to_string());
+    assert_eq!(flaky, [key("a"), key("b")]);
+    // Another commit, another repository or another job type sees none of it.
+    let other_sha = "e".repeat(40);
+    assert!(
+        store
+            .flaky_tests("pytest", Some("click"), &other_sha)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .flaky_tests("pytest", None, &sha)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .flaky_tests("lint", Some("click"), &sha)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -297,6 +297,52 @@ impl Coordinator for RemoteCoordinator {
         }
     }
 
+    async fn append_tests(
+        &self,
+        lease: &Lease,
+        first: u32,
+        tests: Vec<warden_store::TestResult>,
+    ) -> Result<(), StoreError> {
+        let deadline = Instant::now() + Duration::from_millis(self.lease_ms() as u64);
+        // Pieces well under a message's cap: a record is at most a few KiB.
+        let mut at = 0usize;
+        while at < tests.len() {
+            let mut bytes = 0usize;
+            let mut end = at;
+            while end < tests.len() && (end == at || bytes < MAX_CHUNK / 2) {
+                let t = &tests[end];
+                bytes += 64
+                    + t.suite.len()
+                    + t.classname.len()
+                    + t.name.len()
+                    + t.message.as_ref().map_or(0, String::len);
+                end += 1;
+            }
+            let body = In::AppendTests(pb::AppendTestsRequest {
+                lease: Some(lease_to_pb(lease)),
+                first: first + at as u32,
+                tests: tests[at..end]
+                    .iter()
+                    .map(warden_proto::test_to_pb)
+                    .collect(),
+            });
+            let mut tries = 0;
+            match self
+                .call(body, Some(deadline), Duration::from_secs(10), &mut tries)
+                .await
+            {
+                Ok(Out::Ack(_)) => {}
+                Ok(Out::Error(e)) if lease_error(lease, &e).is_some() => {
+                    return Err(StoreError::LeaseLost(lease.job_id));
+                }
+                Ok(other) => return Err(Self::unexpected("append tests", other)),
+                Err(CallError::Unreachable) => return Err(Self::unreachable("append tests")),
+            }
+            at = end;
+        }
+        Ok(())
+    }
+
     async fn append_log(
         &self,
         lease: &Lease,

@@ -6,6 +6,7 @@ mod execute;
 mod gvisor;
 mod prepare;
 mod record;
+mod results;
 mod verdict;
 
 use std::sync::Arc;
@@ -279,6 +280,29 @@ async fn prove(shared: &Shared, job: &JobRecord, co: &Checkout) -> (Proof, Invar
     (proof, inv)
 }
 
+/// The job's test reports, when its type names some: stored under the lease, counted on the
+/// record; what could not be read or stored is a warning, never a change of status.
+async fn test_results(shared: &Shared, job: &JobRecord, lease: &Lease, done: &mut Completion) {
+    let Some(results) = shared
+        .config
+        .job_type(&job.job_type)
+        .map(|t| t.results.clone())
+        .filter(|r| !r.junit.is_empty())
+    else {
+        return;
+    };
+    let dir = shared.data.artifacts(job.id);
+    let got = blocking(move || results::collect(&dir, &results)).await;
+    done.warnings.extend(got.warnings);
+    // One transaction in the store (a remote worker's coordinator sends it in pieces that
+    // each fit a message).
+    if let Err(e) = shared.coordinator.append_tests(lease, 0, got.tests).await {
+        tracing::warn!(job = %job.id, error = %e, "could not store the test results");
+        done.warnings.push(format!("TEST_RESULTS_NOT_STORED: {e}"));
+    }
+    done.tests = Some(got.counts);
+}
+
 /// Cleans up, writes `artifact.json` and tells the coordinator how the job ended.
 #[allow(clippy::too_many_arguments)]
 async fn finish(
@@ -322,6 +346,9 @@ async fn finish(
     };
     done.invariants = invariants;
     done.resources = resources(info.as_ref());
+    if info.is_some() {
+        test_results(shared, job, lease, &mut done).await;
+    }
     let finished_ms = now_millis();
     let summary = checkout.as_ref().map(|co| CheckoutSummary {
         cache_hit: co.hit,
@@ -443,6 +470,7 @@ pub(crate) mod tests {
             inline_argv: None,
             image: None,
             stages: Vec::new(),
+            tests: None,
         }
     }
 }

@@ -88,6 +88,7 @@ pub(super) fn artifact_record(input: RecordInput<'_>, dir: &Path) -> ArtifactJso
             truncated: done.log_truncated,
         },
         stages: done.stages.clone(),
+        tests: done.tests.clone(),
         outputs,
         outputs_truncated,
     }

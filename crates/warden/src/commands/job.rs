@@ -60,6 +60,14 @@ pub async fn run(args: JobArgs) -> i32 {
             artifacts(&client, &job_id, get, out, fmt).await
         }
         JobCommand::Types => types(&client, fmt).await,
+        JobCommand::Tests {
+            job_id,
+            status,
+            limit,
+        } => {
+            let status = status.as_deref().and_then(warden_api::TestStatus::parse);
+            tests(&client, &job_id, status, limit, fmt).await
+        }
     };
     match result {
         Ok(code) => code,
@@ -335,6 +343,21 @@ async fn stage_log(
         at += take as u64;
     }
     let _ = out.flush();
+    Ok(exit::OK)
+}
+
+async fn tests(
+    client: &Client,
+    id: &str,
+    status: Option<warden_api::TestStatus>,
+    limit: u32,
+    fmt: OutputFormat,
+) -> Result<i32, ClientError> {
+    let page = client.tests(id, status, None, limit).await?;
+    match fmt {
+        OutputFormat::Json => output::json(&page),
+        OutputFormat::Table => print!("{}", tables::tests(&page)),
+    }
     Ok(exit::OK)
 }
 

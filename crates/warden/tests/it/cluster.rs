@@ -36,6 +36,21 @@ job_types:
     timeout_s: 60
     secrets: [CP_SECRET]
     secret_env: {CP_VAR: CP_SECRET}
+  reported:
+    argv:
+      - /usr/bin/python3
+      - -c
+      - |
+        f = open('/artifacts/junit.xml', 'w')
+        f.write('<testsuite name="big">')
+        for i in range(3000):
+            if i % 3 == 0:
+                f.write('<testcase name="t%d"><failure message="%s"/></testcase>' % (i, 'm' * 900))
+            else:
+                f.write('<testcase name="t%d"/>' % i)
+        f.write('</testsuite>')
+    timeout_s: 60
+    results: {junit: ["$ARTIFACT_DIR/junit.xml"]}
 "#;
 
 /// The control plane's value of the secret `secretive` jobs are granted, and a worker's own
@@ -933,6 +948,48 @@ async fn logs_follow_and_cancel_work_through_another_replica() {
         "{:?}",
         asked.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_workers_test_results_reach_every_replica_in_pieces() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = ControlPlane::start(dir.path(), "cp-a", &db.url, "");
+    let b = ControlPlane::start(dir.path(), "cp-b", &db.url, "");
+    let _w = Worker::start(dir.path(), "w", &a.grpc, 1, "");
+    let id = a.client().submit(&job("reported")).await.unwrap().job_id;
+    let done = wait_all(
+        &a.client(),
+        std::slice::from_ref(&id),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(done[0].status, JobStatus::Succeeded, "{:?}", done[0]);
+    let counts = done[0].tests.clone().unwrap();
+    assert_eq!(
+        (counts.total, counts.failed, counts.passed),
+        (3000, 1000, 2000)
+    );
+    // About 1 MiB of failure messages: more than one message of the worker's session.
+    let grpc = Client::new(
+        &format!("grpc://{}", b.grpc.trim_start_matches("http://")),
+        Duration::from_secs(10),
+        None,
+    )
+    .unwrap();
+    for client in [b.client(), grpc] {
+        let page = client.tests(&id, None, None, 10_000).await.unwrap();
+        assert_eq!(page.tests.len(), 3000);
+        assert_eq!(page.counts, Some(counts.clone()));
+        assert!(
+            page.tests[..1000]
+                .iter()
+                .all(|t| t.status == warden_api::TestStatus::Failed)
+        );
+        assert_eq!(page.tests[0].name, "t0");
+        assert_eq!(page.tests[0].message.as_deref().map(str::len), Some(900));
+        assert_eq!(page.tests[1000].name, "t1");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,5 +14,6 @@ mod perimeter;
 mod pipelines;
 mod private_repo;
 mod repo;
+mod results;
 mod rootless;
 mod support;

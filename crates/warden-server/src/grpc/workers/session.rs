@@ -104,6 +104,7 @@ impl Session {
             In::Claim(c) => self.claim(Duration::from_millis(c.wait_ms as u64)).await,
             In::Heartbeat(h) => self.heartbeat(h).await,
             In::AppendLog(a) => self.append_log(a).await,
+            In::AppendTests(a) => self.append_tests(a).await,
             In::Complete(c) => self.complete(c).await,
             In::Release(r) => self.release(r).await,
         }
@@ -165,6 +166,26 @@ impl Session {
                 self.hub.events.job_changed(lease.job_id);
                 Out::Ack(pb::Ack {})
             }
+            Err(e) => store_error(e),
+        }
+    }
+
+    async fn append_tests(&self, a: pb::AppendTestsRequest) -> Out {
+        let tests = match a
+            .tests
+            .into_iter()
+            .map(warden_proto::test_from_pb)
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(t) => t,
+            Err(e) => return error(ErrCode::Invalid, e.0),
+        };
+        let lease = match self.own_lease(a.lease) {
+            Ok(l) => l,
+            Err(out) => return out,
+        };
+        match self.hub.store.append_tests(&lease, a.first, tests).await {
+            Ok(()) => Out::Ack(pb::Ack {}),
             Err(e) => store_error(e),
         }
     }
