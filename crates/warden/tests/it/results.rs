@@ -237,6 +237,41 @@ async fn junit_reports_become_per_test_records_failures_first_and_flaky_at_one_c
         text.contains("failed (flaky)  tests.test_b::test_flip"),
         "{text}"
     );
+    // Garbage in the query is the caller's, with a message that says what to fix.
+    let http = crate::support::http();
+    for (query, status, fragment) in [
+        (
+            "status=broken",
+            400,
+            "status=\"broken\" is invalid; one of: passed, failed, error, skipped",
+        ),
+        ("limit=0", 400, "limit=\"0\" is invalid"),
+        ("cursor=-1", 400, "cursor=\"-1\" is invalid"),
+        ("colour=red", 400, "unknown query parameter \"colour\""),
+    ] {
+        let resp = http
+            .get(format!(
+                "{}/jobs/{}/tests?{query}",
+                server.url, again.job_id
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{query}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert_eq!(body["error"]["code"], "invalid_query", "{query}");
+        assert!(message.contains(fragment), "{query}: {message}");
+    }
+    let resp = http
+        .get(format!(
+            "{}/jobs/0193a1b2-0000-7000-8000-000000000001/tests",
+            server.url
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
     let bad = Command::new(WARDEN)
         .args(["job", "tests", &again.job_id, "--status", "broken"])
         .env("WARDEN_SERVER", &server.url)
