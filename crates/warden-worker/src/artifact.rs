@@ -44,10 +44,13 @@ pub struct ArtifactJson {
     /// Its JUnit reports' test cases by status (job types with `results:`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tests: Option<warden_api::TestCounts>,
-    /// Files the job left in its artifact directory (relative paths), artifact.json excluded.
-    pub outputs: Vec<String>,
-    /// The listing of `outputs` stopped at its limit (10,000 entries): there are more.
-    pub outputs_truncated: bool,
+    /// What the job declared in `warden-outputs.json` (`{"outputs": {…}}`, checked; empty
+    /// without one).
+    pub outputs: serde_json::Map<String, serde_json::Value>,
+    /// Files the job left in its artifact directory (relative paths), warden's own excluded.
+    pub files: Vec<String>,
+    /// The listing of `files` stopped at its limit (10,000 entries): there are more.
+    pub files_truncated: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -146,8 +149,9 @@ mod tests {
             },
             stages: vec![],
             tests: None,
-            outputs: vec![],
-            outputs_truncated: false,
+            outputs: serde_json::Map::new(),
+            files: vec![],
+            files_truncated: false,
         }
     }
 

@@ -11,6 +11,12 @@ pub mod egress;
 mod events;
 mod executor;
 pub mod junit;
+
+/// The fuzz target's entry point for `warden-outputs.json` (`fuzz/fuzz_targets/outputs.rs`):
+/// parses `data` as the file a job writes and checks the properties any input must give.
+pub fn fuzz_outputs(data: &[u8]) {
+    run::outputs_check(data);
+}
 mod layout;
 mod pool;
 mod remote;

@@ -31,6 +31,8 @@ pub(super) struct ExecInfo {
     pub stage_marks: Vec<(usize, u64, u64)>,
     /// A staged job's stages: name and `always`.
     pub stage_specs: Vec<(String, bool)>,
+    /// What the job declared in `warden-outputs.json` (checked), for `artifact.json`.
+    pub job_outputs: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ExecInfo {

@@ -4,6 +4,7 @@
 
 mod execute;
 mod gvisor;
+mod outputs;
 mod prepare;
 mod record;
 mod results;
@@ -23,6 +24,8 @@ use self::record::{RecordInput, artifact_record, resources};
 use self::verdict::{Outcome, Proof, Refusal, apply_proof, verdict};
 use crate::artifact::{CheckoutSummary, write_artifact_json};
 use crate::shared::{JobSignals, Shared};
+
+pub(crate) use self::outputs::check_properties as outputs_check;
 
 /// Filesystem work runs on the blocking pool: it must never stall the runtime's few threads
 /// (an fsync on a worker thread stalls every request that thread serves).
@@ -346,7 +349,14 @@ async fn finish(
     };
     done.invariants = invariants;
     done.resources = resources(info.as_ref());
-    if info.is_some() {
+    let mut info = info;
+    if let Some(i) = info.as_mut() {
+        // What the job said about itself: warnings for the record, outputs for artifact.json.
+        let dir = shared.data.artifacts(id);
+        let said = blocking(move || outputs::read(&dir)).await;
+        done.warnings.extend(said.warnings);
+        done.warnings.extend(said.refused);
+        i.job_outputs = said.outputs;
         test_results(shared, job, lease, &mut done).await;
     }
     let finished_ms = now_millis();

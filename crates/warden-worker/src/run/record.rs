@@ -53,7 +53,7 @@ pub(super) fn artifact_record(input: RecordInput<'_>, dir: &Path) -> ArtifactJso
     if info.is_some_and(|i| i.report.as_ref().is_some_and(|r| r.root_changes.is_some())) {
         ours.push("changes.json");
     }
-    let (outputs, outputs_truncated) = outputs(dir, &ours);
+    let (files, files_truncated) = files(dir, &ours);
     ArtifactJson {
         job_id: job.id.to_string(),
         job_type: job.job_type.clone(),
@@ -89,15 +89,16 @@ pub(super) fn artifact_record(input: RecordInput<'_>, dir: &Path) -> ArtifactJso
         },
         stages: done.stages.clone(),
         tests: done.tests.clone(),
-        outputs,
-        outputs_truncated,
+        outputs: info.map(|i| i.job_outputs.clone()).unwrap_or_default(),
+        files,
+        files_truncated,
     }
 }
 
 /// Relative paths of the regular files the job left, never following links; warden's own
 /// files (`ours`: `artifact.json`, `egress.jsonl`, `changes.json`) excluded; and whether the
 /// listing stopped at its limit.
-fn outputs(dir: &Path, ours: &[&str]) -> (Vec<String>, bool) {
+fn files(dir: &Path, ours: &[&str]) -> (Vec<String>, bool) {
     let listing = artifact_dir::list(dir);
     let files = listing
         .entries
@@ -148,7 +149,7 @@ mod tests {
         assert_eq!((rec.log.stdout_bytes, rec.log.stderr_bytes), (10, 20));
         assert_eq!(rec.isolation, "unsafe_fallback");
         assert!(rec.unsafe_fallback);
-        assert_eq!(rec.outputs, ["out/a.txt"]);
-        assert!(!rec.outputs_truncated);
+        assert_eq!(rec.files, ["out/a.txt"]);
+        assert!(!rec.files_truncated);
     }
 }

@@ -68,7 +68,8 @@ async fn submit_follow_logs_and_artifact_json() {
         art["limits"]["network"],
         "own network namespace (loopback only)"
     );
-    assert_eq!(art["outputs"], serde_json::json!(["out.txt"]));
+    assert_eq!(art["files"], serde_json::json!(["out.txt"]));
+    assert_eq!(art["outputs"], serde_json::json!({}));
     assert_eq!(art["log"]["stdout_bytes"], 12);
     assert!(
         art["invariants"]["clean_tree_ok"].is_null(),

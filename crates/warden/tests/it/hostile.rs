@@ -1012,7 +1012,7 @@ hostile!(artifact_links_and_fifos_are_never_followed, |b| {
     )
     .unwrap();
     assert_eq!(
-        art["outputs"],
+        art["files"],
         serde_json::json!([]),
         "links and fifos are not outputs"
     );

@@ -307,7 +307,7 @@ async fn names_are_lossless_and_long_listings_say_they_stopped() {
     assert!(listing.truncated);
     let record: serde_json::Value =
         serde_json::from_slice(&h.client.artifact(&id, "artifact.json").await.unwrap()).unwrap();
-    assert_eq!(record["outputs_truncated"], true);
+    assert_eq!(record["files_truncated"], true);
     // ... and each can be downloaded by its exact bytes.
     for (name, body) in [("a%FF", "1"), ("a%FE", "22")] {
         let url = format!("{}/jobs/{id}/artifacts/{name}", h.server.url);

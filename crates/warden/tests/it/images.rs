@@ -459,7 +459,7 @@ async fn a_writable_root_changes_nothing_outside_the_job_and_reports_what_it_cha
         .unwrap(),
     )
     .unwrap();
-    assert_eq!(record["outputs"], serde_json::json!([]));
+    assert_eq!(record["files"], serde_json::json!([]));
     // Nothing persists into the next job.
     let (again, out) = run(&c, "host_again").await;
     assert_eq!(again.status, JobStatus::Succeeded, "{again:?}");

@@ -53,6 +53,13 @@ job_types:
       - |
 {nested}    timeout_s: 30
     results: {{junit: ["$ARTIFACT_DIR/reports/**/*.xml"]}}
+  says:
+    argv:
+      - /bin/sh
+      - -c
+      - |
+{says}    allowed_params: [MODE]
+    timeout_s: 30
   none-written:
     argv: ["/bin/true"]
     timeout_s: 30
@@ -71,9 +78,18 @@ job_types:
             report = block(REPORT),
             nested = block(NESTED),
             hostile = block(HOSTILE),
+            says = block(SAYS),
         ),
     )
 }
+
+/// Writes a `warden-outputs.json` as `MODE` says, then exits as it says.
+const SAYS: &str = r#"case "$MODE" in
+  good) printf '{"warnings": ["SLOW_MIRROR", "coverage fell 2%%"], "outputs": {"coverage": 81.5, "report": {"path": "cov/index.html"}}}' > /artifacts/warden-outputs.json ;;
+  claims) printf '{"status": "succeeded", "warnings": ["all fine"]}' > /artifacts/warden-outputs.json; exit 3 ;;
+  garbage) printf '{"warnings": [' > /artifacts/warden-outputs.json ;;
+  link) ln -s /etc/passwd /artifacts/warden-outputs.json ;;
+esac"#;
 
 const NESTED: &str = r#"mkdir -p /artifacts/reports/unit
 echo '<testsuite><testcase name="u"/></testsuite>' > /artifacts/reports/unit/a.xml
@@ -442,4 +458,60 @@ job_types:
     if n("error") > 0 {
         assert_eq!(page.tests[0].status, TestStatus::Error);
     }
+}
+
+#[tokio::test]
+async fn a_job_adds_warnings_and_outputs_but_never_its_own_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&config(dir.path(), &repo(dir.path())));
+    let c = server.client();
+    let artifact_json = |c: Client, id: String| async move {
+        serde_json::from_slice::<serde_json::Value>(
+            &c.artifact(&id, "artifact.json").await.unwrap(),
+        )
+        .unwrap()
+    };
+
+    let job = run(&c, req("says", false, &[("MODE", "good")])).await;
+    assert_eq!(job.status, JobStatus::Succeeded);
+    assert_eq!(job.warnings, ["SLOW_MIRROR", "coverage fell 2%"]);
+    let record = artifact_json(c.clone(), job.job_id.clone()).await;
+    assert_eq!(
+        record["outputs"],
+        serde_json::json!({"coverage": 81.5, "report": {"path": "cov/index.html"}})
+    );
+    assert_eq!(
+        record["warnings"],
+        serde_json::json!(["SLOW_MIRROR", "coverage fell 2%"])
+    );
+    assert_eq!(record["files"], serde_json::json!(["warden-outputs.json"]));
+
+    // A file that claims a status is refused whole; the job's exit decides.
+    let job = run(&c, req("says", false, &[("MODE", "claims")])).await;
+    assert_eq!(job.status, JobStatus::Failed);
+    assert_eq!(job.exit_code, Some(3));
+    assert_eq!(
+        job.warnings,
+        [
+            "OUTPUTS_REFUSED: warden-outputs.json: unknown key \"status\": only \"warnings\" and \"outputs\""
+        ]
+    );
+    let record = artifact_json(c.clone(), job.job_id.clone()).await;
+    assert_eq!(record["outputs"], serde_json::json!({}));
+
+    let job = run(&c, req("says", false, &[("MODE", "garbage")])).await;
+    assert_eq!(job.status, JobStatus::Succeeded);
+    assert_eq!(job.warnings.len(), 1);
+    assert!(
+        job.warnings[0].starts_with("OUTPUTS_REFUSED: warden-outputs.json: not JSON: EOF"),
+        "{:?}",
+        job.warnings
+    );
+    let job = run(&c, req("says", false, &[("MODE", "link")])).await;
+    assert_eq!(job.status, JobStatus::Succeeded);
+    assert_eq!(job.warnings.len(), 1, "{:?}", job.warnings);
+    assert!(job.warnings[0].starts_with("OUTPUTS_REFUSED: warden-outputs.json: "));
+    // No file: nothing said.
+    let job = run(&c, req("says", false, &[("MODE", "none")])).await;
+    assert!(job.warnings.is_empty(), "{:?}", job.warnings);
 }
