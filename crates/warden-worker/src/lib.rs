@@ -12,6 +12,27 @@ mod events;
 mod executor;
 pub mod junit;
 
+/// Deterministic garbage for the parsers' property tests (the fuzz targets check the same
+/// properties with nightly): `count` documents of up to `max_len` bytes from `alphabet`.
+#[cfg(test)]
+pub(crate) fn garbage(alphabet: &[u8], max_len: u64, count: usize) -> Vec<Vec<u8>> {
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    (0..count)
+        .map(|_| {
+            let len = next() % max_len;
+            (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect()
+        })
+        .collect()
+}
+
 /// The fuzz target's entry point for `warden-outputs.json` (`fuzz/fuzz_targets/outputs.rs`):
 /// parses `data` as the file a job writes and checks the properties any input must give.
 pub fn fuzz_outputs(data: &[u8]) {

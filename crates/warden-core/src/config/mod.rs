@@ -14,14 +14,14 @@ mod images;
 mod job_type;
 mod network;
 mod perimeter;
+mod pipeline;
 mod positive;
 #[cfg(test)]
 mod tests;
 
 pub use images::{ImagesConfig, RegistryConfig, RegistryCredential};
 pub use job_type::{
-    ARTIFACT_DIR_PREFIX, BindConfig, CgroupLimit, IsolationTier, JobType, JobTypeName, Limits,
-    MAX_STAGES, Results, RootMode, Stage, is_valid_label,
+    BindConfig, CgroupLimit, IsolationTier, JobType, JobTypeName, Limits, RootMode, is_valid_label,
 };
 pub use network::{
     Destination, EgressPolicy, EgressRule, NetworkPolicy, always_denied, parse_rule,
@@ -30,6 +30,7 @@ pub use perimeter::{
     AuthConfig, InlinePolicy, RateLimit, SecretSource, TenantConfig, is_valid_secret_name,
     is_valid_tenant,
 };
+pub use pipeline::{ARTIFACT_DIR_PREFIX, MAX_RESULT_PATTERNS, MAX_STAGES, Results, Stage};
 pub use positive::{Cpus, Positive};
 
 use crate::repo::{Transport, parse_repo_url};

@@ -3,7 +3,8 @@
 //! - [`supervisor`]: forked by the zygote per job; reads the spawn spec and reports the end;
 //! - [`sandboxed`]: the supervisor's side of a sandboxed job (cgroup, clone, watch, kill);
 //! - [`init`]: pid 1 of the job's namespaces (root, cgroup entry, uid map, reaping);
-//! - [`job`]: pid 2, which drops every privilege and execs the job;
+//! - [`job`]: pid 2, which drops every privilege and execs the job (or, staged, runs its stages);
+//! - [`stages`]: a staged job's pipeline, as its init runs it;
 //! - [`fallback`]: the supervisor's side of an `unsafe_fallback` job (a subreaper, rlimits);
 //! - [`report`]: the typed message the init sends the supervisor.
 
@@ -12,6 +13,7 @@ mod init;
 mod job;
 mod report;
 mod sandboxed;
+mod stages;
 pub mod supervisor;
 
 use std::io;

@@ -143,17 +143,8 @@ mod tests {
 
     #[test]
     fn garbage_never_panics_and_keeps_the_caps() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         let alphabet = br#"{}[]":,warningsoutputs 0123\u001b"#;
-        for _ in 0..3000 {
-            let len = (seed % 200) as usize;
-            let mut doc = Vec::with_capacity(len);
-            for _ in 0..len {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                doc.push(alphabet[(seed % alphabet.len() as u64) as usize]);
-            }
+        for doc in crate::garbage(alphabet, 200, 3000) {
             check_properties(&doc);
         }
         check_properties(br#"{"warnings": ["a"], "outputs": {"b": [[[1]]]}}"#);

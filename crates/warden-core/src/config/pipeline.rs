@@ -1,0 +1,153 @@
+//! What a job type runs as a pipeline and what it reports: `stages:` (checked stage by stage)
+//! and `results:` (where its JUnit reports are). See docs/pipelines.md.
+
+use serde::Deserialize;
+
+use super::job_type::is_valid_label;
+use super::positive::Positive;
+use crate::params::{is_reserved, is_valid_param_name};
+
+/// One stage of a staged job type.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    pub name: String,
+    pub argv: Vec<String>,
+    /// The stage's own time limit, within the job's `timeout_s`.
+    #[serde(default)]
+    pub timeout_s: Option<Positive>,
+    /// Variables added to the job's environment for this stage only.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Runs even after an earlier stage failed (a `collect` stage); its own failure is
+    /// reported too.
+    #[serde(default)]
+    pub always: bool,
+}
+
+/// Where a job type's test reports are: JUnit XML files in its artifacts.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Results {
+    /// Paths (globs allowed: `*`, `?`, `[…]`, `**`) written `$ARTIFACT_DIR/…`.
+    #[serde(default)]
+    pub junit: Vec<String>,
+}
+
+/// Most report patterns a job type may name.
+pub const MAX_RESULT_PATTERNS: usize = 16;
+
+impl Results {
+    /// Each pattern relative to the artifact directory (`$ARTIFACT_DIR/` taken off).
+    pub fn junit_patterns(&self) -> impl Iterator<Item = &str> {
+        self.junit
+            .iter()
+            .map(|p| p.strip_prefix(ARTIFACT_DIR_PREFIX).unwrap_or(p))
+    }
+
+    pub(super) fn check(&self) -> Result<(), String> {
+        if self.junit.len() > MAX_RESULT_PATTERNS {
+            return Err(format!(
+                "results.junit lists {} patterns: at most {MAX_RESULT_PATTERNS}",
+                self.junit.len()
+            ));
+        }
+        for (i, p) in self.junit.iter().enumerate() {
+            let Some(rel) = p.strip_prefix(ARTIFACT_DIR_PREFIX) else {
+                return Err(format!(
+                    "results.junit[{i}] {p:?} must start with $ARTIFACT_DIR/: warden reads \
+                     reports only from the job's artifacts"
+                ));
+            };
+            if rel.is_empty()
+                || rel.starts_with('/')
+                || rel.split('/').any(|c| c == ".." || c == ".")
+                || rel.chars().any(char::is_control)
+            {
+                return Err(format!(
+                    "results.junit[{i}] {p:?} must name a path inside the artifacts (no '..', \
+                     '.', '//' or control characters)"
+                ));
+            }
+            if let Err(e) = globset::Glob::new(rel) {
+                return Err(format!("results.junit[{i}] {p:?} is not a valid glob: {e}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How a report path is written: inside the job's artifacts.
+pub const ARTIFACT_DIR_PREFIX: &str = "$ARTIFACT_DIR/";
+
+/// Most stages a job type may have.
+pub const MAX_STAGES: usize = 64;
+
+/// Checks a job type's `stages:` (names, argv, env), given its caller-set params.
+pub(super) fn check_stages(
+    stages: &[Stage],
+    allowed_params: &[String],
+    timeout_s: u64,
+) -> Result<(), String> {
+    if stages.len() > MAX_STAGES {
+        return Err(format!(
+            "stages lists {} stages: at most {MAX_STAGES}",
+            stages.len()
+        ));
+    }
+    for (i, st) in stages.iter().enumerate() {
+        if !is_valid_label(&st.name) {
+            return Err(format!(
+                "stages[{i}].name {:?} is invalid: names match ^[a-z0-9][a-z0-9_.-]{{0,63}}$",
+                st.name
+            ));
+        }
+        if stages[..i].iter().any(|o| o.name == st.name) {
+            return Err(format!("stages lists the name {:?} twice", st.name));
+        }
+        if st.argv.first().is_none_or(String::is_empty) {
+            return Err(format!(
+                "stages[{i}] ({}): argv must name a program: it is empty",
+                st.name
+            ));
+        }
+        if st.argv.iter().any(|a| a.contains('\0')) {
+            return Err(format!(
+                "stages[{i}] ({}): argv must not contain NUL bytes",
+                st.name
+            ));
+        }
+        if let Some(t) = st.timeout_s
+            && t.get() > timeout_s
+        {
+            return Err(format!(
+                "stages[{i}] ({}): timeout_s {} is longer than the job type's timeout_s {timeout_s}",
+                st.name,
+                t.get()
+            ));
+        }
+        for (var, value) in &st.env {
+            if !is_valid_param_name(var) || is_reserved(var) {
+                return Err(format!(
+                    "stages[{i}] ({}): env variable {var:?} must match ^[A-Z][A-Z0-9_]{{0,63}}$ \
+                     and not be one warden sets",
+                    st.name
+                ));
+            }
+            if allowed_params.contains(var) {
+                return Err(format!(
+                    "stages[{i}] ({}): env variable {var:?} is also an allowed param: say which \
+                     one the stage gets by removing one",
+                    st.name
+                ));
+            }
+            if value.contains('\0') {
+                return Err(format!(
+                    "stages[{i}] ({}): env variable {var:?} contains a NUL byte",
+                    st.name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
