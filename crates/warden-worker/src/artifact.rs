@@ -47,10 +47,26 @@ pub struct ArtifactJson {
     /// What the job declared in `warden-outputs.json` (`{"outputs": {…}}`, checked; empty
     /// without one).
     pub outputs: serde_json::Map<String, serde_json::Value>,
+    /// A review bundle's outcome, at the top level: `size_cap_exceeded`, and with the fallback
+    /// `review_packets_archive`, `review_packets_dir` and `size_cap_fallback`.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub review: Option<ReviewFields>,
     /// Files the job left in its artifact directory (relative paths), warden's own excluded.
     pub files: Vec<String>,
     /// The listing of `files` stopped at its limit (10,000 entries): there are more.
     pub files_truncated: bool,
+}
+
+/// `artifact.json`'s review bundle fields.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReviewFields {
+    pub size_cap_exceeded: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub review_packets_archive: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub review_packets_dir: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size_cap_fallback: Option<crate::review::Fallback>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -149,6 +165,7 @@ mod tests {
             },
             stages: vec![],
             tests: None,
+            review: None,
             outputs: serde_json::Map::new(),
             files: vec![],
             files_truncated: false,

@@ -11,6 +11,7 @@ pub mod egress;
 mod events;
 mod executor;
 pub mod junit;
+pub mod review;
 
 /// Deterministic garbage for the parsers' property tests (the fuzz targets check the same
 /// properties with nightly): `count` documents of up to `max_len` bytes from `alphabet`.

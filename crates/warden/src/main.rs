@@ -8,5 +8,11 @@ fn main() {
     {
         warden_sandbox::zygote::main();
     }
+    // A review job's bundle maker, run by the worker inside the job's sandbox.
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(warden_worker::review::ARG))
+    {
+        std::process::exit(warden_worker::review::main());
+    }
     std::process::exit(warden::main());
 }

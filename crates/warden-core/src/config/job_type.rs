@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
-use super::pipeline::{Results, Stage, check_stages};
+use super::pipeline::{
+    DEFAULT_SIZE_CAP_KB, JobKind, MAX_SIZE_CAP_KB, REVIEW_PARAMS, Results, Stage, check_stages,
+};
 use super::positive::{Cpus, Positive};
 use crate::params::{is_reserved, is_valid_param_name};
 
@@ -68,6 +70,10 @@ pub struct JobType {
     pub stages: Vec<Stage>,
     /// Reports the job leaves in its artifacts that warden reads into per-test results.
     pub results: Results,
+    /// `command` (the default: `argv` or `stages`) or a built-in kind (`review_bundle`).
+    pub kind: JobKind,
+    /// A review bundle's size cap in KiB (its jobs may lower or raise it with `SIZE_CAP_KB`).
+    pub size_cap_kb: u64,
     pub timeout_s: Positive,
     pub requires_repo: bool,
     pub requires_repo_allowlist: bool,
@@ -226,6 +232,10 @@ struct RawJobType {
     stages: Option<Vec<Stage>>,
     #[serde(default)]
     results: Results,
+    #[serde(default)]
+    kind: JobKind,
+    #[serde(default)]
+    size_cap_kb: Option<Positive>,
     timeout_s: Positive,
     #[serde(default)]
     requires_repo: bool,
@@ -264,7 +274,19 @@ struct RawJobType {
 impl TryFrom<RawJobType> for JobType {
     type Error = String;
 
-    fn try_from(raw: RawJobType) -> Result<JobType, String> {
+    fn try_from(mut raw: RawJobType) -> Result<JobType, String> {
+        if raw.kind == JobKind::ReviewBundle {
+            check_review_type(&raw)?;
+            // warden's own program; its params are the bundle's.
+            raw.argv = Some(Vec::new());
+            for p in REVIEW_PARAMS {
+                if !raw.allowed_params.iter().any(|a| a == p) {
+                    raw.allowed_params.push(p.to_string());
+                }
+            }
+        } else if raw.size_cap_kb.is_some() {
+            return Err("size_cap_kb applies only to kind: review_bundle".into());
+        }
         let (argv, stages) = match (raw.argv, raw.stages) {
             (Some(_), Some(_)) => {
                 return Err(
@@ -279,7 +301,10 @@ impl TryFrom<RawJobType> for JobType {
             (None, Some(stages)) => (Vec::new(), stages),
             (Some(argv), None) => (argv, Vec::new()),
         };
-        if stages.is_empty() && argv.first().is_none_or(String::is_empty) {
+        if stages.is_empty()
+            && raw.kind == JobKind::Command
+            && argv.first().is_none_or(String::is_empty)
+        {
             return Err("argv must name a program: it is empty".to_string());
         }
         if argv.iter().any(|a| a.contains('\0')) {
@@ -406,6 +431,8 @@ impl TryFrom<RawJobType> for JobType {
             argv,
             stages,
             results: raw.results,
+            kind: raw.kind,
+            size_cap_kb: raw.size_cap_kb.map_or(DEFAULT_SIZE_CAP_KB, Positive::get),
             timeout_s: raw.timeout_s,
             requires_repo: raw.requires_repo,
             requires_repo_allowlist: raw.requires_repo_allowlist,
@@ -415,6 +442,37 @@ impl TryFrom<RawJobType> for JobType {
             inotify: raw.inotify,
         })
     }
+}
+
+/// A review bundle's job type: warden supplies the program, which needs the repository, the
+/// host's system directories (its git) and the native sandbox.
+fn check_review_type(raw: &RawJobType) -> Result<(), String> {
+    let refuse = |what: &str| {
+        Err(format!(
+            "kind: review_bundle runs warden's own program: remove {what}"
+        ))
+    };
+    if raw.argv.is_some() || raw.stages.is_some() {
+        return refuse("argv and stages");
+    }
+    if raw.image.is_some() || raw.rootfs.is_some() {
+        return refuse("image and rootfs (it uses the host's git)");
+    }
+    if raw.isolation == IsolationTier::Gvisor {
+        return refuse("isolation: gvisor");
+    }
+    if !raw.requires_repo {
+        return Err("kind: review_bundle needs requires_repo: true".into());
+    }
+    if let Some(cap) = raw.size_cap_kb
+        && cap.get() > MAX_SIZE_CAP_KB
+    {
+        return Err(format!(
+            "size_cap_kb {} is over {MAX_SIZE_CAP_KB}",
+            cap.get()
+        ));
+    }
+    Ok(())
 }
 
 /// Resource limits of a job type. Absent means warden's default: memory, processes and output

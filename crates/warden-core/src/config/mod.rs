@@ -30,7 +30,10 @@ pub use perimeter::{
     AuthConfig, InlinePolicy, RateLimit, SecretSource, TenantConfig, is_valid_secret_name,
     is_valid_tenant,
 };
-pub use pipeline::{ARTIFACT_DIR_PREFIX, MAX_RESULT_PATTERNS, MAX_STAGES, Results, Stage};
+pub use pipeline::{
+    ARTIFACT_DIR_PREFIX, DEFAULT_SIZE_CAP_KB, JobKind, MAX_RESULT_PATTERNS, MAX_SIZE_CAP_KB,
+    MAX_STAGES, REVIEW_PARAMS, Results, Stage, check_review_params,
+};
 pub use positive::{Cpus, Positive};
 
 use crate::repo::{Transport, parse_repo_url};

@@ -151,3 +151,54 @@ pub(super) fn check_stages(
     }
     Ok(())
 }
+
+/// What a job type runs: its own program (`argv` or `stages`), or one of warden's built-in kinds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    #[default]
+    Command,
+    /// A bounded diff bundle of a repository between `SINCE_SHA` and the job's commit, made by
+    /// warden's own program inside the sandbox (see docs/pipelines.md).
+    ReviewBundle,
+}
+
+/// The params a review bundle takes: the base commit (required), the size cap in KiB, and
+/// `FORCE_SIZE_CAP=1` to take the per-file fallback whatever the size.
+pub const REVIEW_PARAMS: [&str; 3] = ["SINCE_SHA", "SIZE_CAP_KB", "FORCE_SIZE_CAP"];
+/// A review bundle's size cap when neither the job type nor the job says.
+pub const DEFAULT_SIZE_CAP_KB: u64 = 256;
+/// The largest size cap a review bundle may have.
+pub const MAX_SIZE_CAP_KB: u64 = 1 << 20;
+
+/// Checks a review bundle's params at submission: `SINCE_SHA` a full commit id, `SIZE_CAP_KB`
+/// a whole number of KiB, `FORCE_SIZE_CAP` 0 or 1.
+pub fn check_review_params(
+    params: &std::collections::BTreeMap<String, String>,
+) -> Result<(), String> {
+    match params.get("SINCE_SHA") {
+        None => return Err("a review bundle needs the param SINCE_SHA (the base commit)".into()),
+        Some(s) if !crate::repo::is_full_sha(s) => {
+            return Err(format!(
+                "SINCE_SHA {s:?} must be a full commit id (40 or 64 lowercase hex digits)"
+            ));
+        }
+        Some(_) => {}
+    }
+    if let Some(cap) = params.get("SIZE_CAP_KB")
+        && !cap
+            .parse::<u64>()
+            .is_ok_and(|c| (1..=MAX_SIZE_CAP_KB).contains(&c))
+    {
+        return Err(format!(
+            "SIZE_CAP_KB {cap:?} must be a whole number of KiB from 1 to {MAX_SIZE_CAP_KB}"
+        ));
+    }
+    if let Some(f) = params.get("FORCE_SIZE_CAP")
+        && f != "0"
+        && f != "1"
+    {
+        return Err(format!("FORCE_SIZE_CAP {f:?} must be 0 or 1"));
+    }
+    Ok(())
+}

@@ -394,3 +394,63 @@ fn result_reports_are_globs_inside_the_artifacts() {
     .unwrap_err();
     assert!(err.message.contains("unknown field `xunit`"), "{err}");
 }
+
+#[test]
+fn a_review_bundle_type_takes_no_program_and_needs_its_repository() {
+    let ok = Config::from_yaml_str(
+        "job_types:\n  r:\n    kind: review_bundle\n    requires_repo: true\n    timeout_s: 60\n    size_cap_kb: 64\n",
+        "ok.yaml",
+    )
+    .unwrap();
+    let t = &ok.job_types[&JobTypeName("r".into())];
+    assert_eq!(t.kind, JobKind::ReviewBundle);
+    assert_eq!(t.size_cap_kb, 64);
+    assert_eq!(t.allowed_params, REVIEW_PARAMS);
+    let head = "job_types:\n  r:\n    kind: review_bundle\n    timeout_s: 60\n";
+    for (body, fragment) in [
+        (
+            "    requires_repo: true\n    argv: [x]\n",
+            "remove argv and stages",
+        ),
+        (
+            "    requires_repo: true\n    image: busybox\n",
+            "remove image and rootfs",
+        ),
+        (
+            "    requires_repo: true\n    isolation: gvisor\n",
+            "remove isolation: gvisor",
+        ),
+        ("", "needs requires_repo: true"),
+        (
+            "    requires_repo: true\n    size_cap_kb: 2000000\n",
+            "size_cap_kb 2000000 is over",
+        ),
+        (
+            "    requires_repo: true\n    kind: bundle\n",
+            "duplicate field `kind`",
+        ),
+    ] {
+        let err = Config::from_yaml_str(&format!("{head}{body}"), "bad.yaml").unwrap_err();
+        assert!(err.message.contains(fragment), "{body}: {err}");
+    }
+    let err = Config::from_yaml_str(
+        "job_types:\n  t:\n    argv: [x]\n    timeout_s: 5\n    size_cap_kb: 10\n",
+        "bad.yaml",
+    )
+    .unwrap_err();
+    assert!(
+        err.message
+            .contains("size_cap_kb applies only to kind: review_bundle"),
+        "{err}"
+    );
+    let params = |p: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+        p.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let sha = "a".repeat(40);
+    assert!(check_review_params(&params(&[("SINCE_SHA", &sha)])).is_ok());
+    assert!(
+        check_review_params(&params(&[("SINCE_SHA", &sha), ("SIZE_CAP_KB", "1048577")])).is_err()
+    );
+}

@@ -73,6 +73,10 @@ impl JobService {
             };
             invalid(code, e.to_string())
         })?;
+        if job_type.kind == warden_core::config::JobKind::ReviewBundle {
+            warden_core::config::check_review_params(&req.params)
+                .map_err(|e| invalid(ErrorCode::InvalidParam, e))?;
+        }
         let repo_name = non_empty(req.repo_name);
         let remote_url = non_empty(req.remote_url);
         let sha = non_empty(req.sha);

@@ -33,6 +33,8 @@ pub(super) struct ExecInfo {
     pub stage_specs: Vec<(String, bool)>,
     /// What the job declared in `warden-outputs.json` (checked), for `artifact.json`.
     pub job_outputs: serde_json::Map<String, serde_json::Value>,
+    /// A review bundle's outcome: `Some(None)` it fitted, `Some(Some(_))` the checked fallback.
+    pub review: Option<Option<crate::review::Fallback>>,
 }
 
 impl ExecInfo {

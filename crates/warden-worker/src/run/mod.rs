@@ -95,6 +95,28 @@ async fn check_out(
             "the job names a repository but no commit",
         )));
     };
+    if let Some(since) = review_base(shared, job) {
+        // A review bundle's base must be a commit of the repository (fetched if the mirror
+        // lacks it); otherwise the job fails before it runs.
+        match under_lease(
+            shared,
+            lease,
+            signals,
+            shared.repos.mirrors.ensure_commit(&remote, &since),
+        )
+        .await
+        {
+            Waited::Done(Ok(_)) => {}
+            Waited::Done(Err(e)) => {
+                let r = Refusal::from(e);
+                return Err(Outcome::ended(
+                    warden_api::JobStatus::Failed,
+                    format!("{}: SINCE_SHA: {}", r.code, r.message),
+                ));
+            }
+            Waited::Stopped(outcome) => return Err(outcome),
+        }
+    }
     match under_lease(shared, lease, signals, shared.repos.checkout(&remote, sha)).await {
         Waited::Done(Ok(co)) => {
             tracing::info!(job = %job.id, hit = co.hit, took_ms = co.took.as_millis() as u64, "worktree ready");
@@ -103,6 +125,14 @@ async fn check_out(
         Waited::Done(Err(e)) => Err(Outcome::refused(&Refusal::from(e))),
         Waited::Stopped(outcome) => Err(outcome),
     }
+}
+
+/// A review bundle's base commit (`SINCE_SHA`), for a job of a review bundle type.
+fn review_base(shared: &Shared, job: &JobRecord) -> Option<String> {
+    let t = shared.config.job_type(&job.job_type)?;
+    (t.kind == warden_core::config::JobKind::ReviewBundle)
+        .then(|| job.params.get("SINCE_SHA").cloned())
+        .flatten()
 }
 
 /// The job's image, unpacked (pulled first if this worker does not have it) and held in the
@@ -306,6 +336,26 @@ async fn test_results(shared: &Shared, job: &JobRecord, lease: &Lease, done: &mu
     done.tests = Some(got.counts);
 }
 
+/// A review bundle's size-cap fallback, believed only once its archive and packets are there;
+/// a job that claims one it did not complete fails (fail closed).
+async fn review_fallback(
+    shared: &Shared,
+    job: &JobRecord,
+    info: &mut ExecInfo,
+    done: &mut Completion,
+) {
+    let dir = shared.data.artifacts(job.id);
+    match blocking(move || crate::review::check_fallback(&dir)).await {
+        Ok(fallback) => info.review = Some(fallback),
+        Err(why) => {
+            if done.status == Some(warden_api::JobStatus::Succeeded) {
+                done.status = Some(warden_api::JobStatus::Failed);
+                done.reason = Some(format!("review_bundle_incomplete: {why}"));
+            }
+        }
+    }
+}
+
 /// Cleans up, writes `artifact.json` and tells the coordinator how the job ended.
 #[allow(clippy::too_many_arguments)]
 async fn finish(
@@ -358,6 +408,9 @@ async fn finish(
         done.warnings.extend(said.refused);
         i.job_outputs = said.outputs;
         test_results(shared, job, lease, &mut done).await;
+        if review_base(shared, job).is_some() {
+            review_fallback(shared, job, i, &mut done).await;
+        }
     }
     let finished_ms = now_millis();
     let summary = checkout.as_ref().map(|co| CheckoutSummary {

@@ -90,6 +90,15 @@ pub(super) fn prepare(
     }
     // An inline job's own argv replaces the job type's program, stages included.
     let staged = !job_type.stages.is_empty() && job.inline_argv.is_none();
+    let review = job_type.kind == warden_core::config::JobKind::ReviewBundle;
+    if review && tier == Tier::UnsafeFallback {
+        // Fail closed: the bundle is made inside the sandbox, against the read-only tree.
+        return Err(Refusal::new(
+            "sandbox_unavailable",
+            "a review bundle is made only inside the sandbox; this worker runs jobs \
+             unsandboxed (unsafe_fallback)",
+        ));
+    }
     if staged && tier == Tier::UnsafeFallback {
         // Fail closed: stages share one sandbox session, which only the sandbox's init keeps.
         return Err(Refusal::new(
@@ -185,6 +194,16 @@ pub(super) fn prepare(
             layout.env(&mut env, repo.as_ref());
             let mut isolation = layout.isolation(&job_type, repo.as_ref());
             if let Isolation::Sandbox(spec) = &mut isolation {
+                if review {
+                    // warden's own executable, read-only, runs the bundle maker.
+                    let exe = std::env::current_exe().map_err(|e| {
+                        Refusal::new("sandbox_setup_failed", format!("review bundle: {e}"))
+                    })?;
+                    spec.binds.push(warden_sandbox::Bind {
+                        host: exe,
+                        at: crate::review::EXE_IN_SANDBOX.into(),
+                    });
+                }
                 spec.secrets = granted.files.clone();
                 spec.gvisor = gvisor;
                 if job_type.root == warden_core::RootMode::Writable {
@@ -210,12 +229,21 @@ pub(super) fn prepare(
             layout.isolation(repo.as_ref())
         }
     };
+    if review && !env.contains_key("SIZE_CAP_KB") {
+        env.insert("SIZE_CAP_KB".into(), job_type.size_cap_kb.to_string());
+    }
     let spec = SpawnSpec {
         // An inline job's own argv, under everything else of its type.
-        argv: job
-            .inline_argv
-            .clone()
-            .unwrap_or_else(|| job_type.argv.clone()),
+        argv: if review {
+            vec![
+                crate::review::EXE_IN_SANDBOX.into(),
+                crate::review::ARG.into(),
+            ]
+        } else {
+            job.inline_argv
+                .clone()
+                .unwrap_or_else(|| job_type.argv.clone())
+        },
         env,
         timeout_ms: job_type.timeout_s.get().saturating_mul(1000),
         rlimits: rlimits(&job_type),

@@ -7,7 +7,7 @@ use warden_sandbox::Tier;
 use warden_store::{Completion, JobRecord};
 
 use super::execute::ExecInfo;
-use crate::artifact::{ArtifactJson, CheckoutSummary, LogSummary, Timings};
+use crate::artifact::{ArtifactJson, CheckoutSummary, LogSummary, ReviewFields, Timings};
 use crate::artifact_dir;
 
 /// What the record is made of, besides the job and its completion.
@@ -90,6 +90,12 @@ pub(super) fn artifact_record(input: RecordInput<'_>, dir: &Path) -> ArtifactJso
         stages: done.stages.clone(),
         tests: done.tests.clone(),
         outputs: info.map(|i| i.job_outputs.clone()).unwrap_or_default(),
+        review: info.and_then(|i| i.review.as_ref()).map(|r| ReviewFields {
+            size_cap_exceeded: r.is_some(),
+            review_packets_archive: r.as_ref().map(|f| f.review_packets_archive.clone()),
+            review_packets_dir: r.as_ref().map(|f| f.review_packets_dir.clone()),
+            size_cap_fallback: r.clone(),
+        }),
         files,
         files_truncated,
     }

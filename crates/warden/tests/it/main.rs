@@ -15,5 +15,6 @@ mod pipelines;
 mod private_repo;
 mod repo;
 mod results;
+mod review;
 mod rootless;
 mod support;
