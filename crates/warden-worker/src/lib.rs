@@ -12,6 +12,7 @@ mod events;
 mod executor;
 pub mod junit;
 pub mod review;
+pub mod suites;
 
 /// Deterministic garbage for the parsers' property tests (the fuzz targets check the same
 /// properties with nightly): `count` documents of up to `max_len` bytes from `alphabet`.

@@ -14,5 +14,11 @@ fn main() {
     {
         std::process::exit(warden_worker::review::main());
     }
+    // A suites job's runner, run by the worker inside the job's sandbox.
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(warden_worker::suites::ARG))
+    {
+        std::process::exit(warden_worker::suites::main());
+    }
     std::process::exit(warden::main());
 }

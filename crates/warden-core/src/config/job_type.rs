@@ -7,7 +7,8 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
 use super::pipeline::{
-    DEFAULT_SIZE_CAP_KB, JobKind, MAX_SIZE_CAP_KB, REVIEW_PARAMS, Results, Stage, check_stages,
+    DEFAULT_SIZE_CAP_KB, JobKind, MAX_SIZE_CAP_KB, REVIEW_PARAMS, Results, SUITE_PARAMS, Stage,
+    SuitesConfig, check_stages,
 };
 use super::positive::{Cpus, Positive};
 use crate::params::{is_reserved, is_valid_param_name};
@@ -74,6 +75,9 @@ pub struct JobType {
     pub kind: JobKind,
     /// A review bundle's size cap in KiB (its jobs may lower or raise it with `SIZE_CAP_KB`).
     pub size_cap_kb: u64,
+    /// Test suites in the job's repository, run by warden's suite runner: the job type's
+    /// program when it has no argv or stages, else its stage marked `suites: true`.
+    pub suites: Option<SuitesConfig>,
     pub timeout_s: Positive,
     pub requires_repo: bool,
     pub requires_repo_allowlist: bool,
@@ -235,6 +239,8 @@ struct RawJobType {
     #[serde(default)]
     kind: JobKind,
     #[serde(default)]
+    suites: Option<SuitesConfig>,
+    #[serde(default)]
     size_cap_kb: Option<Positive>,
     timeout_s: Positive,
     #[serde(default)]
@@ -287,6 +293,25 @@ impl TryFrom<RawJobType> for JobType {
         } else if raw.size_cap_kb.is_some() {
             return Err("size_cap_kb applies only to kind: review_bundle".into());
         }
+        if let Some(s) = &raw.suites {
+            s.check()?;
+            check_suites_type(&raw)?;
+            for p in SUITE_PARAMS {
+                if !raw.allowed_params.iter().any(|a| a == p) {
+                    raw.allowed_params.push(p.to_string());
+                }
+            }
+            if raw.argv.is_none() && raw.stages.is_none() {
+                // The suite runner is the job type's program.
+                raw.argv = Some(Vec::new());
+            }
+        } else if raw
+            .stages
+            .as_ref()
+            .is_some_and(|s| s.iter().any(|st| st.suites))
+        {
+            return Err("a stage with suites: true needs the job type's suites: {dir: …}".into());
+        }
         let (argv, stages) = match (raw.argv, raw.stages) {
             (Some(_), Some(_)) => {
                 return Err(
@@ -303,6 +328,7 @@ impl TryFrom<RawJobType> for JobType {
         };
         if stages.is_empty()
             && raw.kind == JobKind::Command
+            && raw.suites.is_none()
             && argv.first().is_none_or(String::is_empty)
         {
             return Err("argv must name a program: it is empty".to_string());
@@ -432,6 +458,7 @@ impl TryFrom<RawJobType> for JobType {
             stages,
             results: raw.results,
             kind: raw.kind,
+            suites: raw.suites,
             size_cap_kb: raw.size_cap_kb.map_or(DEFAULT_SIZE_CAP_KB, Positive::get),
             timeout_s: raw.timeout_s,
             requires_repo: raw.requires_repo,
@@ -471,6 +498,36 @@ fn check_review_type(raw: &RawJobType) -> Result<(), String> {
             "size_cap_kb {} is over {MAX_SIZE_CAP_KB}",
             cap.get()
         ));
+    }
+    Ok(())
+}
+
+/// A job type with suites: its repository, and the host's system directories for warden's
+/// suite runner (no image, rootfs or gVisor); at most one suites stage.
+fn check_suites_type(raw: &RawJobType) -> Result<(), String> {
+    if !raw.requires_repo {
+        return Err("suites need requires_repo: true (they are read from the repository)".into());
+    }
+    if raw.image.is_some() || raw.rootfs.is_some() || raw.isolation == IsolationTier::Gvisor {
+        return Err(
+            "suites run warden's own suite runner on the host's system directories: remove \
+             image, rootfs or isolation: gvisor"
+                .into(),
+        );
+    }
+    if raw.argv.is_some() {
+        return Err(
+            "a job type with suites runs them as its program, or in a stage with suites: true: \
+             remove argv"
+                .into(),
+        );
+    }
+    if let Some(stages) = &raw.stages
+        && stages.iter().filter(|s| s.suites).count() != 1
+    {
+        return Err(
+            "a staged job type with suites needs exactly one stage with suites: true".into(),
+        );
     }
     Ok(())
 }

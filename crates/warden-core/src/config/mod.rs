@@ -32,7 +32,7 @@ pub use perimeter::{
 };
 pub use pipeline::{
     ARTIFACT_DIR_PREFIX, DEFAULT_SIZE_CAP_KB, JobKind, MAX_RESULT_PATTERNS, MAX_SIZE_CAP_KB,
-    MAX_STAGES, REVIEW_PARAMS, Results, Stage, check_review_params,
+    MAX_STAGES, REVIEW_PARAMS, Results, SUITE_PARAMS, Stage, SuitesConfig, check_review_params,
 };
 pub use positive::{Cpus, Positive};
 

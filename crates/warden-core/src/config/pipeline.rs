@@ -12,7 +12,12 @@ use crate::params::{is_reserved, is_valid_param_name};
 #[serde(deny_unknown_fields)]
 pub struct Stage {
     pub name: String,
+    /// Its program; empty for the stage that runs the job type's suites (`suites: true`).
+    #[serde(default)]
     pub argv: Vec<String>,
+    /// Runs the job type's test suites (warden's suite runner) instead of an argv.
+    #[serde(default)]
+    pub suites: bool,
     /// The stage's own time limit, within the job's `timeout_s`.
     #[serde(default)]
     pub timeout_s: Option<Positive>,
@@ -105,7 +110,14 @@ pub(super) fn check_stages(
         if stages[..i].iter().any(|o| o.name == st.name) {
             return Err(format!("stages lists the name {:?} twice", st.name));
         }
-        if st.argv.first().is_none_or(String::is_empty) {
+        if st.suites {
+            if !st.argv.is_empty() {
+                return Err(format!(
+                    "stages[{i}] ({}): a suites stage runs warden's suite runner: remove its argv",
+                    st.name
+                ));
+            }
+        } else if st.argv.first().is_none_or(String::is_empty) {
             return Err(format!(
                 "stages[{i}] ({}): argv must name a program: it is empty",
                 st.name
@@ -201,4 +213,36 @@ pub fn check_review_params(
         return Err(format!("FORCE_SIZE_CAP {f:?} must be 0 or 1"));
     }
     Ok(())
+}
+
+/// A job type's test suites: `<dir>/<name>/suite.yaml` in the job's repository.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuitesConfig {
+    /// Relative to the repository's root.
+    pub dir: String,
+    /// Each suite's time when it does not say (and the job's `SUITE_TIMEOUT_SEC` does not).
+    #[serde(default)]
+    pub timeout_s: Option<Positive>,
+}
+
+/// The params a suites job takes: one suite by name, and the default suite timeout.
+pub const SUITE_PARAMS: [&str; 2] = ["TEST_FILTER", "SUITE_TIMEOUT_SEC"];
+
+impl SuitesConfig {
+    pub(super) fn check(&self) -> Result<(), String> {
+        let d = std::path::Path::new(&self.dir);
+        if self.dir.is_empty()
+            || d.is_absolute()
+            || d.components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            || self.dir.chars().any(char::is_control)
+        {
+            return Err(format!(
+                "suites.dir {:?} must be a path inside the repository (relative, without '..')",
+                self.dir
+            ));
+        }
+        Ok(())
+    }
 }

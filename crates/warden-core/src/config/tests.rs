@@ -454,3 +454,57 @@ fn a_review_bundle_type_takes_no_program_and_needs_its_repository() {
         check_review_params(&params(&[("SINCE_SHA", &sha), ("SIZE_CAP_KB", "1048577")])).is_err()
     );
 }
+
+#[test]
+fn suites_are_read_from_the_repository_by_warden_s_runner() {
+    let ok = Config::from_yaml_str(
+        "job_types:\n  s:\n    requires_repo: true\n    timeout_s: 60\n    suites: {dir: tests/suites, timeout_s: 30}\n  p:\n    requires_repo: true\n    timeout_s: 60\n    suites: {dir: t}\n    stages:\n      - {name: build, argv: [make]}\n      - {name: run_suites, suites: true}\n",
+        "ok.yaml",
+    )
+    .unwrap();
+    let s = &ok.job_types[&JobTypeName("s".into())];
+    assert_eq!(s.suites.as_ref().unwrap().dir, "tests/suites");
+    assert!(s.argv.is_empty() && s.stages.is_empty());
+    assert_eq!(s.allowed_params, SUITE_PARAMS);
+    let p = &ok.job_types[&JobTypeName("p".into())];
+    assert!(p.stages[1].suites && p.stages[1].argv.is_empty());
+    let head = "job_types:\n  s:\n    timeout_s: 60\n";
+    for (body, fragment) in [
+        (
+            "    requires_repo: true\n    suites: {dir: ../x}\n",
+            "must be a path inside the repository",
+        ),
+        (
+            "    requires_repo: true\n    suites: {dir: /abs}\n",
+            "must be a path inside the repository",
+        ),
+        ("    suites: {dir: t}\n", "suites need requires_repo: true"),
+        (
+            "    requires_repo: true\n    suites: {dir: t}\n    argv: [x]\n",
+            "remove argv",
+        ),
+        (
+            "    requires_repo: true\n    suites: {dir: t}\n    image: busybox\n",
+            "remove image, rootfs or isolation: gvisor",
+        ),
+        (
+            "    requires_repo: true\n    suites: {dir: t}\n    stages: [{name: a, argv: [x]}]\n",
+            "exactly one stage with suites: true",
+        ),
+        (
+            "    stages: [{name: a, suites: true}]\n",
+            "needs the job type's suites",
+        ),
+        (
+            "    requires_repo: true\n    suites: {dir: t}\n    stages: [{name: a, suites: true, argv: [x]}]\n",
+            "remove its argv",
+        ),
+        (
+            "    requires_repo: true\n    suites: {dir: t, parallel: 2}\n",
+            "unknown field `parallel`",
+        ),
+    ] {
+        let err = Config::from_yaml_str(&format!("{head}{body}"), "bad.yaml").unwrap_err();
+        assert!(err.message.contains(fragment), "{body}: {err}");
+    }
+}

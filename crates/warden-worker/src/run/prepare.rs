@@ -91,12 +91,14 @@ pub(super) fn prepare(
     // An inline job's own argv replaces the job type's program, stages included.
     let staged = !job_type.stages.is_empty() && job.inline_argv.is_none();
     let review = job_type.kind == warden_core::config::JobKind::ReviewBundle;
-    if review && tier == Tier::UnsafeFallback {
+    // warden's own executable runs in the sandbox: the review bundle maker, the suite runner.
+    let own_program = review || job_type.suites.is_some();
+    if own_program && tier == Tier::UnsafeFallback {
         // Fail closed: the bundle is made inside the sandbox, against the read-only tree.
         return Err(Refusal::new(
             "sandbox_unavailable",
-            "a review bundle is made only inside the sandbox; this worker runs jobs \
-             unsandboxed (unsafe_fallback)",
+            "review bundles and test suites run only inside the sandbox; this worker runs \
+             jobs unsandboxed (unsafe_fallback)",
         ));
     }
     if staged && tier == Tier::UnsafeFallback {
@@ -194,8 +196,8 @@ pub(super) fn prepare(
             layout.env(&mut env, repo.as_ref());
             let mut isolation = layout.isolation(&job_type, repo.as_ref());
             if let Isolation::Sandbox(spec) = &mut isolation {
-                if review {
-                    // warden's own executable, read-only, runs the bundle maker.
+                if own_program {
+                    // warden's own executable, read-only, runs the bundle maker or suites.
                     let exe = std::env::current_exe().map_err(|e| {
                         Refusal::new("sandbox_setup_failed", format!("review bundle: {e}"))
                     })?;
@@ -232,6 +234,24 @@ pub(super) fn prepare(
     if review && !env.contains_key("SIZE_CAP_KB") {
         env.insert("SIZE_CAP_KB".into(), job_type.size_cap_kb.to_string());
     }
+    let suite_runner = || -> Vec<String> {
+        vec![
+            crate::review::EXE_IN_SANDBOX.into(),
+            crate::suites::ARG.into(),
+        ]
+    };
+    if let Some(s) = &job_type.suites {
+        env.insert(
+            "WARDEN_SUITES_DIR".into(),
+            format!("{}/{}", warden_sandbox::paths::WORK, s.dir),
+        );
+        if !env.contains_key("SUITE_TIMEOUT_SEC") {
+            let t = s
+                .timeout_s
+                .map_or(crate::suites::DEFAULT_TIMEOUT_S, |t| t.get());
+            env.insert("SUITE_TIMEOUT_SEC".into(), t.to_string());
+        }
+    }
     let spec = SpawnSpec {
         // An inline job's own argv, under everything else of its type.
         argv: if review {
@@ -239,6 +259,8 @@ pub(super) fn prepare(
                 crate::review::EXE_IN_SANDBOX.into(),
                 crate::review::ARG.into(),
             ]
+        } else if job_type.suites.is_some() && job_type.stages.is_empty() {
+            suite_runner()
         } else {
             job.inline_argv
                 .clone()
@@ -254,7 +276,11 @@ pub(super) fn prepare(
                 .iter()
                 .map(|st| warden_sandbox::StageSpec {
                     name: st.name.clone(),
-                    argv: st.argv.clone(),
+                    argv: if st.suites {
+                        suite_runner()
+                    } else {
+                        st.argv.clone()
+                    },
                     env: st.env.clone(),
                     timeout_ms: st.timeout_s.map(|t| t.get().saturating_mul(1000)),
                     always: st.always,

@@ -17,4 +17,5 @@ mod repo;
 mod results;
 mod review;
 mod rootless;
+mod suites;
 mod support;
