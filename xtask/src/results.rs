@@ -60,23 +60,23 @@ pub fn bench_junit(rest: &[&str]) -> anyhow::Result<()> {
         if c.counts.total != cases as u64 {
             bail!("parsed {} of {cases} test cases", c.counts.total);
         }
+        // The job whose report it is, claimed (not timed: it ran before its report is read).
+        let claimed = rt.block_on(async {
+            store
+                .submit(NewJob::plain("bench", round as i64))
+                .await
+                .context("submit")?;
+            store
+                .claim("bench", None, 60_000, round as i64)
+                .await?
+                .context("nothing to claim")
+        })?;
         // Read, parse and store, as a worker ingests a finished job's report.
         let t = Instant::now();
         let bytes = std::fs::read(&file)?;
         let mut c = warden_worker::junit::Collector::default();
         c.add_file(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
-        rt.block_on(async {
-            store
-                .submit(NewJob::plain("bench", round as i64))
-                .await
-                .context("submit")?;
-            let claimed = store
-                .claim("bench", None, 60_000, round as i64)
-                .await?
-                .context("nothing to claim")?;
-            store.append_tests(&claimed.lease, 0, c.cases).await?;
-            anyhow::Ok(())
-        })?;
+        rt.block_on(store.append_tests(&claimed.lease, 0, c.cases))?;
         let ingested = t.elapsed();
         let out = std::process::Command::new("python3")
             .args(["-c", &python])
