@@ -365,6 +365,8 @@ pub fn bench_pipeline(rest: &[&str]) -> anyhow::Result<()> {
         s.push(staged.run()?);
         f.push(time("/bin/true", &[])?);
     }
+    // The same through warden: submit over HTTP until the job's end is followed.
+    let (e2e_one, e2e_staged) = e2e_pipeline(&warden, &dir, n_stages, runs)?;
     let _ = std::fs::remove_dir_all(&dir);
     let (o, s, f) = (stats(o), stats(s), stats(f));
     println!();
@@ -392,5 +394,67 @@ pub fn bench_pipeline(rest: &[&str]) -> anyhow::Result<()> {
         ms(floor),
         ratio(floor)
     );
+    let (eo, es) = (stats(e2e_one), stats(e2e_staged));
+    println!();
+    println!("pipeline through warden: HTTP submit → end followed, {runs} interleaved jobs each");
+    println!("| job                                  | p50 ms | p99 ms | × one job |");
+    println!("|--------------------------------------|-------:|-------:|----------:|");
+    for (name, x) in [
+        ("one /bin/true job                   ".to_string(), &eo),
+        (format!("{n_stages} /bin/true stages in one sandbox  "), &es),
+    ] {
+        println!(
+            "| {name} | {:>6} | {:>6} | {:>9.2} |",
+            ms(x.p50),
+            ms(x.p99),
+            x.p50.as_secs_f64() / eo.p50.as_secs_f64()
+        );
+    }
     Ok(())
+}
+
+/// One `/bin/true` job and a job of `n` `/bin/true` stages through a real `warden serve`,
+/// interleaved: submit→end times of each.
+fn e2e_pipeline(
+    warden: &Path,
+    dir: &Path,
+    n: usize,
+    runs: usize,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+    let stages: String = (0..n)
+        .map(|i| format!("      - {{name: s{i}, argv: [/bin/true]}}\n"))
+        .collect();
+    let config = dir.join("pipeline.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:0\ngrpc_listen: 127.0.0.1:0\nauth: {{loopback_trusted: true}}\n\
+             data_dir: {}\nslots: 2\njob_types:\n  one:\n    argv: [/bin/true]\n    \
+             timeout_s: 60\n  staged:\n    timeout_s: 60\n    stages:\n{stages}",
+            dir.join("data").display()
+        ),
+    )?;
+    let (mut server, url) = crate::start_server(warden, &config)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let result = rt.block_on(async {
+        let client = warden_client::Client::new(&url, Duration::from_secs(30), None)?;
+        let req = |t: &str| warden_api::SubmitJobRequest {
+            job_type: t.into(),
+            ..Default::default()
+        };
+        let (one, staged) = (req("one"), req("staged"));
+        for _ in 0..5 {
+            crate::one(&client, &one).await?;
+            crate::one(&client, &staged).await?;
+        }
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            a.push(crate::one(&client, &one).await?);
+            b.push(crate::one(&client, &staged).await?);
+        }
+        anyhow::Ok((a, b))
+    });
+    let _ = Command::new("kill").arg(server.id().to_string()).status();
+    let _ = server.wait();
+    result
 }
