@@ -19,8 +19,11 @@ use warden_store::{
     pending_migrations,
 };
 
+mod backup;
 mod perimeter;
 mod rows;
+
+pub use backup::{BackupInfo, backup, check_backup};
 
 use self::rows::{COLUMNS, load, load_leased, row_to_job, stream_code, to_json};
 

@@ -34,6 +34,39 @@ pub enum Command {
     Token(TokenArgs),
     /// Read the audit log: submissions, cancellations, tokens, downloads, refusals (admin).
     Audit(AuditArgs),
+    /// On the server's host: copy the embedded database to a new file while the server runs.
+    Backup(BackupArgs),
+    /// On the server's host: put a backup in place as the database of a fresh data directory.
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The server configuration whose data directory holds the database.
+    #[arg(long, env = "WARDEN_SERVE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The data directory (overrides the configuration's).
+    #[arg(long, env = "WARDEN_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The new file to write (it must not exist).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// A PostgreSQL-backed server is backed up with pg_dump (see docs/deploy.md).
+    #[arg(long, env = "WARDEN_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The server configuration whose (fresh) data directory receives the database.
+    #[arg(long, env = "WARDEN_SERVE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The data directory (overrides the configuration's).
+    #[arg(long, env = "WARDEN_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The backup `warden backup` wrote.
+    #[arg(long, value_name = "FILE")]
+    pub from: PathBuf,
 }
 
 #[derive(Debug, Args)]

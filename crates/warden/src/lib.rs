@@ -61,6 +61,8 @@ pub fn main() -> i32 {
             Command::Doctor(args) => commands::doctor::run(args).await,
             Command::Token(args) => commands::token::run(args).await,
             Command::Audit(args) => commands::token::audit(args).await,
+            Command::Backup(args) => commands::backup::backup(args),
+            Command::Restore(args) => commands::backup::restore(args),
         }
     })
 }

@@ -1,6 +1,7 @@
 //! warden's integration tests: the real binary, the real store, real processes.
 
 mod api;
+mod backup;
 mod cli;
 mod cluster;
 mod e2e;
