@@ -77,7 +77,35 @@ struct WardenRuns {
     stages: usize,
 }
 
+/// A sandbox bench's scratch directory `warden-bench-<name>-<pid>`: `work`, `artifacts` (owned
+/// by the job's uid) and a prepared `etc`. Returns it and its `etc`.
+fn bench_dir(name: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let dir = std::env::temp_dir().join(format!("warden-bench-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("work"))?;
+    std::fs::create_dir_all(dir.join("artifacts"))?;
+    std::os::unix::fs::chown(dir.join("artifacts"), Some(65534), Some(65534))?;
+    let etc = dir.join("etc");
+    warden_sandbox::prepare_etc(&etc)?;
+    Ok((dir, etc))
+}
+
 impl WardenRuns {
+    /// Native, one `/bin/true`, roots numbered from `first` (runs sharing `dir` keep apart).
+    fn new(warden: &Path, dir: &Path, etc: &Path, first: u64) -> anyhow::Result<WardenRuns> {
+        Ok(WardenRuns {
+            launcher: Launcher::new(warden),
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+            dir: dir.to_path_buf(),
+            etc: etc.to_path_buf(),
+            host: Host::establish(),
+            n: first,
+            gvisor: None,
+            stages: 0,
+        })
+    }
+
     fn spec(&self, root: PathBuf) -> SpawnSpec {
         SpawnSpec {
             stages: (0..self.stages)
@@ -171,13 +199,8 @@ fn time(program: &str, args: &[String]) -> anyhow::Result<Duration> {
 pub fn bench_sandbox(rest: &[&str]) -> anyhow::Result<()> {
     let runs = flag(rest, "--runs", 200)?;
     let warden = build_release()?;
-    let dir = std::env::temp_dir().join(format!("warden-bench-sandbox-{}", std::process::id()));
+    let (dir, etc) = bench_dir("sandbox")?;
     let (work, artifacts) = (dir.join("work"), dir.join("artifacts"));
-    std::fs::create_dir_all(&work)?;
-    std::fs::create_dir_all(&artifacts)?;
-    std::os::unix::fs::chown(&artifacts, Some(65534), Some(65534))?;
-    let etc = dir.join("etc");
-    warden_sandbox::prepare_etc(&etc)?;
     let bwrap = bwrap_args(&work, &artifacts);
     let unshare: Vec<String> = [
         "--user",
@@ -193,18 +216,7 @@ pub fn bench_sandbox(rest: &[&str]) -> anyhow::Result<()> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut wardens = WardenRuns {
-        launcher: Launcher::new(&warden),
-        rt: tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?,
-        dir: dir.clone(),
-        etc,
-        host: Host::establish(),
-        n: 0,
-        gvisor: None,
-        stages: 0,
-    };
+    let mut wardens = WardenRuns::new(&warden, &dir, &etc, 0)?;
     let (mut w, mut b, mut u, mut f) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..10 {
         wardens.run()?;
@@ -254,32 +266,12 @@ pub fn bench_gvisor(rest: &[&str]) -> anyhow::Result<()> {
         .runsc()
         .ok_or_else(|| anyhow::anyhow!("runsc not found: scripts/setup.sh installs it"))?;
     let warden = build_release()?;
-    let dir = std::env::temp_dir().join(format!("warden-bench-gvisor-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("work"))?;
-    std::fs::create_dir_all(dir.join("artifacts"))?;
-    std::os::unix::fs::chown(dir.join("artifacts"), Some(65534), Some(65534))?;
-    let etc = dir.join("etc");
-    warden_sandbox::prepare_etc(&etc)?;
-    let runs_of = |gvisor: Option<GvisorSpec>| -> anyhow::Result<WardenRuns> {
-        Ok(WardenRuns {
-            launcher: Launcher::new(&warden),
-            rt: tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?,
-            dir: dir.clone(),
-            etc: etc.clone(),
-            host: Host::establish(),
-            n: 0,
-            gvisor,
-            stages: 0,
-        })
-    };
-    let mut native = runs_of(None)?;
-    let mut gvisor = runs_of(Some(GvisorSpec {
+    let (dir, etc) = bench_dir("gvisor")?;
+    let mut native = WardenRuns::new(&warden, &dir, &etc, 0)?;
+    let mut gvisor = WardenRuns::new(&warden, &dir, &etc, 1 << 32)?;
+    gvisor.gvisor = Some(GvisorSpec {
         runsc: runsc.clone(),
-    }))?;
-    // Each WardenRuns numbers its roots from 1: keep them apart.
-    gvisor.n = 1 << 32;
+    });
     let runsc_root = dir.join("runsc-state");
     std::fs::create_dir_all(&runsc_root)?;
     let runsc_do: Vec<String> = [
@@ -332,29 +324,10 @@ pub fn bench_pipeline(rest: &[&str]) -> anyhow::Result<()> {
     let runs = flag(rest, "--runs", 100)?;
     let n_stages = flag(rest, "--stages", 5)?;
     let warden = build_release()?;
-    let dir = std::env::temp_dir().join(format!("warden-bench-pipeline-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("work"))?;
-    std::fs::create_dir_all(dir.join("artifacts"))?;
-    std::os::unix::fs::chown(dir.join("artifacts"), Some(65534), Some(65534))?;
-    let etc = dir.join("etc");
-    warden_sandbox::prepare_etc(&etc)?;
-    let runs_of = |stages: usize, first: u64| -> anyhow::Result<WardenRuns> {
-        Ok(WardenRuns {
-            launcher: Launcher::new(&warden),
-            rt: tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?,
-            dir: dir.clone(),
-            etc: etc.clone(),
-            host: Host::establish(),
-            n: first,
-            gvisor: None,
-            stages,
-        })
-    };
-    let mut one = runs_of(0, 0)?;
-    // Each WardenRuns numbers its roots from where it starts: keep them apart.
-    let mut staged = runs_of(n_stages, 1 << 32)?;
+    let (dir, etc) = bench_dir("pipeline")?;
+    let mut one = WardenRuns::new(&warden, &dir, &etc, 0)?;
+    let mut staged = WardenRuns::new(&warden, &dir, &etc, 1 << 32)?;
+    staged.stages = n_stages;
     for _ in 0..5 {
         one.run()?;
         staged.run()?;
