@@ -12,6 +12,7 @@
 //! delays work but never loses it.
 
 mod perimeter;
+mod results;
 mod rows;
 mod store;
 pub mod testing;
