@@ -188,6 +188,9 @@ pub struct JobView {
     /// with `results:`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tests: Option<TestCounts>,
+    /// Bytes of the files in its artifact directory, once it has ended.
+    #[serde(default)]
+    pub artifact_bytes: u64,
     pub artifact_dir: String,
 }
 

@@ -77,6 +77,9 @@ pub struct JobRecord {
     pub stages: Vec<StageRecord>,
     /// Its JUnit reports' test cases by status, once it has ended (job types with `results:`).
     pub tests: Option<TestCounts>,
+    /// Bytes of the files in its artifact directory (0 until it ends): with its log bytes,
+    /// the room it takes, which retention's size budget counts.
+    pub artifact_bytes: u64,
 }
 
 impl JobRecord {
@@ -117,6 +120,7 @@ pub struct Completion {
     pub invariants: Option<Invariants>,
     pub stages: Vec<StageRecord>,
     pub tests: Option<TestCounts>,
+    pub artifact_bytes: u64,
 }
 
 /// What a heartbeat tells the worker.

@@ -262,6 +262,7 @@ pub fn job_to_pb(j: &JobRecord) -> pb::Job {
         image: j.image.clone().unwrap_or_default(),
         stages: j.stages.iter().map(stage_to_pb).collect(),
         tests: j.tests.as_ref().map(counts_to_pb),
+        artifact_bytes: j.artifact_bytes,
     }
 }
 
@@ -323,6 +324,7 @@ pub fn job_from_pb(j: pb::Job, lease: Option<&Lease>) -> Result<JobRecord, WireE
             .map(stage_from_pb)
             .collect::<Result<_, _>>()?,
         tests: j.tests.map(counts_from_pb),
+        artifact_bytes: j.artifact_bytes,
     })
 }
 
@@ -361,6 +363,7 @@ pub fn job_view_from_pb(j: pb::Job) -> Result<warden_api::JobView, WireError> {
         image: r.image,
         stages: r.stages,
         tests: r.tests,
+        artifact_bytes: r.artifact_bytes,
         // Where the server keeps artifacts is not part of the gRPC contract.
         artifact_dir: String::new(),
     })
@@ -391,6 +394,7 @@ pub fn completion_to_pb(c: &Completion) -> pb::Completion {
         invariants: c.invariants.as_ref().map(invariants_to_pb),
         stages: c.stages.iter().map(stage_to_pb).collect(),
         tests: c.tests.as_ref().map(counts_to_pb),
+        artifact_bytes: c.artifact_bytes,
     }
 }
 
@@ -418,6 +422,7 @@ pub fn completion_from_pb(c: Option<pb::Completion>) -> Result<Completion, WireE
             .map(stage_from_pb)
             .collect::<Result<_, _>>()?,
         tests: c.tests.map(counts_from_pb),
+        artifact_bytes: c.artifact_bytes,
     })
 }
 
@@ -490,6 +495,7 @@ mod tests {
                 truncated: true,
                 ..TestCounts::default()
             }),
+            artifact_bytes: 4096,
         };
         let back = assignment_from_pb(pb::Assignment {
             job: Some(job_to_pb(&record)),

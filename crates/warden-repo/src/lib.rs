@@ -15,6 +15,7 @@ pub mod mirror;
 pub mod proof;
 mod size;
 mod tree_fs;
+mod unused;
 
 use std::path::Path;
 use std::time::Duration;
@@ -23,6 +24,7 @@ pub use cache::{CacheStats, Checkout, CheckoutCache};
 pub use git::Git;
 pub use mirror::{MirrorCommit, Mirrors, PUSH_DISABLED, Remote, mirror_id, remote_mirror_id};
 pub use proof::TreeProof;
+pub use unused::{UnusedMirror, dir_bytes};
 
 /// Why a repository could not be made ready. The `Display` form starts with the reason code a
 /// job records (`invalid_ref: ...`).

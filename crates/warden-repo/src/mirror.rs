@@ -175,7 +175,12 @@ impl Mirrors {
         self.root.join(mirror_id(url))
     }
 
-    fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    /// The directory every mirror is under.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub(crate) fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         locks.entry(id.to_string()).or_default().clone()
     }
@@ -214,6 +219,7 @@ impl Mirrors {
     ) -> Result<MirrorCommit, RepoError> {
         let id = remote_mirror_id(remote);
         let mirror = self.root.join(&id);
+        crate::unused::mark_used(&mirror);
         let found = |tree: String, fetched: bool| MirrorCommit {
             mirror: mirror.clone(),
             mirror_id: id.clone(),

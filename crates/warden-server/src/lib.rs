@@ -3,9 +3,10 @@
 //! [`service::JobService`] holds every rule about jobs; [`http::app`] and [`grpc::routes`] expose
 //! it over HTTP/JSON and gRPC, each mapping the service's errors in one place. [`serve::run`]
 //! wires a control plane together: the store (SQLite with an in-process worker pool, or
-//! PostgreSQL), the lease reaper, the listeners.
+//! PostgreSQL), the lease reaper, retention's collector ([`gc`]), the listeners.
 
 pub mod auth;
+pub mod gc;
 pub mod grpc;
 pub mod http;
 pub mod serve;

@@ -205,6 +205,13 @@ pub async fn run(
         pg.listen(move || svc.job_queued(), move |id| events.job_changed(id))
     });
     let reaper = start_reaper(store.clone(), service.clone());
+    let collector = crate::gc::start(crate::gc::Collector {
+        store: store.clone(),
+        config: config.clone(),
+        artifacts: data.artifacts_root(),
+        repos: Some(service.repos.clone()),
+        owner: crate::gc::Collector::owner_name(),
+    });
     let result = listen(
         &config,
         &data,
@@ -215,6 +222,7 @@ pub async fn run(
     )
     .await;
     reaper.abort();
+    collector.abort();
     if let Some(t) = listener_task {
         t.abort();
     }

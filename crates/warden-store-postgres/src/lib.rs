@@ -13,6 +13,7 @@
 
 mod perimeter;
 mod results;
+mod retention;
 mod rows;
 mod store;
 pub mod testing;
@@ -37,6 +38,7 @@ const MIGRATIONS: Migrations = &[
     (5, include_str!("../migrations/0005_image.sql")),
     (6, include_str!("../migrations/0006_stages.sql")),
     (7, include_str!("../migrations/0007_tests.sql")),
+    (8, include_str!("../migrations/0008_retention.sql")),
 ];
 
 /// Any number; the same for every replica.
@@ -46,7 +48,7 @@ const COLUMNS: &str = "id::text, tenant, job_type, repo_name, remote_url, sha, p
     idempotency_key, status, reason, exit_code, signal, attempts, max_attempts, cancel_requested, \
     unsafe_fallback, warnings, created_at, started_at, finished_at, stdout_bytes, stderr_bytes, \
     log_truncated, resources, lease_owner, lease_token, lease_expires_at, enforcement, git_ref, \
-    invariants, inline_argv, image, stages, tests";
+    invariants, inline_argv, image, stages, tests, artifact_bytes";
 
 /// `... WHERE` clause shared by every write under a lease.
 const LEASED: &str = "status = 'running' AND lease_token = $2 AND lease_owner = $3";

@@ -91,6 +91,7 @@ pub(crate) fn row_to_job(row: &PgRow) -> Result<JobRecord> {
             .map_err(get)?
             .map(|s| from_json("tests", s))
             .transpose()?,
+        artifact_bytes: row.try_get::<i64, _>(34).map_err(get)?.max(0) as u64,
     })
 }
 

@@ -285,7 +285,8 @@ impl Store for PgStore {
         let row = sqlx::query(&format!(
             "UPDATE jobs SET status = $4, reason = $5, exit_code = $6, signal = $7,
                  warnings = $8, resources = $9, log_truncated = $10, finished_at = $11,
-                 enforcement = $12, invariants = $13, stages = $14, tests = $15, lease_owner = NULL,
+                 enforcement = $12, invariants = $13, stages = $14, tests = $15, artifact_bytes = $16,
+                 lease_owner = NULL,
                  lease_expires_at = NULL
              WHERE id = $1::uuid AND {LEASED}
              RETURNING {COLUMNS}"
@@ -309,6 +310,7 @@ impl Store for PgStore {
                 .transpose()?,
         )
         .bind(done.tests.as_ref().map(to_json).transpose()?)
+        .bind(done.artifact_bytes.min(i64::MAX as u64) as i64)
         .fetch_optional(&self.pool)
         .await
         .map_err(backend)?;
@@ -502,6 +504,38 @@ impl Store for PgStore {
 
     async fn purge_audit(&self, before: Millis) -> Result<u64> {
         self.purge_audit_rows(before).await
+    }
+
+    async fn finished_usage(&self) -> Result<Vec<warden_store::TenantUsage>> {
+        self.finished_usage_rows().await
+    }
+
+    async fn oldest_finished(
+        &self,
+        tenant: &str,
+        finished_before: Option<Millis>,
+        after: Option<(Millis, JobId)>,
+        limit: u32,
+    ) -> Result<Vec<warden_store::FinishedJob>> {
+        self.oldest_finished_rows(tenant, finished_before, after, limit)
+            .await
+    }
+
+    async fn delete_finished(&self, ids: &[JobId]) -> Result<Vec<JobId>> {
+        self.delete_finished_rows(ids).await
+    }
+
+    async fn existing_jobs(&self, ids: &[JobId]) -> Result<Vec<JobId>> {
+        self.existing_job_rows(ids).await
+    }
+
+    async fn gc_lease(&self, owner: &str, lease_ms: i64, now: Millis) -> Result<bool> {
+        self.take_gc_lease(owner, lease_ms, now).await
+    }
+
+    async fn compact(&self) -> Result<u64> {
+        // autovacuum reuses the room of deleted rows; nothing to give back by hand.
+        Ok(0)
     }
 }
 

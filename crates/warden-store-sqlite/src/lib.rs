@@ -14,14 +14,15 @@ use warden_core::state::can_transition;
 use warden_core::{JobId, JobStatus};
 use warden_store::{
     AuditEntry, AuditFilter, AuditRecord, CancelOutcome, Claimed, Completion, FairShare,
-    HeartbeatReply, JobRecord, Lease, ListFilter, LogStream, Migrations, Millis, NewJob, Reaped,
-    Result, Store, StoreError, SubmitOutcome, TestResult, TestsQuery, TokenRecord,
-    pending_migrations,
+    FinishedJob, HeartbeatReply, JobRecord, Lease, ListFilter, LogStream, Migrations, Millis,
+    NewJob, Reaped, Result, Store, StoreError, SubmitOutcome, TenantUsage, TestResult, TestsQuery,
+    TokenRecord, pending_migrations,
 };
 
 mod backup;
 mod perimeter;
 mod results;
+mod retention;
 mod rows;
 
 pub use backup::{BackupInfo, backup, check_backup};
@@ -38,6 +39,7 @@ const MIGRATIONS: Migrations = &[
     (6, include_str!("../migrations/0006_image.sql")),
     (7, include_str!("../migrations/0007_stages.sql")),
     (8, include_str!("../migrations/0008_tests.sql")),
+    (9, include_str!("../migrations/0009_retention.sql")),
 ];
 
 #[derive(Clone)]
@@ -65,6 +67,7 @@ impl SqliteStore {
              PRAGMA busy_timeout = 5000;",
         )
         .map_err(backend)?;
+        retention::ensure_incremental_vacuum(&conn)?;
         migrate(&conn)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
@@ -416,7 +419,7 @@ impl Store for SqliteStore {
                 "UPDATE jobs SET status = ?2, reason = ?3, exit_code = ?4, signal = ?5,
                      warnings = ?6, resources = ?7, log_truncated = ?8, finished_at = ?9,
                      enforcement = ?10, invariants = ?11, stages = ?12, tests = ?13,
-                     lease_owner = NULL,
+                     artifact_bytes = ?14, lease_owner = NULL,
                      lease_expires_at = NULL
                  WHERE id = ?1",
                 params![
@@ -435,6 +438,7 @@ impl Store for SqliteStore {
                         .then(|| to_json(&done.stages))
                         .transpose()?,
                     done.tests.as_ref().map(to_json).transpose()?,
+                    done.artifact_bytes.min(i64::MAX as u64) as i64,
                 ],
             )
             .map_err(backend)?;
@@ -613,6 +617,61 @@ impl Store for SqliteStore {
                 .map_err(backend)
         })
         .await
+    }
+
+    async fn finished_usage(&self) -> Result<Vec<TenantUsage>> {
+        self.with(|conn| retention::finished_usage(conn)).await
+    }
+
+    async fn oldest_finished(
+        &self,
+        tenant: &str,
+        finished_before: Option<Millis>,
+        after: Option<(Millis, JobId)>,
+        limit: u32,
+    ) -> Result<Vec<FinishedJob>> {
+        let tenant = tenant.to_string();
+        self.with(move |conn| {
+            retention::oldest_finished(conn, &tenant, finished_before, after, limit)
+        })
+        .await
+    }
+
+    async fn delete_finished(&self, ids: &[JobId]) -> Result<Vec<JobId>> {
+        let ids = ids.to_vec();
+        self.with(move |conn| retention::delete_finished(conn, &ids))
+            .await
+    }
+
+    async fn existing_jobs(&self, ids: &[JobId]) -> Result<Vec<JobId>> {
+        let ids = ids.to_vec();
+        self.with(move |conn| retention::existing_jobs(conn, &ids))
+            .await
+    }
+
+    async fn gc_lease(&self, owner: &str, lease_ms: i64, now: Millis) -> Result<bool> {
+        let owner = owner.to_string();
+        self.with(move |conn| retention::gc_lease(conn, &owner, lease_ms, now))
+            .await
+    }
+
+    async fn compact(&self) -> Result<u64> {
+        // Step by step, each its own call: claims and log writes go between the steps.
+        let mut freed = 0;
+        loop {
+            let (bytes, more) = self.with(|conn| retention::vacuum_step(conn)).await?;
+            freed += bytes;
+            if !more || bytes == 0 {
+                break;
+            }
+        }
+        // In WAL mode the file shrinks when the log is checkpointed into it.
+        self.with(|conn| {
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .map_err(backend)
+        })
+        .await?;
+        Ok(freed)
     }
 }
 

@@ -13,7 +13,7 @@ pub(crate) const COLUMNS: &str = "id, tenant, job_type, repo_name, remote_url, s
     idempotency_key, status, reason, exit_code, signal, attempts, max_attempts, cancel_requested, \
     unsafe_fallback, warnings, created_at, started_at, finished_at, stdout_bytes, stderr_bytes, \
     log_truncated, resources, lease_owner, lease_token, lease_expires_at, enforcement, git_ref, \
-    invariants, inline_argv, image, stages, tests";
+    invariants, inline_argv, image, stages, tests, artifact_bytes";
 
 pub(crate) fn stream_code(s: LogStream) -> i64 {
     match s {
@@ -89,6 +89,7 @@ pub(crate) fn row_to_job(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
             .map(|s| serde_json::from_str(&s))
             .transpose()
             .map_err(|e| corrupt("tests", e))?,
+        artifact_bytes: row.get::<_, i64>(34)?.max(0) as u64,
     })
 }
 

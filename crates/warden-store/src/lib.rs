@@ -316,6 +316,52 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes audit entries older than `before`; returns how many.
     async fn purge_audit(&self, before: Millis) -> Result<u64>;
+
+    /// Finished jobs per tenant: how many, and the bytes their logs and artifacts take.
+    async fn finished_usage(&self) -> Result<Vec<TenantUsage>>;
+
+    /// A tenant's finished jobs, oldest end first (ties by id), that ended before
+    /// `finished_before` (any, when `None`), after the cursor `after` of the previous page.
+    async fn oldest_finished(
+        &self,
+        tenant: &str,
+        finished_before: Option<Millis>,
+        after: Option<(Millis, JobId)>,
+        limit: u32,
+    ) -> Result<Vec<FinishedJob>>;
+
+    /// Deletes these jobs with their logs and test results, in one transaction; a job that is
+    /// not finished (queued or running again) is left alone. Returns the ids deleted.
+    async fn delete_finished(&self, ids: &[JobId]) -> Result<Vec<JobId>>;
+
+    /// Which of these ids are jobs in the store.
+    async fn existing_jobs(&self, ids: &[JobId]) -> Result<Vec<JobId>>;
+
+    /// Takes (or, by the same owner, renews) the collector's lease until `now + lease_ms`:
+    /// one collector at a time over every process sharing the store. `false`: another holds it.
+    async fn gc_lease(&self, owner: &str, lease_ms: i64, now: Millis) -> Result<bool>;
+
+    /// Gives the room of deleted rows back to the filesystem where the backend keeps it
+    /// (SQLite's incremental vacuum); returns the bytes freed, 0 where it does not apply.
+    async fn compact(&self) -> Result<u64>;
+}
+
+/// One tenant's finished jobs, as retention counts them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantUsage {
+    pub tenant: String,
+    pub jobs: u64,
+    /// Log bytes stored plus artifact bytes.
+    pub bytes: u64,
+}
+
+/// A finished job as the collector sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishedJob {
+    pub id: JobId,
+    pub finished_at: Millis,
+    /// Log bytes stored plus artifact bytes.
+    pub bytes: u64,
 }
 
 #[cfg(test)]

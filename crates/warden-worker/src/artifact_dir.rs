@@ -251,6 +251,27 @@ pub fn list(root: &Path) -> Listing {
     out
 }
 
+/// Bytes of every regular file beneath `root`, by descriptor and never following a link
+/// (what retention counts a job's artifacts as); 0 for a root that does not exist. Unlike
+/// [`list`], not capped: a sealed directory is walked once, when its job ends.
+pub fn total_bytes(root: &Path) -> u64 {
+    let Ok(dir) = open_root(root) else {
+        return 0;
+    };
+    let mut total = 0u64;
+    let mut stack = vec![dir];
+    while let Some(dir) = stack.pop() {
+        for (name, stat) in read_entries(&dir) {
+            match FileType::from_raw_mode(stat.st_mode) {
+                FileType::RegularFile => total = total.saturating_add(stat.st_size as u64),
+                FileType::Directory => stack.extend(open_subdir(&dir, &name)),
+                _ => {}
+            }
+        }
+    }
+    total
+}
+
 /// Takes a finished job's artifact directory back from the job: every entry owned by `uid:gid`
 /// (warden), setuid, setgid and world-write bits removed, so that nothing the job left can be
 /// run by another user of the host to become the job's uid, or changed by a later job of that

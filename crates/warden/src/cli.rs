@@ -38,6 +38,40 @@ pub enum Command {
     Backup(BackupArgs),
     /// On the server's host: put a backup in place as the database of a fresh data directory.
     Restore(RestoreArgs),
+    /// On the server's host: one pass of retention's collector (finished jobs past their age
+    /// or over the size budget, artifact directories without a job, unused mirrors).
+    Gc(GcArgs),
+    /// Exit 0 when the server at --url answers /healthz (a container's or a probe's check).
+    Health(HealthArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// The server's HTTP address.
+    #[arg(long, default_value = "http://127.0.0.1:8080", value_name = "URL")]
+    pub url: String,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// The server configuration whose `retention:` applies.
+    #[arg(long, env = "WARDEN_SERVE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The data directory (overrides the configuration's).
+    #[arg(long, env = "WARDEN_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The PostgreSQL store of a replicated server.
+    #[arg(long, env = "WARDEN_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Say what would be deleted; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -63,6 +63,8 @@ pub fn main() -> i32 {
             Command::Audit(args) => commands::token::audit(args).await,
             Command::Backup(args) => commands::backup::backup(args),
             Command::Restore(args) => commands::backup::restore(args),
+            Command::Gc(args) => commands::gc::run(args).await,
+            Command::Health(args) => commands::gc::health(args).await,
         }
     })
 }

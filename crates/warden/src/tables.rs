@@ -47,6 +47,9 @@ pub fn job(j: &JobView) -> String {
     if let Some(image) = &j.image {
         out.push_str(&format!("image: {}\n", sanitize(image)));
     }
+    if j.artifact_bytes > 0 {
+        out.push_str(&format!("artifacts: {}\n", human_bytes(j.artifact_bytes)));
+    }
     if let Some(argv) = &j.inline_argv {
         let shown: Vec<String> = argv.iter().map(|a| format!("{:?}", sanitize(a))).collect();
         out.push_str(&format!("inline: [{}]\n", shown.join(", ")));
@@ -203,6 +206,21 @@ fn stages(stages: &[warden_api::StageRecord]) -> String {
     )
 }
 
+/// Bytes for people: `0 B`, `512 B`, `1.5 KiB`, `20.0 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
 /// `warden job artifacts`: a name that is not UTF-8 is shown with its exact bytes; a listing
 /// that stopped at its limit says so.
 pub fn artifacts(resp: &ArtifactsResponse) -> String {
@@ -324,6 +342,15 @@ mod tests {
     use super::*;
     use crate::clientconfig::Context;
 
+    #[test]
+    fn bytes_are_shown_in_binary_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(20 << 30), "20.0 GiB");
+        assert_eq!(human_bytes(u64::MAX), "16384.0 PiB");
+    }
+
     fn view(id: &str, status: JobStatus) -> JobView {
         JobView {
             job_id: id.into(),
@@ -357,6 +384,7 @@ mod tests {
             image: None,
             stages: Vec::new(),
             tests: None,
+            artifact_bytes: 0,
             artifact_dir: "/data/artifacts/x".into(),
         }
     }

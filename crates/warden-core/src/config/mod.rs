@@ -16,6 +16,7 @@ mod network;
 mod perimeter;
 mod pipeline;
 mod positive;
+mod retention;
 #[cfg(test)]
 mod tests;
 
@@ -35,6 +36,7 @@ pub use pipeline::{
     MAX_STAGES, REVIEW_PARAMS, Results, SUITE_PARAMS, Stage, SuitesConfig, check_review_params,
 };
 pub use positive::{Cpus, Positive};
+pub use retention::{JobRetention, RetentionConfig, TenantRetention};
 
 use crate::repo::{Transport, parse_repo_url};
 
@@ -157,6 +159,9 @@ pub struct Config {
     /// Where the gVisor tier (`isolation: gvisor`) finds `runsc`.
     #[serde(default)]
     pub gvisor: GvisorConfig,
+    /// How long finished jobs are kept and how much room they take; unused mirrors.
+    #[serde(default)]
+    pub retention: RetentionConfig,
 }
 
 /// The gVisor tier's runtime.
@@ -332,6 +337,12 @@ impl Config {
             return Some(std::borrow::Cow::Owned(TenantConfig::default()));
         }
         self.tenants.get(name).map(std::borrow::Cow::Borrowed)
+    }
+
+    /// The retention that applies to a tenant's finished jobs.
+    pub fn retention_for(&self, tenant: &str) -> JobRetention {
+        self.retention
+            .for_tenant(self.tenants.get(tenant).and_then(|t| t.retention.as_ref()))
     }
 }
 

@@ -78,6 +78,9 @@ pub struct TenantConfig {
     /// Lets this tenant submit its own argv, run under this job type's sandbox and limits.
     #[serde(default)]
     pub inline: Option<InlinePolicy>,
+    /// Its own job retention (`jobs_days`, `max_mb`); absent: the server's `retention:`.
+    #[serde(default)]
+    pub retention: Option<super::TenantRetention>,
 }
 
 fn default_weight() -> Positive {
@@ -93,6 +96,7 @@ impl Default for TenantConfig {
             max_queued: None,
             weight: default_weight(),
             inline: None,
+            retention: None,
         }
     }
 }

@@ -321,6 +321,7 @@ impl JobService {
             image: job.image.clone(),
             stages: job.stages.clone(),
             tests: job.tests.clone(),
+            artifact_bytes: job.artifact_bytes,
             artifact_dir: self.artifact_dir(job.id),
         }
     }

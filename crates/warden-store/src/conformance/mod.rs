@@ -7,7 +7,9 @@ use warden_api::ResourceUsage;
 use warden_core::{JobId, JobStatus};
 
 mod perimeter;
+mod retention;
 pub use perimeter::*;
+pub use retention::*;
 
 use crate::{
     CancelOutcome, Completion, ListFilter, LogStream, Millis, NewJob, Store, StoreError,
@@ -41,7 +43,9 @@ macro_rules! conformance_tests {
             tokens_round_trip_and_revoke_once,
             audit_is_appended_listed_and_purged,
             inline_argv_round_trips,
-            test_results_are_fenced_ordered_and_flaky_across_jobs
+            test_results_are_fenced_ordered_and_flaky_across_jobs,
+            retention_deletes_only_finished_jobs_oldest_first,
+            one_collector_holds_the_lease_until_it_expires
         );
     };
     (@each $make:expr; $($name:ident),*) => {
@@ -521,6 +525,7 @@ pub async fn complete_records_the_outcome_once(store: &dyn Store) {
         enforcement: BTreeMap::from([("memory".to_string(), "cgroup v2 (no swap)".to_string())]),
         invariants: None,
         tests: None,
+        artifact_bytes: 123_456,
         stages: vec![
             warden_api::StageRecord {
                 name: "build".into(),
@@ -556,6 +561,7 @@ pub async fn complete_records_the_outcome_once(store: &dyn Store) {
     assert_eq!(rec.warnings, ["SIZE_CAP_EXCEEDED"]);
     assert_eq!(rec.resources, Some(usage));
     assert!(rec.log_truncated);
+    assert_eq!(rec.artifact_bytes, 123_456);
     assert_eq!(rec.enforcement["memory"], "cgroup v2 (no swap)");
     assert_eq!(rec.finished_at, Some(20));
     assert_eq!(rec.lease_owner, None);

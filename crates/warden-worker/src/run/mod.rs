@@ -419,13 +419,16 @@ async fn finish(
         files: co.files(),
         bytes: co.bytes(),
     });
-    if let Err(e) = write_record(shared, job, &done, started_ms, finished_ms, info, summary).await {
-        tracing::error!(job = %id, error = %e, "could not write artifact.json");
-        done.warnings.push("ARTIFACT_JSON_WRITE_FAILED".into());
-        // Fail closed: no job ends `succeeded` without its record.
-        if done.status == Some(warden_api::JobStatus::Succeeded) {
-            done.status = Some(warden_api::JobStatus::Error);
-            done.reason = Some(format!("artifact_record_failed: {e}"));
+    match write_record(shared, job, &done, started_ms, finished_ms, info, summary).await {
+        Ok(bytes) => done.artifact_bytes = bytes,
+        Err(e) => {
+            tracing::error!(job = %id, error = %e, "could not write artifact.json");
+            done.warnings.push("ARTIFACT_JSON_WRITE_FAILED".into());
+            // Fail closed: no job ends `succeeded` without its record.
+            if done.status == Some(warden_api::JobStatus::Succeeded) {
+                done.status = Some(warden_api::JobStatus::Error);
+                done.reason = Some(format!("artifact_record_failed: {e}"));
+            }
         }
     }
     match shared.coordinator.complete(lease, done, finished_ms).await {
@@ -445,7 +448,7 @@ async fn write_record(
     finished_ms: i64,
     info: Option<ExecInfo>,
     checkout: Option<CheckoutSummary>,
-) -> std::io::Result<()> {
+) -> std::io::Result<u64> {
     let tier = info
         .as_ref()
         .and_then(|i| i.tier)
@@ -454,7 +457,7 @@ async fn write_record(
     let dir = shared.data.artifacts(job.id);
     blocking(move || {
         if !dir.is_dir() {
-            return Ok(());
+            return Ok(0);
         }
         // The job is gone: its artifacts become warden's, without setuid or world-write bits.
         seal(&dir)?;
@@ -482,7 +485,8 @@ async fn write_record(
             tier,
             checkout,
         };
-        write_artifact_json(&dir, &artifact_record(input, &dir))
+        write_artifact_json(&dir, &artifact_record(input, &dir))?;
+        Ok(crate::artifact_dir::total_bytes(&dir))
     })
     .await
 }
@@ -534,6 +538,7 @@ pub(crate) mod tests {
             image: None,
             stages: Vec::new(),
             tests: None,
+            artifact_bytes: 0,
         }
     }
 }

@@ -16,6 +16,7 @@ mod pipelines;
 mod private_repo;
 mod repo;
 mod results;
+mod retention;
 mod review;
 mod rootless;
 mod suites;
