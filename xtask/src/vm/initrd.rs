@@ -107,9 +107,10 @@ payload=$(cat /proc/cmdline | tr ' ' '\n' | sed -n 's/^warden.payload=//p')
 mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
 mkdir -p /newroot$payload
 mount -t ext4 /dev/vdb /newroot$payload || {{ echo "vm-init: no payload disk"; poweroff -f; }}
+script=$(cat /proc/cmdline | tr ' ' '\n' | sed -n 's/^warden.script=//p')
 umount /proc /sys
 mount --move /dev /newroot/dev
-exec switch_root /newroot /bin/sh $payload/target/vm-run.sh
+exec switch_root /newroot /bin/sh $payload/${{script:-target/vm-run.sh}}
 "#
     );
     std::fs::write(dir.join("init"), init)?;

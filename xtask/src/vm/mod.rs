@@ -6,7 +6,9 @@
 //! on a second disk mounted at the workspace's own path (so every path the tests were built
 //! with holds). Inside, as root: `warden doctor`, the sandbox crate's tests, the hostile-job
 //! suite and the rootless tests (an unprivileged user with a delegated subtree); with
-//! `--bench`, `xtask bench sandbox` beside bwrap. Prints `vm-test: N passed, M failed`.
+//! `--bench`, `xtask bench sandbox` beside bwrap. Then the same VM boots again with systemd as
+//! init for the deployment checks (`systemd.rs`: install, job, reboot, job, uninstall;
+//! `--systemd-only` runs just those). Prints `vm-test: N passed, M failed`.
 //!
 //! Everything large is cached under `target/vm/`: the root filesystem (and its image) and the
 //! kernel are made once; a second run rebuilds only the payload disk and boots in seconds.
@@ -21,20 +23,24 @@ use anyhow::{Context, bail};
 use crate::workspace_root;
 
 mod initrd;
+mod systemd;
 
 use initrd::ensure_initrd;
 
 const SUITE: &str = "bookworm";
 const MIRROR: &str = "http://deb.debian.org/debian";
 /// Packages the tests call inside the VM (git for mirrors and worktrees, python3 for the
-/// memory bombs, bubblewrap for the benchmark, util-linux for setpriv).
-const PACKAGES: &str = "git,python3,bubblewrap,util-linux,procps,iproute2,kmod";
+/// memory bombs, bubblewrap for the benchmark, util-linux for setpriv and runuser, systemd
+/// for the deployment boot, passwd for the installer's useradd).
+const PACKAGES: &str =
+    "git,python3,bubblewrap,util-linux,procps,iproute2,kmod,systemd,systemd-sysv,dbus,passwd";
 const KERNEL_PACKAGE: &str = "linux-image-cloud-amd64";
 /// Modules the initramfs loads to reach its disks (the cloud kernel builds them as modules).
 const BOOT_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "ext4"];
 
 struct Options {
     bench: bool,
+    systemd_only: bool,
     kvm: bool,
     timeout: Duration,
     memory_mb: u32,
@@ -43,6 +49,7 @@ struct Options {
 pub fn vm_test(rest: &[&str]) -> anyhow::Result<()> {
     let opts = Options {
         bench: rest.contains(&"--bench"),
+        systemd_only: rest.contains(&"--systemd-only"),
         kvm: rest.contains(&"--kvm"),
         timeout: Duration::from_secs(crate::flag(rest, "--timeout-min", 45)? as u64 * 60),
         memory_mb: crate::flag(rest, "--memory-mb", 4096)? as u32,
@@ -57,25 +64,71 @@ pub fn vm_test(rest: &[&str]) -> anyhow::Result<()> {
     let rootfs_img = ensure_image(&rootfs, &vm.join("rootfs.ext4"), "3G")?;
     let tests = build_tests(&root, opts.bench)?;
     let payload = make_payload(&root, &vm, &tests, opts.bench)?;
-    let summary = boot(
-        &opts,
-        &kernel.vmlinuz,
-        &initrd,
-        &rootfs_img,
-        &payload,
-        &root,
-    )?;
-    println!(
-        "vm-test: {} passed, {} failed",
-        summary.passed, summary.failed
-    );
-    if !summary.finished {
-        bail!("the VM did not finish its run (crash, hang or timeout): see the console above");
+    let disks = Disks {
+        vmlinuz: &kernel.vmlinuz,
+        initrd: &initrd,
+        rootfs: &rootfs_img,
+        payload: &payload,
+    };
+    let mut total = Summary::default();
+    let mut unfinished = Vec::new();
+    let boots: &[Boot] = if opts.systemd_only {
+        &[Boot::Systemd]
+    } else {
+        &[Boot::Tests, Boot::Systemd]
+    };
+    for &b in boots {
+        let s = boot(&opts, &disks, &root, b)?;
+        total.passed += s.passed;
+        total.failed += s.failed;
+        if !s.finished {
+            unfinished.push(b.name());
+        }
     }
-    if summary.failed > 0 || summary.passed == 0 {
+    println!("vm-test: {} passed, {} failed", total.passed, total.failed);
+    if !unfinished.is_empty() {
+        bail!(
+            "the VM's {} boot did not finish its run (crash, hang or timeout): see the console \
+             above",
+            unfinished.join(" and ")
+        );
+    }
+    if total.failed > 0 || total.passed == 0 {
         bail!("vm-test failed");
     }
     Ok(())
+}
+
+/// What a boot runs: the test executables (the script as init), or the deployment checks
+/// (systemd as init).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Boot {
+    Tests,
+    Systemd,
+}
+
+impl Boot {
+    fn name(self) -> &'static str {
+        match self {
+            Boot::Tests => "tests",
+            Boot::Systemd => "systemd",
+        }
+    }
+
+    /// The script the initramfs hands over to, relative to the workspace.
+    fn script(self) -> &'static str {
+        match self {
+            Boot::Tests => "target/vm-run.sh",
+            Boot::Systemd => "target/vm-systemd.sh",
+        }
+    }
+}
+
+struct Disks<'a> {
+    vmlinuz: &'a Path,
+    initrd: &'a Path,
+    rootfs: &'a Path,
+    payload: &'a Path,
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
@@ -101,7 +154,11 @@ fn output(cmd: &mut Command) -> anyhow::Result<String> {
 
 /// A Debian root filesystem with the packages the tests call, made once.
 fn ensure_rootfs(rootfs: &Path) -> anyhow::Result<()> {
-    let done = rootfs.join(".warden-vm-ready");
+    // The marker names the package list: a new list makes a new root filesystem.
+    let digest = PACKAGES
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b.into()));
+    let done = rootfs.join(format!(".warden-vm-ready-{digest:08x}"));
     if done.exists() {
         return Ok(());
     }
@@ -344,6 +401,22 @@ echo o > /proc/sysrq-trigger
         warden_it = rel(&tests.warden_it),
     );
     std::fs::write(dir.join("target/vm-run.sh"), script)?;
+    // The deployment boot: the installer, the units and the guide, at their workspace paths.
+    for p in [
+        "deploy/install.sh",
+        "deploy/uninstall.sh",
+        "deploy/systemd/warden.service",
+        "deploy/systemd/warden-worker.service",
+        "docs/deploy.md",
+    ] {
+        place(&root.join(p))?;
+    }
+    let at = root.display().to_string();
+    std::fs::write(dir.join("target/vm-systemd.sh"), systemd::init_script(&at))?;
+    std::fs::write(
+        dir.join("target/vm-systemd-check.sh"),
+        systemd::check_script(&at),
+    )?;
     let size = dir_size(&dir)? / (1 << 20) + 256;
     make_image(&dir, &vm.join("payload.ext4"), &format!("{size}M"))
 }
@@ -392,51 +465,53 @@ fn tally(line: &str, s: &mut Summary) {
         let (name, code) = l.rsplit_once(" exit ")?;
         Some((name.to_string(), code.trim().parse::<i32>().ok()?))
     }) {
+        let by_exit = |n: &str| n == "doctor" || n == "bench-sandbox" || n.starts_with("systemd-");
         match code {
-            (name, 0) if name == "doctor" || name == "bench-sandbox" => s.passed += 1,
-            (name, _) if name == "doctor" || name == "bench-sandbox" => s.failed += 1,
+            (name, 0) if by_exit(&name) => s.passed += 1,
+            (name, _) if by_exit(&name) => s.failed += 1,
             _ => {}
         }
     }
 }
 
-fn boot(
-    opts: &Options,
-    vmlinuz: &Path,
-    initrd: &Path,
-    rootfs: &Path,
-    payload: &Path,
-    root: &Path,
-) -> anyhow::Result<Summary> {
+fn boot(opts: &Options, disks: &Disks<'_>, root: &Path, what: Boot) -> anyhow::Result<Summary> {
     let append = format!(
         "console=ttyS0 panic=-1 cgroup_no_v1=all systemd.unified_cgroup_hierarchy=1 \
-         lsm=landlock,lockdown,yama,apparmor warden.payload={}",
-        root.display()
+         lsm=landlock,lockdown,yama,apparmor warden.payload={} warden.script={}",
+        root.display(),
+        what.script()
     );
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-accel", if opts.kvm { "kvm" } else { "tcg,thread=multi" }])
         .args(["-m", &opts.memory_mb.to_string(), "-smp", "2"])
-        .args(["-nographic", "-no-reboot", "-nic", "none"])
-        .arg("-kernel")
-        .arg(vmlinuz)
+        .args(["-nographic", "-nic", "none"]);
+    // The systemd boot reboots the guest once: the same QEMU process, so the root disk's
+    // snapshot (what the installer wrote) survives it. A kernel panic (`panic=-1`) would
+    // reboot too; the watchdog ends a VM that never finishes.
+    if what == Boot::Tests {
+        cmd.arg("-no-reboot");
+    }
+    cmd.arg("-kernel")
+        .arg(disks.vmlinuz)
         .arg("-initrd")
-        .arg(initrd)
+        .arg(disks.initrd)
         .args(["-append", &append])
         .arg("-drive")
         .arg(format!(
             "file={},format=raw,if=virtio,snapshot=on",
-            rootfs.display()
+            disks.rootfs.display()
         ))
         .arg("-drive")
         .arg(format!(
             "file={},format=raw,if=virtio,snapshot=on",
-            payload.display()
+            disks.payload.display()
         ))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     eprintln!(
-        "vm-test: booting ({})",
+        "vm-test: booting for the {} ({})",
+        what.name(),
         if opts.kvm { "kvm" } else { "tcg" }
     );
     let started = Instant::now();

@@ -1086,3 +1086,90 @@ async fn workers_talk_tls_when_certificates_are_configured() {
             .is_err()
     );
 }
+
+/// The configuration files deploy/compose.yaml mounts, run as they are but for the host paths
+/// and ports a container gives them: two control planes on PostgreSQL, a worker of both, a
+/// job submitted with a token through one and read through the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compose_configuration_files_run_a_cluster() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/compose");
+    let read = |f: &str| std::fs::read_to_string(deploy.join(f)).unwrap();
+    let token_file = dir.path().join("worker_token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let artifacts = dir.path().join("artifacts");
+    let adapt = |text: &str, data: &Path| {
+        text.replace("/var/lib/warden-artifacts", artifacts.to_str().unwrap())
+            .replace("/var/lib/warden", data.to_str().unwrap())
+            .replace("/run/secrets/worker_token", token_file.to_str().unwrap())
+            .replace("0.0.0.0:8080", "127.0.0.1:0")
+            .replace("0.0.0.0:50051", "127.0.0.1:0")
+    };
+    let control = read("control.yaml");
+    let start_cp = |name: &str| {
+        let (home, config) = write_home(dir.path(), name, |data| adapt(&control, data));
+        let mut cmd = command(&[]);
+        cmd.args(["serve", "--database-url", &db.url, "--config"])
+            .arg(&config);
+        let proc = Proc::spawn(cmd, home.join("stderr.log"));
+        let http = proc.announced("warden listening on ");
+        let grpc = proc.announced("warden gRPC listening on ");
+        (ControlPlane { proc, http, grpc }, config)
+    };
+    let (a, a_config) = start_cp("cp-a");
+    let (b, _) = start_cp("cp-b");
+    let worker_text = read("worker.yaml");
+    let (home, config) = write_home(dir.path(), "w", |data| {
+        format!(
+            "{}\nsandbox_uid: {uid}\nsandbox_gid: {uid}\n",
+            adapt(&worker_text, data),
+            uid = test_uid()
+        )
+    });
+    let mut cmd = command(&[]);
+    cmd.args(["worker", "--server", &format!("{},{}", a.grpc, b.grpc)])
+        .args(["--worker-id", "w", "--config"])
+        .arg(&config);
+    let worker = Proc::spawn(cmd, home.join("stderr.log"));
+    worker.announced("warden worker w registered");
+
+    // No one is trusted on loopback by these files: the first token is made on the host.
+    let token = dir.path().join("api.token");
+    let out = Command::new(WARDEN)
+        .args([
+            "token",
+            "create",
+            "--tenant",
+            "default",
+            "--scopes",
+            "read,submit",
+        ])
+        .arg("--serve-config")
+        .arg(&a_config)
+        .args(["--database-url", &db.url, "--out"])
+        .arg(&token)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = std::fs::read_to_string(&token).unwrap().trim().to_string();
+    let refused = a.client().submit(&job("hello")).await.unwrap_err();
+    assert!(refused.to_string().contains("401"), "{refused}");
+    let via_a = Client::new(&a.http, Duration::from_secs(10), Some(token.clone())).unwrap();
+    let via_b = Client::new(&b.http, Duration::from_secs(10), Some(token)).unwrap();
+    let id = via_a.submit(&job("hello")).await.unwrap().job_id;
+    let done = wait_all(&via_b, std::slice::from_ref(&id), Duration::from_secs(60)).await;
+    assert_eq!(done[0].status, JobStatus::Succeeded, "{:?}", done[0]);
+    let log = via_b.logs_raw(&id, "stdout", 0).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&log).starts_with("hello from warden\n"),
+        "{}",
+        String::from_utf8_lossy(&log)
+    );
+    let record = via_b.artifact(&id, "artifact.json").await.unwrap();
+    assert!(String::from_utf8_lossy(&record).contains("\"status\": \"succeeded\""));
+}

@@ -4,6 +4,7 @@ mod api;
 mod backup;
 mod cli;
 mod cluster;
+mod deploy;
 mod e2e;
 mod egress;
 mod gvisor;
