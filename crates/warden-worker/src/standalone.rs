@@ -94,6 +94,7 @@ pub async fn run(
         secrets,
         images: Some(Arc::new(images)),
     };
+    let mirror_gc = collect_mirrors(repos.clone(), &config);
     let pool = WorkerPool::start(
         Arc::new(remote),
         executor as Arc<dyn Executor>,
@@ -119,5 +120,31 @@ pub async fn run(
         grace.as_secs()
     );
     pool.shutdown(grace).await;
+    mirror_gc.abort();
     Ok(())
+}
+
+/// This host's mirrors no job used for `retention.mirrors_unused_days`, removed every
+/// `retention.interval_s` (the control plane collects jobs; a worker has only its mirrors). A
+/// job that uses a mirror stamps it first, so a running job's mirror is never unused.
+fn collect_mirrors(repos: Arc<warden_repo::Repos>, config: &Config) -> tokio::task::JoinHandle<()> {
+    let every = Duration::from_secs(config.retention.interval_s.get());
+    let unused = Duration::from_secs(
+        config
+            .retention
+            .mirrors_unused_days
+            .get()
+            .saturating_mul(86_400),
+    );
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every.min(Duration::from_secs(60))).await;
+            let since = std::time::SystemTime::now() - unused;
+            let none = std::collections::HashSet::new();
+            for m in repos.mirrors.remove_unused(since, &none, false).await {
+                tracing::info!(mirror = %m.id, bytes = m.bytes, "retention: removed an unused mirror");
+            }
+            tokio::time::sleep(every.saturating_sub(Duration::from_secs(60))).await;
+        }
+    })
 }

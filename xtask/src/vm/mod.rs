@@ -407,6 +407,8 @@ echo o > /proc/sysrq-trigger
         "deploy/uninstall.sh",
         "deploy/systemd/warden.service",
         "deploy/systemd/warden-worker.service",
+        "deploy/systemd/warden.yaml",
+        "deploy/systemd/worker.yaml",
         "docs/deploy.md",
     ] {
         place(&root.join(p))?;

@@ -1,5 +1,5 @@
-//! Every warden configuration deploy/ ships (the image's default, compose's, the Kubernetes
-//! ConfigMap's) is a valid configuration; the systemd units name the installed paths.
+//! Every warden configuration deploy/ ships (install.sh's, the image's default, compose's, the
+//! Kubernetes ConfigMap's) is a valid configuration; the systemd units name the installed paths.
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +19,8 @@ fn check(name: &str, text: &str) {
 fn every_shipped_configuration_is_valid() {
     let mut checked = Vec::new();
     for f in [
+        "systemd/warden.yaml",
+        "systemd/worker.yaml",
         "image/warden.yaml",
         "compose/control.yaml",
         "compose/worker.yaml",
@@ -38,7 +40,7 @@ fn every_shipped_configuration_is_valid() {
             checked.push(key.to_string());
         }
     }
-    assert_eq!(checked.len(), 6, "{checked:?}");
+    assert_eq!(checked.len(), 8, "{checked:?}");
 }
 
 #[test]
