@@ -218,6 +218,7 @@ impl Collector {
             ));
         }
         let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+        let took = std::time::Instant::now();
         let deleted: HashSet<JobId> = self
             .store
             .delete_finished(&ids)
@@ -235,6 +236,9 @@ impl Collector {
         })
         .await
         .map_err(|e| StoreError::Backend(format!("collector task failed: {e}")))?;
+        // The collector is never in a hurry: after each batch it leaves the store to the
+        // queue for as long as the batch held it, so claims keep most of their pace.
+        tokio::time::sleep(took.elapsed().min(Duration::from_secs(1))).await;
         let bytes = jobs
             .iter()
             .filter(|j| deleted.contains(&j.id))
