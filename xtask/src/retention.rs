@@ -57,6 +57,7 @@ pub fn bench_retention(rest: &[&str]) -> anyhow::Result<()> {
             artifacts: artifacts.clone(),
             repos: None,
             owner: "bench".into(),
+            s3: None,
         };
 
         let mut quiet = Vec::new();

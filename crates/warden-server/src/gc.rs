@@ -40,6 +40,8 @@ pub struct Collector {
     pub repos: Option<Arc<Repos>>,
     /// Names this collector in the store's lease.
     pub owner: String,
+    /// The bucket artifacts are in (`artifact_store:`), when not the artifact directory.
+    pub s3: Option<Arc<crate::artifact_store::S3Artifacts>>,
 }
 
 /// What one pass freed (or, on a dry run, would free).
@@ -236,6 +238,13 @@ impl Collector {
         })
         .await
         .map_err(|e| StoreError::Backend(format!("collector task failed: {e}")))?;
+        if let Some(s3) = &self.s3 {
+            for id in &deleted {
+                if let Err(e) = s3.delete_job(*id).await {
+                    tracing::warn!(job = %id, error = %e, "could not delete a job's artifacts from the bucket");
+                }
+            }
+        }
         // The collector is never in a hurry: after each batch it leaves the store to the
         // queue for as long as the batch held it, so claims keep most of their pace.
         tokio::time::sleep(took.elapsed().min(Duration::from_secs(1))).await;

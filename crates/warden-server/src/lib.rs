@@ -5,6 +5,7 @@
 //! wires a control plane together: the store (SQLite with an in-process worker pool, or
 //! PostgreSQL), the lease reaper, retention's collector ([`gc`]), the listeners.
 
+pub mod artifact_store;
 pub mod auth;
 pub mod gc;
 pub mod grpc;

@@ -154,6 +154,25 @@ pub async fn run(
         warden_worker::secrets::Secrets::load(&config)
             .map_err(|e| ServeError::Config(e.to_string()))?,
     );
+    if config.artifact_store.is_some() && options.database_url.is_none() {
+        return Err(ServeError::Config(
+            "artifact_store is for replicated control planes (--database-url) whose remote \
+             workers upload artifacts; the embedded server keeps them in its data directory \
+             (artifact_dir)"
+                .into(),
+        ));
+    }
+    let s3 = config
+        .artifact_store
+        .as_ref()
+        .map(|a| {
+            crate::artifact_store::S3Artifacts::connect(a, |name| {
+                secrets.value(name).map(|v| v.bytes().to_vec())
+            })
+        })
+        .transpose()
+        .map_err(ServeError::Config)?
+        .map(Arc::new);
     let (data, lock) = DataDir::open_locked(&config.data_dir, config.artifact_dir.as_deref())?;
     let (store, sqlite, pg) = open_store(&data, &options).await?;
     store.set_fair_share(fair_share(&config));
@@ -174,7 +193,7 @@ pub async fn run(
             .open_images(&config, &config.data_dir)
             .map_err(|e| ServeError::Config(format!("the image cache: {e}")))?,
     );
-    let service = Arc::new(match sqlite {
+    let mut service = match sqlite {
         Some(sqlite) => {
             let executor = local_executor(&config, &data, supervisor_exe).await;
             embedded(
@@ -198,7 +217,9 @@ pub async fn run(
             // worker's completions also carry an UNSAFE_FALLBACK warning.
             config.unsafe_fallback,
         ),
-    });
+    };
+    service.s3 = s3;
+    let service = Arc::new(service);
     // Wake-ups from the other replicas: queued jobs, changed jobs.
     let listener_task = pg.map(|pg| {
         let (svc, events) = (service.clone(), service.events.clone());
@@ -211,6 +232,7 @@ pub async fn run(
         artifacts: data.artifacts_root(),
         repos: Some(service.repos.clone()),
         owner: crate::gc::Collector::owner_name(),
+        s3: service.s3.clone(),
     });
     let result = listen(
         &config,
@@ -336,6 +358,7 @@ async fn listen(
         lease_ms: (config.lease_s.get() as i64).saturating_mul(1000),
         shutdown: service.shutdown.clone(),
         secrets,
+        s3: service.s3.clone(),
     });
     let mut grpc = grpc_server(config)?;
     let grpc_shutdown = service.shutdown.clone();

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+mod artifact_store;
 mod images;
 mod job_type;
 mod network;
@@ -20,6 +21,7 @@ mod retention;
 #[cfg(test)]
 mod tests;
 
+pub use artifact_store::{ArtifactStoreConfig, S3Location};
 pub use images::{ImagesConfig, RegistryConfig, RegistryCredential};
 pub use job_type::{
     BindConfig, CgroupLimit, IsolationTier, JobType, JobTypeName, Limits, RootMode, is_valid_label,
@@ -162,6 +164,9 @@ pub struct Config {
     /// How long finished jobs are kept and how much room they take; unused mirrors.
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// Artifacts on S3-compatible storage (replicas then need no shared directory).
+    #[serde(default)]
+    pub artifact_store: Option<ArtifactStoreConfig>,
 }
 
 /// The gVisor tier's runtime.
@@ -306,6 +311,14 @@ impl Config {
             }
         }
         self.images.check(&self.secrets).map_err(InvalidConfig)?;
+        if let Some(store) = &self.artifact_store {
+            store.check(&self.secrets).map_err(InvalidConfig)?;
+            if self.artifact_dir.is_some() {
+                return Err(InvalidConfig(
+                    "artifact_store and artifact_dir are two places for artifacts: set one".into(),
+                ));
+            }
+        }
         if let Some(runsc) = &self.gvisor.runsc
             && !runsc.is_absolute()
         {

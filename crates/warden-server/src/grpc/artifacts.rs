@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use warden_proto::{MAX_CHUNK, pb};
 
 use super::{caller, status};
-use crate::service::JobService;
+use crate::service::{ArtifactBody, JobService};
 
 pub(crate) struct Artifacts {
     svc: Arc<JobService>,
@@ -59,38 +59,83 @@ impl pb::artifact_service_server::ArtifactService for Artifacts {
         } else {
             r.path_bytes
         };
-        let (mut file, size) = self
+        let body = self
             .svc
             .open_artifact(&caller, id, &path)
             .await
             .map_err(status)?;
+        let size = body.len();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::task::spawn_blocking(move || {
-            let mut offset = 0u64;
-            let mut buf = vec![0u8; MAX_CHUNK];
-            loop {
-                let n = match file.read(&mut buf) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(Status::internal(format!("read: {e}"))));
-                        return;
+        match body {
+            ArtifactBody::File(mut file, _) => {
+                tokio::task::spawn_blocking(move || {
+                    let mut offset = 0u64;
+                    let mut buf = vec![0u8; MAX_CHUNK];
+                    loop {
+                        let n = match file.read(&mut buf) {
+                            Ok(n) => n,
+                            Err(e) => {
+                                let _ =
+                                    tx.blocking_send(Err(Status::internal(format!("read: {e}"))));
+                                return;
+                            }
+                        };
+                        // The first message always goes out, so an empty file still says its
+                        // size.
+                        if n == 0 && offset > 0 {
+                            return;
+                        }
+                        let msg = pb::ArtifactData {
+                            offset,
+                            data: buf[..n].to_vec(),
+                            size: if offset == 0 { size } else { 0 },
+                        };
+                        offset += n as u64;
+                        if tx.blocking_send(Ok(msg)).is_err() || n == 0 {
+                            return;
+                        }
                     }
-                };
-                // The first message always goes out, so an empty file still says its size.
-                if n == 0 && offset > 0 {
-                    return;
-                }
-                let msg = pb::ArtifactData {
-                    offset,
-                    data: buf[..n].to_vec(),
-                    size: if offset == 0 { size } else { 0 },
-                };
-                offset += n as u64;
-                if tx.blocking_send(Ok(msg)).is_err() || n == 0 {
-                    return;
-                }
+                });
             }
-        });
+            ArtifactBody::Stream(mut stream, _) => {
+                tokio::spawn(async move {
+                    use futures::StreamExt;
+                    let mut offset = 0u64;
+                    let first = |offset: u64| if offset == 0 { size } else { 0 };
+                    while let Some(piece) = stream.next().await {
+                        let mut piece = match piece {
+                            Ok(p) => p,
+                            Err(e) => {
+                                let _ = tx
+                                    .send(Err(Status::unavailable(format!("read: {e}"))))
+                                    .await;
+                                return;
+                            }
+                        };
+                        while !piece.is_empty() {
+                            let data = piece.split_to(piece.len().min(MAX_CHUNK));
+                            let msg = pb::ArtifactData {
+                                offset,
+                                size: first(offset),
+                                data: data.to_vec(),
+                            };
+                            offset += data.len() as u64;
+                            if tx.send(Ok(msg)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    if offset == 0 {
+                        let empty = pb::ArtifactData {
+                            offset: 0,
+                            size: 0,
+                            data: Vec::new(),
+                        };
+                        let _ = tx.send(Ok(empty)).await;
+                    }
+                });
+            }
+        }
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))

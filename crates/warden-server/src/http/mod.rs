@@ -24,7 +24,7 @@ use warden_core::JobId;
 pub use self::json::{JsonBody, MAX_BODY_BYTES};
 use self::query::{parse_query, query_num};
 use crate::auth::Caller;
-use crate::service::{JobService, ListQuery, ServiceError};
+use crate::service::{ArtifactBody, JobService, ListQuery, ServiceError};
 
 pub type AppState = Arc<JobService>;
 
@@ -233,9 +233,14 @@ async fn download(
 ) -> Result<Response, ServiceError> {
     let (raw_id, path) = download_target(&uri);
     let id = JobService::parse_id(&raw_id)?;
-    let (file, len) = svc.open_artifact(&caller, id, &path).await?;
-    let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
-    let mut resp = Response::new(Body::from_stream(stream));
+    let body = svc.open_artifact(&caller, id, &path).await?;
+    let len = body.len();
+    let mut resp = Response::new(match body {
+        ArtifactBody::File(file, _) => Body::from_stream(tokio_util::io::ReaderStream::new(
+            tokio::fs::File::from_std(file),
+        )),
+        ArtifactBody::Stream(stream, _) => Body::from_stream(stream),
+    });
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

@@ -1,11 +1,31 @@
 //! A job's artifacts, read by descriptor (see `warden_worker::artifact_dir`).
 
+use bytes::Bytes;
+use futures::stream::BoxStream;
 use warden_api::ArtifactEntry;
 use warden_core::JobId;
 use warden_worker::artifact_dir;
 
 use super::{JobService, ServiceError};
 use crate::auth::{Caller, Scope};
+
+/// One artifact, ready to be sent: a file of the artifact directory, or an object's stream.
+pub enum ArtifactBody {
+    File(std::fs::File, u64),
+    Stream(BoxStream<'static, std::io::Result<Bytes>>, u64),
+}
+
+impl ArtifactBody {
+    pub fn len(&self) -> u64 {
+        match self {
+            ArtifactBody::File(_, n) | ArtifactBody::Stream(_, n) => *n,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 impl JobService {
     /// Lists a job's artifact directory without following links: its entries (names exact:
@@ -16,6 +36,12 @@ impl JobService {
         id: JobId,
     ) -> Result<(Vec<ArtifactEntry>, bool), ServiceError> {
         self.job(caller, id, Scope::Read).await?;
+        if let Some(s3) = &self.s3 {
+            return s3
+                .list(id)
+                .await
+                .map_err(|e| ServiceError::internal("artifact store", e));
+        }
         let root = self.data.artifacts(id);
         let listing = tokio::task::spawn_blocking(move || artifact_dir::list(&root))
             .await
@@ -46,7 +72,7 @@ impl JobService {
         caller: &Caller,
         id: JobId,
         rel: &[u8],
-    ) -> Result<(std::fs::File, u64), ServiceError> {
+    ) -> Result<ArtifactBody, ServiceError> {
         self.job(caller, id, Scope::Read).await?;
         let rel = artifact_dir::validate_path_bytes(rel)?;
         self.audit(caller.audit(
@@ -55,10 +81,18 @@ impl JobService {
             "ok",
         ))
         .await;
+        if let Some(s3) = &self.s3 {
+            return match s3.open(id, &rel).await {
+                Ok(Some((stream, len))) => Ok(ArtifactBody::Stream(stream, len)),
+                Ok(None) => Err(artifact_dir::ArtifactError::NotFound(rel).into()),
+                Err(e) => Err(ServiceError::internal("artifact store", e)),
+            };
+        }
         let root = self.data.artifacts(id);
         let opened = tokio::task::spawn_blocking(move || artifact_dir::open_beneath(&root, &rel))
             .await
             .map_err(|e| ServiceError::internal("artifact open task", e))?;
-        Ok(opened?)
+        let (file, len) = opened?;
+        Ok(ArtifactBody::File(file, len))
     }
 }

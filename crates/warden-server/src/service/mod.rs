@@ -23,6 +23,7 @@ use warden_store::{AuditEntry, CancelOutcome, JobRecord, ListFilter, Store, now_
 use crate::auth::{Caller, Scope};
 use warden_worker::{DataDir, Events};
 
+pub use artifacts::ArtifactBody;
 pub use error::ServiceError;
 pub use logs::LogItem;
 
@@ -68,6 +69,8 @@ pub struct JobService {
     /// Cancelled when the server stops: live log streams end.
     pub shutdown: tokio_util::sync::CancellationToken,
     pub auth: crate::auth::Authenticator,
+    /// Artifacts in a bucket (`artifact_store:`) instead of the artifact directory.
+    pub s3: Option<Arc<crate::artifact_store::S3Artifacts>>,
 }
 
 /// One page of a listing.
@@ -106,6 +109,7 @@ impl JobService {
             accepting: AtomicBool::new(true),
             queued: tokio::sync::watch::Sender::new(0),
             shutdown: tokio_util::sync::CancellationToken::new(),
+            s3: None,
         }
     }
 

@@ -72,6 +72,11 @@ pub struct JobSecrets {
 }
 
 impl Secrets {
+    /// One secret's value, by name.
+    pub fn value(&self, name: &str) -> Option<&SecretValue> {
+        self.values.get(name)
+    }
+
     /// Reads every secret `config` defines; the first problem refuses the start.
     pub fn load(config: &Config) -> Result<Secrets, SecretError> {
         let mut values = BTreeMap::new();

@@ -108,12 +108,25 @@ async fn collect(args: &GcArgs) -> Result<GcReport, (i32, String)> {
         )),
         None => None,
     };
+    let s3 = match &config.artifact_store {
+        Some(a) => {
+            let secrets =
+                warden_worker::secrets::Secrets::load(&config).map_err(|e| usage(e.to_string()))?;
+            let s3 = warden_server::artifact_store::S3Artifacts::connect(a, |n| {
+                secrets.value(n).map(|v| v.bytes().to_vec())
+            })
+            .map_err(usage)?;
+            Some(Arc::new(s3))
+        }
+        None => None,
+    };
     let collector = Collector {
         store,
         config: Arc::new(config),
         artifacts: data.artifacts_root(),
         repos,
         owner: Collector::owner_name(),
+        s3,
     };
     let report = collector
         .run_once(args.dry_run)

@@ -1173,3 +1173,263 @@ async fn the_compose_configuration_files_run_a_cluster() {
     let record = via_b.artifact(&id, "artifact.json").await.unwrap();
     assert!(String::from_utf8_lossy(&record).contains("\"status\": \"succeeded\""));
 }
+
+/// moto's S3-compatible server on loopback (`scripts/setup.sh --deploy` installs it under
+/// target/), with one bucket, stopped when dropped.
+struct Moto {
+    child: Child,
+    endpoint: String,
+}
+
+impl Moto {
+    fn start(bucket: &str) -> Moto {
+        let exe = std::env::var_os("WARDEN_TEST_MOTO")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/pytools/bin/moto_server")
+            });
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(&exe)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e} (scripts/setup.sh --deploy installs moto)",
+                    exe.display()
+                )
+            });
+        let endpoint = format!("http://127.0.0.1:{port}");
+        // Up when it answers; then the bucket (moto takes unsigned requests).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            use std::io::{Read, Write};
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                let req = format!(
+                    "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                s.write_all(req.as_bytes()).unwrap();
+                let mut answer = String::new();
+                let _ = s.read_to_string(&mut answer);
+                assert!(
+                    answer.starts_with("HTTP/1.1 200"),
+                    "create bucket: {answer}"
+                );
+                break;
+            }
+            assert!(Instant::now() < deadline, "moto did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Moto { child, endpoint }
+    }
+}
+
+impl Moto {
+    /// Every key in `bucket` (moto answers unsigned listings).
+    fn keys(&self, bucket: &str) -> Vec<String> {
+        use std::io::{Read, Write};
+        let addr = self.endpoint.trim_start_matches("http://");
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        let req = format!(
+            "GET /{bucket}?list-type=2 HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        answer
+            .split("<Key>")
+            .skip(1)
+            .filter_map(|k| k.split("</Key>").next())
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Peak resident memory of a process so far (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
+/// With `artifact_store:` the replicas share no directory: a 1 GiB artifact of a job run on a
+/// worker of replica A is streamed into the bucket (A's memory does not hold it) and downloaded
+/// through replica B (nor does B's), byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_in_a_bucket_are_served_by_any_replica_without_holding_them() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start("warden-it");
+    let big_type = r#"
+job_types:
+  big:
+    argv:
+      - /bin/sh
+      - -c
+      - |
+        head -c 1073741824 /dev/urandom > "$ARTIFACT_DIR/big.bin"
+        sha256sum "$ARTIFACT_DIR/big.bin" | cut -c1-64 > "$ARTIFACT_DIR/big.sha256"
+        mkdir -p "$ARTIFACT_DIR/sub" && echo small > "$ARTIFACT_DIR/sub/small.txt"
+    timeout_s: 600
+    limits: {artifacts_mb: 1100}
+"#;
+    let start_cp = |name: &str| {
+        let (home, config) = write_home(dir.path(), name, |data| {
+            format!(
+                "listen: 127.0.0.1:0\ngrpc_listen: 127.0.0.1:0\nauth: {{loopback_trusted: true}}\n\
+                 data_dir: {}\nlease_s: 30\n\
+                 secrets: {{S3_KEY: {{env: WARDEN_TEST_S3_KEY}}, S3_SECRET: {{env: WARDEN_TEST_S3_SECRET}}}}\n\
+                 artifact_store: {{url: s3://warden-it/runs, endpoint: {}, access_key_id_secret: S3_KEY, secret_access_key_secret: S3_SECRET}}\n{big_type}",
+                data.display(),
+                moto.endpoint
+            )
+        });
+        let mut cmd = command(&[]);
+        cmd.args(["serve", "--database-url", &db.url, "--config"])
+            .arg(&config)
+            .env("WARDEN_TEST_S3_KEY", "test-access-key")
+            .env("WARDEN_TEST_S3_SECRET", "test-secret-key-123");
+        let proc = Proc::spawn(cmd, home.join("stderr.log"));
+        let http = proc.announced("warden listening on ");
+        let grpc = proc.announced("warden gRPC listening on ");
+        (ControlPlane { proc, http, grpc }, home)
+    };
+    let (a, a_home) = start_cp("cp-a");
+    let (b, _) = start_cp("cp-b");
+    let (home, config) = write_home(dir.path(), "wa", |data| {
+        format!(
+            "data_dir: {}\nsandbox_uid: {uid}\nsandbox_gid: {uid}\n{big_type}",
+            data.display(),
+            uid = test_uid()
+        )
+    });
+    let mut cmd = command(&[]);
+    cmd.args([
+        "worker",
+        "--server",
+        &a.grpc,
+        "--worker-id",
+        "wa",
+        "--config",
+    ])
+    .arg(&config);
+    let worker = Proc::spawn(cmd, home.join("stderr.log"));
+    worker.announced("warden worker wa registered");
+
+    let a_pid = a.proc.child.id();
+    let b_pid = b.proc.child.id();
+    let (a_before, b_before) = (peak_rss(a_pid), peak_rss(b_pid));
+    let id = a.client().submit(&job("big")).await.unwrap().job_id;
+    let done = wait_all(
+        &b.client(),
+        std::slice::from_ref(&id),
+        Duration::from_secs(600),
+    )
+    .await;
+    assert_eq!(done[0].status, JobStatus::Succeeded, "{:?}", done[0]);
+    assert!(done[0].artifact_bytes > 1 << 30, "{:?}", done[0]);
+
+    let listing = b.client().artifacts(&id).await.unwrap();
+    let sizes: BTreeMap<&str, u64> = listing
+        .artifacts
+        .iter()
+        .map(|e| (e.path.as_str(), e.size))
+        .collect();
+    assert_eq!(sizes.get("big.bin"), Some(&(1u64 << 30)), "{sizes:?}");
+    assert_eq!(sizes.get("sub/small.txt"), Some(&6), "{sizes:?}");
+    assert!(sizes.contains_key("artifact.json"), "{sizes:?}");
+    // Replica A kept nothing once the bucket had it.
+    assert!(
+        !a_home
+            .join("data/artifacts")
+            .join(&id)
+            .join("big.bin")
+            .exists(),
+        "the upload's local copy is removed"
+    );
+
+    let want = String::from_utf8(b.client().artifact(&id, "big.sha256").await.unwrap()).unwrap();
+    let got = b.client().artifact(&id, "big.bin").await.unwrap();
+    assert_eq!(got.len(), 1 << 30);
+    assert_eq!(sha256_hex_bytes(&got), want.trim(), "byte for byte");
+    drop(got);
+    let missing = b
+        .client()
+        .artifact(&id, "nope.bin")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        missing.contains("404") || missing.contains("artifact_not_found"),
+        "{missing}"
+    );
+
+    let (a_growth, b_growth) = (
+        peak_rss(a_pid).saturating_sub(a_before),
+        peak_rss(b_pid).saturating_sub(b_before),
+    );
+    eprintln!(
+        "peak RSS growth: A {} MiB (upload), B {} MiB (download)",
+        a_growth >> 20,
+        b_growth >> 20
+    );
+    assert!(
+        a_growth <= 64 << 20 && b_growth <= 64 << 20,
+        "peak RSS grew by {} MiB on A (upload) and {} MiB on B (download)",
+        a_growth >> 20,
+        b_growth >> 20
+    );
+
+    // Retention deletes the job's objects with it (the job ended 100 days ago, by hand).
+    let key = format!("runs/{id}/big.bin");
+    assert!(moto.keys("warden-it").contains(&key));
+    let aged = Command::new("psql")
+        .args([db.url.as_str(), "-qc"])
+        .arg(format!(
+            "UPDATE jobs SET finished_at = finished_at - 8640000000 WHERE id = '{id}'"
+        ))
+        .status()
+        .unwrap();
+    assert!(aged.success());
+    let out = Command::new(WARDEN)
+        .args(["gc", "--database-url", &db.url, "--config"])
+        .arg(a_home.join("warden.yaml"))
+        .env("WARDEN_TEST_S3_KEY", "test-access-key")
+        .env("WARDEN_TEST_S3_SECRET", "test-secret-key-123")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("deleted 1 by age"), "{stdout}");
+    assert!(b.client().get(&id).await.is_err());
+    let left = moto.keys("warden-it");
+    assert!(!left.iter().any(|k| k.contains(&id)), "{left:?}");
+}
+
+fn sha256_hex_bytes(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

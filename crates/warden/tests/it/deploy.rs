@@ -63,3 +63,42 @@ fn the_systemd_units_run_what_install_sh_installs() {
         }
     }
 }
+
+/// A bucket is for replicas with remote workers: the embedded server refuses it at start, and
+/// a bucket URL or endpoint that cannot be right is a configuration error with its place.
+#[test]
+fn artifact_store_is_refused_where_it_cannot_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = |body: &str| {
+        let config = crate::support::write_config_with(dir.path(), body);
+        let out = std::process::Command::new(crate::support::WARDEN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env_remove("WARDEN_DATABASE_URL")
+            .env("WARDEN_TEST_S3", "some-secret-value")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let secrets = "secrets: {K: {env: WARDEN_TEST_S3}, S: {env: WARDEN_TEST_S3}}\n";
+    let store = |url: &str, endpoint: &str| {
+        format!(
+            "{secrets}artifact_store: {{url: {url}, endpoint: {endpoint}, access_key_id_secret: K, secret_access_key_secret: S}}\n"
+        )
+    };
+    let (code, err) = serve(&store("s3://bkt/p", "http://127.0.0.1:9"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--database-url"), "{err}");
+    for (url, endpoint, want) in [
+        ("s3://B", "http://127.0.0.1:9", "is not a bucket name"),
+        ("gs://bkt", "http://127.0.0.1:9", "only s3://"),
+        ("s3://bkt", "http://storage.example", "only on loopback"),
+    ] {
+        let (code, err) = serve(&store(url, endpoint));
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains(want), "{url} {endpoint}: {err}");
+    }
+}

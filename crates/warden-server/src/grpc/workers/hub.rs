@@ -22,6 +22,8 @@ pub struct WorkerHub {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// The secrets this control plane grants; sent with a job only over TLS or to loopback.
     pub secrets: Arc<warden_worker::secrets::Secrets>,
+    /// Where uploaded artifacts go once received, when not the artifact directory.
+    pub s3: Option<Arc<crate::artifact_store::S3Artifacts>>,
 }
 
 pub(super) fn error(code: ErrCode, message: impl Into<String>) -> Out {

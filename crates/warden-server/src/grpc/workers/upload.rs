@@ -1,6 +1,8 @@
 //! `UploadArtifacts`: a worker sends a job's artifacts before completing it. Every piece is
 //! fenced by the job's lease (a worker that lost it mid-upload writes nothing more), and
 //! written on the blocking pool, beneath the job's artifact directory, never through a link.
+//! With `artifact_store:`, each file, once whole, is streamed on to the bucket and removed
+//! here; the upload answers only when every file is in the bucket.
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +27,7 @@ impl Workers {
         let mut inbound = req.into_inner();
         let (mut files, mut bytes) = (0u32, 0u64);
         let mut open: Option<Open> = None;
+        let mut job = None;
         while let Some(msg) = inbound.message().await? {
             let lease = lease_from_pb(msg.lease).map_err(|e| Status::invalid_argument(e.0))?;
             self.check_lease(&lease).await?;
@@ -36,8 +39,12 @@ impl Workers {
             let rel = artifact_dir::validate_path(&msg.path)
                 .map_err(|e| super::super::status(ServiceError::from(e)))?;
             let dir = self.hub.data.artifacts(lease.job_id);
+            job = Some(lease.job_id);
             let same = matches!(&open, Some((p, _, _)) if *p == rel);
             if !same {
+                if let Some((done, _, _)) = open.take() {
+                    self.publish(lease.job_id, &done).await?;
+                }
                 if msg.offset != 0 {
                     return Err(Status::invalid_argument(format!(
                         "artifact {:?} must start at offset 0",
@@ -61,7 +68,24 @@ impl Workers {
             open = Some((path, file, written + n));
             bytes += n;
         }
+        if let (Some(id), Some((done, _, _))) = (job, open.take()) {
+            self.publish(id, &done).await?;
+        }
         Ok(Response::new(pb::UploadArtifactsResponse { files, bytes }))
+    }
+
+    /// With a bucket: the whole file `rel` of job `id` streamed to it, then removed here.
+    async fn publish(&self, id: warden_core::JobId, rel: &Path) -> Result<(), Status> {
+        let Some(s3) = &self.hub.s3 else {
+            return Ok(());
+        };
+        let local = self.hub.data.artifacts(id).join(rel);
+        s3.put_file(id, rel, &local).await.map_err(|e| {
+            tracing::error!(job = %id, error = %e, "artifact upload to the bucket failed");
+            Status::unavailable(format!("artifact store: {e}"))
+        })?;
+        let _ = tokio::fs::remove_file(&local).await;
+        Ok(())
     }
 
     /// The upload belongs to the current attempt only: checked before every write.
