@@ -58,6 +58,7 @@ pub fn bench_retention(rest: &[&str]) -> anyhow::Result<()> {
             repos: None,
             owner: "bench".into(),
             s3: None,
+            metrics: None,
         };
 
         let mut quiet = Vec::new();

@@ -42,6 +42,8 @@ pub struct Collector {
     pub owner: String,
     /// The bucket artifacts are in (`artifact_store:`), when not the artifact directory.
     pub s3: Option<Arc<crate::artifact_store::S3Artifacts>>,
+    /// Where what each pass freed is counted (`/metrics`).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// What one pass freed (or, on a dry run, would free).
@@ -369,7 +371,12 @@ pub fn start(collector: Collector) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         tokio::time::sleep(every.min(Duration::from_secs(60))).await;
         loop {
-            match collector.run_once(false).await {
+            let pass = collector.run_once(false).await;
+            if let (Ok(r), Some(m)) = (&pass, &collector.metrics) {
+                m.retention_jobs.inc_by(r.jobs_deleted());
+                m.retention_bytes.inc_by(r.bytes_freed());
+            }
+            match pass {
                 Ok(r) if r.jobs_deleted() > 0 || !r.mirrors.is_empty() || r.orphan_dirs > 0 => {
                     tracing::info!(
                         jobs = r.jobs_deleted(),

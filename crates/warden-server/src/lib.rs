@@ -10,6 +10,7 @@ pub mod auth;
 pub mod gc;
 pub mod grpc;
 pub mod http;
+pub mod metrics;
 pub mod serve;
 pub mod service;
 pub mod tls;

@@ -81,8 +81,8 @@ impl LocalWorkers for WorkerHandle {
 
 /// The embedded control plane: an in-process worker pool of `config.slots` over the SQLite
 /// store, and the service in front of it.
-pub fn embedded(
-    sqlite: Arc<SqliteStore>,
+pub fn embedded<S: Store>(
+    sqlite: Arc<S>,
     executor: Arc<dyn Executor>,
     config: Arc<Config>,
     data: DataDir,
@@ -175,6 +175,14 @@ pub async fn run(
         .map(Arc::new);
     let (data, lock) = DataDir::open_locked(&config.data_dir, config.artifact_dir.as_deref())?;
     let (store, sqlite, pg) = open_store(&data, &options).await?;
+    // Every store call of this replica (its service, its embedded worker, its reaper and
+    // collector) goes through the metered store.
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let sqlite = sqlite.map(|s| Arc::new(crate::metrics::MeteredStore::new(s, metrics.clone())));
+    let store: Arc<dyn Store> = match &sqlite {
+        Some(s) => s.clone(),
+        None => Arc::new(crate::metrics::MeteredStore::new(store, metrics.clone())),
+    };
     store.set_fair_share(fair_share(&config));
     // Scratch space of jobs from a previous run is never reused.
     DataDir::clear(&data.scratch_root());
@@ -219,6 +227,7 @@ pub async fn run(
         ),
     };
     service.s3 = s3;
+    service.metrics = Some(metrics);
     let service = Arc::new(service);
     // Wake-ups from the other replicas: queued jobs, changed jobs.
     let listener_task = pg.map(|pg| {
@@ -233,6 +242,7 @@ pub async fn run(
         repos: Some(service.repos.clone()),
         owner: crate::gc::Collector::owner_name(),
         s3: service.s3.clone(),
+        metrics: service.metrics.clone(),
     });
     let result = listen(
         &config,

@@ -202,6 +202,10 @@ pub struct ServeArgs {
     #[arg(long, env = "WARDEN_DATABASE_POOL", default_value_t = 16,
           value_parser = clap::value_parser!(u32).range(2..=256))]
     pub database_pool: u32,
+    /// How the server logs to stderr: text for people, json (one object a line, with job ids
+    /// as fields) for collectors.
+    #[arg(long, env = "WARDEN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Args)]
@@ -233,6 +237,15 @@ pub struct WorkerArgs {
     /// PEM file of the CA that signed the server's TLS certificate (for https://).
     #[arg(long, value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
+    /// How the worker logs to stderr (text or json).
+    #[arg(long, env = "WARDEN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

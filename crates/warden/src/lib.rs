@@ -35,12 +35,22 @@ pub fn main() -> i32 {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
+    let json = match &cli.command {
+        Command::Serve(a) => a.log_format == cli::LogFormat::Json,
+        Command::Worker(a) => a.log_format == cli::LogFormat::Json,
+        _ => false,
+    };
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    if json {
+        // One JSON object a line; a job's events carry `job` as a field.
+        logs.json().with_current_span(false).init();
+    } else {
         // Colours for a terminal; plain text for log files and collectors.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

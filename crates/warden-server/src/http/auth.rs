@@ -1,4 +1,4 @@
-//! Every request but `/healthz` names its caller before it reaches a handler (refusals are
+//! Every request but `/healthz` and `/readyz` names its caller before it reaches a handler (refusals are
 //! audited by the [`Authenticator`](crate::auth::Authenticator)).
 
 use std::net::SocketAddr;
@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use super::AppState;
 
 pub async fn authenticate(State(svc): State<AppState>, mut req: Request, next: Next) -> Response {
-    if req.uri().path() == "/healthz" {
+    if matches!(req.uri().path(), "/healthz" | "/readyz") {
         return next.run(req).await;
     }
     let ext = req.extensions();

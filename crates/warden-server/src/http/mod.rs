@@ -32,6 +32,8 @@ pub type AppState = Arc<JobService>;
 pub fn app(service: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/jobs", post(submit).get(list))
         .route("/jobs/{id}", get(get_job))
         .route("/jobs/{id}/cancel", post(cancel))
@@ -83,6 +85,55 @@ async fn method_not_allowed() -> ServiceError {
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"ok": true}))
+}
+
+/// Ready to serve: the store answers, and this replica takes jobs (it is not draining). 503
+/// with what is not ready otherwise.
+async fn readyz(State(svc): State<AppState>) -> Response {
+    let store = svc
+        .store
+        .list(&warden_store::ListFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .await;
+    let accepting = svc.accepting();
+    let body = serde_json::json!({
+        "ready": store.is_ok() && accepting,
+        "store": match &store { Ok(_) => "ok".to_string(), Err(e) => e.to_string() },
+        "accepting_jobs": accepting,
+    });
+    let code = if store.is_ok() && accepting {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+/// Prometheus text exposition (admin scope: it spans every tenant).
+async fn metrics(
+    State(svc): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ServiceError> {
+    svc.authorize(&caller, crate::auth::Scope::Admin, "metrics")
+        .await?;
+    let Some(m) = &svc.metrics else {
+        return Err(ServiceError::new(
+            warden_api::ErrorCode::NotFound,
+            "this server exports no metrics",
+        ));
+    };
+    let text = m
+        .render(svc.store.as_ref())
+        .await
+        .map_err(|e| ServiceError::internal("metrics", e))?;
+    let mut resp = Response::new(Body::from(text));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(resp)
 }
 
 async fn submit(

@@ -71,6 +71,8 @@ pub struct JobService {
     pub auth: crate::auth::Authenticator,
     /// Artifacts in a bucket (`artifact_store:`) instead of the artifact directory.
     pub s3: Option<Arc<crate::artifact_store::S3Artifacts>>,
+    /// What `/metrics` exports (`None`: not served).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// One page of a listing.
@@ -110,7 +112,13 @@ impl JobService {
             queued: tokio::sync::watch::Sender::new(0),
             shutdown: tokio_util::sync::CancellationToken::new(),
             s3: None,
+            metrics: None,
         }
+    }
+
+    /// Whether this replica takes submissions (not draining for a stop).
+    pub fn accepting(&self) -> bool {
+        self.accepting.load(Ordering::SeqCst)
     }
 
     /// Stops gracefully: new submissions get 503, running jobs get `grace` to finish before

@@ -127,6 +127,7 @@ async fn collect(args: &GcArgs) -> Result<GcReport, (i32, String)> {
         repos,
         owner: Collector::owner_name(),
         s3,
+        metrics: None,
     };
     let report = collector
         .run_once(args.dry_run)

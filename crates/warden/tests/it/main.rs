@@ -12,6 +12,7 @@ mod hostile;
 mod hostile_escapes;
 mod hostile_repo;
 mod images;
+mod metrics;
 mod perimeter;
 mod pipelines;
 mod private_repo;

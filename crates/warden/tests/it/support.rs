@@ -163,10 +163,11 @@ impl Server {
 
     /// `warden serve` started by `cmd` (a wrapper that ends by exec'ing it).
     pub fn start_with(mut cmd: Command) -> Server {
+        if !cmd.get_envs().any(|(k, _)| k == "RUST_LOG") {
+            cmd.env("RUST_LOG", "warn");
+        }
         let mut child = cmd
-            .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .spawn()
             .expect("start warden serve");
         let stdout = child.stdout.take().unwrap();

@@ -1,0 +1,427 @@
+//! Prometheus metrics (`/metrics`, prometheus-client's text exposition).
+//!
+//! Most are counted where every job passes anyway: [`MeteredStore`] wraps the store the server
+//! and its embedded worker use, so each submission, completion, stored log chunk, lease
+//! expiry and store call is seen once, on the replica that made it (with PostgreSQL, each
+//! replica exports its own view). Queue depth and running jobs come from the shared store at
+//! scrape time.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use warden_core::{JobId, JobStatus};
+use warden_store::{
+    AuditEntry, AuditFilter, AuditRecord, CancelOutcome, Claimed, Completion, FairShare,
+    FinishedJob, HeartbeatReply, JobRecord, Lease, ListFilter, LogStream, Millis, NewJob, Reaped,
+    Result, Store, SubmitOutcome, TenantUsage, TestResult, TestsQuery, TokenRecord,
+};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TypeLabel {
+    job_type: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FinishedLabels {
+    job_type: String,
+    status: String,
+    /// The reason's code (`stage_failed`, `output_limit`, …), never its free text.
+    reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    job_type: String,
+    tenant: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabel {
+    call: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StreamLabel {
+    stream: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn seconds() -> Histogram {
+    // 1 ms .. ~9 h.
+    Histogram::new(exponential_buckets(0.001, 3.0, 16))
+}
+
+fn store_seconds() -> Histogram {
+    // 50 µs .. ~3 s.
+    Histogram::new(exponential_buckets(0.00005, 3.0, 11))
+}
+
+/// Every metric this replica exports.
+pub struct Metrics {
+    registry: Registry,
+    submitted: Family<TypeLabel, Counter>,
+    finished: Family<FinishedLabels, Counter>,
+    queue_wait: Histograms<TypeLabel>,
+    run_time: Histograms<TypeLabel>,
+    log_bytes: Family<StreamLabel, Counter>,
+    lease_expiries: Family<OutcomeLabel, Counter>,
+    store_calls: Histograms<CallLabel>,
+    queued: Family<StateLabels, Gauge>,
+    running: Family<StateLabels, Gauge>,
+    pub retention_jobs: Counter,
+    pub retention_bytes: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("warden"),
+            submitted: Family::default(),
+            finished: Family::default(),
+            queue_wait: Family::new_with_constructor(seconds),
+            run_time: Family::new_with_constructor(seconds),
+            log_bytes: Family::default(),
+            lease_expiries: Family::default(),
+            store_calls: Family::new_with_constructor(store_seconds),
+            queued: Family::default(),
+            running: Family::default(),
+            retention_jobs: Counter::default(),
+            retention_bytes: Counter::default(),
+        };
+        let r = &mut m.registry;
+        r.register(
+            "jobs_submitted",
+            "Jobs accepted by this replica",
+            m.submitted.clone(),
+        );
+        r.register(
+            "jobs_finished",
+            "Jobs whose end this replica recorded, by status and reason",
+            m.finished.clone(),
+        );
+        r.register(
+            "job_queue_wait_seconds",
+            "From submission to the start of the attempt that finished",
+            m.queue_wait.clone(),
+        );
+        r.register(
+            "job_run_seconds",
+            "From the start of the attempt to its end",
+            m.run_time.clone(),
+        );
+        r.register("log_bytes_stored", "Log bytes stored", m.log_bytes.clone());
+        r.register(
+            "lease_expiries",
+            "Leases that expired: requeued (attempts left) or lost (worker_lost)",
+            m.lease_expiries.clone(),
+        );
+        r.register(
+            "store_call_seconds",
+            "Latency of each store call",
+            m.store_calls.clone(),
+        );
+        r.register(
+            "jobs_queued",
+            "Jobs waiting, from the store",
+            m.queued.clone(),
+        );
+        r.register(
+            "jobs_running",
+            "Jobs running, from the store",
+            m.running.clone(),
+        );
+        r.register(
+            "retention_deleted_jobs",
+            "Finished jobs deleted by retention",
+            m.retention_jobs.clone(),
+        );
+        r.register(
+            "retention_freed_bytes",
+            "Log and artifact bytes freed by retention",
+            m.retention_bytes.clone(),
+        );
+        m
+    }
+
+    /// The exposition, with queue depth and running jobs read from `store` now.
+    pub async fn render(&self, store: &dyn Store) -> Result<String> {
+        let mut queued_now = Vec::new();
+        let mut running_now = Vec::new();
+        for (status, into) in [
+            (JobStatus::Queued, &mut queued_now),
+            (JobStatus::Running, &mut running_now),
+        ] {
+            let mut before = None;
+            loop {
+                let page = store
+                    .list(&ListFilter {
+                        status: Some(status),
+                        before,
+                        limit: 1000,
+                        ..ListFilter::default()
+                    })
+                    .await?;
+                into.extend(page.iter().map(|j| StateLabels {
+                    job_type: j.job_type.clone(),
+                    tenant: j.tenant.clone(),
+                }));
+                match page.last() {
+                    Some(j) if page.len() == 1000 => before = Some(j.id),
+                    _ => break,
+                }
+            }
+        }
+        for (family, now) in [(&self.queued, queued_now), (&self.running, running_now)] {
+            family.clear();
+            for labels in now {
+                family.get_or_create(&labels).inc();
+            }
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .map_err(|e| warden_store::StoreError::Backend(format!("encode metrics: {e}")))?;
+        Ok(out)
+    }
+
+    fn finished_job(&self, job: &JobRecord) {
+        let reason = job
+            .reason
+            .as_deref()
+            .map(|r| r.split([':', ' ']).next().unwrap_or(r))
+            .unwrap_or("")
+            .to_string();
+        self.finished
+            .get_or_create(&FinishedLabels {
+                job_type: job.job_type.clone(),
+                status: job.status.to_string(),
+                reason,
+            })
+            .inc();
+        let ty = TypeLabel {
+            job_type: job.job_type.clone(),
+        };
+        if let (Some(started), Some(finished)) = (job.started_at, job.finished_at) {
+            let wait = (started - job.created_at).max(0) as f64 / 1000.0;
+            self.queue_wait.get_or_create(&ty).observe(wait);
+            let run = (finished - started).max(0) as f64 / 1000.0;
+            self.run_time.get_or_create(&ty).observe(run);
+        }
+    }
+}
+
+/// The store, counted: every call timed, and what passes through it counted.
+pub struct MeteredStore<S: ?Sized> {
+    inner: Arc<S>,
+    metrics: Arc<Metrics>,
+}
+
+impl<S: Store + ?Sized> MeteredStore<S> {
+    pub fn new(inner: Arc<S>, metrics: Arc<Metrics>) -> MeteredStore<S> {
+        MeteredStore { inner, metrics }
+    }
+
+    fn timed(&self, call: &'static str, since: Instant) {
+        self.metrics
+            .store_calls
+            .get_or_create(&CallLabel { call })
+            .observe(since.elapsed().as_secs_f64());
+    }
+}
+
+/// Delegates a call, timing it under its name.
+macro_rules! timed {
+    ($self:ident, $call:ident ( $($arg:expr),* )) => {{
+        let since = Instant::now();
+        let r = $self.inner.$call($($arg),*).await;
+        $self.timed(stringify!($call), since);
+        r
+    }};
+}
+
+#[async_trait]
+impl<S: Store + ?Sized> Store for MeteredStore<S> {
+    fn set_fair_share(&self, fair: FairShare) {
+        self.inner.set_fair_share(fair)
+    }
+    async fn submit(&self, job: NewJob) -> Result<SubmitOutcome> {
+        let r = timed!(self, submit(job));
+        if let Ok(SubmitOutcome::Created(j)) = &r {
+            self.metrics
+                .submitted
+                .get_or_create(&TypeLabel {
+                    job_type: j.job_type.clone(),
+                })
+                .inc();
+        }
+        r
+    }
+    async fn get(&self, id: JobId) -> Result<JobRecord> {
+        timed!(self, get(id))
+    }
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<JobRecord>> {
+        timed!(self, list(filter))
+    }
+    async fn claim(
+        &self,
+        worker: &str,
+        job_types: Option<&[String]>,
+        lease_ms: i64,
+        now: Millis,
+    ) -> Result<Option<Claimed>> {
+        timed!(self, claim(worker, job_types, lease_ms, now))
+    }
+    async fn claim_many(
+        &self,
+        worker: &str,
+        job_types: Option<&[String]>,
+        max: usize,
+        lease_ms: i64,
+        now: Millis,
+    ) -> Result<Vec<Claimed>> {
+        timed!(self, claim_many(worker, job_types, max, lease_ms, now))
+    }
+    async fn heartbeat(&self, lease: &Lease, lease_ms: i64, now: Millis) -> Result<HeartbeatReply> {
+        timed!(self, heartbeat(lease, lease_ms, now))
+    }
+    async fn append_log(
+        &self,
+        lease: &Lease,
+        stream: LogStream,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        let r = timed!(self, append_log(lease, stream, offset, data));
+        if r.is_ok() {
+            let stream = match stream {
+                LogStream::Stdout => "stdout",
+                LogStream::Stderr => "stderr",
+            };
+            self.metrics
+                .log_bytes
+                .get_or_create(&StreamLabel { stream })
+                .inc_by(data.len() as u64);
+        }
+        r
+    }
+    async fn append_tests(&self, lease: &Lease, first: u32, tests: Vec<TestResult>) -> Result<()> {
+        timed!(self, append_tests(lease, first, tests))
+    }
+    async fn tests(&self, query: &TestsQuery) -> Result<Vec<TestResult>> {
+        timed!(self, tests(query))
+    }
+    async fn flaky_tests(
+        &self,
+        job_type: &str,
+        repo_name: Option<&str>,
+        sha: &str,
+    ) -> Result<Vec<(String, String, String)>> {
+        timed!(self, flaky_tests(job_type, repo_name, sha))
+    }
+    async fn complete(&self, lease: &Lease, done: Completion, now: Millis) -> Result<JobRecord> {
+        let r = timed!(self, complete(lease, done, now));
+        if let Ok(job) = &r {
+            self.metrics.finished_job(job);
+        }
+        r
+    }
+    async fn release(&self, lease: &Lease) -> Result<()> {
+        timed!(self, release(lease))
+    }
+    async fn request_cancel(&self, id: JobId, now: Millis) -> Result<CancelOutcome> {
+        let r = timed!(self, request_cancel(id, now));
+        if let Ok(CancelOutcome::Cancelled(job)) = &r {
+            self.metrics.finished_job(job);
+        }
+        r
+    }
+    async fn reap_expired(&self, expired_before: Millis, now: Millis) -> Result<Vec<Reaped>> {
+        let r = timed!(self, reap_expired(expired_before, now));
+        if let Ok(reaped) = &r {
+            for j in reaped {
+                let outcome = if j.now == JobStatus::Queued {
+                    "requeued"
+                } else {
+                    "lost"
+                };
+                self.metrics
+                    .lease_expiries
+                    .get_or_create(&OutcomeLabel { outcome })
+                    .inc();
+            }
+        }
+        r
+    }
+    async fn read_log(
+        &self,
+        id: JobId,
+        stream: LogStream,
+        offset: u64,
+        max: usize,
+    ) -> Result<Vec<u8>> {
+        timed!(self, read_log(id, stream, offset, max))
+    }
+    async fn create_token(&self, token: TokenRecord) -> Result<()> {
+        timed!(self, create_token(token))
+    }
+    async fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
+        timed!(self, token(id))
+    }
+    async fn list_tokens(&self, tenant: Option<&str>) -> Result<Vec<TokenRecord>> {
+        timed!(self, list_tokens(tenant))
+    }
+    async fn revoke_token(&self, id: &str, now: Millis) -> Result<Option<TokenRecord>> {
+        timed!(self, revoke_token(id, now))
+    }
+    async fn append_audit(&self, entries: Vec<AuditEntry>) -> Result<()> {
+        timed!(self, append_audit(entries))
+    }
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
+        timed!(self, list_audit(filter))
+    }
+    async fn purge_audit(&self, before: Millis) -> Result<u64> {
+        timed!(self, purge_audit(before))
+    }
+    async fn finished_usage(&self) -> Result<Vec<TenantUsage>> {
+        timed!(self, finished_usage())
+    }
+    async fn oldest_finished(
+        &self,
+        tenant: &str,
+        finished_before: Option<Millis>,
+        after: Option<(Millis, JobId)>,
+        limit: u32,
+    ) -> Result<Vec<FinishedJob>> {
+        timed!(self, oldest_finished(tenant, finished_before, after, limit))
+    }
+    async fn delete_finished(&self, ids: &[JobId]) -> Result<Vec<JobId>> {
+        timed!(self, delete_finished(ids))
+    }
+    async fn existing_jobs(&self, ids: &[JobId]) -> Result<Vec<JobId>> {
+        timed!(self, existing_jobs(ids))
+    }
+    async fn gc_lease(&self, owner: &str, lease_ms: i64, now: Millis) -> Result<bool> {
+        timed!(self, gc_lease(owner, lease_ms, now))
+    }
+    async fn compact(&self) -> Result<u64> {
+        timed!(self, compact())
+    }
+}
