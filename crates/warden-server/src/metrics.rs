@@ -159,6 +159,13 @@ impl Metrics {
             "Log and artifact bytes freed by retention",
             m.retention_bytes.clone(),
         );
+        // Known label values start at zero, so a rate over them exists before the first event.
+        for outcome in ["requeued", "lost"] {
+            let _ = m.lease_expiries.get_or_create(&OutcomeLabel { outcome });
+        }
+        for stream in ["stdout", "stderr"] {
+            let _ = m.log_bytes.get_or_create(&StreamLabel { stream });
+        }
         m
     }
 

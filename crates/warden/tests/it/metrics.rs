@@ -70,8 +70,12 @@ async fn metrics_count_a_known_mix_of_jobs() {
         let id = submit(t).await;
         wait_terminal(&c, &id).await;
     }
+    // Both slots busy, and one more waiting.
     let slow = submit("slow").await;
     wait_running_with_output(&c, &slow).await;
+    let slow2 = submit("slow").await;
+    wait_running_with_output(&c, &slow2).await;
+    let waiting = submit("slow").await;
 
     let (code, body) = get(&server.url, "/metrics");
     assert_eq!(code, 200, "{body}");
@@ -90,7 +94,7 @@ async fn metrics_count_a_known_mix_of_jobs() {
             "warden_jobs_submitted_total",
             &[("job_type", "slow")]
         ),
-        1.0
+        3.0
     );
     assert_eq!(
         value(
@@ -114,7 +118,23 @@ async fn metrics_count_a_known_mix_of_jobs() {
             "warden_jobs_running",
             &[("job_type", "slow"), ("tenant", "default")]
         ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "warden_jobs_queued",
+            &[("job_type", "slow"), ("tenant", "default")]
+        ),
         1.0
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "warden_lease_expiries_total",
+            &[("outcome", "lost")]
+        ),
+        0.0
     );
     assert!(
         !scrape
@@ -162,12 +182,36 @@ async fn metrics_count_a_known_mix_of_jobs() {
         ) >= 3.0
     );
 
+    // Every metric the Grafana dashboard queries is one this server exports.
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/grafana/warden.json"),
+    )
+    .unwrap();
+    let mut queried = 0;
+    for word in dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        let Some(name) = word.strip_prefix("warden_") else {
+            continue;
+        };
+        let base = ["_bucket", "_count", "_sum", "_total"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        assert!(
+            body.contains(&format!("# TYPE warden_{base} ")),
+            "the dashboard queries warden_{name}, which /metrics does not export"
+        );
+        queried += 1;
+    }
+    assert!(queried >= 10, "{queried}");
+
     let (code, body) = get(&server.url, "/readyz");
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"ready\":true"), "{body}");
-    c.cancel(&slow).await.unwrap();
-    let end = wait_terminal(&c, &slow).await;
-    assert_eq!(end.status, JobStatus::Cancelled);
+    for id in [&waiting, &slow, &slow2] {
+        c.cancel(id).await.unwrap();
+        let end = wait_terminal(&c, id).await;
+        assert_eq!(end.status, JobStatus::Cancelled);
+    }
 }
 
 /// `--log-format json`: every line the server logs is one JSON object with a level.
