@@ -83,6 +83,8 @@ pub struct Metrics {
     running: Family<StateLabels, Gauge>,
     pub retention_jobs: Counter,
     pub retention_bytes: Counter,
+    /// Remote workers' sessions open on this replica.
+    pub worker_sessions: Gauge,
 }
 
 impl Default for Metrics {
@@ -106,6 +108,7 @@ impl Metrics {
             running: Family::default(),
             retention_jobs: Counter::default(),
             retention_bytes: Counter::default(),
+            worker_sessions: Gauge::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -153,6 +156,11 @@ impl Metrics {
             "retention_deleted_jobs",
             "Finished jobs deleted by retention",
             m.retention_jobs.clone(),
+        );
+        r.register(
+            "worker_sessions",
+            "Remote workers' sessions open on this replica",
+            m.worker_sessions.clone(),
         );
         r.register(
             "retention_freed_bytes",

@@ -369,6 +369,7 @@ async fn listen(
         shutdown: service.shutdown.clone(),
         secrets,
         s3: service.s3.clone(),
+        metrics: service.metrics.clone(),
     });
     let mut grpc = grpc_server(config)?;
     let grpc_shutdown = service.shutdown.clone();

@@ -1331,6 +1331,17 @@ job_types:
     .arg(&config);
     let worker = Proc::spawn(cmd, home.join("stderr.log"));
     worker.announced("warden worker wa registered");
+    // The worker's session is open on A, not on B.
+    for (cp, open) in [(&a, "1"), (&b, "0")] {
+        let (code, metrics) = crate::metrics::get(&cp.http, "/metrics");
+        assert_eq!(code, 200, "{metrics}");
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l == format!("warden_worker_sessions {open}")),
+            "{metrics}"
+        );
+    }
 
     let a_pid = a.proc.child.id();
     let b_pid = b.proc.child.id();

@@ -19,7 +19,7 @@ const TYPES: &str = r#"job_types:
 "#;
 
 /// A plain HTTP GET on loopback: status code and body.
-fn get(base: &str, path: &str) -> (u16, String) {
+pub(crate) fn get(base: &str, path: &str) -> (u16, String) {
     let addr = base.trim_start_matches("http://");
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     write!(

@@ -24,6 +24,8 @@ pub struct WorkerHub {
     pub secrets: Arc<warden_worker::secrets::Secrets>,
     /// Where uploaded artifacts go once received, when not the artifact directory.
     pub s3: Option<Arc<crate::artifact_store::S3Artifacts>>,
+    /// Where open sessions are counted (`/metrics`).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 pub(super) fn error(code: ErrCode, message: impl Into<String>) -> Out {

@@ -106,6 +106,9 @@ async fn serve_session(
     tx: mpsc::Sender<Result<pb::ServerMessage, Status>>,
 ) {
     let hub = session.hub.clone();
+    if let Some(m) = &hub.metrics {
+        m.worker_sessions.inc();
+    }
     loop {
         let msg = tokio::select! {
             m = inbound.message() => m,
@@ -134,6 +137,9 @@ async fn serve_session(
         });
     }
     session.ended.cancel();
+    if let Some(m) = &hub.metrics {
+        m.worker_sessions.dec();
+    }
     tracing::info!(worker = %session.worker_id, "worker session ended");
 }
 
