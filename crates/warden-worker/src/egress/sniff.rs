@@ -83,6 +83,9 @@ fn tls_server_name(head: &[u8]) -> Option<Result<Named, String>> {
                 .client_hello()
                 .server_name()
                 .map(|n| n.trim_end_matches('.').to_ascii_lowercase());
+            if name.as_deref() == Some("") {
+                return Some(Err("the TLS server name names no host".into()));
+            }
             Some(Ok(Named::Tls(name)))
         }
         Err((e, _)) => Some(Err(format!("malformed TLS ClientHello: {e}"))),
@@ -138,10 +141,12 @@ fn host_name(value: &[u8]) -> Result<String, String> {
     } else {
         text.rsplit_once(':').map_or(text, |(h, _)| h)
     };
+    // A name of dots only (`Host: ...`) names no host once its root dots go.
+    let name = name.trim_end_matches('.');
     if name.is_empty() {
-        return Err("the Host header is empty".into());
+        return Err("the Host header names no host".into());
     }
-    Ok(name.trim_end_matches('.').to_ascii_lowercase())
+    Ok(name.to_ascii_lowercase())
 }
 
 #[cfg(test)]
@@ -208,6 +213,15 @@ mod tests {
                 Some(Err(
                     "HTTP request with more than one Host header".to_string()
                 )),
+            ),
+            // Found by the fuzzer: a Host of dots only names nothing.
+            (
+                b"GET / HTTP/1.0\r\nHost: ...\r\n\r\n",
+                Some(Err("the Host header names no host".to_string())),
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: \r\n\r\n",
+                Some(Err("the Host header names no host".to_string())),
             ),
             (b"SSH-2.0-OpenSSH_9.2\r\n", Some(Ok(Named::Opaque))),
             (b"\x00\x00\x00\x08\x04\xd2\x16\x2f", Some(Ok(Named::Opaque))),
