@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use warden_core::{Config, JobId, JobStatus};
 use warden_repo::Repos;
-use warden_store::{ListFilter, Millis, Store, StoreError, TenantUsage, now_millis};
+use warden_store::{Millis, Store, StoreError, TenantUsage, now_millis};
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -294,27 +294,12 @@ impl Collector {
     async fn mirrors(&self, repos: &Repos, dry_run: bool) -> Result<Vec<MirrorReport>, StoreError> {
         let mut needed = HashSet::new();
         for status in [JobStatus::Queued, JobStatus::Running] {
-            let mut before = None;
-            loop {
-                let page = self
-                    .store
-                    .list(&ListFilter {
-                        status: Some(status),
-                        before,
-                        limit: 1000,
-                        ..ListFilter::default()
-                    })
-                    .await?;
-                needed.extend(
-                    page.iter()
-                        .filter_map(|j| j.remote_url.as_deref())
-                        .map(warden_repo::mirror_id),
-                );
-                match page.last() {
-                    Some(j) if page.len() == 1000 => before = Some(j.id),
-                    _ => break,
-                }
-            }
+            let jobs = warden_store::all_with_status(self.store.as_ref(), status).await?;
+            needed.extend(
+                jobs.iter()
+                    .filter_map(|j| j.remote_url.as_deref())
+                    .map(warden_repo::mirror_id),
+            );
         }
         let days = self.config.retention.mirrors_unused_days.get();
         let since = SystemTime::now() - Duration::from_secs(days.saturating_mul(86_400));

@@ -179,32 +179,16 @@ impl Metrics {
 
     /// The exposition, with queue depth and running jobs read from `store` now.
     pub async fn render(&self, store: &dyn Store) -> Result<String> {
-        let mut queued_now = Vec::new();
-        let mut running_now = Vec::new();
-        for (status, into) in [
-            (JobStatus::Queued, &mut queued_now),
-            (JobStatus::Running, &mut running_now),
-        ] {
-            let mut before = None;
-            loop {
-                let page = store
-                    .list(&ListFilter {
-                        status: Some(status),
-                        before,
-                        limit: 1000,
-                        ..ListFilter::default()
-                    })
-                    .await?;
-                into.extend(page.iter().map(|j| StateLabels {
-                    job_type: j.job_type.clone(),
-                    tenant: j.tenant.clone(),
-                }));
-                match page.last() {
-                    Some(j) if page.len() == 1000 => before = Some(j.id),
-                    _ => break,
-                }
-            }
-        }
+        let labels = |jobs: Vec<JobRecord>| -> Vec<StateLabels> {
+            jobs.into_iter()
+                .map(|j| StateLabels {
+                    job_type: j.job_type,
+                    tenant: j.tenant,
+                })
+                .collect()
+        };
+        let queued_now = labels(warden_store::all_with_status(store, JobStatus::Queued).await?);
+        let running_now = labels(warden_store::all_with_status(store, JobStatus::Running).await?);
         for (family, now) in [(&self.queued, queued_now), (&self.running, running_now)] {
             family.clear();
             for labels in now {

@@ -346,6 +346,26 @@ pub trait Store: Send + Sync + 'static {
     async fn compact(&self) -> Result<u64>;
 }
 
+/// Every job with `status`, newest first, read a page of 1,000 at a time.
+pub async fn all_with_status(store: &dyn Store, status: JobStatus) -> Result<Vec<JobRecord>> {
+    let mut all = Vec::new();
+    loop {
+        let page = store
+            .list(&ListFilter {
+                status: Some(status),
+                before: all.last().map(|j: &JobRecord| j.id),
+                limit: 1000,
+                ..ListFilter::default()
+            })
+            .await?;
+        let more = page.len() == 1000;
+        all.extend(page);
+        if !more {
+            return Ok(all);
+        }
+    }
+}
+
 /// One tenant's finished jobs, as retention counts them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantUsage {
