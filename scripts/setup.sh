@@ -28,6 +28,9 @@ for tool in buildah skopeo umoci docker-registry runsc; do
     have "$tool" || missing+=("$tool")
 done
 [ -x /bin/busybox ] || missing+=(busybox-static)
+# The web UI's tests drive Debian's Chromium, headless, through chromedriver (WebDriver).
+have chromium || missing+=(chromium)
+have chromedriver || missing+=(chromium-driver)
 # A real project's test suite for the per-test results test: lazr.uri and lazr.restfulclient
 # as Debian ships them, run with pytest --junitxml.
 [ -d /usr/lib/python3/dist-packages/lazr/restfulclient ] || missing+=(python3-lazr.restfulclient)
@@ -37,9 +40,9 @@ if [ ${#missing[@]} -gt 0 ]; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq coreutils util-linux build-essential \
             git python3 python3-pytest iproute2 openssl postgresql postgresql-client \
             buildah skopeo umoci docker-registry busybox-static runsc python3-lazr.restfulclient \
-            python3-lazr.uri python3-venv
+            python3-lazr.uri python3-venv chromium chromium-driver
     else
-        echo "setup: missing: ${missing[*]} (install coreutils, util-linux, a C compiler, git, python3-pytest, iproute2, openssl, postgresql, buildah, skopeo, umoci, docker-registry, busybox-static, runsc)" >&2
+        echo "setup: missing: ${missing[*]} (install coreutils, util-linux, a C compiler, git, python3-pytest, iproute2, openssl, postgresql, buildah, skopeo, umoci, docker-registry, busybox-static, runsc, chromium, chromium-driver)" >&2
         exit 1
     fi
 fi
@@ -115,13 +118,18 @@ if [ ${#optional[@]} -gt 0 ]; then
     fi
 fi
 # Python tools, in a venv under target/ (not system-wide): moto's S3-compatible server for the
-# artifact-store test (always), kubernetes-validate for the deploy checks (--deploy).
+# artifact-store test and schemathesis for the API contract check (always), kubernetes-validate
+# for the deploy checks (--deploy).
 root=$(cd "$(dirname "$0")/.." && pwd)
 pytools="$root/target/pytools"
 if [ ! -x "$pytools/bin/moto_server" ]; then
     echo "setup: installing moto[server] into target/pytools"
     /usr/bin/python3 -m venv "$pytools"
     "$pytools/bin/pip" install -q 'moto[server]'
+fi
+if [ ! -x "$pytools/bin/schemathesis" ]; then
+    echo "setup: installing schemathesis into target/pytools"
+    "$pytools/bin/pip" install -q 'schemathesis==4.*'
 fi
 for flag in "$@"; do
     [ "$flag" = --deploy ] || continue

@@ -24,6 +24,7 @@ mod queue;
 mod results;
 mod retention;
 mod sandbox;
+mod ui;
 mod vm;
 
 fn main() -> anyhow::Result<()> {
@@ -45,12 +46,13 @@ fn main() -> anyhow::Result<()> {
         ["bench", "images", rest @ ..] => images::bench_images(rest),
         ["bench", "junit", rest @ ..] => results::bench_junit(rest),
         ["bench", "retention", rest @ ..] => retention::bench_retention(rest),
+        ["bench", "ui", rest @ ..] => ui::bench_ui(rest),
         ["vm-test", rest @ ..] => vm::vm_test(rest),
         ["image", rest @ ..] => image::image(rest),
         ["deploy-check", rest @ ..] => deploy_check::deploy_check(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask bench e2e [--jobs N] [--sequential N] [--concurrency C] [--slots S]\n       cargo xtask bench sandbox [--runs N]\n       cargo xtask bench gvisor [--runs N]\n       cargo xtask bench pipeline [--runs N] [--stages N]\n       cargo xtask bench junit [--cases N] [--runs N]\n       cargo xtask bench checkout [--files N] [--mb M] [--runs R] [--jobs J]\n       cargo xtask bench queue [--jobs N] [--claimers C] [--history H] [--starts S]\n       cargo xtask bench perimeter [--sequential N] [--jobs N] [--claimers C] [--claims-only] [--log-mb N]\n       cargo xtask bench egress [--mb N] [--connections N] [--starts N]\n       cargo xtask bench images [--mb N] [--starts N] [--rounds N]\n       cargo xtask bench retention [--jobs N] [--gb G] [--rounds R]\n       cargo xtask image [--no-run]\n       cargo xtask deploy-check\n       cargo xtask vm-test [--bench] [--kvm] [--systemd-only] [--timeout-min M] [--memory-mb M]"
+                "usage: cargo xtask bench e2e [--jobs N] [--sequential N] [--concurrency C] [--slots S]\n       cargo xtask bench sandbox [--runs N]\n       cargo xtask bench gvisor [--runs N]\n       cargo xtask bench pipeline [--runs N] [--stages N]\n       cargo xtask bench junit [--cases N] [--runs N]\n       cargo xtask bench checkout [--files N] [--mb M] [--runs R] [--jobs J]\n       cargo xtask bench queue [--jobs N] [--claimers C] [--history H] [--starts S]\n       cargo xtask bench perimeter [--sequential N] [--jobs N] [--claimers C] [--claims-only] [--log-mb N]\n       cargo xtask bench egress [--mb N] [--connections N] [--starts N]\n       cargo xtask bench images [--mb N] [--starts N] [--rounds N]\n       cargo xtask bench retention [--jobs N] [--gb G] [--rounds R]\n       cargo xtask bench ui [--jobs N] [--first N]\n       cargo xtask image [--no-run]\n       cargo xtask deploy-check\n       cargo xtask vm-test [--bench] [--kvm] [--systemd-only] [--timeout-min M] [--memory-mb M]"
             );
             std::process::exit(2);
         }

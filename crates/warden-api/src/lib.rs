@@ -10,9 +10,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// The lifecycle state of a job as callers see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
     Queued,
@@ -81,7 +82,7 @@ impl fmt::Display for JobStatus {
 }
 
 /// `POST /jobs` body. Unknown fields are refused so that a typo never silently drops intent.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitJobRequest {
     pub job_type: String,
@@ -106,7 +107,7 @@ pub struct SubmitJobRequest {
 }
 
 /// `POST /jobs` answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SubmitJobResponse {
     pub job_id: String,
     pub artifact_dir: String,
@@ -117,7 +118,7 @@ pub struct SubmitJobResponse {
 }
 
 /// Resource usage measured for a finished job.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ResourceUsage {
     pub wall_ms: u64,
     pub user_cpu_ms: u64,
@@ -134,7 +135,7 @@ pub struct ResourceUsage {
 }
 
 /// The whole record of a job, `GET /jobs/{id}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobView {
     pub job_id: String,
     pub tenant: String,
@@ -195,7 +196,7 @@ pub struct JobView {
 }
 
 /// How one test case ended, as its JUnit report says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TestStatus {
     Passed,
@@ -231,7 +232,7 @@ impl TestStatus {
 }
 
 /// One test case of a job's JUnit reports.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TestResult {
     /// The nearest enclosing `<testsuite name>` (empty without one).
     pub suite: String,
@@ -247,7 +248,7 @@ pub struct TestResult {
 }
 
 /// How many test cases a job's JUnit reports hold, by status.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TestCounts {
     pub total: u64,
     pub passed: u64,
@@ -262,7 +263,7 @@ pub struct TestCounts {
 }
 
 /// `GET /jobs/{id}/tests` answer: failures first.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TestsResponse {
     pub job_id: String,
     /// Absent until the job has ended, and for a job type without `results:`.
@@ -273,7 +274,7 @@ pub struct TestsResponse {
 }
 
 /// How one stage of a staged job ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StageStatus {
     Succeeded,
@@ -300,7 +301,7 @@ impl StageStatus {
 }
 
 /// One stage of a staged job: how it ended, when, and where its output is in the job's log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct StageRecord {
     pub name: String,
     pub status: StageStatus,
@@ -318,7 +319,7 @@ pub struct StageRecord {
 }
 
 /// The guarantees checked after a job that ran on a repository.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Invariants {
     /// The job could not write to its worktree (mounted read-only, verified in the sandbox).
     pub read_only_ok: Option<bool>,
@@ -335,7 +336,7 @@ pub struct Invariants {
 }
 
 /// `GET /jobs` answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ListJobsResponse {
     pub jobs: Vec<JobView>,
     /// Pass as `cursor` to get the next page; absent on the last page.
@@ -343,7 +344,7 @@ pub struct ListJobsResponse {
 }
 
 /// `GET /jobs/{id}/logs` answer (non-follow mode).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct LogsResponse {
     pub job_id: String,
     pub stream: String,
@@ -358,7 +359,7 @@ pub struct LogsResponse {
 }
 
 /// One live log event sent by `follow=true` (server-sent event `log`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct LogEvent {
     pub offset: u64,
     pub next_offset: u64,
@@ -366,7 +367,7 @@ pub struct LogEvent {
 }
 
 /// The final server-sent event `end` of a followed log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct LogEnd {
     pub status: JobStatus,
     pub next_offset: u64,
@@ -374,7 +375,7 @@ pub struct LogEnd {
 }
 
 /// One entry of `GET /jobs/{id}/artifacts`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ArtifactEntry {
     /// The path, relative to the artifact directory (as UTF-8; a name that is not valid UTF-8
     /// shows replacement characters here, and its exact bytes in `path_hex`).
@@ -388,7 +389,7 @@ pub struct ArtifactEntry {
     pub size: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ArtifactsResponse {
     pub job_id: String,
     pub artifacts: Vec<ArtifactEntry>,
@@ -398,7 +399,7 @@ pub struct ArtifactsResponse {
 }
 
 /// One entry of `GET /job-types`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobTypeView {
     pub name: String,
     /// What its jobs run; empty for a staged job type.
@@ -417,13 +418,13 @@ pub struct JobTypeView {
     pub egress: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobTypesResponse {
     pub job_types: Vec<JobTypeView>,
 }
 
 /// Machine-readable error codes. Every error body is `{"error": {"code", "message"}}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     MalformedJson,
@@ -533,14 +534,14 @@ impl ErrorCode {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
     pub code: ErrorCode,
     pub message: String,
 }
 
 /// The body of every error answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }

@@ -1,9 +1,10 @@
 //! Tokens, the audit trail and the caller's identity on the wire.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// `POST /tokens` body (admin).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTokenRequest {
     pub tenant: String,
@@ -17,7 +18,7 @@ pub struct CreateTokenRequest {
 }
 
 /// A token as listed: never the token itself.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TokenView {
     pub id: String,
     pub tenant: String,
@@ -29,20 +30,20 @@ pub struct TokenView {
 }
 
 /// `POST /tokens` answer: the only time the token is shown.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CreateTokenResponse {
     pub token: String,
     #[serde(flatten)]
     pub info: TokenView,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TokensResponse {
     pub tokens: Vec<TokenView>,
 }
 
 /// One audit entry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct AuditView {
     pub seq: i64,
     pub at: String,
@@ -55,14 +56,14 @@ pub struct AuditView {
     pub detail: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct AuditResponse {
     pub entries: Vec<AuditView>,
     pub next_cursor: Option<String>,
 }
 
 /// `GET /whoami`: the caller as the server sees it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct WhoamiResponse {
     pub tenant: String,
     pub scopes: Vec<String>,

@@ -215,6 +215,7 @@ impl Grpc {
         let msg = pb::ListJobsRequest {
             status: status.map(|s| warden_proto::status_to_pb(s) as i32),
             job_type: q.job_type.clone(),
+            repo_name: q.repo.clone(),
             before: q.cursor.clone(),
             limit: q.limit.unwrap_or(0),
         };

@@ -54,6 +54,8 @@ pub struct ListQuery {
     pub tenant: Option<String>,
     pub status: Option<String>,
     pub job_type: Option<String>,
+    /// Only jobs on this repository (`repo_name`).
+    pub repo: Option<String>,
     pub limit: Option<u32>,
     pub cursor: Option<String>,
 }
@@ -229,6 +231,9 @@ impl Client {
         }
         if let Some(t) = &q.job_type {
             params.push(("job_type", t.clone()));
+        }
+        if let Some(r) = &q.repo {
+            params.push(("repo", r.clone()));
         }
         if let Some(l) = q.limit {
             params.push(("limit", l.to_string()));

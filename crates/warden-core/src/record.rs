@@ -121,6 +121,24 @@ pub struct Completion {
     pub stages: Vec<StageRecord>,
     pub tests: Option<TestCounts>,
     pub artifact_bytes: u64,
+    /// What the worker measured about the run, for the control plane's metrics (not stored).
+    pub telemetry: RunTelemetry,
+}
+
+/// What a worker measured about one run, carried with its completion so that the replica
+/// that records it can count it (`/metrics`), whichever host ran the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RunTelemetry {
+    /// From the spawn request to the job's program exec'd in its sandbox.
+    pub sandbox_start_us: Option<u64>,
+    /// Output past the job's output cap, read and not stored.
+    pub log_bytes_dropped: u64,
+    /// A job on a repository: whether its tree came from the checkout cache.
+    pub checkout_cache_hit: Option<bool>,
+    /// Bytes of the tree checked out for it (0 on a cache hit).
+    pub checkout_bytes: u64,
+    /// Checkout cache entries the worker evicted since its previous completion.
+    pub cache_evictions: u64,
 }
 
 /// What a heartbeat tells the worker.

@@ -4,7 +4,7 @@ use warden_api::{
     Invariants, ResourceUsage, StageRecord, StageStatus, TestCounts, TestResult, TestStatus,
     rfc3339,
 };
-use warden_core::record::{Claimed, Completion, JobRecord, Lease, LogStream};
+use warden_core::record::{Claimed, Completion, JobRecord, Lease, LogStream, RunTelemetry};
 use warden_core::{JobId, JobStatus};
 
 use crate::pb;
@@ -395,6 +395,13 @@ pub fn completion_to_pb(c: &Completion) -> pb::Completion {
         stages: c.stages.iter().map(stage_to_pb).collect(),
         tests: c.tests.as_ref().map(counts_to_pb),
         artifact_bytes: c.artifact_bytes,
+        telemetry: Some(pb::RunTelemetry {
+            sandbox_start_us: c.telemetry.sandbox_start_us,
+            log_bytes_dropped: c.telemetry.log_bytes_dropped,
+            checkout_cache_hit: c.telemetry.checkout_cache_hit,
+            checkout_bytes: c.telemetry.checkout_bytes,
+            cache_evictions: c.telemetry.cache_evictions,
+        }),
     }
 }
 
@@ -423,6 +430,16 @@ pub fn completion_from_pb(c: Option<pb::Completion>) -> Result<Completion, WireE
             .collect::<Result<_, _>>()?,
         tests: c.tests.map(counts_from_pb),
         artifact_bytes: c.artifact_bytes,
+        telemetry: c
+            .telemetry
+            .map(|t| RunTelemetry {
+                sandbox_start_us: t.sandbox_start_us,
+                log_bytes_dropped: t.log_bytes_dropped,
+                checkout_cache_hit: t.checkout_cache_hit,
+                checkout_bytes: t.checkout_bytes,
+                cache_evictions: t.cache_evictions,
+            })
+            .unwrap_or_default(),
     })
 }
 

@@ -78,6 +78,8 @@ pub struct CheckoutCache {
     git: Git,
     budget_bytes: u64,
     state: Mutex<State>,
+    /// Entries evicted and not yet reported ([`CheckoutCache::take_evictions`]).
+    evictions: AtomicU64,
 }
 
 /// How full the cache is.
@@ -259,11 +261,17 @@ impl CheckoutCache {
             git,
             budget_bytes,
             state: Mutex::new(state),
+            evictions: AtomicU64::new(0),
         })
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Entries evicted since the previous call (for the worker's completion telemetry).
+    pub fn take_evictions(&self) -> u64 {
+        self.evictions.swap(0, Ordering::Relaxed)
     }
 
     pub fn stats(&self) -> CacheStats {
@@ -375,6 +383,8 @@ impl CheckoutCache {
                                 .insert(key.clone(), Slot::Ready(entry.clone()));
                             let evicted = evict(&mut state, self.budget_bytes);
                             drop(state);
+                            self.evictions
+                                .fetch_add(evicted.len() as u64, Ordering::Relaxed);
                             for dir in evicted {
                                 remove_in_background(dir);
                             }

@@ -344,6 +344,17 @@ pub struct ExitReport {
     /// A staged job's stages that ran, in order (those not run are absent).
     #[serde(default)]
     pub stages: Vec<StageReport>,
+    /// When the job's program had exec'd in its sandbox, on [`monotonic_us`]'s clock (which
+    /// every process of the host shares): the caller's own reading before the spawn makes it
+    /// the sandbox's start time.
+    #[serde(default)]
+    pub exec_mono_us: Option<u64>,
+}
+
+/// Now on `CLOCK_MONOTONIC`, in microseconds.
+pub fn monotonic_us() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64) * 1_000_000 + (t.tv_nsec as u64) / 1000
 }
 
 #[derive(Debug, thiserror::Error)]

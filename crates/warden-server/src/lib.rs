@@ -1,7 +1,7 @@
 //! warden's control plane.
 //!
 //! [`service::JobService`] holds every rule about jobs; [`http::app`] and [`grpc::routes`] expose
-//! it over HTTP/JSON and gRPC, each mapping the service's errors in one place. [`serve::run`]
+//! it over HTTP/JSON and gRPC (and [`ui`], the web UI, over the same HTTP API), each mapping the service's errors in one place. [`serve::run`]
 //! wires a control plane together: the store (SQLite with an in-process worker pool, or
 //! PostgreSQL), the lease reaper, retention's collector ([`gc`]), the listeners.
 
@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod serve;
 pub mod service;
 pub mod tls;
+pub mod ui;
 
 pub use http::app;
 pub use service::{JobService, ServiceError};

@@ -20,7 +20,7 @@ use warden_core::{JobId, JobStatus};
 use warden_store::{
     AuditEntry, AuditFilter, AuditRecord, CancelOutcome, Claimed, Completion, FairShare,
     FinishedJob, HeartbeatReply, JobRecord, Lease, ListFilter, LogStream, Millis, NewJob, Reaped,
-    Result, Store, SubmitOutcome, TenantUsage, TestResult, TestsQuery, TokenRecord,
+    Result, RunTelemetry, Store, SubmitOutcome, TenantUsage, TestResult, TestsQuery, TokenRecord,
 };
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -57,6 +57,24 @@ struct OutcomeLabel {
     outcome: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabel {
+    /// The setup step that failed (`cgroup`, `pivot_root`, `egress gateway`, …).
+    step: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabel {
+    result: &'static str,
+}
+
+/// Jobs claimed here that have stored no log byte yet: when each was submitted, its type.
+type Pending = std::sync::Mutex<std::collections::HashMap<JobId, (Millis, String)>>;
+
+/// More jobs than this waiting for their first byte means their ends went elsewhere (another
+/// replica completed them): start again rather than grow.
+const PENDING_MAX: usize = 100_000;
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn seconds() -> Histogram {
@@ -85,6 +103,14 @@ pub struct Metrics {
     pub retention_bytes: Counter,
     /// Remote workers' sessions open on this replica.
     pub worker_sessions: Gauge,
+    first_log_byte: Histograms<TypeLabel>,
+    sandbox_start: Histograms<TypeLabel>,
+    setup_failures: Family<StepLabel, Counter>,
+    log_dropped: Counter,
+    checkouts: Family<CacheLabel, Counter>,
+    checkout_bytes: Counter,
+    cache_evictions: Counter,
+    pending: Pending,
 }
 
 impl Default for Metrics {
@@ -109,6 +135,14 @@ impl Metrics {
             retention_jobs: Counter::default(),
             retention_bytes: Counter::default(),
             worker_sessions: Gauge::default(),
+            first_log_byte: Family::new_with_constructor(seconds),
+            sandbox_start: Family::new_with_constructor(store_seconds),
+            setup_failures: Family::default(),
+            log_dropped: Counter::default(),
+            checkouts: Family::default(),
+            checkout_bytes: Counter::default(),
+            cache_evictions: Counter::default(),
+            pending: Pending::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -167,7 +201,51 @@ impl Metrics {
             "Log and artifact bytes freed by retention",
             m.retention_bytes.clone(),
         );
+        r.register(
+            "job_first_log_byte_seconds",
+            "From submission to the job's first log byte stored",
+            m.first_log_byte.clone(),
+        );
+        r.register(
+            "sandbox_start_seconds",
+            "From the spawn request to the job's program exec'd in its sandbox",
+            m.sandbox_start.clone(),
+        );
+        r.register(
+            "sandbox_setup_failures",
+            "Jobs that ended sandbox_setup_failed, by the step that failed",
+            m.setup_failures.clone(),
+        );
+        r.register(
+            "log_bytes_dropped",
+            "Output read past jobs' output caps and not stored",
+            m.log_dropped.clone(),
+        );
+        r.register(
+            "checkouts",
+            "Jobs' repository trees, from the checkout cache (hit) or checked out (miss)",
+            m.checkouts.clone(),
+        );
+        r.register(
+            "checkout_bytes",
+            "Bytes of the trees checked out on cache misses",
+            m.checkout_bytes.clone(),
+        );
+        r.register(
+            "checkout_cache_evictions",
+            "Checkout cache entries evicted by the workers of this replica's jobs",
+            m.cache_evictions.clone(),
+        );
         // Known label values start at zero, so a rate over them exists before the first event.
+        for result in ["hit", "miss"] {
+            let _ = m.checkouts.get_or_create(&CacheLabel { result });
+        }
+        // The worker's own setup steps (the sandbox's are named by the step that failed).
+        for step in ["start", "supervisor", "egress gateway", "gvisor"] {
+            let _ = m
+                .setup_failures
+                .get_or_create(&StepLabel { step: step.into() });
+        }
         for outcome in ["requeued", "lost"] {
             let _ = m.lease_expiries.get_or_create(&OutcomeLabel { outcome });
         }
@@ -201,6 +279,60 @@ impl Metrics {
         Ok(out)
     }
 
+    fn claimed(&self, c: &Claimed) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.len() >= PENDING_MAX {
+            pending.clear();
+        }
+        pending.insert(c.job.id, (c.job.created_at, c.job.job_type.clone()));
+    }
+
+    fn first_byte(&self, id: JobId) {
+        let taken = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        if let Some((created, job_type)) = taken {
+            let waited = (warden_store::now_millis() - created).max(0) as f64 / 1000.0;
+            self.first_log_byte
+                .get_or_create(&TypeLabel { job_type })
+                .observe(waited);
+        }
+    }
+
+    fn forget(&self, id: JobId) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
+    /// What the worker measured about a run it completed.
+    fn ran(&self, job_type: &str, reason: Option<&str>, t: &RunTelemetry) {
+        if let Some(us) = t.sandbox_start_us {
+            self.sandbox_start
+                .get_or_create(&TypeLabel {
+                    job_type: job_type.to_string(),
+                })
+                .observe(us as f64 / 1e6);
+        }
+        self.log_dropped.inc_by(t.log_bytes_dropped);
+        if let Some(hit) = t.checkout_cache_hit {
+            let result = if hit { "hit" } else { "miss" };
+            self.checkouts.get_or_create(&CacheLabel { result }).inc();
+        }
+        self.checkout_bytes.inc_by(t.checkout_bytes);
+        self.cache_evictions.inc_by(t.cache_evictions);
+        if let Some(step) = reason.and_then(|r| r.strip_prefix("sandbox_setup_failed: ")) {
+            self.setup_failures
+                .get_or_create(&StepLabel {
+                    step: setup_step(step),
+                })
+                .inc();
+        }
+    }
+
     fn finished_job(&self, job: &JobRecord) {
         let reason = job
             .reason
@@ -224,6 +356,19 @@ impl Metrics {
             let run = (finished - started).max(0) as f64 / 1000.0;
             self.run_time.get_or_create(&ty).observe(run);
         }
+    }
+}
+
+/// The step of a setup failure's `<step>: <error>`, as a label: short, plain, or `other`.
+fn setup_step(detail: &str) -> String {
+    let step = detail.split(':').next().unwrap_or("").trim();
+    let plain = step
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, ' ' | '_' | '-' | '/' | '.'));
+    if step.is_empty() || step.len() > 40 || !plain {
+        "other".into()
+    } else {
+        step.into()
     }
 }
 
@@ -286,7 +431,11 @@ impl<S: Store + ?Sized> Store for MeteredStore<S> {
         lease_ms: i64,
         now: Millis,
     ) -> Result<Option<Claimed>> {
-        timed!(self, claim(worker, job_types, lease_ms, now))
+        let r = timed!(self, claim(worker, job_types, lease_ms, now));
+        if let Ok(Some(c)) = &r {
+            self.metrics.claimed(c);
+        }
+        r
     }
     async fn claim_many(
         &self,
@@ -296,7 +445,13 @@ impl<S: Store + ?Sized> Store for MeteredStore<S> {
         lease_ms: i64,
         now: Millis,
     ) -> Result<Vec<Claimed>> {
-        timed!(self, claim_many(worker, job_types, max, lease_ms, now))
+        let r = timed!(self, claim_many(worker, job_types, max, lease_ms, now));
+        if let Ok(claimed) = &r {
+            for c in claimed {
+                self.metrics.claimed(c);
+            }
+        }
+        r
     }
     async fn heartbeat(&self, lease: &Lease, lease_ms: i64, now: Millis) -> Result<HeartbeatReply> {
         timed!(self, heartbeat(lease, lease_ms, now))
@@ -309,6 +464,9 @@ impl<S: Store + ?Sized> Store for MeteredStore<S> {
         data: &[u8],
     ) -> Result<()> {
         let r = timed!(self, append_log(lease, stream, offset, data));
+        if r.is_ok() && offset == 0 && !data.is_empty() {
+            self.metrics.first_byte(lease.job_id);
+        }
         if r.is_ok() {
             let stream = match stream {
                 LogStream::Stdout => "stdout",
@@ -336,13 +494,18 @@ impl<S: Store + ?Sized> Store for MeteredStore<S> {
         timed!(self, flaky_tests(job_type, repo_name, sha))
     }
     async fn complete(&self, lease: &Lease, done: Completion, now: Millis) -> Result<JobRecord> {
+        let telemetry = done.telemetry;
         let r = timed!(self, complete(lease, done, now));
         if let Ok(job) = &r {
+            self.metrics.forget(job.id);
             self.metrics.finished_job(job);
+            self.metrics
+                .ran(&job.job_type, job.reason.as_deref(), &telemetry);
         }
         r
     }
     async fn release(&self, lease: &Lease) -> Result<()> {
+        self.metrics.forget(lease.job_id);
         timed!(self, release(lease))
     }
     async fn request_cancel(&self, id: JobId, now: Millis) -> Result<CancelOutcome> {
@@ -356,6 +519,7 @@ impl<S: Store + ?Sized> Store for MeteredStore<S> {
         let r = timed!(self, reap_expired(expired_before, now));
         if let Ok(reaped) = &r {
             for j in reaped {
+                self.metrics.forget(j.job_id);
                 let outcome = if j.now == JobStatus::Queued {
                     "requeued"
                 } else {
@@ -422,5 +586,50 @@ impl<S: Store + ?Sized> Store for MeteredStore<S> {
     }
     async fn compact(&self) -> Result<u64> {
         timed!(self, compact())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_setup_failure_is_counted_by_its_step_never_its_free_text() {
+        assert_eq!(setup_step("cgroup: EACCES"), "cgroup");
+        assert_eq!(setup_step("egress gateway: no route"), "egress gateway");
+        assert_eq!(setup_step("pivot_root"), "pivot_root");
+        assert_eq!(setup_step(""), "other");
+        assert_eq!(setup_step(&"x".repeat(41)), "other");
+        assert_eq!(setup_step("mount \"/etc\\n\": x"), "other");
+    }
+
+    #[tokio::test]
+    async fn a_completion_s_telemetry_reaches_the_exposition() {
+        let m = Metrics::new();
+        m.ran(
+            "echo",
+            Some("sandbox_setup_failed: cgroup: EACCES"),
+            &RunTelemetry {
+                sandbox_start_us: Some(5_000),
+                log_bytes_dropped: 7,
+                checkout_cache_hit: Some(false),
+                checkout_bytes: 4096,
+                cache_evictions: 2,
+            },
+        );
+        m.ran("echo", None, &RunTelemetry::default());
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &m.registry).unwrap();
+        for line in [
+            "warden_sandbox_setup_failures_total{step=\"cgroup\"} 1",
+            "warden_sandbox_start_seconds_count{job_type=\"echo\"} 1",
+            "warden_log_bytes_dropped_total 7",
+            "warden_checkouts_total{result=\"miss\"} 1",
+            "warden_checkouts_total{result=\"hit\"} 0",
+            "warden_checkout_bytes_total 4096",
+            "warden_checkout_cache_evictions_total 2",
+        ] {
+            assert!(out.contains(line), "{line} not in\n{out}");
+        }
     }
 }

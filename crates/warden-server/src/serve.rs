@@ -204,7 +204,13 @@ pub async fn run(
     let mut service = match sqlite {
         Some(sqlite) => {
             let executor = local_executor(&config, &data, supervisor_exe).await;
-            embedded(
+            // Ready only where jobs can run: in the sandbox, or knowingly without it.
+            let sandbox = match executor.self_test_failure() {
+                None => Ok(()),
+                Some(_) if executor.tier() == Tier::UnsafeFallback => Ok(()),
+                Some(why) => Err(why.to_string()),
+            };
+            let mut service = embedded(
                 sqlite,
                 executor,
                 config.clone(),
@@ -212,7 +218,9 @@ pub async fn run(
                 repos,
                 images,
                 secrets.clone(),
-            )
+            );
+            service.sandbox = sandbox;
+            service
         }
         None => JobService::new(
             store.clone(),

@@ -106,6 +106,7 @@ impl Store for PgStore {
                AND ($2::text IS NULL OR status = $2)
                AND ($3::text IS NULL OR job_type = $3)
                AND ($4::uuid IS NULL OR id < $4::uuid)
+               AND ($6::text IS NULL OR repo_name = $6)
              ORDER BY id DESC LIMIT $5"
         ))
         .bind(&filter.tenant)
@@ -113,6 +114,7 @@ impl Store for PgStore {
         .bind(&filter.job_type)
         .bind(filter.before.map(|b| b.to_string()))
         .bind(filter.limit as i64)
+        .bind(&filter.repo_name)
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;

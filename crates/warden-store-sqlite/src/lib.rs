@@ -232,6 +232,10 @@ impl Store for SqliteStore {
                 args.push(Box::new(t));
                 sql.push_str(&format!(" AND job_type = ?{}", args.len()));
             }
+            if let Some(r) = filter.repo_name {
+                args.push(Box::new(r));
+                sql.push_str(&format!(" AND repo_name = ?{}", args.len()));
+            }
             if let Some(b) = filter.before {
                 args.push(Box::new(b.to_string()));
                 sql.push_str(&format!(" AND id < ?{}", args.len()));

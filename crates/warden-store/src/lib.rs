@@ -21,7 +21,7 @@ pub use fair::{FairShare, Share};
 pub use perimeter::{AuditEntry, AuditFilter, AuditRecord, TokenRecord};
 
 pub use warden_core::record::{
-    Claimed, Completion, HeartbeatReply, JobRecord, Lease, LogStream, Millis,
+    Claimed, Completion, HeartbeatReply, JobRecord, Lease, LogStream, Millis, RunTelemetry,
 };
 
 /// The clock, read by callers: the store never reads it itself, which keeps the lease logic
@@ -148,6 +148,8 @@ pub struct ListFilter {
     pub tenant: Option<String>,
     pub status: Option<JobStatus>,
     pub job_type: Option<String>,
+    /// Only jobs on this repository (`repo_name`).
+    pub repo_name: Option<String>,
     /// Return jobs older than this one (the cursor of the previous page).
     pub before: Option<JobId>,
     pub limit: u32,

@@ -36,6 +36,8 @@ pub struct SupervisedExecutor {
     launcher: Launcher,
     tier: Tier,
     host: Host,
+    /// Why the start-up self-test failed, when it did (and jobs fail closed or fall back).
+    self_test_failure: Option<String>,
 }
 
 impl SupervisedExecutor {
@@ -44,7 +46,13 @@ impl SupervisedExecutor {
             launcher,
             tier,
             host,
+            self_test_failure: None,
         }
+    }
+
+    /// Why the sandbox's start-up self-test failed on this host; `None` when it passed.
+    pub fn self_test_failure(&self) -> Option<&str> {
+        self.self_test_failure.as_deref()
     }
 }
 
@@ -243,11 +251,10 @@ pub async fn local_executor(
                  !!! Each such job is recorded as unsafe_fallback and listed as UNSANDBOXED.\n\
                  !!! `warden doctor` says what is missing and how to get it.\n"
             );
-            Arc::new(SupervisedExecutor::new(
-                launcher,
-                Tier::UnsafeFallback,
-                host,
-            ))
+            Arc::new(SupervisedExecutor {
+                self_test_failure: Some(e),
+                ..SupervisedExecutor::new(launcher, Tier::UnsafeFallback, host)
+            })
         }
         Err(e) => {
             tracing::error!(
@@ -255,7 +262,10 @@ pub async fn local_executor(
                 "the kernel sandbox cannot be set up on this host: jobs will end `error` \
                  (fail closed); run `warden doctor`"
             );
-            Arc::new(sandbox)
+            Arc::new(SupervisedExecutor {
+                self_test_failure: Some(e),
+                ..sandbox
+            })
         }
     };
     if executor.tier() == Tier::Sandbox {

@@ -308,6 +308,9 @@ pub enum JobCommand {
         status: Option<String>,
         #[arg(long)]
         job_type: Option<String>,
+        /// Only jobs on this repository (its repo_name).
+        #[arg(long)]
+        repo: Option<String>,
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=500))]
         limit: Option<u32>,
         /// Continue after a previous page (its next_cursor).

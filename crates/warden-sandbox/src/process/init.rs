@@ -150,6 +150,10 @@ fn init(args: InitArgs<'_>, report: &OwnedFd) -> Step {
     })?;
     let wait_status = if spec.stages.is_empty() {
         let job = start_job(spec, sandbox, filters, None)?;
+        InitMessage::Execd {
+            at_us: crate::monotonic_us(),
+        }
+        .send(report);
         // The init outlives an OOM kill of the job's cgroup (`memory.oom.group` spares -1000)
         // to copy the artifacts out; set after the job is forked, so the job never inherits
         // it. Root only: a rootless init may not lower its score, dies with its job in a group

@@ -13,6 +13,8 @@ use crate::{ExitReport, StageEvent, StageReport};
 pub(crate) enum InitMessage {
     /// Setup failed at a step; the job never ran. `error` reads `<step>: <error>`.
     SetupFailed { error: String },
+    /// The job's program exec'd (`at_us` on the host's monotonic clock).
+    Execd { at_us: u64 },
     /// The job's main process ended: its wait status and the usage of the job's processes.
     Exited {
         wait_status: i32,
@@ -73,6 +75,7 @@ pub(crate) fn apply(bytes: &[u8], out: &mut ExitReport) {
                 out.max_rss_kb = max_rss_kb.max(0) as u64;
                 exited = true;
             }
+            Ok(InitMessage::Execd { at_us }) => out.exec_mono_us = Some(at_us),
             Ok(InitMessage::Artifacts { copy }) => out.artifacts = Some(copy),
             Ok(InitMessage::RootChanges { changes }) => out.root_changes = Some(changes),
             Err(_) => {

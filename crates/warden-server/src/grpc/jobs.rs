@@ -83,6 +83,7 @@ impl pb::job_service_server::JobService for Jobs {
             tenant: None,
             status: r.status.map(status_from_pb).transpose().map_err(invalid)?,
             job_type: r.job_type.filter(|t| !t.is_empty()),
+            repo_name: r.repo_name.filter(|t| !t.is_empty()),
             before,
             limit,
         };

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
-use warden_api::{ErrorCode, LogEnd, LogEvent, LogsResponse};
+use warden_api::{ErrorBody, ErrorCode, LogEnd, LogEvent, LogsResponse};
 use warden_store::LogStream;
 
 use super::AppState;
@@ -21,6 +21,29 @@ use crate::service::{JobService, LogItem, ServiceError};
 /// Bytes read from the store per SSE event.
 const SSE_CHUNK: usize = 64 * 1024;
 
+/// A job's log: the last lines as JSON (default), exact bytes from an offset (`format=raw`), or
+/// a live follow over server-sent events (`follow=true`: `log` events whose id is the next
+/// offset, for `Last-Event-ID` resume, then one `end` event).
+#[utoipa::path(get, path = "/jobs/{id}/logs", tag = "jobs",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The job id (a UUIDv7, as `POST /jobs` returned it)"),
+        ("stream" = Option<super::openapi::StreamParam>, Query, description = "`stdout` (default) or `stderr`"),
+        ("tail" = Option<u32>, Query, description = "Lines from the end (JSON: default 200; follow: start this many lines back)", maximum = 100000),
+        ("follow" = Option<bool>, Query, description = "Stream as server-sent events until the job ends"),
+        ("offset" = Option<u64>, Query, description = "Byte offset to start at (`format=raw`, `follow`)"),
+        ("format" = Option<super::openapi::FormatParam>, Query, description = "`json` (default) or `raw`"),
+        ("limit" = Option<u32>, Query, description = "`format=raw`: at most this many bytes (default and maximum 16 MiB)", minimum = 1, maximum = 16777216),
+        ("Last-Event-ID" = Option<u64>, Header, description = "`follow`: resume after this offset (the id of the last `log` event received)"),
+    ),
+    responses(
+        (status = 200, description = "The log", content(
+            (LogsResponse = "application/json"),
+            (String = "application/octet-stream"),
+            (super::openapi::LogStreamEvent = "text/event-stream"),
+        )),
+        (status = 400, description = "Not a job id, or a bad query parameter (`invalid_job_id`, `invalid_query`)", body = ErrorBody),
+        (status = 404, description = "No such job (`job_not_found`)", body = ErrorBody),
+    ))]
 pub(super) async fn logs(
     State(svc): State<AppState>,
     axum::extract::Extension(caller): axum::extract::Extension<crate::auth::Caller>,
@@ -44,7 +67,7 @@ pub(super) async fn logs(
     };
     let tail = query_num(&q, "tail", 0usize..=100_000)?;
     let follow = query_bool(&q, "follow")?;
-    let mut offset = query_num(&q, "offset", 0u64..=u64::MAX)?;
+    let mut offset = query_num(&q, "offset", 0u64..=i64::MAX as u64)?;
     let format = q.get("format").map(String::as_str).unwrap_or("json");
     if !matches!(format, "json" | "raw") {
         return Err(ServiceError::new(
@@ -53,19 +76,26 @@ pub(super) async fn logs(
         ));
     }
     let limit = query_num(&q, "limit", 1usize..=16 << 20)?.unwrap_or(16 << 20);
+    // A resumed follow's position; checked whenever it is sent, used when no offset is given.
+    let last_event = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .filter(|o| *o <= i64::MAX as u64)
+                .ok_or_else(|| {
+                    ServiceError::new(
+                        ErrorCode::InvalidQuery,
+                        "Last-Event-ID must be a byte offset (the id of the last log event)",
+                    )
+                })?,
+        ),
+    };
     let job = svc.get(&caller, id).await?;
 
     if follow {
-        if offset.is_none()
-            && let Some(last) = headers.get("last-event-id").and_then(|v| v.to_str().ok())
-        {
-            offset = Some(last.parse().map_err(|_| {
-                ServiceError::new(
-                    ErrorCode::InvalidQuery,
-                    "Last-Event-ID must be a byte offset",
-                )
-            })?);
-        }
+        offset = offset.or(last_event);
         let start = match (offset, tail) {
             (Some(o), _) => o,
             (None, Some(t)) => svc.tail(&job, stream, t).await?.1,

@@ -5,6 +5,7 @@ mod auth;
 mod error;
 mod json;
 mod logs;
+pub mod openapi;
 mod query;
 
 use std::sync::Arc;
@@ -15,9 +16,10 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+#[allow(unused_imports)] // the OpenAPI annotations name some of them
 use warden_api::{
-    ArtifactsResponse, ErrorCode, JobStatus, JobTypesResponse, ListJobsResponse, SubmitJobRequest,
-    SubmitJobResponse,
+    ArtifactsResponse, ErrorBody, ErrorCode, JobStatus, JobTypesResponse, JobView,
+    ListJobsResponse, SubmitJobRequest, SubmitJobResponse, TestStatus, TestsResponse,
 };
 use warden_core::JobId;
 
@@ -34,6 +36,7 @@ pub fn app(service: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
         .route("/jobs", post(submit).get(list))
         .route("/jobs/{id}", get(get_job))
         .route("/jobs/{id}/cancel", post(cancel))
@@ -46,6 +49,7 @@ pub fn app(service: AppState) -> Router {
         .route("/tokens", post(admin::create_token).get(admin::list_tokens))
         .route("/tokens/{id}/revoke", post(admin::revoke_token))
         .route("/audit", get(admin::audit))
+        .merge(crate::ui::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -83,12 +87,21 @@ async fn method_not_allowed() -> ServiceError {
     )
 }
 
+/// Alive: the process answers. No authentication.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is alive: `{\"ok\": true}`", body = serde_json::Value)))]
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"ok": true}))
 }
 
-/// Ready to serve: the store answers, and this replica takes jobs (it is not draining). 503
-/// with what is not ready otherwise.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready: the store answers, this replica takes jobs, and its sandbox self-test passed", body = serde_json::Value),
+        (status = 503, description = "Not ready: what is not, as `{ready, store, sandbox, accepting_jobs}`", body = serde_json::Value),
+    ))]
+/// Ready to serve: the store answers, this replica takes jobs (it is not draining) and, where
+/// it runs jobs itself, the sandbox's start-up self-test passed. 503 with what is not ready
+/// otherwise.
 async fn readyz(State(svc): State<AppState>) -> Response {
     let store = svc
         .store
@@ -98,12 +111,14 @@ async fn readyz(State(svc): State<AppState>) -> Response {
         })
         .await;
     let accepting = svc.accepting();
+    let ready = store.is_ok() && accepting && svc.sandbox.is_ok();
     let body = serde_json::json!({
-        "ready": store.is_ok() && accepting,
+        "ready": ready,
         "store": match &store { Ok(_) => "ok".to_string(), Err(e) => e.to_string() },
+        "sandbox": match &svc.sandbox { Ok(()) => "ok".to_string(), Err(e) => format!("self-test failed: {e}") },
         "accepting_jobs": accepting,
     });
-    let code = if store.is_ok() && accepting {
+    let code = if ready {
         axum::http::StatusCode::OK
     } else {
         axum::http::StatusCode::SERVICE_UNAVAILABLE
@@ -111,6 +126,12 @@ async fn readyz(State(svc): State<AppState>) -> Response {
     (code, Json(body)).into_response()
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text exposition of this replica's metrics", content_type = "text/plain", body = String),
+        (status = 403, description = "The token lacks the `admin` scope (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "This server exports no metrics (`not_found`)", body = ErrorBody),
+    ))]
 /// Prometheus text exposition (admin scope: it spans every tenant).
 async fn metrics(
     State(svc): State<AppState>,
@@ -136,6 +157,21 @@ async fn metrics(
     Ok(resp)
 }
 
+/// Submit a job: a job type, its params, and for a repository job the repository and a full
+/// sha or a ref (resolved to a sha now and recorded).
+#[utoipa::path(post, path = "/jobs", tag = "jobs", request_body = SubmitJobRequest,
+    responses(
+        (status = 201, description = "Queued", body = SubmitJobResponse),
+        (status = 200, description = "An earlier submission with the same `idempotency_key`", body = SubmitJobResponse),
+        (status = 400, description = "The body is not JSON (`malformed_json`)", body = ErrorBody),
+        (status = 403, description = "The token lacks the `submit` scope, or its tenant may not use this job type or repository", body = ErrorBody),
+        (status = 409, description = "The `idempotency_key` was used for a different request (`idempotency_conflict`)", body = ErrorBody),
+        (status = 413, description = "The body is over 1 MiB (`payload_too_large`)", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = ErrorBody),
+        (status = 422, description = "A field is wrong: `unknown_field`, `invalid_request`, `unknown_job_type`, `unknown_param`, `invalid_param`, `repo_required`, `repo_not_allowed`, `invalid_ref`", body = ErrorBody),
+        (status = 502, description = "The repository's server (resolving a ref) or the image's registry could not be reached (`repo_unavailable`, `image_unavailable`)", body = ErrorBody),
+        (status = 503, description = "The server is shutting down (`shutting_down`)", body = ErrorBody),
+    ))]
 async fn submit(
     State(svc): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -156,6 +192,13 @@ async fn submit(
     Ok((status, Json(body)).into_response())
 }
 
+/// A job's whole record.
+#[utoipa::path(get, path = "/jobs/{id}", tag = "jobs", params(("id" = uuid::Uuid, Path, description = "The job id (a UUIDv7, as `POST /jobs` returned it)")),
+    responses(
+        (status = 200, description = "The job's record", body = JobView),
+        (status = 400, description = "Not a job id (`invalid_job_id`)", body = ErrorBody),
+        (status = 404, description = "No such job visible to the caller (`job_not_found`)", body = ErrorBody),
+    ))]
 async fn get_job(
     State(svc): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -166,6 +209,19 @@ async fn get_job(
     Ok(Json(svc.view(&job)).into_response())
 }
 
+/// A finished job's test results (from its JUnit reports), failures first.
+#[utoipa::path(get, path = "/jobs/{id}/tests", tag = "jobs",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The job id (a UUIDv7, as `POST /jobs` returned it)"),
+        ("status" = Option<TestStatus>, Query, description = "Only test cases that ended so"),
+        ("cursor" = Option<u64>, Query, description = "`next_cursor` of the previous page"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1 to 10000 (default 1000)", minimum = 1, maximum = 10000),
+    ),
+    responses(
+        (status = 200, description = "Test cases, failed and errored first", body = TestsResponse),
+        (status = 400, description = "Not a job id, or a bad query parameter (`invalid_job_id`, `invalid_query`)", body = ErrorBody),
+        (status = 404, description = "No such job (`job_not_found`)", body = ErrorBody),
+    ))]
 async fn tests(
     State(svc): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -188,12 +244,30 @@ async fn tests(
     Ok(Json(svc.tests(&caller, id, status, after, limit).await?).into_response())
 }
 
+/// Jobs, newest first, a page at a time.
+#[utoipa::path(get, path = "/jobs", tag = "jobs",
+    params(
+        ("status" = Option<JobStatus>, Query, description = "Only jobs in this state"),
+        ("job_type" = Option<String>, Query, description = "Only jobs of this type"),
+        ("repo" = Option<String>, Query, description = "Only jobs on this repository (`repo_name`)"),
+        ("tenant" = Option<String>, Query, description = "Only this tenant's jobs (admin: any tenant; otherwise only the caller's own)"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1 to 500 (default 50)", minimum = 1, maximum = 500),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of jobs", body = ListJobsResponse),
+        (status = 400, description = "A bad query parameter (`invalid_query`)", body = ErrorBody),
+        (status = 403, description = "Another tenant's jobs without the `admin` scope", body = ErrorBody),
+    ))]
 async fn list(
     State(svc): State<AppState>,
     Extension(caller): Extension<Caller>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ServiceError> {
-    let q = parse_query(raw, &["status", "job_type", "limit", "cursor", "tenant"])?;
+    let q = parse_query(
+        raw,
+        &["status", "job_type", "repo", "limit", "cursor", "tenant"],
+    )?;
     let status = match q.get("status") {
         None => None,
         Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
@@ -220,6 +294,7 @@ async fn list(
         tenant: q.get("tenant").cloned(),
         status,
         job_type: q.get("job_type").cloned(),
+        repo_name: q.get("repo").cloned(),
         before,
         limit,
     };
@@ -231,6 +306,16 @@ async fn list(
     Ok(Json(body).into_response())
 }
 
+/// Ask a job to stop: a queued job is cancelled at once, a running one is signalled (SIGTERM,
+/// then SIGKILL after its grace period).
+#[utoipa::path(post, path = "/jobs/{id}/cancel", tag = "jobs", params(("id" = uuid::Uuid, Path, description = "The job id (a UUIDv7, as `POST /jobs` returned it)")),
+    responses(
+        (status = 202, description = "Cancellation recorded; the job's record as it is now", body = JobView),
+        (status = 400, description = "Not a job id (`invalid_job_id`)", body = ErrorBody),
+        (status = 403, description = "The token lacks the `cancel` scope", body = ErrorBody),
+        (status = 404, description = "No such job (`job_not_found`)", body = ErrorBody),
+        (status = 409, description = "The job has already ended (`job_finished`)", body = ErrorBody),
+    ))]
 async fn cancel(
     State(svc): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -241,6 +326,9 @@ async fn cancel(
     Ok((StatusCode::ACCEPTED, Json(svc.view(&job))).into_response())
 }
 
+/// The job types the caller may submit.
+#[utoipa::path(get, path = "/job-types", tag = "jobs",
+    responses((status = 200, description = "Job types", body = JobTypesResponse)))]
 async fn job_types(
     State(svc): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -250,6 +338,13 @@ async fn job_types(
     }))
 }
 
+/// A finished job's artifact directory, listed.
+#[utoipa::path(get, path = "/jobs/{id}/artifacts", tag = "artifacts", params(("id" = uuid::Uuid, Path, description = "The job id (a UUIDv7, as `POST /jobs` returned it)")),
+    responses(
+        (status = 200, description = "Every entry, recursively (at most 10,000)", body = ArtifactsResponse),
+        (status = 400, description = "Not a job id (`invalid_job_id`)", body = ErrorBody),
+        (status = 404, description = "No such job (`job_not_found`)", body = ErrorBody),
+    ))]
 async fn artifacts(
     State(svc): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -277,6 +372,18 @@ fn download_target(uri: &axum::http::Uri) -> (String, Vec<u8>) {
     (id, percent_encoding::percent_decode_str(path).collect())
 }
 
+/// One artifact file's exact bytes.
+#[utoipa::path(get, path = "/jobs/{id}/artifacts/{path}", tag = "artifacts",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The job id (a UUIDv7, as `POST /jobs` returned it)"),
+        ("path" = String, Path, description = "The file's path in the artifact directory, `/`-separated, each byte that needs it percent-encoded"),
+    ),
+    responses(
+        (status = 200, description = "The file", content_type = "application/octet-stream", body = String),
+        (status = 400, description = "Not a job id, or a path that leaves the directory (`invalid_job_id`, `invalid_path`)", body = ErrorBody),
+        (status = 404, description = "No such job or file (`job_not_found`, `artifact_not_found`)", body = ErrorBody),
+        (status = 422, description = "The path names a directory or something else that is not a file (`not_a_file`)", body = ErrorBody),
+    ))]
 async fn download(
     State(svc): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -301,6 +408,15 @@ async fn download(
     h.insert(
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
+    );
+    // A job wrote this file: a browser saves it, never renders it in warden's origin.
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox; default-src 'none'"),
     );
     Ok(resp)
 }

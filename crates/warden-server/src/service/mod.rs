@@ -73,6 +73,9 @@ pub struct JobService {
     pub s3: Option<Arc<crate::artifact_store::S3Artifacts>>,
     /// What `/metrics` exports (`None`: not served).
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// The embedded workers' sandbox self-test at start: `Err` with why it failed, when jobs
+    /// here fail closed (`/readyz` then answers 503).
+    pub sandbox: Result<(), String>,
 }
 
 /// One page of a listing.
@@ -82,6 +85,7 @@ pub struct ListQuery {
     pub tenant: Option<String>,
     pub status: Option<JobStatus>,
     pub job_type: Option<String>,
+    pub repo_name: Option<String>,
     /// The cursor of the previous page: jobs older than this one.
     pub before: Option<JobId>,
     /// 1..=500.
@@ -113,6 +117,7 @@ impl JobService {
             shutdown: tokio_util::sync::CancellationToken::new(),
             s3: None,
             metrics: None,
+            sandbox: Ok(()),
         }
     }
 
@@ -237,6 +242,7 @@ impl JobService {
             tenant,
             status: q.status,
             job_type: q.job_type,
+            repo_name: q.repo_name,
             before: q.before,
             limit: q.limit,
         };

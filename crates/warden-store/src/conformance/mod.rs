@@ -445,7 +445,12 @@ pub async fn list_filters_and_paginates_newest_first(store: &dyn Store) {
     let mut ids = Vec::new();
     for i in 0..5 {
         let ty = if i % 2 == 0 { "even" } else { "odd" };
-        ids.push(submit(store, new_job(ty, None, i)).await.id);
+        let mut job = new_job(ty, None, i);
+        if i == 2 {
+            job.repo_name = Some("click".into());
+            job.sha = Some("a".repeat(40));
+        }
+        ids.push(submit(store, job).await.id);
     }
     let page1 = store
         .list(&ListFilter {
@@ -482,6 +487,15 @@ pub async fn list_filters_and_paginates_newest_first(store: &dyn Store) {
         odd.iter().map(|j| j.id).collect::<Vec<_>>(),
         [ids[3], ids[1]]
     );
+    let on_click = store
+        .list(&ListFilter {
+            limit: 10,
+            repo_name: Some("click".into()),
+            ..ListFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(on_click.iter().map(|j| j.id).collect::<Vec<_>>(), [ids[2]]);
     store.claim("w", None, LEASE_MS, 10).await.unwrap().unwrap();
     let running = store
         .list(&ListFilter {
@@ -526,6 +540,7 @@ pub async fn complete_records_the_outcome_once(store: &dyn Store) {
         invariants: None,
         tests: None,
         artifact_bytes: 123_456,
+        telemetry: Default::default(),
         stages: vec![
             warden_api::StageRecord {
                 name: "build".into(),

@@ -35,6 +35,10 @@ pub(super) struct ExecInfo {
     pub job_outputs: serde_json::Map<String, serde_json::Value>,
     /// A review bundle's outcome: `Some(None)` it fitted, `Some(Some(_))` the checked fallback.
     pub review: Option<Option<crate::review::Fallback>>,
+    /// From the spawn request to the job's program exec'd in its sandbox.
+    pub sandbox_start_us: Option<u64>,
+    /// Output read past the output cap (not stored).
+    pub log_bytes_dropped: u64,
 }
 
 impl ExecInfo {
@@ -82,6 +86,7 @@ pub(super) async fn execute(
             .collect(),
         ..ExecInfo::default()
     };
+    let spawn_at = warden_sandbox::monotonic_us();
     let mut execution = match shared.executor.start(spec).await {
         Ok(e) => e,
         Err(e) => {
@@ -169,6 +174,10 @@ pub(super) async fn execute(
     let [out, err] = pumps;
     info.log_bytes = (out.await.unwrap_or(0), err.await.unwrap_or(0));
     end.output_truncated = output.exceeded.is_cancelled();
+    info.log_bytes_dropped = output
+        .used
+        .load(Ordering::SeqCst)
+        .saturating_sub(output.limit);
     let mut report = match report {
         Ok(r) => r,
         Err(e) => {
@@ -176,6 +185,7 @@ pub(super) async fn execute(
             return (Err(refusal), info);
         }
     };
+    info.sandbox_start_us = report.exec_mono_us.map(|at| at.saturating_sub(spawn_at));
     if report.enforcement.is_empty() {
         report.enforcement = info.limits.clone();
     }

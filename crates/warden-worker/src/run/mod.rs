@@ -413,6 +413,16 @@ async fn finish(
         }
     }
     let finished_ms = now_millis();
+    done.telemetry = warden_core::record::RunTelemetry {
+        sandbox_start_us: info.as_ref().and_then(|i| i.sandbox_start_us),
+        log_bytes_dropped: info.as_ref().map_or(0, |i| i.log_bytes_dropped),
+        checkout_cache_hit: checkout.as_ref().map(|co| co.hit),
+        checkout_bytes: checkout
+            .as_ref()
+            .filter(|co| !co.hit)
+            .map_or(0, |co| co.bytes()),
+        cache_evictions: shared.repos.cache.take_evictions(),
+    };
     let summary = checkout.as_ref().map(|co| CheckoutSummary {
         cache_hit: co.hit,
         ms: co.took.as_millis() as u64,

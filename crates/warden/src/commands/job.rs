@@ -25,6 +25,7 @@ pub async fn run(args: JobArgs) -> i32 {
             tenant,
             status,
             job_type,
+            repo,
             limit,
             cursor,
         } => {
@@ -34,6 +35,7 @@ pub async fn run(args: JobArgs) -> i32 {
                     tenant,
                     status,
                     job_type,
+                    repo,
                     limit,
                     cursor,
                 },

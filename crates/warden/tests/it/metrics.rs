@@ -16,6 +16,14 @@ const TYPES: &str = r#"job_types:
   slow:
     argv: [/bin/sh, -c, "echo started; sleep 60"]
     timeout_s: 120
+  flood:
+    argv: [/bin/sh, -c, "head -c 3000000 /dev/zero"]
+    timeout_s: 30
+    limits: {output_mb: 1}
+  onrepo:
+    argv: [/bin/sh, -c, "cat data.txt"]
+    requires_repo: true
+    timeout_s: 30
 "#;
 
 /// A plain HTTP GET on loopback: status code and body.
@@ -51,7 +59,16 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)])
 #[tokio::test]
 async fn metrics_count_a_known_mix_of_jobs() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&write_config_with(dir.path(), TYPES));
+    let repo = dir.path().join("proj");
+    std::fs::create_dir_all(&repo).unwrap();
+    crate::support::git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("data.txt"), "x".repeat(5000)).unwrap();
+    crate::support::git(&repo, &["add", "-A"]);
+    crate::support::git(&repo, &["commit", "-q", "-m", "one"]);
+    let server = Server::start(&write_config_with(
+        dir.path(),
+        &format!("repos:\n  proj: {{url: \"{}\"}}\n{TYPES}", repo.display()),
+    ));
     let c = server.client();
     let submit = |t: &str| {
         let c = c.clone();
@@ -66,9 +83,22 @@ async fn metrics_count_a_known_mix_of_jobs() {
             .job_id
         }
     };
-    for t in ["ok", "ok", "bad"] {
+    for t in ["ok", "ok", "bad", "flood"] {
         let id = submit(t).await;
         wait_terminal(&c, &id).await;
+    }
+    for _ in 0..2 {
+        let sub = c
+            .submit(&SubmitJobRequest {
+                job_type: "onrepo".into(),
+                repo_name: Some("proj".into()),
+                git_ref: Some("main".into()),
+                ..SubmitJobRequest::default()
+            })
+            .await
+            .unwrap();
+        let done = wait_terminal(&c, &sub.job_id).await;
+        assert_eq!(done.status, JobStatus::Succeeded, "{done:?}");
     }
     // Both slots busy, and one more waiting.
     let slow = submit("slow").await;
@@ -182,6 +212,51 @@ async fn metrics_count_a_known_mix_of_jobs() {
         ) >= 3.0
     );
 
+    // What the workers measured: each job's sandbox start and first log byte; the bytes past
+    // the flood's 1 MiB cap; the repository's tree checked out once, then from the cache.
+    for ty in ["ok", "bad", "flood", "onrepo"] {
+        let started = value(
+            &scrape,
+            "warden_sandbox_start_seconds_count",
+            &[("job_type", ty)],
+        );
+        let expected = if ty == "ok" || ty == "onrepo" {
+            2.0
+        } else {
+            1.0
+        };
+        assert_eq!(started, expected, "sandbox starts of {ty}");
+        assert_eq!(
+            value(
+                &scrape,
+                "warden_job_first_log_byte_seconds_count",
+                &[("job_type", ty)]
+            ),
+            expected,
+            "first log bytes of {ty}"
+        );
+    }
+    let start_sum = value(
+        &scrape,
+        "warden_sandbox_start_seconds_sum",
+        &[("job_type", "ok")],
+    );
+    assert!(start_sum > 0.0 && start_sum < 20.0, "{start_sum}");
+    let dropped = value(&scrape, "warden_log_bytes_dropped_total", &[]);
+    assert!(
+        dropped > 0.0 && dropped <= (3_000_000 - (1 << 20)) as f64,
+        "at most 3,000,000 bytes against a 1 MiB cap: {dropped}"
+    );
+    assert_eq!(
+        value(&scrape, "warden_checkouts_total", &[("result", "miss")]),
+        1.0
+    );
+    assert_eq!(
+        value(&scrape, "warden_checkouts_total", &[("result", "hit")]),
+        1.0
+    );
+    assert!(value(&scrape, "warden_checkout_bytes_total", &[]) >= 5000.0);
+
     // Every metric the Grafana dashboard queries is one this server exports.
     let dashboard = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/grafana/warden.json"),
@@ -237,4 +312,18 @@ fn the_server_logs_json_lines_when_asked() {
             "{l}"
         );
     }
+}
+
+#[test]
+fn readyz_answers_503_while_the_sandbox_self_test_has_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    // Where the sandbox's /etc goes is a file: the self-test cannot prepare it.
+    std::fs::create_dir_all(dir.path().join("data/sandbox")).unwrap();
+    std::fs::write(dir.path().join("data/sandbox/etc"), "not a directory").unwrap();
+    let server = Server::start(&write_config_with(dir.path(), TYPES));
+    let (code, body) = get(&server.url, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("\"ready\":false"), "{body}");
+    assert!(body.contains("self-test failed: prepare /etc"), "{body}");
+    assert_eq!(get(&server.url, "/healthz").0, 200, "alive all the same");
 }
