@@ -3,10 +3,9 @@
 //! it (no 5xx for a caller's mistake, every status, content type and body as documented).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{Server, WARDEN, write_config_with};
+use crate::support::{Server, create_admin_token, write_untrusted_config};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -80,12 +79,7 @@ fn the_checked_in_openapi_json_is_what_the_code_generates() {
 #[tokio::test]
 async fn the_server_serves_the_document_without_a_token() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config_with(dir.path(), "job_types: {}");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "auth: {loopback_trusted: true}",
-        "auth: {loopback_trusted: false}",
-    );
-    std::fs::write(&config, text).unwrap();
+    let config = write_untrusted_config(dir.path(), "job_types: {}");
     let server = Server::start(&config);
     let http = crate::support::http();
     let served: serde_json::Value = http
@@ -119,7 +113,7 @@ async fn schemathesis_finds_no_answer_that_breaks_the_contract() {
         schemathesis.display()
     );
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config_with(
+    let config = write_untrusted_config(
         dir.path(),
         r#"job_types:
   echo:
@@ -128,30 +122,8 @@ async fn schemathesis_finds_no_answer_that_breaks_the_contract() {
     timeout_s: 30
 "#,
     );
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "auth: {loopback_trusted: true}",
-        "auth: {loopback_trusted: false}",
-    );
-    std::fs::write(&config, text).unwrap();
     let server = Server::start(&config);
-    let token_file = dir.path().join("admin.token");
-    let out = Command::new(WARDEN)
-        .args(["token", "create", "--tenant", "ops", "--scopes", "admin"])
-        .arg("--serve-config")
-        .arg(&config)
-        .arg("--out")
-        .arg(&token_file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = std::fs::read_to_string(&token_file)
-        .unwrap()
-        .trim()
-        .to_string();
+    let token = create_admin_token(dir.path(), &config);
     // One real job, so that listings, logs and artifacts have something to show.
     let client =
         warden_client::Client::new(&server.url, Duration::from_secs(10), Some(token.clone()))

@@ -84,30 +84,14 @@ if touch /run/secrets/new 2>/dev/null; then echo CREATED; fi
 
 /// The first admin token, made on the server's host with the CLI (the server trusts no one).
 fn bootstrap_admin(dir: &Path, config: &Path) -> String {
-    let out_file = dir.join("admin.token");
-    let out = Command::new(WARDEN)
-        .args(["token", "create", "--tenant", "ops", "--scopes", "admin"])
-        .arg("--serve-config")
-        .arg(config)
-        .arg("--out")
-        .arg(&out_file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mode = std::fs::metadata(&out_file).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o600);
-    assert!(
-        !String::from_utf8_lossy(&out.stdout).contains("wdn_"),
-        "printed once, to the file"
-    );
-    std::fs::read_to_string(&out_file)
+    let token = crate::support::create_admin_token(dir, config);
+    let mode = std::fs::metadata(dir.join("admin.token"))
         .unwrap()
-        .trim()
-        .to_string()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    token
 }
 
 fn client(server: &Server, token: &str) -> Client {

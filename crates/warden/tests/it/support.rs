@@ -147,6 +147,45 @@ pub fn write_config_with(dir: &Path, body: &str) -> PathBuf {
     path
 }
 
+/// [`write_config_with`] for a server that trusts no one, loopback included: every request
+/// needs a token.
+pub fn write_untrusted_config(dir: &Path, body: &str) -> PathBuf {
+    let path = write_config_with(dir, body);
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "auth: {loopback_trusted: true}",
+        "auth: {loopback_trusted: false}",
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The first admin token (tenant `ops`) of the server of `config`, made on its host with the
+/// CLI, as an operator would; kept in `dir/admin.token`.
+pub fn create_admin_token(dir: &Path, config: &Path) -> String {
+    let out_file = dir.join("admin.token");
+    let out = Command::new(WARDEN)
+        .args(["token", "create", "--tenant", "ops", "--scopes", "admin"])
+        .arg("--serve-config")
+        .arg(config)
+        .arg("--out")
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("wdn_"),
+        "printed once, to the file"
+    );
+    std::fs::read_to_string(&out_file)
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
 pub struct Server {
     pub child: Child,
     pub url: String,

@@ -11,7 +11,10 @@ use fantoccini::{ClientBuilder, Locator};
 use serde_json::{Value, json};
 use warden_api::{JobStatus, SubmitJobRequest};
 
-use crate::support::{Server, WARDEN, git, wait_job, wait_terminal, write_config_with};
+use crate::support::{
+    Server, create_admin_token, git, wait_job, wait_terminal, write_config_with,
+    write_untrusted_config,
+};
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -122,15 +125,56 @@ impl Browser {
     }
 
     async fn click(&self, css: &str) {
+        self.element(css).await.click().await.unwrap();
+    }
+
+    /// The element at `css`, once it is on the page.
+    async fn element(&self, css: &str) -> fantoccini::elements::Element {
         self.wd
             .wait()
             .at_most(Duration::from_secs(20))
             .for_element(Locator::Css(css))
             .await
             .unwrap_or_else(|e| panic!("no {css} on the page: {e}"))
-            .click()
+    }
+
+    async fn select(&self, css: &str, value: &str) {
+        self.element(css)
+            .await
+            .select_by_value(value)
             .await
             .unwrap();
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        self.element(css).await.send_keys(text).await.unwrap();
+    }
+
+    /// The Submit page, reached from the navigation as a person would.
+    async fn open_submit_form(&self) {
+        self.click("header nav a[data-section=submit]").await;
+        self.wait_for(
+            "the submit form",
+            "document.getElementById('job_type')",
+            Duration::from_secs(20),
+        )
+        .await;
+    }
+
+    /// Submits the form on the page and waits for the job page it leads to: the job's id.
+    async fn submit_job(&self) -> String {
+        self.click("form button[type=submit]").await;
+        self.wait_for(
+            "the job page",
+            "location.pathname.startsWith('/ui/jobs/')",
+            Duration::from_secs(20),
+        )
+        .await;
+        let url = self.wd.current_url().await.unwrap();
+        url.path()
+            .strip_prefix("/ui/jobs/")
+            .unwrap_or_else(|| panic!("not a job page: {url}"))
+            .to_string()
     }
 
     async fn shot(&self, name: &str) {
@@ -223,12 +267,6 @@ fn req(job_type: &str) -> SubmitJobRequest {
     }
 }
 
-fn job_id_of(path: &str) -> String {
-    path.strip_prefix("/ui/jobs/")
-        .unwrap_or_else(|| panic!("not a job page: {path}"))
-        .to_string()
-}
-
 #[tokio::test]
 async fn a_job_submitted_from_the_form_streams_its_log_live_and_resumes_after_a_reload() {
     let dir = tempfile::tempdir().unwrap();
@@ -244,39 +282,16 @@ async fn a_job_submitted_from_the_form_streams_its_log_live_and_resumes_after_a_
     .await;
     assert!(b.wd.current_url().await.unwrap().path().starts_with("/ui/"));
 
-    b.click("header nav a[data-section=submit]").await;
-    b.wait_for(
-        "the submit form",
-        "document.getElementById('job_type')",
-        Duration::from_secs(20),
-    )
-    .await;
-    b.wd.find(Locator::Css("#job_type"))
-        .await
-        .unwrap()
-        .select_by_value("ticker")
-        .await
-        .unwrap();
+    b.open_submit_form().await;
+    b.select("#job_type", "ticker").await;
     b.wait_for(
         "the COUNT field",
         "document.getElementById('param-COUNT')",
         Duration::from_secs(5),
     )
     .await;
-    b.wd.find(Locator::Css("#param-COUNT"))
-        .await
-        .unwrap()
-        .send_keys("150")
-        .await
-        .unwrap();
-    b.click("form button[type=submit]").await;
-    b.wait_for(
-        "the job page",
-        "location.pathname.startsWith('/ui/jobs/')",
-        Duration::from_secs(20),
-    )
-    .await;
-    let id = job_id_of(b.wd.current_url().await.unwrap().path());
+    b.type_into("#param-COUNT", "150").await;
+    let id = b.submit_job().await;
     let job = api.get(&id).await.unwrap();
     assert_eq!(job.job_type, "ticker");
     assert_eq!(job.params.get("COUNT").map(String::as_str), Some("150"));
@@ -525,39 +540,12 @@ async fn a_mutation_detected_job_shows_the_paths_that_changed() {
     b.end("mutation").await;
 }
 
-/// The first admin token, made on the server's host with the CLI.
-fn admin_token(dir: &Path, config: &Path) -> String {
-    let out_file = dir.join("admin.token");
-    let out = Command::new(WARDEN)
-        .args(["token", "create", "--tenant", "ops", "--scopes", "admin"])
-        .arg("--serve-config")
-        .arg(config)
-        .arg("--out")
-        .arg(&out_file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::read_to_string(&out_file)
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
 #[tokio::test]
 async fn without_a_token_the_ui_refuses_and_a_signed_in_browser_works_only_from_its_own_pages() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config_with(dir.path(), UI_TYPES);
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "auth: {loopback_trusted: true}",
-        "auth: {loopback_trusted: false}",
-    );
-    std::fs::write(&config, text).unwrap();
+    let config = write_untrusted_config(dir.path(), UI_TYPES);
     let server = Server::start(&config);
-    let token = admin_token(dir.path(), &config);
+    let token = create_admin_token(dir.path(), &config);
 
     // The headers every page carries.
     let resp = crate::support::http()
@@ -590,12 +578,8 @@ async fn without_a_token_the_ui_refuses_and_a_signed_in_browser_works_only_from_
     );
 
     // A wrong token: refused with a message, still signed out.
-    b.wd.find(Locator::Css("#token"))
-        .await
-        .unwrap()
-        .send_keys("wdn_0123456789abcdef_notatokenatall")
-        .await
-        .unwrap();
+    b.type_into("#token", "wdn_0123456789abcdef_notatokenatall")
+        .await;
     b.click("form button[type=submit]").await;
     b.wait_for(
         "the refusal",
@@ -610,12 +594,7 @@ async fn without_a_token_the_ui_refuses_and_a_signed_in_browser_works_only_from_
     );
 
     // The right one: back to the page asked for, signed in by an HttpOnly cookie.
-    b.wd.find(Locator::Css("#token"))
-        .await
-        .unwrap()
-        .send_keys(&token)
-        .await
-        .unwrap();
+    b.type_into("#token", &token).await;
     b.click("form button[type=submit]").await;
     b.wait_for(
         "the jobs page",
@@ -650,27 +629,9 @@ async fn without_a_token_the_ui_refuses_and_a_signed_in_browser_works_only_from_
     assert_eq!(listed["jobs"], json!([]), "nothing was submitted");
 
     // The form, which sends it, works; the job is the token's tenant's.
-    b.click("header nav a[data-section=submit]").await;
-    b.wait_for(
-        "the submit form",
-        "document.getElementById('job_type')",
-        Duration::from_secs(20),
-    )
-    .await;
-    b.wd.find(Locator::Css("#job_type"))
-        .await
-        .unwrap()
-        .select_by_value("reporter")
-        .await
-        .unwrap();
-    b.click("form button[type=submit]").await;
-    b.wait_for(
-        "the job page",
-        "location.pathname.startsWith('/ui/jobs/')",
-        Duration::from_secs(20),
-    )
-    .await;
-    let id = job_id_of(b.wd.current_url().await.unwrap().path());
+    b.open_submit_form().await;
+    b.select("#job_type", "reporter").await;
+    let id = b.submit_job().await;
     let job = warden_client::Client::new(&server.url, Duration::from_secs(10), Some(token.clone()))
         .unwrap()
         .get(&id)
