@@ -291,6 +291,13 @@ async fn a_job_submitted_from_the_form_streams_its_log_live_and_resumes_after_a_
     )
     .await;
     b.type_into("#param-COUNT", "150").await;
+    // Every field of the form is labelled for a screen reader.
+    let unlabelled = b
+        .js("return [...document.querySelectorAll('main input, main select')]
+               .filter(e => e.type !== 'hidden' && !(e.labels && e.labels.length) && !e.getAttribute('aria-label'))
+               .map(e => e.name);")
+        .await;
+    assert_eq!(unlabelled, json!([]), "fields without a label");
     let id = b.submit_job().await;
     let job = api.get(&id).await.unwrap();
     assert_eq!(job.job_type, "ticker");
@@ -358,6 +365,20 @@ async fn a_job_submitted_from_the_form_streams_its_log_live_and_resumes_after_a_
     b.wait_for(
         "the final badge",
         "document.querySelector('h1 + p .badge')?.textContent === 'succeeded'",
+        Duration::from_secs(10),
+    )
+    .await;
+    // The log's tabs work from the keyboard: an arrow key moves to stderr and shows it.
+    b.element("#tab-stdout")
+        .await
+        .send_keys(&char::from(fantoccini::key::Key::Right).to_string())
+        .await
+        .unwrap();
+    b.wait_for(
+        "the stderr tab",
+        "document.getElementById('tab-stderr').getAttribute('aria-selected') === 'true' \
+         && document.activeElement.id === 'tab-stderr' \
+         && document.getElementById('log').getAttribute('aria-label') === 'stderr log'",
         Duration::from_secs(10),
     )
     .await;
