@@ -8,6 +8,7 @@
   const TERMINAL = new Set(STATUSES.slice(2));
   const LOG_WINDOW = 256 * 1024; // bytes of log fetched at a time
   const LOG_KEEP = 2 * 1024 * 1024; // bytes of log kept on the page while following
+  const FLUSH_MS = 100; // new log output is put on the page at most this often
 
   const main = document.getElementById('main');
   const statusBox = document.getElementById('status');
@@ -404,7 +405,7 @@
     const extras = h('div');
     const tests = h('section', { 'aria-labelledby': 'h-tests' });
     const artifacts = h('section', { 'aria-labelledby': 'h-artifacts' });
-    const log = logViewer(id, job);
+    const log = logViewer(id, () => job);
     // The title and the Cancel button are made once: a refresh moves them, never replaces
     // them, so a click in flight always lands.
     const title = h('h1', {}, job.job_type, ' ', h('span', { class: 'mono' }, id.slice(-12)));
@@ -571,7 +572,7 @@
   // (never from the start, never twice). Earlier output is fetched a window at a time on
   // request, and while following only the last LOG_KEEP bytes stay on the page: a 1 GiB log is
   // never loaded whole.
-  function logViewer(id, job) {
+  function logViewer(id, current) {
     const enc = new TextEncoder();
     const tabs = ['stdout', 'stderr'].map((s) => h('button', {
       type: 'button', role: 'tab', id: 'tab-' + s, 'aria-controls': 'log', 'aria-selected': 'false', tabindex: '-1',
@@ -604,9 +605,31 @@
       source = null;
       clearTimeout(retry);
     };
+    leave.push(() => clearTimeout(flushTimer));
     leave.push(stop);
 
     const atBottom = () => pre.scrollHeight - pre.scrollTop - pre.clientHeight < 40;
+
+    // Output arriving while following is put on the page at most every FLUSH_MS: one layout
+    // per batch instead of one per event, so a chatty job costs the browser (and the machine)
+    // little.
+    let pending = '';
+    let pendingLen = 0;
+    let flushTimer = null;
+    const flush = () => {
+      flushTimer = null;
+      if (!pendingLen && !pending) return;
+      const text = pending;
+      const len = pendingLen;
+      pending = '';
+      pendingLen = 0;
+      append(text, len);
+    };
+    const queue = (text, len) => {
+      pending += text;
+      pendingLen += len;
+      if (!flushTimer) flushTimer = setTimeout(flush, FLUSH_MS);
+    };
 
     const append = (text, len) => {
       const stick = follow.checked || atBottom();
@@ -646,7 +669,7 @@
         if (d.next_offset <= next) return; // already on the page
         let text = d.text;
         if (d.offset < next) text = new TextDecoder().decode(enc.encode(text).slice(next - d.offset));
-        append(text, d.next_offset - Math.max(d.offset, next));
+        queue(text, d.next_offset - Math.max(d.offset, next));
         next = d.next_offset;
         note.textContent = 'Following… ' + bytes(next) + ' so far.';
       });
@@ -654,6 +677,8 @@
         const d = JSON.parse(ev.data);
         ended = true;
         stop();
+        clearTimeout(flushTimer);
+        flush();
         note.textContent = 'The job ended (' + d.status.replace('_', ' ') + '); ' + bytes(d.next_offset) + ' of ' + stream +
           (d.truncated ? ', truncated at the output cap.' : '.');
       });
@@ -681,10 +706,12 @@
       kept = 0;
       ended = false;
       ansi = new Ansi();
-      const probe = await rawWindow(0, 1);
-      const start = Math.max(0, probe.length - LOG_WINDOW);
-      const win = start === 0 && probe.length <= 1 ? probe : await rawWindow(start, LOG_WINDOW);
-      let data = win.data;
+      // The record's length says where the last window starts; a job with no output yet is
+      // followed from its first byte straight away.
+      const job = current();
+      const known = which === 'stdout' ? job.stdout_bytes : job.stderr_bytes;
+      const start = Math.max(0, known - LOG_WINDOW);
+      let data = known > 0 ? (await rawWindow(start, LOG_WINDOW)).data : new Uint8Array(0);
       top = start;
       // Begin and end on whole lines: the follow continues exactly at the end.
       if (start > 0) {
@@ -734,7 +761,8 @@
       });
     });
 
-    open(job.stderr_bytes > 0 && job.stdout_bytes === 0 && TERMINAL.has(job.status) ? 'stderr' : 'stdout')
+    const first = current();
+    open(first.stderr_bytes > 0 && first.stdout_bytes === 0 && TERMINAL.has(first.status) ? 'stderr' : 'stdout')
       .catch((e) => { note.textContent = e.message; });
     return { element };
   }
