@@ -31,6 +31,9 @@ done
 # The web UI's tests drive Debian's Chromium, headless, through chromedriver (WebDriver).
 have chromium || missing+=(chromium)
 have chromedriver || missing+=(chromium-driver)
+# The TypeScript SDK's tests build it with tsc and run its Node test (npm packages below).
+have node || missing+=(nodejs)
+have npm || missing+=(npm)
 # A real project's test suite for the per-test results test: lazr.uri and lazr.restfulclient
 # as Debian ships them, run with pytest --junitxml.
 [ -d /usr/lib/python3/dist-packages/lazr/restfulclient ] || missing+=(python3-lazr.restfulclient)
@@ -40,7 +43,7 @@ if [ ${#missing[@]} -gt 0 ]; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq coreutils util-linux build-essential \
             git python3 python3-pytest iproute2 openssl postgresql postgresql-client \
             buildah skopeo umoci docker-registry busybox-static runsc python3-lazr.restfulclient \
-            python3-lazr.uri python3-venv chromium chromium-driver
+            python3-lazr.uri python3-venv chromium chromium-driver nodejs npm
     else
         echo "setup: missing: ${missing[*]} (install coreutils, util-linux, a C compiler, git, python3-pytest, iproute2, openssl, postgresql, buildah, skopeo, umoci, docker-registry, busybox-static, runsc, chromium, chromium-driver)" >&2
         exit 1
@@ -118,7 +121,8 @@ if [ ${#optional[@]} -gt 0 ]; then
     fi
 fi
 # Python tools, in a venv under target/ (not system-wide): moto's S3-compatible server for the
-# artifact-store test and schemathesis for the API contract check (always), kubernetes-validate
+# artifact-store test, the MCP Python SDK for the MCP tests and schemathesis for the API
+# contract check (always), kubernetes-validate
 # for the deploy checks (--deploy).
 root=$(cd "$(dirname "$0")/.." && pwd)
 pytools="$root/target/pytools"
@@ -127,10 +131,25 @@ if [ ! -x "$pytools/bin/moto_server" ]; then
     /usr/bin/python3 -m venv "$pytools"
     "$pytools/bin/pip" install -q 'moto[server]'
 fi
+if ! "$pytools/bin/python" -c 'import mcp, httpx2' >/dev/null 2>&1; then
+    # The official MCP Python SDK: the MCP tests drive warden's MCP server with its client.
+    echo "setup: installing the MCP Python SDK into target/pytools"
+    "$pytools/bin/pip" install -q 'mcp==2.3.0'
+fi
 if [ ! -x "$pytools/bin/schemathesis" ]; then
     echo "setup: installing schemathesis into target/pytools"
     "$pytools/bin/pip" install -q 'schemathesis==4.*'
 fi
+# The TypeScript SDK's packages (ts-proto, buf, tsc, grpc-js: sdk/ts/package-lock.json) under
+# target/sdk-ts, linked as sdk/ts/node_modules.
+if ! cmp -s "$root/sdk/ts/package-lock.json" "$root/target/sdk-ts/package-lock.json" \
+    || [ ! -x "$root/target/sdk-ts/node_modules/.bin/tsc" ]; then
+    echo "setup: installing the TypeScript SDK's packages into target/sdk-ts"
+    mkdir -p "$root/target/sdk-ts"
+    cp "$root/sdk/ts/package.json" "$root/sdk/ts/package-lock.json" "$root/target/sdk-ts/"
+    (cd "$root/target/sdk-ts" && npm ci --silent --no-audit --no-fund)
+fi
+ln -sfn ../../target/sdk-ts/node_modules "$root/sdk/ts/node_modules"
 for flag in "$@"; do
     [ "$flag" = --deploy ] || continue
     if [ ! -x "$pytools/bin/kubernetes-validate" ]; then

@@ -3,8 +3,13 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files =
-        ["jobs.proto", "workers.proto", "artifacts.proto"].map(|f| root.join("warden/v1").join(f));
+    let files = [
+        "jobs.proto",
+        "workers.proto",
+        "artifacts.proto",
+        "events.proto",
+    ]
+    .map(|f| root.join("warden/v1").join(f));
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }

@@ -1,4 +1,4 @@
-//! `cargo xtask bench e2e|sandbox|checkout|queue|perimeter|egress|images|retention ...`,
+//! `cargo xtask bench e2e|sandbox|checkout|queue|perimeter|egress|images|retention|events ...`,
 //! `cargo xtask vm-test`, `cargo xtask image` and `cargo xtask deploy-check` (see `usage`)
 //!
 //! Benchmarks are not tests: they print a table of medians and ratios against a baseline run in
@@ -17,6 +17,7 @@ use warden_client::Client;
 mod checkout;
 mod deploy_check;
 mod egress;
+mod events;
 mod image;
 mod images;
 mod perimeter;
@@ -47,12 +48,13 @@ fn main() -> anyhow::Result<()> {
         ["bench", "junit", rest @ ..] => results::bench_junit(rest),
         ["bench", "retention", rest @ ..] => retention::bench_retention(rest),
         ["bench", "ui", rest @ ..] => ui::bench_ui(rest),
+        ["bench", "events", rest @ ..] => events::bench_events(rest),
         ["vm-test", rest @ ..] => vm::vm_test(rest),
         ["image", rest @ ..] => image::image(rest),
         ["deploy-check", rest @ ..] => deploy_check::deploy_check(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask bench e2e [--jobs N] [--sequential N] [--concurrency C] [--slots S]\n       cargo xtask bench sandbox [--runs N]\n       cargo xtask bench gvisor [--runs N]\n       cargo xtask bench pipeline [--runs N] [--stages N]\n       cargo xtask bench junit [--cases N] [--runs N]\n       cargo xtask bench checkout [--files N] [--mb M] [--runs R] [--jobs J]\n       cargo xtask bench queue [--jobs N] [--claimers C] [--history H] [--starts S]\n       cargo xtask bench perimeter [--sequential N] [--jobs N] [--claimers C] [--claims-only] [--log-mb N]\n       cargo xtask bench egress [--mb N] [--connections N] [--starts N]\n       cargo xtask bench images [--mb N] [--starts N] [--rounds N]\n       cargo xtask bench retention [--jobs N] [--gb G] [--rounds R]\n       cargo xtask bench ui [--jobs N] [--first N]\n       cargo xtask image [--no-run]\n       cargo xtask deploy-check\n       cargo xtask vm-test [--bench] [--kvm] [--systemd-only] [--timeout-min M] [--memory-mb M]"
+                "usage: cargo xtask bench e2e [--jobs N] [--sequential N] [--concurrency C] [--slots S]\n       cargo xtask bench sandbox [--runs N]\n       cargo xtask bench gvisor [--runs N]\n       cargo xtask bench pipeline [--runs N] [--stages N]\n       cargo xtask bench junit [--cases N] [--runs N]\n       cargo xtask bench checkout [--files N] [--mb M] [--runs R] [--jobs J]\n       cargo xtask bench queue [--jobs N] [--claimers C] [--history H] [--starts S]\n       cargo xtask bench perimeter [--sequential N] [--jobs N] [--claimers C] [--claims-only] [--log-mb N]\n       cargo xtask bench egress [--mb N] [--connections N] [--starts N]\n       cargo xtask bench images [--mb N] [--starts N] [--rounds N]\n       cargo xtask bench retention [--jobs N] [--gb G] [--rounds R]\n       cargo xtask bench ui [--jobs N] [--first N]\n       cargo xtask bench events [--jobs N] [--rounds R]\n       cargo xtask image [--no-run]\n       cargo xtask deploy-check\n       cargo xtask vm-test [--bench] [--kvm] [--systemd-only] [--timeout-min M] [--memory-mb M]"
             );
             std::process::exit(2);
         }

@@ -312,6 +312,30 @@ impl Client {
         self.bytes(rb).await
     }
 
+    /// Up to `limit` bytes of a stream from `offset`.
+    pub async fn logs_range(
+        &self,
+        id: &str,
+        stream: &str,
+        offset: u64,
+        limit: usize,
+    ) -> Result<Vec<u8>, ClientError> {
+        if let Some(g) = &self.grpc {
+            let mut bytes = g.logs_raw(id, stream, offset).await?;
+            bytes.truncate(limit);
+            return Ok(bytes);
+        }
+        let rb = self
+            .request(Method::GET, &format!("/jobs/{}/logs", enc(id)))
+            .query(&[
+                ("stream", stream.to_string()),
+                ("format", "raw".to_string()),
+                ("offset", offset.to_string()),
+                ("limit", limit.to_string()),
+            ]);
+        self.bytes(rb).await
+    }
+
     /// Follows a stream live, calling `on_item` for each event, until the job ends.
     /// Starts at `offset`, or at the last `tail` lines when `offset` is `None`.
     pub async fn follow(
@@ -408,12 +432,42 @@ impl Client {
         if let Some(g) = &self.grpc {
             return g.artifact(id, path).await;
         }
-        let path: Vec<String> = path.split('/').map(enc).collect();
-        let rb = self.request_untimed(
-            Method::GET,
-            &format!("/jobs/{}/artifacts/{}", enc(id), path.join("/")),
-        );
+        let path = artifact_url_path(path)?;
+        let rb = self.request_untimed(Method::GET, &format!("/jobs/{}/artifacts/{path}", enc(id)));
         self.bytes(rb).await
+    }
+
+    /// The first `limit` bytes of one artifact and its whole size; the rest is not fetched.
+    pub async fn artifact_head(
+        &self,
+        id: &str,
+        path: &str,
+        limit: usize,
+    ) -> Result<(Vec<u8>, u64), ClientError> {
+        if let Some(g) = &self.grpc {
+            let mut bytes = g.artifact(id, path).await?;
+            let size = bytes.len() as u64;
+            bytes.truncate(limit);
+            return Ok((bytes, size));
+        }
+        let path = artifact_url_path(path)?;
+        let rb = self.request(Method::GET, &format!("/jobs/{}/artifacts/{path}", enc(id)));
+        let resp = self.send(rb).await?;
+        let size = resp.content_length();
+        let mut body = resp.bytes_stream();
+        let mut head = Vec::new();
+        while head.len() < limit {
+            match body.next().await {
+                Some(Ok(chunk)) => {
+                    let take = chunk.len().min(limit - head.len());
+                    head.extend_from_slice(&chunk[..take]);
+                }
+                Some(Err(e)) => return Err(ClientError::Protocol(root_cause(&e))),
+                None => break,
+            }
+        }
+        let size = size.unwrap_or(head.len() as u64);
+        Ok((head, size))
     }
 
     pub async fn job_types(&self) -> Result<JobTypesResponse, ClientError> {
@@ -452,6 +506,21 @@ pub(crate) fn enc(s: &str) -> String {
         }
     }
     out
+}
+
+/// An artifact path for a URL, as one segment (its `/` percent-encoded: the server decodes the
+/// whole path), so a `..` in it reaches the server as written — which refuses it — instead of
+/// being resolved away by URL normalization into another file or endpoint. A path that is
+/// only `.` or `..` cannot be sent unresolved at all: refused here, as the server would.
+fn artifact_url_path(path: &str) -> Result<String, ClientError> {
+    if matches!(path, "." | "..") {
+        return Err(ClientError::Api {
+            status: 400,
+            code: ErrorCode::InvalidPath,
+            message: format!("artifact path {path:?} is not a file in the artifact directory"),
+        });
+    }
+    Ok(enc(path))
 }
 
 fn root_cause(e: &dyn std::error::Error) -> String {

@@ -126,6 +126,11 @@ impl Collector {
                 report.tenants.push(t);
             }
             (report.orphan_dirs, report.orphan_bytes) = self.orphans(dry_run).await?;
+            if !dry_run {
+                // Given back, not left to run out: a `warden gc` by hand between two passes
+                // is not told that another collector is running when none is.
+                self.store.gc_lease(&self.owner, 0, now_millis()).await?;
+            }
         }
         if let Some(repos) = &self.repos {
             report.mirrors = self.mirrors(repos, dry_run).await?;

@@ -7,9 +7,11 @@
 
 pub mod artifact_store;
 pub mod auth;
+pub mod events;
 pub mod gc;
 pub mod grpc;
 pub mod http;
+pub mod mcp;
 pub mod metrics;
 pub mod serve;
 pub mod service;

@@ -587,6 +587,29 @@ impl<S: Store + ?Sized> Store for MeteredStore<S> {
     async fn compact(&self) -> Result<u64> {
         timed!(self, compact())
     }
+    async fn set_outbox(&self, on: bool) -> Result<()> {
+        timed!(self, set_outbox(on))
+    }
+    async fn outbox_pending(&self, limit: u32) -> Result<Vec<warden_store::OutboxEvent>> {
+        timed!(self, outbox_pending(limit))
+    }
+    async fn outbox_published(&self, seqs: &[u64], now: Millis) -> Result<()> {
+        timed!(self, outbox_published(seqs, now))
+    }
+    async fn outbox_since(
+        &self,
+        since: Millis,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<warden_store::OutboxEvent>> {
+        timed!(self, outbox_since(since, after, limit))
+    }
+    async fn prune_outbox(&self, before: Millis) -> Result<u64> {
+        timed!(self, prune_outbox(before))
+    }
+    async fn outbox_lease(&self, owner: &str, lease_ms: i64, now: Millis) -> Result<bool> {
+        timed!(self, outbox_lease(owner, lease_ms, now))
+    }
 }
 
 #[cfg(test)]

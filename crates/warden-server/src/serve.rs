@@ -252,6 +252,18 @@ pub async fn run(
         s3: service.s3.clone(),
         metrics: service.metrics.clone(),
     });
+    // The outbox is written while `events:` asks for it (replicas share one configuration).
+    store.set_outbox(config.events.nats.is_some()).await?;
+    let publisher = config.events.nats.clone().map(|nats| {
+        crate::events::Publisher {
+            store: store.clone(),
+            config: nats,
+            keep: Duration::from_secs(config.events.keep_days.get().saturating_mul(86_400)),
+            owner: crate::gc::Collector::owner_name(),
+            shutdown: service.shutdown.clone(),
+        }
+        .start()
+    });
     let result = listen(
         &config,
         &data,
@@ -263,6 +275,11 @@ pub async fn run(
     .await;
     reaper.abort();
     collector.abort();
+    if let Some(p) = publisher {
+        // A batch in flight is finished; what is left goes out on the next start (the outbox
+        // keeps it).
+        let _ = tokio::time::timeout(Duration::from_secs(2), p).await;
+    }
     if let Some(t) = listener_task {
         t.abort();
     }

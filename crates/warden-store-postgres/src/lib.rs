@@ -11,6 +11,7 @@
 //! Notifications are a wake-up only: claimers and log followers also poll, so a lost connection
 //! delays work but never loses it.
 
+mod events;
 mod perimeter;
 mod results;
 mod retention;
@@ -39,6 +40,7 @@ const MIGRATIONS: Migrations = &[
     (6, include_str!("../migrations/0006_stages.sql")),
     (7, include_str!("../migrations/0007_tests.sql")),
     (8, include_str!("../migrations/0008_retention.sql")),
+    (9, include_str!("../migrations/0009_events.sql")),
 ];
 
 /// Any number; the same for every replica.

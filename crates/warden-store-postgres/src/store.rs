@@ -539,6 +539,35 @@ impl Store for PgStore {
         // autovacuum reuses the room of deleted rows; nothing to give back by hand.
         Ok(0)
     }
+
+    async fn set_outbox(&self, on: bool) -> Result<()> {
+        self.set_outbox_switch(on).await
+    }
+
+    async fn outbox_pending(&self, limit: u32) -> Result<Vec<warden_store::OutboxEvent>> {
+        self.outbox_pending_rows(limit).await
+    }
+
+    async fn outbox_published(&self, seqs: &[u64], now: Millis) -> Result<()> {
+        self.mark_outbox_published(seqs, now).await
+    }
+
+    async fn outbox_since(
+        &self,
+        since: Millis,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<warden_store::OutboxEvent>> {
+        self.outbox_since_rows(since, after, limit).await
+    }
+
+    async fn prune_outbox(&self, before: Millis) -> Result<u64> {
+        self.prune_outbox_rows(before).await
+    }
+
+    async fn outbox_lease(&self, owner: &str, lease_ms: i64, now: Millis) -> Result<bool> {
+        self.take_outbox_lease(owner, lease_ms, now).await
+    }
 }
 
 impl PgStore {

@@ -15,11 +15,12 @@ use warden_core::{JobId, JobStatus};
 use warden_store::{
     AuditEntry, AuditFilter, AuditRecord, CancelOutcome, Claimed, Completion, FairShare,
     FinishedJob, HeartbeatReply, JobRecord, Lease, ListFilter, LogStream, Migrations, Millis,
-    NewJob, Reaped, Result, Store, StoreError, SubmitOutcome, TenantUsage, TestResult, TestsQuery,
-    TokenRecord, pending_migrations,
+    NewJob, OutboxEvent, Reaped, Result, Store, StoreError, SubmitOutcome, TenantUsage, TestResult,
+    TestsQuery, TokenRecord, pending_migrations,
 };
 
 mod backup;
+mod events;
 mod perimeter;
 mod results;
 mod retention;
@@ -40,6 +41,7 @@ const MIGRATIONS: Migrations = &[
     (7, include_str!("../migrations/0007_stages.sql")),
     (8, include_str!("../migrations/0008_tests.sql")),
     (9, include_str!("../migrations/0009_retention.sql")),
+    (10, include_str!("../migrations/0010_events.sql")),
 ];
 
 #[derive(Clone)]
@@ -676,6 +678,40 @@ impl Store for SqliteStore {
         })
         .await?;
         Ok(freed)
+    }
+
+    async fn set_outbox(&self, on: bool) -> Result<()> {
+        self.with(move |conn| events::set_outbox(conn, on)).await
+    }
+
+    async fn outbox_pending(&self, limit: u32) -> Result<Vec<OutboxEvent>> {
+        self.with(move |conn| events::pending(conn, limit)).await
+    }
+
+    async fn outbox_published(&self, seqs: &[u64], now: Millis) -> Result<()> {
+        let seqs = seqs.to_vec();
+        self.with(move |conn| events::published(conn, &seqs, now))
+            .await
+    }
+
+    async fn outbox_since(
+        &self,
+        since: Millis,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<OutboxEvent>> {
+        self.with(move |conn| events::since(conn, since, after, limit))
+            .await
+    }
+
+    async fn prune_outbox(&self, before: Millis) -> Result<u64> {
+        self.with(move |conn| events::prune(conn, before)).await
+    }
+
+    async fn outbox_lease(&self, owner: &str, lease_ms: i64, now: Millis) -> Result<bool> {
+        let owner = owner.to_string();
+        self.with(move |conn| events::lease(conn, &owner, lease_ms, now))
+            .await
     }
 }
 

@@ -341,11 +341,66 @@ pub trait Store: Send + Sync + 'static {
 
     /// Takes (or, by the same owner, renews) the collector's lease until `now + lease_ms`:
     /// one collector at a time over every process sharing the store. `false`: another holds it.
+    /// A `lease_ms` of 0 gives a held lease up (a pass that ended leaves the next one free).
     async fn gc_lease(&self, owner: &str, lease_ms: i64, now: Millis) -> Result<bool>;
 
     /// Gives the room of deleted rows back to the filesystem where the backend keeps it
     /// (SQLite's incremental vacuum); returns the bytes freed, 0 where it does not apply.
     async fn compact(&self) -> Result<u64>;
+
+    /// Turns the events outbox on or off for every process sharing the store: while on, each
+    /// job state change and each stored log chunk adds an [`OutboxEvent`] in its own
+    /// transaction.
+    async fn set_outbox(&self, on: bool) -> Result<()>;
+
+    /// Up to `limit` outbox events not yet marked published, oldest first (per job, in the
+    /// order the changes happened). A log event whose chunk is gone (its job deleted) is left
+    /// out and marked published.
+    async fn outbox_pending(&self, limit: u32) -> Result<Vec<OutboxEvent>>;
+
+    /// Marks these events published (kept for a replay until [`prune_outbox`](Self::prune_outbox)).
+    async fn outbox_published(&self, seqs: &[u64], now: Millis) -> Result<()>;
+
+    /// Up to `limit` outbox events, published or not, of `at >= since` and `seq > after`, in
+    /// seq order: a replay's pages.
+    async fn outbox_since(&self, since: Millis, after: u64, limit: u32)
+    -> Result<Vec<OutboxEvent>>;
+
+    /// Deletes published events older than `before`; returns how many.
+    async fn prune_outbox(&self, before: Millis) -> Result<u64>;
+
+    /// The publisher's lease, as [`gc_lease`](Self::gc_lease) is the collector's: one publisher
+    /// at a time over every process sharing the store (so each job's events go out in order).
+    async fn outbox_lease(&self, owner: &str, lease_ms: i64, now: Millis) -> Result<bool>;
+}
+
+/// One change the outbox holds, for the events publisher.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEvent {
+    /// The outbox position: increasing, and per job in the order of the changes.
+    pub seq: u64,
+    pub job_id: JobId,
+    pub tenant: String,
+    pub at: Millis,
+    pub kind: OutboxKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutboxKind {
+    /// The job's state after a change of status.
+    Job {
+        job_type: String,
+        status: JobStatus,
+        reason: Option<String>,
+        exit_code: Option<i32>,
+        attempt: u32,
+    },
+    /// A stored log chunk.
+    Log {
+        stream: LogStream,
+        offset: u64,
+        data: Vec<u8>,
+    },
 }
 
 /// Every job with `status`, newest first, read a page of 1,000 at a time.

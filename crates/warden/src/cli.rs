@@ -25,6 +25,9 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Submit, inspect, follow and cancel jobs on a warden server.
     Job(JobArgs),
+    /// Serve warden's jobs as MCP tools on stdin/stdout, for an AI agent on this machine: each
+    /// call goes to the context's server as its token (the server also serves MCP at /mcp).
+    Mcp(McpArgs),
     /// Manage the client configuration ($HOME/.warden/config): contexts and the current one.
     Config(ConfigArgs),
     /// Check this host and the configuration: kernel features, cgroups, a sandbox self-test,
@@ -41,6 +44,8 @@ pub enum Command {
     /// On the server's host: one pass of retention's collector (finished jobs past their age
     /// or over the size budget, artifact directories without a job, unused mirrors).
     Gc(GcArgs),
+    /// On the server's host: the events outbox (`events:`), e.g. replay a range to NATS.
+    Events(EventsArgs),
     /// Exit 0 when the server at --url answers /healthz (a container's or a probe's check).
     Health(HealthArgs),
 }
@@ -53,6 +58,35 @@ pub struct HealthArgs {
     /// Seconds to wait for the answer.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    #[command(subcommand)]
+    pub command: EventsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Publish the events stored since a time to NATS JetStream again, with their first
+    /// message ids (JetStream drops the ones it still holds).
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// From this time on: RFC 3339 (`2026-12-01T08:00:00Z`) or a duration back (`2h`, `7d`).
+    #[arg(long, value_name = "WHEN")]
+    pub since: String,
+    /// The server configuration whose `events.nats` to publish to.
+    #[arg(long, env = "WARDEN_SERVE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The data directory (overrides the configuration's).
+    #[arg(long, env = "WARDEN_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The PostgreSQL store of a replicated server.
+    #[arg(long, env = "WARDEN_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -278,6 +312,12 @@ pub struct ClientArgs {
     /// Output format.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Args)]

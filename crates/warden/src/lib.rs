@@ -67,6 +67,7 @@ pub fn main() -> i32 {
             Command::Serve(args) => commands::serve::run(args).await,
             Command::Worker(args) => commands::worker::run(args).await,
             Command::Job(args) => commands::job::run(args).await,
+            Command::Mcp(args) => commands::mcp::run(args.client).await,
             Command::Config(args) => commands::config::run(args),
             Command::Doctor(args) => commands::doctor::run(args).await,
             Command::Token(args) => commands::token::run(args).await,
@@ -74,6 +75,7 @@ pub fn main() -> i32 {
             Command::Backup(args) => commands::backup::backup(args),
             Command::Restore(args) => commands::backup::restore(args),
             Command::Gc(args) => commands::gc::run(args).await,
+            Command::Events(args) => commands::events::run(args).await,
             Command::Health(args) => commands::gc::health(args).await,
         }
     })

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 mod artifact_store;
+mod events;
 mod images;
 mod job_type;
 mod network;
@@ -22,6 +23,7 @@ mod retention;
 mod tests;
 
 pub use artifact_store::{ArtifactStoreConfig, S3Location};
+pub use events::{EventFormat, EventsConfig, NatsEvents};
 pub use images::{ImagesConfig, RegistryConfig, RegistryCredential};
 pub use job_type::{
     BindConfig, CgroupLimit, IsolationTier, JobType, JobTypeName, Limits, RootMode, is_valid_label,
@@ -167,6 +169,9 @@ pub struct Config {
     /// Artifacts on S3-compatible storage (replicas then need no shared directory).
     #[serde(default)]
     pub artifact_store: Option<ArtifactStoreConfig>,
+    /// Job state changes and log chunks published as they are stored (NATS JetStream).
+    #[serde(default)]
+    pub events: EventsConfig,
 }
 
 /// The gVisor tier's runtime.
@@ -319,6 +324,7 @@ impl Config {
                 ));
             }
         }
+        self.events.check().map_err(InvalidConfig)?;
         if let Some(runsc) = &self.gvisor.runsc
             && !runsc.is_absolute()
         {

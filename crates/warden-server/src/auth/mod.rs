@@ -166,7 +166,22 @@ impl Authenticator {
         client: Option<SocketAddr>,
         target: &str,
     ) -> Result<Caller, ServiceError> {
-        let result = self.check(authorization, client).await;
+        self.authenticate_addressed(authorization, client, target, true)
+            .await
+    }
+
+    /// [`authenticate`](Self::authenticate) for an HTTP request: `to_loopback` says whether
+    /// its `Host` names this machine's loopback. A request without a token is trusted
+    /// (`auth.loopback_trusted`) only then, so a page whose name an attacker rebinds to
+    /// 127.0.0.1 (DNS rebinding) cannot act as the trusted local caller.
+    pub async fn authenticate_addressed(
+        &self,
+        authorization: Option<&[u8]>,
+        client: Option<SocketAddr>,
+        target: &str,
+        to_loopback: bool,
+    ) -> Result<Caller, ServiceError> {
+        let result = self.check(authorization, client, to_loopback).await;
         if let Err(e) = &result {
             let entry = AuditEntry {
                 at: now_millis(),
@@ -193,6 +208,7 @@ impl Authenticator {
         &self,
         authorization: Option<&[u8]>,
         client: Option<SocketAddr>,
+        to_loopback: bool,
     ) -> Result<Caller, ServiceError> {
         let unauthenticated = |message: &str| {
             let mut e = ServiceError::new(ErrorCode::Unauthenticated, message);
@@ -201,6 +217,13 @@ impl Authenticator {
         };
         let Some(header) = authorization else {
             if self.config.auth.loopback_trusted && client.is_some_and(|c| c.ip().is_loopback()) {
+                if !to_loopback {
+                    return Err(unauthenticated(
+                        "a request without a token is trusted only when it is addressed to \
+                         localhost, 127.0.0.1 or [::1] (its Host header names another name): \
+                         send `Authorization: Bearer <token>`",
+                    ));
+                }
                 return Ok(Caller::trusted(client));
             }
             return Err(unauthenticated(
@@ -257,5 +280,53 @@ impl Authenticator {
             token_id: Some(record.id),
             client,
         })
+    }
+}
+
+/// Whether a request's `Host` (or, without one, its URI's authority) names the loopback:
+/// `localhost` or a loopback address, with or without a port. No name at all counts as
+/// loopback: only a browser can be made to rebind a name, and a browser always sends one.
+pub fn addressed_to_loopback(host: Option<&str>) -> bool {
+    let Some(host) = host else {
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod loopback_host_tests {
+    use super::addressed_to_loopback;
+
+    #[test]
+    fn only_loopback_names_are_loopback() {
+        for host in [
+            "127.0.0.1:8080",
+            "127.0.0.1",
+            "localhost:1",
+            "LOCALHOST",
+            "[::1]:8080",
+            "[::1]",
+            "127.9.9.9",
+        ] {
+            assert!(addressed_to_loopback(Some(host)), "{host}");
+        }
+        for host in [
+            "evil.example:8080",
+            "127.0.0.1.evil.example",
+            "localhost.evil.example:80",
+            "10.0.0.1:8080",
+            "[::2]:80",
+            "",
+        ] {
+            assert!(!addressed_to_loopback(Some(host)), "{host}");
+        }
+        assert!(addressed_to_loopback(None));
     }
 }

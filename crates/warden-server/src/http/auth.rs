@@ -62,9 +62,15 @@ pub async fn authenticate(State(svc): State<AppState>, mut req: Request, next: N
             None => None,
         },
     };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .map(|h| h.to_str().unwrap_or("\u{fffd}").to_string())
+        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    let to_loopback = crate::auth::addressed_to_loopback(host.as_deref());
     match svc
         .auth
-        .authenticate(header.as_deref(), client, &target)
+        .authenticate_addressed(header.as_deref(), client, &target, to_loopback)
         .await
     {
         Ok(caller) => {

@@ -49,6 +49,7 @@ pub fn app(service: AppState) -> Router {
         .route("/tokens", post(admin::create_token).get(admin::list_tokens))
         .route("/tokens/{id}/revoke", post(admin::revoke_token))
         .route("/audit", get(admin::audit))
+        .nest_service("/mcp", crate::mcp::http_service(service.clone()))
         .merge(crate::ui::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 use warden_api::ResourceUsage;
 use warden_core::{JobId, JobStatus};
 
+mod events;
 mod perimeter;
 mod retention;
+pub use events::*;
 pub use perimeter::*;
 pub use retention::*;
 
@@ -45,7 +47,9 @@ macro_rules! conformance_tests {
             inline_argv_round_trips,
             test_results_are_fenced_ordered_and_flaky_across_jobs,
             retention_deletes_only_finished_jobs_oldest_first,
-            one_collector_holds_the_lease_until_it_expires
+            one_collector_holds_the_lease_until_it_expires,
+            the_outbox_holds_every_change_in_order_only_while_on,
+            one_publisher_holds_the_outbox_lease
         );
     };
     (@each $make:expr; $($name:ident),*) => {

@@ -156,4 +156,18 @@ pub async fn one_collector_holds_the_lease_until_it_expires(store: &dyn Store) {
         "expired: y takes it"
     );
     assert!(!store.gc_lease("x", 1000, 1700).await.unwrap());
+    // A lease of 0 ms gives it up: the next collector need not wait for it to run out.
+    assert!(store.gc_lease("y", 0, 1800).await.unwrap(), "y gives it up");
+    assert!(
+        store.gc_lease("x", 1000, 1800).await.unwrap(),
+        "given up: x takes it at once"
+    );
+    assert!(
+        !store.gc_lease("y", 0, 1900).await.unwrap(),
+        "giving up a lease another holds changes nothing"
+    );
+    assert!(
+        !store.gc_lease("y", 1000, 1900).await.unwrap(),
+        "x still holds it"
+    );
 }

@@ -1,8 +1,10 @@
 pub mod backup;
 pub mod config;
 pub mod doctor;
+pub mod events;
 pub mod gc;
 pub mod job;
+pub mod mcp;
 pub mod serve;
 pub mod token;
 pub mod worker;

@@ -1,0 +1,303 @@
+//! The MCP server as an agent meets it: a session driven by the official MCP Python SDK client
+//! (`mcp_session.py`, PyPI `mcp` from `scripts/setup.sh`), over stdio (`warden mcp`) and over
+//! streamable HTTP (`/mcp`), against a real server that needs tokens: a pytest job at a commit,
+//! its failing test, log and artifact, and every bad argument a tool error. And the perimeter
+//! of `/mcp`: no token, no session; a rebound name is not the trusted local caller.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+use warden_api::CreateTokenRequest;
+use warden_client::Client;
+
+use crate::support::{Server, WARDEN, create_admin_token, git, write_untrusted_config};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A small project with a test suite; the second commit breaks one test.
+pub fn project(parent: &Path) -> (PathBuf, String, String) {
+    let repo = parent.join("greet");
+    std::fs::create_dir_all(repo.join("tests")).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(
+        repo.join("greet.py"),
+        "def hello(name):\n    return f\"Hello, {name}!\"\n\n\ndef shout(name):\n    return hello(name).upper()\n",
+    )
+    .unwrap();
+    std::fs::write(
+        repo.join("tests/test_greet.py"),
+        "from greet import hello, shout\n\n\ndef test_hello():\n    assert hello(\"ann\") == \"Hello, ann!\"\n\n\ndef test_shout():\n    assert shout(\"ann\") == \"HELLO, ANN!\"\n",
+    )
+    .unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "greet"]);
+    let good = git(&repo, &["rev-parse", "HEAD"]).trim().to_string();
+    std::fs::write(
+        repo.join("greet.py"),
+        "def hello(name):\n    return f\"Hello, {name}!\"\n\n\ndef shout(name):\n    return hello(name).lower()\n",
+    )
+    .unwrap();
+    git(&repo, &["commit", "-qam", "shout quietly"]);
+    let bad = git(&repo, &["rev-parse", "HEAD"]).trim().to_string();
+    (repo, good, bad)
+}
+
+const PYTEST: &str = r#"/usr/bin/python3 -B -m pytest -p no:cacheprovider -q tests --junitxml="$ARTIFACT_DIR/junit.xml"
+rc=$?
+printf 'PK\003\004\000\001binary' > "$ARTIFACT_DIR/blob.bin"
+exit $rc"#;
+
+/// A server that trusts no one, with the project, its pytest job type and `more_types` (YAML
+/// under `job_types:`); and a token of the `agents` tenant that may submit, read and cancel,
+/// in a file.
+pub async fn agent_server(
+    dir: &Path,
+    more_types: &str,
+) -> (Server, PathBuf, String, String, String) {
+    let (repo, good, bad) = project(dir);
+    let script: String = PYTEST.lines().map(|l| format!("        {l}\n")).collect();
+    let config = write_untrusted_config(
+        dir,
+        &format!(
+            "repos:\n  greet: {{url: \"{}\"}}\ntenants:\n  ops: {{}}\n  agents: {{}}\n\
+             job_types:\n  pytest:\n    argv:\n      - /bin/sh\n      - -c\n      - |\n{script}\
+             \x20   requires_repo: true\n    allowed_params: [PYTEST_ARGS]\n    timeout_s: 120\n\
+             \x20   results: {{junit: [\"$ARTIFACT_DIR/junit.xml\"]}}\n{more_types}",
+            repo.display()
+        ),
+    );
+    let server = Server::start(&config);
+    let admin = create_admin_token(dir, &config);
+    let admin = Client::new(&server.url, std::time::Duration::from_secs(30), Some(admin)).unwrap();
+    let token = admin
+        .create_token(&CreateTokenRequest {
+            tenant: "agents".into(),
+            scopes: vec!["submit".into(), "read".into(), "cancel".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .token;
+    let token_file = dir.join("agent.token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (server, token_file, token, good, bad)
+}
+
+fn python() -> PathBuf {
+    let py = root().join("target/pytools/bin/python");
+    assert!(
+        py.exists(),
+        "{} is missing: run scripts/setup.sh (it installs the MCP Python SDK)",
+        py.display()
+    );
+    py
+}
+
+fn session(args: &[&str]) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/mcp_session.py");
+    let out = Command::new(python())
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the MCP session failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+/// What both transports must have shown the agent.
+fn assert_session(seen: &Value, bad_sha: &str) {
+    assert_eq!(seen["server"], "warden");
+    assert!(seen["instructions"].as_str().unwrap().contains("read-only"));
+    let tools: Vec<&str> = seen["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(tools, warden_server::mcp::TOOL_NAMES);
+    assert!(
+        seen["submit_description"]
+            .as_str()
+            .unwrap()
+            .contains("never modify, commit to or push")
+    );
+    let schema = &seen["job_types"]["pytest"];
+    assert_eq!(schema["properties"]["PYTEST_ARGS"]["type"], "string");
+    assert_eq!(schema["additionalProperties"], false);
+
+    // The job ran at the commit asked for, and its broken test leads the results.
+    assert_eq!(seen["sha"], bad_sha);
+    assert_eq!(seen["finished"], true);
+    assert_eq!(seen["status"], "failed", "{seen}");
+    let tests = seen["tests"].as_array().unwrap();
+    assert_eq!(
+        tests[0],
+        serde_json::json!(["test_shout", "failed"]),
+        "{seen}"
+    );
+    assert!(tests.contains(&serde_json::json!(["test_hello", "passed"])));
+    assert_eq!(seen["counts"]["failed"], 1, "{seen}");
+    assert_eq!(seen["counts"]["passed"], 1, "{seen}");
+    let tail = seen["log_tail"].as_str().unwrap();
+    assert!(tail.contains("1 failed, 1 passed"), "{tail:?}");
+    assert!(tail.lines().count() <= 3, "{tail:?}");
+    let range = seen["log_range"].as_array().unwrap();
+    assert_eq!(range[1], range[2], "a tail ends at the stream's end");
+    assert_eq!(
+        seen["artifacts"],
+        serde_json::json!(["artifact.json", "blob.bin", "junit.xml"]),
+        "{seen}"
+    );
+    assert!(seen["junit"].as_str().unwrap().contains("test_shout"));
+    let cut = &seen["junit_cut"];
+    assert_eq!(cut[0].as_str().unwrap().len(), 10);
+    assert_eq!(cut[1], true);
+    assert!(cut[2].as_u64().unwrap() > 10);
+
+    // Every bad argument: a tool error with warden's code, and the session carried on.
+    let bad = &seen["bad"];
+    let code = |k: &str| bad[k]["code"].as_str().unwrap_or_default().to_string();
+    for k in [
+        "missing_field",
+        "unknown_field",
+        "wrong_type",
+        "zero_wait",
+        "bad_stream",
+        "offset_and_tail",
+        "huge_read",
+        "bad_status",
+    ] {
+        assert_eq!(code(k), "invalid_arguments", "{k}: {}", bad[k]);
+    }
+    assert!(
+        bad["unknown_field"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("shell")
+    );
+    assert_eq!(code("bad_id"), "invalid_job_id");
+    assert_eq!(code("unknown_job"), "job_not_found");
+    for k in ["escape", "dot_dot", "sneaky"] {
+        assert_eq!(code(k), "invalid_path", "{k}: {}", bad[k]);
+    }
+    assert_eq!(code("binary"), "binary_artifact");
+    assert!(
+        bad["binary"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("12 bytes")
+    );
+    assert_eq!(code("missing_file"), "artifact_not_found");
+    assert_eq!(code("unknown_type"), "unknown_job_type");
+    assert_eq!(code("bad_param"), "unknown_param", "{}", bad["bad_param"]);
+    assert_eq!(code("bad_sha"), "invalid_request", "{}", bad["bad_sha"]);
+    assert!(
+        bad["bad_sha"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("full commit id")
+    );
+    assert_eq!(code("finished"), "job_finished");
+    assert!(
+        seen["unknown_tool"]
+            .as_str()
+            .unwrap()
+            .contains("no tool \"push_to_main\""),
+        "{}",
+        seen["unknown_tool"]
+    );
+    assert_eq!(seen["still_up"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_runs_tests_at_a_commit_over_stdio_and_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, token_file, token, _good, bad) = agent_server(dir.path(), "").await;
+
+    let seen = session(&[
+        "stdio",
+        WARDEN,
+        &server.url,
+        token_file.to_str().unwrap(),
+        &bad,
+    ]);
+    assert_session(&seen, &bad);
+
+    let seen = session(&["http", &format!("{}/mcp", server.url), &token, &bad]);
+    assert_session(&seen, &bad);
+}
+
+#[tokio::test]
+async fn mcp_over_http_needs_a_token_and_a_rebound_name_is_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _token_file, _token, _good, _bad) = agent_server(dir.path(), "").await;
+    let init = serde_json::json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "curl", "version": "1"}}
+    });
+    let http = crate::support::http();
+    let resp = http
+        .post(format!("{}/mcp", server.url))
+        .header("accept", "application/json, text/event-stream")
+        .json(&init)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unauthenticated");
+
+    // A server that trusts loopback callers without a token trusts them only when they name
+    // the loopback: a page on a name rebound to 127.0.0.1 is refused, on every route.
+    let trusting = tempfile::tempdir().unwrap();
+    let config = crate::support::write_config(trusting.path(), "");
+    let local = Server::start(&config);
+    let port = local.url.rsplit(':').next().unwrap().to_string();
+    for path in ["/mcp", "/jobs"] {
+        let resp = http
+            .post(format!("{}{path}", local.url))
+            .header("host", format!("rebound.example:{port}"))
+            .header("origin", format!("http://rebound.example:{port}"))
+            .header("accept", "application/json, text/event-stream")
+            .json(&init)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "{path}");
+        let body: Value = resp.json().await.unwrap();
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("addressed to localhost"),
+            "{body}"
+        );
+    }
+    let resp = http
+        .post(format!("{}/mcp", local.url))
+        .header("accept", "application/json, text/event-stream")
+        .json(&init)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
+    let resp = http
+        .get(format!("{}/jobs", local.url))
+        .header("host", format!("localhost:{port}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
