@@ -104,6 +104,10 @@ pub struct SubmitJobRequest {
     /// (`inline: {job_type}`), with its sandbox and limits. Only for tenants that allow it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
+    /// Where this job's state changes are delivered as signed webhooks (a host the server's
+    /// `events.webhooks.allow_hosts` lists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 /// `POST /jobs` answer.
@@ -398,6 +402,35 @@ pub struct ArtifactsResponse {
     pub truncated: bool,
 }
 
+/// One webhook delivery: one state change of the job to one URL, with its attempts so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WebhookDelivery {
+    pub url: String,
+    /// The same on every attempt (the `Warden-Event-Id` header): receivers de-duplicate on it.
+    pub event_id: String,
+    /// The status the job changed to, as the delivered event says.
+    pub job_status: Option<JobStatus>,
+    pub attempts: u32,
+    pub delivered: bool,
+    /// Every allowed attempt failed: no more will be made.
+    pub gave_up: bool,
+    /// The HTTP status of the last attempt (absent: no answer).
+    pub last_status: Option<u16>,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    pub created_at: String,
+    pub delivered_at: Option<String>,
+    /// When the next attempt is due, while one is.
+    pub next_attempt_at: Option<String>,
+}
+
+/// `GET /jobs/{id}/webhooks` answer: oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WebhooksResponse {
+    pub job_id: String,
+    pub deliveries: Vec<WebhookDelivery>,
+}
+
 /// One entry of `GET /job-types`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobTypeView {
@@ -440,6 +473,8 @@ pub enum ErrorCode {
     InvalidPath,
     RepoRequired,
     RepoNotAllowed,
+    /// `callback_url` names a host the server's `events.webhooks.allow_hosts` does not list.
+    CallbackNotAllowed,
     /// The sha or ref is not in the repository, or is not a valid name.
     InvalidRef,
     /// The repository's server could not be reached to resolve a ref.
@@ -490,6 +525,7 @@ impl ErrorCode {
             | ErrorCode::InvalidParam
             | ErrorCode::RepoRequired
             | ErrorCode::RepoNotAllowed
+            | ErrorCode::CallbackNotAllowed
             | ErrorCode::InvalidRef
             | ErrorCode::NotAFile => 422,
             ErrorCode::RepoUnavailable | ErrorCode::ImageUnavailable => 502,
@@ -513,6 +549,7 @@ impl ErrorCode {
             ErrorCode::InvalidPath => "invalid_path",
             ErrorCode::RepoRequired => "repo_required",
             ErrorCode::RepoNotAllowed => "repo_not_allowed",
+            ErrorCode::CallbackNotAllowed => "callback_not_allowed",
             ErrorCode::InvalidRef => "invalid_ref",
             ErrorCode::RepoUnavailable => "repo_unavailable",
             ErrorCode::ImageUnavailable => "image_unavailable",

@@ -133,6 +133,7 @@ impl Grpc {
             params: r.params.clone().into_iter().collect(),
             idempotency_key: r.idempotency_key.clone(),
             command: r.command.clone(),
+            callback_url: r.callback_url.clone(),
         };
         let resp = self
             .jobs()

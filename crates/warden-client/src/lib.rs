@@ -269,6 +269,15 @@ impl Client {
         self.json(rb).await
     }
 
+    /// A job's webhook deliveries, with their attempts (HTTP only).
+    pub async fn webhooks(&self, id: &str) -> Result<warden_api::WebhooksResponse, ClientError> {
+        if let Some(g) = &self.grpc {
+            return Err(g.unsupported("webhook deliveries"));
+        }
+        self.json(self.request(Method::GET, &format!("/jobs/{}/webhooks", enc(id))))
+            .await
+    }
+
     pub async fn cancel(&self, id: &str) -> Result<JobView, ClientError> {
         if let Some(g) = &self.grpc {
             return g.cancel(id).await;

@@ -21,8 +21,9 @@ use serde_json::json;
 use warden_core::config::{EventFormat, NatsEvents};
 use warden_store::{OutboxEvent, OutboxKind, Store, now_millis};
 
-/// How long the publisher's lease lasts without renewal (renewed on every batch).
-const LEASE_MS: i64 = 30_000;
+/// How long the publisher's lease lasts without renewal (renewed on every pass, at least every
+/// 100 ms while the outbox is idle): after a crash, another process publishes within it.
+pub const LEASE_MS: i64 = 10_000;
 /// Events read from the outbox at once.
 const BATCH: u32 = 256;
 /// How long an empty outbox is left before it is read again.
@@ -48,6 +49,35 @@ pub struct Wire {
 /// (never in a tenant name) stands for it.
 fn subject_token(tenant: &str) -> String {
     tenant.replace('.', "~")
+}
+
+/// A job event as JSON: its form with `format: json` and the body of a webhook.
+pub fn json_body(e: &OutboxEvent) -> Vec<u8> {
+    let at_ms = e.at.max(0) as u64;
+    let value = match &e.kind {
+        OutboxKind::Job {
+            job_type,
+            status,
+            reason,
+            exit_code,
+            attempt,
+        } => json!({
+            "seq": e.seq, "job_id": e.job_id.to_string(), "tenant": e.tenant,
+            "job_type": job_type, "status": status.as_str(), "reason": reason,
+            "exit_code": exit_code, "attempt": attempt, "at_ms": at_ms,
+        }),
+        OutboxKind::Log {
+            stream,
+            offset,
+            data,
+            attempt,
+        } => json!({
+            "seq": e.seq, "job_id": e.job_id.to_string(), "tenant": e.tenant,
+            "stream": stream.as_str(), "offset": offset, "attempt": attempt,
+            "data": base64::engine::general_purpose::STANDARD.encode(data), "at_ms": at_ms,
+        }),
+    };
+    serde_json::to_vec(&value).unwrap_or_default()
 }
 
 /// The event's subject, message id and payload.
@@ -91,6 +121,7 @@ pub fn wire(config: &NatsEvents, e: &OutboxEvent) -> Wire {
                 stream,
                 offset,
                 data,
+                attempt,
             },
             EventFormat::Protobuf,
         ) => pb::LogEvent {
@@ -101,36 +132,11 @@ pub fn wire(config: &NatsEvents, e: &OutboxEvent) -> Wire {
             offset: *offset,
             data: data.clone(),
             at_ms,
+            attempt: *attempt,
         }
         .encode_to_vec(),
-        (
-            OutboxKind::Job {
-                job_type,
-                status,
-                reason,
-                exit_code,
-                attempt,
-            },
-            EventFormat::Json,
-        ) => serde_json::to_vec(&json!({
-            "seq": e.seq, "job_id": e.job_id.to_string(), "tenant": e.tenant,
-            "job_type": job_type, "status": status.as_str(), "reason": reason,
-            "exit_code": exit_code, "attempt": attempt, "at_ms": at_ms,
-        }))
-        .unwrap_or_default(),
-        (
-            OutboxKind::Log {
-                stream,
-                offset,
-                data,
-            },
-            EventFormat::Json,
-        ) => serde_json::to_vec(&json!({
-            "seq": e.seq, "job_id": e.job_id.to_string(), "tenant": e.tenant,
-            "stream": stream.as_str(), "offset": offset,
-            "data": base64::engine::general_purpose::STANDARD.encode(data), "at_ms": at_ms,
-        }))
-        .unwrap_or_default(),
+        (OutboxKind::Job { .. }, EventFormat::Json) => json_body(e),
+        (OutboxKind::Log { .. }, EventFormat::Json) => json_body(e),
     };
     Wire {
         subject,
@@ -203,11 +209,16 @@ impl Sink {
 /// The publisher of one server: drains the outbox into JetStream while the server runs.
 pub struct Publisher {
     pub store: Arc<dyn Store>,
-    pub config: NatsEvents,
+    /// `None`: no NATS; the outbox is still drained (marked published) for pruning.
+    pub config: Option<NatsEvents>,
+    /// Webhooks are configured: events stay until the webhook cursor has passed them.
+    pub webhooks: bool,
     /// Published events are kept this long for a replay.
     pub keep: Duration,
     pub owner: String,
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Where published events and failed passes are counted (`/metrics`).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Publisher {
@@ -234,6 +245,9 @@ impl Publisher {
                     if n == 0 { IDLE } else { Duration::ZERO }
                 }
                 Err(e) => {
+                    if let Some(m) = &self.metrics {
+                        m.events_publish_failures.inc();
+                    }
                     if !failing {
                         tracing::warn!(error = %e, "events: publishing is paused; retrying");
                     }
@@ -248,7 +262,7 @@ impl Publisher {
             if last_prune.elapsed() > Duration::from_secs(600) {
                 last_prune = tokio::time::Instant::now();
                 let before = now_millis() - self.keep.as_millis() as i64;
-                if let Err(e) = self.store.prune_outbox(before).await {
+                if let Err(e) = self.store.prune_outbox(before, self.webhooks).await {
                     tracing::warn!(error = %e, "events: pruning published events failed");
                 }
             }
@@ -277,8 +291,17 @@ impl Publisher {
         if events.is_empty() {
             return Ok(0);
         }
+        let Some(config) = &self.config else {
+            // Nowhere to publish: only the webhook dispatcher reads these events.
+            let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+            self.store
+                .outbox_published(&seqs, now_millis())
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(seqs.len());
+        };
         if sink.is_none() {
-            *sink = Some(Sink::connect(&self.config).await?);
+            *sink = Some(Sink::connect(config).await?);
         }
         let Some(s) = sink.as_ref() else {
             return Ok(0);
@@ -291,7 +314,12 @@ impl Publisher {
                 continue;
             }
             match s.publish(e).await {
-                Ok(_) => done.push(e.seq),
+                Ok(_) => {
+                    done.push(e.seq);
+                    if let Some(m) = &self.metrics {
+                        m.events_published.inc();
+                    }
+                }
                 Err(err) => {
                     failure = Some(err);
                     break;
@@ -364,6 +392,7 @@ mod tests {
                 stream: LogStream::Stderr,
                 offset: 42,
                 data: vec![0, 255, b'x'],
+                attempt: 1,
             },
         };
         let w = wire(&config(EventFormat::Json), &log);

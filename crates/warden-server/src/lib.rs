@@ -17,6 +17,7 @@ pub mod serve;
 pub mod service;
 pub mod tls;
 pub mod ui;
+pub mod webhooks;
 
 pub use http::app;
 pub use service::{JobService, ServiceError};

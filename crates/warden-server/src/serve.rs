@@ -253,17 +253,44 @@ pub async fn run(
         metrics: service.metrics.clone(),
     });
     // The outbox is written while `events:` asks for it (replicas share one configuration).
-    store.set_outbox(config.events.nats.is_some()).await?;
-    let publisher = config.events.nats.clone().map(|nats| {
+    let events = &config.events;
+    let outbox = events.nats.is_some() || events.webhooks.is_some();
+    store.set_outbox(outbox).await?;
+    let owner = crate::gc::Collector::owner_name();
+    let publisher = outbox.then(|| {
         crate::events::Publisher {
             store: store.clone(),
-            config: nats,
-            keep: Duration::from_secs(config.events.keep_days.get().saturating_mul(86_400)),
-            owner: crate::gc::Collector::owner_name(),
+            config: events.nats.clone(),
+            webhooks: events.webhooks.is_some(),
+            keep: Duration::from_secs(events.keep_days.get().saturating_mul(86_400)),
+            owner: owner.clone(),
             shutdown: service.shutdown.clone(),
+            metrics: service.metrics.clone(),
         }
         .start()
     });
+    let dispatcher = match &events.webhooks {
+        Some(hooks) => {
+            let key = secrets.value(&hooks.secret).map(|v| v.bytes().to_vec());
+            let Some(key) = key else {
+                return Err(ServeError::Config(format!(
+                    "events.webhooks.secret {:?} has no value",
+                    hooks.secret
+                )));
+            };
+            Some(
+                crate::webhooks::Dispatcher {
+                    store: store.clone(),
+                    config: hooks.clone(),
+                    key,
+                    owner,
+                    shutdown: service.shutdown.clone(),
+                }
+                .start(),
+            )
+        }
+        None => None,
+    };
     let result = listen(
         &config,
         &data,
@@ -275,6 +302,9 @@ pub async fn run(
     .await;
     reaper.abort();
     collector.abort();
+    if let Some(d) = dispatcher {
+        d.abort();
+    }
     if let Some(p) = publisher {
         // A batch in flight is finished; what is left goes out on the next start (the outbox
         // keeps it).

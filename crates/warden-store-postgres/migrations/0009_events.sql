@@ -49,9 +49,9 @@ CREATE TRIGGER jobs_outbox_update AFTER UPDATE OF status ON jobs
 CREATE FUNCTION warden_outbox_log() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF (SELECT on_ FROM outbox_switch WHERE id = 1) THEN
-        INSERT INTO event_outbox (job_id, tenant, kind, at, stream, "offset")
+        INSERT INTO event_outbox (job_id, tenant, kind, at, attempt, stream, "offset")
         SELECT NEW.job_id, tenant, 'log', (extract(epoch FROM clock_timestamp()) * 1000)::bigint,
-               NEW.stream, NEW."offset"
+               attempts, NEW.stream, NEW."offset"
         FROM jobs WHERE id = NEW.job_id;
     END IF;
     RETURN NULL;

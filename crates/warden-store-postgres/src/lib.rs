@@ -41,6 +41,7 @@ const MIGRATIONS: Migrations = &[
     (7, include_str!("../migrations/0007_tests.sql")),
     (8, include_str!("../migrations/0008_retention.sql")),
     (9, include_str!("../migrations/0009_events.sql")),
+    (10, include_str!("../migrations/0010_webhooks.sql")),
 ];
 
 /// Any number; the same for every replica.

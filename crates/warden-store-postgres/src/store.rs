@@ -66,6 +66,14 @@ impl Store for PgStore {
         .fetch_optional(&mut *tx)
         .await
         .map_err(backend)?;
+        if let (Some(_), Some(url)) = (&inserted, &job.callback_url) {
+            sqlx::query("INSERT INTO job_callbacks (job_id, url) VALUES ($1::uuid, $2)")
+                .bind(job.id.to_string())
+                .bind(url)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
         tx.commit().await.map_err(backend)?;
         if let Some(row) = inserted {
             self.schedule
@@ -561,12 +569,42 @@ impl Store for PgStore {
         self.outbox_since_rows(since, after, limit).await
     }
 
-    async fn prune_outbox(&self, before: Millis) -> Result<u64> {
-        self.prune_outbox_rows(before).await
+    async fn prune_outbox(&self, before: Millis, webhooks: bool) -> Result<u64> {
+        self.prune_outbox_rows(before, webhooks).await
     }
 
     async fn outbox_lease(&self, owner: &str, lease_ms: i64, now: Millis) -> Result<bool> {
         self.take_outbox_lease(owner, lease_ms, now).await
+    }
+
+    async fn webhook_backlog(&self, limit: u32) -> Result<warden_store::WebhookBacklog> {
+        self.webhook_backlog_rows(limit).await
+    }
+
+    async fn add_deliveries(
+        &self,
+        deliveries: Vec<warden_store::NewDelivery>,
+        cursor: u64,
+        now: Millis,
+    ) -> Result<()> {
+        self.add_delivery_rows(&deliveries, cursor, now).await
+    }
+
+    async fn due_deliveries(&self, now: Millis, limit: u32) -> Result<Vec<warden_store::Delivery>> {
+        self.due_delivery_rows(now, limit).await
+    }
+
+    async fn delivery_attempted(
+        &self,
+        id: u64,
+        outcome: warden_store::DeliveryOutcome,
+        now: Millis,
+    ) -> Result<()> {
+        self.record_delivery_attempt(id, &outcome, now).await
+    }
+
+    async fn deliveries(&self, job: JobId) -> Result<Vec<warden_store::Delivery>> {
+        self.delivery_rows(job).await
     }
 }
 

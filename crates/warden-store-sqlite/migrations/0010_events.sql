@@ -20,7 +20,7 @@ CREATE TABLE event_outbox (
     status       TEXT,
     reason       TEXT,
     exit_code    INTEGER,
-    attempt      INTEGER,
+    attempt      INTEGER,                  -- both kinds: the job's attempt
     -- kind 'log': the chunk (its bytes stay in log_chunks)
     stream       INTEGER,
     offset       INTEGER,
@@ -49,9 +49,9 @@ END;
 CREATE TRIGGER log_chunks_outbox AFTER INSERT ON log_chunks
     WHEN (SELECT on_ FROM outbox_switch WHERE id = 1) = 1
 BEGIN
-    INSERT INTO event_outbox (job_id, tenant, kind, at, stream, offset)
-    SELECT NEW.job_id, tenant, 'log', CAST(unixepoch('subsec') * 1000 AS INTEGER), NEW.stream,
-           NEW.offset
+    INSERT INTO event_outbox (job_id, tenant, kind, at, attempt, stream, offset)
+    SELECT NEW.job_id, tenant, 'log', CAST(unixepoch('subsec') * 1000 AS INTEGER), attempts,
+           NEW.stream, NEW.offset
     FROM jobs WHERE id = NEW.job_id;
 END;
 

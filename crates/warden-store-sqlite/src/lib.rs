@@ -13,10 +13,11 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use warden_core::state::can_transition;
 use warden_core::{JobId, JobStatus};
 use warden_store::{
-    AuditEntry, AuditFilter, AuditRecord, CancelOutcome, Claimed, Completion, FairShare,
-    FinishedJob, HeartbeatReply, JobRecord, Lease, ListFilter, LogStream, Migrations, Millis,
-    NewJob, OutboxEvent, Reaped, Result, Store, StoreError, SubmitOutcome, TenantUsage, TestResult,
-    TestsQuery, TokenRecord, pending_migrations,
+    AuditEntry, AuditFilter, AuditRecord, CancelOutcome, Claimed, Completion, Delivery,
+    DeliveryOutcome, FairShare, FinishedJob, HeartbeatReply, JobRecord, Lease, ListFilter,
+    LogStream, Migrations, Millis, NewDelivery, NewJob, OutboxEvent, Reaped, Result, Store,
+    StoreError, SubmitOutcome, TenantUsage, TestResult, TestsQuery, TokenRecord,
+    pending_migrations,
 };
 
 mod backup;
@@ -42,6 +43,7 @@ const MIGRATIONS: Migrations = &[
     (8, include_str!("../migrations/0008_tests.sql")),
     (9, include_str!("../migrations/0009_retention.sql")),
     (10, include_str!("../migrations/0010_events.sql")),
+    (11, include_str!("../migrations/0011_webhooks.sql")),
 ];
 
 #[derive(Clone)]
@@ -206,6 +208,13 @@ impl Store for SqliteStore {
                 ],
             )
             .map_err(backend)?;
+            if let Some(url) = &job.callback_url {
+                tx.execute(
+                    "INSERT INTO job_callbacks (job_id, url) VALUES (?1, ?2)",
+                    params![job.id.to_string(), url],
+                )
+                .map_err(backend)?;
+            }
             let record = load(&tx, job.id)?;
             tx.commit().map_err(backend)?;
             Ok(SubmitOutcome::Created(record))
@@ -704,14 +713,49 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn prune_outbox(&self, before: Millis) -> Result<u64> {
-        self.with(move |conn| events::prune(conn, before)).await
+    async fn prune_outbox(&self, before: Millis, webhooks: bool) -> Result<u64> {
+        self.with(move |conn| events::prune(conn, before, webhooks))
+            .await
     }
 
     async fn outbox_lease(&self, owner: &str, lease_ms: i64, now: Millis) -> Result<bool> {
         let owner = owner.to_string();
         self.with(move |conn| events::lease(conn, &owner, lease_ms, now))
             .await
+    }
+
+    async fn webhook_backlog(&self, limit: u32) -> Result<warden_store::WebhookBacklog> {
+        self.with(move |conn| events::webhook_backlog(conn, limit))
+            .await
+    }
+
+    async fn add_deliveries(
+        &self,
+        deliveries: Vec<NewDelivery>,
+        cursor: u64,
+        now: Millis,
+    ) -> Result<()> {
+        self.with(move |conn| events::add_deliveries(conn, &deliveries, cursor, now))
+            .await
+    }
+
+    async fn due_deliveries(&self, now: Millis, limit: u32) -> Result<Vec<Delivery>> {
+        self.with(move |conn| events::due_deliveries(conn, now, limit))
+            .await
+    }
+
+    async fn delivery_attempted(
+        &self,
+        id: u64,
+        outcome: DeliveryOutcome,
+        now: Millis,
+    ) -> Result<()> {
+        self.with(move |conn| events::delivery_attempted(conn, id, &outcome, now))
+            .await
+    }
+
+    async fn deliveries(&self, job: JobId) -> Result<Vec<Delivery>> {
+        self.with(move |conn| events::deliveries(conn, job)).await
     }
 }
 

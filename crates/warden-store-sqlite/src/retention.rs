@@ -117,11 +117,15 @@ pub(crate) fn delete_finished(conn: &mut Connection, ids: &[JobId]) -> Result<Ve
         let mut tests = tx
             .prepare_cached("DELETE FROM test_results WHERE job_id = ?1")
             .map_err(backend)?;
+        let mut callbacks = tx
+            .prepare_cached("DELETE FROM job_callbacks WHERE job_id = ?1")
+            .map_err(backend)?;
         for id in ids {
             let key = id.to_string();
             if job.execute([&key]).map_err(backend)? == 1 {
                 logs.execute([&key]).map_err(backend)?;
                 tests.execute([&key]).map_err(backend)?;
+                callbacks.execute([&key]).map_err(backend)?;
                 deleted.push(*id);
             }
         }

@@ -55,6 +55,8 @@ pub struct NewJob {
     pub inline_argv: Option<Vec<String>>,
     /// The job type's image, pinned (`REF@sha256:…`).
     pub image: Option<String>,
+    /// Where this job's events are delivered as webhooks (checked against the allowlist).
+    pub callback_url: Option<String>,
 }
 
 impl NewJob {
@@ -76,6 +78,7 @@ impl NewJob {
             max_queued: None,
             inline_argv: None,
             image: None,
+            callback_url: None,
         }
     }
 
@@ -366,12 +369,89 @@ pub trait Store: Send + Sync + 'static {
     async fn outbox_since(&self, since: Millis, after: u64, limit: u32)
     -> Result<Vec<OutboxEvent>>;
 
-    /// Deletes published events older than `before`; returns how many.
-    async fn prune_outbox(&self, before: Millis) -> Result<u64>;
+    /// Deletes published events older than `before` (and, with `webhooks`, only those the
+    /// webhook cursor has passed); returns how many.
+    async fn prune_outbox(&self, before: Millis, webhooks: bool) -> Result<u64>;
 
     /// The publisher's lease, as [`gc_lease`](Self::gc_lease) is the collector's: one publisher
     /// at a time over every process sharing the store (so each job's events go out in order).
     async fn outbox_lease(&self, owner: &str, lease_ms: i64, now: Millis) -> Result<bool>;
+
+    /// Up to `limit` job events of the outbox past the webhook cursor, oldest first, each with
+    /// its job's callback URL; and the cursor.
+    async fn webhook_backlog(&self, limit: u32) -> Result<WebhookBacklog>;
+
+    /// Records deliveries to make and moves the webhook cursor to `cursor`, in one transaction.
+    async fn add_deliveries(
+        &self,
+        deliveries: Vec<NewDelivery>,
+        cursor: u64,
+        now: Millis,
+    ) -> Result<()>;
+
+    /// Up to `limit` deliveries due at `now`: not delivered, not given up, and each the oldest
+    /// one pending for its job and URL (a job's events reach a URL in order).
+    async fn due_deliveries(&self, now: Millis, limit: u32) -> Result<Vec<Delivery>>;
+
+    /// Records one attempt of a delivery.
+    async fn delivery_attempted(
+        &self,
+        id: u64,
+        outcome: DeliveryOutcome,
+        now: Millis,
+    ) -> Result<()>;
+
+    /// A job's deliveries, oldest first.
+    async fn deliveries(&self, job: JobId) -> Result<Vec<Delivery>>;
+}
+
+/// The webhook cursor, and the job events past it, each with its job's callback URL.
+pub type WebhookBacklog = (u64, Vec<(OutboxEvent, Option<String>)>);
+
+/// One job event to deliver to one URL.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDelivery {
+    pub seq: u64,
+    pub job_id: JobId,
+    pub url: String,
+    /// The body, as it is signed and sent on every attempt.
+    pub body: Vec<u8>,
+}
+
+/// A webhook delivery and its attempts so far.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    pub id: u64,
+    pub seq: u64,
+    pub job_id: JobId,
+    pub url: String,
+    pub body: Vec<u8>,
+    pub attempts: u32,
+    pub next_at: Millis,
+    pub delivered_at: Option<Millis>,
+    pub gave_up: bool,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub created_at: Millis,
+}
+
+/// How one attempt went.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeliveryOutcome {
+    Delivered {
+        status: u16,
+    },
+    /// Tried again at `next_at`.
+    Failed {
+        status: Option<u16>,
+        error: String,
+        next_at: Millis,
+    },
+    /// The last attempt failed too: no more.
+    GaveUp {
+        status: Option<u16>,
+        error: String,
+    },
 }
 
 /// One change the outbox holds, for the events publisher.
@@ -395,11 +475,12 @@ pub enum OutboxKind {
         exit_code: Option<i32>,
         attempt: u32,
     },
-    /// A stored log chunk.
+    /// A stored log chunk of one attempt (a retried job's next attempt writes from offset 0).
     Log {
         stream: LogStream,
         offset: u64,
         data: Vec<u8>,
+        attempt: u32,
     },
 }
 

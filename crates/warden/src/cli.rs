@@ -433,6 +433,10 @@ pub struct SubmitArgs {
     pub git_ref: Option<String>,
     #[arg(long)]
     pub idempotency_key: Option<String>,
+    /// Deliver this job's state changes as signed webhooks to this URL (a host the server's
+    /// `events.webhooks.allow_hosts` lists).
+    #[arg(long, value_name = "URL")]
+    pub callback_url: Option<String>,
     /// Wait until the job ends and exit with its status code.
     #[arg(long)]
     pub wait: bool,

@@ -23,7 +23,7 @@ mod retention;
 mod tests;
 
 pub use artifact_store::{ArtifactStoreConfig, S3Location};
-pub use events::{EventFormat, EventsConfig, NatsEvents};
+pub use events::{EventFormat, EventsConfig, NatsEvents, WebhooksConfig, parse_hook_url};
 pub use images::{ImagesConfig, RegistryConfig, RegistryCredential};
 pub use job_type::{
     BindConfig, CgroupLimit, IsolationTier, JobType, JobTypeName, Limits, RootMode, is_valid_label,
@@ -324,7 +324,7 @@ impl Config {
                 ));
             }
         }
-        self.events.check().map_err(InvalidConfig)?;
+        self.events.check(&self.secrets).map_err(InvalidConfig)?;
         if let Some(runsc) = &self.gvisor.runsc
             && !runsc.is_absolute()
         {

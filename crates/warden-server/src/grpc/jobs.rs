@@ -44,6 +44,7 @@ impl pb::job_service_server::JobService for Jobs {
             params: r.params.into_iter().collect(),
             idempotency_key: r.idempotency_key,
             command: r.command,
+            callback_url: r.callback_url,
         };
         let (job, created) = self.svc.submit(&caller, submit).await.map_err(status)?;
         Ok(Response::new(pb::SubmitJobResponse {

@@ -34,6 +34,7 @@ fn grpc_code(code: ErrorCode) -> Code {
         | ErrorCode::InvalidPath
         | ErrorCode::RepoRequired
         | ErrorCode::RepoNotAllowed
+        | ErrorCode::CallbackNotAllowed
         | ErrorCode::InvalidRef
         | ErrorCode::NotAFile => Code::InvalidArgument,
         ErrorCode::JobNotFound | ErrorCode::ArtifactNotFound | ErrorCode::NotFound => {

@@ -20,6 +20,7 @@ use axum::{Json, Router};
 use warden_api::{
     ArtifactsResponse, ErrorBody, ErrorCode, JobStatus, JobTypesResponse, JobView,
     ListJobsResponse, SubmitJobRequest, SubmitJobResponse, TestStatus, TestsResponse,
+    WebhooksResponse,
 };
 use warden_core::JobId;
 
@@ -43,6 +44,7 @@ pub fn app(service: AppState) -> Router {
         .route("/jobs/{id}/logs", get(logs::logs))
         .route("/jobs/{id}/artifacts", get(artifacts))
         .route("/jobs/{id}/tests", get(tests))
+        .route("/jobs/{id}/webhooks", get(webhooks))
         .route("/jobs/{id}/artifacts/{*path}", get(download))
         .route("/job-types", get(job_types))
         .route("/whoami", get(admin::whoami))
@@ -243,6 +245,24 @@ async fn tests(
     let limit = query_num(&q, "limit", 1u32..=10_000)?.unwrap_or(1000);
     let after = query_num(&q, "cursor", 0u64..=u64::MAX / 2)?.unwrap_or(0);
     Ok(Json(svc.tests(&caller, id, status, after, limit).await?).into_response())
+}
+
+/// A job's webhook deliveries (`events.webhooks`: its tenant's URL and its `callback_url`), each
+/// with its attempts, oldest first.
+#[utoipa::path(get, path = "/jobs/{id}/webhooks", tag = "jobs",
+    params(("id" = uuid::Uuid, Path, description = "The job id (a UUIDv7, as `POST /jobs` returned it)")),
+    responses(
+        (status = 200, description = "The deliveries of the job's state changes", body = WebhooksResponse),
+        (status = 400, description = "Not a job id (`invalid_job_id`)", body = ErrorBody),
+        (status = 404, description = "No such job (`job_not_found`)", body = ErrorBody),
+    ))]
+async fn webhooks(
+    State(svc): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, ServiceError> {
+    let id = JobService::parse_id(&id)?;
+    Ok(Json(svc.webhooks(&caller, id).await?).into_response())
 }
 
 /// Jobs, newest first, a page at a time.

@@ -344,6 +344,45 @@ impl JobService {
         }
     }
 
+    /// The webhook deliveries of a job the caller sees, oldest first.
+    pub async fn webhooks(
+        &self,
+        caller: &Caller,
+        id: JobId,
+    ) -> Result<warden_api::WebhooksResponse, ServiceError> {
+        self.job(caller, id, Scope::Read).await?;
+        let deliveries = self
+            .store
+            .deliveries(id)
+            .await?
+            .into_iter()
+            .map(|d| {
+                let event: Option<serde_json::Value> = serde_json::from_slice(&d.body).ok();
+                let pending = d.delivered_at.is_none() && !d.gave_up;
+                warden_api::WebhookDelivery {
+                    event_id: format!("warden-{}-{}", d.job_id, d.seq),
+                    job_status: event
+                        .as_ref()
+                        .and_then(|e| e["status"].as_str())
+                        .and_then(JobStatus::parse),
+                    url: d.url,
+                    attempts: d.attempts,
+                    delivered: d.delivered_at.is_some(),
+                    gave_up: d.gave_up,
+                    last_status: d.last_status,
+                    last_error: d.last_error,
+                    created_at: rfc3339(d.created_at),
+                    delivered_at: d.delivered_at.map(rfc3339),
+                    next_attempt_at: pending.then(|| rfc3339(d.next_at)),
+                }
+            })
+            .collect();
+        Ok(warden_api::WebhooksResponse {
+            job_id: id.to_string(),
+            deliveries,
+        })
+    }
+
     pub fn artifact_dir(&self, id: JobId) -> String {
         self.data.artifacts(id).to_string_lossy().into_owned()
     }

@@ -146,7 +146,19 @@ impl JobService {
                 "idempotency_key must be at most 255 bytes without control characters",
             ));
         }
+        let callback_url = match non_empty(req.callback_url) {
+            None => None,
+            Some(url) => {
+                let checked = match &self.config.events.webhooks {
+                    Some(hooks) => hooks.check_callback(&url),
+                    None => Err("this server delivers no webhooks (no events.webhooks)".into()),
+                };
+                checked.map_err(|m| invalid(ErrorCode::CallbackNotAllowed, m))?;
+                Some(url)
+            }
+        };
         let new = NewJob {
+            callback_url,
             inline_argv,
             image,
             max_queued: tenant.max_queued.map(|m| m.get()),

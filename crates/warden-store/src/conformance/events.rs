@@ -68,7 +68,11 @@ pub async fn the_outbox_holds_every_change_in_order_only_while_on(store: &dyn St
                 stream,
                 offset,
                 data,
-            } => Some((*stream, *offset, data.clone())),
+                attempt,
+            } => {
+                assert_eq!(*attempt, 1);
+                Some((*stream, *offset, data.clone()))
+            }
             OutboxKind::Job { .. } => None,
         })
         .collect();
@@ -143,7 +147,7 @@ pub async fn the_outbox_holds_every_change_in_order_only_while_on(store: &dyn St
         .collect();
     assert_eq!(page, seqs[2..4]);
     // Pruning drops only published events older than the cut.
-    assert_eq!(store.prune_outbox(Millis::MAX).await.unwrap(), 3);
+    assert_eq!(store.prune_outbox(Millis::MAX, false).await.unwrap(), 3);
     assert_eq!(
         store.outbox_since(0, 0, 100).await.unwrap().len(),
         events.len() - 3
@@ -169,3 +173,164 @@ pub async fn one_publisher_holds_the_outbox_lease(store: &dyn Store) {
 }
 
 use crate::Millis;
+
+pub async fn webhook_deliveries_follow_the_outbox_in_order_per_job_and_url(store: &dyn Store) {
+    use crate::{DeliveryOutcome, NewDelivery, NewJob};
+    store.set_outbox(true).await.unwrap();
+    let hooked = submit(
+        store,
+        NewJob {
+            callback_url: Some("https://hooks.example/cb".into()),
+            ..new_job("echo", None, 1)
+        },
+    )
+    .await;
+    let plain = submit(store, new_job("echo", None, 2)).await;
+    let c = store.claim("w", None, LEASE_MS, 3).await.unwrap().unwrap();
+    assert_eq!(c.job.id, hooked.id);
+    store
+        .append_log(&c.lease, LogStream::Stdout, 0, b"not a job event\n")
+        .await
+        .unwrap();
+
+    // Job events only, each with its job's callback URL.
+    let (cursor, backlog) = store.webhook_backlog(100).await.unwrap();
+    assert_eq!(cursor, 0);
+    let seen: Vec<(warden_core::JobId, Option<&str>)> = backlog
+        .iter()
+        .map(|(e, url)| (e.job_id, url.as_deref()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (hooked.id, Some("https://hooks.example/cb")),
+            (plain.id, None),
+            (hooked.id, Some("https://hooks.example/cb")),
+        ]
+    );
+    assert!(
+        backlog
+            .iter()
+            .all(|(e, _)| matches!(e.kind, OutboxKind::Job { .. }))
+    );
+
+    // Deliveries for the first two events; the cursor moves with them.
+    let url = "https://hooks.example/cb".to_string();
+    let d = |i: usize| NewDelivery {
+        seq: backlog[i].0.seq,
+        job_id: backlog[i].0.job_id,
+        url: url.clone(),
+        body: format!("event {i}").into_bytes(),
+    };
+    store
+        .add_deliveries(vec![d(0)], backlog[1].0.seq, 10)
+        .await
+        .unwrap();
+    let (cursor, rest) = store.webhook_backlog(100).await.unwrap();
+    assert_eq!(cursor, backlog[1].0.seq);
+    assert_eq!(rest.len(), 1, "only what is past the cursor");
+    store
+        .add_deliveries(vec![d(2)], backlog[2].0.seq, 11)
+        .await
+        .unwrap();
+    assert!(store.webhook_backlog(100).await.unwrap().1.is_empty());
+
+    // Per job and URL, one at a time: the second waits for the first.
+    let due = store.due_deliveries(20, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].body, b"event 0");
+    assert_eq!(due[0].attempts, 0);
+    store
+        .delivery_attempted(
+            due[0].id,
+            DeliveryOutcome::Failed {
+                status: Some(500),
+                error: "the receiver answered 500".into(),
+                next_at: 100,
+            },
+            21,
+        )
+        .await
+        .unwrap();
+    assert!(
+        store.due_deliveries(50, 10).await.unwrap().is_empty(),
+        "not due before next_at, and the next one waits behind it"
+    );
+    let again = store.due_deliveries(100, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempts, 1);
+    store
+        .delivery_attempted(again[0].id, DeliveryOutcome::Delivered { status: 204 }, 101)
+        .await
+        .unwrap();
+    let next = store.due_deliveries(101, 10).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].body, b"event 2");
+    store
+        .delivery_attempted(
+            next[0].id,
+            DeliveryOutcome::GaveUp {
+                status: None,
+                error: "connection refused".into(),
+            },
+            102,
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .due_deliveries(Millis::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Every attempt is on the job's record of deliveries.
+    let all = store.deliveries(hooked.id).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].attempts, 2);
+    assert_eq!(all[0].delivered_at, Some(101));
+    assert_eq!(all[0].last_status, Some(204));
+    assert!(!all[0].gave_up);
+    assert_eq!(all[1].attempts, 1);
+    assert!(all[1].gave_up);
+    assert_eq!(all[1].last_error.as_deref(), Some("connection refused"));
+    assert!(store.deliveries(plain.id).await.unwrap().is_empty());
+
+    // Pruning keeps what the webhook cursor has not passed.
+    let seqs: Vec<u64> = store
+        .outbox_pending(100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    store.outbox_published(&seqs, 200).await.unwrap();
+    submit(store, new_job("echo", None, 300)).await;
+    let last = store.outbox_pending(100).await.unwrap();
+    store.outbox_published(&[last[0].seq], 300).await.unwrap();
+    let cursor = backlog[2].0.seq;
+    let pruned = store.prune_outbox(Millis::MAX, true).await.unwrap();
+    assert_eq!(
+        pruned as usize,
+        seqs.iter().filter(|s| **s <= cursor).count(),
+        "what the cursor has passed goes"
+    );
+    let left: Vec<u64> = store
+        .outbox_since(0, 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(
+        left.len(),
+        2,
+        "the log chunk and the new job's event: past the cursor"
+    );
+    assert!(left.iter().all(|s| *s > cursor));
+    assert!(
+        store.deliveries(hooked.id).await.unwrap().is_empty(),
+        "finished deliveries go too"
+    );
+}

@@ -49,7 +49,8 @@ macro_rules! conformance_tests {
             retention_deletes_only_finished_jobs_oldest_first,
             one_collector_holds_the_lease_until_it_expires,
             the_outbox_holds_every_change_in_order_only_while_on,
-            one_publisher_holds_the_outbox_lease
+            one_publisher_holds_the_outbox_lease,
+            webhook_deliveries_follow_the_outbox_in_order_per_job_and_url
         );
     };
     (@each $make:expr; $($name:ident),*) => {

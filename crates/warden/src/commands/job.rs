@@ -168,6 +168,7 @@ async fn submit(client: &Client, args: SubmitArgs, fmt: OutputFormat) -> Result<
         params,
         idempotency_key: args.idempotency_key,
         command,
+        callback_url: args.callback_url,
     };
     let resp = client.submit(&req).await?;
     if args.follow {

@@ -278,13 +278,7 @@ fn started_jobs(log: &str) -> Vec<String> {
 fn job(job_type: &str) -> SubmitJobRequest {
     SubmitJobRequest {
         job_type: job_type.into(),
-        repo_name: None,
-        remote_url: None,
-        sha: None,
-        git_ref: None,
-        params: BTreeMap::new(),
-        idempotency_key: None,
-        command: Vec::new(),
+        ..SubmitJobRequest::default()
     }
 }
 

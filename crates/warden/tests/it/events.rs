@@ -125,6 +125,16 @@ async fn stream_len(js: &async_nats::jetstream::Context, name: &str) -> u64 {
     }
 }
 
+/// One sample of the server's `/metrics`, by its exact name.
+fn metric(url: &str, name: &str) -> f64 {
+    let (code, metrics) = crate::metrics::get(url, "/metrics");
+    assert_eq!(code, 200);
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_jobs_events_arrive_once_in_order_across_crashes_and_nats_restarts() {
     let dir = tempfile::tempdir().unwrap();
@@ -146,6 +156,15 @@ async fn every_jobs_events_arrive_once_in_order_across_crashes_and_nats_restarts
     // killed -9 with them stored and not published.
     nats.kill9();
     ids.extend(submit_many(&server, 8).await);
+    // It counts the passes that failed while NATS was away.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&server.url, "warden_events_publish_failures_total") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no failed publishing pass counted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     server.kill9();
 
     // warden comes back while NATS is still down, runs more jobs; then NATS comes back (from
@@ -166,6 +185,9 @@ async fn every_jobs_events_arrive_once_in_order_across_crashes_and_nats_restarts
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // The restarted server counted what it published.
+    assert!(metric(&server.url, "warden_events_published_total") >= want_jobs as f64);
 
     // A replay of everything: JetStream already holds it all and drops every repeat.
     let out = Command::new(WARDEN)
@@ -250,7 +272,8 @@ fn a_bad_events_section_is_refused_with_its_place() {
             "format",
         ),
         ("events: {keep_days: 0}", "keep_days"),
-        ("events: {webhooks: {}}", "webhooks"),
+        ("events: {webhooks: {secret: NOPE}}", "NOPE"),
+        ("events: {wbhooks: {}}", "wbhooks"),
     ] {
         let config = write_config_with(dir.path(), &format!("{events}\n{TYPES}"));
         let out = Command::new(WARDEN)
@@ -271,4 +294,201 @@ fn a_bad_events_section_is_refused_with_its_place() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("events.nats"));
+}
+
+/// What the loopback receiver saw: each request's path, signature, event id and body.
+#[derive(Default)]
+struct Received {
+    requests: Vec<(String, String, String, Vec<u8>)>,
+    refused: usize,
+}
+
+/// A receiver that answers 500 to the first `refuse` requests, then 204.
+async fn receiver(
+    refuse: usize,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Received>>,
+) {
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode, Uri};
+    type Shared = std::sync::Arc<std::sync::Mutex<Received>>;
+    let seen: Shared = Default::default();
+    async fn hook(
+        State((seen, refuse)): State<(Shared, usize)>,
+        uri: Uri,
+        headers: HeaderMap,
+        body: axum::body::Bytes,
+    ) -> StatusCode {
+        let mut s = seen.lock().unwrap();
+        let h = |n: &str| {
+            headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        s.requests.push((
+            uri.path().to_string(),
+            h("warden-signature"),
+            h("warden-event-id"),
+            body.to_vec(),
+        ));
+        if s.refused < refuse {
+            s.refused += 1;
+            return StatusCode::INTERNAL_SERVER_ERROR;
+        }
+        StatusCode::NO_CONTENT
+    }
+    let app = axum::Router::new()
+        .route("/{*path}", axum::routing::post(hook))
+        .with_state((seen.clone(), refuse));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, seen)
+}
+
+fn verify(key: &[u8], header: &str, body: &[u8]) -> bool {
+    use hmac::Mac;
+    let Some((t, v1)) = header
+        .strip_prefix("t=")
+        .and_then(|rest| rest.split_once(",v1="))
+    else {
+        return false;
+    };
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    let want: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let fresh = t.parse::<u64>().is_ok_and(|t| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        now.abs_diff(t) < 300
+    });
+    fresh && want == v1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_signed_retried_until_delivered_and_recorded_on_the_job() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, seen) = receiver(2).await;
+    const KEY: &str = "whsec-0123456789abcdef";
+    let key_file = dir.path().join("hook.key");
+    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = write_config_with(
+        dir.path(),
+        &format!(
+            "secrets: {{HOOK_KEY: {{file: {}}}}}\nevents:\n  webhooks:\n    secret: HOOK_KEY\n    \
+             allow_hosts: [\"127.0.0.1:{port}\"]\n    retry_base_ms: 200\n    max_attempts: 5\n{TYPES}",
+            key_file.display(),
+            port = addr.port()
+        ),
+    );
+    let server = Server::start(&config);
+    let c = server.client();
+    let callback = format!("http://{addr}/hooks/job");
+
+    // Outside the allowlist: refused with its reason, nothing recorded.
+    for url in [
+        format!("http://127.0.0.2:{}/x", addr.port()),
+        "https://evil.example/hook".to_string(),
+        format!("http://user:pw@{addr}/x"),
+        "not a url".to_string(),
+    ] {
+        let err = c
+            .submit(&SubmitJobRequest {
+                job_type: "chatty".into(),
+                callback_url: Some(url.clone()),
+                ..SubmitJobRequest::default()
+            })
+            .await
+            .unwrap_err();
+        match err {
+            warden_client::ClientError::Api { status, code, .. } => {
+                assert_eq!(
+                    (status, code),
+                    (422, warden_api::ErrorCode::CallbackNotAllowed),
+                    "{url}"
+                );
+            }
+            other => panic!("{url}: {other}"),
+        }
+    }
+    assert!(c.list(&Default::default()).await.unwrap().jobs.is_empty());
+
+    let id = c
+        .submit(&SubmitJobRequest {
+            job_type: "chatty".into(),
+            callback_url: Some(callback.clone()),
+            ..SubmitJobRequest::default()
+        })
+        .await
+        .unwrap()
+        .job_id;
+    assert_eq!(wait_terminal(&c, &id).await.status, JobStatus::Succeeded);
+
+    // The first event fails twice, then is delivered; the job's later events follow it, in order.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let delivered = c
+            .webhooks(&id)
+            .await
+            .unwrap()
+            .deliveries
+            .iter()
+            .filter(|d| d.delivered)
+            .count();
+        if delivered == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}", c.webhooks(&id).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deliveries = c.webhooks(&id).await.unwrap().deliveries;
+    let statuses: Vec<Option<JobStatus>> = deliveries.iter().map(|d| d.job_status).collect();
+    assert_eq!(
+        statuses,
+        [
+            Some(JobStatus::Queued),
+            Some(JobStatus::Running),
+            Some(JobStatus::Succeeded)
+        ]
+    );
+    assert_eq!(
+        deliveries.iter().map(|d| d.attempts).collect::<Vec<_>>(),
+        [3, 1, 1]
+    );
+    assert!(deliveries.iter().all(|d| d.url == callback
+        && d.last_status == Some(204)
+        && !d.gave_up
+        && d.next_attempt_at.is_none()));
+
+    let got = seen.lock().unwrap();
+    assert_eq!(got.requests.len(), 5, "three attempts, then one each");
+    let mut bodies = Vec::new();
+    for (path, signature, event_id, body) in &got.requests {
+        assert_eq!(path, "/hooks/job");
+        assert!(verify(KEY.as_bytes(), signature, body), "{signature}");
+        assert!(!verify(b"another key", signature, body));
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(v["job_id"], id.as_str());
+        assert_eq!(event_id, &format!("warden-{id}-{}", v["seq"]));
+        bodies.push(v["status"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        bodies,
+        ["queued", "queued", "queued", "running", "succeeded"],
+        "the same event on every attempt, then the next ones in order"
+    );
+    assert_eq!(deliveries[0].event_id, got.requests[0].2);
 }

@@ -49,7 +49,8 @@ export interface JobEvent {
 
 /**
  * A piece of a job's log was stored (on `<subject_prefix>.logs.<tenant>.<job_id>`): `data` is
- * the stream's bytes from `offset`, secrets already masked.
+ * the stream's bytes from `offset`, secrets already masked. A retried job's next attempt writes
+ * its log from offset 0 again: `attempt` tells the attempts apart.
  */
 export interface LogEvent {
   seq: number;
@@ -59,6 +60,7 @@ export interface LogEvent {
   offset: number;
   data: Buffer;
   atMs: number;
+  attempt: number;
 }
 
 function createBaseJobEvent(): JobEvent {
@@ -285,7 +287,7 @@ export const JobEvent: MessageFns<JobEvent> = {
 };
 
 function createBaseLogEvent(): LogEvent {
-  return { seq: 0, jobId: "", tenant: "", stream: 0, offset: 0, data: Buffer.alloc(0), atMs: 0 };
+  return { seq: 0, jobId: "", tenant: "", stream: 0, offset: 0, data: Buffer.alloc(0), atMs: 0, attempt: 0 };
 }
 
 export const LogEvent: MessageFns<LogEvent> = {
@@ -310,6 +312,9 @@ export const LogEvent: MessageFns<LogEvent> = {
     }
     if (message.atMs !== 0) {
       writer.uint32(56).uint64(message.atMs);
+    }
+    if (message.attempt !== 0) {
+      writer.uint32(64).uint32(message.attempt);
     }
     return writer;
   },
@@ -383,6 +388,14 @@ export const LogEvent: MessageFns<LogEvent> = {
             message.atMs = longToNumber(reader.uint64());
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.attempt = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -412,6 +425,7 @@ export const LogEvent: MessageFns<LogEvent> = {
         : isSet(object.at_ms)
         ? globalThis.Number(object.at_ms)
         : 0,
+      attempt: isSet(object.attempt) ? globalThis.Number(object.attempt) : 0,
     };
   },
 
@@ -438,6 +452,9 @@ export const LogEvent: MessageFns<LogEvent> = {
     if (message.atMs !== 0) {
       obj.atMs = Math.round(message.atMs);
     }
+    if (message.attempt !== 0) {
+      obj.attempt = Math.round(message.attempt);
+    }
     return obj;
   },
 
@@ -453,6 +470,7 @@ export const LogEvent: MessageFns<LogEvent> = {
     message.offset = object.offset ?? 0;
     message.data = object.data ?? Buffer.alloc(0);
     message.atMs = object.atMs ?? 0;
+    message.attempt = object.attempt ?? 0;
     return message;
   },
 };

@@ -274,6 +274,11 @@ export interface SubmitJobRequest {
    * policy names, with that type's sandbox and limits.
    */
   command: string[];
+  /**
+   * Where this job's state changes are delivered as signed webhooks (a host the server's
+   * `events.webhooks.allow_hosts` lists).
+   */
+  callbackUrl?: string | undefined;
 }
 
 export interface SubmitJobRequest_ParamsEntry {
@@ -485,6 +490,7 @@ function createBaseSubmitJobRequest(): SubmitJobRequest {
     params: {},
     idempotencyKey: undefined,
     command: [],
+    callbackUrl: undefined,
   };
 }
 
@@ -513,6 +519,9 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
     }
     for (const v of message.command) {
       writer.uint32(66).string(v!);
+    }
+    if (message.callbackUrl !== undefined) {
+      writer.uint32(74).string(message.callbackUrl);
     }
     return writer;
   },
@@ -597,6 +606,14 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
             message.command.push(reader.string());
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.callbackUrl = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -650,6 +667,11 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
       command: globalThis.Array.isArray(object?.command)
         ? object.command.map((e: any) => globalThis.String(e))
         : [],
+      callbackUrl: isSet(object.callbackUrl)
+        ? globalThis.String(object.callbackUrl)
+        : isSet(object.callback_url)
+        ? globalThis.String(object.callback_url)
+        : undefined,
     };
   },
 
@@ -685,6 +707,9 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
     if (message.command?.length) {
       obj.command = message.command;
     }
+    if (message.callbackUrl !== undefined) {
+      obj.callbackUrl = message.callbackUrl;
+    }
     return obj;
   },
 
@@ -709,6 +734,7 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
     );
     message.idempotencyKey = object.idempotencyKey ?? undefined;
     message.command = object.command?.map((e) => e) || [];
+    message.callbackUrl = object.callbackUrl ?? undefined;
     return message;
   },
 };
