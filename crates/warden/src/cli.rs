@@ -28,6 +28,9 @@ pub enum Command {
     /// Serve warden's jobs as MCP tools on stdin/stdout, for an AI agent on this machine: each
     /// call goes to the context's server as its token (the server also serves MCP at /mcp).
     Mcp(McpArgs),
+    /// Tool specs for agents that take tools as JSON: `tools bundle` writes an immutable,
+    /// content-addressed bundle of OpenAI-compatible function specs.
+    Tools(ToolsArgs),
     /// Manage the client configuration ($HOME/.warden/config): contexts and the current one.
     Config(ConfigArgs),
     /// Check this host and the configuration: kernel features, cgroups, a sandbox self-test,
@@ -312,6 +315,28 @@ pub struct ClientArgs {
     /// Output format.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct ToolsArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: ToolsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ToolsCommand {
+    /// Write the server's job types (one function each) and the control tools as
+    /// `DIR/warden-tools-<VERSION>-<sha256>.json`; the same input always gives the same file.
+    Bundle {
+        /// The directory to write the bundle into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// What to call this set of tools (1-64 of A-Z a-z 0-9 . _ -).
+        #[arg(long, value_name = "VERSION")]
+        version: String,
+    },
 }
 
 #[derive(Debug, Args)]

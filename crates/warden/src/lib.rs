@@ -68,6 +68,7 @@ pub fn main() -> i32 {
             Command::Worker(args) => commands::worker::run(args).await,
             Command::Job(args) => commands::job::run(args).await,
             Command::Mcp(args) => commands::mcp::run(args.client).await,
+            Command::Tools(args) => commands::tools::run(args).await,
             Command::Config(args) => commands::config::run(args),
             Command::Doctor(args) => commands::doctor::run(args).await,
             Command::Token(args) => commands::token::run(args).await,

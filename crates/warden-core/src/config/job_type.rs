@@ -90,6 +90,10 @@ pub struct JobType {
     pub inotify: bool,
     /// Extra host paths bound read-only into the sandbox (e.g. a toolchain).
     pub binds: Vec<BindConfig>,
+    /// A tool-spec bundle (`warden tools bundle`) the job gets read-only at
+    /// [`TOOL_BUNDLE_AT`], named by the variable `tool_env_var` (default `AGENT_TOOL_SPEC`).
+    pub tool_bundle: Option<PathBuf>,
+    pub tool_env_var: String,
     /// A root filesystem directory to run in instead of the host's system directories.
     pub rootfs: Option<PathBuf>,
     /// An OCI image to run in instead (see docs/images.md): pulled and unpacked by warden,
@@ -187,6 +191,11 @@ pub struct BindConfig {
     pub at: PathBuf,
 }
 
+/// Where a job type's `tool_bundle` is, inside the sandbox.
+pub const TOOL_BUNDLE_AT: &str = "/run/warden/tools.json";
+/// The variable naming it, unless the job type's `tool_env_var` says another.
+pub const DEFAULT_TOOL_ENV_VAR: &str = "AGENT_TOOL_SPEC";
+
 /// Places inside the sandbox that warden owns; a bind may not cover them.
 const RESERVED_MOUNTS: &[&str] = &[
     "/",
@@ -212,7 +221,7 @@ impl BindConfig {
         if RESERVED_MOUNTS
             .iter()
             .any(|r| self.at == std::path::Path::new(r))
-            || ["/proc/", "/dev/", "/work/", "/artifacts/", "/tmp/"]
+            || ["/proc/", "/dev/", "/work/", "/artifacts/", "/tmp/", "/run/"]
                 .iter()
                 .any(|r| self.at.starts_with(r))
         {
@@ -257,6 +266,10 @@ struct RawJobType {
     inotify: bool,
     #[serde(default)]
     binds: Vec<BindConfig>,
+    #[serde(default)]
+    tool_bundle: Option<PathBuf>,
+    #[serde(default)]
+    tool_env_var: Option<String>,
     #[serde(default)]
     rootfs: Option<PathBuf>,
     #[serde(default)]
@@ -442,7 +455,33 @@ impl TryFrom<RawJobType> for JobType {
                 ));
             }
         }
+        if let Some(b) = &raw.tool_bundle
+            && (!b.is_absolute() || b.components().any(|c| c == std::path::Component::ParentDir))
+        {
+            return Err(format!(
+                "tool_bundle {b:?} must be an absolute path without '..'"
+            ));
+        }
+        let tool_env_var = match (&raw.tool_bundle, raw.tool_env_var) {
+            (None, Some(_)) => {
+                return Err("tool_env_var names the variable of a tool_bundle: set one".into());
+            }
+            (_, Some(var)) => var,
+            (_, None) => DEFAULT_TOOL_ENV_VAR.to_string(),
+        };
+        if !is_valid_param_name(&tool_env_var)
+            || is_reserved(&tool_env_var)
+            || raw.allowed_params.contains(&tool_env_var)
+            || raw.secret_env.contains_key(&tool_env_var)
+        {
+            return Err(format!(
+                "tool_env_var {tool_env_var:?} must match ^[A-Z][A-Z0-9_]{{0,63}}$ and be \
+                 neither a variable warden sets nor a param or secret_env variable"
+            ));
+        }
         Ok(JobType {
+            tool_bundle: raw.tool_bundle,
+            tool_env_var,
             secrets: raw.secrets,
             secret_env: raw.secret_env,
             accept_unenforced: raw.accept_unenforced,

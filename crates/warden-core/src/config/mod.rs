@@ -26,7 +26,8 @@ pub use artifact_store::{ArtifactStoreConfig, S3Location};
 pub use events::{EventFormat, EventsConfig, NatsEvents, WebhooksConfig, parse_hook_url};
 pub use images::{ImagesConfig, RegistryConfig, RegistryCredential};
 pub use job_type::{
-    BindConfig, CgroupLimit, IsolationTier, JobType, JobTypeName, Limits, RootMode, is_valid_label,
+    BindConfig, CgroupLimit, DEFAULT_TOOL_ENV_VAR, IsolationTier, JobType, JobTypeName, Limits,
+    RootMode, TOOL_BUNDLE_AT, is_valid_label,
 };
 pub use network::{
     Destination, EgressPolicy, EgressRule, NetworkPolicy, always_denied, parse_rule,

@@ -7,6 +7,7 @@
 //! [`JobService`]), and stdio for `warden mcp` (each call goes to a server over its API, through
 //! a [`Backend`] the CLI provides). The tools themselves are in [`tools`].
 
+pub mod bundle;
 mod tools;
 
 use std::sync::Arc;

@@ -160,7 +160,7 @@ pub(super) fn prepare(
     }
     env.extend(granted.env.iter().cloned());
     let mut unenforced = BTreeMap::new();
-    let isolation = match tier {
+    let mut isolation = match tier {
         Tier::Sandbox | Tier::Gvisor => {
             let host = shared.executor.host();
             let (limits, missing) =
@@ -231,6 +231,35 @@ pub(super) fn prepare(
             layout.isolation(repo.as_ref())
         }
     };
+    if let Some(bundle) = &job_type.tool_bundle {
+        // Fail closed: a job promised its tools never runs without them.
+        match std::fs::metadata(bundle) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => {
+                return Err(Refusal::new(
+                    "tool_bundle_unavailable",
+                    format!("tool_bundle {}: not a regular file", bundle.display()),
+                ));
+            }
+            Err(e) => {
+                return Err(Refusal::new(
+                    "tool_bundle_unavailable",
+                    format!("tool_bundle {}: {e}", bundle.display()),
+                ));
+            }
+        }
+        let at = match &mut isolation {
+            Isolation::Sandbox(spec) => {
+                spec.binds.push(warden_sandbox::Bind {
+                    host: bundle.clone(),
+                    at: warden_core::config::TOOL_BUNDLE_AT.into(),
+                });
+                warden_core::config::TOOL_BUNDLE_AT.to_string()
+            }
+            Isolation::UnsafeFallback { .. } => bundle.display().to_string(),
+        };
+        env.insert(job_type.tool_env_var.clone(), at);
+    }
     if review && !env.contains_key("SIZE_CAP_KB") {
         env.insert("SIZE_CAP_KB".into(), job_type.size_cap_kb.to_string());
     }

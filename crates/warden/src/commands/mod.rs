@@ -7,4 +7,5 @@ pub mod job;
 pub mod mcp;
 pub mod serve;
 pub mod token;
+pub mod tools;
 pub mod worker;

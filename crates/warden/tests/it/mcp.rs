@@ -301,3 +301,162 @@ async fn mcp_over_http_needs_a_token_and_a_rebound_name_is_not_trusted() {
         .unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+/// `warden tools bundle`: the server's job types and the control tools as OpenAI-compatible
+/// function specs, in a file named by its SHA-256; the same server and version, the same file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_bundle_is_content_addressed_and_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, token_file, _token, _good, _bad) = agent_server(dir.path(), "").await;
+    let out = dir.path().join("bundles");
+    let bundle = |version: &str| {
+        Command::new(WARDEN)
+            .args(["tools", "bundle", "--out"])
+            .arg(&out)
+            .args([
+                "--version",
+                version,
+                "--server",
+                &server.url,
+                "--token-file",
+            ])
+            .arg(&token_file)
+            .output()
+            .unwrap()
+    };
+    let first = bundle("2026.12");
+    let stdout = String::from_utf8_lossy(&first.stdout).into_owned();
+    assert!(
+        first.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let path = PathBuf::from(stdout.lines().next().unwrap());
+    let bytes = std::fs::read(&path).unwrap();
+    let digest = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    assert_eq!(
+        path.file_name().unwrap().to_str().unwrap(),
+        format!("warden-tools-2026.12-{digest}.json")
+    );
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o444, "a bundle is not edited after it is written");
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(v["format"], "warden.tool-bundle/v1");
+    let names: Vec<&str> = v["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            assert_eq!(t["type"], "function");
+            t["function"]["name"].as_str().unwrap()
+        })
+        .collect();
+    assert!(names.starts_with(warden_server::mcp::TOOL_NAMES));
+    assert_eq!(names.last(), Some(&"run_pytest"));
+
+    // Again: the same bytes, the same file, left as it was.
+    let again = bundle("2026.12");
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("(unchanged)"));
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
+    // A bad version is the caller's mistake, and writes nothing.
+    let bad = bundle("../x");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("version"));
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
+}
+
+/// A job type's `tool_bundle`: the job reads it at /run/warden/tools.json, named by
+/// `AGENT_TOOL_SPEC` (or its `tool_env_var`), and cannot change it; a bundle that is not there
+/// ends the job `error` before it runs; a bad setting is refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_gets_its_tool_bundle_read_only() {
+    use warden_api::{JobStatus, SubmitJobRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("tools.json");
+    std::fs::write(&bundle, "{\"format\": \"warden.tool-bundle/v1\"}\n").unwrap();
+    let script = r#"cat "$AGENT_TOOL_SPEC"; echo "at=$AGENT_TOOL_SPEC"; if (echo x >> "$AGENT_TOOL_SPEC") 2>/dev/null; then echo WROTE; else echo READONLY; fi; echo "custom=$MY_TOOLS""#;
+    let config = crate::support::write_config_with(
+        dir.path(),
+        &format!(
+            "job_types:\n  agent:\n    argv: [\"/bin/sh\", \"-c\", {script:?}]\n    timeout_s: 30\n    tool_bundle: {b}\n  \
+             custom:\n    argv: [\"/bin/sh\", \"-c\", {script:?}]\n    timeout_s: 30\n    tool_bundle: {b}\n    tool_env_var: MY_TOOLS\n  \
+             missing:\n    argv: [\"/bin/true\"]\n    timeout_s: 30\n    tool_bundle: {gone}\n",
+            b = bundle.display(),
+            gone = dir.path().join("gone.json").display()
+        ),
+    );
+    let server = Server::start(&config);
+    let c = server.client();
+    let run = |t: &'static str| {
+        let c = c.clone();
+        async move {
+            let id = c
+                .submit(&SubmitJobRequest {
+                    job_type: t.into(),
+                    ..SubmitJobRequest::default()
+                })
+                .await
+                .unwrap()
+                .job_id;
+            let job = crate::support::wait_terminal(&c, &id).await;
+            let out =
+                String::from_utf8_lossy(&c.logs_raw(&id, "stdout", 0).await.unwrap()).into_owned();
+            (job, out)
+        }
+    };
+    let (job, out) = run("agent").await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{job:?}");
+    assert!(
+        out.starts_with("{\"format\": \"warden.tool-bundle/v1\"}\n"),
+        "{out}"
+    );
+    assert!(out.contains("at=/run/warden/tools.json\n"), "{out}");
+    assert!(out.contains("READONLY\n"), "{out}");
+    assert!(out.contains("custom=\n"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(&bundle).unwrap(),
+        "{\"format\": \"warden.tool-bundle/v1\"}\n",
+        "the host's file is untouched"
+    );
+    let (job, out) = run("custom").await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{job:?}");
+    assert!(out.contains("custom=/run/warden/tools.json\n"), "{out}");
+    let (job, _) = run("missing").await;
+    assert_eq!(job.status, JobStatus::Error, "{job:?}");
+    assert!(
+        job.reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("tool_bundle_unavailable"),
+        "{job:?}"
+    );
+
+    let reserved_var = format!("tool_bundle: {}\n    tool_env_var: PATH", bundle.display());
+    for (extra, says) in [
+        ("tool_bundle: tools.json", "absolute"),
+        ("tool_env_var: AGENT_TOOL_SPEC", "tool_env_var"),
+        (reserved_var.as_str(), "tool_env_var"),
+    ] {
+        let bad = crate::support::write_config_with(
+            dir.path(),
+            &format!(
+                "job_types:\n  x:\n    argv: [\"/bin/true\"]\n    timeout_s: 30\n    {extra}\n"
+            ),
+        );
+        let out = Command::new(WARDEN)
+            .args(["serve", "--config"])
+            .arg(&bad)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra}: {stderr}");
+        assert!(stderr.contains(says), "{extra}: {stderr}");
+    }
+}
