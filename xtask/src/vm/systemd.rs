@@ -88,6 +88,8 @@ if [ ! -e /var/lib/warden-vm-rebooted ]; then
 fi
 echo "vm: second boot"
 step installed-after-reboot installed
+# The unit is Type=exec: active once started, listening a moment later (health says when).
+step ready-after-reboot sh -c 'for _ in $(seq 1 120); do warden health --url http://127.0.0.1:8080 >/dev/null 2>&1 && exit 0; sleep 0.5; done; exit 1'
 step first-job-kept sh -c "warden job list $client | grep -c succeeded | grep -qx 1"
 step job-after-reboot run_job
 step uninstall deploy/uninstall.sh
