@@ -24,8 +24,14 @@ use warden_store::{OutboxEvent, OutboxKind, Store, now_millis};
 /// How long the publisher's lease lasts without renewal (renewed on every pass, at least every
 /// 100 ms while the outbox is idle): after a crash, another process publishes within it.
 pub const LEASE_MS: i64 = 10_000;
+/// How often a held lease is renewed (well inside [`LEASE_MS`]): not on every pass, which on
+/// SQLite would be a write transaction beside every job's own.
+const LEASE_RENEW: Duration = Duration::from_secs(2);
 /// Events read from the outbox at once.
 const BATCH: u32 = 256;
+/// After a batch that was not full, this long before the next: events written meanwhile go in
+/// one batch (fewer store transactions beside the jobs' own) at a small cost in latency.
+const COALESCE: Duration = Duration::from_millis(25);
 /// How long an empty outbox is left before it is read again.
 const IDLE: Duration = Duration::from_millis(100);
 /// Waiting for one acknowledgement, at most.
@@ -206,6 +212,33 @@ impl Sink {
     }
 }
 
+/// The outbox lease as one process holds it: taken, then renewed every [`LEASE_RENEW`].
+pub struct LeaseKeeper {
+    pub owner: String,
+    renewed: Option<tokio::time::Instant>,
+}
+
+impl LeaseKeeper {
+    pub fn new(owner: String) -> LeaseKeeper {
+        LeaseKeeper {
+            owner,
+            renewed: None,
+        }
+    }
+
+    /// Whether this process holds the lease now (taking or renewing it when due).
+    pub async fn hold(&mut self, store: &dyn Store) -> Result<bool, warden_store::StoreError> {
+        if self.renewed.is_some_and(|t| t.elapsed() < LEASE_RENEW) {
+            return Ok(true);
+        }
+        let held = store
+            .outbox_lease(&self.owner, LEASE_MS, now_millis())
+            .await?;
+        self.renewed = held.then(tokio::time::Instant::now);
+        Ok(held)
+    }
+}
+
 /// The publisher of one server: drains the outbox into JetStream while the server runs.
 pub struct Publisher {
     pub store: Arc<dyn Store>,
@@ -228,6 +261,7 @@ impl Publisher {
 
     async fn run(self) {
         let mut sink: Option<Sink> = None;
+        let mut lease = LeaseKeeper::new(self.owner.clone());
         let mut backoff = Duration::from_millis(100);
         let mut failing = false;
         let mut last_prune = tokio::time::Instant::now() - Duration::from_secs(3600);
@@ -235,14 +269,18 @@ impl Publisher {
             if self.shutdown.is_cancelled() {
                 return;
             }
-            let pause = match self.pass(&mut sink).await {
+            let pause = match self.pass(&mut sink, &mut lease).await {
                 Ok(n) => {
                     if failing {
                         tracing::info!("events: publishing again");
                     }
                     failing = false;
                     backoff = Duration::from_millis(100);
-                    if n == 0 { IDLE } else { Duration::ZERO }
+                    match n {
+                        0 => IDLE,
+                        n if n < BATCH as usize => COALESCE,
+                        _ => Duration::ZERO,
+                    }
                 }
                 Err(e) => {
                     if let Some(m) = &self.metrics {
@@ -274,13 +312,12 @@ impl Publisher {
     }
 
     /// One batch: how many events went out (0: nothing to do, or another replica publishes).
-    async fn pass(&self, sink: &mut Option<Sink>) -> Result<usize, String> {
-        if !self
-            .store
-            .outbox_lease(&self.owner, LEASE_MS, now_millis())
-            .await
-            .map_err(|e| e.to_string())?
-        {
+    async fn pass(
+        &self,
+        sink: &mut Option<Sink>,
+        lease: &mut LeaseKeeper,
+    ) -> Result<usize, String> {
+        if !lease.hold(&*self.store).await.map_err(|e| e.to_string())? {
             return Ok(0);
         }
         let events = self
@@ -309,6 +346,11 @@ impl Publisher {
         let mut done = Vec::with_capacity(events.len());
         let mut failure = None;
         for e in &events {
+            // A slow NATS must not let the lease lapse mid-batch (another replica would then
+            // publish beside this one).
+            if !lease.hold(&*self.store).await.map_err(|e| e.to_string())? {
+                break;
+            }
             if !s.wants(e) {
                 done.push(e.seq);
                 continue;

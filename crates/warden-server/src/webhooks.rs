@@ -83,8 +83,9 @@ impl Dispatcher {
             }
         };
         let mut failing = false;
+        let mut lease = crate::events::LeaseKeeper::new(self.owner.clone());
         loop {
-            let pause = match self.pass(&client).await {
+            let pause = match self.pass(&client, &mut lease).await {
                 Ok(busy) => {
                     failing = false;
                     if busy {
@@ -109,14 +110,13 @@ impl Dispatcher {
     }
 
     /// New events into deliveries, then what is due; `true` when there was work.
-    async fn pass(&self, client: &reqwest::Client) -> Result<bool, String> {
+    async fn pass(
+        &self,
+        client: &reqwest::Client,
+        lease: &mut crate::events::LeaseKeeper,
+    ) -> Result<bool, String> {
         let err = |e: warden_store::StoreError| e.to_string();
-        if !self
-            .store
-            .outbox_lease(&self.owner, crate::events::LEASE_MS, now_millis())
-            .await
-            .map_err(err)?
-        {
+        if !lease.hold(&*self.store).await.map_err(err)? {
             return Ok(false);
         }
         let (_, backlog) = self.store.webhook_backlog(256).await.map_err(err)?;
