@@ -31,6 +31,8 @@ done
 # The web UI's tests drive Debian's Chromium, headless, through chromedriver (WebDriver).
 have chromium || missing+=(chromium)
 have chromedriver || missing+=(chromium-driver)
+# The events tests start nats-server processes of their own (JetStream; killed and restarted).
+[ -x /usr/sbin/nats-server ] || missing+=(nats-server)
 # The TypeScript SDK's tests build it with tsc and run its Node test (npm packages below).
 have node || missing+=(nodejs)
 have npm || missing+=(npm)
@@ -43,7 +45,7 @@ if [ ${#missing[@]} -gt 0 ]; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq coreutils util-linux build-essential \
             git python3 python3-pytest iproute2 openssl postgresql postgresql-client \
             buildah skopeo umoci docker-registry busybox-static runsc python3-lazr.restfulclient \
-            python3-lazr.uri python3-venv chromium chromium-driver nodejs npm
+            python3-lazr.uri python3-venv chromium chromium-driver nodejs npm nats-server
     else
         echo "setup: missing: ${missing[*]} (install coreutils, util-linux, a C compiler, git, python3-pytest, iproute2, openssl, postgresql, buildah, skopeo, umoci, docker-registry, busybox-static, runsc, chromium, chromium-driver)" >&2
         exit 1

@@ -273,25 +273,6 @@ impl PgStore {
         .map_err(backend)?;
         rows.iter().map(row_to_delivery).collect()
     }
-
-    pub(crate) async fn take_outbox_lease(
-        &self,
-        owner: &str,
-        lease_ms: i64,
-        now: Millis,
-    ) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE outbox_lease SET owner = $1, expires_at = $3
-             WHERE id = 1 AND (owner IS NULL OR owner = $1 OR expires_at <= $2)",
-        )
-        .bind(owner)
-        .bind(now)
-        .bind(now.saturating_add(lease_ms))
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        Ok(done.rows_affected() == 1)
-    }
 }
 
 const DELIVERY: &str = "SELECT d.id, d.seq, d.job_id::text, d.url, d.body, d.attempts, d.next_at, \

@@ -100,16 +100,19 @@ impl PgStore {
         parse_ids(found)
     }
 
-    pub(crate) async fn take_gc_lease(
+    /// Takes (or renews) the one-row lease of `table` — `gc_lease` (the collector's) or
+    /// `outbox_lease` (the events publisher's) — until `now + lease_ms`.
+    pub(crate) async fn take_lease(
         &self,
+        table: &'static str,
         owner: &str,
         lease_ms: i64,
         now: Millis,
     ) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE gc_lease SET owner = $1, expires_at = $3
-             WHERE id = 1 AND (owner IS NULL OR owner = $1 OR expires_at <= $2)",
-        )
+        let done = sqlx::query(&format!(
+            "UPDATE {table} SET owner = $1, expires_at = $3
+             WHERE id = 1 AND (owner IS NULL OR owner = $1 OR expires_at <= $2)"
+        ))
         .bind(owner)
         .bind(now)
         .bind(now.saturating_add(lease_ms))

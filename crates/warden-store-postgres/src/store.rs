@@ -540,7 +540,7 @@ impl Store for PgStore {
     }
 
     async fn gc_lease(&self, owner: &str, lease_ms: i64, now: Millis) -> Result<bool> {
-        self.take_gc_lease(owner, lease_ms, now).await
+        self.take_lease("gc_lease", owner, lease_ms, now).await
     }
 
     async fn compact(&self) -> Result<u64> {
@@ -574,7 +574,7 @@ impl Store for PgStore {
     }
 
     async fn outbox_lease(&self, owner: &str, lease_ms: i64, now: Millis) -> Result<bool> {
-        self.take_outbox_lease(owner, lease_ms, now).await
+        self.take_lease("outbox_lease", owner, lease_ms, now).await
     }
 
     async fn webhook_backlog(&self, limit: u32) -> Result<warden_store::WebhookBacklog> {

@@ -291,14 +291,3 @@ pub(crate) fn deliveries(conn: &Connection, job: JobId) -> Result<Vec<Delivery>>
         .collect::<rusqlite::Result<_>>()
         .map_err(backend)
 }
-
-pub(crate) fn lease(conn: &Connection, owner: &str, lease_ms: i64, now: Millis) -> Result<bool> {
-    let n = conn
-        .execute(
-            "UPDATE outbox_lease SET owner = ?1, expires_at = ?3
-             WHERE id = 1 AND (owner IS NULL OR owner = ?1 OR expires_at <= ?2)",
-            params![owner, now, now.saturating_add(lease_ms)],
-        )
-        .map_err(backend)?;
-    Ok(n == 1)
-}

@@ -666,7 +666,7 @@ impl Store for SqliteStore {
 
     async fn gc_lease(&self, owner: &str, lease_ms: i64, now: Millis) -> Result<bool> {
         let owner = owner.to_string();
-        self.with(move |conn| retention::gc_lease(conn, &owner, lease_ms, now))
+        self.with(move |conn| retention::take_lease(conn, "gc_lease", &owner, lease_ms, now))
             .await
     }
 
@@ -720,7 +720,7 @@ impl Store for SqliteStore {
 
     async fn outbox_lease(&self, owner: &str, lease_ms: i64, now: Millis) -> Result<bool> {
         let owner = owner.to_string();
-        self.with(move |conn| events::lease(conn, &owner, lease_ms, now))
+        self.with(move |conn| retention::take_lease(conn, "outbox_lease", &owner, lease_ms, now))
             .await
     }
 

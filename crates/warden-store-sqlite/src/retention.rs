@@ -147,11 +147,21 @@ pub(crate) fn existing_jobs(conn: &Connection, ids: &[JobId]) -> Result<Vec<JobI
     Ok(out)
 }
 
-pub(crate) fn gc_lease(conn: &Connection, owner: &str, lease_ms: i64, now: Millis) -> Result<bool> {
+/// Takes (or renews) the one-row lease of `table` — `gc_lease` (the collector's) or
+/// `outbox_lease` (the events publisher's) — until `now + lease_ms`; `false`: another holds it.
+pub(crate) fn take_lease(
+    conn: &Connection,
+    table: &'static str,
+    owner: &str,
+    lease_ms: i64,
+    now: Millis,
+) -> Result<bool> {
     let n = conn
         .execute(
-            "UPDATE gc_lease SET owner = ?1, expires_at = ?3
-             WHERE id = 1 AND (owner IS NULL OR owner = ?1 OR expires_at <= ?2)",
+            &format!(
+                "UPDATE {table} SET owner = ?1, expires_at = ?3
+                 WHERE id = 1 AND (owner IS NULL OR owner = ?1 OR expires_at <= ?2)"
+            ),
             params![owner, now, now.saturating_add(lease_ms)],
         )
         .map_err(backend)?;
