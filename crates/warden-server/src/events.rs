@@ -21,8 +21,8 @@ use serde_json::json;
 use warden_core::config::{EventFormat, NatsEvents};
 use warden_store::{OutboxEvent, OutboxKind, Store, now_millis};
 
-/// How long the publisher's lease lasts without renewal (renewed on every pass, at least every
-/// 100 ms while the outbox is idle): after a crash, another process publishes within it.
+/// How long the publisher's lease lasts without renewal (renewed every [`LEASE_RENEW`] while it
+/// runs): after a crash, another process publishes within it.
 pub const LEASE_MS: i64 = 10_000;
 /// How often a held lease is renewed (well inside [`LEASE_MS`]): not on every pass, which on
 /// SQLite would be a write transaction beside every job's own.
@@ -49,6 +49,12 @@ pub struct Wire {
     pub msg_id: String,
     pub payload: Bytes,
     pub kind: &'static str,
+}
+
+/// An event's id: its `Nats-Msg-Id`, a webhook's `Warden-Event-Id` and the `event_id` of a
+/// delivery on the API — the same on every publish, attempt and replay of the event.
+pub fn event_id(job_id: warden_core::JobId, seq: u64) -> String {
+    format!("warden-{job_id}-{seq}")
 }
 
 /// A NATS subject token for a tenant: tenant names may hold `.`, which separates tokens; `~`
@@ -89,12 +95,12 @@ pub fn json_body(e: &OutboxEvent) -> Vec<u8> {
 /// The event's subject, message id and payload.
 pub fn wire(config: &NatsEvents, e: &OutboxEvent) -> Wire {
     use warden_proto::pb;
-    let kind = match e.kind {
-        OutboxKind::Job { .. } => "jobs",
-        OutboxKind::Log { .. } => "logs",
+    let (kind, subjects) = match e.kind {
+        OutboxKind::Job { .. } => ("job", "jobs"),
+        OutboxKind::Log { .. } => ("log", "logs"),
     };
     let subject = format!(
-        "{}.{kind}.{}.{}",
+        "{}.{subjects}.{}.{}",
         config.subject_prefix,
         subject_token(&e.tenant),
         e.job_id
@@ -146,9 +152,9 @@ pub fn wire(config: &NatsEvents, e: &OutboxEvent) -> Wire {
     };
     Wire {
         subject,
-        msg_id: format!("warden-{}-{}", e.job_id, e.seq),
+        msg_id: event_id(e.job_id, e.seq),
         payload: Bytes::from(payload),
-        kind: if kind == "jobs" { "job" } else { "log" },
+        kind,
     }
 }
 

@@ -179,7 +179,7 @@ impl Dispatcher {
             .post(&d.url)
             .header("content-type", "application/json")
             .header("warden-signature", signature(&self.key, t, &d.body))
-            .header("warden-event-id", format!("warden-{}-{}", d.job_id, d.seq))
+            .header("warden-event-id", crate::events::event_id(d.job_id, d.seq))
             .body(d.body.clone())
             .send()
             .await;

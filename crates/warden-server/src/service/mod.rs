@@ -360,7 +360,7 @@ impl JobService {
                 let event: Option<serde_json::Value> = serde_json::from_slice(&d.body).ok();
                 let pending = d.delivered_at.is_none() && !d.gave_up;
                 warden_api::WebhookDelivery {
-                    event_id: format!("warden-{}-{}", d.job_id, d.seq),
+                    event_id: crate::events::event_id(d.job_id, d.seq),
                     job_status: event
                         .as_ref()
                         .and_then(|e| e["status"].as_str())
