@@ -14,46 +14,46 @@ fi
 # pytest job runs inside the sandbox, which sees the host's /usr, not a user's pyenv).
 # The scale-out tests also need PostgreSQL (server and client, pgbench for the queue bench),
 # iproute2 (network namespaces for remote worker hosts) and openssl (test certificates).
+# What is missing, as the Debian packages that bring it: only those are installed (a machine's
+# own Node.js, e.g. NodeSource's, which bundles npm, conflicts with Debian's npm package).
 missing=()
-for tool in sh setsid nsenter mkfifo sleep cc git ip openssl psql pg_ctlcluster; do
-    have "$tool" || missing+=("$tool")
-done
+need() { have "$1" || missing+=("$2"); }
+need sh coreutils
+need setsid util-linux
+need nsenter util-linux
+need mkfifo coreutils
+need sleep coreutils
+need cc build-essential
+need git git
+need ip iproute2
+need openssl openssl
+need psql postgresql-client
+need pg_ctlcluster postgresql
 /usr/bin/python3 -c 'import pytest' >/dev/null 2>&1 || missing+=(python3-pytest)
 /usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
-# The image tests build their images with buildah (from scratch and a static busybox: nothing
-# is pulled from the internet), serve them from the distribution registry on loopback, and
-# push with skopeo; the image benchmark compares with skopeo + umoci.
-# The gVisor tier's tests (and the hostile suite's gvisor cases) run Debian's runsc.
 for tool in buildah skopeo umoci docker-registry runsc; do
-    have "$tool" || missing+=("$tool")
+    need "$tool" "$tool"
 done
 [ -x /bin/busybox ] || missing+=(busybox-static)
-# The web UI's tests drive Debian's Chromium, headless, through chromedriver (WebDriver).
-have chromium || missing+=(chromium)
-have chromedriver || missing+=(chromium-driver)
-# The events tests start nats-server processes of their own (JetStream; killed and restarted).
+need chromium chromium
+need chromedriver chromium-driver
 [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
-# The TypeScript SDK's tests build it with tsc and run its Node test (npm packages below).
-have node || missing+=(nodejs)
-have npm || missing+=(npm)
-# A real project's test suite for the per-test results test: lazr.uri and lazr.restfulclient
-# as Debian ships them, run with pytest --junitxml.
-[ -d /usr/lib/python3/dist-packages/lazr/restfulclient ] || missing+=(python3-lazr.restfulclient)
+need node nodejs
+need npm npm
+[ -d /usr/lib/python3/dist-packages/lazr/restfulclient ] \
+    || missing+=(python3-lazr.restfulclient python3-lazr.uri)
 if [ ${#missing[@]} -gt 0 ]; then
     if have apt-get && [ "$(id -u)" = 0 ]; then
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq coreutils util-linux build-essential \
-            git python3 python3-pytest iproute2 openssl postgresql postgresql-client \
-            buildah skopeo umoci docker-registry busybox-static runsc python3-lazr.restfulclient \
-            python3-lazr.uri python3-venv chromium chromium-driver nodejs npm nats-server
+        # shellcheck disable=SC2046 # one word per package
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            $(printf '%s\n' "${missing[@]}" | sort -u)
     else
-        echo "setup: missing: ${missing[*]} (install coreutils, util-linux, a C compiler, git, python3-pytest, iproute2, openssl, postgresql, buildah, skopeo, umoci, docker-registry, busybox-static, runsc, chromium, chromium-driver)" >&2
+        echo "setup: missing packages: $(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')" >&2
         exit 1
     fi
 fi
 
-# PostgreSQL on 127.0.0.1:5432 with trust auth for local connections (the tests create and drop
-# databases of their own). Started if it is down.
 if ! pg_isready -q -h 127.0.0.1 -p 5432; then
     version=$(ls /etc/postgresql | sort -V | tail -n1)
     echo "setup: starting PostgreSQL $version"

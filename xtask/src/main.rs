@@ -176,6 +176,9 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     let (seq, tput) = result?;
 
+    // The limit: the same job through the sandbox alone, as many at once as the server has slots.
+    let (raw_lat, raw_tput) = sandbox::raw_sandbox(&warden, sequential, jobs, slots)?;
+
     // Baseline: the same command as a bare process, in the same invocation.
     let mut direct = Vec::with_capacity(sequential);
     for _ in 0..sequential {
@@ -194,7 +197,7 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
         }
     });
     let direct_tput = (jobs / 2 * 2) as f64 / t.elapsed().as_secs_f64();
-    let (d, w) = (stats(direct), stats(seq));
+    let (d, w, r) = (stats(direct), stats(seq), stats(raw_lat));
 
     println!();
     println!(
@@ -210,6 +213,12 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
         direct_tput
     );
     println!(
+        "| raw sandbox (Launcher::spawn)| {:>6} | {:>6} | {:>6.0} |",
+        ms(r.p50),
+        ms(r.p99),
+        raw_tput
+    );
+    println!(
         "| warden HTTP submit→terminal  | {:>6} | {:>6} | {:>6.0} |",
         ms(w.p50),
         ms(w.p99),
@@ -219,6 +228,12 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
         "ratio warden/direct: p50 {:.1}x, throughput {:.2}x",
         w.p50.as_secs_f64() / d.p50.as_secs_f64(),
         tput / direct_tput
+    );
+    println!(
+        "ratio e2e/raw sandbox: p50 {:.2}x (goal ≤ 1.25x), throughput {:.2}x (goal ≥ 0.8x; raw on \
+         {slots} threads)",
+        w.p50.as_secs_f64() / r.p50.as_secs_f64(),
+        tput / raw_tput
     );
     Ok(())
 }

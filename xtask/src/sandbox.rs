@@ -187,6 +187,44 @@ impl WardenRuns {
     }
 }
 
+/// The limit a server's job throughput is measured against: the same `/bin/true` through
+/// `Launcher::spawn` directly, no server and no store — `sequential` runs one at a time (their
+/// latencies), then `jobs` runs on `threads` threads at once (jobs per second).
+pub(crate) fn raw_sandbox(
+    warden: &Path,
+    sequential: usize,
+    jobs: usize,
+    threads: usize,
+) -> anyhow::Result<(Vec<Duration>, f64)> {
+    let (dir, etc) = bench_dir("raw")?;
+    let result = (|| {
+        let mut one = WardenRuns::new(warden, &dir, &etc, 0)?;
+        for _ in 0..10 {
+            one.run()?;
+        }
+        let lat = (0..sequential)
+            .map(|_| one.run())
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let per = jobs.div_ceil(threads);
+        let mut runs = (0..threads)
+            .map(|i| WardenRuns::new(warden, &dir, &etc, 1_000_000 * (i as u64 + 1)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = runs
+                .iter_mut()
+                .map(|r| s.spawn(move || (0..per).try_for_each(|_| r.run().map(drop))))
+                .collect();
+            handles
+                .into_iter()
+                .try_for_each(|h| h.join().map_err(|_| anyhow::anyhow!("a thread panicked"))?)
+        })?;
+        anyhow::Ok((lat, (per * threads) as f64 / t.elapsed().as_secs_f64()))
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
 fn time(program: &str, args: &[String]) -> anyhow::Result<Duration> {
     let t = Instant::now();
     let st = Command::new(program).args(args).status()?;

@@ -110,6 +110,15 @@ pub struct SubmitJobRequest {
     /// `events.webhooks.allow_hosts` lists).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
+    /// A tool-spec bundle the server knows (its `tool_bundles:` directory), by SHA-256
+    /// (`sha256:HEX`): bound read-only at `/run/warden/tools.json`, in place of the job
+    /// type's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_bundle: Option<String>,
+    /// The variable that holds the bundle's path (default: the job type's `tool_env_var`,
+    /// `AGENT_TOOL_SPEC`). Only with `tool_bundle`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_env_var: Option<String>,
 }
 
 /// `POST /jobs` answer.
@@ -198,6 +207,12 @@ pub struct JobView {
     /// Bytes of the files in its artifact directory, once it has ended.
     #[serde(default)]
     pub artifact_bytes: u64,
+    /// The tool bundle the submission chose (`sha256:HEX`), when it chose one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_bundle: Option<String>,
+    /// The variable that points the job at that bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_env_var: Option<String>,
     pub artifact_dir: String,
 }
 
@@ -448,6 +463,8 @@ pub enum ErrorCode {
     RepoNotAllowed,
     /// `callback_url` names a host the server's `events.webhooks.allow_hosts` does not list.
     CallbackNotAllowed,
+    /// `tool_bundle` names no bundle in the server's `tool_bundles:` directory.
+    ToolBundleUnknown,
     /// The sha or ref is not in the repository, or is not a valid name.
     InvalidRef,
     /// The repository's server could not be reached to resolve a ref.
@@ -499,6 +516,7 @@ impl ErrorCode {
             | ErrorCode::RepoRequired
             | ErrorCode::RepoNotAllowed
             | ErrorCode::CallbackNotAllowed
+            | ErrorCode::ToolBundleUnknown
             | ErrorCode::InvalidRef
             | ErrorCode::NotAFile => 422,
             ErrorCode::RepoUnavailable | ErrorCode::ImageUnavailable => 502,
@@ -523,6 +541,7 @@ impl ErrorCode {
             ErrorCode::RepoRequired => "repo_required",
             ErrorCode::RepoNotAllowed => "repo_not_allowed",
             ErrorCode::CallbackNotAllowed => "callback_not_allowed",
+            ErrorCode::ToolBundleUnknown => "tool_bundle_unknown",
             ErrorCode::InvalidRef => "invalid_ref",
             ErrorCode::RepoUnavailable => "repo_unavailable",
             ErrorCode::ImageUnavailable => "image_unavailable",
@@ -582,6 +601,7 @@ mod tests {
             ErrorCode::IdempotencyConflict,
             ErrorCode::Internal,
             ErrorCode::RepoNotAllowed,
+            ErrorCode::ToolBundleUnknown,
             ErrorCode::InvalidRef,
             ErrorCode::RepoUnavailable,
             ErrorCode::ImageUnavailable,

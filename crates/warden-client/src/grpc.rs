@@ -134,6 +134,8 @@ impl Grpc {
             idempotency_key: r.idempotency_key.clone(),
             command: r.command.clone(),
             callback_url: r.callback_url.clone(),
+            tool_bundle: r.tool_bundle.clone(),
+            tool_env_var: r.tool_env_var.clone(),
         };
         let resp = self
             .jobs()

@@ -36,6 +36,14 @@ impl ClientError {
     pub fn is_caller_error(&self) -> bool {
         matches!(self, ClientError::Api { status, .. } if (400..500).contains(status))
     }
+
+    /// The server's error code, when it answered with one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Api { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone)]

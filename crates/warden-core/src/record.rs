@@ -80,6 +80,16 @@ pub struct JobRecord {
     /// Bytes of the files in its artifact directory (0 until it ends): with its log bytes,
     /// the room it takes, which retention's size budget counts.
     pub artifact_bytes: u64,
+    /// The tool bundle the submission chose (in place of its job type's `tool_bundle`).
+    pub tool_bundle: Option<ToolBundleRef>,
+}
+
+/// A tool-spec bundle a submission named by its SHA-256, and the variable that points at it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolBundleRef {
+    /// Lowercase hex.
+    pub sha256: String,
+    pub env_var: String,
 }
 
 impl JobRecord {

@@ -4,7 +4,9 @@ use warden_api::{
     Invariants, ResourceUsage, StageRecord, StageStatus, TestCounts, TestResult, TestStatus,
     rfc3339,
 };
-use warden_core::record::{Claimed, Completion, JobRecord, Lease, LogStream, RunTelemetry};
+use warden_core::record::{
+    Claimed, Completion, JobRecord, Lease, LogStream, RunTelemetry, ToolBundleRef,
+};
 use warden_core::{JobId, JobStatus};
 
 use crate::pb;
@@ -263,6 +265,11 @@ pub fn job_to_pb(j: &JobRecord) -> pb::Job {
         stages: j.stages.iter().map(stage_to_pb).collect(),
         tests: j.tests.as_ref().map(counts_to_pb),
         artifact_bytes: j.artifact_bytes,
+        tool_bundle: j
+            .tool_bundle
+            .as_ref()
+            .map(|b| format!("sha256:{}", b.sha256)),
+        tool_env_var: j.tool_bundle.as_ref().map(|b| b.env_var.clone()),
     }
 }
 
@@ -325,6 +332,18 @@ pub fn job_from_pb(j: pb::Job, lease: Option<&Lease>) -> Result<JobRecord, WireE
             .collect::<Result<_, _>>()?,
         tests: j.tests.map(counts_from_pb),
         artifact_bytes: j.artifact_bytes,
+        tool_bundle: match (j.tool_bundle, j.tool_env_var) {
+            (Some(b), Some(env_var)) => Some(ToolBundleRef {
+                sha256: b
+                    .strip_prefix("sha256:")
+                    .filter(|h| h.len() == 64 && h.bytes().all(|c| c.is_ascii_hexdigit()))
+                    .ok_or_else(|| wire("tool_bundle is not sha256:HEX"))?
+                    .to_ascii_lowercase(),
+                env_var,
+            }),
+            (None, None) => None,
+            _ => return Err(wire("tool_bundle and tool_env_var come together")),
+        },
     })
 }
 
@@ -364,6 +383,11 @@ pub fn job_view_from_pb(j: pb::Job) -> Result<warden_api::JobView, WireError> {
         stages: r.stages,
         tests: r.tests,
         artifact_bytes: r.artifact_bytes,
+        tool_bundle: r
+            .tool_bundle
+            .as_ref()
+            .map(|b| format!("sha256:{}", b.sha256)),
+        tool_env_var: r.tool_bundle.map(|b| b.env_var),
         // Where the server keeps artifacts is not part of the gRPC contract.
         artifact_dir: String::new(),
     })
@@ -513,6 +537,10 @@ mod tests {
                 ..TestCounts::default()
             }),
             artifact_bytes: 4096,
+            tool_bundle: Some(ToolBundleRef {
+                sha256: "ab".repeat(32),
+                env_var: "MY_TOOLS".into(),
+            }),
         };
         let back = assignment_from_pb(pb::Assignment {
             job: Some(job_to_pb(&record)),

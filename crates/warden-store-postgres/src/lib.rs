@@ -42,6 +42,7 @@ const MIGRATIONS: Migrations = &[
     (8, include_str!("../migrations/0008_retention.sql")),
     (9, include_str!("../migrations/0009_events.sql")),
     (10, include_str!("../migrations/0010_webhooks.sql")),
+    (11, include_str!("../migrations/0011_tool_bundle.sql")),
 ];
 
 /// Any number; the same for every replica.
@@ -51,7 +52,7 @@ const COLUMNS: &str = "id::text, tenant, job_type, repo_name, remote_url, sha, p
     idempotency_key, status, reason, exit_code, signal, attempts, max_attempts, cancel_requested, \
     unsafe_fallback, warnings, created_at, started_at, finished_at, stdout_bytes, stderr_bytes, \
     log_truncated, resources, lease_owner, lease_token, lease_expires_at, enforcement, git_ref, \
-    invariants, inline_argv, image, stages, tests, artifact_bytes";
+    invariants, inline_argv, image, stages, tests, artifact_bytes, tool_bundle, tool_env_var";
 
 /// `... WHERE` clause shared by every write under a lease.
 const LEASED: &str = "status = 'running' AND lease_token = $2 AND lease_owner = $3";

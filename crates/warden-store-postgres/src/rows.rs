@@ -3,6 +3,7 @@
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 use warden_api::ResourceUsage;
+use warden_core::record::ToolBundleRef;
 use warden_core::{JobId, JobStatus};
 use warden_store::{JobRecord, Lease, LogStream, Result, StoreError};
 
@@ -92,6 +93,13 @@ pub(crate) fn row_to_job(row: &PgRow) -> Result<JobRecord> {
             .map(|s| from_json("tests", s))
             .transpose()?,
         artifact_bytes: row.try_get::<i64, _>(34).map_err(get)?.max(0) as u64,
+        tool_bundle: match (
+            row.try_get::<Option<String>, _>(35).map_err(get)?,
+            row.try_get::<Option<String>, _>(36).map_err(get)?,
+        ) {
+            (Some(sha256), Some(env_var)) => Some(ToolBundleRef { sha256, env_var }),
+            _ => None,
+        },
     })
 }
 

@@ -44,8 +44,9 @@ impl Store for PgStore {
         let inserted = sqlx::query(&format!(
             "INSERT INTO jobs (id, tenant, job_type, repo_name, remote_url, sha, params,
                  idempotency_key, status, max_attempts, unsafe_fallback, created_at, git_ref,
-                 inline_argv, image)
-             VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, $10, $11, $12, $13, $14)
+                 inline_argv, image, tool_bundle, tool_env_var)
+             VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8, 'queued', $9, $10, $11, $12, $13, $14,
+                 $15, $16)
              ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
              RETURNING {COLUMNS}"
         ))
@@ -63,6 +64,8 @@ impl Store for PgStore {
         .bind(&job.git_ref)
         .bind(job.inline_argv.as_ref().map(to_json).transpose()?)
         .bind(&job.image)
+        .bind(job.tool_bundle.as_ref().map(|b| &b.sha256))
+        .bind(job.tool_bundle.as_ref().map(|b| &b.env_var))
         .fetch_optional(&mut *tx)
         .await
         .map_err(backend)?;

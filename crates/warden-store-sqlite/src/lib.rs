@@ -44,6 +44,7 @@ const MIGRATIONS: Migrations = &[
     (9, include_str!("../migrations/0009_retention.sql")),
     (10, include_str!("../migrations/0010_events.sql")),
     (11, include_str!("../migrations/0011_webhooks.sql")),
+    (12, include_str!("../migrations/0012_tool_bundle.sql")),
 ];
 
 #[derive(Clone)]
@@ -188,8 +189,9 @@ impl Store for SqliteStore {
             tx.execute(
                 "INSERT INTO jobs (id, tenant, job_type, repo_name, remote_url, sha, params,
                      idempotency_key, status, max_attempts, unsafe_fallback, created_at, git_ref,
-                     inline_argv, image)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10, ?11, ?12, ?13, ?14)",
+                     inline_argv, image, tool_bundle, tool_env_var)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10, ?11, ?12, ?13, ?14,
+                     ?15, ?16)",
                 params![
                     job.id.to_string(),
                     job.tenant,
@@ -205,6 +207,8 @@ impl Store for SqliteStore {
                     job.git_ref,
                     job.inline_argv.as_ref().map(to_json).transpose()?,
                     job.image,
+                    job.tool_bundle.as_ref().map(|b| &b.sha256),
+                    job.tool_bundle.as_ref().map(|b| &b.env_var),
                 ],
             )
             .map_err(backend)?;

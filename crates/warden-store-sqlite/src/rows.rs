@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::{Connection, OptionalExtension, Row};
 use warden_api::ResourceUsage;
+use warden_core::record::ToolBundleRef;
 use warden_core::{JobId, JobStatus};
 use warden_store::{JobRecord, Lease, LogStream, Result, StoreError};
 
@@ -13,7 +14,7 @@ pub(crate) const COLUMNS: &str = "id, tenant, job_type, repo_name, remote_url, s
     idempotency_key, status, reason, exit_code, signal, attempts, max_attempts, cancel_requested, \
     unsafe_fallback, warnings, created_at, started_at, finished_at, stdout_bytes, stderr_bytes, \
     log_truncated, resources, lease_owner, lease_token, lease_expires_at, enforcement, git_ref, \
-    invariants, inline_argv, image, stages, tests, artifact_bytes";
+    invariants, inline_argv, image, stages, tests, artifact_bytes, tool_bundle, tool_env_var";
 
 pub(crate) fn stream_code(s: LogStream) -> i64 {
     match s {
@@ -90,6 +91,10 @@ pub(crate) fn row_to_job(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
             .transpose()
             .map_err(|e| corrupt("tests", e))?,
         artifact_bytes: row.get::<_, i64>(34)?.max(0) as u64,
+        tool_bundle: match (row.get::<_, Option<String>>(35)?, row.get(36)?) {
+            (Some(sha256), Some(env_var)) => Some(ToolBundleRef { sha256, env_var }),
+            _ => None,
+        },
     })
 }
 

@@ -22,6 +22,7 @@ pub use perimeter::{AuditEntry, AuditFilter, AuditRecord, TokenRecord};
 
 pub use warden_core::record::{
     Claimed, Completion, HeartbeatReply, JobRecord, Lease, LogStream, Millis, RunTelemetry,
+    ToolBundleRef,
 };
 
 /// The clock, read by callers: the store never reads it itself, which keeps the lease logic
@@ -57,6 +58,8 @@ pub struct NewJob {
     pub image: Option<String>,
     /// Where this job's events are delivered as webhooks (checked against the allowlist).
     pub callback_url: Option<String>,
+    /// A tool bundle the caller chose (known to the server by its SHA-256).
+    pub tool_bundle: Option<ToolBundleRef>,
 }
 
 impl NewJob {
@@ -79,6 +82,7 @@ impl NewJob {
             inline_argv: None,
             image: None,
             callback_url: None,
+            tool_bundle: None,
         }
     }
 
@@ -96,6 +100,7 @@ impl NewJob {
             && self.params == other.params
             && self.inline_argv == other.inline_argv
             && self.image == other.image
+            && self.tool_bundle == other.tool_bundle
     }
 }
 

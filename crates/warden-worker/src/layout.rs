@@ -149,6 +149,11 @@ impl DataDir {
         self.root.join("git")
     }
 
+    /// A remote worker's copies of the tool bundles its jobs were sent (by SHA-256).
+    pub fn tool_bundles(&self) -> PathBuf {
+        self.root.join("tool-bundles")
+    }
+
     pub fn scratch_root(&self) -> PathBuf {
         self.root.join("scratch")
     }

@@ -48,6 +48,7 @@ pub mod secrets;
 mod shared;
 pub mod standalone;
 pub mod token;
+pub mod tool_bundles;
 
 pub use artifact::{ArtifactJson, write_artifact_json};
 pub use events::{Events, JobEvents};

@@ -24,6 +24,8 @@ pub struct WorkerConfig {
     pub secrets: Arc<crate::secrets::Secrets>,
     /// The image cache jobs with an `image:` run from; `None`: such jobs fail closed.
     pub images: Option<Arc<warden_image::Images>>,
+    /// Where a job's `tool_bundle` (a SHA-256) is looked up; `None`: such jobs fail closed.
+    pub tool_bundles: Option<crate::tool_bundles::ToolBundles>,
 }
 
 impl WorkerConfig {
@@ -37,6 +39,10 @@ impl WorkerConfig {
             job_types: None,
             secrets: Arc::default(),
             images: None,
+            tool_bundles: config
+                .tool_bundles
+                .as_ref()
+                .map(crate::tool_bundles::ToolBundles::new),
         }
     }
 

@@ -93,6 +93,8 @@ pub async fn run(
         job_types: None,
         secrets,
         images: Some(Arc::new(images)),
+        // The bundles the control plane sends with its jobs are kept here.
+        tool_bundles: Some(crate::tool_bundles::ToolBundles::new(data.tool_bundles())),
     };
     let mirror_gc = collect_mirrors(repos.clone(), &config);
     let pool = WorkerPool::start(

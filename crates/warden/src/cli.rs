@@ -462,12 +462,37 @@ pub struct SubmitArgs {
     /// `events.webhooks.allow_hosts` lists).
     #[arg(long, value_name = "URL")]
     pub callback_url: Option<String>,
+    /// Hand the job this tool-spec bundle (a file `warden tools bundle` wrote, or
+    /// `sha256:HEX`): the server must hold the same bytes in its `tool_bundles:` directory.
+    /// Bound read-only at /run/warden/tools.json.
+    #[arg(long, value_name = "PATH", value_parser = parse_tool_bundle)]
+    pub tool_bundle: Option<String>,
+    /// The variable that holds the bundle's path (default: the job type's, AGENT_TOOL_SPEC).
+    #[arg(long, value_name = "NAME", requires = "tool_bundle")]
+    pub tool_env_var: Option<String>,
     /// Wait until the job ends and exit with its status code.
     #[arg(long)]
     pub wait: bool,
     /// Follow the job's stdout live (implies --wait).
     #[arg(short = 'f', long)]
     pub follow: bool,
+}
+
+/// `--tool-bundle`: a bundle file, named to the server by its SHA-256 (or `sha256:HEX` as is).
+fn parse_tool_bundle(s: &str) -> Result<String, String> {
+    use warden_worker::tool_bundles::{MAX_BYTES, digest, parse_digest};
+    if s.starts_with("sha256:") {
+        return parse_digest(s).map(|d| format!("sha256:{d}"));
+    }
+    let meta = std::fs::metadata(s).map_err(|e| format!("cannot read {s}: {e}"))?;
+    if !meta.is_file() || meta.len() > MAX_BYTES {
+        return Err(format!(
+            "{s} is not a bundle file (a regular file of at most {} MiB)",
+            MAX_BYTES >> 20
+        ));
+    }
+    let bytes = std::fs::read(s).map_err(|e| format!("cannot read {s}: {e}"))?;
+    Ok(format!("sha256:{}", digest(&bytes)))
 }
 
 fn parse_param(s: &str) -> Result<(String, String), String> {

@@ -47,6 +47,13 @@ pub fn job(j: &JobView) -> String {
     if let Some(image) = &j.image {
         out.push_str(&format!("image: {}\n", sanitize(image)));
     }
+    if let (Some(bundle), Some(var)) = (&j.tool_bundle, &j.tool_env_var) {
+        out.push_str(&format!(
+            "tool bundle: {} (${})\n",
+            sanitize(bundle),
+            sanitize(var)
+        ));
+    }
     if j.artifact_bytes > 0 {
         out.push_str(&format!("artifacts: {}\n", human_bytes(j.artifact_bytes)));
     }
@@ -385,6 +392,8 @@ mod tests {
             stages: Vec::new(),
             tests: None,
             artifact_bytes: 0,
+            tool_bundle: None,
+            tool_env_var: None,
             artifact_dir: "/data/artifacts/x".into(),
         }
     }

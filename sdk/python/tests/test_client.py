@@ -129,6 +129,9 @@ def test_mistakes_are_errors_with_the_apis_code(client, env):
         (lambda: client.submit("rm-rf"), 422, "unknown_job_type"),
         (lambda: client.submit("chatty", params={"PATH": "/evil"}), 422, "unknown_param"),
         (lambda: client.submit("pytest"), 422, "repo_required"),
+        (lambda: client.submit("chatty", tool_bundle="sha256:" + "0" * 64), 422,
+         "tool_bundle_unknown"),
+        (lambda: client.submit("chatty", tool_env_var="TOOLS"), 422, "invalid_request"),
         (lambda: client.tests("0193f1e0-0000-7000-8000-000000000000", status="green"), 400,
          "invalid_query"),
     ]

@@ -469,17 +469,7 @@ impl TryFrom<RawJobType> for JobType {
             (_, Some(var)) => var,
             (_, None) => DEFAULT_TOOL_ENV_VAR.to_string(),
         };
-        if !is_valid_param_name(&tool_env_var)
-            || is_reserved(&tool_env_var)
-            || raw.allowed_params.contains(&tool_env_var)
-            || raw.secret_env.contains_key(&tool_env_var)
-        {
-            return Err(format!(
-                "tool_env_var {tool_env_var:?} must match ^[A-Z][A-Z0-9_]{{0,63}}$ and be \
-                 neither a variable warden sets nor a param or secret_env variable"
-            ));
-        }
-        Ok(JobType {
+        let job_type = JobType {
             tool_bundle: raw.tool_bundle,
             tool_env_var,
             secrets: raw.secrets,
@@ -506,7 +496,28 @@ impl TryFrom<RawJobType> for JobType {
             limits: raw.limits,
             network: raw.network,
             inotify: raw.inotify,
-        })
+        };
+        job_type.check_tool_env_var(&job_type.tool_env_var)?;
+        Ok(job_type)
+    }
+}
+
+impl JobType {
+    /// Whether `var` may name the variable that points a job of this type at its tool bundle
+    /// (the job type's `tool_env_var`, or one a submission names).
+    pub fn check_tool_env_var(&self, var: &str) -> Result<(), String> {
+        if !is_valid_param_name(var)
+            || is_reserved(var)
+            || self.allowed_params.iter().any(|p| p == var)
+            || self.secret_env.contains_key(var)
+        {
+            return Err(format!(
+                "tool_env_var {:?} must match ^[A-Z][A-Z0-9_]{{0,63}}$ and be neither a \
+                 variable warden sets nor a param or secret_env variable",
+                var.chars().take(80).collect::<String>()
+            ));
+        }
+        Ok(())
     }
 }
 

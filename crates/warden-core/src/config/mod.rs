@@ -173,6 +173,10 @@ pub struct Config {
     /// Job state changes and log chunks published as they are stored (NATS JetStream).
     #[serde(default)]
     pub events: EventsConfig,
+    /// A directory of tool-spec bundles (as `warden tools bundle` writes them) a submission may
+    /// name by SHA-256 (`tool_bundle`). Unset: submissions name none.
+    #[serde(default)]
+    pub tool_bundles: Option<PathBuf>,
 }
 
 /// The gVisor tier's runtime.
@@ -331,6 +335,13 @@ impl Config {
         {
             return Err(InvalidConfig(format!(
                 "gvisor.runsc {runsc:?} must be an absolute path"
+            )));
+        }
+        if let Some(dir) = &self.tool_bundles
+            && !dir.is_absolute()
+        {
+            return Err(InvalidConfig(format!(
+                "tool_bundles {dir:?} must be an absolute path"
             )));
         }
         if self.data_dir.as_os_str().is_empty() {

@@ -45,6 +45,8 @@ impl pb::job_service_server::JobService for Jobs {
             idempotency_key: r.idempotency_key,
             command: r.command,
             callback_url: r.callback_url,
+            tool_bundle: r.tool_bundle,
+            tool_env_var: r.tool_env_var,
         };
         let (job, created) = self.svc.submit(&caller, submit).await.map_err(status)?;
         Ok(Response::new(pb::SubmitJobResponse {

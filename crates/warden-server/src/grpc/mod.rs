@@ -35,6 +35,7 @@ fn grpc_code(code: ErrorCode) -> Code {
         | ErrorCode::RepoRequired
         | ErrorCode::RepoNotAllowed
         | ErrorCode::CallbackNotAllowed
+        | ErrorCode::ToolBundleUnknown
         | ErrorCode::InvalidRef
         | ErrorCode::NotAFile => Code::InvalidArgument,
         ErrorCode::JobNotFound | ErrorCode::ArtifactNotFound | ErrorCode::NotFound => {

@@ -134,13 +134,7 @@ pub fn build(version: &str, job_types: &[JobTypeView]) -> Result<Vec<u8>, String
 }
 
 /// The hex SHA-256 of a bundle's bytes: its name.
-pub fn digest(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+pub use warden_worker::tool_bundles::digest;
 
 #[cfg(test)]
 mod tests {

@@ -98,6 +98,9 @@ pub fn all() -> Vec<Tool> {
                         "additionalProperties": {"type": "string"},
                     },
                     "idempotency_key": {"type": "string", "description": "Submitting the same request with the same key again returns the first job instead of a new one."},
+                    "callback_url": {"type": "string", "description": "Where the job's state changes are delivered as signed webhooks (only hosts the server allows)."},
+                    "tool_bundle": {"type": "string", "description": "A tool-spec bundle the server knows, as sha256:HEX: the job finds it read-only at /run/warden/tools.json."},
+                    "tool_env_var": {"type": "string", "description": "The variable holding the bundle's path (default AGENT_TOOL_SPEC); only with tool_bundle."},
                 }),
                 &["job_type"],
             ),
@@ -212,6 +215,9 @@ struct SubmitArgs {
     #[serde(default)]
     params: BTreeMap<String, String>,
     idempotency_key: Option<String>,
+    callback_url: Option<String>,
+    tool_bundle: Option<String>,
+    tool_env_var: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -313,6 +319,9 @@ pub async fn call(
                     git_ref: a.git_ref,
                     params: a.params,
                     idempotency_key: a.idempotency_key,
+                    callback_url: a.callback_url,
+                    tool_bundle: a.tool_bundle,
+                    tool_env_var: a.tool_env_var,
                     ..SubmitJobRequest::default()
                 })
                 .await?;

@@ -340,6 +340,11 @@ impl JobService {
             stages: job.stages.clone(),
             tests: job.tests.clone(),
             artifact_bytes: job.artifact_bytes,
+            tool_bundle: job
+                .tool_bundle
+                .as_ref()
+                .map(|b| format!("sha256:{}", b.sha256)),
+            tool_env_var: job.tool_bundle.as_ref().map(|b| b.env_var.clone()),
             artifact_dir: self.artifact_dir(job.id),
         }
     }

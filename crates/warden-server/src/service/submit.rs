@@ -5,7 +5,7 @@ use warden_api::{ErrorCode, SubmitJobRequest};
 use warden_core::repo::{Remote, is_full_sha};
 use warden_core::{JobId, JobType, validate_params};
 use warden_repo::RepoError;
-use warden_store::{JobRecord, NewJob, SubmitOutcome, now_millis};
+use warden_store::{JobRecord, NewJob, SubmitOutcome, ToolBundleRef, now_millis};
 
 use super::{JobService, ServiceError};
 use crate::auth::{Caller, Scope};
@@ -157,7 +157,15 @@ impl JobService {
                 Some(url)
             }
         };
+        let tool_bundle = self
+            .tool_bundle(
+                job_type,
+                non_empty(req.tool_bundle),
+                non_empty(req.tool_env_var),
+            )
+            .await?;
         let new = NewJob {
+            tool_bundle,
             callback_url,
             inline_argv,
             image,
@@ -186,6 +194,54 @@ impl JobService {
             SubmitOutcome::Created(j) | SubmitOutcome::Existing(j) => j,
         };
         Ok((job, created))
+    }
+
+    /// The bundle a submission names, if this server knows it (`tool_bundles:`), and the
+    /// variable that will point at it.
+    async fn tool_bundle(
+        &self,
+        job_type: &JobType,
+        bundle: Option<String>,
+        env_var: Option<String>,
+    ) -> Result<Option<ToolBundleRef>, ServiceError> {
+        let Some(bundle) = bundle else {
+            return match env_var {
+                Some(_) => Err(invalid(
+                    ErrorCode::InvalidRequest,
+                    "tool_env_var names the variable of a tool_bundle: give tool_bundle too",
+                )),
+                None => Ok(None),
+            };
+        };
+        let sha256 = warden_worker::tool_bundles::parse_digest(&bundle)
+            .map_err(|m| invalid(ErrorCode::InvalidRequest, m))?;
+        let env_var = env_var.unwrap_or_else(|| job_type.tool_env_var.clone());
+        job_type
+            .check_tool_env_var(&env_var)
+            .map_err(|m| invalid(ErrorCode::InvalidRequest, m))?;
+        let Some(dir) = self.config.tool_bundles.clone() else {
+            return Err(invalid(
+                ErrorCode::ToolBundleUnknown,
+                "this server knows no tool bundles (no tool_bundles: directory is configured)",
+            ));
+        };
+        let wanted = sha256.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            warden_worker::tool_bundles::ToolBundles::new(dir).find(&wanted)
+        })
+        .await
+        .map_err(|e| ServiceError::internal("looking up a tool bundle", e))?
+        .map_err(|e| ServiceError::internal("reading the tool_bundles directory", e))?;
+        if found.is_none() {
+            return Err(invalid(
+                ErrorCode::ToolBundleUnknown,
+                format!(
+                    "no bundle in this server's tool_bundles directory has SHA-256 {sha256}: \
+                     the operator places bundles written by `warden tools bundle` there"
+                ),
+            ));
+        }
+        Ok(Some(ToolBundleRef { sha256, env_var }))
     }
 
     fn submitted_type(&self, name: &str) -> Result<&JobType, ServiceError> {

@@ -233,20 +233,27 @@ pub async fn inline_argv_round_trips(store: &dyn Store) {
         "-c".into(),
         "echo 'it''s' \u{e9}".into(),
     ];
+    // A chosen tool bundle rides along the same way.
+    let bundle = crate::ToolBundleRef {
+        sha256: "0f".repeat(32),
+        env_var: "MY_TOOLS".into(),
+    };
     let job = submit(
         store,
         NewJob {
             inline_argv: Some(argv.clone()),
+            tool_bundle: Some(bundle.clone()),
             ..job_of("scripted", 1)
         },
     )
     .await;
-    assert_eq!(
-        store.get(job.id).await.unwrap().inline_argv,
-        Some(argv.clone())
-    );
+    let stored = store.get(job.id).await.unwrap();
+    assert_eq!(stored.inline_argv, Some(argv.clone()));
+    assert_eq!(stored.tool_bundle, Some(bundle.clone()));
     let claimed = store.claim("w", None, LEASE_MS, 10).await.unwrap().unwrap();
     assert_eq!(claimed.job.inline_argv, Some(argv));
+    assert_eq!(claimed.job.tool_bundle, Some(bundle));
     let plain = submit(store, job_of("scripted", 2)).await;
     assert_eq!(plain.inline_argv, None);
+    assert_eq!(plain.tool_bundle, None);
 }

@@ -254,8 +254,18 @@ impl Coordinator for RemoteCoordinator {
                         .collect();
                     Some(crate::secrets::JobSecrets::from_wire(files, env))
                 };
+                let bundle = std::mem::take(&mut a.tool_bundle);
                 let claimed = assignment_from_pb(a)
                     .map_err(|e| StoreError::Backend(format!("bad assignment: {e}")))?;
+                if !bundle.is_empty() {
+                    // Kept by its SHA-256; the job finds it there, or ends
+                    // `tool_bundle_unavailable` when what came is not what it chose.
+                    let bundles =
+                        crate::tool_bundles::ToolBundles::new(self.inner.data.tool_bundles());
+                    if let Err(e) = bundles.store(&bundle) {
+                        tracing::error!(job = %claimed.job.id, error = %e, "could not keep the job's tool bundle");
+                    }
+                }
                 if let Some(sent) = sent {
                     self.inner
                         .secrets

@@ -549,6 +549,7 @@ pub(crate) mod tests {
             stages: Vec::new(),
             tests: None,
             artifact_bytes: 0,
+            tool_bundle: None,
         }
     }
 }

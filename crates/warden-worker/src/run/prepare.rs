@@ -231,9 +231,9 @@ pub(super) fn prepare(
             layout.isolation(repo.as_ref())
         }
     };
-    if let Some(bundle) = &job_type.tool_bundle {
+    if let Some((bundle, env_var)) = tool_bundle(shared, job, &job_type)? {
         // Fail closed: a job promised its tools never runs without them.
-        match std::fs::metadata(bundle) {
+        match std::fs::metadata(&bundle) {
             Ok(m) if m.is_file() => {}
             Ok(_) => {
                 return Err(Refusal::new(
@@ -251,14 +251,14 @@ pub(super) fn prepare(
         let at = match &mut isolation {
             Isolation::Sandbox(spec) => {
                 spec.binds.push(warden_sandbox::Bind {
-                    host: bundle.clone(),
+                    host: bundle,
                     at: warden_core::config::TOOL_BUNDLE_AT.into(),
                 });
                 warden_core::config::TOOL_BUNDLE_AT.to_string()
             }
             Isolation::UnsafeFallback { .. } => bundle.display().to_string(),
         };
-        env.insert(job_type.tool_env_var.clone(), at);
+        env.insert(env_var, at);
     }
     if review && !env.contains_key("SIZE_CAP_KB") {
         env.insert("SIZE_CAP_KB".into(), job_type.size_cap_kb.to_string());
@@ -574,6 +574,38 @@ impl FallbackLayout {
 
 fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
+}
+
+/// The bundle a job is handed and the variable naming it: the one its submission chose (by
+/// SHA-256, found where this worker keeps bundles), else its job type's.
+fn tool_bundle(
+    shared: &Shared,
+    job: &JobRecord,
+    job_type: &JobType,
+) -> Result<Option<(PathBuf, String)>, Refusal> {
+    let Some(chosen) = &job.tool_bundle else {
+        return Ok(job_type
+            .tool_bundle
+            .clone()
+            .map(|b| (b, job_type.tool_env_var.clone())));
+    };
+    let unavailable = |why: String| {
+        Refusal::new(
+            "tool_bundle_unavailable",
+            format!("tool_bundle sha256:{}: {why}", chosen.sha256),
+        )
+    };
+    let Some(bundles) = &shared.worker.tool_bundles else {
+        return Err(unavailable("this worker keeps no tool bundles".into()));
+    };
+    match bundles.find(&chosen.sha256) {
+        Ok(Some((path, _))) => Ok(Some((path, chosen.env_var.clone()))),
+        Ok(None) => Err(unavailable(format!(
+            "no bundle with these bytes in {}",
+            bundles.dir().display()
+        ))),
+        Err(e) => Err(unavailable(format!("{}: {e}", bundles.dir().display()))),
+    }
 }
 
 #[cfg(test)]

@@ -169,6 +169,8 @@ async fn submit(client: &Client, args: SubmitArgs, fmt: OutputFormat) -> Result<
         idempotency_key: args.idempotency_key,
         command,
         callback_url: args.callback_url,
+        tool_bundle: args.tool_bundle,
+        tool_env_var: args.tool_env_var,
     };
     let resp = client.submit(&req).await?;
     if args.follow {

@@ -27,6 +27,9 @@ job_types:
   slow:
     argv: ["/bin/sh", "-c", "echo start $WARDEN_ATTEMPT; sleep 3; echo done > $ARTIFACT_DIR/out.txt; echo end"]
     timeout_s: 60
+  tooled:
+    argv: ["/bin/sh", "-c", "echo \"at $AGENT_TOOL_SPEC\"; cat \"$AGENT_TOOL_SPEC\""]
+    timeout_s: 60
   gpu_only:
     argv: ["/bin/echo", "on a gpu worker"]
     timeout_s: 60
@@ -984,6 +987,55 @@ async fn a_remote_workers_test_results_reach_every_replica_in_pieces() {
         assert_eq!(page.tests[0].message.as_deref().map(str::len), Some(900));
         assert_eq!(page.tests[1000].name, "t1");
     }
+}
+
+/// A tool bundle a submission chose by hash reaches a remote worker from the control plane
+/// (the worker has no copy of its own), is kept there by its hash, and the job reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_worker_gets_the_tool_bundle_a_submission_chose() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bundles = dir.path().join("bundles");
+    std::fs::create_dir_all(&bundles).unwrap();
+    let bytes = "{\"format\": \"warden.tool-bundle/v1\", \"tools\": []}\n";
+    let digest = sha256_hex(bytes);
+    std::fs::write(bundles.join(format!("warden-tools-1-{digest}.json")), bytes).unwrap();
+    let cp = ControlPlane::start(
+        dir.path(),
+        "cp",
+        &db.url,
+        &format!("tool_bundles: {}", bundles.display()),
+    );
+    let _w = Worker::start(dir.path(), "w", &cp.grpc, 1, "");
+    let id = cp
+        .client()
+        .submit(&SubmitJobRequest {
+            tool_bundle: Some(format!("sha256:{digest}")),
+            ..job("tooled")
+        })
+        .await
+        .unwrap()
+        .job_id;
+    let done = wait_all(
+        &cp.client(),
+        std::slice::from_ref(&id),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(done[0].status, JobStatus::Succeeded, "{:?}", done[0]);
+    assert_eq!(
+        done[0].tool_bundle.as_deref(),
+        Some(format!("sha256:{digest}").as_str())
+    );
+    let out = cp.client().logs_raw(&id, "stdout", 0).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        format!("at /run/warden/tools.json\n{bytes}")
+    );
+    let kept = dir
+        .path()
+        .join(format!("w/data/tool-bundles/{digest}.json"));
+    assert_eq!(std::fs::read_to_string(&kept).unwrap(), bytes);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -460,3 +460,162 @@ async fn a_job_gets_its_tool_bundle_read_only() {
         assert!(stderr.contains(says), "{extra}: {stderr}");
     }
 }
+
+/// `tool_bundle` on submit: only a bundle the server holds (same bytes, by SHA-256) is
+/// accepted; the job gets it in place of its job type's, under the variable asked for; every
+/// bad combination is refused before anything is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_chooses_a_tool_bundle_the_server_knows() {
+    use warden_api::{ErrorCode, JobStatus, SubmitJobRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let known = dir.path().join("bundles");
+    std::fs::create_dir_all(&known).unwrap();
+    let bytes = "{\"format\": \"warden.tool-bundle/v1\", \"version\": \"7\"}\n";
+    let digest = warden_worker::tool_bundles::digest(bytes.as_bytes());
+    std::fs::write(known.join(format!("warden-tools-7-{digest}.json")), bytes).unwrap();
+    // The caller's own copy, elsewhere: the CLI names it to the server by its hash.
+    let mine = dir.path().join("mine.json");
+    std::fs::write(&mine, bytes).unwrap();
+    let stranger = dir.path().join("stranger.json");
+    std::fs::write(&stranger, "{\"format\": \"warden.tool-bundle/v1\"}\n").unwrap();
+    let own = dir.path().join("own.json");
+    std::fs::write(&own, "the job type's own\n").unwrap();
+    let script = r#"echo "spec=$AGENT_TOOL_SPEC mine=$MY_TOOLS"; cat /run/warden/tools.json"#;
+    let config = crate::support::write_config_with(
+        dir.path(),
+        &format!(
+            "tool_bundles: {known}\njob_types:\n  agent:\n    argv: [\"/bin/sh\", \"-c\", {script:?}]\n    \
+             timeout_s: 30\n    allowed_params: [MODE]\n  typed:\n    argv: [\"/bin/sh\", \"-c\", {script:?}]\n    \
+             timeout_s: 30\n    tool_bundle: {own}\n",
+            known = known.display(),
+            own = own.display(),
+        ),
+    );
+    let server = Server::start(&config);
+    let c = server.client();
+    let cli = |args: &[&str]| {
+        Command::new(WARDEN)
+            .args(["job", "submit"])
+            .args(args)
+            .args(["--server", &server.url, "-o", "json"])
+            .env_remove("WARDEN_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let mine_arg = mine.display().to_string();
+    let out = cli(&[
+        "agent",
+        "--tool-bundle",
+        &mine_arg,
+        "--tool-env-var",
+        "MY_TOOLS",
+        "--wait",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let view: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(view["status"], "succeeded", "{view}");
+    assert_eq!(view["tool_bundle"], format!("sha256:{digest}"));
+    assert_eq!(view["tool_env_var"], "MY_TOOLS");
+    let id = view["job_id"].as_str().unwrap();
+    let logs = String::from_utf8_lossy(&c.logs_raw(id, "stdout", 0).await.unwrap()).into_owned();
+    assert_eq!(logs, format!("spec= mine=/run/warden/tools.json\n{bytes}"));
+
+    // In place of the job type's own bundle, under its default variable.
+    let id = c
+        .submit(&SubmitJobRequest {
+            job_type: "typed".into(),
+            tool_bundle: Some(format!("sha256:{}", digest.to_uppercase())),
+            ..SubmitJobRequest::default()
+        })
+        .await
+        .unwrap()
+        .job_id;
+    let job = crate::support::wait_terminal(&c, &id).await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{job:?}");
+    let logs = String::from_utf8_lossy(&c.logs_raw(&id, "stdout", 0).await.unwrap()).into_owned();
+    assert_eq!(logs, format!("spec=/run/warden/tools.json mine=\n{bytes}"));
+
+    // A bundle the server does not hold: the CLI exits 2 with the server's reason.
+    let stranger_arg = stranger.display().to_string();
+    let out = cli(&["agent", "--tool-bundle", &stranger_arg]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("tool_bundles"), "{stderr}");
+    // A file that is not there never leaves the CLI.
+    let out = cli(&["agent", "--tool-bundle", "/nonexistent/b.json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/b.json"));
+    // Edited in place after it was named: no longer the bundle with that hash.
+    let edited = known.join(format!("warden-tools-7-{digest}.json"));
+    let before = c.list(&Default::default()).await.unwrap().jobs.len();
+    for (bundle, var, code, says) in [
+        (
+            Some("sha256:1234"),
+            None,
+            ErrorCode::InvalidRequest,
+            "SHA-256",
+        ),
+        (
+            Some("../../etc/passwd"),
+            None,
+            ErrorCode::InvalidRequest,
+            "SHA-256",
+        ),
+        (
+            None,
+            Some("MY_TOOLS"),
+            ErrorCode::InvalidRequest,
+            "give tool_bundle",
+        ),
+        (
+            Some(digest.as_str()),
+            Some("PATH"),
+            ErrorCode::InvalidRequest,
+            "tool_env_var",
+        ),
+        (
+            Some(digest.as_str()),
+            Some("MODE"),
+            ErrorCode::InvalidRequest,
+            "param",
+        ),
+        (
+            Some(&"0".repeat(64)),
+            None,
+            ErrorCode::ToolBundleUnknown,
+            "no bundle",
+        ),
+    ] {
+        let e = c
+            .submit(&SubmitJobRequest {
+                job_type: "agent".into(),
+                tool_bundle: bundle.map(Into::into),
+                tool_env_var: var.map(Into::into),
+                ..SubmitJobRequest::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some(code), "{bundle:?} {var:?}: {e}");
+        assert!(e.to_string().contains(says), "{bundle:?} {var:?}: {e}");
+    }
+    std::fs::set_permissions(&edited, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&edited, "{}").unwrap();
+    let e = c
+        .submit(&SubmitJobRequest {
+            job_type: "agent".into(),
+            tool_bundle: Some(digest.clone()),
+            ..SubmitJobRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::ToolBundleUnknown), "{e}");
+    assert_eq!(
+        c.list(&Default::default()).await.unwrap().jobs.len(),
+        before,
+        "a refused submission records nothing"
+    );
+}

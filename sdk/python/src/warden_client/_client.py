@@ -113,14 +113,25 @@ class Client:
         ref: Optional[str] = None,
         params: Optional[Mapping[str, str]] = None,
         idempotency_key: Optional[str] = None,
+        callback_url: Optional[str] = None,
+        tool_bundle: Optional[str] = None,
+        tool_env_var: Optional[str] = None,
     ) -> Submitted:
-        """Queues a job; for a repository job give `repo` and a full `sha` or a `ref`."""
+        """Queues a job; for a repository job give `repo` and a full `sha` or a `ref`.
+
+        `callback_url` receives the job's events as signed webhooks (a host the server allows);
+        `tool_bundle` (`sha256:HEX`) names a tool bundle the server holds, bound read-only at
+        /run/warden/tools.json under `tool_env_var` (default `AGENT_TOOL_SPEC`).
+        """
         body: Dict[str, Any] = {"job_type": job_type}
         for key, value in (
             ("repo_name", repo),
             ("sha", sha),
             ("ref", ref),
             ("idempotency_key", idempotency_key),
+            ("callback_url", callback_url),
+            ("tool_bundle", tool_bundle),
+            ("tool_env_var", tool_env_var),
         ):
             if value is not None:
                 body[key] = value

@@ -267,11 +267,36 @@ impl Session {
                     ..Default::default()
                 };
                 self.attach_secrets(&c.job, &mut assignment).await;
+                self.attach_tool_bundle(&c.job, &mut assignment).await;
                 Out::Assignment(assignment)
             }
             Some(Err(e)) => store_error(e),
             // Waited long enough (the sender is dropped unused at the deadline, or at shutdown).
             _ => Out::NoWork(pb::NoWork {}),
+        }
+    }
+
+    /// The bytes of the tool bundle the job's submission chose. Without them (the bundle has
+    /// left `tool_bundles:` since), the worker ends the job `error: tool_bundle_unavailable`.
+    async fn attach_tool_bundle(&self, job: &warden_store::JobRecord, a: &mut pb::Assignment) {
+        let (Some(chosen), Some(dir)) = (&job.tool_bundle, self.hub.config.tool_bundles.clone())
+        else {
+            return;
+        };
+        let sha256 = chosen.sha256.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            warden_worker::tool_bundles::ToolBundles::new(dir).find(&sha256)
+        })
+        .await;
+        match found {
+            Ok(Ok(Some((_, bytes)))) => a.tool_bundle = bytes,
+            Ok(Ok(None)) => {
+                tracing::error!(job = %job.id, sha256 = %chosen.sha256, "tool bundle no longer in tool_bundles");
+            }
+            Ok(Err(e)) => {
+                tracing::error!(job = %job.id, error = %e, "tool_bundles unreadable");
+            }
+            Err(e) => tracing::error!(job = %job.id, error = %e, "tool bundle lookup failed"),
         }
     }
 

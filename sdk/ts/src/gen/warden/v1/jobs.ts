@@ -278,7 +278,18 @@ export interface SubmitJobRequest {
    * Where this job's state changes are delivered as signed webhooks (a host the server's
    * `events.webhooks.allow_hosts` lists).
    */
-  callbackUrl?: string | undefined;
+  callbackUrl?:
+    | string
+    | undefined;
+  /**
+   * A tool-spec bundle the server knows (its `tool_bundles:` directory), by SHA-256
+   * (`sha256:HEX`): bound read-only at `/run/warden/tools.json` in place of the job type's own.
+   */
+  toolBundle?:
+    | string
+    | undefined;
+  /** The variable holding the bundle's path (default: the job type's `tool_env_var`). */
+  toolEnvVar?: string | undefined;
 }
 
 export interface SubmitJobRequest_ParamsEntry {
@@ -468,6 +479,9 @@ export interface Job {
     | undefined;
   /** Bytes of the files it left in its artifact directory, once it has ended. */
   artifactBytes: number;
+  /** The tool bundle the submission chose (`sha256:HEX`), and the variable pointing at it. */
+  toolBundle?: string | undefined;
+  toolEnvVar?: string | undefined;
 }
 
 export interface Job_ParamsEntry {
@@ -491,6 +505,8 @@ function createBaseSubmitJobRequest(): SubmitJobRequest {
     idempotencyKey: undefined,
     command: [],
     callbackUrl: undefined,
+    toolBundle: undefined,
+    toolEnvVar: undefined,
   };
 }
 
@@ -522,6 +538,12 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
     }
     if (message.callbackUrl !== undefined) {
       writer.uint32(74).string(message.callbackUrl);
+    }
+    if (message.toolBundle !== undefined) {
+      writer.uint32(82).string(message.toolBundle);
+    }
+    if (message.toolEnvVar !== undefined) {
+      writer.uint32(90).string(message.toolEnvVar);
     }
     return writer;
   },
@@ -614,6 +636,22 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
             message.callbackUrl = reader.string();
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.toolBundle = reader.string();
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.toolEnvVar = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -672,6 +710,16 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
         : isSet(object.callback_url)
         ? globalThis.String(object.callback_url)
         : undefined,
+      toolBundle: isSet(object.toolBundle)
+        ? globalThis.String(object.toolBundle)
+        : isSet(object.tool_bundle)
+        ? globalThis.String(object.tool_bundle)
+        : undefined,
+      toolEnvVar: isSet(object.toolEnvVar)
+        ? globalThis.String(object.toolEnvVar)
+        : isSet(object.tool_env_var)
+        ? globalThis.String(object.tool_env_var)
+        : undefined,
     };
   },
 
@@ -710,6 +758,12 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
     if (message.callbackUrl !== undefined) {
       obj.callbackUrl = message.callbackUrl;
     }
+    if (message.toolBundle !== undefined) {
+      obj.toolBundle = message.toolBundle;
+    }
+    if (message.toolEnvVar !== undefined) {
+      obj.toolEnvVar = message.toolEnvVar;
+    }
     return obj;
   },
 
@@ -735,6 +789,8 @@ export const SubmitJobRequest: MessageFns<SubmitJobRequest> = {
     message.idempotencyKey = object.idempotencyKey ?? undefined;
     message.command = object.command?.map((e) => e) || [];
     message.callbackUrl = object.callbackUrl ?? undefined;
+    message.toolBundle = object.toolBundle ?? undefined;
+    message.toolEnvVar = object.toolEnvVar ?? undefined;
     return message;
   },
 };
@@ -2822,6 +2878,8 @@ function createBaseJob(): Job {
     stages: [],
     tests: undefined,
     artifactBytes: 0,
+    toolBundle: undefined,
+    toolEnvVar: undefined,
   };
 }
 
@@ -2922,6 +2980,12 @@ export const Job: MessageFns<Job> = {
     }
     if (message.artifactBytes !== 0) {
       writer.uint32(256).uint64(message.artifactBytes);
+    }
+    if (message.toolBundle !== undefined) {
+      writer.uint32(266).string(message.toolBundle);
+    }
+    if (message.toolEnvVar !== undefined) {
+      writer.uint32(274).string(message.toolEnvVar);
     }
     return writer;
   },
@@ -3201,6 +3265,22 @@ export const Job: MessageFns<Job> = {
             message.artifactBytes = longToNumber(reader.uint64());
             continue;
           }
+          case 33: {
+            if (tag !== 266) {
+              break;
+            }
+
+            message.toolBundle = reader.string();
+            continue;
+          }
+          case 34: {
+            if (tag !== 274) {
+              break;
+            }
+
+            message.toolEnvVar = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3345,6 +3425,16 @@ export const Job: MessageFns<Job> = {
         : isSet(object.artifact_bytes)
         ? globalThis.Number(object.artifact_bytes)
         : 0,
+      toolBundle: isSet(object.toolBundle)
+        ? globalThis.String(object.toolBundle)
+        : isSet(object.tool_bundle)
+        ? globalThis.String(object.tool_bundle)
+        : undefined,
+      toolEnvVar: isSet(object.toolEnvVar)
+        ? globalThis.String(object.toolEnvVar)
+        : isSet(object.tool_env_var)
+        ? globalThis.String(object.tool_env_var)
+        : undefined,
     };
   },
 
@@ -3458,6 +3548,12 @@ export const Job: MessageFns<Job> = {
     if (message.artifactBytes !== 0) {
       obj.artifactBytes = Math.round(message.artifactBytes);
     }
+    if (message.toolBundle !== undefined) {
+      obj.toolBundle = message.toolBundle;
+    }
+    if (message.toolEnvVar !== undefined) {
+      obj.toolEnvVar = message.toolEnvVar;
+    }
     return obj;
   },
 
@@ -3520,6 +3616,8 @@ export const Job: MessageFns<Job> = {
       ? TestCounts.fromPartial(object.tests)
       : undefined;
     message.artifactBytes = object.artifactBytes ?? 0;
+    message.toolBundle = object.toolBundle ?? undefined;
+    message.toolEnvVar = object.toolEnvVar ?? undefined;
     return message;
   },
 };

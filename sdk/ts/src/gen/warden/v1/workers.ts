@@ -138,6 +138,11 @@ export interface Assignment {
    * worker ends the job `error: secret_unavailable` instead of running it without them.
    */
   secretsWithheld: boolean;
+  /**
+   * The bytes of the tool bundle the job's submission chose (`Job.tool_bundle`), when the
+   * control plane has it; the worker keeps it by its SHA-256 and checks it matches.
+   */
+  toolBundle: Buffer;
 }
 
 export interface SecretFile {
@@ -1322,7 +1327,14 @@ export const Lease: MessageFns<Lease> = {
 };
 
 function createBaseAssignment(): Assignment {
-  return { job: undefined, lease: undefined, secretFiles: [], secretEnv: [], secretsWithheld: false };
+  return {
+    job: undefined,
+    lease: undefined,
+    secretFiles: [],
+    secretEnv: [],
+    secretsWithheld: false,
+    toolBundle: Buffer.alloc(0),
+  };
 }
 
 export const Assignment: MessageFns<Assignment> = {
@@ -1341,6 +1353,9 @@ export const Assignment: MessageFns<Assignment> = {
     }
     if (message.secretsWithheld !== false) {
       writer.uint32(40).bool(message.secretsWithheld);
+    }
+    if (message.toolBundle.length !== 0) {
+      writer.uint32(50).bytes(message.toolBundle);
     }
     return writer;
   },
@@ -1398,6 +1413,14 @@ export const Assignment: MessageFns<Assignment> = {
             message.secretsWithheld = reader.bool();
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.toolBundle = Buffer.from(reader.bytes());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1429,6 +1452,11 @@ export const Assignment: MessageFns<Assignment> = {
         : isSet(object.secrets_withheld)
         ? globalThis.Boolean(object.secrets_withheld)
         : false,
+      toolBundle: isSet(object.toolBundle)
+        ? Buffer.from(bytesFromBase64(object.toolBundle))
+        : isSet(object.tool_bundle)
+        ? Buffer.from(bytesFromBase64(object.tool_bundle))
+        : Buffer.alloc(0),
     };
   },
 
@@ -1449,6 +1477,9 @@ export const Assignment: MessageFns<Assignment> = {
     if (message.secretsWithheld !== false) {
       obj.secretsWithheld = message.secretsWithheld;
     }
+    if (message.toolBundle.length !== 0) {
+      obj.toolBundle = base64FromBytes(message.toolBundle);
+    }
     return obj;
   },
 
@@ -1462,6 +1493,7 @@ export const Assignment: MessageFns<Assignment> = {
     message.secretFiles = object.secretFiles?.map((e) => SecretFile.fromPartial(e)) || [];
     message.secretEnv = object.secretEnv?.map((e) => SecretEnv.fromPartial(e)) || [];
     message.secretsWithheld = object.secretsWithheld ?? false;
+    message.toolBundle = object.toolBundle ?? Buffer.alloc(0);
     return message;
   },
 };
