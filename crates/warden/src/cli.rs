@@ -412,6 +412,9 @@ pub enum JobCommand {
     },
     /// Cancel a queued or running job.
     Cancel { job_id: String },
+    /// A job's webhook deliveries (its tenant's URL and its --callback-url): every event, its
+    /// attempts, and whether it was delivered, is retrying or was given up.
+    Webhooks { job_id: String },
     /// List a job's artifacts, or download one with --get.
     Artifacts {
         job_id: String,

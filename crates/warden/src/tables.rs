@@ -252,6 +252,43 @@ pub fn artifacts(resp: &ArtifactsResponse) -> String {
     out
 }
 
+/// `warden job webhooks`: one row per event and URL, oldest first.
+pub fn webhooks(resp: &warden_api::WebhooksResponse) -> String {
+    if resp.deliveries.is_empty() {
+        return "no webhook deliveries (the job has no callback_url and its tenant no webhook)\n"
+            .into();
+    }
+    let rows: Vec<Vec<String>> = resp
+        .deliveries
+        .iter()
+        .map(|d| {
+            let state = if d.delivered {
+                format!(
+                    "delivered {}",
+                    d.delivered_at.as_deref().unwrap_or_default()
+                )
+            } else if d.gave_up {
+                "gave up".to_string()
+            } else {
+                format!("retry at {}", d.next_attempt_at.as_deref().unwrap_or("?"))
+            };
+            let last = match (d.last_status, &d.last_error) {
+                (_, Some(e)) => sanitize(e),
+                (Some(s), None) => format!("HTTP {s}"),
+                (None, None) => String::new(),
+            };
+            vec![
+                sanitize(&d.url),
+                d.job_status.map(|s| s.to_string()).unwrap_or_default(),
+                d.attempts.to_string(),
+                state,
+                last,
+            ]
+        })
+        .collect();
+    render_table(&["URL", "EVENT", "ATTEMPTS", "STATE", "LAST"], &rows)
+}
+
 /// `warden job types`.
 pub fn job_types(resp: &JobTypesResponse) -> String {
     let rows: Vec<Vec<String>> = resp
@@ -669,5 +706,50 @@ mod tests {
         let out = contexts(&config);
         assert!(!out.contains("s3cr3t"));
         insta::assert_snapshot!(out);
+    }
+
+    #[test]
+    fn webhook_deliveries() {
+        use warden_api::{WebhookDelivery, WebhooksResponse};
+        let d = |url: &str, status: JobStatus, attempts: u32| WebhookDelivery {
+            url: url.into(),
+            event_id: "e".into(),
+            job_status: Some(status),
+            attempts,
+            delivered: false,
+            gave_up: false,
+            last_status: None,
+            last_error: None,
+            created_at: "2026-12-02T05:00:00.000Z".into(),
+            delivered_at: None,
+            next_attempt_at: None,
+        };
+        let resp = WebhooksResponse {
+            job_id: "j".into(),
+            deliveries: vec![
+                WebhookDelivery {
+                    delivered: true,
+                    last_status: Some(204),
+                    delivered_at: Some("2026-12-02T05:00:01.000Z".into()),
+                    ..d("https://hooks.example/a", JobStatus::Running, 3)
+                },
+                WebhookDelivery {
+                    last_status: Some(503),
+                    next_attempt_at: Some("2026-12-02T05:00:09.000Z".into()),
+                    ..d("https://hooks.example/a", JobStatus::Succeeded, 1)
+                },
+                WebhookDelivery {
+                    gave_up: true,
+                    last_error: Some("connection refused\u{1b}[2J".into()),
+                    ..d("https://down.example/\u{7}", JobStatus::Succeeded, 8)
+                },
+            ],
+        };
+        insta::assert_snapshot!(webhooks(&resp));
+        let none = WebhooksResponse {
+            job_id: "j".into(),
+            deliveries: vec![],
+        };
+        assert!(webhooks(&none).starts_with("no webhook deliveries"));
     }
 }

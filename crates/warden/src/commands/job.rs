@@ -58,6 +58,7 @@ pub async fn run(args: JobArgs) -> i32 {
             }
         },
         JobCommand::Cancel { job_id } => cancel(&client, &job_id, fmt).await,
+        JobCommand::Webhooks { job_id } => webhooks(&client, &job_id, fmt).await,
         JobCommand::Artifacts { job_id, get, out } => {
             artifacts(&client, &job_id, get, out, fmt).await
         }
@@ -362,6 +363,15 @@ async fn tests(
     match fmt {
         OutputFormat::Json => output::json(&page),
         OutputFormat::Table => print!("{}", tables::tests(&page)),
+    }
+    Ok(exit::OK)
+}
+
+async fn webhooks(client: &Client, id: &str, fmt: OutputFormat) -> Result<i32, ClientError> {
+    let resp = client.webhooks(id).await?;
+    match fmt {
+        OutputFormat::Json => output::json(&resp),
+        OutputFormat::Table => print!("{}", tables::webhooks(&resp)),
     }
     Ok(exit::OK)
 }

@@ -472,6 +472,23 @@ async fn webhooks_are_signed_retried_until_delivered_and_recorded_on_the_job() {
         && d.last_status == Some(204)
         && !d.gave_up
         && d.next_attempt_at.is_none()));
+    // The same, as the CLI shows it.
+    let out = Command::new(WARDEN)
+        .args(["job", "webhooks", &id, "--server", &server.url])
+        .env_remove("WARDEN_CONFIG")
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(table.matches("delivered").count(), 3, "{table}");
+    assert!(
+        table.contains("queued") && table.contains("HTTP 204"),
+        "{table}"
+    );
 
     let got = seen.lock().unwrap();
     assert_eq!(got.requests.len(), 5, "three attempts, then one each");
