@@ -20,6 +20,7 @@ mod egress;
 mod events;
 mod image;
 mod images;
+mod logs;
 mod perimeter;
 mod queue;
 mod results;
@@ -54,7 +55,7 @@ fn main() -> anyhow::Result<()> {
         ["deploy-check", rest @ ..] => deploy_check::deploy_check(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask bench e2e [--jobs N] [--sequential N] [--concurrency C] [--slots S]\n       cargo xtask bench sandbox [--runs N]\n       cargo xtask bench gvisor [--runs N]\n       cargo xtask bench pipeline [--runs N] [--stages N]\n       cargo xtask bench junit [--cases N] [--runs N]\n       cargo xtask bench checkout [--files N] [--mb M] [--runs R] [--jobs J]\n       cargo xtask bench queue [--jobs N] [--claimers C] [--history H] [--starts S]\n       cargo xtask bench perimeter [--sequential N] [--jobs N] [--claimers C] [--claims-only] [--log-mb N]\n       cargo xtask bench egress [--mb N] [--connections N] [--starts N]\n       cargo xtask bench images [--mb N] [--starts N] [--rounds N]\n       cargo xtask bench retention [--jobs N] [--gb G] [--rounds R]\n       cargo xtask bench ui [--jobs N] [--first N]\n       cargo xtask bench events [--jobs N] [--rounds R]\n       cargo xtask image [--no-run]\n       cargo xtask deploy-check\n       cargo xtask vm-test [--bench] [--kvm] [--systemd-only] [--timeout-min M] [--memory-mb M]"
+                "usage: cargo xtask bench e2e [--jobs N] [--sequential N] [--concurrency C] [--slots S] [--log-mb N | --no-logs] [--random-mb N] [--log-rounds R]\n       cargo xtask bench sandbox [--runs N]\n       cargo xtask bench gvisor [--runs N]\n       cargo xtask bench pipeline [--runs N] [--stages N]\n       cargo xtask bench junit [--cases N] [--runs N]\n       cargo xtask bench checkout [--files N] [--mb M] [--runs R] [--jobs J]\n       cargo xtask bench queue [--jobs N] [--claimers C] [--history H] [--starts S]\n       cargo xtask bench perimeter [--sequential N] [--jobs N] [--claimers C] [--claims-only] [--log-mb N]\n       cargo xtask bench egress [--mb N] [--connections N] [--starts N]\n       cargo xtask bench images [--mb N] [--starts N] [--rounds N]\n       cargo xtask bench retention [--jobs N] [--gb G] [--rounds R]\n       cargo xtask bench ui [--jobs N] [--first N]\n       cargo xtask bench events [--jobs N] [--rounds R]\n       cargo xtask image [--no-run]\n       cargo xtask deploy-check\n       cargo xtask vm-test [--bench] [--kvm] [--systemd-only] [--timeout-min M] [--memory-mb M]"
             );
             std::process::exit(2);
         }
@@ -156,6 +157,13 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
     let sequential = flag(rest, "--sequential", 200)?;
     let concurrency = flag(rest, "--concurrency", 32)?;
     let slots = flag(rest, "--slots", 2)?;
+    let log_mb = if rest.contains(&"--no-logs") {
+        0
+    } else {
+        flag(rest, "--log-mb", 1024)? as u64
+    };
+    let random_mb = flag(rest, "--random-mb", 256)? as u64;
+    let log_rounds = flag(rest, "--log-rounds", 2)?;
     let warden = build_release()?;
     let dir = std::env::temp_dir().join(format!("warden-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -163,14 +171,23 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
     std::fs::write(
         &config,
         format!(
-            "listen: 127.0.0.1:0\ngrpc_listen: 127.0.0.1:0\nauth: {{loopback_trusted: true}}\ndata_dir: {}\nslots: {slots}\nunsafe_fallback: true\njob_types:\n  noop:\n    argv: {:?}\n    timeout_s: 60\n",
+            "listen: 127.0.0.1:0\ngrpc_listen: 127.0.0.1:0\nauth: {{loopback_trusted: true}}\ndata_dir: {}\nslots: {slots}\nunsafe_fallback: true\njob_types:\n  noop:\n    argv: {:?}\n    timeout_s: 60\n{}",
             dir.join("data").display(),
-            NOOP
+            NOOP,
+            logs::job_types(log_mb, random_mb),
         ),
     )?;
     let (mut server, url) = start_server(&warden, &config)?;
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(run_e2e(&url, jobs, sequential, concurrency));
+    let log_result = match (&result, log_mb) {
+        (Ok(_), 1..) => Some(rt.block_on(async {
+            let client = Client::new(&url, Duration::from_secs(600), None)?;
+            logs::run_logs(&client, log_mb, random_mb, log_rounds).await
+        })),
+        _ => None,
+    };
+    let peak_kb = logs::peak_rss_kb(server.id());
     let _ = Command::new("kill").arg(server.id().to_string()).status();
     let _ = server.wait();
     let _ = std::fs::remove_dir_all(&dir);
@@ -235,6 +252,9 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
         w.p50.as_secs_f64() / r.p50.as_secs_f64(),
         tput / raw_tput
     );
+    if let Some(r) = log_result {
+        logs::print(&r?, peak_kb);
+    }
     Ok(())
 }
 

@@ -1,0 +1,154 @@
+//! `bench e2e`'s log half: what storing a job's output costs the job. A job printing N MiB of
+//! 100-byte lines through warden against the same job writing to `/dev/null`, in the same
+//! server; then a pseudo-random log stored and read back byte for byte.
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use sha2::Digest;
+use warden_api::{JobStatus, SubmitJobRequest};
+use warden_client::Client;
+
+/// 99 characters and a newline.
+const LINE: &str = "warden log bench line: the quick brown fox jumps over the lazy dog, 0123456789 abcdefghijklmnopqrst";
+/// A deterministic pseudo-random stream (AES-CTR of zeros under a fixed key): the job and the
+/// bench make the same bytes.
+const RANDOM: &str = "openssl enc -aes-128-ctr -nosalt -K 000102030405060708090a0b0c0d0e0f \
+                      -iv 00000000000000000000000000000000 < /dev/zero 2>/dev/null";
+
+/// The job types the log half runs (appended to the bench server's `job_types:`).
+pub(crate) fn job_types(mb: u64, random_mb: u64) -> String {
+    let lines = (mb << 20) / 100;
+    let chatty = format!("yes \"{LINE}\" | head -n {lines}");
+    let random = format!("{RANDOM} | head -c {}", random_mb << 20);
+    let cap = mb.max(random_mb) + 16;
+    let one = |name: &str, script: &str| {
+        format!(
+            "  {name}:\n    argv: [\"/bin/sh\", \"-c\", {script:?}]\n    timeout_s: 3600\n    \
+             limits: {{output_mb: {cap}}}\n"
+        )
+    };
+    [
+        one("chatty", &chatty),
+        one("quiet", &format!("{chatty} > /dev/null")),
+        one("random", &random),
+    ]
+    .concat()
+}
+
+pub(crate) struct LogResult {
+    pub mb: u64,
+    /// Best of the rounds, each.
+    pub stored: Duration,
+    pub devnull: Duration,
+    pub random_mb: u64,
+    pub random_stored: Duration,
+}
+
+/// Submit → terminal, polled every 10 ms (a backing-off wait would blur a few-second job).
+async fn run(client: &Client, job_type: &str) -> anyhow::Result<(String, Duration, u64)> {
+    let t = Instant::now();
+    let id = client
+        .submit(&SubmitJobRequest {
+            job_type: job_type.into(),
+            ..SubmitJobRequest::default()
+        })
+        .await?
+        .job_id;
+    loop {
+        let job = client.get(&id).await?;
+        if job.status.is_terminal() {
+            if job.status != JobStatus::Succeeded {
+                bail!("{job_type} job {id} ended {}: {:?}", job.status, job.reason);
+            }
+            return Ok((id, t.elapsed(), job.stdout_bytes));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub(crate) async fn run_logs(
+    client: &Client,
+    mb: u64,
+    random_mb: u64,
+    rounds: usize,
+) -> anyhow::Result<LogResult> {
+    let (mut stored, mut devnull) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let (_, d, _) = run(client, "quiet").await?;
+        devnull.push(d);
+        let (id, d, bytes) = run(client, "chatty").await?;
+        if bytes != (mb << 20) / 100 * 100 {
+            bail!("chatty job {id} stored {bytes} bytes");
+        }
+        stored.push(d);
+    }
+    // Byte for byte: the stored log against the same stream made here.
+    let (id, random_stored, bytes) = run(client, "random").await?;
+    let want = random_mb << 20;
+    if bytes != want {
+        bail!("random job {id} stored {bytes} of {want} bytes");
+    }
+    let mut got = sha2::Sha256::new();
+    let mut offset = 0u64;
+    while offset < want {
+        let chunk = client.logs_raw(&id, "stdout", offset).await?;
+        if chunk.is_empty() {
+            bail!("random job {id}: the log ends at {offset} of {want}");
+        }
+        offset += chunk.len() as u64;
+        got.update(&chunk);
+    }
+    let local = std::process::Command::new("/bin/sh")
+        .args(["-c", &format!("{RANDOM} | head -c {want} | sha256sum")])
+        .output()?;
+    let local = String::from_utf8_lossy(&local.stdout);
+    let got = format!("{:x}", got.finalize());
+    if !local.starts_with(&got) {
+        bail!("random job {id}: stored log sha256 {got}, the stream's {local}");
+    }
+    let best = |v: &[Duration]| v.iter().min().copied().unwrap_or_default();
+    Ok(LogResult {
+        mb,
+        stored: best(&stored),
+        devnull: best(&devnull),
+        random_mb,
+        random_stored,
+    })
+}
+
+/// The server's peak resident set so far (`VmHWM`), in KiB.
+pub(crate) fn peak_rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+pub(crate) fn print(r: &LogResult, peak_kb: Option<u64>) {
+    println!();
+    println!(
+        "logs: a job printing {} MiB of 100-byte lines, stored vs to /dev/null (best of rounds)",
+        r.mb
+    );
+    println!("| job output        | submit→terminal | ratio |");
+    println!("|-------------------|----------------:|------:|");
+    println!(
+        "| /dev/null         | {:>13.2} s |       |",
+        r.devnull.as_secs_f64()
+    );
+    println!(
+        "| stored by warden  | {:>13.2} s | {:>4.2}x |",
+        r.stored.as_secs_f64(),
+        r.stored.as_secs_f64() / r.devnull.as_secs_f64()
+    );
+    println!(
+        "ingest {:.0} MB/s; {} MiB pseudo-random log stored in {:.2} s and read back byte-exact; \
+         server peak RSS {}",
+        (r.mb << 20) as f64 / 1e6 / r.stored.as_secs_f64(),
+        r.random_mb,
+        r.random_stored.as_secs_f64(),
+        peak_kb.map_or("unknown".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+    );
+}
