@@ -1,7 +1,8 @@
 //! The embedded store: one SQLite database in WAL mode under the data directory.
 //!
 //! One connection serialises all writes (SQLite allows one writer at a time anyway); calls run
-//! on tokio's blocking pool so the async runtime never waits on disk. `synchronous = NORMAL` in
+//! on tokio's blocking pool so the async runtime never waits on disk, and WAL checkpoints on a
+//! thread and connection of their own (`checkpoint.rs`) so no call waits on one. `synchronous = NORMAL` in
 //! WAL mode keeps every committed transaction across a crash of warden (kill -9); only a power
 //! loss may drop the last few commits.
 
@@ -21,6 +22,7 @@ use warden_store::{
 };
 
 mod backup;
+mod checkpoint;
 mod events;
 mod perimeter;
 mod results;
@@ -45,11 +47,13 @@ const MIGRATIONS: Migrations = &[
     (10, include_str!("../migrations/0010_events.sql")),
     (11, include_str!("../migrations/0011_webhooks.sql")),
     (12, include_str!("../migrations/0012_tool_bundle.sql")),
+    (13, include_str!("../migrations/0013_log_chunks_rowid.sql")),
 ];
 
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    checkpoint: Arc<checkpoint::Checkpointer>,
     fair: Arc<std::sync::RwLock<Arc<FairShare>>>,
 }
 
@@ -72,9 +76,21 @@ impl SqliteStore {
              PRAGMA busy_timeout = 5000;",
         )
         .map_err(backend)?;
+        // Checkpoints run on their own thread (see `checkpoint`); this connection's own only
+        // if that one falls far behind, and the WAL file is cut back after it.
+        conn.execute_batch(&format!(
+            "PRAGMA wal_autocheckpoint = {};
+             PRAGMA journal_size_limit = {};",
+            checkpoint::BACKSTOP_PAGES,
+            64 << 20
+        ))
+        .map_err(backend)?;
         retention::ensure_incremental_vacuum(&conn)?;
         migrate(&conn)?;
+        let checkpoint = checkpoint::Checkpointer::start(path)
+            .map_err(|e| StoreError::Backend(format!("checkpoint thread: {e}")))?;
         Ok(SqliteStore {
+            checkpoint: Arc::new(checkpoint),
             conn: Arc::new(Mutex::new(conn)),
             fair: Arc::default(),
         })
@@ -86,12 +102,14 @@ impl SqliteStore {
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
         let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
+        let done = tokio::task::spawn_blocking(move || {
             let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
             f(&mut guard)
         })
         .await
-        .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+        .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?;
+        self.checkpoint.wrote(checkpoint::CALL_BYTES);
+        done
     }
 }
 
@@ -380,6 +398,7 @@ impl Store for SqliteStore {
     ) -> Result<()> {
         let lease = lease.clone();
         let data = data.to_vec();
+        self.checkpoint.wrote(data.len() as u64);
         self.with(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -580,7 +599,8 @@ impl Store for SqliteStore {
             let mut rows = stmt
                 .query(params![id.to_string(), stream_code(stream), offset as i64])
                 .map_err(backend)?;
-            let mut out = Vec::new();
+            // Sized once: the untouched part of a large read is never paged in.
+            let mut out = Vec::with_capacity(max.min(16 << 20));
             while let Some(row) = rows.next().map_err(backend)? {
                 let start: i64 = row.get(0).map_err(backend)?;
                 let data: Vec<u8> = row.get(1).map_err(backend)?;
@@ -684,12 +704,20 @@ impl Store for SqliteStore {
                 break;
             }
         }
-        // In WAL mode the file shrinks when the log is checkpointed into it.
-        self.with(|conn| {
-            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-                .map_err(backend)
-        })
-        .await?;
+        // In WAL mode the file shrinks when the log is checkpointed into it. The checkpoint
+        // thread may hold the checkpoint lock for a moment (SQLite does not wait for it).
+        for _ in 0..100 {
+            let busy: i64 = self
+                .with(|conn| {
+                    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+                        .map_err(backend)
+                })
+                .await?;
+            if busy == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         Ok(freed)
     }
 

@@ -58,6 +58,9 @@ impl SupervisedExecutor {
 
 fn pipe_pair() -> Result<(pipe::Receiver, OwnedFd), SandboxError> {
     let (reader, writer) = std::io::pipe().map_err(SandboxError::Control)?;
+    // Room for the job to go on writing while its log is stored (best effort: a smaller pipe
+    // only makes the job wait sooner).
+    let _ = rustix::pipe::fcntl_setpipe_size(&reader, crate::run::PIPE_BYTES);
     let receiver =
         pipe::Receiver::from_owned_fd(OwnedFd::from(reader)).map_err(SandboxError::Control)?;
     Ok((receiver, OwnedFd::from(writer)))

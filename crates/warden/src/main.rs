@@ -20,5 +20,25 @@ fn main() {
     {
         std::process::exit(warden_worker::suites::main());
     }
+    return_large_buffers();
     std::process::exit(warden::main());
 }
+
+/// glibc's allocator raises its mmap threshold each time a large buffer is freed, after which
+/// buffers of log batches and reads (1–16 MiB) come from per-thread arenas that keep the memory
+/// once freed: a server that stored one big log would hold hundreds of MiB from then on. A
+/// fixed threshold keeps such buffers mapped and returns them on free; two arenas bound what
+/// tokio's many blocking threads can hold.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn return_large_buffers() {
+    // SAFETY: mallopt only sets allocator parameters; it is called before any other thread
+    // exists (the zygote and the in-sandbox helpers above have already gone their own way).
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn return_large_buffers() {}

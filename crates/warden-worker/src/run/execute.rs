@@ -5,8 +5,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use tokio::io::AsyncReadExt;
-use tokio::net::unix::pipe;
 use tokio_util::sync::CancellationToken;
 use warden_core::Limits;
 use warden_sandbox::{ExitReport, JobControl, Tier};
@@ -139,7 +137,7 @@ pub(super) async fn execute(
         (LogStream::Stderr, execution.stderr, drain_err_rx),
     ]
     .map(|(stream, reader, drains)| {
-        tokio::spawn(pump(
+        tokio::spawn(super::pump::pump(
             shared.clone(),
             lease.clone(),
             stream,
@@ -338,7 +336,7 @@ fn limit_enforcement(limits: &Limits, tier: Tier) -> BTreeMap<String, String> {
 }
 
 /// The output cap shared by a job's two streams.
-struct OutputBudget {
+pub(super) struct OutputBudget {
     limit: u64,
     used: AtomicU64,
     exceeded: CancellationToken,
@@ -356,7 +354,7 @@ impl OutputBudget {
     }
 
     /// How many of `n` new bytes may still be kept.
-    fn admit(&self, n: usize) -> usize {
+    pub(super) fn admit(&self, n: usize) -> usize {
         let before = self.used.fetch_add(n as u64, Ordering::SeqCst);
         let left = self.limit.saturating_sub(before);
         let keep = left.min(n as u64) as usize;
@@ -364,127 +362,6 @@ impl OutputBudget {
             self.exceeded.cancel();
         }
         keep
-    }
-}
-
-/// Copies one stream into the log, chunk by chunk, until the job's tree closes it, with the
-/// job's secrets masked. Returns the number of bytes stored.
-///
-/// A request on `drains` is answered, once everything already in the pipe is stored, with the
-/// stream's offset (a stage boundary).
-async fn pump(
-    shared: Shared,
-    lease: Lease,
-    stream: LogStream,
-    (mut reader, mut drains): (
-        pipe::Receiver,
-        tokio::sync::mpsc::UnboundedReceiver<tokio::sync::oneshot::Sender<u64>>,
-    ),
-    budget: Arc<OutputBudget>,
-    mask: Option<Arc<crate::secrets::MaskSet>>,
-) -> u64 {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut log = LogWriter {
-        shared: &shared,
-        lease: &lease,
-        stream,
-        budget: &budget,
-        offset: 0,
-        writing: true,
-    };
-    let mut masker = mask.as_deref().map(crate::secrets::Masker::new);
-    'reading: loop {
-        let read = tokio::select! {
-            biased;
-            Some(reply) = drains.recv() => {
-                loop {
-                    match reader.try_read(&mut buf) {
-                        Ok(0) => {
-                            let _ = reply.send(log.offset);
-                            break 'reading;
-                        }
-                        Ok(n) => log.take(masker.as_mut(), &buf[..n]).await,
-                        // Empty now (or unreadable: the read below says so).
-                        Err(_) => break,
-                    }
-                }
-                let _ = reply.send(log.offset);
-                continue;
-            }
-            read = reader.read(&mut buf) => read,
-        };
-        let n = match read {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(job = %lease.job_id, error = %e, "reading job output failed");
-                break;
-            }
-        };
-        log.take(masker.as_mut(), &buf[..n]).await;
-    }
-    if let Some(m) = &mut masker
-        && log.writing
-    {
-        let rest = m.finish();
-        log.write(&rest).await;
-    }
-    log.offset
-}
-
-/// One stream's appends to the log, under the job's output cap.
-struct LogWriter<'a> {
-    shared: &'a Shared,
-    lease: &'a Lease,
-    stream: LogStream,
-    budget: &'a OutputBudget,
-    offset: u64,
-    writing: bool,
-}
-
-impl LogWriter<'_> {
-    /// Stores what the job wrote, masked. Past the cap or after a failed write nothing is
-    /// stored, and the pipe is still drained so the job never blocks on it before it is killed.
-    async fn take(&mut self, masker: Option<&mut crate::secrets::Masker<'_>>, data: &[u8]) {
-        if !self.writing {
-            return;
-        }
-        match masker {
-            Some(m) => {
-                let masked = m.push(data);
-                self.write(&masked).await;
-            }
-            None => self.write(data).await,
-        }
-    }
-
-    async fn write(&mut self, data: &[u8]) {
-        if data.is_empty() || !self.writing {
-            return;
-        }
-        let keep = self.budget.admit(data.len());
-        if keep == 0 {
-            self.writing = false;
-            return;
-        }
-        match self
-            .shared
-            .coordinator
-            .append_log(self.lease, self.stream, self.offset, &data[..keep])
-            .await
-        {
-            Ok(()) => {
-                self.offset += keep as u64;
-                self.shared.events.job_changed(self.lease.job_id);
-            }
-            Err(e) => {
-                tracing::warn!(job = %self.lease.job_id, error = %e, "log append failed");
-                self.writing = false;
-            }
-        }
-        if keep < data.len() {
-            self.writing = false;
-        }
     }
 }
 

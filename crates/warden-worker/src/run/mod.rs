@@ -6,6 +6,7 @@ mod execute;
 mod gvisor;
 mod outputs;
 mod prepare;
+mod pump;
 mod record;
 mod results;
 mod verdict;
@@ -20,6 +21,7 @@ use warden_store::{Claimed, Completion, JobRecord, Lease, StoreError, now_millis
 use self::execute::{ExecInfo, execute};
 pub(crate) use self::prepare::cgroup_limits;
 use self::prepare::prepare;
+pub(crate) use self::pump::PIPE_BYTES;
 use self::record::{RecordInput, artifact_record, resources};
 use self::verdict::{Outcome, Proof, Refusal, apply_proof, verdict};
 use crate::artifact::{CheckoutSummary, write_artifact_json};

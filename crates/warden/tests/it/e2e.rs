@@ -537,3 +537,102 @@ async fn a_job_type_can_run_in_its_own_rootfs() {
     let out = c.logs_raw(&sub.job_id, "stdout", 0).await.unwrap();
     assert_eq!(out, b"hello from rootfs, usr absent\n");
 }
+
+/// One `curl` over `url`'s listener: each of `paths` in turn on the same connection, with the
+/// HTTP version and the number of new connections each transfer made.
+fn curl_versions(url: &str, args: &[&str], paths: &[&str]) -> Vec<(String, String)> {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args([
+        "-sS",
+        "-w",
+        "%{http_code} %{http_version} %{num_connects}\\n",
+    ])
+    .args(args);
+    for p in paths {
+        cmd.args(["-o", "/dev/null"]).arg(format!("{url}{p}"));
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            assert_eq!(f[0], "200", "{l}");
+            (f[1].to_string(), f[2].to_string())
+        })
+        .collect()
+}
+
+/// The HTTP listener speaks HTTP/2 — over TLS when the client offers it (ALPN `h2`, as a
+/// browser does) and in cleartext with prior knowledge, several requests at once on one
+/// connection — and keeps HTTP/1.1 connections alive.
+#[tokio::test]
+async fn http2_and_keep_alive_on_the_http_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = Server::start(&write_config(dir.path(), ""));
+    let paths = ["/healthz", "/job-types", "/jobs"];
+    let v = |version: &str, connects: &str| (version.to_string(), connects.to_string());
+    assert_eq!(
+        curl_versions(&plain.url, &["--http1.1"], &paths),
+        [v("1.1", "1"), v("1.1", "0"), v("1.1", "0")],
+        "one connection for three requests"
+    );
+    assert_eq!(
+        curl_versions(&plain.url, &["--http2-prior-knowledge"], &paths[..1]),
+        [v("2", "1")]
+    );
+    // (curl 7.88 cannot reuse an HTTP/2 connection for a second URL: reqwest does it here.)
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let h2 = reqwest::Client::builder()
+        .tls_certs_only([])
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let answers = futures::future::join_all(
+        paths
+            .iter()
+            .map(|p| h2.get(format!("{}{p}", plain.url)).send()),
+    )
+    .await;
+    for a in answers {
+        let a = a.unwrap();
+        assert_eq!(
+            (a.status().as_u16(), a.version()),
+            (200, reqwest::Version::HTTP_2)
+        );
+    }
+
+    let tls_dir = dir.path().join("tls");
+    std::fs::create_dir_all(&tls_dir).unwrap();
+    let (ca, cert, key) = test_certs(&tls_dir);
+    let secure = Server::start(&write_config(
+        &tls_dir,
+        &format!("tls:\n  cert: {}\n  key: {}", cert.display(), key.display()),
+    ));
+    assert!(secure.url.starts_with("https://"), "{}", secure.url);
+    let ca_arg = ca.display().to_string();
+    assert_eq!(
+        curl_versions(&secure.url, &["--http2", "--cacert", &ca_arg], &paths[..1]),
+        [v("2", "1")]
+    );
+    assert_eq!(
+        curl_versions(&secure.url, &["--http1.1", "--cacert", &ca_arg], &paths),
+        [v("1.1", "1"), v("1.1", "0"), v("1.1", "0")]
+    );
+    let pem = reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap();
+    let alpn = reqwest::Client::builder()
+        .tls_certs_only([pem])
+        .build()
+        .unwrap();
+    for p in paths {
+        let a = alpn.get(format!("{}{p}", secure.url)).send().await.unwrap();
+        assert_eq!(
+            (a.status().as_u16(), a.version()),
+            (200, reqwest::Version::HTTP_2)
+        );
+    }
+}
