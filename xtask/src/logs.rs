@@ -43,6 +43,9 @@ pub(crate) struct LogResult {
     pub devnull: Duration,
     pub random_mb: u64,
     pub random_stored: Duration,
+    /// The server's peak RSS (KiB) before the logs (after the no-op jobs), after storing them,
+    /// and after reading one back.
+    pub peak_kb: [Option<u64>; 3],
 }
 
 /// Submit → terminal, polled every 10 ms (a backing-off wait would blur a few-second job).
@@ -72,7 +75,9 @@ pub(crate) async fn run_logs(
     mb: u64,
     random_mb: u64,
     rounds: usize,
+    server: u32,
 ) -> anyhow::Result<LogResult> {
+    let before = peak_rss_kb(server);
     let (mut stored, mut devnull) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         let (_, d, _) = run(client, "quiet").await?;
@@ -85,6 +90,7 @@ pub(crate) async fn run_logs(
     }
     // Byte for byte: the stored log against the same stream made here.
     let (id, random_stored, bytes) = run(client, "random").await?;
+    let ingested = peak_rss_kb(server);
     let want = random_mb << 20;
     if bytes != want {
         bail!("random job {id} stored {bytes} of {want} bytes");
@@ -114,6 +120,7 @@ pub(crate) async fn run_logs(
         devnull: best(&devnull),
         random_mb,
         random_stored,
+        peak_kb: [before, ingested, peak_rss_kb(server)],
     })
 }
 
@@ -126,7 +133,7 @@ pub(crate) fn peak_rss_kb(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-pub(crate) fn print(r: &LogResult, peak_kb: Option<u64>) {
+pub(crate) fn print(r: &LogResult) {
     println!();
     println!(
         "logs: a job printing {} MiB of 100-byte lines, stored vs to /dev/null (best of rounds)",
@@ -144,11 +151,22 @@ pub(crate) fn print(r: &LogResult, peak_kb: Option<u64>) {
         r.stored.as_secs_f64() / r.devnull.as_secs_f64()
     );
     println!(
-        "ingest {:.0} MB/s; {} MiB pseudo-random log stored in {:.2} s and read back byte-exact; \
-         server peak RSS {}",
+        "ingest {:.0} MB/s; {} MiB pseudo-random log stored in {:.2} s and read back byte-exact",
         (r.mb << 20) as f64 / 1e6 / r.stored.as_secs_f64(),
         r.random_mb,
         r.random_stored.as_secs_f64(),
-        peak_kb.map_or("unknown".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+    );
+    let mib = |k: Option<u64>| {
+        k.map_or("unknown".into(), |k| {
+            format!("{:.1} MiB", k as f64 / 1024.0)
+        })
+    };
+    println!(
+        "server peak RSS: {} after the no-op jobs, {} after storing the logs, {} after reading \
+         {} MiB back (16 MiB reads)",
+        mib(r.peak_kb[0]),
+        mib(r.peak_kb[1]),
+        mib(r.peak_kb[2]),
+        r.random_mb
     );
 }

@@ -14,6 +14,7 @@ use futures::StreamExt;
 use warden_api::SubmitJobRequest;
 use warden_client::Client;
 
+mod burst;
 mod checkout;
 mod deploy_check;
 mod egress;
@@ -55,7 +56,7 @@ fn main() -> anyhow::Result<()> {
         ["deploy-check", rest @ ..] => deploy_check::deploy_check(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask bench e2e [--jobs N] [--sequential N] [--concurrency C] [--slots S] [--log-mb N | --no-logs] [--random-mb N] [--log-rounds R]\n       cargo xtask bench sandbox [--runs N]\n       cargo xtask bench gvisor [--runs N]\n       cargo xtask bench pipeline [--runs N] [--stages N]\n       cargo xtask bench junit [--cases N] [--runs N]\n       cargo xtask bench checkout [--files N] [--mb M] [--runs R] [--jobs J]\n       cargo xtask bench queue [--jobs N] [--claimers C] [--history H] [--starts S]\n       cargo xtask bench perimeter [--sequential N] [--jobs N] [--claimers C] [--claims-only] [--log-mb N]\n       cargo xtask bench egress [--mb N] [--connections N] [--starts N]\n       cargo xtask bench images [--mb N] [--starts N] [--rounds N]\n       cargo xtask bench retention [--jobs N] [--gb G] [--rounds R]\n       cargo xtask bench ui [--jobs N] [--first N]\n       cargo xtask bench events [--jobs N] [--rounds R]\n       cargo xtask image [--no-run]\n       cargo xtask deploy-check\n       cargo xtask vm-test [--bench] [--kvm] [--systemd-only] [--timeout-min M] [--memory-mb M]"
+                "usage: cargo xtask bench e2e [--jobs N] [--sequential N] [--concurrency C] [--slots S] [--log-mb N | --no-logs] [--random-mb N] [--log-rounds R] [--burst N] [--burst-clients C]\n       cargo xtask bench sandbox [--runs N]\n       cargo xtask bench gvisor [--runs N]\n       cargo xtask bench pipeline [--runs N] [--stages N]\n       cargo xtask bench junit [--cases N] [--runs N]\n       cargo xtask bench checkout [--files N] [--mb M] [--runs R] [--jobs J]\n       cargo xtask bench queue [--jobs N] [--claimers C] [--history H] [--starts S]\n       cargo xtask bench perimeter [--sequential N] [--jobs N] [--claimers C] [--claims-only] [--log-mb N]\n       cargo xtask bench egress [--mb N] [--connections N] [--starts N]\n       cargo xtask bench images [--mb N] [--starts N] [--rounds N]\n       cargo xtask bench retention [--jobs N] [--gb G] [--rounds R]\n       cargo xtask bench ui [--jobs N] [--first N]\n       cargo xtask bench events [--jobs N] [--rounds R]\n       cargo xtask image [--no-run]\n       cargo xtask deploy-check\n       cargo xtask vm-test [--bench] [--kvm] [--systemd-only] [--timeout-min M] [--memory-mb M]"
             );
             std::process::exit(2);
         }
@@ -104,7 +105,7 @@ fn build_release() -> anyhow::Result<PathBuf> {
     Ok(root.join("target/release/warden"))
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Stats {
     p50: Duration,
     p99: Duration,
@@ -164,6 +165,8 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
     };
     let random_mb = flag(rest, "--random-mb", 256)? as u64;
     let log_rounds = flag(rest, "--log-rounds", 2)?;
+    let burst_jobs = flag(rest, "--burst", 1000)?;
+    let burst_clients = flag(rest, "--burst-clients", 64)?;
     let warden = build_release()?;
     let dir = std::env::temp_dir().join(format!("warden-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -180,14 +183,17 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
     let (mut server, url) = start_server(&warden, &config)?;
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(run_e2e(&url, jobs, sequential, concurrency));
+    let burst = match &result {
+        Ok(_) => Some(rt.block_on(burst::run(&url, burst_jobs, burst_clients))),
+        Err(_) => None,
+    };
     let log_result = match (&result, log_mb) {
         (Ok(_), 1..) => Some(rt.block_on(async {
             let client = Client::new(&url, Duration::from_secs(600), None)?;
-            logs::run_logs(&client, log_mb, random_mb, log_rounds).await
+            logs::run_logs(&client, log_mb, random_mb, log_rounds, server.id()).await
         })),
         _ => None,
     };
-    let peak_kb = logs::peak_rss_kb(server.id());
     let _ = Command::new("kill").arg(server.id().to_string()).status();
     let _ = server.wait();
     let _ = std::fs::remove_dir_all(&dir);
@@ -252,8 +258,11 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
         w.p50.as_secs_f64() / r.p50.as_secs_f64(),
         tput / raw_tput
     );
+    if let Some(b) = burst {
+        burst::print(&b?, tput);
+    }
     if let Some(r) = log_result {
-        logs::print(&r?, peak_kb);
+        logs::print(&r?);
     }
     Ok(())
 }
