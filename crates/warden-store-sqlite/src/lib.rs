@@ -87,6 +87,8 @@ impl SqliteStore {
         .map_err(backend)?;
         retention::ensure_incremental_vacuum(&conn)?;
         migrate(&conn)?;
+        // Room for every statement of the hot path (claims, appends, completions, outbox).
+        conn.set_prepared_statement_cache_capacity(64);
         let checkpoint = checkpoint::Checkpointer::start(path)
             .map_err(|e| StoreError::Backend(format!("checkpoint thread: {e}")))?;
         Ok(SqliteStore {
@@ -113,6 +115,16 @@ impl SqliteStore {
     }
 }
 
+/// `execute` through the connection's statement cache: a statement run for every job is
+/// parsed once per connection, not on every call.
+pub(crate) fn exec(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
 fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
@@ -132,7 +144,8 @@ fn migrate(conn: &Connection) -> Result<()> {
     for (version, sql) in pending_migrations(MIGRATIONS, applied)? {
         let tx = conn.unchecked_transaction().map_err(backend)?;
         tx.execute_batch(sql).map_err(backend)?;
-        tx.execute(
+        exec(
+            &tx,
             "INSERT INTO schema_migrations (version) VALUES (?1)",
             [version],
         )
@@ -145,7 +158,8 @@ fn migrate(conn: &Connection) -> Result<()> {
 
 /// Puts a running job back in the queue, with its logs reset: the next attempt writes from 0.
 fn requeue(conn: &Connection, id: JobId, count_attempt: bool) -> Result<()> {
-    conn.execute(
+    exec(
+        conn,
         "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,
              started_at = NULL, stdout_bytes = 0, stderr_bytes = 0, log_truncated = 0,
              attempts = attempts - ?2
@@ -153,8 +167,12 @@ fn requeue(conn: &Connection, id: JobId, count_attempt: bool) -> Result<()> {
         params![id.to_string(), if count_attempt { 0 } else { 1 }],
     )
     .map_err(backend)?;
-    conn.execute("DELETE FROM log_chunks WHERE job_id = ?1", [id.to_string()])
-        .map_err(backend)?;
+    exec(
+        conn,
+        "DELETE FROM log_chunks WHERE job_id = ?1",
+        [id.to_string()],
+    )
+    .map_err(backend)?;
     Ok(())
 }
 
@@ -204,7 +222,8 @@ impl Store for SqliteStore {
                     });
                 }
             }
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT INTO jobs (id, tenant, job_type, repo_name, remote_url, sha, params,
                      idempotency_key, status, max_attempts, unsafe_fallback, created_at, git_ref,
                      inline_argv, image, tool_bundle, tool_env_var)
@@ -231,7 +250,8 @@ impl Store for SqliteStore {
             )
             .map_err(backend)?;
             if let Some(url) = &job.callback_url {
-                tx.execute(
+                exec(
+                    &tx,
                     "INSERT INTO job_callbacks (job_id, url) VALUES (?1, ?2)",
                     params![job.id.to_string(), url],
                 )
@@ -322,7 +342,8 @@ impl Store for SqliteStore {
             let ids = perimeter::pick_fairly(&tx, &fair, job_types.as_deref(), max)?;
             let mut claimed = Vec::with_capacity(ids.len());
             for id in ids {
-                tx.execute(
+                exec(
+                    &tx,
                     "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?2,
                          lease_owner = ?3, lease_token = lease_token + 1, lease_expires_at = ?4
                      WHERE id = ?1",
@@ -350,7 +371,8 @@ impl Store for SqliteStore {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(backend)?;
             let job = load_leased(&tx, &lease)?;
-            tx.execute(
+            exec(
+                &tx,
                 "UPDATE jobs SET lease_expires_at = ?2 WHERE id = ?1",
                 params![lease.job_id.to_string(), now + lease_ms],
             )
@@ -415,7 +437,8 @@ impl Store for SqliteStore {
             if data.is_empty() {
                 return Ok(());
             }
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT INTO log_chunks (job_id, stream, offset, data) VALUES (?1, ?2, ?3, ?4)",
                 params![
                     lease.job_id.to_string(),
@@ -429,7 +452,8 @@ impl Store for SqliteStore {
                 LogStream::Stdout => "stdout_bytes",
                 LogStream::Stderr => "stderr_bytes",
             };
-            tx.execute(
+            exec(
+                &tx,
                 &format!("UPDATE jobs SET {column} = {column} + ?2 WHERE id = ?1"),
                 params![lease.job_id.to_string(), data.len() as i64],
             )
@@ -453,7 +477,8 @@ impl Store for SqliteStore {
                     job.id, job.status
                 )));
             }
-            tx.execute(
+            exec(
+                &tx,
                 "UPDATE jobs SET status = ?2, reason = ?3, exit_code = ?4, signal = ?5,
                      warnings = ?6, resources = ?7, log_truncated = ?8, finished_at = ?9,
                      enforcement = ?10, invariants = ?11, stages = ?12, tests = ?13,
@@ -508,7 +533,8 @@ impl Store for SqliteStore {
             let job = load(&tx, id)?;
             let outcome = match job.status {
                 JobStatus::Queued => {
-                    tx.execute(
+                    exec(
+                        &tx,
                         "UPDATE jobs SET status = 'cancelled', cancel_requested = 1,
                              reason = 'cancelled while queued', finished_at = ?2
                          WHERE id = ?1",
@@ -518,7 +544,8 @@ impl Store for SqliteStore {
                     CancelOutcome::Cancelled(load(&tx, id)?)
                 }
                 JobStatus::Running => {
-                    tx.execute(
+                    exec(
+                        &tx,
                         "UPDATE jobs SET cancel_requested = 1 WHERE id = ?1",
                         [id.to_string()],
                     )
@@ -562,7 +589,8 @@ impl Store for SqliteStore {
                         now: JobStatus::Queued,
                     });
                 } else {
-                    tx.execute(
+                    exec(
+                        &tx,
                         "UPDATE jobs SET status = 'error', reason = 'worker_lost',
                              finished_at = ?2, lease_owner = NULL, lease_expires_at = NULL
                          WHERE id = ?1",
@@ -651,7 +679,7 @@ impl Store for SqliteStore {
 
     async fn purge_audit(&self, before: Millis) -> Result<u64> {
         self.with(move |conn| {
-            conn.execute("DELETE FROM audit WHERE at < ?1", [before])
+            exec(conn, "DELETE FROM audit WHERE at < ?1", [before])
                 .map(|n| n as u64)
                 .map_err(backend)
         })

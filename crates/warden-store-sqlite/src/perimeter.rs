@@ -8,6 +8,7 @@ use warden_store::{
 };
 
 use super::backend;
+use super::exec;
 
 fn parse_id(s: String) -> Result<JobId> {
     s.parse()
@@ -114,8 +115,7 @@ pub(crate) fn pick_fairly(
             save_pass(conn, c)?;
         }
     }
-    conn.execute("UPDATE scheduler SET v = ?1 WHERE id = 1", [v])
-        .map_err(backend)?;
+    exec(conn, "UPDATE scheduler SET v = ?1 WHERE id = 1", [v]).map_err(backend)?;
     Ok(picked)
 }
 
@@ -197,7 +197,8 @@ pub(crate) fn revoke_token(
     id: &str,
     now: Millis,
 ) -> Result<Option<TokenRecord>> {
-    conn.execute(
+    exec(
+        conn,
         "UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
         params![id, now],
     )
