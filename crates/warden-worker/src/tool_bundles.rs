@@ -108,7 +108,8 @@ impl ToolBundles {
     }
 }
 
-fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
+/// A bundle file's bytes: a regular file of at most [`MAX_BYTES`].
+pub fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
     let f = std::fs::File::open(path)?;
     if !f.metadata()?.is_file() {
         return Err(std::io::Error::other("not a regular file"));

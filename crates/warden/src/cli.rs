@@ -483,18 +483,12 @@ pub struct SubmitArgs {
 
 /// `--tool-bundle`: a bundle file, named to the server by its SHA-256 (or `sha256:HEX` as is).
 fn parse_tool_bundle(s: &str) -> Result<String, String> {
-    use warden_worker::tool_bundles::{MAX_BYTES, digest, parse_digest};
+    use warden_worker::tool_bundles::{digest, parse_digest, read_capped};
     if s.starts_with("sha256:") {
         return parse_digest(s).map(|d| format!("sha256:{d}"));
     }
-    let meta = std::fs::metadata(s).map_err(|e| format!("cannot read {s}: {e}"))?;
-    if !meta.is_file() || meta.len() > MAX_BYTES {
-        return Err(format!(
-            "{s} is not a bundle file (a regular file of at most {} MiB)",
-            MAX_BYTES >> 20
-        ));
-    }
-    let bytes = std::fs::read(s).map_err(|e| format!("cannot read {s}: {e}"))?;
+    let bytes = read_capped(std::path::Path::new(s))
+        .map_err(|e| format!("{s} is not a bundle file it can read: {e}"))?;
     Ok(format!("sha256:{}", digest(&bytes)))
 }
 
