@@ -77,6 +77,14 @@ impl JobService {
             warden_core::config::check_review_params(&req.params)
                 .map_err(|e| invalid(ErrorCode::InvalidParam, e))?;
         }
+        // Checked before a ref is resolved or an image pinned: a mistake costs no network call.
+        let tool_bundle = self
+            .tool_bundle(
+                job_type,
+                non_empty(req.tool_bundle),
+                non_empty(req.tool_env_var),
+            )
+            .await?;
         let repo_name = non_empty(req.repo_name);
         let remote_url = non_empty(req.remote_url);
         let sha = non_empty(req.sha);
@@ -157,13 +165,6 @@ impl JobService {
                 Some(url)
             }
         };
-        let tool_bundle = self
-            .tool_bundle(
-                job_type,
-                non_empty(req.tool_bundle),
-                non_empty(req.tool_env_var),
-            )
-            .await?;
         let new = NewJob {
             tool_bundle,
             callback_url,
