@@ -16,12 +16,16 @@ const LINE: &str = "warden log bench line: the quick brown fox jumps over the la
 const RANDOM: &str = "openssl enc -aes-128-ctr -nosalt -K 000102030405060708090a0b0c0d0e0f \
                       -iv 00000000000000000000000000000000 < /dev/zero 2>/dev/null";
 
+/// `follow_mb` MiB of the bench's lines.
+fn lines_script(mb: u64) -> String {
+    format!("yes \"{LINE}\" | head -n {}", (mb << 20) / 100)
+}
+
 /// The job types the log half runs (appended to the bench server's `job_types:`).
-pub(crate) fn job_types(mb: u64, random_mb: u64) -> String {
-    let lines = (mb << 20) / 100;
-    let chatty = format!("yes \"{LINE}\" | head -n {lines}");
+pub(crate) fn job_types(mb: u64, random_mb: u64, follow_mb: u64) -> String {
+    let chatty = lines_script(mb);
     let random = format!("{RANDOM} | head -c {}", random_mb << 20);
-    let cap = mb.max(random_mb) + 16;
+    let cap = mb.max(random_mb).max(follow_mb) + 16;
     let one = |name: &str, script: &str| {
         format!(
             "  {name}:\n    argv: [\"/bin/sh\", \"-c\", {script:?}]\n    timeout_s: 3600\n    \
@@ -32,8 +36,113 @@ pub(crate) fn job_types(mb: u64, random_mb: u64) -> String {
         one("chatty", &chatty),
         one("quiet", &format!("{chatty} > /dev/null")),
         one("random", &random),
+        one("followed", &lines_script(follow_mb)),
     ]
     .concat()
+}
+
+pub(crate) struct Followed {
+    pub followers: usize,
+    pub mb: u64,
+    pub alone: Duration,
+    /// The same job's submit → terminal with the followers on.
+    pub followed: Duration,
+    /// Until the last follower had the whole log.
+    pub all_delivered: Duration,
+}
+
+/// A job printing `mb` MiB of lines, alone and then with `followers` SSE followers from its
+/// first byte: each must see every byte, in order (offsets contiguous, the text's SHA-256 the
+/// stream's).
+pub(crate) async fn run_followers(
+    url: &str,
+    followers: usize,
+    mb: u64,
+) -> anyhow::Result<Followed> {
+    let client = Client::new(url, Duration::from_secs(600), None)?;
+    let (_, alone, _) = run(&client, "followed").await?;
+    let want = {
+        let out = std::process::Command::new("/bin/sh")
+            .args(["-c", &format!("{} | sha256sum", lines_script(mb))])
+            .output()?;
+        String::from_utf8_lossy(&out.stdout)[..64].to_string()
+    };
+    let t = Instant::now();
+    let id = client
+        .submit(&SubmitJobRequest {
+            job_type: "followed".into(),
+            ..SubmitJobRequest::default()
+        })
+        .await?
+        .job_id;
+    let job_done = {
+        let (client, id) = (client.clone(), id.clone());
+        async move {
+            loop {
+                if client.get(&id).await?.status.is_terminal() {
+                    return anyhow::Ok(t.elapsed());
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    let all = futures::future::join_all((0..followers).map(|_| {
+        let client = client.clone();
+        let id = id.clone();
+        async move {
+            let mut hash = sha2::Sha256::new();
+            let mut next = 0u64;
+            let mut gap = None;
+            let end = client
+                .follow(&id, "stdout", Some(0), None, |item| {
+                    if let warden_client::FollowItem::Log(ev) = item {
+                        if ev.offset != next && gap.is_none() {
+                            gap = Some((next, ev.offset));
+                        }
+                        next = ev.next_offset;
+                        hash.update(ev.text.as_bytes());
+                    }
+                })
+                .await?;
+            if let Some((want, got)) = gap {
+                bail!("a follower's events skipped from {want} to {got}");
+            }
+            anyhow::Ok((end, next, format!("{:x}", hash.finalize())))
+        }
+    }));
+    let (followed, ends) = futures::future::join(job_done, all).await;
+    let (followed, all_delivered) = (followed?, t.elapsed());
+    for e in ends {
+        let (end, next, got) = e?;
+        if end.status != JobStatus::Succeeded || next != end.next_offset || got != want {
+            bail!(
+                "a follower got {next} bytes ({got}), the job {:?} ended at {}",
+                end.status,
+                end.next_offset
+            );
+        }
+    }
+    Ok(Followed {
+        followers,
+        mb,
+        alone,
+        followed,
+        all_delivered,
+    })
+}
+
+pub(crate) fn print_followers(f: &Followed) {
+    println!(
+        "followers: a job printing {} MiB of lines, alone {:.2} s, with {} SSE followers from its \
+         first byte {:.2} s: ingest {:.2}x alone's (goal ≥ 0.9x); every follower had every byte, \
+         in order, after {:.2} s",
+        f.mb,
+        f.alone.as_secs_f64(),
+        f.followers,
+        f.followed.as_secs_f64(),
+        f.alone.as_secs_f64() / f.followed.as_secs_f64(),
+        f.all_delivered.as_secs_f64()
+    );
 }
 
 pub(crate) struct LogResult {

@@ -56,7 +56,7 @@ fn main() -> anyhow::Result<()> {
         ["deploy-check", rest @ ..] => deploy_check::deploy_check(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask bench e2e [--jobs N] [--sequential N] [--concurrency C] [--slots S] [--log-mb N | --no-logs] [--random-mb N] [--log-rounds R] [--burst N] [--burst-clients C]\n       cargo xtask bench sandbox [--runs N]\n       cargo xtask bench gvisor [--runs N]\n       cargo xtask bench pipeline [--runs N] [--stages N]\n       cargo xtask bench junit [--cases N] [--runs N]\n       cargo xtask bench checkout [--files N] [--mb M] [--runs R] [--jobs J]\n       cargo xtask bench queue [--jobs N] [--claimers C] [--history H] [--starts S]\n       cargo xtask bench perimeter [--sequential N] [--jobs N] [--claimers C] [--claims-only] [--log-mb N]\n       cargo xtask bench egress [--mb N] [--connections N] [--starts N]\n       cargo xtask bench images [--mb N] [--starts N] [--rounds N]\n       cargo xtask bench retention [--jobs N] [--gb G] [--rounds R]\n       cargo xtask bench ui [--jobs N] [--first N]\n       cargo xtask bench events [--jobs N] [--rounds R]\n       cargo xtask image [--no-run]\n       cargo xtask deploy-check\n       cargo xtask vm-test [--bench] [--kvm] [--systemd-only] [--timeout-min M] [--memory-mb M]"
+                "usage: cargo xtask bench e2e [--jobs N] [--sequential N] [--concurrency C] [--slots S] [--log-mb N | --no-logs] [--random-mb N] [--log-rounds R] [--burst N] [--burst-clients C] [--followers N] [--follow-mb M]\n       cargo xtask bench sandbox [--runs N]\n       cargo xtask bench gvisor [--runs N]\n       cargo xtask bench pipeline [--runs N] [--stages N]\n       cargo xtask bench junit [--cases N] [--runs N]\n       cargo xtask bench checkout [--files N] [--mb M] [--runs R] [--jobs J]\n       cargo xtask bench queue [--jobs N] [--claimers C] [--history H] [--starts S]\n       cargo xtask bench perimeter [--sequential N] [--jobs N] [--claimers C] [--claims-only] [--log-mb N]\n       cargo xtask bench egress [--mb N] [--connections N] [--starts N]\n       cargo xtask bench images [--mb N] [--starts N] [--rounds N]\n       cargo xtask bench retention [--jobs N] [--gb G] [--rounds R]\n       cargo xtask bench ui [--jobs N] [--first N]\n       cargo xtask bench events [--jobs N] [--rounds R]\n       cargo xtask image [--no-run]\n       cargo xtask deploy-check\n       cargo xtask vm-test [--bench] [--kvm] [--systemd-only] [--timeout-min M] [--memory-mb M]"
             );
             std::process::exit(2);
         }
@@ -167,6 +167,8 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
     let log_rounds = flag(rest, "--log-rounds", 2)?;
     let burst_jobs = flag(rest, "--burst", 1000)?;
     let burst_clients = flag(rest, "--burst-clients", 64)?;
+    let followers = flag(rest, "--followers", 100)?;
+    let follow_mb = flag(rest, "--follow-mb", 256)? as u64;
     let warden = build_release()?;
     let dir = std::env::temp_dir().join(format!("warden-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -177,7 +179,7 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
             "listen: 127.0.0.1:0\ngrpc_listen: 127.0.0.1:0\nauth: {{loopback_trusted: true}}\ndata_dir: {}\nslots: {slots}\nunsafe_fallback: true\njob_types:\n  noop:\n    argv: {:?}\n    timeout_s: 60\n{}",
             dir.join("data").display(),
             NOOP,
-            logs::job_types(log_mb, random_mb),
+            logs::job_types(log_mb, random_mb, follow_mb),
         ),
     )?;
     let (mut server, url) = start_server(&warden, &config)?;
@@ -192,6 +194,10 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
             let client = Client::new(&url, Duration::from_secs(600), None)?;
             logs::run_logs(&client, log_mb, random_mb, log_rounds, server.id()).await
         })),
+        _ => None,
+    };
+    let followed = match (&result, log_mb) {
+        (Ok(_), 1..) => Some(rt.block_on(logs::run_followers(&url, followers, follow_mb))),
         _ => None,
     };
     let _ = Command::new("kill").arg(server.id().to_string()).status();
@@ -263,6 +269,9 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
     }
     if let Some(r) = log_result {
         logs::print(&r?);
+    }
+    if let Some(f) = followed {
+        logs::print_followers(&f?);
     }
     Ok(())
 }
