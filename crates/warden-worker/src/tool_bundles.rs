@@ -81,6 +81,13 @@ impl ToolBundles {
         Ok(None)
     }
 
+    /// [`find`](Self::find) off the async runtime.
+    pub async fn find_async(self, digest: String) -> std::io::Result<Option<(PathBuf, Vec<u8>)>> {
+        tokio::task::spawn_blocking(move || self.find(&digest))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
     /// Keeps `bytes` here as `<sha256>.json` (read-only, written whole), and returns the path.
     pub fn store(&self, bytes: &[u8]) -> std::io::Result<PathBuf> {
         use std::io::Write;

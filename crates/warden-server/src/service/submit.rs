@@ -226,13 +226,10 @@ impl JobService {
                 "this server knows no tool bundles (no tool_bundles: directory is configured)",
             ));
         };
-        let wanted = sha256.clone();
-        let found = tokio::task::spawn_blocking(move || {
-            warden_worker::tool_bundles::ToolBundles::new(dir).find(&wanted)
-        })
-        .await
-        .map_err(|e| ServiceError::internal("looking up a tool bundle", e))?
-        .map_err(|e| ServiceError::internal("reading the tool_bundles directory", e))?;
+        let found = warden_worker::tool_bundles::ToolBundles::new(dir)
+            .find_async(sha256.clone())
+            .await
+            .map_err(|e| ServiceError::internal("reading the tool_bundles directory", e))?;
         if found.is_none() {
             return Err(invalid(
                 ErrorCode::ToolBundleUnknown,

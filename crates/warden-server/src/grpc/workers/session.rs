@@ -283,20 +283,15 @@ impl Session {
         else {
             return;
         };
-        let sha256 = chosen.sha256.clone();
-        let found = tokio::task::spawn_blocking(move || {
-            warden_worker::tool_bundles::ToolBundles::new(dir).find(&sha256)
-        })
-        .await;
+        let found = warden_worker::tool_bundles::ToolBundles::new(dir)
+            .find_async(chosen.sha256.clone())
+            .await;
         match found {
-            Ok(Ok(Some((_, bytes)))) => a.tool_bundle = bytes,
-            Ok(Ok(None)) => {
+            Ok(Some((_, bytes))) => a.tool_bundle = bytes,
+            Ok(None) => {
                 tracing::error!(job = %job.id, sha256 = %chosen.sha256, "tool bundle no longer in tool_bundles");
             }
-            Ok(Err(e)) => {
-                tracing::error!(job = %job.id, error = %e, "tool_bundles unreadable");
-            }
-            Err(e) => tracing::error!(job = %job.id, error = %e, "tool bundle lookup failed"),
+            Err(e) => tracing::error!(job = %job.id, error = %e, "tool_bundles unreadable"),
         }
     }
 
