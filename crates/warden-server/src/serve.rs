@@ -378,7 +378,7 @@ fn start_reaper(store: Arc<dyn Store>, svc: Arc<JobService>) -> tokio::task::Joi
                 Ok(r) if !r.is_empty() => {
                     for j in &r {
                         tracing::warn!(job = %j.job_id, now = %j.now, "lease expired");
-                        svc.events.job_changed(j.job_id);
+                        svc.events.logs_reset(j.job_id);
                     }
                     svc.job_queued();
                 }

@@ -459,24 +459,32 @@ impl Store for PgStore {
         offset: u64,
         max: usize,
     ) -> Result<Vec<u8>> {
+        // Only the chunks that hold the range, and of each only the wanted part (sliced by the
+        // server): a small read of a large log stays small.
+        let max = max.min(i32::MAX as usize);
         let rows = sqlx::query(
-            "SELECT \"offset\", data FROM log_chunks
-             WHERE job_id = $1::uuid AND stream = $2 AND \"offset\" + length(data) > $3
+            "SELECT \"offset\",
+                    substring(data FROM (greatest($3 - \"offset\", 0) + 1)::int FOR $4::int)
+             FROM log_chunks
+             WHERE job_id = $1::uuid AND stream = $2 AND \"offset\" < $3 + $4
+               AND \"offset\" >= coalesce((SELECT \"offset\" FROM log_chunks
+                                           WHERE job_id = $1::uuid AND stream = $2
+                                             AND \"offset\" <= $3
+                                           ORDER BY \"offset\" DESC LIMIT 1), 0)
              ORDER BY \"offset\"",
         )
         .bind(id.to_string())
         .bind(stream_code(stream))
         .bind(offset as i64)
+        .bind(max as i64)
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(max.min(16 << 20));
         for row in rows {
-            let start: i64 = row.try_get(0).map_err(backend)?;
             let data: &[u8] = row.try_get(1).map_err(backend)?;
-            let skip = (offset as i64 - start).max(0) as usize;
-            let take = (max - out.len()).min(data.len().saturating_sub(skip));
-            out.extend_from_slice(&data[skip..skip + take]);
+            let take = (max - out.len()).min(data.len());
+            out.extend_from_slice(&data[..take]);
             if out.len() >= max {
                 break;
             }

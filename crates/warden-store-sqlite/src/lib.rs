@@ -7,7 +7,7 @@
 //! loss may drop the last few commits.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -28,6 +28,7 @@ mod perimeter;
 mod results;
 mod retention;
 mod rows;
+mod thread;
 
 pub use backup::{BackupInfo, backup, check_backup};
 
@@ -52,7 +53,7 @@ const MIGRATIONS: Migrations = &[
 
 #[derive(Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    conn: thread::StoreThread,
     checkpoint: Arc<checkpoint::Checkpointer>,
     fair: Arc<std::sync::RwLock<Arc<FairShare>>>,
 }
@@ -93,7 +94,8 @@ impl SqliteStore {
             .map_err(|e| StoreError::Backend(format!("checkpoint thread: {e}")))?;
         Ok(SqliteStore {
             checkpoint: Arc::new(checkpoint),
-            conn: Arc::new(Mutex::new(conn)),
+            conn: thread::StoreThread::start(conn)
+                .map_err(|e| StoreError::Backend(format!("store thread: {e}")))?,
             fair: Arc::default(),
         })
     }
@@ -103,13 +105,7 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
-        let conn = self.conn.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut guard)
-        })
-        .await
-        .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?;
+        let done = self.conn.call(f).await;
         self.checkpoint.wrote(checkpoint::CALL_BYTES);
         done
     }
@@ -157,6 +153,66 @@ fn migrate(conn: &Connection) -> Result<()> {
 }
 
 /// Puts a running job back in the queue, with its logs reset: the next attempt writes from 0.
+/// Up to `max` bytes from `offset`: only the chunks that hold them, and of each only the part
+/// wanted (incremental blob reads), so that a small read of a large log stays small.
+fn read_log(
+    conn: &Connection,
+    id: JobId,
+    stream: LogStream,
+    offset: u64,
+    max: usize,
+) -> Result<Vec<u8>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT rowid, offset, length(data) FROM log_chunks
+             WHERE job_id = ?1 AND stream = ?2 AND offset < ?3 + ?4
+               AND offset >= coalesce((SELECT offset FROM log_chunks
+                                       WHERE job_id = ?1 AND stream = ?2 AND offset <= ?3
+                                       ORDER BY offset DESC LIMIT 1), 0)
+             ORDER BY offset",
+        )
+        .map_err(backend)?;
+    let max = max.min(i64::MAX as usize);
+    let chunks = stmt
+        .query_map(
+            params![
+                id.to_string(),
+                stream_code(stream),
+                offset as i64,
+                max as i64
+            ],
+            |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, i64>(2)?,
+                ))
+            },
+        )
+        .map_err(backend)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(backend)?;
+    // Sized once: the untouched part of a large read is never paged in.
+    let mut out = Vec::with_capacity(max.min(16 << 20));
+    for (rowid, start, len) in chunks {
+        let skip = (offset as i64 - start).max(0) as usize;
+        let take = (max - out.len()).min((len as usize).saturating_sub(skip));
+        if take == 0 {
+            continue;
+        }
+        let blob = conn
+            .blob_open(rusqlite::MAIN_DB, "log_chunks", "data", rowid, true)
+            .map_err(backend)?;
+        let at = out.len();
+        out.resize(at + take, 0);
+        blob.read_at_exact(&mut out[at..], skip).map_err(backend)?;
+        if out.len() >= max {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 fn requeue(conn: &Connection, id: JobId, count_attempt: bool) -> Result<()> {
     exec(
         conn,
@@ -616,32 +672,8 @@ impl Store for SqliteStore {
         offset: u64,
         max: usize,
     ) -> Result<Vec<u8>> {
-        self.with(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT offset, data FROM log_chunks
-                     WHERE job_id = ?1 AND stream = ?2 AND offset + length(data) > ?3
-                     ORDER BY offset",
-                )
-                .map_err(backend)?;
-            let mut rows = stmt
-                .query(params![id.to_string(), stream_code(stream), offset as i64])
-                .map_err(backend)?;
-            // Sized once: the untouched part of a large read is never paged in.
-            let mut out = Vec::with_capacity(max.min(16 << 20));
-            while let Some(row) = rows.next().map_err(backend)? {
-                let start: i64 = row.get(0).map_err(backend)?;
-                let data: Vec<u8> = row.get(1).map_err(backend)?;
-                let skip = (offset as i64 - start).max(0) as usize;
-                let take = (max - out.len()).min(data.len().saturating_sub(skip));
-                out.extend_from_slice(&data[skip..skip + take]);
-                if out.len() >= max {
-                    break;
-                }
-            }
-            Ok(out)
-        })
-        .await
+        self.with(move |conn| read_log(conn, id, stream, offset, max))
+            .await
     }
 
     async fn create_token(&self, token: TokenRecord) -> Result<()> {

@@ -11,6 +11,7 @@ pub mod egress;
 mod events;
 mod executor;
 pub mod junit;
+pub mod log_cache;
 pub mod review;
 pub mod suites;
 

@@ -122,7 +122,7 @@ impl WorkerHandle {
                 Ok(Some(claimed)) => {
                     let id = claimed.job.id;
                     tracing::info!(job = %id, slot, job_type = %claimed.job.job_type, "job started");
-                    shared.events.job_changed(id);
+                    shared.events.logs_reset(id);
                     let signals = JobSignals::default();
                     self.running
                         .lock()

@@ -110,32 +110,32 @@ impl pb::job_service_server::JobService for Jobs {
         // Unknown jobs fail the call itself, not the first message.
         self.svc.get(&caller, id).await.map_err(status)?;
         let pb_stream = r.stream;
-        let chunks = self
+        let follow = self
             .svc
-            .follow_log(id, stream, r.offset, warden_proto::MAX_CHUNK, r.follow)
-            .map(move |item| match item {
-                Ok(LogItem::Chunk { offset, data }) => Ok(pb::LogChunk {
-                    stream: pb_stream,
-                    offset,
-                    end: false,
-                    status: 0,
-                    truncated: false,
-                    data,
-                }),
-                Ok(LogItem::End {
-                    job,
-                    next_offset,
-                    ended,
-                }) => Ok(pb::LogChunk {
-                    stream: pb_stream,
-                    offset: next_offset,
-                    data: Vec::new(),
-                    end: ended,
-                    status: status_to_pb(job.status) as i32,
-                    truncated: job.log_truncated,
-                }),
-                Err(e) => Err(status(e)),
-            });
+            .follow_log(id, stream, r.offset, warden_proto::MAX_CHUNK, r.follow);
+        let chunks = crate::service::readers::detach(follow).map(move |item| match item {
+            Ok(LogItem::Chunk { offset, data, .. }) => Ok(pb::LogChunk {
+                stream: pb_stream,
+                offset,
+                end: false,
+                status: 0,
+                truncated: false,
+                data: data.to_vec(),
+            }),
+            Ok(LogItem::End {
+                job,
+                next_offset,
+                ended,
+            }) => Ok(pb::LogChunk {
+                stream: pb_stream,
+                offset: next_offset,
+                data: Vec::new(),
+                end: ended,
+                status: status_to_pb(job.status) as i32,
+                truncated: job.log_truncated,
+            }),
+            Err(e) => Err(status(e)),
+        });
         Ok(Response::new(Box::pin(chunks)))
     }
 

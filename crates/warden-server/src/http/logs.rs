@@ -8,8 +8,8 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use warden_api::{ErrorBody, ErrorCode, LogEnd, LogEvent, LogsResponse};
 use warden_store::LogStream;
@@ -18,8 +18,9 @@ use super::AppState;
 use super::query::{parse_query, query_bool, query_num};
 use crate::service::{JobService, LogItem, ServiceError};
 
-/// Bytes read from the store per SSE event.
-const SSE_CHUNK: usize = 64 * 1024;
+/// Bytes per SSE event at most: a block of the log cache, so that followers in step share
+/// each event.
+const SSE_CHUNK: usize = warden_worker::log_cache::BLOCK;
 
 /// A job's log: the last lines as JSON (default), exact bytes from an offset (`format=raw`), or
 /// a live follow over server-sent events (`follow=true`: `log` events whose id is the next
@@ -101,10 +102,9 @@ pub(super) async fn logs(
             (None, Some(t)) => svc.tail(&job, stream, t).await?.1,
             (None, None) => 0,
         };
-        let events = sse_events(svc.follow_log(id, stream, start, SSE_CHUNK, true));
-        return Ok(Sse::new(events)
-            .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-            .into_response());
+        return Ok(sse_response(
+            svc.follow_log(id, stream, start, SSE_CHUNK, true),
+        ));
     }
 
     if format == "raw" {
@@ -142,58 +142,103 @@ pub(super) async fn logs(
     .into_response())
 }
 
-/// Server-sent events from the service's follow: `log` events (id = next offset, for
-/// `Last-Event-ID` resume) until the job ends, then one `end` event. A multi-byte character
-/// split between two chunks is held back until it is whole, so every event is valid UTF-8.
-fn sse_events(
+/// How often an idle follow gets a comment line, so proxies keep the connection open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// A follow as a `text/event-stream` response: the events of [`sse_frames`], with a comment
+/// line after every [`KEEP_ALIVE`] of silence.
+fn sse_response(
     items: impl Stream<Item = Result<LogItem, ServiceError>> + Send + 'static,
-) -> impl Stream<Item = Result<Event, Infallible>> {
-    let mut pending: Vec<u8> = Vec::new();
-    items.map(move |item| {
-        let event = match item {
-            Ok(LogItem::Chunk {
-                offset,
-                data: chunk,
-            }) => {
-                let mut data = std::mem::take(&mut pending);
-                let start = offset - data.len() as u64;
-                data.extend_from_slice(&chunk);
-                let keep = match std::str::from_utf8(&data) {
-                    Ok(_) => data.len(),
-                    Err(e) if e.error_len().is_none() => e.valid_up_to(),
-                    Err(_) => data.len(),
-                };
-                pending = data.split_off(keep);
-                let next = start + data.len() as u64;
-                let ev = LogEvent {
-                    offset: start,
-                    next_offset: next,
-                    text: String::from_utf8_lossy(&data).into_owned(),
-                };
-                Event::default()
-                    .event("log")
-                    .id(next.to_string())
-                    .json_data(ev)
-                    .unwrap_or_else(|_| Event::default().event("log"))
-            }
-            Ok(LogItem::End {
-                job, next_offset, ..
-            }) => {
-                let end = LogEnd {
-                    status: job.status,
-                    next_offset,
-                    truncated: job.log_truncated,
-                };
-                Event::default()
-                    .event("end")
-                    .json_data(end)
-                    .unwrap_or_default()
-            }
-            Err(e) if e.code == ErrorCode::JobNotFound => {
-                Event::default().event("error").data("job vanished")
-            }
-            Err(_) => Event::default().event("error").data("log read failed"),
+) -> Response {
+    let frames = crate::service::readers::detach(sse_frames(items));
+    let body = futures::stream::unfold(frames, |mut frames| async move {
+        let next = tokio::select! {
+            f = frames.next() => f?,
+            _ = tokio::time::sleep(KEEP_ALIVE) => Bytes::from_static(b":\n\n"),
         };
-        Ok(event)
+        Some((Ok::<_, Infallible>(next), frames))
+    });
+    let mut resp = Response::new(Body::from_stream(body));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+/// One event in the wire format: `event`, an optional `id`, one `data` line (JSON has no
+/// newline of its own).
+fn sse_frame(event: &str, id: Option<u64>, data: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(data.len() + 48);
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(event.as_bytes());
+    if let Some(id) = id {
+        out.extend_from_slice(format!("\nid: {id}").as_bytes());
+    }
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+/// A `log` event for `data` at `offset` (the id is the next offset, for `Last-Event-ID`
+/// resume), and how many of the bytes it holds: a multi-byte character split at the end is left
+/// for the next event, so that every event is valid UTF-8.
+fn log_frame(offset: u64, data: &[u8]) -> (Bytes, usize) {
+    let keep = match std::str::from_utf8(data) {
+        Ok(_) => data.len(),
+        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+        Err(_) => data.len(),
+    };
+    let next = offset + keep as u64;
+    let ev = LogEvent {
+        offset,
+        next_offset: next,
+        text: String::from_utf8_lossy(&data[..keep]).into_owned(),
+    };
+    let json = serde_json::to_vec(&ev).unwrap_or_default();
+    (sse_frame("log", Some(next), &json), keep)
+}
+
+/// Server-sent events from the service's follow: `log` events until the job ends, then one
+/// `end` event. A whole cached block is encoded once for every follower sending it from its
+/// start (its memo); anything else (a follower mid-block, or holding part of a character) is
+/// encoded for itself.
+fn sse_frames(
+    items: impl Stream<Item = Result<LogItem, ServiceError>> + Send + 'static,
+) -> impl Stream<Item = Bytes> + Send + 'static {
+    let mut pending: Vec<u8> = Vec::new();
+    items.map(move |item| match item {
+        Ok(LogItem::Chunk { offset, data, memo }) => {
+            if pending.is_empty() {
+                let encode = || log_frame(offset, &data);
+                let (frame, keep) = match &memo {
+                    Some(m) => m.get_or_init(encode).clone(),
+                    None => encode(),
+                };
+                pending.extend_from_slice(&data[keep..]);
+                return frame;
+            }
+            let mut joined = std::mem::take(&mut pending);
+            let start = offset - joined.len() as u64;
+            joined.extend_from_slice(&data);
+            let (frame, keep) = log_frame(start, &joined);
+            pending = joined.split_off(keep);
+            frame
+        }
+        Ok(LogItem::End {
+            job, next_offset, ..
+        }) => {
+            let end = LogEnd {
+                status: job.status,
+                next_offset,
+                truncated: job.log_truncated,
+            };
+            sse_frame("end", None, &serde_json::to_vec(&end).unwrap_or_default())
+        }
+        Err(e) if e.code == ErrorCode::JobNotFound => sse_frame("error", None, b"job vanished"),
+        Err(_) => sse_frame("error", None, b"log read failed"),
     })
 }

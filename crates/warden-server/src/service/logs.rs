@@ -1,16 +1,25 @@
 //! A job's logs: the last lines, exact byte ranges, and following them live.
 
+use std::sync::Arc;
+
+use bytes::Bytes;
 use futures::Stream;
 use warden_core::JobId;
 use warden_store::{JobRecord, LogStream};
+use warden_worker::log_cache::{BLOCK, Following, Lookup, Memo};
 
 use super::{FOLLOW_POLL, JobService, ServiceError};
 
 /// One step of a followed log.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LogItem {
-    /// Bytes at `offset` of the stream.
-    Chunk { offset: u64, data: Vec<u8> },
+    /// Bytes at `offset` of the stream; `memo` holds their encoding for the wire when every
+    /// follower in step sends the same (a whole block of the [`LogCache`]).
+    Chunk {
+        offset: u64,
+        data: Bytes,
+        memo: Option<Arc<Memo>>,
+    },
     /// Caught up. `ended`: the job is over and nothing more will come; otherwise (when not
     /// following) the stream may still grow.
     End {
@@ -60,6 +69,10 @@ impl JobService {
     /// With `follow`, waits for more until the job has ended and everything was read (woken by
     /// this replica's events, and polling behind them for writes on other replicas); without,
     /// ends once caught up. Stops early when the server shuts down.
+    ///
+    /// A follower reads through the [`LogCache`]: the job's new bytes as they were appended, and
+    /// a block missing there from the store once for all followers in step. Its record is read
+    /// again only when it changed (not when its logs merely grew) or on a poll.
     pub fn follow_log(
         self: &std::sync::Arc<Self>,
         id: JobId,
@@ -71,13 +84,18 @@ impl JobService {
         struct State {
             svc: std::sync::Arc<JobService>,
             rx: warden_worker::JobEvents,
+            following: Option<Following>,
             offset: u64,
+            /// Read the record (and the store, past what the cache knows) before waiting again.
+            look: bool,
             done: bool,
         }
         let state = State {
             rx: self.events.subscribe(),
+            following: follow.then(|| self.events.logs().follow(id)),
             svc: self.clone(),
             offset,
+            look: true,
             done: false,
         };
         futures::stream::unfold(state, move |mut st| async move {
@@ -85,7 +103,11 @@ impl JobService {
                 return None;
             }
             loop {
-                let data = match st.svc.read_log(id, stream, st.offset, chunk).await {
+                let read = st
+                    .svc
+                    .read_followed(st.following.as_ref(), st.look, id, stream, st.offset, chunk)
+                    .await;
+                let (data, memo) = match read {
                     Ok(d) => d,
                     Err(e) => {
                         st.done = true;
@@ -93,35 +115,87 @@ impl JobService {
                     }
                 };
                 if !data.is_empty() {
+                    if let Some(f) = &st.following {
+                        f.pace().await;
+                    }
                     let at = st.offset;
                     st.offset += data.len() as u64;
-                    return Some((Ok(LogItem::Chunk { offset: at, data }), st));
+                    return Some((
+                        Ok(LogItem::Chunk {
+                            offset: at,
+                            data,
+                            memo,
+                        }),
+                        st,
+                    ));
                 }
-                let job = match st.svc.load(id).await {
-                    Ok(j) => j,
-                    Err(e) => {
-                        st.done = true;
-                        return Some((Err(e), st));
-                    }
-                };
-                let ended = job.status.is_terminal() && st.offset >= job.log_len(stream);
-                if ended || !follow {
-                    st.done = true;
-                    let end = LogItem::End {
-                        job: Box::new(job),
-                        next_offset: st.offset,
-                        ended,
+                if st.look {
+                    let job = match st.svc.load(id).await {
+                        Ok(j) => j,
+                        Err(e) => {
+                            st.done = true;
+                            return Some((Err(e), st));
+                        }
                     };
-                    return Some((Ok(end), st));
+                    let ended = job.status.is_terminal() && st.offset >= job.log_len(stream);
+                    if ended || !follow {
+                        st.done = true;
+                        let end = LogItem::End {
+                            job: Box::new(job),
+                            next_offset: st.offset,
+                            ended,
+                        };
+                        return Some((Ok(end), st));
+                    }
+                    // An ended job's last bytes may still be on their way: look each time.
+                    st.look = job.status.is_terminal();
                 }
                 tokio::select! {
-                    _ = st.rx.changed(id) => {}
+                    logs_only = st.rx.changed_how(id) => st.look |= !logs_only,
                     // Another replica may be writing and its notice lost: look again.
-                    _ = tokio::time::sleep(FOLLOW_POLL) => {}
+                    _ = tokio::time::sleep(FOLLOW_POLL) => st.look = true,
                     _ = st.svc.shutdown.cancelled() => return None,
                 }
             }
         })
+    }
+
+    /// The next bytes for a follower at `offset`: from the cache when it has them (or knows
+    /// there are none yet and the follower is not `looking` further), else from the store, one
+    /// block at a time for all followers.
+    async fn read_followed(
+        &self,
+        following: Option<&Following>,
+        looking: bool,
+        id: JobId,
+        stream: LogStream,
+        offset: u64,
+        chunk: usize,
+    ) -> Result<(Bytes, Option<Arc<Memo>>), ServiceError> {
+        let Some(following) = following else {
+            let data = self.store.read_log(id, stream, offset, chunk).await?;
+            return Ok((Bytes::from(data), None));
+        };
+        let logs = self.events.logs();
+        match logs.read(id, stream, offset, chunk) {
+            Lookup::Hit(c) => return Ok((c.data, c.memo)),
+            Lookup::AtEnd if !looking => return Ok((Bytes::new(), None)),
+            Lookup::AtEnd | Lookup::Miss => {}
+        }
+        let _one = following.miss_lock().await;
+        // Another follower may have read it while this one waited.
+        if let Lookup::Hit(c) = logs.read(id, stream, offset, chunk) {
+            return Ok((c.data, c.memo));
+        }
+        let start = offset - offset % BLOCK as u64;
+        let block = Bytes::from(self.store.read_log(id, stream, start, BLOCK).await?);
+        logs.fill(id, stream, start, block.clone());
+        let skip = (offset - start) as usize;
+        if block.len() <= skip {
+            return Ok((Bytes::new(), None));
+        }
+        let end = block.len().min(skip + chunk);
+        Ok((block.slice(skip..end), None))
     }
 
     /// The job now and after every change, until it has ended (or the server stops).

@@ -6,6 +6,7 @@ pub mod admin;
 mod artifacts;
 mod error;
 mod logs;
+pub mod readers;
 mod submit;
 mod tests;
 

@@ -331,6 +331,34 @@ pub async fn logs_are_offset_addressed_and_byte_exact(store: &dyn Store) {
     );
     let rec = store.get(job.id).await.unwrap();
     assert_eq!((rec.stdout_bytes, rec.stderr_bytes), (261, 4));
+
+    // Chunks of several sizes: every window, starting and ending on and between boundaries,
+    // reads exactly its bytes (a read touches only the chunks it needs, so each is sliced).
+    for n in [1usize, 7, 300, 2, 1000] {
+        let more: Vec<u8> = (0..n).map(|i| (i * 31 + expected.len()) as u8).collect();
+        store
+            .append_log(&c.lease, LogStream::Stdout, expected.len() as u64, &more)
+            .await
+            .unwrap();
+        expected.extend_from_slice(&more);
+    }
+    let cuts = [
+        0usize, 1, 4, 5, 6, 260, 261, 262, 268, 500, 568, 569, 570, 1569, 1570,
+    ];
+    for from in cuts {
+        for max in [0usize, 1, 5, 256, 400, 1 << 20] {
+            let got = store
+                .read_log(job.id, LogStream::Stdout, from as u64, max)
+                .await
+                .unwrap();
+            let end = expected.len().min(from + max).max(from.min(expected.len()));
+            assert_eq!(
+                got,
+                expected[from.min(expected.len())..end],
+                "from {from} max {max}"
+            );
+        }
+    }
 }
 
 pub async fn cancel_queued_running_and_finished(store: &dyn Store) {

@@ -189,8 +189,10 @@ async fn store_batches(
                     .await
                 {
                     Ok(()) => {
+                        shared
+                            .events
+                            .log_appended(lease.job_id, stream, offset, &data);
                         offset += data.len() as u64;
-                        shared.events.job_changed(lease.job_id);
                     }
                     Err(e) => {
                         tracing::warn!(job = %lease.job_id, error = %e, "log append failed");

@@ -163,7 +163,9 @@ impl Session {
             .await
         {
             Ok(()) => {
-                self.hub.events.job_changed(lease.job_id);
+                self.hub
+                    .events
+                    .log_appended(lease.job_id, stream, a.offset, &a.data);
                 Out::Ack(pb::Ack {})
             }
             Err(e) => store_error(e),
@@ -231,7 +233,7 @@ impl Session {
         let out = match self.hub.store.release(&lease).await {
             Ok(()) => {
                 // Someone else may take it now.
-                self.hub.events.job_changed(lease.job_id);
+                self.hub.events.logs_reset(lease.job_id);
                 Out::Ack(pb::Ack {})
             }
             Err(e) => store_error(e),
@@ -390,7 +392,7 @@ impl Session {
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .insert(c.job.id);
-                        hub.events.job_changed(c.job.id);
+                        hub.events.logs_reset(c.job.id);
                         self.hand_out(c).await;
                     }
                     found
