@@ -39,6 +39,18 @@ fn next_of(
     .transpose()
 }
 
+/// Tenants with queued jobs, one index seek each (a skip scan of `jobs_queued_tenant`). The
+/// index is named: without `ANALYZE` statistics SQLite's planner takes `jobs_status` instead and
+/// reads every queued row for each `MIN` — a claim that grew with the queue's depth (20,000
+/// queued jobs: 52 ms per claim).
+pub(crate) const QUEUED_TENANTS: &str = "WITH RECURSIVE t(name) AS (
+        SELECT MIN(tenant) FROM jobs INDEXED BY jobs_queued_tenant WHERE status = 'queued'
+        UNION ALL
+        SELECT (SELECT MIN(tenant) FROM jobs INDEXED BY jobs_queued_tenant
+                WHERE status = 'queued' AND tenant > t.name)
+        FROM t WHERE t.name IS NOT NULL)
+    SELECT name FROM t WHERE name IS NOT NULL";
+
 /// Up to `max` queued jobs in fair-share order, inside the caller's write transaction; the
 /// passes and virtual time are advanced for them.
 pub(crate) fn pick_fairly(
@@ -47,16 +59,8 @@ pub(crate) fn pick_fairly(
     job_types: Option<&str>,
     max: usize,
 ) -> Result<Vec<JobId>> {
-    // Tenants with queued jobs, one index seek each (a skip scan of jobs_queued_tenant).
     let tenants: Vec<String> = conn
-        .prepare_cached(
-            "WITH RECURSIVE t(name) AS (
-                 SELECT MIN(tenant) FROM jobs WHERE status = 'queued'
-                 UNION ALL
-                 SELECT (SELECT MIN(tenant) FROM jobs WHERE status = 'queued' AND tenant > t.name)
-                 FROM t WHERE t.name IS NOT NULL)
-             SELECT name FROM t WHERE name IS NOT NULL",
-        )
+        .prepare_cached(QUEUED_TENANTS)
         .map_err(backend)?
         .query_map([], |r| r.get(0))
         .map_err(backend)?

@@ -31,3 +31,42 @@ async fn reopening_keeps_jobs_and_does_not_reapply_migrations() {
         .unwrap();
     assert_eq!(mode, "wal");
 }
+
+#[tokio::test]
+async fn the_claims_tenant_scan_seeks_the_queued_index_whatever_the_statistics() {
+    let (store, _dir) = fresh().await;
+    for tenant in ["a", "b"] {
+        let mut job = NewJob::plain("t", 1);
+        job.tenant = tenant.into();
+        store.submit(job).await.unwrap();
+    }
+    let plan: Vec<String> = store
+        .with(|c| {
+            let mut s = c
+                .prepare(&format!("EXPLAIN QUERY PLAN {}", perimeter::QUEUED_TENANTS))
+                .map_err(backend)?;
+            let rows = s
+                .query_map([], |r| r.get::<_, String>(3))
+                .map_err(backend)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(backend)
+        })
+        .await
+        .unwrap();
+    let searches: Vec<&String> = plan.iter().filter(|p| p.contains("jobs")).collect();
+    assert!(
+        !searches.is_empty()
+            && searches
+                .iter()
+                .all(|p| p.contains("INDEX jobs_queued_tenant")),
+        "{plan:?}"
+    );
+    let tenants: Vec<String> = store
+        .with(|c| {
+            let mut s = c.prepare(perimeter::QUEUED_TENANTS).map_err(backend)?;
+            let rows = s.query_map([], |r| r.get(0)).map_err(backend)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(backend)
+        })
+        .await
+        .unwrap();
+    assert_eq!(tenants, ["a", "b"]);
+}
