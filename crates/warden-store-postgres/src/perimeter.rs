@@ -111,18 +111,22 @@ impl Schedule {
     }
 
     /// The active tenant whose turn it is (lowest effective pass, then longest waiting),
-    /// skipping `skip`, charged for one claim.
-    pub(crate) fn take_turn(&mut self, fair: &FairShare, skip: &[String]) -> Option<Turn> {
+    /// skipping `skip`; nothing is charged.
+    pub(crate) fn whose_turn(&self, skip: &[String]) -> Option<&str> {
         let v = self.v;
-        let (tenant, _) = self
-            .active
+        self.active
             .iter()
             .filter(|(t, _)| !skip.contains(t))
             .min_by_key(|(t, seq)| {
                 let pass = self.passes.get(t.as_str()).copied().unwrap_or(0);
                 (pass.max(v), **seq)
-            })?;
-        let tenant = tenant.clone();
+            })
+            .map(|(t, _)| t.as_str())
+    }
+
+    /// [`whose_turn`](Self::whose_turn), charged for one claim.
+    pub(crate) fn take_turn(&mut self, fair: &FairShare, skip: &[String]) -> Option<Turn> {
+        let tenant = self.whose_turn(skip)?.to_string();
         let before = self.passes.get(&tenant).copied().unwrap_or(0);
         let mut c = Candidate {
             tenant,
@@ -452,5 +456,31 @@ impl PgStore {
             .await
             .map_err(backend)?;
         Ok(done.rows_affected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn looking_at_whose_turn_it_is_charges_nothing() {
+        let fair = FairShare::default();
+        let mut s = Schedule::default();
+        s.note("a");
+        s.note("b");
+        let first = s.whose_turn(&[]).unwrap().to_string();
+        assert_eq!(s.whose_turn(&[]), Some(first.as_str()), "asking twice");
+        let order: Vec<String> = (0..4)
+            .map(|_| {
+                let peeked = s.whose_turn(&[]).unwrap().to_string();
+                let t = s.take_turn(&fair, &[]).unwrap();
+                assert_eq!(t.tenant, peeked, "the turn taken is the one seen");
+                t.tenant
+            })
+            .collect();
+        assert_eq!(order, [first.clone(), order[1].clone(), first, order[1].clone()]);
+        assert_ne!(order[0], order[1], "equal shares alternate");
+        assert_eq!(s.whose_turn(&["a".into(), "b".into()]), None);
     }
 }

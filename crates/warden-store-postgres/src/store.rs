@@ -666,8 +666,8 @@ impl PgStore {
     }
 
     /// Without `max_running` anywhere: the tenant whose turn it is comes from this replica's
-    /// active set, and one statement per job claims that tenant's oldest (`rows::sql_claim_tenant`),
-    /// so that a claim costs the same with one tenant or a thousand. A tenant that gives nothing
+    /// active set, and one statement claims that tenant's oldest jobs for all its turns in a row
+    /// (`rows::sql_claim_tenant`), so that a claim costs the same with one tenant or a thousand. A tenant that gives nothing
     /// is passed over for the rest of this call (and leaves the active set when no job type
     /// filter could explain it); before giving up, the database is asked once which tenants
     /// have queued jobs.
@@ -698,34 +698,60 @@ impl PgStore {
                 scanned = true;
                 continue;
             };
-            let row = sqlx::query(sql_claim_tenant())
+            // The tenant's turns in a row are claimed in one statement: with one tenant (or
+            // one far behind the others), a batch is one round trip, not one per job.
+            let mut turns = vec![turn];
+            {
+                let mut schedule = lock();
+                while claimed.len() + turns.len() < max
+                    && schedule.whose_turn(&skip) == Some(turns[0].tenant.as_str())
+                {
+                    turns.extend(schedule.take_turn(fair, &skip));
+                }
+            }
+            let tenant = turns[0].tenant.clone();
+            let rows = sqlx::query(sql_claim_tenant())
                 .bind(now)
                 .bind(worker)
                 .bind(now.saturating_add(lease_ms))
                 .bind(job_types)
-                .bind(1i64)
-                .bind(&turn.tenant)
-                .fetch_optional(&self.pool)
+                .bind(turns.len() as i64)
+                .bind(&tenant)
+                .fetch_all(&self.pool)
                 .await;
-            let row = match row {
-                Ok(Some(row)) => row,
-                Ok(None) => {
-                    lock().refund(&turn, job_types.is_none());
-                    skip.push(turn.tenant);
-                    continue;
-                }
+            let rows = match rows {
+                Ok(rows) => rows,
                 Err(e) => {
-                    lock().refund(&turn, false);
+                    let mut schedule = lock();
+                    for t in turns.iter().rev() {
+                        schedule.refund(t, false);
+                    }
                     return Err(backend(e));
                 }
             };
-            let job = row_to_job(&row)?;
-            let lease = Lease {
-                job_id: job.id,
-                worker: worker.to_string(),
-                token: job.lease_token,
-            };
-            claimed.push(Claimed { job, lease });
+            if rows.len() < turns.len() {
+                // Given back newest first: each refund restores the pass the turn before left.
+                let mut schedule = lock();
+                for t in turns[rows.len()..].iter().rev() {
+                    schedule.refund(t, job_types.is_none());
+                }
+                skip.push(tenant);
+            }
+            let mut batch = rows
+                .iter()
+                .map(|row| {
+                    let job = row_to_job(row)?;
+                    let lease = Lease {
+                        job_id: job.id,
+                        worker: worker.to_string(),
+                        token: job.lease_token,
+                    };
+                    Ok(Claimed { job, lease })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            // RETURNING has no order: within a tenant, oldest first.
+            batch.sort_by_key(|c| c.job.id);
+            claimed.extend(batch);
         }
         Ok(claimed)
     }
