@@ -479,7 +479,10 @@ mod tests {
                 t.tenant
             })
             .collect();
-        assert_eq!(order, [first.clone(), order[1].clone(), first, order[1].clone()]);
+        assert_eq!(
+            order,
+            [first.clone(), order[1].clone(), first, order[1].clone()]
+        );
         assert_ne!(order[0], order[1], "equal shares alternate");
         assert_eq!(s.whose_turn(&["a".into(), "b".into()]), None);
     }

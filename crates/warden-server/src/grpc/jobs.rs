@@ -113,29 +113,35 @@ impl pb::job_service_server::JobService for Jobs {
         let follow = self
             .svc
             .follow_log(id, stream, r.offset, warden_proto::MAX_CHUNK, r.follow);
-        let chunks = crate::service::readers::detach(follow).map(move |item| match item {
-            Ok(LogItem::Chunk { offset, data, .. }) => Ok(pb::LogChunk {
-                stream: pb_stream,
-                offset,
-                end: false,
-                status: 0,
-                truncated: false,
-                data: data.to_vec(),
-            }),
-            Ok(LogItem::End {
-                job,
-                next_offset,
-                ended,
-            }) => Ok(pb::LogChunk {
-                stream: pb_stream,
-                offset: next_offset,
-                data: Vec::new(),
-                end: ended,
-                status: status_to_pb(job.status) as i32,
-                truncated: job.log_truncated,
-            }),
-            Err(e) => Err(status(e)),
-        });
+        let size = |i: &Result<LogItem, ServiceError>| match i {
+            Ok(LogItem::Chunk { data, .. }) => data.len(),
+            _ => 0,
+        };
+        let chunks =
+            crate::service::readers::detach_after(follow, crate::service::readers::INLINE, size)
+                .map(move |item| match item {
+                    Ok(LogItem::Chunk { offset, data, .. }) => Ok(pb::LogChunk {
+                        stream: pb_stream,
+                        offset,
+                        end: false,
+                        status: 0,
+                        truncated: false,
+                        data: data.to_vec(),
+                    }),
+                    Ok(LogItem::End {
+                        job,
+                        next_offset,
+                        ended,
+                    }) => Ok(pb::LogChunk {
+                        stream: pb_stream,
+                        offset: next_offset,
+                        data: Vec::new(),
+                        end: ended,
+                        status: status_to_pb(job.status) as i32,
+                        truncated: job.log_truncated,
+                    }),
+                    Err(e) => Err(status(e)),
+                });
         Ok(Response::new(Box::pin(chunks)))
     }
 

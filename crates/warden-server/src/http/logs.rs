@@ -150,7 +150,8 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 fn sse_response(
     items: impl Stream<Item = Result<LogItem, ServiceError>> + Send + 'static,
 ) -> Response {
-    let frames = crate::service::readers::detach(sse_frames(items));
+    use crate::service::readers::{INLINE, detach_after};
+    let frames = detach_after(sse_frames(items), INLINE, Bytes::len);
     let body = futures::stream::unfold(frames, |mut frames| async move {
         let next = tokio::select! {
             f = frames.next() => f?,

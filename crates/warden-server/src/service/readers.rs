@@ -7,11 +7,15 @@
 
 use std::sync::OnceLock;
 
+use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use tokio::runtime::Runtime;
 
 /// Items a follow prepares ahead of its connection.
 const AHEAD: usize = 4;
+
+/// Bytes a follow sends from the connection's own task before it moves to the readers.
+pub const INLINE: usize = 1 << 20;
 
 /// The lowest priority a thread can take without privileges.
 const NICE: i32 = 19;
@@ -41,7 +45,7 @@ fn runtime() -> Option<&'static Runtime> {
 
 /// `items`, produced on the readers' runtime. Ends when `items` does; dropping the returned
 /// stream (the client went away) stops the producer at its next item.
-pub fn detach<S>(items: S) -> futures::stream::BoxStream<'static, S::Item>
+pub fn detach<S>(items: S) -> BoxStream<'static, S::Item>
 where
     S: Stream + Send + 'static,
     S::Item: Send + 'static,
@@ -59,6 +63,44 @@ where
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+}
+
+/// `items` produced where they are polled until they have yielded `inline` bytes (by `size`),
+/// then [`detach`]ed for the rest. Most follows — waiting for a job to end, a short log — never
+/// leave the connection's own task, and pay no hop between runtimes; a heavy one moves.
+pub fn detach_after<S>(
+    items: S,
+    inline: usize,
+    size: fn(&S::Item) -> usize,
+) -> BoxStream<'static, S::Item>
+where
+    S: Stream + Send + 'static,
+    S::Item: Send + 'static,
+{
+    enum Where<S: Stream> {
+        Here(std::pin::Pin<Box<S>>, usize),
+        There(BoxStream<'static, S::Item>),
+    }
+    let state = Where::Here(Box::pin(items), 0);
+    futures::stream::unfold(state, move |state| async move {
+        match state {
+            Where::Here(mut items, sent) => {
+                let item = items.next().await?;
+                let sent = sent + size(&item);
+                let next = if sent >= inline {
+                    Where::There(detach(items))
+                } else {
+                    Where::Here(items, sent)
+                };
+                Some((item, next))
+            }
+            Where::There(mut rest) => {
+                let item = rest.next().await?;
+                Some((item, Where::There(rest)))
+            }
+        }
+    })
+    .boxed()
 }
 
 #[cfg(test)]
@@ -80,6 +122,23 @@ mod tests {
             got.iter().all(|g| g.1 == NICE),
             "made on the readers' threads"
         );
+    }
+
+    #[tokio::test]
+    async fn a_follow_moves_to_the_readers_once_it_has_sent_enough() {
+        let items = futures::stream::iter(0..10).then(|n| async move {
+            let me = rustix::thread::gettid();
+            (n, rustix::process::getpriority_process(Some(me)).unwrap())
+        });
+        // Each item counts 100 bytes: the first three stay, the rest move.
+        let got: Vec<(i32, i32)> = detach_after(items, 300, |_| 100).collect().await;
+        assert_eq!(
+            got.iter().map(|g| g.0).collect::<Vec<_>>(),
+            (0..10).collect::<Vec<_>>()
+        );
+        let here = rustix::process::getpriority_process(None).unwrap();
+        assert!(got[..3].iter().all(|g| g.1 == here), "{got:?}");
+        assert!(got[3..].iter().all(|g| g.1 == NICE), "{got:?}");
     }
 
     #[tokio::test]
