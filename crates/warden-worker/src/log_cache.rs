@@ -83,8 +83,12 @@ pub enum Lookup {
     /// Nothing past this offset was appended here since the job was followed; only an append
     /// through another server would be missing, so a poll should still read the store.
     AtEnd,
-    /// Read the store (and [`fill`](LogCache::fill) the block).
+    /// The stream is known to reach past this offset, but the block is not here: read the
+    /// store (and [`fill`](LogCache::fill) the block).
     Miss,
+    /// Nothing is known here of this stream past what is kept: the job's record says how long
+    /// it is.
+    Unknown,
 }
 
 /// Held by a follower for as long as it follows: while a job has one, its appends are kept.
@@ -206,7 +210,8 @@ impl LogCache {
         }
         match inner.ends.get(&(job, stream)) {
             Some(end) if offset >= *end => Lookup::AtEnd,
-            _ => Lookup::Miss,
+            Some(_) => Lookup::Miss,
+            None => Lookup::Unknown,
         }
     }
 
@@ -329,7 +334,7 @@ mod tests {
         let all = stream_bytes(BLOCK * 2 + 1000);
         cache.appended(job, OUT, 0, &all[..1000]);
         assert!(
-            matches!(cache.read(job, OUT, 0, 10), Lookup::Miss),
+            matches!(cache.read(job, OUT, 0, 10), Lookup::Unknown),
             "kept for nobody"
         );
 

@@ -86,8 +86,9 @@ impl JobService {
             rx: warden_worker::JobEvents,
             following: Option<Following>,
             offset: u64,
-            /// Read the record (and the store, past what the cache knows) before waiting again.
+            /// The record may have changed since `job` was read: read it again before waiting.
             look: bool,
+            job: Option<JobRecord>,
             done: bool,
         }
         let state = State {
@@ -96,6 +97,7 @@ impl JobService {
             svc: self.clone(),
             offset,
             look: true,
+            job: None,
             done: false,
         };
         futures::stream::unfold(state, move |mut st| async move {
@@ -103,18 +105,47 @@ impl JobService {
                 return None;
             }
             loop {
-                let read = st
-                    .svc
-                    .read_followed(st.following.as_ref(), st.look, id, stream, st.offset, chunk)
-                    .await;
-                let (data, memo) = match read {
-                    Ok(d) => d,
-                    Err(e) => {
-                        st.done = true;
-                        return Some((Err(e), st));
+                // What followed appends left in memory; else whether the store has more — by
+                // what the cache knows, or by the record (re-read only when it may have changed).
+                let lookup = match &st.following {
+                    Some(_) => st.svc.events.logs().read(id, stream, st.offset, chunk),
+                    None => Lookup::Unknown,
+                };
+                let got = match lookup {
+                    Lookup::Hit(c) => Some((c.data, c.memo)),
+                    Lookup::Miss | Lookup::AtEnd | Lookup::Unknown => {
+                        let known = st.job.as_ref().map(|j| j.log_len(stream));
+                        // Read again only when what it said is used up: a record that changed
+                        // meanwhile can only have grown the log.
+                        if known.is_none_or(|len| st.look && st.offset >= len) {
+                            match st.svc.load(id).await {
+                                Ok(j) => st.job = Some(j),
+                                Err(e) => {
+                                    st.done = true;
+                                    return Some((Err(e), st));
+                                }
+                            }
+                            st.look = false;
+                        }
+                        let len = st.job.as_ref().map_or(0, |j| j.log_len(stream));
+                        if matches!(lookup, Lookup::Miss) || st.offset < len {
+                            match st
+                                .svc
+                                .read_store(st.following.as_ref(), id, stream, st.offset, chunk)
+                                .await
+                            {
+                                Ok(d) => Some(d),
+                                Err(e) => {
+                                    st.done = true;
+                                    return Some((Err(e), st));
+                                }
+                            }
+                        } else {
+                            None
+                        }
                     }
                 };
-                if !data.is_empty() {
+                if let Some((data, memo)) = got.filter(|(d, _)| !d.is_empty()) {
                     if let Some(f) = &st.following {
                         f.pace().await;
                     }
@@ -129,26 +160,18 @@ impl JobService {
                         st,
                     ));
                 }
-                if st.look {
-                    let job = match st.svc.load(id).await {
-                        Ok(j) => j,
-                        Err(e) => {
-                            st.done = true;
-                            return Some((Err(e), st));
-                        }
-                    };
+                // Nothing more now. The record is as fresh as the last change notified.
+                if let Some(job) = &st.job {
                     let ended = job.status.is_terminal() && st.offset >= job.log_len(stream);
                     if ended || !follow {
                         st.done = true;
                         let end = LogItem::End {
-                            job: Box::new(job),
+                            job: Box::new(job.clone()),
                             next_offset: st.offset,
                             ended,
                         };
                         return Some((Ok(end), st));
                     }
-                    // An ended job's last bytes may still be on their way: look each time.
-                    st.look = job.status.is_terminal();
                 }
                 tokio::select! {
                     logs_only = st.rx.changed_how(id) => st.look |= !logs_only,
@@ -160,13 +183,11 @@ impl JobService {
         })
     }
 
-    /// The next bytes for a follower at `offset`: from the cache when it has them (or knows
-    /// there are none yet and the follower is not `looking` further), else from the store, one
-    /// block at a time for all followers.
-    async fn read_followed(
+    /// Bytes at `offset` from the store: for a follower, the whole block holding it, read once
+    /// for all followers in step and kept in the cache.
+    async fn read_store(
         &self,
         following: Option<&Following>,
-        looking: bool,
         id: JobId,
         stream: LogStream,
         offset: u64,
@@ -177,11 +198,6 @@ impl JobService {
             return Ok((Bytes::from(data), None));
         };
         let logs = self.events.logs();
-        match logs.read(id, stream, offset, chunk) {
-            Lookup::Hit(c) => return Ok((c.data, c.memo)),
-            Lookup::AtEnd if !looking => return Ok((Bytes::new(), None)),
-            Lookup::AtEnd | Lookup::Miss => {}
-        }
         let _one = following.miss_lock().await;
         // Another follower may have read it while this one waited.
         if let Lookup::Hit(c) = logs.read(id, stream, offset, chunk) {
