@@ -647,21 +647,7 @@ impl PgStore {
                 claim_of(&mut conn, &tenant, None, n, job_types, claim).await?
             };
             charge(&self.schedule, fair, &tenant, rows.len());
-            let mut batch = rows
-                .iter()
-                .map(|row| {
-                    let job = row_to_job(row)?;
-                    let lease = Lease {
-                        job_id: job.id,
-                        worker: worker.to_string(),
-                        token: job.lease_token,
-                    };
-                    Ok(Claimed { job, lease })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            // RETURNING has no order: within a tenant, oldest first.
-            batch.sort_by_key(|c| c.job.id);
-            Ok(batch)
+            claimed_rows(&rows, worker)
         }
     }
 
@@ -737,22 +723,27 @@ impl PgStore {
                 }
                 skip.push(tenant);
             }
-            let mut batch = rows
-                .iter()
-                .map(|row| {
-                    let job = row_to_job(row)?;
-                    let lease = Lease {
-                        job_id: job.id,
-                        worker: worker.to_string(),
-                        token: job.lease_token,
-                    };
-                    Ok(Claimed { job, lease })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            // RETURNING has no order: within a tenant, oldest first.
-            batch.sort_by_key(|c| c.job.id);
-            claimed.extend(batch);
+            claimed.extend(claimed_rows(&rows, worker)?);
         }
         Ok(claimed)
     }
+}
+
+/// A claim statement's returned rows as claims with their leases, oldest first (RETURNING has
+/// no order).
+fn claimed_rows(rows: &[sqlx::postgres::PgRow], worker: &str) -> Result<Vec<Claimed>> {
+    let mut batch = rows
+        .iter()
+        .map(|row| {
+            let job = row_to_job(row)?;
+            let lease = Lease {
+                job_id: job.id,
+                worker: worker.to_string(),
+                token: job.lease_token,
+            };
+            Ok(Claimed { job, lease })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    batch.sort_by_key(|c| c.job.id);
+    Ok(batch)
 }
