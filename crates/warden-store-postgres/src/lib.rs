@@ -11,6 +11,7 @@
 //! Notifications are a wake-up only: claimers and log followers also poll, so a lost connection
 //! delays work but never loses it.
 
+mod claims;
 mod events;
 mod perimeter;
 mod results;
