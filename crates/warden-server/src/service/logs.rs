@@ -10,6 +10,52 @@ use warden_worker::log_cache::{BLOCK, Following, Lookup, Memo};
 
 use super::{FOLLOW_POLL, JobService, ServiceError};
 
+/// One reader of a stream: where it is, and what it last knew of the job.
+struct State {
+    svc: Arc<JobService>,
+    rx: warden_worker::JobEvents,
+    following: Option<Following>,
+    offset: u64,
+    /// The record may have changed since `job` was read: read it again before waiting.
+    look: bool,
+    job: Option<JobRecord>,
+    done: bool,
+}
+
+impl State {
+    /// The next bytes at `offset`: what followed appends left in memory; else from the store
+    /// when it has more — by what the cache knows, or by the record (read again only when what
+    /// it said is used up and it may have changed: a changed record can only have grown the
+    /// log). `None` or empty: nothing more now.
+    async fn next_bytes(
+        &mut self,
+        id: JobId,
+        stream: LogStream,
+        chunk: usize,
+    ) -> Result<Option<(Bytes, Option<Arc<Memo>>)>, ServiceError> {
+        let lookup = match &self.following {
+            Some(_) => self.svc.events.logs().read(id, stream, self.offset, chunk),
+            None => Lookup::Unknown,
+        };
+        if let Lookup::Hit(c) = lookup {
+            return Ok(Some((c.data, c.memo)));
+        }
+        let known = self.job.as_ref().map(|j| j.log_len(stream));
+        if known.is_none_or(|len| self.look && self.offset >= len) {
+            self.job = Some(self.svc.load(id).await?);
+            self.look = false;
+        }
+        let len = self.job.as_ref().map_or(0, |j| j.log_len(stream));
+        if !matches!(lookup, Lookup::Miss) && self.offset >= len {
+            return Ok(None);
+        }
+        let read = self
+            .svc
+            .read_store(self.following.as_ref(), id, stream, self.offset, chunk);
+        Ok(Some(read.await?))
+    }
+}
+
 /// One step of a followed log.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LogItem {
@@ -81,16 +127,6 @@ impl JobService {
         chunk: usize,
         follow: bool,
     ) -> impl Stream<Item = Result<LogItem, ServiceError>> + Send + 'static {
-        struct State {
-            svc: std::sync::Arc<JobService>,
-            rx: warden_worker::JobEvents,
-            following: Option<Following>,
-            offset: u64,
-            /// The record may have changed since `job` was read: read it again before waiting.
-            look: bool,
-            job: Option<JobRecord>,
-            done: bool,
-        }
         let state = State {
             rx: self.events.subscribe(),
             following: follow.then(|| self.events.logs().follow(id)),
@@ -105,44 +141,11 @@ impl JobService {
                 return None;
             }
             loop {
-                // What followed appends left in memory; else whether the store has more — by
-                // what the cache knows, or by the record (re-read only when it may have changed).
-                let lookup = match &st.following {
-                    Some(_) => st.svc.events.logs().read(id, stream, st.offset, chunk),
-                    None => Lookup::Unknown,
-                };
-                let got = match lookup {
-                    Lookup::Hit(c) => Some((c.data, c.memo)),
-                    Lookup::Miss | Lookup::AtEnd | Lookup::Unknown => {
-                        let known = st.job.as_ref().map(|j| j.log_len(stream));
-                        // Read again only when what it said is used up: a record that changed
-                        // meanwhile can only have grown the log.
-                        if known.is_none_or(|len| st.look && st.offset >= len) {
-                            match st.svc.load(id).await {
-                                Ok(j) => st.job = Some(j),
-                                Err(e) => {
-                                    st.done = true;
-                                    return Some((Err(e), st));
-                                }
-                            }
-                            st.look = false;
-                        }
-                        let len = st.job.as_ref().map_or(0, |j| j.log_len(stream));
-                        if matches!(lookup, Lookup::Miss) || st.offset < len {
-                            match st
-                                .svc
-                                .read_store(st.following.as_ref(), id, stream, st.offset, chunk)
-                                .await
-                            {
-                                Ok(d) => Some(d),
-                                Err(e) => {
-                                    st.done = true;
-                                    return Some((Err(e), st));
-                                }
-                            }
-                        } else {
-                            None
-                        }
+                let got = match st.next_bytes(id, stream, chunk).await {
+                    Ok(got) => got,
+                    Err(e) => {
+                        st.done = true;
+                        return Some((Err(e), st));
                     }
                 };
                 if let Some((data, memo)) = got.filter(|(d, _)| !d.is_empty()) {

@@ -45,7 +45,7 @@ fn runtime() -> Option<&'static Runtime> {
 
 /// `items`, produced on the readers' runtime. Ends when `items` does; dropping the returned
 /// stream (the client went away) stops the producer at its next item.
-pub fn detach<S>(items: S) -> BoxStream<'static, S::Item>
+fn detach<S>(items: S) -> BoxStream<'static, S::Item>
 where
     S: Stream + Send + 'static,
     S::Item: Send + 'static,
