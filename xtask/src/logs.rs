@@ -152,6 +152,9 @@ pub(crate) struct LogResult {
     pub devnull: Duration,
     pub random_mb: u64,
     pub random_stored: Duration,
+    /// The same script on the host, outside warden and its sandbox (best of rounds):
+    /// to `/dev/null`, through a pipe to `cat > /dev/null`, into a fresh file.
+    pub floor: [Duration; 3],
     /// The server's peak RSS (KiB) before the logs (after the no-op jobs), after storing them,
     /// and after reading one back.
     pub peak_kb: [Option<u64>; 3],
@@ -179,12 +182,41 @@ async fn run(client: &Client, job_type: &str) -> anyhow::Result<(String, Duratio
     }
 }
 
+/// What this machine itself charges for the bytes, without warden: the job's script on the
+/// host writing to `/dev/null`, into a pipe that a reader drains, and into a new file in
+/// `scratch` (on the data directory's filesystem). Best of `rounds` each.
+fn floor(mb: u64, rounds: usize, scratch: &std::path::Path) -> anyhow::Result<[Duration; 3]> {
+    let script = lines_script(mb);
+    let file = scratch.join("floor.log");
+    let ways = [
+        format!("{script} > /dev/null"),
+        format!("{script} | cat > /dev/null"),
+        format!("{script} > {}", file.display()),
+    ];
+    let mut best = [Duration::MAX; 3];
+    for _ in 0..rounds.max(1) {
+        for (way, best) in ways.iter().zip(best.iter_mut()) {
+            let t = Instant::now();
+            let st = std::process::Command::new("/bin/sh")
+                .args(["-c", way])
+                .status()?;
+            let took = t.elapsed();
+            let _ = std::fs::remove_file(&file);
+            if !st.success() {
+                bail!("floor: {way:?} failed: {st}");
+            }
+            *best = (*best).min(took);
+        }
+    }
+    Ok(best)
+}
+
 pub(crate) async fn run_logs(
     client: &Client,
     mb: u64,
     random_mb: u64,
     rounds: usize,
-    server: u32,
+    (server, scratch): (u32, &std::path::Path),
 ) -> anyhow::Result<LogResult> {
     let before = peak_rss_kb(server);
     let (mut stored, mut devnull) = (Vec::new(), Vec::new());
@@ -223,12 +255,14 @@ pub(crate) async fn run_logs(
         bail!("random job {id}: stored log sha256 {got}, the stream's {local}");
     }
     let best = |v: &[Duration]| v.iter().min().copied().unwrap_or_default();
+    let floor = floor(mb, rounds, scratch)?;
     Ok(LogResult {
         mb,
         stored: best(&stored),
         devnull: best(&devnull),
         random_mb,
         random_stored,
+        floor,
         peak_kb: [before, ingested, peak_rss_kb(server)],
     })
 }
@@ -258,6 +292,15 @@ pub(crate) fn print(r: &LogResult) {
         "| stored by warden  | {:>13.2} s | {:>4.2}x |",
         r.stored.as_secs_f64(),
         r.stored.as_secs_f64() / r.devnull.as_secs_f64()
+    );
+    let [null, piped, file] = r.floor.map(|d| d.as_secs_f64());
+    println!(
+        "the machine's floor, the same script on the host without warden: to /dev/null {null:.2} s, \
+         piped to `cat > /dev/null` {piped:.2} s ({:.2}x), into a new file on the data directory's \
+         filesystem {file:.2} s ({:.2}x); warden stored it in {:.2}x the new file's time",
+        piped / null,
+        file / null,
+        r.stored.as_secs_f64() / file
     );
     println!(
         "ingest {:.0} MB/s; {} MiB pseudo-random log stored in {:.2} s and read back byte-exact",

@@ -192,7 +192,7 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
     let log_result = match (&result, log_mb) {
         (Ok(_), 1..) => Some(rt.block_on(async {
             let client = Client::new(&url, Duration::from_secs(600), None)?;
-            logs::run_logs(&client, log_mb, random_mb, log_rounds, server.id()).await
+            logs::run_logs(&client, log_mb, random_mb, log_rounds, (server.id(), &dir)).await
         })),
         _ => None,
     };

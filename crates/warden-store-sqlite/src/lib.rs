@@ -33,7 +33,7 @@ mod thread;
 
 pub use backup::{BackupInfo, backup, check_backup};
 
-use self::rows::{COLUMNS, load, load_leased, row_to_job, stream_code, to_json};
+use self::rows::{COLUMNS, load, load_leased, row_to_job, to_json};
 
 /// Migrations, applied in order, each once. Append-only.
 const MIGRATIONS: Migrations = &[
@@ -57,6 +57,7 @@ pub struct SqliteStore {
     conn: thread::StoreThread,
     checkpoint: Arc<checkpoint::Checkpointer>,
     fair: Arc<std::sync::RwLock<Arc<FairShare>>>,
+    buffers: Arc<logs::Buffers>,
 }
 
 impl SqliteStore {
@@ -98,6 +99,7 @@ impl SqliteStore {
             conn: thread::StoreThread::start(conn)
                 .map_err(|e| StoreError::Backend(format!("store thread: {e}")))?,
             fair: Arc::default(),
+            buffers: Arc::default(),
         })
     }
 
@@ -416,8 +418,9 @@ impl Store for SqliteStore {
         data: &[u8],
     ) -> Result<()> {
         let lease = lease.clone();
-        let data = data.to_vec();
+        let data = self.buffers.copy(data);
         self.checkpoint.wrote(data.len() as u64);
+        let buffers = self.buffers.clone();
         self.with(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -434,17 +437,9 @@ impl Store for SqliteStore {
             if data.is_empty() {
                 return Ok(());
             }
-            exec(
-                &tx,
-                "INSERT INTO log_chunks (job_id, stream, offset, data) VALUES (?1, ?2, ?3, ?4)",
-                params![
-                    lease.job_id.to_string(),
-                    stream_code(stream),
-                    offset as i64,
-                    data
-                ],
-            )
-            .map_err(backend)?;
+            logs::insert(&tx, lease.job_id, stream, offset, &data)?;
+            let len = data.len();
+            buffers.give_back(data);
             let column = match stream {
                 LogStream::Stdout => "stdout_bytes",
                 LogStream::Stderr => "stderr_bytes",
@@ -452,7 +447,7 @@ impl Store for SqliteStore {
             exec(
                 &tx,
                 &format!("UPDATE jobs SET {column} = {column} + ?2 WHERE id = ?1"),
-                params![lease.job_id.to_string(), data.len() as i64],
+                params![lease.job_id.to_string(), len as i64],
             )
             .map_err(backend)?;
             tx.commit().map_err(backend)

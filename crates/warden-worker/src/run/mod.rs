@@ -372,9 +372,12 @@ async fn finish(
 ) {
     let id = job.id;
     // Scratch space goes before the end is recorded: whoever sees the job finished sees it clean.
-    let scratch = shared.data.scratch(id);
-    blocking(move || {
+    // In the same trip to the blocking pool: what a job that ran said about itself.
+    let (scratch, artifacts) = (shared.data.scratch(id), shared.data.artifacts(id));
+    let ran = info.is_some() && matches!(outcome, Outcome::Complete(_));
+    let said = blocking(move || {
         let _ = std::fs::remove_dir_all(scratch);
+        ran.then(|| outputs::read(&artifacts))
     })
     .await;
     let mut done = match outcome {
@@ -402,10 +405,8 @@ async fn finish(
     done.invariants = invariants;
     done.resources = resources(info.as_ref());
     let mut info = info;
-    if let Some(i) = info.as_mut() {
+    if let (Some(i), Some(said)) = (info.as_mut(), said) {
         // What the job said about itself: warnings for the record, outputs for artifact.json.
-        let dir = shared.data.artifacts(id);
-        let said = blocking(move || outputs::read(&dir)).await;
         done.warnings.extend(said.warnings);
         done.warnings.extend(said.refused);
         i.job_outputs = said.outputs;

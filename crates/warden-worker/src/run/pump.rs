@@ -1,7 +1,9 @@
 //! A job's output into its log: one pump per stream. The reading half drains the job's pipe as
 //! fast as the job fills it — everything there in one go, up to [`BATCH`] — masks it and counts
 //! it against the output cap; the writing half stores one batch while the next is read, so the
-//! job waits on the store only when the store is a whole batch behind.
+//! job waits on the store only when the store is a whole batch behind. The two halves pass the
+//! same few batch buffers back and forth: a stored batch's buffer is the next one filled, so
+//! ingest does not map, fault in and unmap a fresh megabyte per batch.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,8 +19,10 @@ use crate::shared::Shared;
 /// The most one store write holds. A pipe read gives at most what the pipe holds; a job that
 /// writes faster than the store takes fills a batch while the previous one is stored.
 pub(super) const BATCH: usize = 1 << 20;
-/// How much one read takes from the pipe.
+/// How much one read takes from the pipe (a batch holds at most `BATCH + READ - 1`).
 const READ: usize = 256 << 10;
+/// A batch past this size is given a whole batch's room.
+const BIG: usize = 64 << 10;
 /// The job's pipes hold this much (best effort: `/proc/sys/fs/pipe-max-size` may cap it), so
 /// a job writing while a batch is stored is not stopped at the kernel's default 64 KiB.
 pub(crate) const PIPE_BYTES: usize = 1 << 20;
@@ -46,14 +50,15 @@ pub(super) async fn pump(
     budget: Arc<OutputBudget>,
     mask: Option<Arc<crate::secrets::MaskSet>>,
 ) -> u64 {
-    // One batch waits while one is stored: at most 2 × BATCH held per stream.
+    // One batch waits while one is stored and one is filled: at most 3 × BATCH per stream.
     let (tx, rx) = mpsc::channel(1);
+    let (spare_tx, spare) = std::sync::mpsc::channel();
     let failed = Arc::new(AtomicBool::new(false));
     let writer = tokio::spawn(store_batches(
         shared.clone(),
         lease.clone(),
         stream,
-        rx,
+        (rx, spare_tx),
         failed.clone(),
     ));
     let mut taker = Taker {
@@ -61,6 +66,7 @@ pub(super) async fn pump(
         failed: &failed,
         masker: mask.as_deref().map(crate::secrets::Masker::new),
         batch: Vec::new(),
+        spare,
         keeping: true,
     };
     let mut buf = vec![0u8; READ];
@@ -79,7 +85,7 @@ pub(super) async fn pump(
                     }
                 };
                 if !taker.batch.is_empty() {
-                    let _ = tx.send(Batch::Data(std::mem::take(&mut taker.batch))).await;
+                    let _ = tx.send(Batch::Data(taker.hand_over())).await;
                 }
                 let _ = tx.send(Batch::Flush(reply)).await;
                 if ended {
@@ -88,7 +94,7 @@ pub(super) async fn pump(
             }
             permit = tx.reserve(), if !taker.batch.is_empty() => {
                 let Ok(permit) = permit else { break 'reading };
-                permit.send(Batch::Data(std::mem::take(&mut taker.batch)));
+                permit.send(Batch::Data(taker.hand_over()));
             }
             read = reader.read(&mut buf), if !full => {
                 match read {
@@ -111,7 +117,7 @@ pub(super) async fn pump(
     }
     taker.finish();
     if !taker.batch.is_empty() {
-        let _ = tx.send(Batch::Data(std::mem::take(&mut taker.batch))).await;
+        let _ = tx.send(Batch::Data(taker.hand_over())).await;
     }
     drop(tx);
     writer.await.unwrap_or(0)
@@ -123,6 +129,8 @@ struct Taker<'a> {
     failed: &'a AtomicBool,
     masker: Option<crate::secrets::Masker<'a>>,
     batch: Vec<u8>,
+    /// Buffers the writing half is done with.
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
     /// False past the cap or after a failed store: the pipe is still drained, so the job never
     /// blocks on it before it is killed, but nothing more is kept.
     keeping: bool,
@@ -154,11 +162,24 @@ impl Taker<'_> {
         }
     }
 
+    /// The batch so far, for the writing half; the next is filled into a stored one's buffer.
+    fn hand_over(&mut self) -> Vec<u8> {
+        let next = self.spare.try_recv().unwrap_or_default();
+        std::mem::replace(&mut self.batch, next)
+    }
+
     fn keep(&mut self, data: &[u8]) {
         if data.is_empty() {
             return;
         }
         let keep = self.budget.admit(data.len());
+        let want = self.batch.len() + keep;
+        if want > self.batch.capacity() && want > BIG {
+            // A job that writes a lot: room for a whole batch at once (growing by doubling
+            // would copy it twice over). One that writes a little never needs a megabyte.
+            self.batch
+                .reserve_exact((BATCH + READ).max(want) - self.batch.len());
+        }
         self.batch.extend_from_slice(&data[..keep]);
         if keep < data.len() {
             self.keeping = false;
@@ -166,13 +187,14 @@ impl Taker<'_> {
     }
 }
 
-/// The writing half: each batch appended at the stream's offset, under the lease. After a
-/// failed append nothing more is stored (the reading half stops keeping).
+/// The writing half: each batch appended at the stream's offset, under the lease, and its
+/// buffer handed back emptied. After a failed append nothing more is stored (the reading half
+/// stops keeping).
 async fn store_batches(
     shared: Shared,
     lease: Lease,
     stream: LogStream,
-    mut rx: mpsc::Receiver<Batch>,
+    (mut rx, spare): (mpsc::Receiver<Batch>, std::sync::mpsc::Sender<Vec<u8>>),
     failed: Arc<AtomicBool>,
 ) -> u64 {
     let mut offset = 0u64;
@@ -182,7 +204,7 @@ async fn store_batches(
                 let _ = reply.send(offset);
             }
             Batch::Data(data) if failed.load(Ordering::Relaxed) || data.is_empty() => {}
-            Batch::Data(data) => {
+            Batch::Data(mut data) => {
                 match shared
                     .coordinator
                     .append_log(&lease, stream, offset, &data)
@@ -199,6 +221,9 @@ async fn store_batches(
                         failed.store(true, Ordering::Relaxed);
                     }
                 }
+                data.clear();
+                // The reading half may be gone (the stream ended): the buffer goes with it.
+                let _ = spare.send(data);
             }
         }
     }

@@ -147,6 +147,42 @@ async fn binary_output_survives_byte_exact() {
     );
 }
 
+/// A log of many batches on both streams at once, stored and read back exactly: every batch at
+/// its offset, none repeated, none carrying what an earlier one left in its buffer.
+#[tokio::test]
+async fn a_log_of_many_batches_is_stored_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = "job_types:\n  counting:\n    argv: [\"/bin/sh\", \"-c\", \"seq 1 700000 & seq 1 400000 >&2; wait\"]\n    timeout_s: 60\n    limits: {output_mb: 64}\n";
+    let server = Server::start(&write_config_with(dir.path(), body));
+    let c = server.client();
+    let sub = c.submit(&req("counting")).await.unwrap();
+    let job = wait_terminal(&c, &sub.job_id).await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.reason);
+    for (stream, n) in [("stdout", 700_000), ("stderr", 400_000)] {
+        let want: String = (1..=n).map(|i| format!("{i}\n")).collect();
+        assert!(want.len() > 2 << 20, "more than a couple of batches");
+        let mut got = Vec::new();
+        loop {
+            let chunk = c
+                .logs_raw(&sub.job_id, stream, got.len() as u64)
+                .await
+                .unwrap();
+            if chunk.is_empty() {
+                break;
+            }
+            got.extend_from_slice(&chunk);
+        }
+        assert_eq!(got.len(), want.len(), "{stream}: every byte, no more");
+        assert!(got == want.as_bytes(), "{stream}: the same bytes in order");
+    }
+    assert_eq!(
+        job.stdout_bytes,
+        (1..=700_000u64)
+            .map(|i| i.to_string().len() as u64 + 1)
+            .sum::<u64>()
+    );
+}
+
 #[tokio::test]
 async fn failing_job_keeps_its_exit_code() {
     let dir = tempfile::tempdir().unwrap();
