@@ -184,7 +184,11 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
     )?;
     let (mut server, url) = start_server(&warden, &config)?;
     let rt = tokio::runtime::Runtime::new()?;
+    let cpu_before = cpu_time(server.id());
     let result = rt.block_on(run_e2e(&url, jobs, sequential, concurrency));
+    let cpu = cpu_before
+        .zip(cpu_time(server.id()))
+        .map(|(b, a)| (a - b) / (WARM_UP + sequential + jobs) as u32);
     let burst = match &result {
         Ok(_) => Some(rt.block_on(burst::run(&url, burst_jobs, burst_clients))),
         Err(_) => None,
@@ -264,6 +268,13 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
         w.p50.as_secs_f64() / r.p50.as_secs_f64(),
         tput / raw_tput
     );
+    if let Some(cpu) = cpu {
+        println!(
+            "the server's own CPU per job: {:.2} ms (its threads; the sandboxes are started by \
+             another process)",
+            cpu.as_secs_f64() * 1e3
+        );
+    }
     if let Some(b) = burst {
         burst::print(&b?, tput);
     }
@@ -287,8 +298,7 @@ async fn run_e2e(
         job_type: "noop".into(),
         ..SubmitJobRequest::default()
     };
-    // Warm-up.
-    for _ in 0..20 {
+    for _ in 0..WARM_UP {
         one(&client, &req).await?;
     }
     let mut lat = Vec::with_capacity(sequential);
@@ -305,6 +315,22 @@ async fn run_e2e(
         r?;
     }
     Ok((lat, jobs as f64 / t.elapsed().as_secs_f64()))
+}
+
+/// Jobs run before the measured ones (the server's caches, the client's connections).
+const WARM_UP: usize = 20;
+
+/// CPU time a process used so far in its own threads (user and system), from `/proc/PID/stat`.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name (in parentheses, and it may hold spaces) start at the
+    // third; utime and stime are the 14th and the 15th, in clock ticks.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let mut fields = rest.split(' ').skip(11);
+    let mut next = || fields.next()?.parse::<u64>().ok();
+    let ticks = next()? + next()?;
+    let tick = Duration::from_secs(1) / rustix::param::clock_ticks_per_second() as u32;
+    Some(tick * ticks as u32)
 }
 
 /// Submits one job and follows it to its end; the time from submit to the `end` event.

@@ -1,8 +1,9 @@
 //! The embedded store: one SQLite database in WAL mode under the data directory.
 //!
 //! One connection serialises all writes (SQLite allows one writer at a time anyway); calls run
-//! on tokio's blocking pool so the async runtime never waits on disk, and WAL checkpoints on a
-//! thread and connection of their own (`checkpoint.rs`) so no call waits on one. `synchronous = NORMAL` in
+//! on a thread of their own that owns it (`thread.rs`) so the async runtime never waits on
+//! disk, and WAL checkpoints on a thread and connection of their own (`checkpoint.rs`) so no
+//! call waits on one. `synchronous = NORMAL` in
 //! WAL mode keeps every committed transaction across a crash of warden (kill -9); only a power
 //! loss may drop the last few commits.
 

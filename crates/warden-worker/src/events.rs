@@ -1,24 +1,38 @@
 //! "Job X changed" notifications: sent on every state change and log append, so that log
-//! followers re-read the store for their own job instead of polling it. A follower only wakes
-//! for its job; one that fell behind wakes once and re-reads. Appends of followed jobs are
-//! also kept in memory for a while ([`LogCache`]), so their followers share one copy.
+//! followers re-read the store for their own job instead of polling it. A follower waits on its
+//! own job's counters and is woken only for that job: a change of one job costs its own
+//! followers, not every follower of every job. Appends of followed jobs are also kept in memory
+//! for a while ([`LogCache`]), so their followers share one copy. Remote workers' sessions see
+//! every job's notifications ([`Events::subscribe_all`]), to push cancellations.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast};
 use warden_core::JobId;
 use warden_store::LogStream;
 
 use crate::log_cache::LogCache;
 
-/// How many notifications a slow follower may fall behind before it is told it lagged.
+/// How many notifications a slow whole-stream reader may fall behind before it skips.
 const BACKLOG: usize = 4096;
 
 #[derive(Clone)]
 pub struct Events {
-    /// The job, and whether only its logs grew (its record did not change).
-    tx: broadcast::Sender<(JobId, bool)>,
+    /// Every job's notifications, for [`subscribe_all`](Events::subscribe_all).
+    tx: broadcast::Sender<JobId>,
+    /// The jobs someone waits on, each with its own counters.
+    watched: Arc<Mutex<HashMap<JobId, Arc<Watched>>>>,
     logs: Arc<LogCache>,
+}
+
+/// One watched job: how often its record changed and its logs grew, and its waiters.
+#[derive(Default)]
+struct Watched {
+    record: AtomicU64,
+    logs: AtomicU64,
+    notify: Notify,
 }
 
 impl Default for Events {
@@ -31,26 +45,43 @@ impl Events {
     pub fn new() -> Events {
         Events {
             tx: broadcast::Sender::new(BACKLOG),
+            watched: Arc::default(),
             logs: Arc::default(),
+        }
+    }
+
+    fn watched(&self) -> MutexGuard<'_, HashMap<JobId, Arc<Watched>>> {
+        // Counters and a Notify: sound whatever a panicking holder left.
+        self.watched.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn tell(&self, job: JobId, logs_only: bool) {
+        if let Some(w) = self.watched().get(&job) {
+            let counter = if logs_only { &w.logs } else { &w.record };
+            counter.fetch_add(1, Ordering::SeqCst);
+            w.notify.notify_waiters();
+        }
+        // No session listening is fine.
+        if self.tx.receiver_count() > 0 {
+            let _ = self.tx.send(job);
         }
     }
 
     /// Something about `job`'s record changed (its state, its counters).
     pub fn job_changed(&self, job: JobId) {
-        // No follower listening is fine.
-        let _ = self.tx.send((job, false));
+        self.tell(job, false);
     }
 
     /// `data` was stored at `offset` of one of `job`'s streams.
     pub fn log_appended(&self, job: JobId, stream: LogStream, offset: u64, data: &[u8]) {
         self.logs.appended(job, stream, offset, data);
-        let _ = self.tx.send((job, true));
+        self.tell(job, true);
     }
 
     /// `job` went back to the queue, or its logs were deleted: what was kept of them is stale.
     pub fn logs_reset(&self, job: JobId) {
         self.logs.reset(job);
-        let _ = self.tx.send((job, false));
+        self.tell(job, false);
     }
 
     /// The recent logs of followed jobs.
@@ -61,39 +92,66 @@ impl Events {
     /// Every job's notifications from now on (a lagging reader skips what it missed).
     pub fn subscribe_all(&self) -> impl futures::Stream<Item = JobId> + Send + Unpin + use<> {
         use tokio_stream::StreamExt;
-        tokio_stream::wrappers::BroadcastStream::new(self.tx.subscribe())
-            .filter_map(|r| r.ok().map(|(job, _)| job))
+        tokio_stream::wrappers::BroadcastStream::new(self.tx.subscribe()).filter_map(|r| r.ok())
     }
 
-    /// Notifications from now on; none is lost between subscribing and waiting.
-    pub fn subscribe(&self) -> JobEvents {
+    /// `job`'s notifications from now on; none is lost between subscribing and waiting.
+    pub fn subscribe(&self, job: JobId) -> JobEvents {
+        let w = self.watched().entry(job).or_default().clone();
         JobEvents {
-            rx: self.tx.subscribe(),
+            seen: (
+                w.record.load(Ordering::SeqCst),
+                w.logs.load(Ordering::SeqCst),
+            ),
+            w,
+            job,
+            watched: self.watched.clone(),
         }
     }
 }
 
+/// Waits for changes of one job. The job is watched while any of these lives.
 pub struct JobEvents {
-    rx: broadcast::Receiver<(JobId, bool)>,
+    w: Arc<Watched>,
+    /// The record's and the logs' counters when last looked at.
+    seen: (u64, u64),
+    job: JobId,
+    watched: Arc<Mutex<HashMap<JobId, Arc<Watched>>>>,
 }
 
 impl JobEvents {
-    /// Returns when `job` changed since the last call (or notifications were missed, which may
-    /// have concerned it). Never returns if the sender is gone.
-    pub async fn changed(&mut self, job: JobId) {
-        self.changed_how(job).await;
+    /// Returns when the job changed since the last call (or since subscribing).
+    pub async fn changed(&mut self) {
+        self.changed_how().await;
     }
 
-    /// As [`changed`](Self::changed), and says whether only the job's logs grew (`true`: its
-    /// record is as it was; `false`: it may have changed, or notifications were missed).
-    pub async fn changed_how(&mut self, job: JobId) -> bool {
+    /// As [`changed`](Self::changed), and says whether only the job's logs grew since (`true`:
+    /// its record is as it was; `false`: it changed, perhaps besides its logs). Changes that
+    /// came while nobody waited are told together, once.
+    pub async fn changed_how(&mut self) -> bool {
         loop {
-            match self.rx.recv().await {
-                Ok((id, logs_only)) if id == job => return logs_only,
-                Ok(_) => continue,
-                Err(broadcast::error::RecvError::Lagged(_)) => return false,
-                Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+            // Registered before looking: a change between the look and the wait still wakes it.
+            let woken = self.w.notify.notified();
+            let now = (
+                self.w.record.load(Ordering::SeqCst),
+                self.w.logs.load(Ordering::SeqCst),
+            );
+            if now != self.seen {
+                let logs_only = now.0 == self.seen.0;
+                self.seen = now;
+                return logs_only;
             }
+            woken.await;
+        }
+    }
+}
+
+impl Drop for JobEvents {
+    fn drop(&mut self) {
+        let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
+        // The map's handle and this one: the last waiter of the job is going.
+        if Arc::strong_count(&self.w) == 2 {
+            watched.remove(&self.job);
         }
     }
 }
@@ -101,26 +159,57 @@ impl JobEvents {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn followers_wake_only_for_their_job() {
         let events = Events::new();
         let (mine, other) = (JobId::new(), JobId::new());
-        let mut rx = events.subscribe();
+        let mut rx = events.subscribe(mine);
         events.job_changed(other);
-        events.job_changed(other);
-        let waited = tokio::time::timeout(std::time::Duration::from_millis(50), rx.changed(mine));
+        events.log_appended(other, LogStream::Stdout, 0, b"x");
+        let waited = tokio::time::timeout(Duration::from_millis(50), rx.changed());
         assert!(waited.await.is_err(), "woke for another job");
         events.job_changed(mine);
-        tokio::time::timeout(std::time::Duration::from_secs(5), rx.changed(mine))
+        tokio::time::timeout(Duration::from_secs(5), rx.changed())
             .await
             .expect("a change of its own job wakes it");
         events.log_appended(mine, LogStream::Stdout, 0, b"x");
+        assert!(rx.changed_how().await, "an append says only the logs grew");
+        events.log_appended(mine, LogStream::Stdout, 1, b"y");
         events.job_changed(mine);
         assert!(
-            rx.changed_how(mine).await,
-            "an append says only the logs grew"
+            !rx.changed_how().await,
+            "a state change among appends says so"
         );
-        assert!(!rx.changed_how(mine).await, "a state change says so");
+        let again = tokio::time::timeout(Duration::from_millis(50), rx.changed());
+        assert!(again.await.is_err(), "changes told once were told");
+    }
+
+    #[tokio::test]
+    async fn a_waiter_wakes_for_a_change_from_another_task_and_the_last_one_unwatches() {
+        let events = Events::new();
+        let job = JobId::new();
+        let (mut a, b) = (events.subscribe(job), events.subscribe(job));
+        let sender = events.clone();
+        let wait = tokio::spawn(async move {
+            a.changed().await;
+            a
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        sender.job_changed(job);
+        let a = tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .expect("woken")
+            .unwrap();
+        drop(a);
+        assert!(events.watched().contains_key(&job), "b still waits on it");
+        drop(b);
+        assert!(events.watched().is_empty(), "nobody waits: not watched");
+        // A job nobody waits on is still told to whole-stream readers.
+        let mut all = events.subscribe_all();
+        events.job_changed(job);
+        use tokio_stream::StreamExt;
+        assert_eq!(all.next().await, Some(job));
     }
 }

@@ -128,7 +128,7 @@ impl JobService {
         follow: bool,
     ) -> impl Stream<Item = Result<LogItem, ServiceError>> + Send + 'static {
         let state = State {
-            rx: self.events.subscribe(),
+            rx: self.events.subscribe(id),
             following: follow.then(|| self.events.logs().follow(id)),
             svc: self.clone(),
             offset,
@@ -177,7 +177,7 @@ impl JobService {
                     }
                 }
                 tokio::select! {
-                    logs_only = st.rx.changed_how(id) => st.look |= !logs_only,
+                    logs_only = st.rx.changed_how() => st.look |= !logs_only,
                     // Another replica may be writing and its notice lost: look again.
                     _ = tokio::time::sleep(FOLLOW_POLL) => st.look = true,
                     _ = st.svc.shutdown.cancelled() => return None,
@@ -225,7 +225,7 @@ impl JobService {
     ) -> Result<impl Stream<Item = Result<JobRecord, ServiceError>> + Send + 'static, ServiceError>
     {
         // Subscribed before the first read: no change between the two is missed.
-        let rx = self.events.subscribe();
+        let rx = self.events.subscribe(id);
         let first = self.get(caller, id).await?;
         let svc = self.clone();
         let state = (svc, rx, Some(first), None::<JobRecord>);
@@ -241,7 +241,7 @@ impl JobService {
                         return None;
                     }
                     tokio::select! {
-                        _ = rx.changed(id) => {}
+                        _ = rx.changed() => {}
                         _ = tokio::time::sleep(FOLLOW_POLL) => {}
                         _ = svc.shutdown.cancelled() => return None,
                     }
