@@ -8,6 +8,7 @@ use warden_store::{
 
 use super::backend;
 use super::rows::corrupt;
+use super::thread::Tx;
 
 /// The outbox row with, for a log event, its chunk's bytes (`NULL` when the chunk is gone).
 const SELECT: &str = "SELECT o.seq, o.job_id, o.tenant, o.kind, o.at, o.job_type, o.status, \
@@ -70,7 +71,7 @@ pub(crate) fn set_outbox(conn: &Connection, on: bool) -> Result<()> {
 }
 
 pub(crate) fn pending(conn: &mut Connection, limit: u32) -> Result<Vec<OutboxEvent>> {
-    let tx = conn.transaction().map_err(backend)?;
+    let tx = Tx::begin(conn)?;
     let rows: Vec<(u64, Option<OutboxEvent>)> = {
         let mut stmt = tx
             .prepare_cached(&format!(
@@ -92,12 +93,12 @@ pub(crate) fn pending(conn: &mut Connection, limit: u32) -> Result<Vec<OutboxEve
             .map_err(backend)?;
         }
     }
-    tx.commit().map_err(backend)?;
+    tx.commit()?;
     Ok(rows.into_iter().filter_map(|(_, e)| e).collect())
 }
 
 pub(crate) fn published(conn: &mut Connection, seqs: &[u64], now: Millis) -> Result<()> {
-    let tx = conn.transaction().map_err(backend)?;
+    let tx = Tx::begin(conn)?;
     {
         let mut stmt = tx
             .prepare_cached("UPDATE event_outbox SET published_at = ?2 WHERE seq = ?1")
@@ -106,7 +107,7 @@ pub(crate) fn published(conn: &mut Connection, seqs: &[u64], now: Millis) -> Res
             stmt.execute(params![*seq as i64, now]).map_err(backend)?;
         }
     }
-    tx.commit().map_err(backend)
+    tx.commit()
 }
 
 pub(crate) fn since(
@@ -186,7 +187,7 @@ pub(crate) fn add_deliveries(
     cursor: u64,
     now: Millis,
 ) -> Result<()> {
-    let tx = conn.transaction().map_err(backend)?;
+    let tx = Tx::begin(conn)?;
     {
         let mut stmt = tx
             .prepare_cached(
@@ -210,7 +211,7 @@ pub(crate) fn add_deliveries(
         [cursor as i64],
     )
     .map_err(backend)?;
-    tx.commit().map_err(backend)
+    tx.commit()
 }
 
 const DELIVERY: &str = "SELECT id, seq, job_id, url, body, attempts, next_at, delivered_at,     gave_up, last_status, last_error, created_at FROM webhook_deliveries d";

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use warden_core::state::can_transition;
 use warden_core::{JobId, JobStatus};
 use warden_store::{
@@ -35,6 +35,7 @@ mod thread;
 pub use backup::{BackupInfo, backup, check_backup};
 
 use self::rows::{COLUMNS, load, load_leased, row_to_job, to_json};
+use self::thread::Tx;
 
 /// Migrations, applied in order, each once. Append-only.
 const MIGRATIONS: Migrations = &[
@@ -113,6 +114,15 @@ impl SqliteStore {
         self.checkpoint.wrote(checkpoint::CALL_BYTES);
         done
     }
+
+    /// [`with`](Self::with) outside any transaction (for what SQLite refuses inside one).
+    async fn with_alone<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        self.conn.call_alone(f).await
+    }
 }
 
 /// `execute` through the connection's statement cache: a statement run for every job is
@@ -180,9 +190,7 @@ fn requeue(conn: &Connection, id: JobId, count_attempt: bool) -> Result<()> {
 impl Store for SqliteStore {
     async fn submit(&self, job: NewJob) -> Result<SubmitOutcome> {
         self.with(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend)?;
+            let tx = Tx::begin(conn)?;
             if let Some(key) = &job.idempotency_key {
                 let existing: Option<String> = tx
                     .query_row(
@@ -258,7 +266,7 @@ impl Store for SqliteStore {
                 .map_err(backend)?;
             }
             let record = load(&tx, job.id)?;
-            tx.commit().map_err(backend)?;
+            tx.commit()?;
             Ok(SubmitOutcome::Created(record))
         })
         .await
@@ -336,9 +344,7 @@ impl Store for SqliteStore {
         let job_types = job_types.map(|t| to_json(&t)).transpose()?;
         let fair = self.fair.read().unwrap_or_else(|p| p.into_inner()).clone();
         self.with(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend)?;
+            let tx = Tx::begin(conn)?;
             let ids = perimeter::pick_fairly(&tx, &fair, job_types.as_deref(), max)?;
             let mut claimed = Vec::with_capacity(ids.len());
             for id in ids {
@@ -358,7 +364,7 @@ impl Store for SqliteStore {
                 };
                 claimed.push(Claimed { job, lease });
             }
-            tx.commit().map_err(backend)?;
+            tx.commit()?;
             Ok(claimed)
         })
         .await
@@ -367,9 +373,7 @@ impl Store for SqliteStore {
     async fn heartbeat(&self, lease: &Lease, lease_ms: i64, now: Millis) -> Result<HeartbeatReply> {
         let lease = lease.clone();
         self.with(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend)?;
+            let tx = Tx::begin(conn)?;
             let job = load_leased(&tx, &lease)?;
             exec(
                 &tx,
@@ -377,7 +381,7 @@ impl Store for SqliteStore {
                 params![lease.job_id.to_string(), now + lease_ms],
             )
             .map_err(backend)?;
-            tx.commit().map_err(backend)?;
+            tx.commit()?;
             Ok(HeartbeatReply {
                 cancel_requested: job.cancel_requested,
             })
@@ -423,9 +427,7 @@ impl Store for SqliteStore {
         self.checkpoint.wrote(data.len() as u64);
         let buffers = self.buffers.clone();
         self.with(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend)?;
+            let tx = Tx::begin(conn)?;
             let job = load_leased(&tx, &lease)?;
             let len = job.log_len(stream);
             if offset != len {
@@ -451,7 +453,7 @@ impl Store for SqliteStore {
                 params![lease.job_id.to_string(), len as i64],
             )
             .map_err(backend)?;
-            tx.commit().map_err(backend)
+            tx.commit()
         })
         .await
     }
@@ -459,9 +461,7 @@ impl Store for SqliteStore {
     async fn complete(&self, lease: &Lease, done: Completion, now: Millis) -> Result<JobRecord> {
         let lease = lease.clone();
         self.with(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend)?;
+            let tx = Tx::begin(conn)?;
             let job = load_leased(&tx, &lease)?;
             let status = done.status.unwrap_or(JobStatus::Error);
             if !status.is_terminal() || !can_transition(job.status, status) {
@@ -499,7 +499,7 @@ impl Store for SqliteStore {
             )
             .map_err(backend)?;
             let record = load(&tx, lease.job_id)?;
-            tx.commit().map_err(backend)?;
+            tx.commit()?;
             Ok(record)
         })
         .await
@@ -508,21 +508,17 @@ impl Store for SqliteStore {
     async fn release(&self, lease: &Lease) -> Result<()> {
         let lease = lease.clone();
         self.with(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend)?;
+            let tx = Tx::begin(conn)?;
             load_leased(&tx, &lease)?;
             requeue(&tx, lease.job_id, false)?;
-            tx.commit().map_err(backend)
+            tx.commit()
         })
         .await
     }
 
     async fn request_cancel(&self, id: JobId, now: Millis) -> Result<CancelOutcome> {
         self.with(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend)?;
+            let tx = Tx::begin(conn)?;
             let job = load(&tx, id)?;
             let outcome = match job.status {
                 JobStatus::Queued => {
@@ -547,7 +543,7 @@ impl Store for SqliteStore {
                 }
                 _ => CancelOutcome::AlreadyFinished(job),
             };
-            tx.commit().map_err(backend)?;
+            tx.commit()?;
             Ok(outcome)
         })
         .await
@@ -555,9 +551,7 @@ impl Store for SqliteStore {
 
     async fn reap_expired(&self, expired_before: Millis, now: Millis) -> Result<Vec<Reaped>> {
         self.with(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend)?;
+            let tx = Tx::begin(conn)?;
             let expired: Vec<(String, u32, u32)> = {
                 let mut stmt = tx
                     .prepare_cached(
@@ -596,7 +590,7 @@ impl Store for SqliteStore {
                     });
                 }
             }
-            tx.commit().map_err(backend)?;
+            tx.commit()?;
             Ok(reaped)
         })
         .await
@@ -695,7 +689,7 @@ impl Store for SqliteStore {
         // Step by step, each its own call: claims and log writes go between the steps.
         let mut freed = 0;
         loop {
-            let (bytes, more) = self.with(|conn| retention::vacuum_step(conn)).await?;
+            let (bytes, more) = self.with_alone(|conn| retention::vacuum_step(conn)).await?;
             freed += bytes;
             if !more || bytes == 0 {
                 break;
@@ -705,7 +699,7 @@ impl Store for SqliteStore {
         // thread may hold the checkpoint lock for a moment (SQLite does not wait for it).
         for _ in 0..100 {
             let busy: i64 = self
-                .with(|conn| {
+                .with_alone(|conn| {
                     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
                         .map_err(backend)
                 })

@@ -9,6 +9,7 @@ use warden_store::{
 
 use super::backend;
 use super::exec;
+use super::thread::Tx;
 
 fn parse_id(s: String) -> Result<JobId> {
     s.parse()
@@ -211,7 +212,7 @@ pub(crate) fn revoke_token(
 }
 
 pub(crate) fn append_audit(conn: &mut Connection, entries: &[AuditEntry]) -> Result<()> {
-    let tx = conn.transaction().map_err(backend)?;
+    let tx = Tx::begin(conn)?;
     {
         let mut stmt = tx
             .prepare_cached(
@@ -226,7 +227,7 @@ pub(crate) fn append_audit(conn: &mut Connection, entries: &[AuditEntry]) -> Res
             .map_err(backend)?;
         }
     }
-    tx.commit().map_err(backend)
+    tx.commit()
 }
 
 pub(crate) fn list_audit(conn: &Connection, f: &AuditFilter) -> Result<Vec<AuditRecord>> {

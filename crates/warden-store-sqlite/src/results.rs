@@ -1,11 +1,12 @@
 //! A job's test results in SQLite: stored under its lease per attempt (in report order, the
 //! primary key), read failures first, and the tests flaky at one commit.
 
-use rusqlite::{Connection, TransactionBehavior, params};
+use rusqlite::{Connection, params};
 use warden_store::{Lease, Result, TestResult, TestStatus, TestsQuery};
 
 use super::backend;
 use super::rows::{self, load_leased};
+use super::thread::Tx;
 
 pub(crate) fn append_tests(
     conn: &mut Connection,
@@ -13,9 +14,7 @@ pub(crate) fn append_tests(
     first: u32,
     tests: &[TestResult],
 ) -> Result<()> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(backend)?;
+    let tx = Tx::begin(conn)?;
     let job = load_leased(&tx, lease)?;
     {
         let mut insert = tx
@@ -43,7 +42,7 @@ pub(crate) fn append_tests(
                 .map_err(backend)?;
         }
     }
-    tx.commit().map_err(backend)
+    tx.commit()
 }
 
 pub(crate) fn tests(conn: &Connection, q: &TestsQuery) -> Result<Vec<TestResult>> {

@@ -1,11 +1,12 @@
 //! What the collector asks of SQLite: finished jobs' usage, the oldest of them, their deletion
 //! in one transaction, its lease, and the incremental vacuum that gives the room back.
 
-use rusqlite::{Connection, TransactionBehavior, params};
+use rusqlite::{Connection, params};
 use warden_core::JobId;
 use warden_store::{FinishedJob, Millis, Result, StoreError, TenantUsage};
 
 use super::backend;
+use super::thread::Tx;
 
 /// A finished job: it has ended and nobody has put it back in the queue.
 const FINISHED: &str = "finished_at IS NOT NULL AND status NOT IN ('queued', 'running')";
@@ -101,9 +102,7 @@ pub(crate) fn oldest_finished(
 }
 
 pub(crate) fn delete_finished(conn: &mut Connection, ids: &[JobId]) -> Result<Vec<JobId>> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(backend)?;
+    let tx = Tx::begin(conn)?;
     let mut deleted = Vec::with_capacity(ids.len());
     {
         // The status is checked again under the write lock: a job re-queued since it was
@@ -130,7 +129,7 @@ pub(crate) fn delete_finished(conn: &mut Connection, ids: &[JobId]) -> Result<Ve
             }
         }
     }
-    tx.commit().map_err(backend)?;
+    tx.commit()?;
     Ok(deleted)
 }
 

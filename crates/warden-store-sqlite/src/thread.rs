@@ -2,38 +2,88 @@
 //! Calls queue instead of each taking a blocking-pool thread that then waits on a lock: under
 //! load the thread runs them back to back without sleeping in between, and the async side pays
 //! one wake-up to send and one for the answer.
+//!
+//! **Group commit.** The calls that queued while one ran are run together in one transaction
+//! (up to [`BATCH`]): each call's own transaction becomes a savepoint within it ([`Tx`]), and
+//! their callers hear back once it commits. Ten jobs' claims, completions and log appends then
+//! cost one `BEGIN`, one `COMMIT` and one write of each page they share, instead of ten. A call
+//! that fails rolls back to its savepoint only; a commit that fails is every call's error; no
+//! caller is told "done" before its writes are committed.
 
+use std::ops::Deref;
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
 
 use rusqlite::Connection;
 use warden_store::{Result, StoreError};
 
-type Call = Box<dyn FnOnce(&mut Connection) + Send>;
+use crate::exec;
+
+/// The most calls one transaction carries: their callers wait for all of them.
+const BATCH: usize = 32;
+
+/// Runs a call on the connection; what it returns tells its caller (with the batch's error if
+/// the batch's commit failed), once the batch is committed.
+type Call = Box<dyn FnOnce(&mut Connection) -> Reply + Send>;
+type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
+
+/// A queued call, and whether it may share a transaction with others.
+struct Queued {
+    call: Call,
+    alone: bool,
+}
 
 /// A handle to the store thread; the thread ends (and closes the connection) when the last
 /// handle is dropped.
 #[derive(Clone)]
 pub(crate) struct StoreThread {
-    tx: mpsc::Sender<Call>,
+    tx: mpsc::Sender<Queued>,
 }
 
 impl StoreThread {
     pub(crate) fn start(mut conn: Connection) -> std::io::Result<StoreThread> {
-        let (tx, rx) = mpsc::channel::<Call>();
+        let (tx, rx) = mpsc::channel::<Queued>();
         std::thread::Builder::new()
             .name("warden-sqlite".into())
             .spawn(move || {
-                while let Ok(call) = rx.recv() {
-                    call(&mut conn);
+                let mut batch = Vec::with_capacity(BATCH);
+                while let Ok(first) = rx.recv() {
+                    batch.push(first);
+                    while batch.len() < BATCH {
+                        match rx.try_recv() {
+                            Ok(next) => batch.push(next),
+                            Err(_) => break,
+                        }
+                    }
+                    run_batch(&mut conn, &mut batch);
                 }
             })?;
         Ok(StoreThread { tx })
     }
 
-    /// Runs `f` on the connection and returns its answer. A panic in `f` is that call's error
-    /// (its transaction, if any, rolled back as the panic unwound); the thread goes on.
+    /// Runs `f` on the connection and returns its answer, possibly in one transaction with
+    /// other calls (see the module's doc): `f`'s writes go in a [`Tx`]. A panic in `f` is that
+    /// call's error (its savepoint or transaction rolled back as the panic unwound); the
+    /// thread goes on.
     pub(crate) async fn call<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        self.queue(f, false).await
+    }
+
+    /// Runs `f` on the connection outside any transaction (a statement SQLite refuses inside
+    /// one, such as some pragmas).
+    pub(crate) async fn call_alone<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        self.queue(f, true).await
+    }
+
+    async fn queue<T, F>(&self, f: F, alone: bool) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
@@ -42,15 +92,152 @@ impl StoreThread {
         let call: Call = Box::new(move |conn| {
             let out = std::panic::catch_unwind(AssertUnwindSafe(|| f(conn)))
                 .unwrap_or_else(|_| Err(StoreError::Backend("store call panicked".into())));
-            // The caller may have gone (its future dropped): nobody to tell.
-            let _ = reply.send(out);
+            Box::new(move |batch_failed: Option<&str>| {
+                let out = match (out, batch_failed) {
+                    (Ok(_), Some(why)) => Err(StoreError::Backend(why.to_string())),
+                    (out, _) => out,
+                };
+                // The caller may have gone (its future dropped): nobody to tell.
+                let _ = reply.send(out);
+            })
         });
         self.tx
-            .send(call)
+            .send(Queued { call, alone })
             .map_err(|_| StoreError::Backend("store thread is gone".into()))?;
         answer
             .await
             .map_err(|_| StoreError::Backend("store thread is gone".into()))?
+    }
+}
+
+/// Runs the queued calls in order: runs of calls that may share a transaction share one.
+fn run_batch(conn: &mut Connection, batch: &mut Vec<Queued>) {
+    let mut shared = Vec::with_capacity(batch.len());
+    for q in batch.drain(..) {
+        if q.alone {
+            run_shared(conn, &mut shared);
+            (q.call)(conn)(None);
+        } else {
+            shared.push(q.call);
+        }
+    }
+    run_shared(conn, &mut shared);
+}
+
+/// Runs `calls` in one transaction (one alone in its own), then tells their callers.
+fn run_shared(conn: &mut Connection, calls: &mut Vec<Call>) {
+    match calls.len() {
+        0 => return,
+        1 => {
+            let call = calls.pop().expect("one call");
+            call(conn)(None);
+            return;
+        }
+        _ => {}
+    }
+    if let Err(e) = exec(conn, "BEGIN IMMEDIATE", []) {
+        // Each in a transaction of its own, then.
+        tracing::warn!(error = %e, "store: cannot begin a shared transaction");
+        for call in calls.drain(..) {
+            call(conn)(None);
+        }
+        return;
+    }
+    let mut replies = Vec::with_capacity(calls.len());
+    let mut left = std::mem::take(calls).into_iter();
+    for call in left.by_ref() {
+        replies.push(call(conn));
+        if conn.is_autocommit() {
+            // SQLite rolled the shared transaction back (a full disk, an I/O error): what
+            // the calls so far wrote is gone. The rest start over in a new one.
+            let why = "store: the transaction was rolled back by an error in another call; retry";
+            for reply in replies.drain(..) {
+                reply(Some(why));
+            }
+            if exec(conn, "BEGIN IMMEDIATE", []).is_err() {
+                break;
+            }
+        }
+    }
+    let failed = if conn.is_autocommit() {
+        None
+    } else {
+        match exec(conn, "COMMIT", []) {
+            Ok(_) => None,
+            Err(e) => {
+                let _ = exec(conn, "ROLLBACK", []);
+                Some(format!("store: commit failed: {e}"))
+            }
+        }
+    };
+    for reply in replies {
+        reply(failed.as_deref());
+    }
+    // Calls left when a new transaction could not begin: each in its own.
+    for call in left {
+        call(conn)(None);
+    }
+}
+
+/// A call's write transaction: `BEGIN IMMEDIATE … COMMIT` when the call runs alone, a
+/// savepoint when it shares the store thread's transaction with others. Rolled back when
+/// dropped uncommitted (an error returned early, a panic). The statements come from the
+/// connection's cache: parsed once, not on every call.
+pub(crate) struct Tx<'c> {
+    conn: &'c Connection,
+    nested: bool,
+    open: bool,
+}
+
+impl<'c> Tx<'c> {
+    pub(crate) fn begin(conn: &'c Connection) -> Result<Tx<'c>> {
+        let nested = !conn.is_autocommit();
+        let sql = if nested {
+            "SAVEPOINT call"
+        } else {
+            "BEGIN IMMEDIATE"
+        };
+        exec(conn, sql, []).map_err(crate::backend)?;
+        Ok(Tx {
+            conn,
+            nested,
+            open: true,
+        })
+    }
+
+    pub(crate) fn commit(mut self) -> Result<()> {
+        self.open = false;
+        let sql = if self.nested {
+            "RELEASE call"
+        } else {
+            "COMMIT"
+        };
+        exec(self.conn, sql, []).map_err(crate::backend)?;
+        Ok(())
+    }
+}
+
+impl Deref for Tx<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        // Nothing to tell anyone if this fails: the caller already has its error, and a
+        // transaction SQLite itself rolled back has nothing left to undo.
+        if self.nested {
+            let _ = exec(self.conn, "ROLLBACK TO call", []);
+            let _ = exec(self.conn, "RELEASE call", []);
+        } else if !self.conn.is_autocommit() {
+            let _ = exec(self.conn, "ROLLBACK", []);
+        }
     }
 }
 
@@ -84,7 +271,7 @@ mod tests {
         }
         let panicked = t
             .call::<(), _>(|c| {
-                let tx = c.transaction().unwrap();
+                let tx = Tx::begin(c).unwrap();
                 tx.execute("INSERT INTO t VALUES (-1)", []).unwrap();
                 panic!("a bug in one call")
             })
@@ -103,6 +290,94 @@ mod tests {
             ns,
             (0..50).collect::<Vec<_>>(),
             "all of them; the panicked call rolled back"
+        );
+    }
+
+    #[tokio::test]
+    async fn queued_calls_share_a_transaction_and_each_fails_alone() {
+        let t = StoreThread::start(Connection::open_in_memory().unwrap()).unwrap();
+        t.call(|c| {
+            c.execute_batch("CREATE TABLE t (n INTEGER)")
+                .map_err(|e| StoreError::Backend(e.to_string()))
+        })
+        .await
+        .unwrap();
+        // The first call holds the thread until the others are queued behind it.
+        let (open, gate) = std::sync::mpsc::channel::<()>();
+        let (running, started) = tokio::sync::oneshot::channel::<()>();
+        let held = tokio::spawn({
+            let t = t.clone();
+            async move {
+                t.call(move |_| {
+                    running.send(()).unwrap();
+                    Ok(gate.recv().is_ok())
+                })
+                .await
+            }
+        });
+        started.await.unwrap();
+        let mut calls = Vec::new();
+        for n in 0..10 {
+            let t = t.clone();
+            calls.push(tokio::spawn(async move {
+                t.call(move |c| {
+                    let shared = !c.is_autocommit();
+                    if n == 7 {
+                        // What SQLite does to the whole transaction on a full disk.
+                        c.execute_batch("ROLLBACK").unwrap();
+                        return Ok(shared);
+                    }
+                    let tx = Tx::begin(c)?;
+                    tx.execute("INSERT INTO t VALUES (?1)", [n]).unwrap();
+                    match n {
+                        3 => return Err(StoreError::Backend("refused".into())),
+                        5 => panic!("a bug in one call"),
+                        _ => {}
+                    }
+                    tx.commit()?;
+                    Ok(shared)
+                })
+                .await
+            }));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        open.send(()).unwrap();
+        assert!(held.await.unwrap().unwrap());
+        let mut told = Vec::new();
+        for call in calls {
+            told.push(call.await.unwrap());
+        }
+        let kept: Vec<i64> = t
+            .call(|c| {
+                let mut s = c.prepare("SELECT n FROM t ORDER BY n").unwrap();
+                let rows = s.query_map([], |r| r.get(0)).unwrap();
+                Ok(rows.map(|r| r.unwrap()).collect())
+            })
+            .await
+            .unwrap();
+        for (n, told) in told.iter().enumerate() {
+            if n != 7 {
+                assert_eq!(
+                    told.is_ok(),
+                    kept.contains(&(n as i64)),
+                    "call {n} was told {told:?}: told done exactly when its row is kept ({kept:?})"
+                );
+            }
+            if let Ok(shared) = told {
+                assert!(shared, "call {n} ran in a transaction of its own");
+            }
+        }
+        assert!(matches!(&told[3], Err(StoreError::Backend(m)) if m == "refused"));
+        assert!(matches!(&told[5], Err(StoreError::Backend(m)) if m.contains("panicked")));
+        assert!(
+            told[8].is_ok() && told[9].is_ok(),
+            "the calls after a rolled-back transaction go on in a new one: {told:?}"
+        );
+        assert!(
+            told[..7]
+                .iter()
+                .any(|r| matches!(r, Err(StoreError::Backend(m)) if m.contains("rolled back"))),
+            "the calls before it in its transaction are told their writes are gone: {told:?}"
         );
     }
 }

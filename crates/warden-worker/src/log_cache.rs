@@ -25,7 +25,8 @@ use warden_store::LogStream;
 /// Bytes per block: the unit of sharing, and the most one follower's read returns.
 pub const BLOCK: usize = 256 * 1024;
 
-/// Bytes kept over all followed jobs; the least recently used block goes first.
+/// Bytes kept over all followed jobs, blocks and their wire encodings together; the least
+/// recently used block goes first.
 const CAPACITY: usize = 32 << 20;
 
 /// While a job writes, its followers together send one event per slot.
@@ -69,6 +70,13 @@ struct Block {
     data: Bytes,
     memo: Arc<Memo>,
     used: u64,
+}
+
+impl Block {
+    /// Bytes of its wire encoding, once a follower has made it (about as many as the block's).
+    fn encoded(&self) -> usize {
+        self.memo.get().map_or(0, |(frame, _)| frame.len())
+    }
 }
 
 /// One hit: bytes of the stream, and the block's shared encoding when they are a whole block.
@@ -243,7 +251,8 @@ impl LogCache {
 
     #[cfg(test)]
     fn kept_bytes(&self) -> usize {
-        self.lock().bytes
+        let inner = self.lock();
+        inner.bytes + inner.blocks.values().map(Block::encoded).sum::<usize>()
     }
 }
 
@@ -293,8 +302,11 @@ impl Inner {
         self.bytes -= freed;
     }
 
+    /// Drops the least recently used blocks until the blocks and their encodings fit. The
+    /// encodings are made outside the lock, by followers, so they are counted here.
     fn evict(&mut self) {
-        while self.bytes > CAPACITY {
+        let mut kept = self.bytes + self.blocks.values().map(Block::encoded).sum::<usize>();
+        while kept > CAPACITY {
             let Some(oldest) = self
                 .blocks
                 .iter()
@@ -305,6 +317,7 @@ impl Inner {
             };
             if let Some(b) = self.blocks.remove(&oldest) {
                 self.bytes -= b.data.len();
+                kept -= b.data.len() + b.encoded();
             }
         }
     }
@@ -440,5 +453,25 @@ mod tests {
             "the oldest went first"
         );
         assert!(hit(cache.read(job, OUT, ((blocks - 1) * BLOCK) as u64, 10)).is_some());
+    }
+
+    #[test]
+    fn the_encodings_count_against_its_capacity() {
+        let cache = Arc::new(LogCache::default());
+        let job = JobId::new();
+        let _f = cache.follow(job);
+        let block = vec![1u8; BLOCK];
+        let frame = Bytes::from(vec![2u8; BLOCK]);
+        for k in 0..2 * CAPACITY / BLOCK {
+            let at = (k * BLOCK) as u64;
+            cache.appended(job, OUT, at, &block);
+            // Every follower that sends a whole block makes its encoding once, as large again.
+            let memo = hit(cache.read(job, OUT, at, BLOCK)).unwrap().memo.unwrap();
+            memo.get_or_init(|| (frame.clone(), BLOCK));
+        }
+        let kept = cache.kept_bytes();
+        // One block over at most: the encoding of the newest is made after its append evicted.
+        assert!(kept <= CAPACITY + BLOCK, "{kept} bytes kept");
+        assert!(kept >= CAPACITY / 2, "{kept} bytes kept: evicted too much");
     }
 }
