@@ -115,6 +115,15 @@ impl SqliteStore {
         done
     }
 
+    /// [`with`](Self::with) for a call that only reads: it never holds up a batch's commit.
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        self.conn.call_read(f).await
+    }
+
     /// [`with`](Self::with) outside any transaction (for what SQLite refuses inside one).
     async fn with_alone<T, F>(&self, f: F) -> Result<T>
     where
@@ -273,12 +282,12 @@ impl Store for SqliteStore {
     }
 
     async fn get(&self, id: JobId) -> Result<JobRecord> {
-        self.with(move |conn| load(conn, id)).await
+        self.read(move |conn| load(conn, id)).await
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Vec<JobRecord>> {
         let filter = filter.clone();
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut sql = format!("SELECT {COLUMNS} FROM jobs WHERE 1 = 1");
             let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
             if let Some(t) = filter.tenant {
@@ -397,7 +406,7 @@ impl Store for SqliteStore {
 
     async fn tests(&self, q: &TestsQuery) -> Result<Vec<TestResult>> {
         let q = q.clone();
-        self.with(move |conn| results::tests(conn, &q)).await
+        self.read(move |conn| results::tests(conn, &q)).await
     }
 
     async fn flaky_tests(
@@ -411,7 +420,7 @@ impl Store for SqliteStore {
             repo_name.map(str::to_string),
             sha.to_string(),
         );
-        self.with(move |conn| results::flaky_tests(conn, &job_type, repo_name.as_deref(), &sha))
+        self.read(move |conn| results::flaky_tests(conn, &job_type, repo_name.as_deref(), &sha))
             .await
     }
 
@@ -603,7 +612,7 @@ impl Store for SqliteStore {
         offset: u64,
         max: usize,
     ) -> Result<Vec<u8>> {
-        self.with(move |conn| logs::read(conn, id, stream, offset, max))
+        self.read(move |conn| logs::read(conn, id, stream, offset, max))
             .await
     }
 
@@ -614,12 +623,12 @@ impl Store for SqliteStore {
 
     async fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
         let id = id.to_string();
-        self.with(move |conn| perimeter::token(conn, &id)).await
+        self.read(move |conn| perimeter::token(conn, &id)).await
     }
 
     async fn list_tokens(&self, tenant: Option<&str>) -> Result<Vec<TokenRecord>> {
         let tenant = tenant.map(str::to_string);
-        self.with(move |conn| perimeter::list_tokens(conn, tenant.as_deref()))
+        self.read(move |conn| perimeter::list_tokens(conn, tenant.as_deref()))
             .await
     }
 
@@ -636,7 +645,7 @@ impl Store for SqliteStore {
 
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
         let filter = filter.clone();
-        self.with(move |conn| perimeter::list_audit(conn, &filter))
+        self.read(move |conn| perimeter::list_audit(conn, &filter))
             .await
     }
 
@@ -650,7 +659,7 @@ impl Store for SqliteStore {
     }
 
     async fn finished_usage(&self) -> Result<Vec<TenantUsage>> {
-        self.with(|conn| retention::finished_usage(conn)).await
+        self.read(|conn| retention::finished_usage(conn)).await
     }
 
     async fn oldest_finished(
@@ -675,7 +684,7 @@ impl Store for SqliteStore {
 
     async fn existing_jobs(&self, ids: &[JobId]) -> Result<Vec<JobId>> {
         let ids = ids.to_vec();
-        self.with(move |conn| retention::existing_jobs(conn, &ids))
+        self.read(move |conn| retention::existing_jobs(conn, &ids))
             .await
     }
 
@@ -732,7 +741,7 @@ impl Store for SqliteStore {
         after: u64,
         limit: u32,
     ) -> Result<Vec<OutboxEvent>> {
-        self.with(move |conn| events::since(conn, since, after, limit))
+        self.read(move |conn| events::since(conn, since, after, limit))
             .await
     }
 
@@ -748,7 +757,7 @@ impl Store for SqliteStore {
     }
 
     async fn webhook_backlog(&self, limit: u32) -> Result<warden_store::WebhookBacklog> {
-        self.with(move |conn| events::webhook_backlog(conn, limit))
+        self.read(move |conn| events::webhook_backlog(conn, limit))
             .await
     }
 
@@ -763,7 +772,7 @@ impl Store for SqliteStore {
     }
 
     async fn due_deliveries(&self, now: Millis, limit: u32) -> Result<Vec<Delivery>> {
-        self.with(move |conn| events::due_deliveries(conn, now, limit))
+        self.read(move |conn| events::due_deliveries(conn, now, limit))
             .await
     }
 
@@ -778,7 +787,7 @@ impl Store for SqliteStore {
     }
 
     async fn deliveries(&self, job: JobId) -> Result<Vec<Delivery>> {
-        self.with(move |conn| events::deliveries(conn, job)).await
+        self.read(move |conn| events::deliveries(conn, job)).await
     }
 }
 

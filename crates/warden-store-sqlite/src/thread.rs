@@ -8,7 +8,8 @@
 //! their callers hear back once it commits. Ten jobs' claims, completions and log appends then
 //! cost one `BEGIN`, one `COMMIT` and one write of each page they share, instead of ten. A call
 //! that fails rolls back to its savepoint only; a commit that fails is every call's error; no
-//! caller is told "done" before its writes are committed.
+//! caller is told "done" before its writes are committed. Calls that only read run after that
+//! commit, outside the transaction ([`Kind::Read`]), so they never delay it.
 
 use std::ops::Deref;
 use std::panic::AssertUnwindSafe;
@@ -27,10 +28,21 @@ const BATCH: usize = 32;
 type Call = Box<dyn FnOnce(&mut Connection) -> Reply + Send>;
 type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
 
-/// A queued call, and whether it may share a transaction with others.
+/// A queued call, and how it runs beside the others.
 struct Queued {
     call: Call,
-    alone: bool,
+    kind: Kind,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    /// May share a transaction with the calls queued beside it.
+    Shared,
+    /// Outside any transaction, in its place in the queue.
+    Alone,
+    /// Writes nothing: runs after the writes queued beside it are committed and answered, so
+    /// that a follower's log read never holds up the commit a job's output waits for.
+    Read,
 }
 
 /// A handle to the store thread; the thread ends (and closes the connection) when the last
@@ -70,7 +82,16 @@ impl StoreThread {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
-        self.queue(f, false).await
+        self.queue(f, Kind::Shared).await
+    }
+
+    /// Runs `f`, which only reads, after the writes queued beside it (see [`Kind::Read`]).
+    pub(crate) async fn call_read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        self.queue(f, Kind::Read).await
     }
 
     /// Runs `f` on the connection outside any transaction (a statement SQLite refuses inside
@@ -80,10 +101,10 @@ impl StoreThread {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
-        self.queue(f, true).await
+        self.queue(f, Kind::Alone).await
     }
 
-    async fn queue<T, F>(&self, f: F, alone: bool) -> Result<T>
+    async fn queue<T, F>(&self, f: F, kind: Kind) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
@@ -102,7 +123,7 @@ impl StoreThread {
             })
         });
         self.tx
-            .send(Queued { call, alone })
+            .send(Queued { call, kind })
             .map_err(|_| StoreError::Backend("store thread is gone".into()))?;
         answer
             .await
@@ -110,18 +131,26 @@ impl StoreThread {
     }
 }
 
-/// Runs the queued calls in order: runs of calls that may share a transaction share one.
+/// Runs the queued calls: in order, runs of calls that may share a transaction sharing one;
+/// the reads after all of them. (Calls queued together were sent concurrently: any order of
+/// them is one their callers could have seen.)
 fn run_batch(conn: &mut Connection, batch: &mut Vec<Queued>) {
     let mut shared = Vec::with_capacity(batch.len());
+    let mut reads = Vec::new();
     for q in batch.drain(..) {
-        if q.alone {
-            run_shared(conn, &mut shared);
-            (q.call)(conn)(None);
-        } else {
-            shared.push(q.call);
+        match q.kind {
+            Kind::Shared => shared.push(q.call),
+            Kind::Read => reads.push(q.call),
+            Kind::Alone => {
+                run_shared(conn, &mut shared);
+                (q.call)(conn)(None);
+            }
         }
     }
     run_shared(conn, &mut shared);
+    for read in reads {
+        read(conn)(None);
+    }
 }
 
 /// Runs `calls` in one transaction (one alone in its own), then tells their callers.
@@ -316,6 +345,19 @@ mod tests {
             }
         });
         started.await.unwrap();
+        // A read queued first runs after the writes queued behind it are committed.
+        let read = tokio::spawn({
+            let t = t.clone();
+            async move {
+                t.call_read(|c| {
+                    let mut s = c.prepare("SELECT n FROM t ORDER BY n").unwrap();
+                    let rows = s.query_map([], |r| r.get(0)).unwrap();
+                    let rows: Vec<i64> = rows.map(|r| r.unwrap()).collect();
+                    Ok((c.is_autocommit(), rows))
+                })
+                .await
+            }
+        });
         let mut calls = Vec::new();
         for n in 0..10 {
             let t = t.clone();
@@ -367,6 +409,9 @@ mod tests {
                 assert!(shared, "call {n} ran in a transaction of its own");
             }
         }
+        let (outside, seen) = read.await.unwrap().unwrap();
+        assert!(outside, "a read runs outside the writes' transaction");
+        assert_eq!(seen, kept, "a read runs after the writes queued beside it");
         assert!(matches!(&told[3], Err(StoreError::Backend(m)) if m == "refused"));
         assert!(matches!(&told[5], Err(StoreError::Backend(m)) if m.contains("panicked")));
         assert!(
