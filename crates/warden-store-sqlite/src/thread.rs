@@ -34,7 +34,7 @@ struct Queued {
     kind: Kind,
 }
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum Kind {
     /// May share a transaction with the calls queued beside it.
     Shared,
@@ -274,8 +274,8 @@ impl Drop for Tx<'_> {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn concurrent_calls_all_run_and_a_panic_fails_only_its_own() {
+    /// A store thread on an in-memory database with one table of numbers.
+    async fn with_table() -> StoreThread {
         let t = StoreThread::start(Connection::open_in_memory().unwrap()).unwrap();
         t.call(|c| {
             c.execute_batch("CREATE TABLE t (n INTEGER)")
@@ -283,6 +283,19 @@ mod tests {
         })
         .await
         .unwrap();
+        t
+    }
+
+    /// The numbers in the table, in order.
+    fn numbers(c: &Connection) -> Vec<i64> {
+        let mut s = c.prepare("SELECT n FROM t ORDER BY n").unwrap();
+        let rows = s.query_map([], |r| r.get(0)).unwrap();
+        rows.map(|r| r.unwrap()).collect()
+    }
+
+    #[tokio::test]
+    async fn concurrent_calls_all_run_and_a_panic_fails_only_its_own() {
+        let t = with_table().await;
         // Sent from many tasks at once: each call runs whole, none is lost.
         let mut tasks = tokio::task::JoinSet::new();
         for n in 0..50 {
@@ -306,15 +319,7 @@ mod tests {
             })
             .await;
         assert!(matches!(panicked, Err(StoreError::Backend(m)) if m.contains("panicked")));
-        let mut ns: Vec<i64> = t
-            .call(|c| {
-                let mut s = c.prepare("SELECT n FROM t").unwrap();
-                let rows = s.query_map([], |r| r.get(0)).unwrap();
-                Ok(rows.map(|r| r.unwrap()).collect())
-            })
-            .await
-            .unwrap();
-        ns.sort();
+        let ns = t.call(|c| Ok(numbers(c))).await.unwrap();
         assert_eq!(
             ns,
             (0..50).collect::<Vec<_>>(),
@@ -324,13 +329,7 @@ mod tests {
 
     #[tokio::test]
     async fn queued_calls_share_a_transaction_and_each_fails_alone() {
-        let t = StoreThread::start(Connection::open_in_memory().unwrap()).unwrap();
-        t.call(|c| {
-            c.execute_batch("CREATE TABLE t (n INTEGER)")
-                .map_err(|e| StoreError::Backend(e.to_string()))
-        })
-        .await
-        .unwrap();
+        let t = with_table().await;
         // The first call holds the thread until the others are queued behind it.
         let (open, gate) = std::sync::mpsc::channel::<()>();
         let (running, started) = tokio::sync::oneshot::channel::<()>();
@@ -348,15 +347,7 @@ mod tests {
         // A read queued first runs after the writes queued behind it are committed.
         let read = tokio::spawn({
             let t = t.clone();
-            async move {
-                t.call_read(|c| {
-                    let mut s = c.prepare("SELECT n FROM t ORDER BY n").unwrap();
-                    let rows = s.query_map([], |r| r.get(0)).unwrap();
-                    let rows: Vec<i64> = rows.map(|r| r.unwrap()).collect();
-                    Ok((c.is_autocommit(), rows))
-                })
-                .await
-            }
+            async move { t.call_read(|c| Ok((c.is_autocommit(), numbers(c)))).await }
         });
         let mut calls = Vec::new();
         for n in 0..10 {
@@ -389,14 +380,7 @@ mod tests {
         for call in calls {
             told.push(call.await.unwrap());
         }
-        let kept: Vec<i64> = t
-            .call(|c| {
-                let mut s = c.prepare("SELECT n FROM t ORDER BY n").unwrap();
-                let rows = s.query_map([], |r| r.get(0)).unwrap();
-                Ok(rows.map(|r| r.unwrap()).collect())
-            })
-            .await
-            .unwrap();
+        let kept: Vec<i64> = t.call(|c| Ok(numbers(c))).await.unwrap();
         for (n, told) in told.iter().enumerate() {
             if n != 7 {
                 assert_eq!(
