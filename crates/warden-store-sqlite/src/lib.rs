@@ -130,7 +130,9 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
-        self.conn.call_alone(f).await
+        let done = self.conn.call_alone(f).await;
+        self.checkpoint.wrote(checkpoint::CALL_BYTES);
+        done
     }
 }
 

@@ -155,26 +155,24 @@ fn run_batch(conn: &mut Connection, batch: &mut Vec<Queued>) {
 
 /// Runs `calls` in one transaction (one alone in its own), then tells their callers.
 fn run_shared(conn: &mut Connection, calls: &mut Vec<Call>) {
-    match calls.len() {
-        0 => return,
-        1 => {
-            let call = calls.pop().expect("one call");
-            call(conn)(None);
-            return;
-        }
-        _ => {}
-    }
-    if let Err(e) = exec(conn, "BEGIN IMMEDIATE", []) {
-        // Each in a transaction of its own, then.
-        tracing::warn!(error = %e, "store: cannot begin a shared transaction");
-        for call in calls.drain(..) {
-            call(conn)(None);
-        }
-        return;
-    }
-    let mut replies = Vec::with_capacity(calls.len());
     let mut left = std::mem::take(calls).into_iter();
-    for call in left.by_ref() {
+    if left.len() > 1 {
+        match exec(conn, "BEGIN IMMEDIATE", []) {
+            Ok(_) => run_in_transaction(conn, &mut left),
+            Err(e) => tracing::warn!(error = %e, "store: cannot begin a shared transaction"),
+        }
+    }
+    // One call alone, or those left when no shared transaction could begin: each in its own.
+    for call in left {
+        call(conn)(None);
+    }
+}
+
+/// Runs `calls` in the transaction just begun, commits it, and tells their callers; stops
+/// early, leaving the rest in `calls`, if SQLite rolled it back and no new one could begin.
+fn run_in_transaction(conn: &mut Connection, calls: &mut impl Iterator<Item = Call>) {
+    let mut replies = Vec::new();
+    for call in calls.by_ref() {
         replies.push(call(conn));
         if conn.is_autocommit() {
             // SQLite rolled the shared transaction back (a full disk, an I/O error): what
@@ -201,10 +199,6 @@ fn run_shared(conn: &mut Connection, calls: &mut Vec<Call>) {
     };
     for reply in replies {
         reply(failed.as_deref());
-    }
-    // Calls left when a new transaction could not begin: each in its own.
-    for call in left {
-        call(conn)(None);
     }
 }
 
