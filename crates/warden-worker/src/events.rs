@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{Notify, broadcast};
 use warden_core::JobId;
-use warden_store::LogStream;
+use warden_store::{JobRecord, LogStream};
 
 use crate::log_cache::LogCache;
 
@@ -33,6 +33,8 @@ struct Watched {
     record: AtomicU64,
     logs: AtomicU64,
     notify: Notify,
+    /// Its record as the completion that ended it returned it, when that ran here.
+    ended: Mutex<Option<Arc<JobRecord>>>,
 }
 
 impl Default for Events {
@@ -69,6 +71,16 @@ impl Events {
 
     /// Something about `job`'s record changed (its state, its counters).
     pub fn job_changed(&self, job: JobId) {
+        self.tell(job, false);
+    }
+
+    /// `job` ended, and `record` is what its completion committed: its waiters take it from
+    /// here instead of reading it back from the store.
+    pub fn job_ended(&self, record: JobRecord) {
+        let job = record.id;
+        if let Some(w) = self.watched().get(&job) {
+            *w.ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(record));
+        }
         self.tell(job, false);
     }
 
@@ -120,6 +132,17 @@ pub struct JobEvents {
 }
 
 impl JobEvents {
+    /// The job's terminal record, when the completion that ended it ran in this process and
+    /// told [`Events::job_ended`] while this waiter watched (a terminal record no longer
+    /// changes); otherwise the store has it.
+    pub fn ended(&self) -> Option<Arc<JobRecord>> {
+        self.w
+            .ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Returns when the job changed since the last call (or since subscribing).
     pub async fn changed(&mut self) {
         self.changed_how().await;
@@ -184,6 +207,26 @@ mod tests {
         );
         let again = tokio::time::timeout(Duration::from_millis(50), rx.changed());
         assert!(again.await.is_err(), "changes told once were told");
+    }
+
+    #[tokio::test]
+    async fn an_ended_job_hands_its_record_to_its_waiters_only() {
+        let events = Events::new();
+        let mut ended = crate::run::tests::record();
+        ended.status = warden_api::JobStatus::Succeeded;
+        ended.stdout_bytes = 42;
+        let mut rx = events.subscribe(ended.id);
+        assert!(rx.ended().is_none(), "running: the store has its record");
+        events.job_ended(ended.clone());
+        assert!(!rx.changed_how().await, "the end is a change of its record");
+        assert_eq!(rx.ended().as_deref(), Some(&ended));
+        // A job nobody waits on keeps nothing here.
+        let mut other = crate::run::tests::record();
+        other.status = warden_api::JobStatus::Failed;
+        let other_id = other.id;
+        events.job_ended(other);
+        assert!(!events.watched().contains_key(&other_id));
+        assert!(events.subscribe(other_id).ended().is_none());
     }
 
     #[tokio::test]

@@ -42,7 +42,11 @@ impl State {
         }
         let known = self.job.as_ref().map(|j| j.log_len(stream));
         if known.is_none_or(|len| self.look && self.offset >= len) {
-            self.job = Some(self.svc.load(id).await?);
+            self.job = Some(match self.rx.ended() {
+                // Ended here: the record its completion committed, without a read.
+                Some(job) => JobRecord::clone(&job),
+                None => self.svc.load(id).await?,
+            });
             self.look = false;
         }
         let len = self.job.as_ref().map_or(0, |j| j.log_len(stream));
@@ -245,7 +249,11 @@ impl JobService {
                         _ = tokio::time::sleep(FOLLOW_POLL) => {}
                         _ = svc.shutdown.cancelled() => return None,
                     }
-                    match svc.load(id).await {
+                    let now = match rx.ended() {
+                        Some(job) => Ok(JobRecord::clone(&job)),
+                        None => svc.load(id).await,
+                    };
+                    match now {
                         Ok(job) if job != last => {
                             return Some((Ok(job.clone()), (svc, rx, None, Some(job))));
                         }

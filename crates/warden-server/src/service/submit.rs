@@ -187,9 +187,10 @@ impl JobService {
         let outcome = self.store.submit(new).await?;
         let created = matches!(outcome, SubmitOutcome::Created(_));
         if created {
+            // Slots wake first: the claim is queued behind the audit entry and commits with it.
+            self.job_queued();
             self.audit(caller.audit("submit", Some(outcome.job().id.to_string()), "ok"))
                 .await;
-            self.job_queued();
         }
         let job = match outcome {
             SubmitOutcome::Created(j) | SubmitOutcome::Existing(j) => j,

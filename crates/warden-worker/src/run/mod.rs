@@ -242,13 +242,16 @@ pub(crate) async fn run_job(shared: &Shared, claimed: Claimed, signals: JobSigna
             }
         }
     };
-    finish(
+    let ended = finish(
         shared, &job, &lease, outcome, invariants, info, &checkout, started_ms,
     )
     .await;
     // The job's hold on its tree ends here (a tainted tree is deleted with its last user).
     drop(checkout);
-    shared.events.job_changed(job.id);
+    match ended {
+        Some(record) => shared.events.job_ended(record),
+        None => shared.events.job_changed(job.id),
+    }
 }
 
 /// Every job given secrets is in the audit trail, by secret name (never the value).
@@ -358,7 +361,9 @@ async fn review_fallback(
     }
 }
 
-/// Cleans up, writes `artifact.json` and tells the coordinator how the job ended.
+/// Cleans up, writes `artifact.json` and tells the coordinator how the job ended. Returns the
+/// record the completion committed when that ended the job (not when it went back to the queue
+/// for another attempt, or was given back or lost).
 #[allow(clippy::too_many_arguments)]
 async fn finish(
     shared: &Shared,
@@ -369,7 +374,7 @@ async fn finish(
     info: Option<ExecInfo>,
     checkout: &Option<Arc<Checkout>>,
     started_ms: i64,
-) {
+) -> Option<JobRecord> {
     let id = job.id;
     // Scratch space goes before the end is recorded: whoever sees the job finished sees it clean.
     // In the same trip to the blocking pool: what a job that ran said about itself.
@@ -383,7 +388,7 @@ async fn finish(
     let mut done = match outcome {
         Outcome::Abandon => {
             tracing::warn!(job = %id, "lease lost; another worker owns the job now");
-            return;
+            return None;
         }
         Outcome::Release => {
             // Its processes are gone and a re-run starts from an empty directory: what it
@@ -398,7 +403,7 @@ async fn finish(
                     tracing::warn!(job = %id, error = %e, "could not give the job back to the queue")
                 }
             }
-            return;
+            return None;
         }
         Outcome::Complete(done) => done,
     };
@@ -445,11 +450,18 @@ async fn finish(
         }
     }
     match shared.coordinator.complete(lease, done, finished_ms).await {
-        Ok(rec) => tracing::info!(job = %id, status = %rec.status, "job finished"),
-        Err(StoreError::LeaseLost(_)) => {
-            tracing::warn!(job = %id, "lease lost before completion was recorded")
+        Ok(rec) => {
+            tracing::info!(job = %id, status = %rec.status, "job finished");
+            rec.status.is_terminal().then_some(rec)
         }
-        Err(e) => tracing::error!(job = %id, error = %e, "could not record completion"),
+        Err(StoreError::LeaseLost(_)) => {
+            tracing::warn!(job = %id, "lease lost before completion was recorded");
+            None
+        }
+        Err(e) => {
+            tracing::error!(job = %id, error = %e, "could not record completion");
+            None
+        }
     }
 }
 
