@@ -14,6 +14,7 @@
 //!
 //! Prints `image: N passed, M failed` like the other checks and fails on any failure.
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -166,7 +167,10 @@ fn smoke_run() -> anyhow::Result<()> {
     let ctr = run(Command::new("buildah").args(["from", IMAGE]))?
         .trim()
         .to_string();
+    // In a process group of its own: `buildah run` leaves the container's processes to a
+    // `buildah-chroot-exec` of its own, which a kill of buildah alone orphans, still serving.
     let mut server = Command::new("buildah")
+        .process_group(0)
         .args(["run", "--isolation", "chroot", "--network", "host"])
         .arg("-v")
         .arg(format!("{}:/var/lib/warden", data.path().display()))
@@ -202,8 +206,7 @@ fn smoke_run() -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    let _ = server.kill();
-    let _ = server.wait();
+    end_group(&mut server);
     let _ = Command::new("buildah").args(["rm", &ctr]).output();
     let owner = std::fs::metadata(data.path().join("warden.db"))
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m));
@@ -211,6 +214,23 @@ fn smoke_run() -> anyhow::Result<()> {
     expect(owner.as_ref().is_ok_and(|u| *u == 10001), || {
         format!("the database's owner {owner:?} (the image's user is 10001)")
     })
+}
+
+/// Ends a process group led by `leader` and everything in it: SIGTERM (warden shuts down
+/// cleanly), then SIGKILL to whatever is left after 10 s.
+fn end_group(leader: &mut std::process::Child) {
+    use rustix::process::{Pid, Signal, kill_process_group};
+    let Some(group) = Pid::from_raw(leader.id() as i32) else {
+        return;
+    };
+    let _ = kill_process_group(group, Signal::TERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while matches!(leader.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Members that outlived the leader are still in its group.
+    let _ = kill_process_group(group, Signal::KILL);
+    let _ = leader.wait();
 }
 
 /// The base image: a debootstrap root filesystem, imported once.
