@@ -377,14 +377,22 @@ async fn finish(
 ) -> Option<JobRecord> {
     let id = job.id;
     // Scratch space goes before the end is recorded: whoever sees the job finished sees it clean.
-    // In the same trip to the blocking pool: what a job that ran said about itself.
+    // In the same trip to the blocking pool: what a job that ran said about itself. When nothing
+    // between that and its record needs the store (no test reports to store, no review bundle
+    // to check), both go on the record's own trip instead (one hand-off fewer per job).
     let (scratch, artifacts) = (shared.data.scratch(id), shared.data.artifacts(id));
     let ran = info.is_some() && matches!(outcome, Outcome::Complete(_));
-    let said = blocking(move || {
-        let _ = std::fs::remove_dir_all(scratch);
-        ran.then(|| outputs::read(&artifacts))
-    })
-    .await;
+    let at_once = ran && !has_results(shared, job) && review_base(shared, job).is_none();
+    let said = if at_once {
+        None
+    } else {
+        let scratch = scratch.clone();
+        blocking(move || {
+            let _ = std::fs::remove_dir_all(scratch);
+            ran.then(|| outputs::read(&artifacts))
+        })
+        .await
+    };
     let mut done = match outcome {
         Outcome::Abandon => {
             tracing::warn!(job = %id, "lease lost; another worker owns the job now");
@@ -411,10 +419,7 @@ async fn finish(
     done.resources = resources(info.as_ref());
     let mut info = info;
     if let (Some(i), Some(said)) = (info.as_mut(), said) {
-        // What the job said about itself: warnings for the record, outputs for artifact.json.
-        done.warnings.extend(said.warnings);
-        done.warnings.extend(said.refused);
-        i.job_outputs = said.outputs;
+        take_said(&mut done, i, said);
         test_results(shared, job, lease, &mut done).await;
         if review_base(shared, job).is_some() {
             review_fallback(shared, job, i, &mut done).await;
@@ -437,7 +442,15 @@ async fn finish(
         files: co.files(),
         bytes: co.bytes(),
     });
-    match write_record(shared, job, &done, started_ms, finished_ms, info, summary).await {
+    let record = RecordTrip {
+        started_ms,
+        finished_ms,
+        info,
+        checkout: summary,
+        scratch: at_once.then_some(scratch),
+    };
+    let (mut done, written) = write_record(shared, job, done, record).await;
+    match written {
         Ok(bytes) => done.artifact_bytes = bytes,
         Err(e) => {
             tracing::error!(job = %id, error = %e, "could not write artifact.json");
@@ -465,55 +478,108 @@ async fn finish(
     }
 }
 
-async fn write_record(
-    shared: &Shared,
-    job: &JobRecord,
-    done: &Completion,
+/// Whether the job's type collects test reports.
+fn has_results(shared: &Shared, job: &JobRecord) -> bool {
+    shared
+        .config
+        .job_type(&job.job_type)
+        .is_some_and(|t| !t.results.junit.is_empty())
+}
+
+/// What the job said about itself: warnings for the record, outputs for `artifact.json`.
+fn take_said(done: &mut Completion, info: &mut ExecInfo, said: outputs::JobSaid) {
+    done.warnings.extend(said.warnings);
+    done.warnings.extend(said.refused);
+    info.job_outputs = said.outputs;
+}
+
+/// What [`write_record`] writes besides the completion.
+struct RecordTrip {
     started_ms: i64,
     finished_ms: i64,
     info: Option<ExecInfo>,
     checkout: Option<CheckoutSummary>,
-) -> std::io::Result<u64> {
-    let tier = info
+    /// The job's scratch directory, when it is removed and what the job said is read on this
+    /// trip (see `finish`).
+    scratch: Option<std::path::PathBuf>,
+}
+
+/// Writes the job's record into its sealed artifact directory, in one trip to the blocking
+/// pool; returns the completion (with what the job said, when that was read on this trip) and
+/// the directory's size.
+async fn write_record(
+    shared: &Shared,
+    job: &JobRecord,
+    mut done: Completion,
+    trip: RecordTrip,
+) -> (Completion, std::io::Result<u64>) {
+    let tier = trip
+        .info
         .as_ref()
         .and_then(|i| i.tier)
         .unwrap_or(shared.executor.tier());
-    let (job, done) = (job.clone(), done.clone());
+    let job = job.clone();
     let dir = shared.data.artifacts(job.id);
     blocking(move || {
-        if !dir.is_dir() {
-            return Ok(0);
-        }
-        // The job is gone: its artifacts become warden's, without setuid or world-write bits.
-        seal(&dir)?;
-        if let Some(changes) = info
-            .as_ref()
-            .and_then(|i| i.report.as_ref())
-            .and_then(|r| r.root_changes.as_ref())
-        {
-            let json = serde_json::to_vec_pretty(changes).map_err(std::io::Error::other)?;
-            crate::artifact::write_warden_file(&dir, "changes.json", &json)?;
-        }
-        if let Some(decisions) = info.as_ref().and_then(|i| i.egress.as_ref()) {
-            crate::artifact::write_warden_file(
-                &dir,
-                "egress.jsonl",
-                &crate::egress::to_jsonl(decisions),
-            )?;
-        }
-        let input = RecordInput {
-            job: &job,
-            done: &done,
-            started_ms,
-            finished_ms,
-            info: info.as_ref(),
-            tier,
-            checkout,
-        };
-        write_artifact_json(&dir, &artifact_record(input, &dir))?;
-        Ok(crate::artifact_dir::total_bytes(&dir))
+        let written = write_record_now(&dir, &job, &mut done, trip, tier);
+        (done, written)
     })
     .await
+}
+
+fn write_record_now(
+    dir: &std::path::Path,
+    job: &JobRecord,
+    done: &mut Completion,
+    trip: RecordTrip,
+    tier: Tier,
+) -> std::io::Result<u64> {
+    let RecordTrip {
+        started_ms,
+        finished_ms,
+        mut info,
+        checkout,
+        scratch,
+    } = trip;
+    if let Some(scratch) = &scratch {
+        let _ = std::fs::remove_dir_all(scratch);
+    }
+    if !dir.is_dir() {
+        return Ok(0);
+    }
+    if scratch.is_some()
+        && let Some(i) = info.as_mut()
+    {
+        take_said(done, i, outputs::read(dir));
+    }
+    // The job is gone: its artifacts become warden's, without setuid or world-write bits.
+    seal(dir)?;
+    if let Some(changes) = info
+        .as_ref()
+        .and_then(|i| i.report.as_ref())
+        .and_then(|r| r.root_changes.as_ref())
+    {
+        let json = serde_json::to_vec_pretty(changes).map_err(std::io::Error::other)?;
+        crate::artifact::write_warden_file(dir, "changes.json", &json)?;
+    }
+    if let Some(decisions) = info.as_ref().and_then(|i| i.egress.as_ref()) {
+        crate::artifact::write_warden_file(
+            dir,
+            "egress.jsonl",
+            &crate::egress::to_jsonl(decisions),
+        )?;
+    }
+    let input = RecordInput {
+        job,
+        done,
+        started_ms,
+        finished_ms,
+        info: info.as_ref(),
+        tier,
+        checkout,
+    };
+    write_artifact_json(dir, &artifact_record(input, dir))?;
+    Ok(crate::artifact_dir::total_bytes(dir))
 }
 
 /// Takes a finished job's artifact directory back for warden (see `artifact_dir::seal`).
