@@ -436,7 +436,9 @@ fn reset(artifacts: &Path, scratch: &Path) -> std::io::Result<()> {
 /// A sandboxed job keeps HOME and TMPDIR in its own tmpfs, mounts its root on the shared
 /// (always empty) mount point inside its private mount namespace, and sees the shared empty
 /// read-only worktree: no per-job directories on the host but its artifacts. (Creating and
-/// deleting directories per job was a third of the server's CPU time on ext4.)
+/// deleting directories per job was a third of the server's CPU time on the benchmark machine's
+/// ext4, which has no journal and so scans recently freed inodes at every new one: see
+/// docs/benchmarks.md.)
 pub(super) struct SandboxedLayout {
     pub root: PathBuf,
     pub empty_work: PathBuf,
