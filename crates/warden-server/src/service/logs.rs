@@ -42,11 +42,7 @@ impl State {
         }
         let known = self.job.as_ref().map(|j| j.log_len(stream));
         if known.is_none_or(|len| self.look && self.offset >= len) {
-            self.job = Some(match self.rx.ended() {
-                // Ended here: the record its completion committed, without a read.
-                Some(job) => JobRecord::clone(&job),
-                None => self.svc.load(id).await?,
-            });
+            self.job = Some(self.svc.latest(&self.rx, id).await?);
             self.look = false;
         }
         let len = self.job.as_ref().map_or(0, |j| j.log_len(stream));
@@ -80,6 +76,19 @@ pub enum LogItem {
 }
 
 impl JobService {
+    /// The job's record as its waiter `rx` should see it now: the record its completion
+    /// committed when it ended in this process, otherwise read from the store.
+    async fn latest(
+        &self,
+        rx: &warden_worker::JobEvents,
+        id: JobId,
+    ) -> Result<JobRecord, ServiceError> {
+        match rx.ended() {
+            Some(job) => Ok(JobRecord::clone(&job)),
+            None => self.load(id).await,
+        }
+    }
+
     /// The last `tail` lines of a stream and the byte offset where they start.
     pub async fn tail(
         &self,
@@ -249,11 +258,7 @@ impl JobService {
                         _ = tokio::time::sleep(FOLLOW_POLL) => {}
                         _ = svc.shutdown.cancelled() => return None,
                     }
-                    let now = match rx.ended() {
-                        Some(job) => Ok(JobRecord::clone(&job)),
-                        None => svc.load(id).await,
-                    };
-                    match now {
+                    match svc.latest(&rx, id).await {
                         Ok(job) if job != last => {
                             return Some((Ok(job.clone()), (svc, rx, None, Some(job))));
                         }
