@@ -21,6 +21,11 @@ use crate::shared::Shared;
 pub(super) const BATCH: usize = 1 << 20;
 /// How much one read takes from the pipe (a batch holds at most `BATCH + READ - 1`).
 const READ: usize = 256 << 10;
+/// The first reads' buffer. Most jobs write little or nothing: a buffer of [`READ`] would be
+/// mapped and unmapped for each stream of each job (it is above the allocator's mmap
+/// threshold; `warden`'s `main`), two `mmap`s, two `munmap`s and their TLB shootdowns per job.
+/// A read that fills this one grows it to [`READ`] for the rest of the stream.
+const FIRST_READ: usize = 16 << 10;
 /// A batch past this size is given a whole batch's room.
 const BIG: usize = 64 << 10;
 /// The job's pipes hold this much (best effort: `/proc/sys/fs/pipe-max-size` may cap it), so
@@ -69,7 +74,7 @@ pub(super) async fn pump(
         spare,
         keeping: true,
     };
-    let mut buf = vec![0u8; READ];
+    let mut buf = vec![0u8; FIRST_READ];
     'reading: loop {
         let full = taker.batch.len() >= BATCH;
         tokio::select! {
@@ -79,7 +84,7 @@ pub(super) async fn pump(
                 let ended = loop {
                     match reader.try_read(&mut buf) {
                         Ok(0) => break true,
-                        Ok(n) => taker.take(&buf[..n]),
+                        Ok(n) => taker.take(grown(&mut buf, n)),
                         // Empty now (or unreadable: the read below says so).
                         Err(_) => break false,
                     }
@@ -99,7 +104,7 @@ pub(super) async fn pump(
             read = reader.read(&mut buf), if !full => {
                 match read {
                     Ok(0) => break 'reading,
-                    Ok(n) => taker.take(&buf[..n]),
+                    Ok(n) => taker.take(grown(&mut buf, n)),
                     Err(e) => {
                         tracing::warn!(job = %lease.job_id, error = %e, "reading job output failed");
                         break 'reading;
@@ -109,7 +114,7 @@ pub(super) async fn pump(
                 while taker.batch.len() < BATCH {
                     match reader.try_read(&mut buf) {
                         Ok(0) | Err(_) => break,
-                        Ok(n) => taker.take(&buf[..n]),
+                        Ok(n) => taker.take(grown(&mut buf, n)),
                     }
                 }
             }
@@ -121,6 +126,15 @@ pub(super) async fn pump(
     }
     drop(tx);
     writer.await.unwrap_or(0)
+}
+
+/// The `n` bytes a read put in `buf`, which is grown to [`READ`] for the next read if this one
+/// filled it. (The bytes come back from the grown buffer: the old one's are copied over.)
+fn grown(buf: &mut Vec<u8>, n: usize) -> &[u8] {
+    if n == buf.len() && n < READ {
+        buf.resize(READ, 0);
+    }
+    &buf[..n]
 }
 
 /// The reading half's side of the cap and the mask.
@@ -228,4 +242,26 @@ async fn store_batches(
         }
     }
     offset
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_that_fills_the_first_buffer_grows_it_and_keeps_its_bytes() {
+        let mut buf = vec![0u8; FIRST_READ];
+        buf[..5].copy_from_slice(b"hello");
+        // A short read leaves the buffer as it is: most jobs never map a big one.
+        assert_eq!(grown(&mut buf, 5), b"hello");
+        assert_eq!(buf.len(), FIRST_READ);
+        // A full one: the next read may take READ, and this one's bytes are still the answer.
+        let full: Vec<u8> = (0..FIRST_READ).map(|i| i as u8).collect();
+        buf.copy_from_slice(&full);
+        assert_eq!(grown(&mut buf, FIRST_READ), &full[..]);
+        assert_eq!(buf.len(), READ);
+        // At READ it stays.
+        assert_eq!(grown(&mut buf, READ).len(), READ);
+        assert_eq!(buf.len(), READ);
+    }
 }
