@@ -1,12 +1,14 @@
-//! `cargo xtask bench egress [--mb N] [--downloads N] [--connections N] [--starts N]`: the egress gateway
-//! against the host's own network, in one invocation.
+//! `cargo xtask bench egress [--mb N] [--downloads N] [--connections N] [--starts N]`: the
+//! egress gateway against the host's own network, in one invocation.
 //!
 //! - **Download**: `curl` fetches N MiB from an HTTP server of this bench, once from warden's
 //!   host and once from a job whose policy allows exactly that server (`IP/32:PORT`),
-//!   alternating, N times each (default 9); the median MB/s as curl measured it. Twice: with the server on the host's loopback (the
-//!   gateway's worst case: the baseline crosses one loopback connection, the job two), and,
-//!   as root, on "another host": warden and the baseline in a network namespace of the bench's,
-//!   the server in a second one across a veth link (the host's own interfaces untouched).
+//!   alternating, `--downloads` times each (default 9); the median MB/s as curl measured it,
+//!   and the median of each adjacent pair's ratio. Twice: with the server on the host's
+//!   loopback (the gateway's worst case: the baseline crosses one loopback connection, the job
+//!   two), and, as root, on "another host": warden and the baseline in a network namespace of
+//!   the bench's, the server in a second one across a veth link (the host's own interfaces
+//!   untouched).
 //! - **Connection setup**: a small request, connect to last byte, repeated; p50 from the host
 //!   and from a job (every request through the gateway: accept, policy, upstream connect).
 //! - **Job start**: submit→terminal of `/bin/true` with an egress policy and with `none`.
