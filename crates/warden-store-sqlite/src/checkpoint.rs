@@ -64,7 +64,7 @@ fn run(conn: Connection, nudged: Receiver<()>) {
     while nudged.recv().is_ok() {
         // Let a burst of commits finish: one checkpoint for all of them.
         let _ = nudged.recv_timeout(GATHER);
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        if let Err(e) = super::query_row(&conn, "PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::warn!(error = %e, "WAL checkpoint failed; the store's own will run instead");
         }
     }

@@ -6,9 +6,9 @@ use warden_store::{
     Delivery, DeliveryOutcome, LogStream, Millis, NewDelivery, OutboxEvent, OutboxKind, Result,
 };
 
-use super::backend;
 use super::rows::corrupt;
 use super::thread::Tx;
+use super::{backend, exec, query_row};
 
 /// The outbox row with, for a log event, its chunk's bytes (`NULL` when the chunk is gone).
 const SELECT: &str = "SELECT o.seq, o.job_id, o.tenant, o.kind, o.at, o.job_type, o.status, \
@@ -62,7 +62,8 @@ fn row_to_event(row: &Row<'_>) -> rusqlite::Result<(u64, Option<OutboxEvent>)> {
 }
 
 pub(crate) fn set_outbox(conn: &Connection, on: bool) -> Result<()> {
-    conn.execute(
+    exec(
+        conn,
         "UPDATE outbox_switch SET on_ = ?1 WHERE id = 1",
         [on as i64],
     )
@@ -86,7 +87,8 @@ pub(crate) fn pending(conn: &mut Connection, limit: u32) -> Result<Vec<OutboxEve
     // Log events whose chunk went with its job: nothing to publish, ever.
     for (seq, event) in &rows {
         if event.is_none() {
-            tx.execute(
+            exec(
+                &tx,
                 "UPDATE event_outbox SET published_at = 0 WHERE seq = ?1",
                 [*seq as i64],
             )
@@ -130,15 +132,16 @@ pub(crate) fn since(
 }
 
 pub(crate) fn prune(conn: &Connection, before: Millis, webhooks: bool) -> Result<u64> {
-    let n = conn
-        .execute(
-            "DELETE FROM event_outbox WHERE published_at IS NOT NULL AND at < ?1
+    let n = exec(
+        conn,
+        "DELETE FROM event_outbox WHERE published_at IS NOT NULL AND at < ?1
              AND (?2 = 0 OR seq <= (SELECT seq FROM webhook_cursor WHERE id = 1))",
-            params![before, webhooks],
-        )
-        .map_err(backend)?;
+        params![before, webhooks],
+    )
+    .map_err(backend)?;
     // Deliveries done with (delivered or given up) go with the events they carried.
-    conn.execute(
+    exec(
+        conn,
         "DELETE FROM webhook_deliveries WHERE created_at < ?1
          AND (delivered_at IS NOT NULL OR gave_up = 1)",
         [before],
@@ -151,11 +154,13 @@ pub(crate) fn webhook_backlog(
     conn: &Connection,
     limit: u32,
 ) -> Result<warden_store::WebhookBacklog> {
-    let cursor: i64 = conn
-        .query_row("SELECT seq FROM webhook_cursor WHERE id = 1", [], |r| {
-            r.get(0)
-        })
-        .map_err(backend)?;
+    let cursor: i64 = query_row(
+        conn,
+        "SELECT seq FROM webhook_cursor WHERE id = 1",
+        [],
+        |r| r.get(0),
+    )
+    .map_err(backend)?;
     let mut stmt = conn
         .prepare_cached(&format!(
             "{SELECT} WHERE o.kind = 'job' AND o.seq > ?1 ORDER BY o.seq LIMIT ?2"
@@ -206,7 +211,8 @@ pub(crate) fn add_deliveries(
             .map_err(backend)?;
         }
     }
-    tx.execute(
+    exec(
+        &tx,
         "UPDATE webhook_cursor SET seq = MAX(seq, ?1) WHERE id = 1",
         [cursor as i64],
     )
@@ -266,7 +272,8 @@ pub(crate) fn delivery_attempted(
             (None, true, None, *status, Some(error.as_str()))
         }
     };
-    conn.execute(
+    exec(
+        conn,
         "UPDATE webhook_deliveries SET attempts = attempts + 1, delivered_at = ?2, gave_up = ?3,
              next_at = COALESCE(?4, next_at), last_status = ?5, last_error = ?6
          WHERE id = ?1",

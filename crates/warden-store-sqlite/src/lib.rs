@@ -146,6 +146,16 @@ pub(crate) fn exec(
     conn.prepare_cached(sql)?.execute(params)
 }
 
+/// `query_row` through the connection's statement cache (see [`exec`]).
+pub(crate) fn query_row<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    row: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.prepare_cached(sql)?.query_row(params, row)
+}
+
 fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
@@ -155,6 +165,7 @@ fn migrate(conn: &Connection) -> Result<()> {
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY) STRICT;",
     )
     .map_err(backend)?;
+    #[allow(clippy::disallowed_methods, reason = "once, at open")]
     let applied: i64 = conn
         .query_row(
             "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
@@ -203,14 +214,14 @@ impl Store for SqliteStore {
         self.with(move |conn| {
             let tx = Tx::begin(conn)?;
             if let Some(key) = &job.idempotency_key {
-                let existing: Option<String> = tx
-                    .query_row(
-                        "SELECT id FROM jobs WHERE tenant = ?1 AND idempotency_key = ?2",
-                        params![job.tenant, key],
-                        |r| r.get(0),
-                    )
-                    .optional()
-                    .map_err(backend)?;
+                let existing: Option<String> = query_row(
+                    &tx,
+                    "SELECT id FROM jobs WHERE tenant = ?1 AND idempotency_key = ?2",
+                    params![job.tenant, key],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)?;
                 if let Some(existing) = existing {
                     let id: JobId = existing
                         .parse()
@@ -227,13 +238,13 @@ impl Store for SqliteStore {
                 }
             }
             if let Some(max) = job.max_queued {
-                let queued: i64 = tx
-                    .query_row(
-                        "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND tenant = ?1",
-                        [&job.tenant],
-                        |r| r.get(0),
-                    )
-                    .map_err(backend)?;
+                let queued: i64 = query_row(
+                    &tx,
+                    "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND tenant = ?1",
+                    [&job.tenant],
+                    |r| r.get(0),
+                )
+                .map_err(backend)?;
                 if queued as u64 >= max {
                     return Err(StoreError::QueueFull {
                         tenant: job.tenant.clone(),
@@ -711,6 +722,7 @@ impl Store for SqliteStore {
         for _ in 0..100 {
             let busy: i64 = self
                 .with_alone(|conn| {
+                    #[allow(clippy::disallowed_methods, reason = "a compaction's last step")]
                     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
                         .map_err(backend)
                 })
@@ -794,4 +806,5 @@ impl Store for SqliteStore {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods, reason = "tests run statements once")]
 mod tests;

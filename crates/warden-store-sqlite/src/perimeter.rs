@@ -8,8 +8,8 @@ use warden_store::{
 };
 
 use super::backend;
-use super::exec;
 use super::thread::Tx;
+use super::{exec, query_row};
 
 fn parse_id(s: String) -> Result<JobId> {
     s.parse()
@@ -70,9 +70,10 @@ pub(crate) fn pick_fairly(
     if tenants.is_empty() {
         return Ok(Vec::new());
     }
-    let mut v: i64 = conn
-        .query_row("SELECT v FROM scheduler WHERE id = 1", [], |r| r.get(0))
-        .map_err(backend)?;
+    let mut v: i64 = query_row(conn, "SELECT v FROM scheduler WHERE id = 1", [], |r| {
+        r.get(0)
+    })
+    .map_err(backend)?;
     let mut candidates = Vec::with_capacity(tenants.len());
     for tenant in tenants {
         let Some(oldest) = next_of(conn, &tenant, job_types, None)? else {
@@ -156,21 +157,21 @@ fn row_to_token(row: &Row<'_>) -> rusqlite::Result<TokenRecord> {
 pub(crate) fn create_token(conn: &Connection, t: &TokenRecord) -> Result<()> {
     let scopes =
         serde_json::to_string(&t.scopes).map_err(|e| StoreError::Backend(e.to_string()))?;
-    let n = conn
-        .execute(
-            "INSERT INTO tokens (id, tenant, name, scopes, hash, created_at, expires_at)
+    let n = exec(
+        conn,
+        "INSERT INTO tokens (id, tenant, name, scopes, hash, created_at, expires_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
-            params![
-                t.id,
-                t.tenant,
-                t.name,
-                scopes,
-                t.hash,
-                t.created_at,
-                t.expires_at
-            ],
-        )
-        .map_err(backend)?;
+        params![
+            t.id,
+            t.tenant,
+            t.name,
+            scopes,
+            t.hash,
+            t.created_at,
+            t.expires_at
+        ],
+    )
+    .map_err(backend)?;
     if n == 0 {
         return Err(StoreError::TokenExists(t.id.clone()));
     }

@@ -5,8 +5,8 @@ use rusqlite::{Connection, params};
 use warden_core::JobId;
 use warden_store::{FinishedJob, Millis, Result, StoreError, TenantUsage};
 
-use super::backend;
 use super::thread::Tx;
+use super::{backend, exec, query_row};
 
 /// A finished job: it has ended and nobody has put it back in the queue.
 const FINISHED: &str = "finished_at IS NOT NULL AND status NOT IN ('queued', 'running')";
@@ -16,6 +16,7 @@ pub(crate) const VACUUM_STEP_PAGES: i64 = 2048;
 
 /// Switches a database to incremental auto-vacuum (once: a database made before it needs one
 /// full `VACUUM`, which SQLite requires to change the mode).
+#[allow(clippy::disallowed_methods, reason = "once, at open")]
 pub(crate) fn ensure_incremental_vacuum(conn: &Connection) -> Result<()> {
     let mode: i64 = conn
         .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
@@ -155,27 +156,24 @@ pub(crate) fn take_lease(
     lease_ms: i64,
     now: Millis,
 ) -> Result<bool> {
-    let n = conn
-        .execute(
-            &format!(
-                "UPDATE {table} SET owner = ?1, expires_at = ?3
+    let n = exec(
+        conn,
+        &format!(
+            "UPDATE {table} SET owner = ?1, expires_at = ?3
                  WHERE id = 1 AND (owner IS NULL OR owner = ?1 OR expires_at <= ?2)"
-            ),
-            params![owner, now, now.saturating_add(lease_ms)],
-        )
-        .map_err(backend)?;
+        ),
+        params![owner, now, now.saturating_add(lease_ms)],
+    )
+    .map_err(backend)?;
     Ok(n == 1)
 }
 
 /// One step of the incremental vacuum: frees up to [`VACUUM_STEP_PAGES`] pages; returns the
 /// bytes freed and whether free pages are left.
 pub(crate) fn vacuum_step(conn: &Connection) -> Result<(u64, bool)> {
-    let page: i64 = conn
-        .query_row("PRAGMA page_size", [], |r| r.get(0))
-        .map_err(backend)?;
+    let page: i64 = query_row(conn, "PRAGMA page_size", [], |r| r.get(0)).map_err(backend)?;
     let free = |c: &Connection| -> Result<i64> {
-        c.query_row("PRAGMA freelist_count", [], |r| r.get(0))
-            .map_err(backend)
+        query_row(c, "PRAGMA freelist_count", [], |r| r.get(0)).map_err(backend)
     };
     let before = free(conn)?;
     if before == 0 {
@@ -183,7 +181,7 @@ pub(crate) fn vacuum_step(conn: &Connection) -> Result<(u64, bool)> {
     }
     // The pragma returns a row per step it took; stepping it through is what runs it.
     let mut stmt = conn
-        .prepare(&format!("PRAGMA incremental_vacuum({VACUUM_STEP_PAGES})"))
+        .prepare_cached(&format!("PRAGMA incremental_vacuum({VACUUM_STEP_PAGES})"))
         .map_err(backend)?;
     let mut rows = stmt.query([]).map_err(backend)?;
     while rows.next().map_err(backend)?.is_some() {}

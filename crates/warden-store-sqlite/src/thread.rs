@@ -265,6 +265,7 @@ impl Drop for Tx<'_> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods, reason = "tests run statements once")]
 mod tests {
     use super::*;
 
