@@ -195,7 +195,7 @@ pub(crate) fn raw_sandbox(
     sequential: usize,
     jobs: usize,
     threads: usize,
-) -> anyhow::Result<(Vec<Duration>, f64)> {
+) -> anyhow::Result<(Vec<Duration>, f64, Option<crate::CpuSplit>)> {
     let (dir, etc) = bench_dir("raw")?;
     let result = (|| {
         let mut one = WardenRuns::new(warden, &dir, &etc, 0)?;
@@ -209,7 +209,7 @@ pub(crate) fn raw_sandbox(
         let mut runs = (0..threads)
             .map(|i| WardenRuns::new(warden, &dir, &etc, 1_000_000 * (i as u64 + 1)))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let t = Instant::now();
+        let (t, mark) = (Instant::now(), crate::CpuMark::now(None));
         std::thread::scope(|s| {
             let handles: Vec<_> = runs
                 .iter_mut()
@@ -219,7 +219,8 @@ pub(crate) fn raw_sandbox(
                 .into_iter()
                 .try_for_each(|h| h.join().map_err(|_| anyhow::anyhow!("a thread panicked"))?)
         })?;
-        anyhow::Ok((lat, (per * threads) as f64 / t.elapsed().as_secs_f64()))
+        let (elapsed, cpu) = (t.elapsed(), mark.per_job(per * threads));
+        anyhow::Ok((lat, (per * threads) as f64 / elapsed.as_secs_f64(), cpu))
     })();
     let _ = std::fs::remove_dir_all(&dir);
     result
