@@ -119,6 +119,33 @@ impl RemoteCoordinator {
     /// Sends `body` and waits for its reply. With a deadline, a broken session is waited out
     /// and the request re-sent until then; without, it waits for a session indefinitely but
     /// gives up on the first break. `tries` counts the sends.
+    /// Uploads the job's artifacts, heartbeating its lease meanwhile: a gigabyte can take
+    /// longer than a lease to reach the control plane (and its bucket), and a job that ended
+    /// well must not be taken back for it. Failed uploads are retried for one lease.
+    async fn upload_under_lease(&self, lease: &Lease) -> Result<(), UploadError> {
+        let retry_until = Instant::now() + Duration::from_millis(self.lease_ms() as u64);
+        let upload = upload_artifacts(&self.inner, lease, retry_until);
+        tokio::pin!(upload);
+        let every = Duration::from_millis((self.lease_ms() / 3).max(10) as u64);
+        let mut beat = tokio::time::interval_at(Instant::now() + every, every);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                done = &mut upload => return done,
+                _ = beat.tick() => {
+                    match self.heartbeat(lease, self.lease_ms(), warden_store::now_millis()).await {
+                        Ok(_) => {}
+                        Err(StoreError::LeaseLost(_)) => return Err(UploadError::LeaseLost),
+                        Err(e) => tracing::warn!(
+                            job = %lease.job_id, error = %e,
+                            "heartbeat during the artifact upload failed"
+                        ),
+                    }
+                }
+            }
+        }
+    }
+
     async fn call(
         &self,
         body: In,
@@ -403,14 +430,15 @@ impl Coordinator for RemoteCoordinator {
         mut done: Completion,
         now: Millis,
     ) -> Result<JobRecord, StoreError> {
-        let deadline = Instant::now() + Duration::from_millis(self.lease_ms() as u64);
-        if let Err(e) = upload_artifacts(&self.inner, lease, deadline).await {
+        if let Err(e) = self.upload_under_lease(lease).await {
             if matches!(e, UploadError::LeaseLost) {
                 return Err(StoreError::LeaseLost(lease.job_id));
             }
             tracing::error!(job = %lease.job_id, error = %e, "artifact upload failed");
             done.warnings.push("ARTIFACT_UPLOAD_FAILED".into());
         }
+        // From the upload's end: it may have taken longer than a lease.
+        let deadline = Instant::now() + Duration::from_millis(self.lease_ms() as u64);
         let body = In::Complete(pb::CompleteRequest {
             lease: Some(lease_to_pb(lease)),
             completion: Some(completion_to_pb(&done)),
