@@ -417,7 +417,7 @@ fn machine_busy() -> Option<Duration> {
 const WARM_UP: usize = 20;
 
 /// CPU time a process used so far in its own threads (user and system), from `/proc/PID/stat`.
-pub(crate) fn cpu_time(pid: u32) -> Option<Duration> {
+fn cpu_time(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The fields after the command name (in parentheses, and it may hold spaces) start at the
     // third; utime and stime are the 14th and the 15th, in clock ticks.

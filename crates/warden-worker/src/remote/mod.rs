@@ -116,24 +116,22 @@ impl RemoteCoordinator {
             .unwrap_or(30_000)
     }
 
-    /// Sends `body` and waits for its reply. With a deadline, a broken session is waited out
-    /// and the request re-sent until then; without, it waits for a session indefinitely but
-    /// gives up on the first break. `tries` counts the sends.
     /// Uploads the job's artifacts, heartbeating its lease meanwhile: a gigabyte can take
     /// longer than a lease to reach the control plane (and its bucket), and a job that ended
     /// well must not be taken back for it. Failed uploads are retried for one lease.
     async fn upload_under_lease(&self, lease: &Lease) -> Result<(), UploadError> {
-        let retry_until = Instant::now() + Duration::from_millis(self.lease_ms() as u64);
+        let lease_ms = self.lease_ms();
+        let retry_until = Instant::now() + Duration::from_millis(lease_ms as u64);
         let upload = upload_artifacts(&self.inner, lease, retry_until);
         tokio::pin!(upload);
-        let every = Duration::from_millis((self.lease_ms() / 3).max(10) as u64);
+        let every = Duration::from_millis((lease_ms / 3).max(10) as u64);
         let mut beat = tokio::time::interval_at(Instant::now() + every, every);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 done = &mut upload => return done,
                 _ = beat.tick() => {
-                    match self.heartbeat(lease, self.lease_ms(), warden_store::now_millis()).await {
+                    match self.heartbeat(lease, lease_ms, warden_store::now_millis()).await {
                         Ok(_) => {}
                         Err(StoreError::LeaseLost(_)) => return Err(UploadError::LeaseLost),
                         Err(e) => tracing::warn!(
@@ -146,6 +144,9 @@ impl RemoteCoordinator {
         }
     }
 
+    /// Sends `body` and waits for its reply. With a deadline, a broken session is waited out
+    /// and the request re-sent until then; without, it waits for a session indefinitely but
+    /// gives up on the first break. `tries` counts the sends.
     async fn call(
         &self,
         body: In,
