@@ -395,24 +395,7 @@ impl PgStore {
     }
 
     pub(crate) async fn append_audit_rows(&self, entries: &[AuditEntry]) -> Result<()> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let mut qb = sqlx::QueryBuilder::new(
-            "INSERT INTO audit (at, action, tenant, token_id, client, target, outcome, detail) ",
-        );
-        qb.push_values(entries, |mut b, e| {
-            b.push_bind(e.at)
-                .push_bind(&e.action)
-                .push_bind(&e.tenant)
-                .push_bind(&e.token_id)
-                .push_bind(&e.client)
-                .push_bind(&e.target)
-                .push_bind(&e.outcome)
-                .push_bind(&e.detail);
-        });
-        qb.build().execute(&self.pool).await.map_err(backend)?;
-        Ok(())
+        insert_audit(&self.pool, entries).await
     }
 
     pub(crate) async fn audit_rows(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>> {
@@ -457,6 +440,31 @@ impl PgStore {
             .map_err(backend)?;
         Ok(done.rows_affected())
     }
+}
+
+/// Writes `entries` through `db` (the pool, or a transaction they belong in).
+pub(crate) async fn insert_audit<'c>(
+    db: impl sqlx::PgExecutor<'c>,
+    entries: &[AuditEntry],
+) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut qb = sqlx::QueryBuilder::new(
+        "INSERT INTO audit (at, action, tenant, token_id, client, target, outcome, detail) ",
+    );
+    qb.push_values(entries, |mut b, e| {
+        b.push_bind(e.at)
+            .push_bind(&e.action)
+            .push_bind(&e.tenant)
+            .push_bind(&e.token_id)
+            .push_bind(&e.client)
+            .push_bind(&e.target)
+            .push_bind(&e.outcome)
+            .push_bind(&e.detail);
+    });
+    qb.build().execute(db).await.map_err(backend)?;
+    Ok(())
 }
 
 #[cfg(test)]

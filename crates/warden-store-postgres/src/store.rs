@@ -77,6 +77,9 @@ impl Store for PgStore {
                 .await
                 .map_err(backend)?;
         }
+        if inserted.is_some() {
+            crate::perimeter::insert_audit(&mut *tx, job.audit.as_slice()).await?;
+        }
         tx.commit().await.map_err(backend)?;
         if let Some(row) = inserted {
             self.schedule

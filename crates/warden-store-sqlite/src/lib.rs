@@ -287,6 +287,7 @@ impl Store for SqliteStore {
                 )
                 .map_err(backend)?;
             }
+            perimeter::insert_audit(&tx, job.audit.as_slice())?;
             let record = load(&tx, job.id)?;
             tx.commit()?;
             Ok(SubmitOutcome::Created(record))

@@ -214,21 +214,25 @@ pub(crate) fn revoke_token(
 
 pub(crate) fn append_audit(conn: &mut Connection, entries: &[AuditEntry]) -> Result<()> {
     let tx = Tx::begin(conn)?;
-    {
-        let mut stmt = tx
-            .prepare_cached(
-                "INSERT INTO audit (at, action, tenant, token_id, client, target, outcome, detail)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )
-            .map_err(backend)?;
-        for e in entries {
-            stmt.execute(params![
-                e.at, e.action, e.tenant, e.token_id, e.client, e.target, e.outcome, e.detail
-            ])
-            .map_err(backend)?;
-        }
-    }
+    insert_audit(&tx, entries)?;
     tx.commit()
+}
+
+/// Writes `entries` in the caller's transaction.
+pub(crate) fn insert_audit(conn: &Connection, entries: &[AuditEntry]) -> Result<()> {
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT INTO audit (at, action, tenant, token_id, client, target, outcome, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .map_err(backend)?;
+    for e in entries {
+        stmt.execute(params![
+            e.at, e.action, e.tenant, e.token_id, e.client, e.target, e.outcome, e.detail
+        ])
+        .map_err(backend)?;
+    }
+    Ok(())
 }
 
 pub(crate) fn list_audit(conn: &Connection, f: &AuditFilter) -> Result<Vec<AuditRecord>> {

@@ -60,6 +60,9 @@ pub struct NewJob {
     pub callback_url: Option<String>,
     /// A tool bundle the caller chose (known to the server by its SHA-256).
     pub tool_bundle: Option<ToolBundleRef>,
+    /// The submission's audit entry: written in the job's own transaction, and only when the
+    /// job is created (an idempotent replay or a refusal writes none).
+    pub audit: Option<AuditEntry>,
 }
 
 impl NewJob {
@@ -83,6 +86,7 @@ impl NewJob {
             image: None,
             callback_url: None,
             tool_bundle: None,
+            audit: None,
         }
     }
 

@@ -35,6 +35,9 @@ struct Watched {
     notify: Notify,
     /// Its record as the completion that ended it returned it, when that ran here.
     ended: Mutex<Option<Arc<JobRecord>>>,
+    /// Its record as the last change told here committed it, with the `record` counter that
+    /// change left: current while the counter has not moved since.
+    latest: Mutex<Option<(u64, Arc<JobRecord>)>>,
 }
 
 impl Default for Events {
@@ -82,6 +85,25 @@ impl Events {
             *w.ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(record));
         }
         self.tell(job, false);
+    }
+
+    /// `record` was claimed here (its logs start over, as on [`logs_reset`](Self::logs_reset)),
+    /// and is what the claim committed: its waiters take it from here while nothing else
+    /// changed the job, instead of reading it back from the store.
+    pub fn job_claimed(&self, record: &JobRecord) {
+        let job = record.id;
+        self.logs.reset(job);
+        if let Some(w) = self.watched().get(&job) {
+            let mut latest = w.latest.lock().unwrap_or_else(|p| p.into_inner());
+            // Counted under the lock: a change told meanwhile moves the counter past it.
+            let counter = w.record.fetch_add(1, Ordering::SeqCst) + 1;
+            *latest = Some((counter, Arc::new(record.clone())));
+            drop(latest);
+            w.notify.notify_waiters();
+        }
+        if self.tx.receiver_count() > 0 {
+            let _ = self.tx.send(job);
+        }
     }
 
     /// `data` was stored at `offset` of one of `job`'s streams.
@@ -141,6 +163,17 @@ impl JobEvents {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The job's record as its claim here committed it, when no change was told after that
+    /// claim's (see [`Events::job_claimed`]); otherwise the store has it. A change committed
+    /// after the claim but told before it may be missing from it.
+    pub fn current(&self) -> Option<Arc<JobRecord>> {
+        let latest = self.w.latest.lock().unwrap_or_else(|p| p.into_inner());
+        latest
+            .as_ref()
+            .filter(|(counter, _)| *counter == self.w.record.load(Ordering::SeqCst))
+            .map(|(_, record)| record.clone())
     }
 
     /// Returns when the job changed since the last call (or since subscribing).
@@ -227,6 +260,41 @@ mod tests {
         events.job_ended(other);
         assert!(!events.watched().contains_key(&other_id));
         assert!(events.subscribe(other_id).ended().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_claimed_record_is_current_until_the_next_change_and_resets_the_logs() {
+        let events = Events::new();
+        let claimed = crate::run::tests::record();
+        let id = claimed.id;
+        let mut rx = events.subscribe(id);
+        let follow = events.logs().follow(id);
+        events.log_appended(id, LogStream::Stdout, 0, b"an earlier attempt's");
+        assert!(rx.changed_how().await);
+        assert!(rx.current().is_none(), "nothing claimed here yet");
+        events.job_claimed(&claimed);
+        assert!(!rx.changed_how().await, "a claim is a change of its record");
+        assert_eq!(rx.current().as_deref(), Some(&claimed));
+        assert!(
+            !matches!(
+                events.logs().read(id, LogStream::Stdout, 0, 64),
+                crate::log_cache::Lookup::Hit(_)
+            ),
+            "the earlier attempt's logs are gone from the cache"
+        );
+        // Logs growing leave the record as it was; any other change makes it stale.
+        events.log_appended(id, LogStream::Stdout, 0, b"x");
+        assert_eq!(rx.current().as_deref(), Some(&claimed));
+        events.job_changed(id);
+        assert!(
+            rx.current().is_none(),
+            "changed since its claim: the store has it"
+        );
+        // A job nobody waits on keeps nothing here.
+        let other = crate::run::tests::record();
+        events.job_claimed(&other);
+        assert!(events.subscribe(other.id).current().is_none());
+        drop(follow);
     }
 
     #[tokio::test]

@@ -122,7 +122,7 @@ impl WorkerHandle {
                 Ok(Some(claimed)) => {
                     let id = claimed.job.id;
                     tracing::info!(job = %id, slot, job_type = %claimed.job.job_type, "job started");
-                    shared.events.logs_reset(id);
+                    shared.events.job_claimed(&claimed.job);
                     let signals = JobSignals::default();
                     self.running
                         .lock()

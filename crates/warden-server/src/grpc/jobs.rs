@@ -108,11 +108,11 @@ impl pb::job_service_server::JobService for Jobs {
         let id = job_id(&r.job_id)?;
         let stream = stream_from_pb(r.stream).map_err(invalid)?;
         // Unknown jobs fail the call itself, not the first message.
-        self.svc.get(&caller, id).await.map_err(status)?;
+        let from = self.svc.get_watched(&caller, id).await.map_err(status)?;
         let pb_stream = r.stream;
         let follow = self
             .svc
-            .follow_log(id, stream, r.offset, warden_proto::MAX_CHUNK, r.follow);
+            .follow_log(from, stream, r.offset, warden_proto::MAX_CHUNK, r.follow);
         let size = |i: &Result<LogItem, ServiceError>| match i {
             Ok(LogItem::Chunk { data, .. }) => data.len(),
             _ => 0,

@@ -93,19 +93,19 @@ pub(super) async fn logs(
                 })?,
         ),
     };
-    let job = svc.get(&caller, id).await?;
-
     if follow {
+        let from = svc.get_watched(&caller, id).await?;
         offset = offset.or(last_event);
         let start = match (offset, tail) {
             (Some(o), _) => o,
-            (None, Some(t)) => svc.tail(&job, stream, t).await?.1,
+            (None, Some(t)) => svc.tail(from.job(), stream, t).await?.1,
             (None, None) => 0,
         };
         return Ok(sse_response(
-            svc.follow_log(id, stream, start, SSE_CHUNK, true),
+            svc.follow_log(from, stream, start, SSE_CHUNK, true),
         ));
     }
+    let job = svc.get(&caller, id).await?;
 
     if format == "raw" {
         let from = offset.unwrap_or(0);

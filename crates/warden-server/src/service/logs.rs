@@ -42,7 +42,7 @@ impl State {
         }
         let known = self.job.as_ref().map(|j| j.log_len(stream));
         if known.is_none_or(|len| self.look && self.offset >= len) {
-            self.job = Some(self.svc.latest(&self.rx, id).await?);
+            self.job = Some(self.svc.latest_for_logs(&self.rx, id).await?);
             self.look = false;
         }
         let len = self.job.as_ref().map_or(0, |j| j.log_len(stream));
@@ -57,6 +57,18 @@ impl State {
 }
 
 /// One step of a followed log.
+/// A job's record and its changes from before it was read ([`JobService::get_watched`]).
+pub struct Watched {
+    rx: warden_worker::JobEvents,
+    job: JobRecord,
+}
+
+impl Watched {
+    pub fn job(&self) -> &JobRecord {
+        &self.job
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum LogItem {
     /// Bytes at `offset` of the stream; `memo` holds their encoding for the wire when every
@@ -89,6 +101,22 @@ impl JobService {
         }
     }
 
+    /// [`latest`](Self::latest) for a log follower, which also takes the record its claim here
+    /// committed while nothing else changed the job. A follower needs of the record only
+    /// whether the job has ended and how long its logs were: a change told here between the
+    /// claim's commit and its notice (a cancellation asked meanwhile) ends nothing, and the
+    /// end itself is always told after the claim.
+    async fn latest_for_logs(
+        &self,
+        rx: &warden_worker::JobEvents,
+        id: JobId,
+    ) -> Result<JobRecord, ServiceError> {
+        match rx.ended().or_else(|| rx.current()) {
+            Some(job) => Ok(JobRecord::clone(&job)),
+            None => self.load(id).await,
+        }
+    }
+
     /// The last `tail` lines of a stream and the byte offset where they start.
     pub async fn tail(
         &self,
@@ -113,6 +141,19 @@ impl JobService {
         }
     }
 
+    /// `id` as `caller` may read it, with its changes from before the read on: where a follow
+    /// starts ([`follow_log`](Self::follow_log)).
+    pub async fn get_watched(
+        &self,
+        caller: &crate::auth::Caller,
+        id: JobId,
+    ) -> Result<Watched, ServiceError> {
+        // Subscribed before the read: no change between the two is missed.
+        let rx = self.events.subscribe(id);
+        let job = self.get(caller, id).await?;
+        Ok(Watched { rx, job })
+    }
+
     /// Up to `limit` bytes of a stream from `offset`.
     pub async fn read_log(
         &self,
@@ -132,21 +173,27 @@ impl JobService {
     /// A follower reads through the [`LogCache`]: the job's new bytes as they were appended, and
     /// a block missing there from the store once for all followers in step. Its record is read
     /// again only when it changed (not when its logs merely grew) or on a poll.
+    ///
+    /// It starts from `from`: the record its caller was authorized on, read after subscribing
+    /// to the job's changes, so that what changed since is seen and the record is not read
+    /// twice.
     pub fn follow_log(
         self: &std::sync::Arc<Self>,
-        id: JobId,
+        from: Watched,
         stream: LogStream,
         offset: u64,
         chunk: usize,
         follow: bool,
     ) -> impl Stream<Item = Result<LogItem, ServiceError>> + Send + 'static {
+        let Watched { rx, job } = from;
+        let id = job.id;
         let state = State {
-            rx: self.events.subscribe(id),
+            rx,
             following: follow.then(|| self.events.logs().follow(id)),
             svc: self.clone(),
             offset,
-            look: true,
-            job: None,
+            look: false,
+            job: Some(job),
             done: false,
         };
         futures::stream::unfold(state, move |mut st| async move {

@@ -26,7 +26,7 @@ use warden_worker::{DataDir, Events};
 
 pub use artifacts::ArtifactBody;
 pub use error::ServiceError;
-pub use logs::LogItem;
+pub use logs::{LogItem, Watched};
 
 /// The tenant of trusted loopback callers (`auth.loopback_trusted`).
 pub const DEFAULT_TENANT: &str = "default";

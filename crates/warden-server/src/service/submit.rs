@@ -165,13 +165,14 @@ impl JobService {
                 Some(url)
             }
         };
+        let id = JobId::new();
         let new = NewJob {
             tool_bundle,
             callback_url,
             inline_argv,
             image,
             max_queued: tenant.max_queued.map(|m| m.get()),
-            id: JobId::new(),
+            id,
             tenant: caller.tenant.clone(),
             job_type: req.job_type,
             repo_name,
@@ -183,14 +184,12 @@ impl JobService {
             max_attempts: self.config.max_attempts.get() as u32,
             unsafe_fallback: self.unsafe_fallback,
             created_at: now_millis(),
+            audit: Some(caller.audit("submit", Some(id.to_string()), "ok")),
         };
         let outcome = self.store.submit(new).await?;
         let created = matches!(outcome, SubmitOutcome::Created(_));
         if created {
-            // Slots wake first: the claim is queued behind the audit entry and commits with it.
             self.job_queued();
-            self.audit(caller.audit("submit", Some(outcome.job().id.to_string()), "ok"))
-                .await;
         }
         let job = match outcome {
             SubmitOutcome::Created(j) | SubmitOutcome::Existing(j) => j,

@@ -44,6 +44,7 @@ macro_rules! conformance_tests {
             max_queued_refuses_without_writing,
             tokens_round_trip_and_revoke_once,
             audit_is_appended_listed_and_purged,
+            a_submissions_audit_entry_commits_with_the_job_only,
             inline_argv_round_trips,
             test_results_are_fenced_ordered_and_flaky_across_jobs,
             retention_deletes_only_finished_jobs_oldest_first,

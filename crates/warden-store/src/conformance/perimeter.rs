@@ -227,6 +227,55 @@ pub async fn audit_is_appended_listed_and_purged(store: &dyn Store) {
     assert_eq!(left.len(), 2);
 }
 
+/// The audit entry a submission carries is written with the job, once: not on an idempotent
+/// replay, not for a refused submission.
+pub async fn a_submissions_audit_entry_commits_with_the_job_only(store: &dyn Store) {
+    let with_entry = |at: i64, key: &str, max_queued: Option<u64>| {
+        let id = crate::JobId::new();
+        NewJob {
+            id,
+            idempotency_key: Some(key.into()),
+            max_queued,
+            audit: Some(AuditEntry {
+                at,
+                action: "submit".into(),
+                tenant: Some("default".into()),
+                target: Some(id.to_string()),
+                outcome: "ok".into(),
+                ..AuditEntry::default()
+            }),
+            ..NewJob::plain("echo", at)
+        }
+    };
+    let audited = || async {
+        store
+            .list_audit(&AuditFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+    };
+    let first = with_entry(1, "k", None);
+    let entry = first.audit.clone().unwrap();
+    let job = submit(store, first).await;
+    let trail = audited().await;
+    assert_eq!(trail.len(), 1);
+    assert_eq!(trail[0].entry, entry);
+    assert_eq!(trail[0].entry.target, Some(job.id.to_string()));
+    // The same request again: the job it made is returned, nothing more is audited.
+    match store.submit(with_entry(2, "k", None)).await.unwrap() {
+        crate::SubmitOutcome::Existing(j) => assert_eq!(j.id, job.id),
+        other => panic!("expected the existing job, got {other:?}"),
+    }
+    // Refused (the tenant's one queued job is its cap): no job, no entry.
+    assert!(matches!(
+        store.submit(with_entry(3, "other", Some(1))).await,
+        Err(StoreError::QueueFull { .. })
+    ));
+    assert_eq!(audited().await.len(), 1);
+}
+
 pub async fn inline_argv_round_trips(store: &dyn Store) {
     let argv = vec![
         "/bin/sh".to_string(),

@@ -289,6 +289,77 @@ async fn metrics_count_a_known_mix_of_jobs() {
     }
 }
 
+/// How many times the store was called `call` (none: never).
+fn store_calls(scrape: &prometheus_parse::Scrape, call: &str) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "warden_store_call_seconds_count" && s.labels.get("call") == Some(call)
+        })
+        .map_or(0.0, |s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+}
+
+/// Following a job's log through the HTTP API reads its record once (the follower's
+/// authorization, which the follow starts from), and a submission's audit entry is written
+/// with the job instead of in a store call of its own.
+#[tokio::test]
+async fn a_follow_reads_the_record_once_and_a_submission_is_one_store_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&write_config_with(
+        dir.path(),
+        r#"job_types:
+  steps:
+    argv: [/bin/sh, -c, "echo one; echo two"]
+    timeout_s: 30
+"#,
+    ));
+    let c = server.client();
+    let sub = c
+        .submit(&SubmitJobRequest {
+            job_type: "steps".into(),
+            ..SubmitJobRequest::default()
+        })
+        .await
+        .unwrap();
+    wait_terminal(&c, &sub.job_id).await;
+    let scrape = || {
+        let (code, body) = get(&server.url, "/metrics");
+        assert_eq!(code, 200, "{body}");
+        prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap()
+    };
+    let before = scrape();
+    let mut got = String::new();
+    let end = c
+        .follow(&sub.job_id, "stdout", Some(0), None, |item| {
+            if let warden_client::FollowItem::Log(event) = item {
+                got.push_str(&event.text);
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(end.status, JobStatus::Succeeded);
+    assert_eq!(got, "one\ntwo\n");
+    let after = scrape();
+    assert_eq!(
+        store_calls(&after, "get") - store_calls(&before, "get"),
+        1.0,
+        "reads of the record by one follow"
+    );
+    assert_eq!(store_calls(&after, "submit"), 1.0);
+    assert_eq!(store_calls(&after, "append_audit"), 0.0);
+    // The entry is there all the same.
+    let (code, body) = get(&server.url, "/audit?action=submit");
+    assert_eq!(code, 200, "{body}");
+    let audit: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let entries = audit["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{audit}");
+    assert_eq!(entries[0]["target"], sub.job_id.as_str());
+}
+
 /// `--log-format json`: every line the server logs is one JSON object with a level.
 #[test]
 fn the_server_logs_json_lines_when_asked() {
