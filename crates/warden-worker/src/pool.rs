@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use warden_core::{Config, JobId};
@@ -21,7 +21,7 @@ pub struct WorkerPool;
 /// Steers a started pool.
 pub struct WorkerHandle {
     shared: Shared,
-    wake: watch::Sender<u64>,
+    wake: Notify,
     running: Arc<Mutex<HashMap<JobId, JobSignals>>>,
     stop_claiming: CancellationToken,
     slots: tokio::sync::Mutex<JoinSet<()>>,
@@ -48,7 +48,7 @@ impl WorkerPool {
         };
         let handle = Arc::new(WorkerHandle {
             shared: shared.clone(),
-            wake: watch::Sender::new(0),
+            wake: Notify::new(),
             running: Arc::default(),
             stop_claiming: CancellationToken::new(),
             slots: tokio::sync::Mutex::new(JoinSet::new()),
@@ -67,9 +67,11 @@ impl WorkerPool {
 }
 
 impl WorkerHandle {
-    /// A job was queued: idle slots look now instead of at their next poll.
+    /// A job was queued: one idle slot looks now instead of at its next poll. One, not all:
+    /// every other would find nothing and cost the store a claim for it. With no slot idle,
+    /// the next to finish claims anyway and the next to wait looks once more at once.
     pub fn wake(&self) {
-        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+        self.wake.notify_one();
     }
 
     /// Cancels a job running in this pool at once. False when it is not running here.
@@ -107,13 +109,11 @@ impl WorkerHandle {
     }
 
     async fn slot_loop(self: Arc<Self>, slot: usize) {
-        let mut wake = self.wake.subscribe();
         let shared = &self.shared;
         loop {
             if self.stop_claiming.is_cancelled() {
                 return;
             }
-            wake.borrow_and_update();
             let claimed = tokio::select! {
                 c = shared.coordinator.claim(&shared.worker.worker_id, shared.worker.job_types.as_deref(), shared.worker.lease_ms, now_millis()) => c,
                 _ = self.stop_claiming.cancelled() => return,
@@ -136,7 +136,7 @@ impl WorkerHandle {
                 }
                 Ok(None) => {
                     tokio::select! {
-                        _ = wake.changed() => {}
+                        _ = self.wake.notified() => {}
                         _ = tokio::time::sleep(shared.worker.idle_poll) => {}
                         _ = self.stop_claiming.cancelled() => return,
                     }

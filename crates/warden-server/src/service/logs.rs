@@ -111,9 +111,9 @@ impl JobService {
         rx: &warden_worker::JobEvents,
         id: JobId,
     ) -> Result<JobRecord, ServiceError> {
-        match rx.ended().or_else(|| rx.current()) {
-            Some(job) => Ok(JobRecord::clone(&job)),
-            None => self.load(id).await,
+        match (rx.ended(), rx.current()) {
+            (None, Some(claimed)) => Ok(JobRecord::clone(&claimed)),
+            _ => self.latest(rx, id).await,
         }
     }
 
