@@ -38,7 +38,7 @@ pub const FOLLOW_POLL: Duration = Duration::from_millis(250);
 /// Jobs running in this process: what the service may ask of them.
 #[tonic::async_trait]
 pub trait LocalWorkers: Send + Sync + 'static {
-    /// A job was queued: idle slots look now.
+    /// A job was queued: an idle slot looks now.
     fn wake(&self);
     /// Stops a job running here at once; false when it is not running here.
     fn cancel(&self, id: JobId) -> bool;
