@@ -35,8 +35,8 @@ struct Watched {
     notify: Notify,
     /// Its record as the completion that ended it returned it, when that ran here.
     ended: Mutex<Option<Arc<JobRecord>>>,
-    /// Its record as the last change told here committed it, with the `record` counter that
-    /// change left: current while the counter has not moved since.
+    /// Its record as its claim here committed it, with the `record` counter the claim left:
+    /// current while the counter has not moved since.
     latest: Mutex<Option<(u64, Arc<JobRecord>)>>,
 }
 
@@ -61,9 +61,15 @@ impl Events {
     }
 
     fn tell(&self, job: JobId, logs_only: bool) {
+        self.tell_noting(job, logs_only, |_, _| {});
+    }
+
+    /// [`tell`](Self::tell), with `note` given the job's watch and the counter the change left
+    /// before its waiters wake (only when someone watches it).
+    fn tell_noting(&self, job: JobId, logs_only: bool, note: impl FnOnce(&Watched, u64)) {
         if let Some(w) = self.watched().get(&job) {
             let counter = if logs_only { &w.logs } else { &w.record };
-            counter.fetch_add(1, Ordering::SeqCst);
+            note(w, counter.fetch_add(1, Ordering::SeqCst) + 1);
             w.notify.notify_waiters();
         }
         // No session listening is fine.
@@ -91,19 +97,12 @@ impl Events {
     /// and is what the claim committed: its waiters take it from here while nothing else
     /// changed the job, instead of reading it back from the store.
     pub fn job_claimed(&self, record: &JobRecord) {
-        let job = record.id;
-        self.logs.reset(job);
-        if let Some(w) = self.watched().get(&job) {
-            let mut latest = w.latest.lock().unwrap_or_else(|p| p.into_inner());
-            // Counted under the lock: a change told meanwhile moves the counter past it.
-            let counter = w.record.fetch_add(1, Ordering::SeqCst) + 1;
-            *latest = Some((counter, Arc::new(record.clone())));
-            drop(latest);
-            w.notify.notify_waiters();
-        }
-        if self.tx.receiver_count() > 0 {
-            let _ = self.tx.send(job);
-        }
+        self.logs.reset(record.id);
+        // A change told after this one moves the counter past the one kept with the record.
+        self.tell_noting(record.id, false, |w, counter| {
+            *w.latest.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((counter, Arc::new(record.clone())));
+        });
     }
 
     /// `data` was stored at `offset` of one of `job`'s streams.

@@ -56,7 +56,6 @@ impl State {
     }
 }
 
-/// One step of a followed log.
 /// A job's record and its changes from before it was read ([`JobService::get_watched`]).
 pub struct Watched {
     rx: warden_worker::JobEvents,
@@ -69,6 +68,7 @@ impl Watched {
     }
 }
 
+/// One step of a followed log.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LogItem {
     /// Bytes at `offset` of the stream; `memo` holds their encoding for the wire when every

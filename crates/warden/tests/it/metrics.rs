@@ -43,6 +43,11 @@ pub(crate) fn get(base: &str, path: &str) -> (u16, String) {
 }
 
 fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    sample(scrape, name, labels).unwrap_or_else(|| panic!("no sample {name} {labels:?}"))
+}
+
+/// The sample `name` with `labels`, if the scrape has it.
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     scrape
         .samples
         .iter()
@@ -53,7 +58,6 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)])
             | prometheus_parse::Value::Untyped(v) => v,
             _ => f64::NAN,
         })
-        .unwrap_or_else(|| panic!("no sample {name} {labels:?}"))
 }
 
 #[tokio::test]
@@ -291,16 +295,7 @@ async fn metrics_count_a_known_mix_of_jobs() {
 
 /// How many times the store was called `call` (none: never).
 fn store_calls(scrape: &prometheus_parse::Scrape, call: &str) -> f64 {
-    scrape
-        .samples
-        .iter()
-        .find(|s| {
-            s.metric == "warden_store_call_seconds_count" && s.labels.get("call") == Some(call)
-        })
-        .map_or(0.0, |s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
-            _ => f64::NAN,
-        })
+    sample(scrape, "warden_store_call_seconds_count", &[("call", call)]).unwrap_or(0.0)
 }
 
 /// Following a job's log through the HTTP API reads its record once (the follower's
