@@ -110,40 +110,96 @@ impl Launcher {
         stdout: OwnedFd,
         stderr: OwnedFd,
     ) -> Result<RunningJob, SandboxError> {
-        let (ours, theirs) =
-            std::os::unix::net::UnixStream::pair().map_err(SandboxError::Control)?;
-        let mut frame =
-            serde_json::to_vec(spec).map_err(|e| SandboxError::BadReport(e.to_string()))?;
-        let len = u32::try_from(frame.len())
-            .map_err(|_| SandboxError::BadReport("spawn spec too large".into()))?;
-        frame.splice(0..0, len.to_le_bytes());
-        ours.set_nonblocking(true).map_err(SandboxError::Control)?;
-        let stream = tokio::net::UnixStream::from_std(ours).map_err(SandboxError::Control)?;
-        let (reader, mut writer) = stream.into_split();
-        let fork = async move {
-            // Our copies of the far ends close when this returns: from then on only the
-            // supervisor (and the job) hold them. Should the fork fail, the spec write below
-            // sees the socket's far end gone instead of waiting for a reader.
-            let theirs = OwnedFd::from(theirs);
-            self.fork_supervisor([&theirs, &stdout, &stderr]).await
-        };
+        let frame = spec_frame(spec)?;
+        let (control, theirs) = control_pair()?;
+        let (reader, mut writer) = control.into_split();
         // The spec goes into the socket while the zygote forks: the supervisor finds it waiting.
-        let (forked, written) = tokio::join!(fork, writer.write_all(&frame));
-        let supervisor = forked.map_err(|source| SandboxError::Spawn {
-            exe: self.exe.clone(),
-            source,
-        })?;
+        let (forked, written) = tokio::join!(
+            self.fork_for(theirs, stdout, stderr),
+            writer.write_all(&frame)
+        );
+        let supervisor = forked?;
         written.map_err(SandboxError::Control)?;
-        let control = JobControl {
-            writer: Arc::new(tokio::sync::Mutex::new(writer)),
-        };
-        Ok(RunningJob {
-            control,
+        Ok(RunningJob::new(reader, writer, supervisor))
+    }
+
+    /// Forks a supervisor for a job not known yet, its output going to `stdout` and `stderr`:
+    /// it waits for its spec ([`Standby::start`]). A worker slot keeps one ready while it waits
+    /// for a job, so the zygote's round trip (its wake-up, the fork, the supervisor's first
+    /// steps) is not on the next job's path. Dropping the standby ends the supervisor.
+    pub async fn standby(&self, stdout: OwnedFd, stderr: OwnedFd) -> Result<Standby, SandboxError> {
+        let (control, theirs) = control_pair()?;
+        let supervisor = self.fork_for(theirs, stdout, stderr).await?;
+        let (reader, writer) = control.into_split();
+        Ok(Standby {
             reader,
+            writer,
             supervisor,
-            read_ahead: Vec::new(),
         })
     }
+
+    /// Has the zygote fork a supervisor on the far end `theirs` of a control socket.
+    async fn fork_for(
+        &self,
+        theirs: std::os::unix::net::UnixStream,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    ) -> Result<i32, SandboxError> {
+        // Our copies of the far ends close when this returns: from then on only the supervisor
+        // (and the job) hold them. Should the fork fail, a spec written to the socket sees its
+        // far end gone instead of waiting for a reader.
+        let theirs = OwnedFd::from(theirs);
+        self.fork_supervisor([&theirs, &stdout, &stderr])
+            .await
+            .map_err(|source| SandboxError::Spawn {
+                exe: self.exe.clone(),
+                source,
+            })
+    }
+}
+
+/// A supervisor forked ahead of its job (see [`Launcher::standby`]).
+#[derive(Debug)]
+pub struct Standby {
+    reader: OwnedReadHalf,
+    writer: OwnedWriteHalf,
+    supervisor: i32,
+}
+
+impl Standby {
+    /// The waiting supervisor's pid.
+    pub fn supervisor(&self) -> i32 {
+        self.supervisor
+    }
+
+    /// Hands the supervisor its job. Fails with [`SandboxError::Control`] when the supervisor
+    /// is gone (nothing of the job ran then: the caller may start it afresh).
+    pub async fn start(mut self, spec: &SpawnSpec) -> Result<RunningJob, SandboxError> {
+        let frame = spec_frame(spec)?;
+        self.writer
+            .write_all(&frame)
+            .await
+            .map_err(SandboxError::Control)?;
+        Ok(RunningJob::new(self.reader, self.writer, self.supervisor))
+    }
+}
+
+/// The spec as the supervisor reads it: a little-endian `u32` length, then the JSON.
+fn spec_frame(spec: &SpawnSpec) -> Result<Vec<u8>, SandboxError> {
+    let mut frame = serde_json::to_vec(spec).map_err(|e| SandboxError::BadReport(e.to_string()))?;
+    let len = u32::try_from(frame.len())
+        .map_err(|_| SandboxError::BadReport("spawn spec too large".into()))?;
+    frame.splice(0..0, len.to_le_bytes());
+    Ok(frame)
+}
+
+/// The control socket: our end (non-blocking, on the runtime) and the supervisor's.
+fn control_pair() -> Result<(tokio::net::UnixStream, std::os::unix::net::UnixStream), SandboxError>
+{
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(SandboxError::Control)?;
+    ours.set_nonblocking(true).map_err(SandboxError::Control)?;
+    let ours = tokio::net::UnixStream::from_std(ours).map_err(SandboxError::Control)?;
+    Ok((ours, theirs))
 }
 
 impl Drop for Zygote {
@@ -177,6 +233,17 @@ impl JobControl {
 }
 
 impl RunningJob {
+    fn new(reader: OwnedReadHalf, writer: OwnedWriteHalf, supervisor: i32) -> RunningJob {
+        RunningJob {
+            control: JobControl {
+                writer: Arc::new(tokio::sync::Mutex::new(writer)),
+            },
+            reader,
+            supervisor,
+            read_ahead: Vec::new(),
+        }
+    }
+
     /// An egress job's gateway sockets, sent by its init once its network namespace is ready
     /// and before the job starts: UDP sockets on port 53 and TCP listeners, IPv4 and IPv6, in
     /// the job's namespace. `None` when setup failed first (the report then says why).

@@ -42,7 +42,7 @@ pub use cgroups::{CgroupHome, CgroupLimits};
 pub use etc::prepare_etc;
 pub use gvisor::GvisorSpec;
 pub use landlock::kernel_abi as landlock_abi;
-pub use launcher::{JobControl, JobEvent, Launcher, RunningJob};
+pub use launcher::{JobControl, JobEvent, Launcher, RunningJob, Standby};
 pub use net::{DNS_PORT, EgressPorts};
 pub use paths::JOB_UID;
 pub use process::supervisor;

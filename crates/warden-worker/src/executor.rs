@@ -20,6 +20,21 @@ pub struct Execution {
     pub job: RunningJob,
 }
 
+/// What a job needs that does not depend on the job, made before it is known: its two output
+/// pipes and a supervisor waiting for its spec. A slot holds one while it waits for a claim.
+pub struct Standby {
+    stdout: pipe::Receiver,
+    stderr: pipe::Receiver,
+    supervisor: warden_sandbox::Standby,
+}
+
+impl Standby {
+    /// The waiting supervisor's pid.
+    pub fn supervisor(&self) -> i32 {
+        self.supervisor.supervisor()
+    }
+}
+
 #[async_trait]
 pub trait Executor: Send + Sync + 'static {
     /// The isolation this executor provides, recorded on every job it runs.
@@ -28,7 +43,15 @@ pub trait Executor: Send + Sync + 'static {
     /// What the host gives sandboxed jobs (rootless or not, which cgroup limits hold).
     fn host(&self) -> &Host;
 
-    async fn start(&self, spec: SpawnSpec) -> Result<Execution, SandboxError>;
+    /// Makes a [`Standby`] ready for the next job.
+    async fn standby(&self) -> Result<Standby, SandboxError>;
+
+    /// Starts a prepared job: in `standby` when the slot had one ready, else from nothing.
+    async fn start(
+        &self,
+        spec: SpawnSpec,
+        standby: Option<Standby>,
+    ) -> Result<Execution, SandboxError>;
 }
 
 /// Runs jobs under warden's supervisor process (see `warden-sandbox`).
@@ -76,7 +99,40 @@ impl Executor for SupervisedExecutor {
         &self.host
     }
 
-    async fn start(&self, spec: SpawnSpec) -> Result<Execution, SandboxError> {
+    async fn standby(&self) -> Result<Standby, SandboxError> {
+        let (stdout, stdout_w) = pipe_pair()?;
+        let (stderr, stderr_w) = pipe_pair()?;
+        let supervisor = self.launcher.standby(stdout_w, stderr_w).await?;
+        Ok(Standby {
+            stdout,
+            stderr,
+            supervisor,
+        })
+    }
+
+    async fn start(
+        &self,
+        spec: SpawnSpec,
+        standby: Option<Standby>,
+    ) -> Result<Execution, SandboxError> {
+        if let Some(ready) = standby {
+            let pid = ready.supervisor.supervisor();
+            match ready.supervisor.start(&spec).await {
+                Ok(job) => {
+                    return Ok(Execution {
+                        stdout: ready.stdout,
+                        stderr: ready.stderr,
+                        job,
+                    });
+                }
+                // It died waiting (killed, OOM): nothing of the job ran; start it afresh.
+                Err(e) => tracing::warn!(
+                    supervisor = pid,
+                    error = %e,
+                    "the slot's waiting supervisor is gone; starting the job with a new one"
+                ),
+            }
+        }
         let (stdout, stdout_w) = pipe_pair()?;
         let (stderr, stderr_w) = pipe_pair()?;
         let job = self.launcher.spawn(&spec, stdout_w, stderr_w).await?;
@@ -163,7 +219,10 @@ async fn self_test_in(
                 .into_owned(),
         })),
     };
-    let mut exec = executor.start(spec).await.map_err(|e| e.to_string())?;
+    let mut exec = executor
+        .start(spec, None)
+        .await
+        .map_err(|e| e.to_string())?;
     let drain = async {
         use tokio::io::AsyncReadExt;
         let mut sink = Vec::new();

@@ -53,7 +53,9 @@ pub mod tool_bundles;
 
 pub use artifact::{ArtifactJson, write_artifact_json};
 pub use events::{Events, JobEvents};
-pub use executor::{Execution, Executor, SupervisedExecutor, local_executor, sandbox_self_test};
+pub use executor::{
+    Execution, Executor, Standby, SupervisedExecutor, local_executor, sandbox_self_test,
+};
 pub use layout::{DataDir, DataDirError, DataDirLock};
 pub use pool::{WorkerConfig, WorkerHandle, WorkerPool};
 pub use remote::{RemoteCoordinator, RemoteError, RemoteOptions};

@@ -14,7 +14,7 @@ use warden_store::now_millis;
 use crate::run::run_job;
 pub use crate::shared::WorkerConfig;
 use crate::shared::{JobSignals, Shared};
-use crate::{Coordinator, DataDir, Events, Executor};
+use crate::{Coordinator, DataDir, Events, Executor, Standby};
 
 pub struct WorkerPool;
 
@@ -110,14 +110,35 @@ impl WorkerHandle {
 
     async fn slot_loop(self: Arc<Self>, slot: usize) {
         let shared = &self.shared;
+        // A supervisor and pipes for the next job, made while the slot waits for it (or while
+        // its claim is in the store): the zygote's round trip is off the job's path.
+        let mut standby: Option<Standby> = None;
         loop {
             if self.stop_claiming.is_cancelled() {
                 return;
             }
-            let claimed = tokio::select! {
-                c = shared.coordinator.claim(&shared.worker.worker_id, shared.worker.job_types.as_deref(), shared.worker.lease_ms, now_millis()) => c,
+            let claim = shared.coordinator.claim(
+                &shared.worker.worker_id,
+                shared.worker.job_types.as_deref(),
+                shared.worker.lease_ms,
+                now_millis(),
+            );
+            let make = async {
+                match standby {
+                    Some(_) => None,
+                    None => Some(shared.executor.standby().await),
+                }
+            };
+            let (claimed, made) = tokio::select! {
+                both = async { tokio::join!(claim, make) } => both,
                 _ = self.stop_claiming.cancelled() => return,
             };
+            match made {
+                Some(Ok(ready)) => standby = Some(ready),
+                // The job's own start says why, if it cannot make one either.
+                Some(Err(e)) => tracing::debug!(slot, error = %e, "no supervisor made ready"),
+                None => {}
+            }
             match claimed {
                 Ok(Some(claimed)) => {
                     let id = claimed.job.id;
@@ -128,7 +149,7 @@ impl WorkerHandle {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .insert(id, signals.clone());
-                    run_job(shared, claimed, signals, slot).await;
+                    run_job(shared, claimed, signals, slot, &mut standby).await;
                     self.running
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())

@@ -12,6 +12,7 @@ use warden_store::{Lease, LogStream, StoreError, now_millis};
 
 use super::prepare::Prepared;
 use super::verdict::{Refusal, RunEnd};
+use crate::Standby;
 use crate::shared::{JobSignals, Shared};
 
 /// What the run left for the record.
@@ -64,6 +65,7 @@ pub(super) async fn execute(
     lease: &Lease,
     prepared: Prepared,
     signals: &JobSignals,
+    standby: Option<Standby>,
 ) -> (Executed, ExecInfo) {
     let Prepared {
         spec,
@@ -85,7 +87,7 @@ pub(super) async fn execute(
         ..ExecInfo::default()
     };
     let spawn_at = warden_sandbox::monotonic_us();
-    let mut execution = match shared.executor.start(spec).await {
+    let mut execution = match shared.executor.start(spec, standby).await {
         Ok(e) => e,
         Err(e) => {
             let refusal = Refusal::new("sandbox_setup_failed", format!("start: {e}"));

@@ -24,6 +24,7 @@ use self::prepare::prepare;
 pub(crate) use self::pump::PIPE_BYTES;
 use self::record::{RecordInput, artifact_record, resources};
 use self::verdict::{Outcome, Proof, Refusal, apply_proof, verdict};
+use crate::Standby;
 use crate::artifact::{CheckoutSummary, write_artifact_json};
 use crate::shared::{JobSignals, Shared};
 
@@ -185,8 +186,15 @@ async fn image_root(
     }
 }
 
-/// Runs one claimed job in slot `slot` (whose host uid and gid its sandbox maps to).
-pub(crate) async fn run_job(shared: &Shared, claimed: Claimed, signals: JobSignals, slot: usize) {
+/// Runs one claimed job in slot `slot` (whose host uid and gid its sandbox maps to), in the
+/// slot's `standby` when it has one (taken only when the job gets as far as starting).
+pub(crate) async fn run_job(
+    shared: &Shared,
+    claimed: Claimed,
+    signals: JobSignals,
+    slot: usize,
+    standby: &mut Option<Standby>,
+) {
     let Claimed { job, lease } = claimed;
     let started_ms = job.started_at.unwrap_or_else(now_millis);
     let sent_secrets = shared.coordinator.take_secrets(job.id);
@@ -223,7 +231,8 @@ pub(crate) async fn run_job(shared: &Shared, claimed: Claimed, signals: JobSigna
                 }
                 Ok(prepared) => {
                     audit_secrets(shared, &job, &prepared.secret_names).await;
-                    let (executed, info) = execute(shared, &lease, prepared, &signals).await;
+                    let (executed, info) =
+                        execute(shared, &lease, prepared, &signals, standby.take()).await;
                     // The proof: whatever the job did or how it ended, the tree it saw must
                     // still be the commit.
                     let (proof, inv) = match &checkout {

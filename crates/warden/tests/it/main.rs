@@ -25,6 +25,7 @@ mod retention;
 mod review;
 mod rootless;
 mod sdk;
+mod standby;
 mod suites;
 mod support;
 mod ui;
