@@ -129,9 +129,16 @@ impl WorkerHandle {
                     None => Some(shared.executor.standby().await),
                 }
             };
-            let (claimed, made) = tokio::select! {
-                both = async { tokio::join!(claim, make) } => both,
-                _ = self.stop_claiming.cancelled() => return,
+            // A stop cancels the claim, never a fork half done (the zygote answers in order).
+            let claim = async {
+                tokio::select! {
+                    c = claim => Some(c),
+                    _ = self.stop_claiming.cancelled() => None,
+                }
+            };
+            let (claimed, made) = tokio::join!(claim, make);
+            let Some(claimed) = claimed else {
+                return;
             };
             match made {
                 Some(Ok(ready)) => standby = Some(ready),
