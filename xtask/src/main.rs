@@ -210,7 +210,12 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
     let (seq, tput, e2e_cpu) = result?;
 
     // The limit: the same job through the sandbox alone, as many at once as the server has slots.
-    let (raw_lat, raw_tput, raw_cpu) = sandbox::raw_sandbox(&warden, sequential, jobs, slots)?;
+    let sandbox::Raw {
+        lat: raw_lat,
+        standby_lat,
+        jobs_per_s: raw_tput,
+        cpu: raw_cpu,
+    } = sandbox::raw_sandbox(&warden, sequential, jobs, slots)?;
 
     // Baseline: the same command as a bare process, in the same invocation.
     let mut direct = Vec::with_capacity(sequential);
@@ -230,7 +235,12 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
         }
     });
     let direct_tput = (jobs / 2 * 2) as f64 / t.elapsed().as_secs_f64();
-    let (d, w, r) = (stats(direct), stats(seq), stats(raw_lat));
+    let (d, w, r, rs) = (
+        stats(direct),
+        stats(seq),
+        stats(raw_lat),
+        stats(standby_lat),
+    );
 
     println!();
     println!(
@@ -252,6 +262,11 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
         raw_tput
     );
     println!(
+        "| raw sandbox, on standby      | {:>6} | {:>6} |      — |",
+        ms(rs.p50),
+        ms(rs.p99)
+    );
+    println!(
         "| warden HTTP submit→terminal  | {:>6} | {:>6} | {:>6.0} |",
         ms(w.p50),
         ms(w.p99),
@@ -267,6 +282,11 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
          {slots} threads)",
         w.p50.as_secs_f64() / r.p50.as_secs_f64(),
         tput / raw_tput
+    );
+    println!(
+        "ratio e2e/raw sandbox on standby (its supervisor forked before the clock, as a slot's): \
+         p50 {:.2}x",
+        w.p50.as_secs_f64() / rs.p50.as_secs_f64()
     );
     if let Some(cpu) = cpu {
         println!(

@@ -200,24 +200,40 @@ impl WardenRuns {
     }
 }
 
+/// What [`raw_sandbox`] measured.
+pub(crate) struct Raw {
+    /// `Launcher::spawn` one at a time.
+    pub lat: Vec<Duration>,
+    /// The same, its supervisor forked on standby before the clock starts (interleaved).
+    pub standby_lat: Vec<Duration>,
+    pub jobs_per_s: f64,
+    pub cpu: Option<crate::CpuSplit>,
+}
+
 /// The limit a server's job throughput is measured against: the same `/bin/true` through
 /// `Launcher::spawn` directly, no server and no store — `sequential` runs one at a time (their
-/// latencies), then `jobs` runs on `threads` threads at once (jobs per second).
+/// latencies; interleaved with as many whose supervisor was forked on standby, as a server's
+/// slot does), then `jobs` runs on `threads` threads at once (jobs per second).
 pub(crate) fn raw_sandbox(
     warden: &Path,
     sequential: usize,
     jobs: usize,
     threads: usize,
-) -> anyhow::Result<(Vec<Duration>, f64, Option<crate::CpuSplit>)> {
+) -> anyhow::Result<Raw> {
     let (dir, etc) = bench_dir("raw")?;
     let result = (|| {
         let mut one = WardenRuns::new(warden, &dir, &etc, 0)?;
+        let mut ready = WardenRuns::new(warden, &dir, &etc, 1 << 40)?;
+        ready.standby = true;
         for _ in 0..10 {
             one.run()?;
+            ready.run()?;
         }
-        let lat = (0..sequential)
-            .map(|_| one.run())
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let (mut lat, mut standby_lat) = (Vec::new(), Vec::new());
+        for _ in 0..sequential {
+            lat.push(one.run()?);
+            standby_lat.push(ready.run()?);
+        }
         let per = jobs.div_ceil(threads);
         let mut runs = (0..threads)
             .map(|i| WardenRuns::new(warden, &dir, &etc, 1_000_000 * (i as u64 + 1)))
@@ -233,7 +249,12 @@ pub(crate) fn raw_sandbox(
                 .try_for_each(|h| h.join().map_err(|_| anyhow::anyhow!("a thread panicked"))?)
         })?;
         let (elapsed, cpu) = (t.elapsed(), mark.per_job(per * threads));
-        anyhow::Ok((lat, (per * threads) as f64 / elapsed.as_secs_f64(), cpu))
+        anyhow::Ok(Raw {
+            lat,
+            standby_lat,
+            jobs_per_s: (per * threads) as f64 / elapsed.as_secs_f64(),
+            cpu,
+        })
     })();
     let _ = std::fs::remove_dir_all(&dir);
     result
