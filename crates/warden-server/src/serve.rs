@@ -71,6 +71,9 @@ impl LocalWorkers for WorkerHandle {
     fn wake(&self) {
         WorkerHandle::wake(self)
     }
+    fn offer(&self) -> Option<warden_worker::SlotOffer> {
+        WorkerHandle::offer(self)
+    }
     fn cancel(&self, id: JobId) -> bool {
         WorkerHandle::cancel(self, id)
     }

@@ -123,6 +123,15 @@ impl SubmitOutcome {
     }
 }
 
+/// A claim to make as a submission is written: an idle slot of this replica waits for the job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimFor {
+    pub worker: String,
+    /// The job types the slot runs (`None`: any).
+    pub job_types: Option<Vec<String>>,
+    pub lease_ms: i64,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum CancelOutcome {
     /// It was queued and is now `cancelled`.
@@ -223,6 +232,31 @@ pub trait Store: Send + Sync + 'static {
     /// `(tenant, idempotency_key)`; a different request under the same key is a conflict. Over
     /// `job.max_queued`, nothing is written and the answer is `QueueFull`.
     async fn submit(&self, job: NewJob) -> Result<SubmitOutcome>;
+
+    /// [`submit`](Self::submit), and when that created the job, a [`claim`](Self::claim) for
+    /// `to` — the same fair pick, so not necessarily the job just submitted. A store that can
+    /// makes both one transaction (an idle slot's claim costs no second commit); this default
+    /// makes them two, and a claim that fails after the job was created is logged and `None`:
+    /// the job stays queued for the next claim.
+    async fn submit_and_claim(
+        &self,
+        job: NewJob,
+        to: &ClaimFor,
+        now: Millis,
+    ) -> Result<(SubmitOutcome, Option<Claimed>)> {
+        let outcome = self.submit(job).await?;
+        if matches!(outcome, SubmitOutcome::Existing(_)) {
+            return Ok((outcome, None));
+        }
+        let types = to.job_types.as_deref();
+        match self.claim(&to.worker, types, to.lease_ms, now).await {
+            Ok(claimed) => Ok((outcome, claimed)),
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming beside a submission failed; it stays queued");
+                Ok((outcome, None))
+            }
+        }
+    }
 
     async fn get(&self, id: JobId) -> Result<JobRecord>;
 

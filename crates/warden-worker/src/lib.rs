@@ -57,7 +57,7 @@ pub use executor::{
     Execution, Executor, Standby, SupervisedExecutor, local_executor, sandbox_self_test,
 };
 pub use layout::{DataDir, DataDirError, DataDirLock};
-pub use pool::{WorkerConfig, WorkerHandle, WorkerPool};
+pub use pool::{SlotOffer, WorkerConfig, WorkerHandle, WorkerPool};
 pub use remote::{RemoteCoordinator, RemoteError, RemoteOptions};
 
 use async_trait::async_trait;

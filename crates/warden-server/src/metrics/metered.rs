@@ -14,6 +14,17 @@ impl<S: Store + ?Sized> MeteredStore<S> {
         MeteredStore { inner, metrics }
     }
 
+    fn count_submitted(&self, outcome: &SubmitOutcome) {
+        if let SubmitOutcome::Created(j) = outcome {
+            self.metrics
+                .submitted
+                .get_or_create(&TypeLabel {
+                    job_type: j.job_type.clone(),
+                })
+                .inc();
+        }
+    }
+
     fn timed(&self, call: &'static str, since: Instant) {
         self.metrics
             .store_calls
@@ -39,13 +50,23 @@ impl<S: Store + ?Sized> Store for MeteredStore<S> {
     }
     async fn submit(&self, job: NewJob) -> Result<SubmitOutcome> {
         let r = timed!(self, submit(job));
-        if let Ok(SubmitOutcome::Created(j)) = &r {
-            self.metrics
-                .submitted
-                .get_or_create(&TypeLabel {
-                    job_type: j.job_type.clone(),
-                })
-                .inc();
+        if let Ok(outcome) = &r {
+            self.count_submitted(outcome);
+        }
+        r
+    }
+    async fn submit_and_claim(
+        &self,
+        job: NewJob,
+        to: &ClaimFor,
+        now: Millis,
+    ) -> Result<(SubmitOutcome, Option<Claimed>)> {
+        let r = timed!(self, submit_and_claim(job, to, now));
+        if let Ok((outcome, claimed)) = &r {
+            self.count_submitted(outcome);
+            if let Some(c) = claimed {
+                self.metrics.claimed(c);
+            }
         }
         r
     }

@@ -22,7 +22,7 @@ pub use metered::MeteredStore;
 
 use warden_core::{JobId, JobStatus};
 use warden_store::{
-    AuditEntry, AuditFilter, AuditRecord, CancelOutcome, Claimed, Completion, FairShare,
+    AuditEntry, AuditFilter, AuditRecord, CancelOutcome, ClaimFor, Claimed, Completion, FairShare,
     FinishedJob, HeartbeatReply, JobRecord, Lease, ListFilter, LogStream, Millis, NewJob, Reaped,
     Result, RunTelemetry, Store, SubmitOutcome, TenantUsage, TestResult, TestsQuery, TokenRecord,
 };

@@ -40,6 +40,10 @@ pub const FOLLOW_POLL: Duration = Duration::from_millis(250);
 pub trait LocalWorkers: Send + Sync + 'static {
     /// A job was queued: an idle slot looks now.
     fn wake(&self);
+    /// An idle slot to claim for in the next submission's own transaction, if there is one.
+    fn offer(&self) -> Option<warden_worker::SlotOffer> {
+        None
+    }
     /// Stops a job running here at once; false when it is not running here.
     fn cancel(&self, id: JobId) -> bool;
     /// Stops claiming, gives running jobs `grace`, then kills and re-queues what is left.

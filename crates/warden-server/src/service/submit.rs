@@ -6,6 +6,7 @@ use warden_core::repo::{Remote, is_full_sha};
 use warden_core::{JobId, JobType, validate_params};
 use warden_repo::RepoError;
 use warden_store::{JobRecord, NewJob, SubmitOutcome, ToolBundleRef, now_millis};
+use warden_worker::SlotOffer;
 
 use super::{JobService, ServiceError};
 use crate::auth::{Caller, Scope};
@@ -186,15 +187,53 @@ impl JobService {
             created_at: now_millis(),
             audit: Some(caller.audit("submit", Some(id.to_string()), "ok")),
         };
-        let outcome = self.store.submit(new).await?;
+        let (outcome, handed) = match self.workers.as_ref().and_then(|w| w.offer()) {
+            Some(slot) => self.submit_to(slot, new).await?,
+            None => (self.store.submit(new).await?, None),
+        };
         let created = matches!(outcome, SubmitOutcome::Created(_));
-        if created {
+        // Handed to a slot, it is no longer queued; otherwise someone must look.
+        if created && handed != Some(id) {
             self.job_queued();
         }
         let job = match outcome {
             SubmitOutcome::Created(j) | SubmitOutcome::Existing(j) => j,
         };
         Ok((job, created))
+    }
+
+    /// Submits with an idle slot's claim in the same transaction and hands the slot what it
+    /// claimed (the fair pick: usually this job); returns which job it was handed. On a task of
+    /// its own: a caller gone mid-request must not strand a job claimed for a slot never told.
+    async fn submit_to(
+        &self,
+        slot: SlotOffer,
+        new: NewJob,
+    ) -> Result<(SubmitOutcome, Option<JobId>), ServiceError> {
+        let store = self.store.clone();
+        let task = tokio::spawn(async move {
+            let (outcome, claimed) = store
+                .submit_and_claim(new, slot.claim(), now_millis())
+                .await?;
+            let Some(claimed) = claimed else {
+                return Ok::<_, warden_store::StoreError>((outcome, None));
+            };
+            let id = claimed.job.id;
+            match slot.hand(claimed) {
+                Ok(()) => Ok((outcome, Some(id))),
+                Err(claimed) => {
+                    // The pool stopped meanwhile: back to the queue.
+                    if let Err(e) = store.release(&claimed.lease).await {
+                        tracing::warn!(job = %id, error = %e, "could not give the job back to the queue");
+                    }
+                    Ok((outcome, None))
+                }
+            }
+        });
+        match task.await {
+            Ok(submitted) => submitted.map_err(ServiceError::from),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
     }
 
     /// The bundle a submission names, if this server knows it (`tool_bundles:`), and the

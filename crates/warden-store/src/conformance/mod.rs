@@ -14,7 +14,7 @@ pub use perimeter::*;
 pub use retention::*;
 
 use crate::{
-    CancelOutcome, Completion, ListFilter, LogStream, Millis, NewJob, Store, StoreError,
+    CancelOutcome, ClaimFor, Completion, ListFilter, LogStream, Millis, NewJob, Store, StoreError,
     SubmitOutcome,
 };
 
@@ -31,6 +31,7 @@ macro_rules! conformance_tests {
             claim_is_fifo_and_exclusive,
             claim_honours_job_types,
             claim_many_takes_the_oldest_each_under_its_own_lease,
+            a_submission_claims_fairly_for_an_idle_slot,
             stale_lease_is_fenced_out,
             logs_are_offset_addressed_and_byte_exact,
             cancel_queued_running_and_finished,
@@ -231,6 +232,78 @@ pub async fn claim_many_takes_the_oldest_each_under_its_own_lease(store: &dyn St
             .unwrap()
             .is_empty()
     );
+}
+
+pub async fn a_submission_claims_fairly_for_an_idle_slot(store: &dyn Store) {
+    let slot = ClaimFor {
+        worker: "w".into(),
+        job_types: Some(vec!["echo".into()]),
+        lease_ms: LEASE_MS,
+    };
+    // Nothing else queued: the job just submitted, already under the slot's lease.
+    let job = new_job("echo", Some("k"), 1);
+    let (outcome, claimed) = store
+        .submit_and_claim(job.clone(), &slot, 10)
+        .await
+        .unwrap();
+    let SubmitOutcome::Created(created) = outcome else {
+        panic!("expected a new job, got {outcome:?}");
+    };
+    assert_eq!(created.status, JobStatus::Queued, "the record as submitted");
+    let c = claimed.expect("claimed for the slot");
+    assert_eq!(c.job.id, job.id);
+    assert_eq!(c.job.status, JobStatus::Running);
+    assert_eq!(c.job.attempts, 1);
+    assert_eq!(c.job.started_at, Some(10));
+    assert_eq!(c.job.lease_expires_at, Some(10 + LEASE_MS));
+    assert_eq!(
+        (c.lease.worker.as_str(), c.lease.token),
+        ("w", c.job.lease_token)
+    );
+    assert_eq!(
+        store.get(job.id).await.unwrap(),
+        c.job,
+        "committed as claimed"
+    );
+    store.heartbeat(&c.lease, LEASE_MS, 11).await.unwrap();
+    // A replay claims nothing.
+    let (again, none) = store.submit_and_claim(job, &slot, 12).await.unwrap();
+    assert!(matches!(again, SubmitOutcome::Existing(j) if j.id == c.job.id));
+    assert!(none.is_none());
+    // The fair pick, not the newest: an older queued job goes first, and a type the slot does
+    // not run stays queued.
+    let older = submit(store, new_job("echo", None, 20)).await;
+    let second = new_job("echo", None, 21);
+    let (_, first) = store
+        .submit_and_claim(second.clone(), &slot, 22)
+        .await
+        .unwrap();
+    assert_eq!(first.unwrap().job.id, older.id);
+    let gpu = new_job("gpu", None, 30);
+    let (_, next) = store
+        .submit_and_claim(gpu.clone(), &slot, 31)
+        .await
+        .unwrap();
+    assert_eq!(next.unwrap().job.id, second.id);
+    let (_, none) = store
+        .submit_and_claim(new_job("gpu", None, 32), &slot, 33)
+        .await
+        .unwrap();
+    assert!(none.is_none());
+    assert_eq!(store.get(gpu.id).await.unwrap().status, JobStatus::Queued);
+    // Refused (over the tenant's queue cap): nothing written, nothing claimed.
+    let full = NewJob {
+        max_queued: Some(0),
+        ..new_job("echo", None, 40)
+    };
+    assert!(matches!(
+        store.submit_and_claim(full.clone(), &slot, 41).await,
+        Err(StoreError::QueueFull { .. })
+    ));
+    assert!(matches!(
+        store.get(full.id).await,
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 pub async fn stale_lease_is_fenced_out(store: &dyn Store) {

@@ -5,6 +5,7 @@ mod backup;
 mod cli;
 mod cluster;
 mod deploy;
+mod dispatch;
 mod e2e;
 mod egress;
 mod events;
