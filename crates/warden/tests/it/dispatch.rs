@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use warden_api::JobStatus;
 use warden_core::Config;
 use warden_sandbox::{Host, Launcher, Tier};
-use warden_store::{JobRecord, NewJob, Store, SubmitOutcome, now_millis};
+use warden_store::{Claimed, JobRecord, NewJob, Store, SubmitOutcome, now_millis};
 use warden_store_sqlite::SqliteStore;
 use warden_worker::{
     DataDir, Events, SlotOffer, SupervisedExecutor, WorkerConfig, WorkerHandle, WorkerPool,
@@ -69,6 +69,17 @@ async fn idle_slot(handle: &WorkerHandle) -> SlotOffer {
     }
 }
 
+/// A job submitted with the claim `offer` asks for.
+async fn submit_for(p: &Pool, offer: &SlotOffer) -> (NewJob, SubmitOutcome, Option<Claimed>) {
+    let job = NewJob::plain("t", now_millis());
+    let (outcome, claimed) = p
+        .store
+        .submit_and_claim(job.clone(), offer.claim(), now_millis())
+        .await
+        .unwrap();
+    (job, outcome, claimed)
+}
+
 async fn ended(store: &SqliteStore, job: &NewJob) -> JobRecord {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -89,12 +100,7 @@ async fn ended(store: &SqliteStore, job: &NewJob) -> JobRecord {
 async fn a_job_submitted_to_an_idle_slot_is_claimed_with_its_row_and_runs_there() {
     let p = pool();
     let offer = idle_slot(&p.handle).await;
-    let job = NewJob::plain("t", now_millis());
-    let (outcome, claimed) = p
-        .store
-        .submit_and_claim(job.clone(), offer.claim(), now_millis())
-        .await
-        .unwrap();
+    let (job, outcome, claimed) = submit_for(&p, &offer).await;
     assert!(matches!(outcome, SubmitOutcome::Created(_)));
     let claimed = claimed.expect("claimed in the submission");
     assert_eq!(claimed.job.id, job.id);
@@ -113,12 +119,7 @@ async fn a_slot_woken_while_a_submission_holds_its_offer_waits_for_the_job() {
     // The slot looks again, finds its offer taken, and must not claim for itself meanwhile.
     p.handle.wake();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let job = NewJob::plain("t", now_millis());
-    let (_, claimed) = p
-        .store
-        .submit_and_claim(job.clone(), offer.claim(), now_millis())
-        .await
-        .unwrap();
+    let (job, _, claimed) = submit_for(&p, &offer).await;
     assert!(offer.hand(claimed.unwrap()).is_ok());
     assert_eq!(ended(&p.store, &job).await.status, JobStatus::Succeeded);
 }
@@ -137,12 +138,7 @@ async fn an_offer_dropped_unused_sends_the_slot_back_to_claiming() {
 async fn a_job_handed_to_a_stopping_pool_goes_back_to_the_queue() {
     let p = pool();
     let offer = idle_slot(&p.handle).await;
-    let job = NewJob::plain("t", now_millis());
-    let (_, claimed) = p
-        .store
-        .submit_and_claim(job.clone(), offer.claim(), now_millis())
-        .await
-        .unwrap();
+    let (job, _, claimed) = submit_for(&p, &offer).await;
     let handle = p.handle.clone();
     let stopping = tokio::spawn(async move { handle.shutdown(Duration::from_secs(5)).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
