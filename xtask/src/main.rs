@@ -56,7 +56,7 @@ fn main() -> anyhow::Result<()> {
         ["deploy-check", rest @ ..] => deploy_check::deploy_check(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask bench e2e [--jobs N] [--sequential N] [--concurrency C] [--slots S] [--log-mb N | --no-logs] [--random-mb N] [--log-rounds R] [--burst N] [--burst-clients C] [--followers N] [--follow-mb M]\n       cargo xtask bench sandbox [--runs N]\n       cargo xtask bench gvisor [--runs N]\n       cargo xtask bench pipeline [--runs N] [--stages N]\n       cargo xtask bench junit [--cases N] [--runs N]\n       cargo xtask bench checkout [--files N] [--mb M] [--runs R] [--jobs J]\n       cargo xtask bench queue [--jobs N] [--claimers C] [--history H] [--starts S]\n       cargo xtask bench perimeter [--sequential N] [--jobs N] [--claimers C] [--claims-only] [--log-mb N]\n       cargo xtask bench egress [--mb N] [--downloads N] [--connections N] [--starts N]\n       cargo xtask bench images [--mb N] [--starts N] [--rounds N]\n       cargo xtask bench retention [--jobs N] [--gb G] [--rounds R]\n       cargo xtask bench ui [--jobs N] [--first N]\n       cargo xtask bench events [--jobs N] [--rounds R]\n       cargo xtask image [--no-run]\n       cargo xtask deploy-check\n       cargo xtask vm-test [--bench] [--kvm] [--systemd-only] [--timeout-min M] [--memory-mb M]"
+                "usage: cargo xtask bench e2e [--jobs N] [--sequential N] [--concurrency C] [--slots S] [--rounds R] [--log-mb N | --no-logs] [--random-mb N] [--log-rounds R] [--burst N] [--burst-clients C] [--followers N] [--follow-mb M]\n       cargo xtask bench sandbox [--runs N]\n       cargo xtask bench gvisor [--runs N]\n       cargo xtask bench pipeline [--runs N] [--stages N]\n       cargo xtask bench junit [--cases N] [--runs N]\n       cargo xtask bench checkout [--files N] [--mb M] [--runs R] [--jobs J]\n       cargo xtask bench queue [--jobs N] [--claimers C] [--history H] [--starts S]\n       cargo xtask bench perimeter [--sequential N] [--jobs N] [--claimers C] [--claims-only] [--log-mb N]\n       cargo xtask bench egress [--mb N] [--downloads N] [--connections N] [--starts N]\n       cargo xtask bench images [--mb N] [--starts N] [--rounds N]\n       cargo xtask bench retention [--jobs N] [--gb G] [--rounds R]\n       cargo xtask bench ui [--jobs N] [--first N]\n       cargo xtask bench events [--jobs N] [--rounds R]\n       cargo xtask image [--no-run]\n       cargo xtask deploy-check\n       cargo xtask vm-test [--bench] [--kvm] [--systemd-only] [--timeout-min M] [--memory-mb M]"
             );
             std::process::exit(2);
         }
@@ -158,6 +158,7 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
     let sequential = flag(rest, "--sequential", 200)?;
     let concurrency = flag(rest, "--concurrency", 32)?;
     let slots = flag(rest, "--slots", 2)?;
+    let rounds = flag(rest, "--rounds", 4)?.max(1);
     let log_mb = if rest.contains(&"--no-logs") {
         0
     } else {
@@ -184,11 +185,24 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
     )?;
     let (mut server, url) = start_server(&warden, &config)?;
     let rt = tokio::runtime::Runtime::new()?;
+    // The limit: the same job through the sandbox alone, as many at once as the server has
+    // slots, measured in turn with the server.
+    let mut raw = sandbox::RawSandbox::new(&warden, slots)?;
     let cpu_before = cpu_time(server.id());
-    let result = rt.block_on(run_e2e(&url, jobs, sequential, concurrency, server.id()));
-    let cpu = cpu_before
-        .zip(cpu_time(server.id()))
-        .map(|(b, a)| (a - b) / (WARM_UP + sequential + jobs) as u32);
+    let shape = Shape {
+        jobs,
+        sequential,
+        concurrency,
+        rounds,
+    };
+    let result = run_e2e(&rt, &mut raw, &url, &shape, server.id());
+    drop(raw);
+    let cpu = match &result {
+        Ok(m) => cpu_before
+            .zip(cpu_time(server.id()))
+            .map(|(b, a)| (a - b) / (WARM_UP + sequential + m.jobs) as u32),
+        Err(_) => None,
+    };
     let burst = match &result {
         Ok(_) => Some(rt.block_on(burst::run(&url, burst_jobs, burst_clients))),
         Err(_) => None,
@@ -207,15 +221,17 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
     let _ = Command::new("kill").arg(server.id().to_string()).status();
     let _ = server.wait();
     let _ = std::fs::remove_dir_all(&dir);
-    let (seq, tput, e2e_cpu) = result?;
-
-    // The limit: the same job through the sandbox alone, as many at once as the server has slots.
-    let sandbox::Raw {
-        lat: raw_lat,
+    let Measured {
+        seq,
+        raw_lat,
         standby_lat,
-        jobs_per_s: raw_tput,
-        cpu: raw_cpu,
-    } = sandbox::raw_sandbox(&warden, sequential, jobs, slots)?;
+        tput,
+        raw_tput,
+        by_round,
+        e2e_cpu,
+        raw_cpu,
+        ..
+    } = result?;
 
     // Baseline: the same command as a bare process, in the same invocation.
     let mut direct = Vec::with_capacity(sequential);
@@ -245,7 +261,8 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
     println!();
     println!(
         "e2e: {NOOP:?}, {sequential} sequential jobs for latency, {jobs} jobs at concurrency \
-         {concurrency} for throughput, {slots} slots (direct baseline: 2 threads)"
+         {concurrency} for throughput in {rounds} rounds, {slots} slots (direct baseline: 2 \
+         threads); the raw sandbox's samples taken in turn with warden's"
     );
     println!("| path                         | p50 ms | p99 ms | jobs/s |");
     println!("|------------------------------|-------:|-------:|-------:|");
@@ -283,6 +300,18 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
         w.p50.as_secs_f64() / r.p50.as_secs_f64(),
         tput / raw_tput
     );
+    let mut ratios: Vec<f64> = by_round.iter().map(|(e, r)| e / r).collect();
+    let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+    ratios.sort_by(f64::total_cmp);
+    let mid = ratios.len() / 2;
+    let median = match ratios.len() % 2 {
+        1 => ratios[mid],
+        _ => (ratios[mid - 1] + ratios[mid]) / 2.0,
+    };
+    println!(
+        "throughput e2e/raw by round: {} (median {median:.2}x)",
+        shown.join(" ")
+    );
     println!(
         "ratio e2e/raw sandbox on standby (its supervisor forked before the clock, as a slot's): \
          p50 {:.2}x",
@@ -310,36 +339,101 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_e2e(
-    url: &str,
+/// The sizes of `bench e2e`'s latency and throughput parts.
+struct Shape {
     jobs: usize,
     sequential: usize,
     concurrency: usize,
+    rounds: usize,
+}
+
+/// What `bench e2e` measured of warden and of the raw sandbox, in turn.
+struct Measured {
+    /// Submit → `end` of one job at a time.
+    seq: Vec<Duration>,
+    /// The raw sandbox one at a time, each taken right after one of `seq`.
+    raw_lat: Vec<Duration>,
+    /// The same, its supervisor on standby.
+    standby_lat: Vec<Duration>,
+    /// Jobs through warden in the throughput part.
+    jobs: usize,
+    /// Jobs per second over every round, warden's and the raw sandbox's.
+    tput: f64,
+    raw_tput: f64,
+    /// Each round's jobs per second: (warden, raw sandbox).
+    by_round: Vec<(f64, f64)>,
+    e2e_cpu: Option<CpuSplit>,
+    raw_cpu: Option<CpuSplit>,
+}
+
+/// Warden's jobs and the raw sandbox's in turn: one sequential job of each at a time, then
+/// `rounds` blocks of each at full concurrency. A machine whose speed drifts (its neighbours,
+/// the hypervisor) moves both sides of every ratio alike.
+fn run_e2e(
+    rt: &tokio::runtime::Runtime,
+    raw: &mut sandbox::RawSandbox,
+    url: &str,
+    shape: &Shape,
     server: u32,
-) -> anyhow::Result<(Vec<Duration>, f64, Option<CpuSplit>)> {
+) -> anyhow::Result<Measured> {
     let client = Client::new(url, Duration::from_secs(30), None)?;
     let req = SubmitJobRequest {
         job_type: "noop".into(),
         ..SubmitJobRequest::default()
     };
-    for _ in 0..WARM_UP {
-        one(&client, &req).await?;
+    rt.block_on(async {
+        for _ in 0..WARM_UP {
+            one(&client, &req).await?;
+        }
+        anyhow::Ok(())
+    })?;
+    let mut m = Measured {
+        seq: Vec::with_capacity(shape.sequential),
+        raw_lat: Vec::with_capacity(shape.sequential),
+        standby_lat: Vec::with_capacity(shape.sequential),
+        jobs: 0,
+        tput: 0.0,
+        raw_tput: 0.0,
+        by_round: Vec::with_capacity(shape.rounds),
+        e2e_cpu: None,
+        raw_cpu: None,
+    };
+    for _ in 0..shape.sequential {
+        m.seq.push(rt.block_on(one(&client, &req))?);
+        let (spawned, on_standby) = raw.one()?;
+        m.raw_lat.push(spawned);
+        m.standby_lat.push(on_standby);
     }
-    let mut lat = Vec::with_capacity(sequential);
-    for _ in 0..sequential {
-        lat.push(one(&client, &req).await?);
+    let per_round = shape.jobs.div_ceil(shape.rounds);
+    let (mut e2e_time, mut raw_time, mut raw_jobs) = (Duration::ZERO, Duration::ZERO, 0);
+    let (mut e2e_cpus, mut raw_cpus) = (Vec::new(), Vec::new());
+    for _ in 0..shape.rounds {
+        let (t, mark) = (Instant::now(), CpuMark::now(Some(server)));
+        let results: Vec<anyhow::Result<Duration>> = rt.block_on(
+            futures::stream::iter(0..per_round)
+                .map(|_| one(&client, &req))
+                .buffer_unordered(shape.concurrency)
+                .collect(),
+        );
+        let (took, cpu) = (t.elapsed(), mark.per_job(per_round));
+        for r in results {
+            r?;
+        }
+        let (ran, raw_took, raw_cpu) = raw.block(per_round)?;
+        m.by_round.push((
+            per_round as f64 / took.as_secs_f64(),
+            ran as f64 / raw_took.as_secs_f64(),
+        ));
+        (e2e_time, raw_time) = (e2e_time + took, raw_time + raw_took);
+        (m.jobs, raw_jobs) = (m.jobs + per_round, raw_jobs + ran);
+        e2e_cpus.extend(cpu);
+        raw_cpus.extend(raw_cpu);
     }
-    let (t, mark) = (Instant::now(), CpuMark::now(Some(server)));
-    let results: Vec<anyhow::Result<Duration>> = futures::stream::iter(0..jobs)
-        .map(|_| one(&client, &req))
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
-    let (elapsed, cpu) = (t.elapsed(), mark.per_job(jobs));
-    for r in results {
-        r?;
-    }
-    Ok((lat, jobs as f64 / elapsed.as_secs_f64(), cpu))
+    m.tput = m.jobs as f64 / e2e_time.as_secs_f64();
+    m.raw_tput = raw_jobs as f64 / raw_time.as_secs_f64();
+    m.e2e_cpu = CpuSplit::mean(&e2e_cpus, shape.rounds);
+    m.raw_cpu = CpuSplit::mean(&raw_cpus, shape.rounds);
+    Ok(m)
 }
 
 /// CPU per job over the throughput part of a bench: the whole machine's busy time, and what
@@ -349,6 +443,23 @@ pub(crate) struct CpuSplit {
     machine: Duration,
     server: Duration,
     client: Duration,
+}
+
+impl CpuSplit {
+    /// The mean of `rounds` rounds' splits of as many jobs each; `None` unless every round's
+    /// counters were read.
+    fn mean(splits: &[CpuSplit], rounds: usize) -> Option<CpuSplit> {
+        let n = u32::try_from(splits.len()).ok().filter(|&n| n > 0)?;
+        if splits.len() != rounds {
+            return None;
+        }
+        let sum = |f: fn(&CpuSplit) -> Duration| splits.iter().map(f).sum::<Duration>() / n;
+        Some(CpuSplit {
+            machine: sum(|s| s.machine),
+            server: sum(|s| s.server),
+            client: sum(|s| s.client),
+        })
+    }
 }
 
 /// Where the CPU counters stood when a part of a bench began.

@@ -200,47 +200,57 @@ impl WardenRuns {
     }
 }
 
-/// What [`raw_sandbox`] measured.
-pub(crate) struct Raw {
-    /// `Launcher::spawn` one at a time.
-    pub lat: Vec<Duration>,
-    /// The same, its supervisor forked on standby before the clock starts (interleaved).
-    pub standby_lat: Vec<Duration>,
-    pub jobs_per_s: f64,
-    pub cpu: Option<crate::CpuSplit>,
+/// The limit a server's job throughput is measured against: the same `/bin/true` through
+/// `Launcher::spawn` directly, no server and no store. `bench e2e` takes its samples in turn
+/// with the server's (one job each, a block of jobs each), so that a ratio compares the two at
+/// the same moment of a noisy machine instead of a minute apart.
+pub(crate) struct RawSandbox {
+    dir: PathBuf,
+    /// One at a time.
+    one: WardenRuns,
+    /// One at a time, its supervisor forked on standby before the clock starts, as a server's
+    /// slot has one.
+    ready: WardenRuns,
+    /// As many at once as the server has slots, one thread each.
+    threads: Vec<WardenRuns>,
 }
 
-/// The limit a server's job throughput is measured against: the same `/bin/true` through
-/// `Launcher::spawn` directly, no server and no store — `sequential` runs one at a time (their
-/// latencies; interleaved with as many whose supervisor was forked on standby, as a server's
-/// slot does), then `jobs` runs on `threads` threads at once (jobs per second).
-pub(crate) fn raw_sandbox(
-    warden: &Path,
-    sequential: usize,
-    jobs: usize,
-    threads: usize,
-) -> anyhow::Result<Raw> {
-    let (dir, etc) = bench_dir("raw")?;
-    let result = (|| {
-        let mut one = WardenRuns::new(warden, &dir, &etc, 0)?;
+impl RawSandbox {
+    pub(crate) fn new(warden: &Path, threads: usize) -> anyhow::Result<RawSandbox> {
+        let (dir, etc) = bench_dir("raw")?;
         let mut ready = WardenRuns::new(warden, &dir, &etc, 1 << 40)?;
         ready.standby = true;
+        let mut raw = RawSandbox {
+            one: WardenRuns::new(warden, &dir, &etc, 0)?,
+            ready,
+            threads: (0..threads.max(1))
+                .map(|i| WardenRuns::new(warden, &dir, &etc, 1_000_000 * (i as u64 + 1)))
+                .collect::<anyhow::Result<Vec<_>>>()?,
+            dir,
+        };
         for _ in 0..10 {
-            one.run()?;
-            ready.run()?;
+            raw.one()?;
         }
-        let (mut lat, mut standby_lat) = (Vec::new(), Vec::new());
-        for _ in 0..sequential {
-            lat.push(one.run()?);
-            standby_lat.push(ready.run()?);
-        }
-        let per = jobs.div_ceil(threads);
-        let mut runs = (0..threads)
-            .map(|i| WardenRuns::new(warden, &dir, &etc, 1_000_000 * (i as u64 + 1)))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(raw)
+    }
+
+    /// One job, then one on standby: how long each took.
+    pub(crate) fn one(&mut self) -> anyhow::Result<(Duration, Duration)> {
+        Ok((self.one.run()?, self.ready.run()?))
+    }
+
+    /// At least `jobs` at once on its threads: how many ran, how long they took, and what they
+    /// cost the machine per job.
+    pub(crate) fn block(
+        &mut self,
+        jobs: usize,
+    ) -> anyhow::Result<(usize, Duration, Option<crate::CpuSplit>)> {
+        let per = jobs.div_ceil(self.threads.len());
+        let ran = per * self.threads.len();
         let (t, mark) = (Instant::now(), crate::CpuMark::now(None));
         std::thread::scope(|s| {
-            let handles: Vec<_> = runs
+            let handles: Vec<_> = self
+                .threads
                 .iter_mut()
                 .map(|r| s.spawn(move || (0..per).try_for_each(|_| r.run().map(drop))))
                 .collect();
@@ -248,16 +258,14 @@ pub(crate) fn raw_sandbox(
                 .into_iter()
                 .try_for_each(|h| h.join().map_err(|_| anyhow::anyhow!("a thread panicked"))?)
         })?;
-        let (elapsed, cpu) = (t.elapsed(), mark.per_job(per * threads));
-        anyhow::Ok(Raw {
-            lat,
-            standby_lat,
-            jobs_per_s: (per * threads) as f64 / elapsed.as_secs_f64(),
-            cpu,
-        })
-    })();
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+        Ok((ran, t.elapsed(), mark.per_job(ran)))
+    }
+}
+
+impl Drop for RawSandbox {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 fn time(program: &str, args: &[String]) -> anyhow::Result<Duration> {
