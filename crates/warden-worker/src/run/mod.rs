@@ -381,7 +381,7 @@ async fn finish(
     // Scratch space goes before the end is recorded: whoever sees the job finished sees it clean.
     // In the same piece of blocking work: what a job that ran said about itself. When nothing
     // between that and its record needs the store (no test reports to store, no review bundle
-    // to check), both go in the record's own instead (see `blocking`: one fewer per job).
+    // to check), both go in the record's own instead: one piece of blocking work fewer per job.
     let (scratch, artifacts) = (shared.data.scratch(id), shared.data.artifacts(id));
     let ran = info.is_some() && matches!(outcome, Outcome::Complete(_));
     let at_once = ran && !has_results(shared, job) && review_base(shared, job).is_none();
