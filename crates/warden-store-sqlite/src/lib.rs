@@ -210,6 +210,85 @@ fn requeue(conn: &Connection, id: JobId, count_attempt: bool) -> Result<()> {
     Ok(())
 }
 
+/// A completion's one transaction (see [`Store::complete`]).
+fn completing(
+    lease: Lease,
+    done: Completion,
+    now: Millis,
+) -> impl FnOnce(&mut Connection) -> Result<JobRecord> + Send + 'static {
+    move |conn| {
+        let tx = Tx::begin(conn)?;
+        let job = load_leased(&tx, &lease)?;
+        let status = done.status.unwrap_or(JobStatus::Error);
+        if !status.is_terminal() || !can_transition(job.status, status) {
+            return Err(StoreError::Backend(format!(
+                "job {} cannot move from {} to {status}",
+                job.id, job.status
+            )));
+        }
+        exec(
+            &tx,
+            "UPDATE jobs SET status = ?2, reason = ?3, exit_code = ?4, signal = ?5,
+                     warnings = ?6, resources = ?7, log_truncated = ?8, finished_at = ?9,
+                     enforcement = ?10, invariants = ?11, stages = ?12, tests = ?13,
+                     artifact_bytes = ?14, lease_owner = NULL,
+                     lease_expires_at = NULL
+                 WHERE id = ?1",
+            params![
+                lease.job_id.to_string(),
+                status.as_str(),
+                done.reason,
+                done.exit_code,
+                done.signal,
+                to_json(&done.warnings)?,
+                done.resources.as_ref().map(to_json).transpose()?,
+                done.log_truncated,
+                now,
+                to_json(&done.enforcement)?,
+                done.invariants.as_ref().map(to_json).transpose()?,
+                (!done.stages.is_empty())
+                    .then(|| to_json(&done.stages))
+                    .transpose()?,
+                done.tests.as_ref().map(to_json).transpose()?,
+                done.artifact_bytes.min(i64::MAX as u64) as i64,
+            ],
+        )
+        .map_err(backend)?;
+        let record = load(&tx, lease.job_id)?;
+        tx.commit()?;
+        Ok(record)
+    }
+}
+
+impl SqliteStore {
+    /// A submission's and a claim's one transaction (see [`Store::submit_and_claim`]).
+    fn submitting_and_claiming(
+        &self,
+        job: NewJob,
+        to: &ClaimFor,
+        now: Millis,
+    ) -> Result<
+        impl FnOnce(&mut Connection) -> Result<(SubmitOutcome, Option<Claimed>)> + Send + 'static,
+    > {
+        let worker = to.worker.clone();
+        let (job_types, lease_ms) = (to.job_types.as_ref().map(to_json).transpose()?, to.lease_ms);
+        let fair = self.fair.read().unwrap_or_else(|p| p.into_inner()).clone();
+        Ok(move |conn: &mut Connection| {
+            // One transaction, one commit: the job's row is written once, already claimed.
+            let tx = Tx::begin(conn)?;
+            let outcome = submit_in(&tx, &job)?;
+            let claimed = match outcome {
+                SubmitOutcome::Created(_) => {
+                    claim_in(&tx, &fair, &worker, job_types.as_deref(), 1, lease_ms, now)?.pop()
+                }
+                SubmitOutcome::Existing(_) => None,
+            };
+            tx.commit()?;
+            Ok((outcome, claimed))
+        })
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn submit(&self, job: NewJob) -> Result<SubmitOutcome> {
@@ -228,23 +307,27 @@ impl Store for SqliteStore {
         to: &ClaimFor,
         now: Millis,
     ) -> Result<(SubmitOutcome, Option<Claimed>)> {
-        let worker = to.worker.clone();
-        let (job_types, lease_ms) = (to.job_types.as_ref().map(to_json).transpose()?, to.lease_ms);
-        let fair = self.fair.read().unwrap_or_else(|p| p.into_inner()).clone();
-        self.with(move |conn| {
-            // One transaction, one commit: the job's row is written once, already claimed.
-            let tx = Tx::begin(conn)?;
-            let outcome = submit_in(&tx, &job)?;
-            let claimed = match outcome {
-                SubmitOutcome::Created(_) => {
-                    claim_in(&tx, &fair, &worker, job_types.as_deref(), 1, lease_ms, now)?.pop()
-                }
-                SubmitOutcome::Existing(_) => None,
-            };
-            tx.commit()?;
-            Ok((outcome, claimed))
-        })
-        .await
+        self.with(self.submitting_and_claiming(job, to, now)?).await
+    }
+
+    async fn submit_and_hand(
+        &self,
+        job: NewJob,
+        to: &ClaimFor,
+        now: Millis,
+        hand: warden_store::Hand,
+    ) -> Result<(SubmitOutcome, warden_store::Handed)> {
+        // The slot is handed its job on the store thread, right after the commit: it starts
+        // beside the submission's answer, not after it.
+        let submitting = self.submitting_and_claiming(job, to, now)?;
+        let done = self
+            .conn
+            .call_then(submitting, move |(outcome, claimed)| {
+                (outcome, warden_store::Handed::over(claimed, hand))
+            })
+            .await;
+        self.checkpoint.wrote(checkpoint::CALL_BYTES);
+        done
     }
 
     async fn get(&self, id: JobId) -> Result<JobRecord> {
@@ -424,50 +507,25 @@ impl Store for SqliteStore {
     }
 
     async fn complete(&self, lease: &Lease, done: Completion, now: Millis) -> Result<JobRecord> {
-        let lease = lease.clone();
-        self.with(move |conn| {
-            let tx = Tx::begin(conn)?;
-            let job = load_leased(&tx, &lease)?;
-            let status = done.status.unwrap_or(JobStatus::Error);
-            if !status.is_terminal() || !can_transition(job.status, status) {
-                return Err(StoreError::Backend(format!(
-                    "job {} cannot move from {} to {status}",
-                    job.id, job.status
-                )));
-            }
-            exec(
-                &tx,
-                "UPDATE jobs SET status = ?2, reason = ?3, exit_code = ?4, signal = ?5,
-                     warnings = ?6, resources = ?7, log_truncated = ?8, finished_at = ?9,
-                     enforcement = ?10, invariants = ?11, stages = ?12, tests = ?13,
-                     artifact_bytes = ?14, lease_owner = NULL,
-                     lease_expires_at = NULL
-                 WHERE id = ?1",
-                params![
-                    lease.job_id.to_string(),
-                    status.as_str(),
-                    done.reason,
-                    done.exit_code,
-                    done.signal,
-                    to_json(&done.warnings)?,
-                    done.resources.as_ref().map(to_json).transpose()?,
-                    done.log_truncated,
-                    now,
-                    to_json(&done.enforcement)?,
-                    done.invariants.as_ref().map(to_json).transpose()?,
-                    (!done.stages.is_empty())
-                        .then(|| to_json(&done.stages))
-                        .transpose()?,
-                    done.tests.as_ref().map(to_json).transpose()?,
-                    done.artifact_bytes.min(i64::MAX as u64) as i64,
-                ],
-            )
-            .map_err(backend)?;
-            let record = load(&tx, lease.job_id)?;
-            tx.commit()?;
-            Ok(record)
-        })
-        .await
+        self.with(completing(lease.clone(), done, now)).await
+    }
+
+    async fn complete_then(
+        &self,
+        lease: &Lease,
+        done: Completion,
+        now: Millis,
+        on_commit: warden_store::OnCommit,
+    ) -> Result<JobRecord> {
+        let done = self
+            .conn
+            .call_then(completing(lease.clone(), done, now), move |record| {
+                on_commit(&record);
+                record
+            })
+            .await;
+        self.checkpoint.wrote(checkpoint::CALL_BYTES);
+        done
     }
 
     async fn release(&self, lease: &Lease) -> Result<()> {

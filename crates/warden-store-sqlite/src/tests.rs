@@ -70,3 +70,101 @@ async fn the_claims_tenant_scan_seeks_the_queued_index_whatever_the_statistics()
         .unwrap();
     assert_eq!(tenants, ["a", "b"]);
 }
+
+/// A job's status as another connection sees it: what is committed.
+fn committed_status(path: &Path, id: JobId) -> String {
+    let conn = Connection::open(path).unwrap();
+    conn.query_row(
+        "SELECT status FROM jobs WHERE id = ?1",
+        [id.to_string()],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_shared_transaction_hands_over_is_committed_by_then() {
+    let (store, dir) = fresh().await;
+    let path = dir.path().join("warden.db");
+    // A slow call holds the store thread while the submissions queue behind it: they then
+    // share one transaction, whose savepoints are released long before its commit.
+    let slow = store.clone();
+    let holding = tokio::spawn(async move {
+        slow.with(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            Ok(())
+        })
+        .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let slot = ClaimFor {
+        worker: "w".into(),
+        job_types: None,
+        lease_ms: 60_000,
+    };
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut submissions = Vec::new();
+    for _ in 0..8 {
+        let (store, slot, path, seen) = (store.clone(), slot.clone(), path.clone(), seen.clone());
+        submissions.push(tokio::spawn(async move {
+            let hand: warden_store::Hand = Box::new(move |c: Claimed| {
+                let status = committed_status(&path, c.job.id);
+                seen.lock().unwrap().push(status);
+                Ok(())
+            });
+            store
+                .submit_and_hand(NewJob::plain("t", 1), &slot, 2, hand)
+                .await
+                .unwrap()
+        }));
+    }
+    holding.await.unwrap().unwrap();
+    let mut ended = Vec::new();
+    for s in submissions {
+        let (_, handed) = s.await.unwrap();
+        let warden_store::Handed::Taken(id) = handed else {
+            panic!("not handed: {handed:?}");
+        };
+        let c = store.claim("w2", None, 1, 3).await.unwrap();
+        assert!(c.is_none(), "every job was claimed for the slot");
+        ended.push(id);
+    }
+    assert_eq!(*seen.lock().unwrap(), vec!["running"; 8]);
+
+    // The same for completions: told only once another connection sees the job ended.
+    let told = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let slow = store.clone();
+    let holding = tokio::spawn(async move {
+        slow.with(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            Ok(())
+        })
+        .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let mut completions = Vec::new();
+    for id in ended {
+        let rec = store.get(id).await.unwrap();
+        let lease = Lease {
+            job_id: id,
+            worker: "w".into(),
+            token: rec.lease_token,
+        };
+        let (store, path, told) = (store.clone(), path.clone(), told.clone());
+        completions.push(tokio::spawn(async move {
+            let done = Completion {
+                status: Some(JobStatus::Succeeded),
+                ..Completion::default()
+            };
+            let tell: warden_store::OnCommit = Box::new(move |rec: &JobRecord| {
+                told.lock().unwrap().push(committed_status(&path, rec.id));
+            });
+            store.complete_then(&lease, done, 4, tell).await.unwrap()
+        }));
+    }
+    holding.await.unwrap().unwrap();
+    for c in completions {
+        assert_eq!(c.await.unwrap().status, JobStatus::Succeeded);
+    }
+    assert_eq!(*told.lock().unwrap(), vec!["succeeded"; 8]);
+}

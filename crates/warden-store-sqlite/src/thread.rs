@@ -82,7 +82,20 @@ impl StoreThread {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
-        self.queue(f, Kind::Shared).await
+        self.queue(f, |t| t, Kind::Shared).await
+    }
+
+    /// [`call`](Self::call), and `then` given its answer on the store thread the moment its
+    /// writes are committed, before its caller is woken: what `then` wakes runs beside the
+    /// caller instead of after it. Not run when the call or the commit failed.
+    pub(crate) async fn call_then<T, U, F, G>(&self, f: F, then: G) -> Result<U>
+    where
+        T: Send + 'static,
+        U: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+        G: FnOnce(T) -> U + Send + 'static,
+    {
+        self.queue(f, then, Kind::Shared).await
     }
 
     /// Runs `f`, which only reads, after the writes queued beside it (see [`Kind::Read`]).
@@ -91,7 +104,7 @@ impl StoreThread {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
-        self.queue(f, Kind::Read).await
+        self.queue(f, |t| t, Kind::Read).await
     }
 
     /// Runs `f` on the connection outside any transaction (a statement SQLite refuses inside
@@ -101,13 +114,15 @@ impl StoreThread {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
-        self.queue(f, Kind::Alone).await
+        self.queue(f, |t| t, Kind::Alone).await
     }
 
-    async fn queue<T, F>(&self, f: F, kind: Kind) -> Result<T>
+    async fn queue<T, U, F, G>(&self, f: F, then: G, kind: Kind) -> Result<U>
     where
         T: Send + 'static,
+        U: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+        G: FnOnce(T) -> U + Send + 'static,
     {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let call: Call = Box::new(move |conn| {
@@ -116,7 +131,9 @@ impl StoreThread {
             Box::new(move |batch_failed: Option<&str>| {
                 let out = match (out, batch_failed) {
                     (Ok(_), Some(why)) => Err(StoreError::Backend(why.to_string())),
-                    (out, _) => out,
+                    (Ok(t), None) => std::panic::catch_unwind(AssertUnwindSafe(|| then(t)))
+                        .map_err(|_| StoreError::Backend("store call's follow-up panicked".into())),
+                    (Err(e), _) => Err(e),
                 };
                 // The caller may have gone (its future dropped): nobody to tell.
                 let _ = reply.send(out);

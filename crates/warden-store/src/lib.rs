@@ -132,6 +132,41 @@ pub struct ClaimFor {
     pub lease_ms: i64,
 }
 
+/// Takes a job claimed for an idle slot the moment its claim is committed
+/// ([`Store::submit_and_hand`]); gives it back when nobody is there to take it.
+pub type Hand = Box<dyn FnOnce(Claimed) -> std::result::Result<(), Box<Claimed>> + Send>;
+
+/// What [`Store::submit_and_hand`] did with the job it claimed.
+#[derive(Debug)]
+pub enum Handed {
+    /// Nothing was claimed (the job existed already, or no job was there for the slot).
+    Nothing,
+    /// This job was claimed and taken.
+    Taken(JobId),
+    /// Claimed, and given back by the hand: its lease is the caller's to release.
+    Refused(Box<Claimed>),
+}
+
+impl Handed {
+    /// Gives `claimed`, if any, to `hand`.
+    pub fn over(claimed: Option<Claimed>, hand: Hand) -> Handed {
+        match claimed {
+            None => Handed::Nothing,
+            Some(c) => {
+                let id = c.job.id;
+                match hand(c) {
+                    Ok(()) => Handed::Taken(id),
+                    Err(back) => Handed::Refused(back),
+                }
+            }
+        }
+    }
+}
+
+/// Told the record a completion committed, the moment it is committed
+/// ([`Store::complete_then`]).
+pub type OnCommit = Box<dyn FnOnce(&JobRecord) + Send>;
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum CancelOutcome {
     /// It was queued and is now `cancelled`.
@@ -258,6 +293,22 @@ pub trait Store: Send + Sync + 'static {
         }
     }
 
+    /// [`submit_and_claim`](Self::submit_and_claim), and what it claimed given to `hand` once
+    /// it is committed. A store that can calls `hand` on its own side before its caller is
+    /// woken, so the slot starts beside the submission's answer instead of after it; this
+    /// default calls it on the caller's. Dropped uncalled when nothing was claimed or the
+    /// call failed.
+    async fn submit_and_hand(
+        &self,
+        job: NewJob,
+        to: &ClaimFor,
+        now: Millis,
+        hand: Hand,
+    ) -> Result<(SubmitOutcome, Handed)> {
+        let (outcome, claimed) = self.submit_and_claim(job, to, now).await?;
+        Ok((outcome, Handed::over(claimed, hand)))
+    }
+
     async fn get(&self, id: JobId) -> Result<JobRecord>;
 
     /// Newest first, `filter.limit` at most.
@@ -324,6 +375,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// Ends a running job under its lease.
     async fn complete(&self, lease: &Lease, done: Completion, now: Millis) -> Result<JobRecord>;
+
+    /// [`complete`](Self::complete), with `on_commit` told the record once it is committed. A
+    /// store that can tells it on its own side before its caller is woken, so whoever waits
+    /// for the job's end hears of it beside the worker instead of after it; this default
+    /// tells it on the caller's. Not told when the completion failed.
+    async fn complete_then(
+        &self,
+        lease: &Lease,
+        done: Completion,
+        now: Millis,
+        on_commit: OnCommit,
+    ) -> Result<JobRecord> {
+        let record = self.complete(lease, done, now).await?;
+        on_commit(&record);
+        Ok(record)
+    }
 
     /// Gives a running job back to the queue without counting the attempt (graceful shutdown).
     async fn release(&self, lease: &Lease) -> Result<()>;

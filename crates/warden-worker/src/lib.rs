@@ -103,6 +103,20 @@ pub trait Coordinator: Send + Sync + 'static {
         done: Completion,
         now: Millis,
     ) -> Result<JobRecord, StoreError>;
+    /// [`complete`](Self::complete), with `on_commit` told the record once it is committed
+    /// (see [`Store::complete_then`]: the embedded store tells it before this returns, on its
+    /// own thread; a remote worker's coordinator when the control plane answered).
+    async fn complete_then(
+        &self,
+        lease: &Lease,
+        done: Completion,
+        now: Millis,
+        on_commit: warden_store::OnCommit,
+    ) -> Result<JobRecord, StoreError> {
+        let record = self.complete(lease, done, now).await?;
+        on_commit(&record);
+        Ok(record)
+    }
     async fn release(&self, lease: &Lease) -> Result<(), StoreError>;
     /// The secrets a control plane sent with this job (remote workers; taken once). `None`:
     /// the worker's own grants apply. `Some(Err)`: the job may not run (they were withheld).
@@ -165,6 +179,15 @@ impl<S: Store + ?Sized> Coordinator for S {
         now: Millis,
     ) -> Result<JobRecord, StoreError> {
         Store::complete(self, lease, done, now).await
+    }
+    async fn complete_then(
+        &self,
+        lease: &Lease,
+        done: Completion,
+        now: Millis,
+        on_commit: warden_store::OnCommit,
+    ) -> Result<JobRecord, StoreError> {
+        Store::complete_then(self, lease, done, now, on_commit).await
     }
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         Store::release(self, lease).await

@@ -70,6 +70,28 @@ impl<S: Store + ?Sized> Store for MeteredStore<S> {
         }
         r
     }
+    async fn submit_and_hand(
+        &self,
+        job: NewJob,
+        to: &ClaimFor,
+        now: Millis,
+        hand: Hand,
+    ) -> Result<(SubmitOutcome, Handed)> {
+        // Counted as it is handed: before the slot can report the job's first byte.
+        let metrics = self.metrics.clone();
+        let hand: Hand = Box::new(move |claimed| {
+            metrics.claimed(&claimed);
+            hand(claimed)
+        });
+        // Timed as the call it is: one submission with its claim.
+        let since = Instant::now();
+        let r = self.inner.submit_and_hand(job, to, now, hand).await;
+        self.timed("submit_and_claim", since);
+        if let Ok((outcome, _)) = &r {
+            self.count_submitted(outcome);
+        }
+        r
+    }
     async fn get(&self, id: JobId) -> Result<JobRecord> {
         timed!(self, get(id))
     }
@@ -148,6 +170,26 @@ impl<S: Store + ?Sized> Store for MeteredStore<S> {
     async fn complete(&self, lease: &Lease, done: Completion, now: Millis) -> Result<JobRecord> {
         let telemetry = done.telemetry;
         let r = timed!(self, complete(lease, done, now));
+        if let Ok(job) = &r {
+            self.metrics.forget(job.id);
+            self.metrics.finished_job(job);
+            self.metrics
+                .ran(&job.job_type, job.reason.as_deref(), &telemetry);
+        }
+        r
+    }
+    async fn complete_then(
+        &self,
+        lease: &Lease,
+        done: Completion,
+        now: Millis,
+        on_commit: OnCommit,
+    ) -> Result<JobRecord> {
+        let telemetry = done.telemetry;
+        // Timed as the call it is: a completion.
+        let since = Instant::now();
+        let r = self.inner.complete_then(lease, done, now, on_commit).await;
+        self.timed("complete", since);
         if let Ok(job) = &r {
             self.metrics.forget(job.id);
             self.metrics.finished_job(job);

@@ -23,8 +23,9 @@ pub use metered::MeteredStore;
 use warden_core::{JobId, JobStatus};
 use warden_store::{
     AuditEntry, AuditFilter, AuditRecord, CancelOutcome, ClaimFor, Claimed, Completion, FairShare,
-    FinishedJob, HeartbeatReply, JobRecord, Lease, ListFilter, LogStream, Millis, NewJob, Reaped,
-    Result, RunTelemetry, Store, SubmitOutcome, TenantUsage, TestResult, TestsQuery, TokenRecord,
+    FinishedJob, Hand, Handed, HeartbeatReply, JobRecord, Lease, ListFilter, LogStream, Millis,
+    NewJob, OnCommit, Reaped, Result, RunTelemetry, Store, SubmitOutcome, TenantUsage, TestResult,
+    TestsQuery, TokenRecord,
 };
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -5,7 +5,7 @@ use warden_api::{ErrorCode, SubmitJobRequest};
 use warden_core::repo::{Remote, is_full_sha};
 use warden_core::{JobId, JobType, validate_params};
 use warden_repo::RepoError;
-use warden_store::{JobRecord, NewJob, SubmitOutcome, ToolBundleRef, now_millis};
+use warden_store::{Handed, JobRecord, NewJob, SubmitOutcome, ToolBundleRef, now_millis};
 use warden_worker::SlotOffer;
 
 use super::{JobService, ServiceError};
@@ -203,8 +203,10 @@ impl JobService {
     }
 
     /// Submits with an idle slot's claim in the same transaction and hands the slot what it
-    /// claimed (the fair pick: usually this job); returns which job it was handed. On a task of
-    /// its own: a caller gone mid-request must not strand a job claimed for a slot never told.
+    /// claimed (the fair pick: usually this job); returns which job it was handed. The embedded
+    /// store hands it over on its own thread as the transaction commits, so the slot starts
+    /// beside this answer, not after it. On a task of its own: a caller gone mid-request must
+    /// not strand a job claimed for a slot never told (a store may hand it over on this side).
     async fn submit_to(
         &self,
         slot: SlotOffer,
@@ -212,18 +214,16 @@ impl JobService {
     ) -> Result<(SubmitOutcome, Option<JobId>), ServiceError> {
         let store = self.store.clone();
         let task = tokio::spawn(async move {
-            let (outcome, claimed) = store
-                .submit_and_claim(new, slot.claim(), now_millis())
-                .await?;
-            let Some(claimed) = claimed else {
-                return Ok::<_, warden_store::StoreError>((outcome, None));
-            };
-            let id = claimed.job.id;
-            match slot.hand(claimed) {
-                Ok(()) => Ok((outcome, Some(id))),
-                Err(claimed) => {
+            let to = slot.claim().clone();
+            let hand: warden_store::Hand = Box::new(move |claimed| slot.hand(claimed));
+            let (outcome, handed) = store.submit_and_hand(new, &to, now_millis(), hand).await?;
+            match handed {
+                Handed::Nothing => Ok::<_, warden_store::StoreError>((outcome, None)),
+                Handed::Taken(id) => Ok((outcome, Some(id))),
+                Handed::Refused(claimed) => {
                     // The pool stopped meanwhile: back to the queue.
                     if let Err(e) = store.release(&claimed.lease).await {
+                        let id = claimed.job.id;
                         tracing::warn!(job = %id, error = %e, "could not give the job back to the queue");
                     }
                     Ok((outcome, None))

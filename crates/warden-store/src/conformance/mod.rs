@@ -14,8 +14,8 @@ pub use perimeter::*;
 pub use retention::*;
 
 use crate::{
-    CancelOutcome, ClaimFor, Completion, ListFilter, LogStream, Millis, NewJob, Store, StoreError,
-    SubmitOutcome,
+    CancelOutcome, ClaimFor, Claimed, Completion, Handed, ListFilter, LogStream, Millis, NewJob,
+    Store, StoreError, SubmitOutcome,
 };
 
 /// Generates one `#[tokio::test]` per conformance check. `$make` is an expression producing a
@@ -32,6 +32,8 @@ macro_rules! conformance_tests {
             claim_honours_job_types,
             claim_many_takes_the_oldest_each_under_its_own_lease,
             a_submission_claims_fairly_for_an_idle_slot,
+            a_claim_for_an_idle_slot_is_handed_over_once_committed,
+            a_completion_tells_its_record_once_committed,
             stale_lease_is_fenced_out,
             logs_are_offset_addressed_and_byte_exact,
             cancel_queued_running_and_finished,
@@ -304,6 +306,108 @@ pub async fn a_submission_claims_fairly_for_an_idle_slot(store: &dyn Store) {
         store.get(full.id).await,
         Err(StoreError::NotFound(_))
     ));
+}
+
+/// A hand that keeps what it is given in `got` and takes it (`take`) or gives it back.
+fn hand_into(got: &std::sync::Arc<std::sync::Mutex<Vec<Claimed>>>, take: bool) -> crate::Hand {
+    let got = got.clone();
+    Box::new(move |c: Claimed| {
+        got.lock().unwrap().push(c.clone());
+        if take { Ok(()) } else { Err(Box::new(c)) }
+    })
+}
+
+pub async fn a_claim_for_an_idle_slot_is_handed_over_once_committed(store: &dyn Store) {
+    let slot = ClaimFor {
+        worker: "w".into(),
+        job_types: None,
+        lease_ms: LEASE_MS,
+    };
+    let got = std::sync::Arc::default();
+    let job = new_job("echo", Some("k"), 1);
+    let (outcome, handed) = store
+        .submit_and_hand(job.clone(), &slot, 10, hand_into(&got, true))
+        .await
+        .unwrap();
+    assert!(matches!(outcome, SubmitOutcome::Created(_)));
+    assert!(
+        matches!(handed, Handed::Taken(id) if id == job.id),
+        "{handed:?}"
+    );
+    let c = got
+        .lock()
+        .unwrap()
+        .pop()
+        .expect("the hand was given the job");
+    assert_eq!(c.job.id, job.id);
+    assert_eq!(
+        store.get(job.id).await.unwrap(),
+        c.job,
+        "handed as committed"
+    );
+    store.heartbeat(&c.lease, LEASE_MS, 11).await.unwrap();
+
+    // A replay claims nothing: the hand is dropped untouched.
+    let (_, handed) = store
+        .submit_and_hand(job, &slot, 12, hand_into(&got, true))
+        .await
+        .unwrap();
+    assert!(matches!(handed, Handed::Nothing), "{handed:?}");
+    assert!(got.lock().unwrap().is_empty());
+
+    // Given back (the slot went away): the caller has the lease and may release it.
+    let other = new_job("echo", None, 20);
+    let (_, handed) = store
+        .submit_and_hand(other.clone(), &slot, 21, hand_into(&got, false))
+        .await
+        .unwrap();
+    let Handed::Refused(back) = handed else {
+        panic!("expected the job back, got {handed:?}");
+    };
+    assert_eq!(back.job.id, other.id);
+    store.release(&back.lease).await.unwrap();
+    assert_eq!(store.get(other.id).await.unwrap().status, JobStatus::Queued);
+
+    // Refused by the store (over the queue cap): nothing written, nothing handed.
+    got.lock().unwrap().clear();
+    let full = NewJob {
+        max_queued: Some(0),
+        ..new_job("echo", None, 30)
+    };
+    let refused = store
+        .submit_and_hand(full, &slot, 31, hand_into(&got, true))
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::QueueFull { .. })),
+        "{refused:?}"
+    );
+    assert!(got.lock().unwrap().is_empty());
+}
+
+pub async fn a_completion_tells_its_record_once_committed(store: &dyn Store) {
+    submit(store, new_job("echo", None, 1)).await;
+    let c = store.claim("w", None, LEASE_MS, 2).await.unwrap().unwrap();
+    let told = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let tell = |told: &std::sync::Arc<std::sync::Mutex<Vec<crate::JobRecord>>>| -> crate::OnCommit {
+        let told = told.clone();
+        Box::new(move |rec| told.lock().unwrap().push(rec.clone()))
+    };
+    let done = Completion {
+        status: Some(JobStatus::Succeeded),
+        exit_code: Some(0),
+        ..Completion::default()
+    };
+    let rec = store
+        .complete_then(&c.lease, done.clone(), 3, tell(&told))
+        .await
+        .unwrap();
+    assert_eq!(rec.status, JobStatus::Succeeded);
+    assert_eq!(told.lock().unwrap().as_slice(), std::slice::from_ref(&rec));
+    assert_eq!(store.get(rec.id).await.unwrap(), rec, "told as committed");
+    // A completion that fails (the job ended already) tells nobody.
+    let again = store.complete_then(&c.lease, done, 4, tell(&told)).await;
+    assert!(again.is_err(), "{again:?}");
+    assert_eq!(told.lock().unwrap().len(), 1);
 }
 
 pub async fn stale_lease_is_fenced_out(store: &dyn Store) {

@@ -244,15 +244,14 @@ pub(crate) async fn run_job(
             }
         }
     };
-    let ended = finish(
+    let told = finish(
         shared, &job, &lease, outcome, invariants, info, &checkout, started_ms,
     )
     .await;
     // The job's hold on its tree ends here (a tainted tree is deleted with its last user).
     drop(checkout);
-    match ended {
-        Some(record) => shared.events.job_ended(record),
-        None => shared.events.job_changed(job.id),
+    if !told {
+        shared.events.job_changed(job.id);
     }
 }
 
@@ -363,9 +362,10 @@ async fn review_fallback(
     }
 }
 
-/// Cleans up, writes `artifact.json` and tells the coordinator how the job ended. Returns the
-/// record the completion committed when that ended the job (not when it went back to the queue
-/// for another attempt, or was given back or lost).
+/// Cleans up, writes `artifact.json` and tells the coordinator how the job ended. Returns
+/// whether the job's waiters were told what its completion committed (they were, the moment it
+/// was committed: with its record when that ended the job, or that it changed when it went back
+/// to the queue for another attempt); not when the job was given back or lost.
 #[allow(clippy::too_many_arguments)]
 async fn finish(
     shared: &Shared,
@@ -376,7 +376,7 @@ async fn finish(
     info: Option<ExecInfo>,
     checkout: &Option<Arc<Checkout>>,
     started_ms: i64,
-) -> Option<JobRecord> {
+) -> bool {
     let id = job.id;
     // Scratch space goes before the end is recorded: whoever sees the job finished sees it clean.
     // In the same piece of blocking work: what a job that ran said about itself. When nothing
@@ -398,7 +398,7 @@ async fn finish(
     let mut done = match outcome {
         Outcome::Abandon => {
             tracing::warn!(job = %id, "lease lost; another worker owns the job now");
-            return None;
+            return false;
         }
         Outcome::Release => {
             // Its processes are gone and a re-run starts from an empty directory: what it
@@ -413,7 +413,7 @@ async fn finish(
                     tracing::warn!(job = %id, error = %e, "could not give the job back to the queue")
                 }
             }
-            return None;
+            return false;
         }
         Outcome::Complete(done) => done,
     };
@@ -464,18 +464,29 @@ async fn finish(
             }
         }
     }
-    match shared.coordinator.complete(lease, done, finished_ms).await {
+    // The job's waiters are told on the store's side as the completion commits (the embedded
+    // store's thread): a follower sends `end` beside this task, not after it.
+    let events = shared.events.clone();
+    let tell: warden_store::OnCommit = Box::new(move |rec| match rec.status.is_terminal() {
+        true => events.job_ended(rec.clone()),
+        false => events.job_changed(rec.id),
+    });
+    match shared
+        .coordinator
+        .complete_then(lease, done, finished_ms, tell)
+        .await
+    {
         Ok(rec) => {
             tracing::info!(job = %id, status = %rec.status, "job finished");
-            rec.status.is_terminal().then_some(rec)
+            true
         }
         Err(StoreError::LeaseLost(_)) => {
             tracing::warn!(job = %id, "lease lost before completion was recorded");
-            None
+            false
         }
         Err(e) => {
             tracing::error!(job = %id, error = %e, "could not record completion");
-            None
+            false
         }
     }
 }
