@@ -117,6 +117,20 @@ impl SqliteStore {
         done
     }
 
+    /// [`with`](Self::with), and `then` given its answer on the store thread as its writes
+    /// commit (see `StoreThread::call_then`).
+    async fn with_then<T, U, F, G>(&self, f: F, then: G) -> Result<U>
+    where
+        T: Send + 'static,
+        U: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+        G: FnOnce(T) -> U + Send + 'static,
+    {
+        let done = self.conn.call_then(f, then).await;
+        self.checkpoint.wrote(checkpoint::CALL_BYTES);
+        done
+    }
+
     /// [`with`](Self::with) for a call that only reads: it never holds up a batch's commit.
     async fn read<T, F>(&self, f: F) -> Result<T>
     where
@@ -320,14 +334,10 @@ impl Store for SqliteStore {
         // The slot is handed its job on the store thread, right after the commit: it starts
         // beside the submission's answer, not after it.
         let submitting = self.submitting_and_claiming(job, to, now)?;
-        let done = self
-            .conn
-            .call_then(submitting, move |(outcome, claimed)| {
-                (outcome, warden_store::Handed::over(claimed, hand))
-            })
-            .await;
-        self.checkpoint.wrote(checkpoint::CALL_BYTES);
-        done
+        self.with_then(submitting, move |(outcome, claimed)| {
+            (outcome, warden_store::Handed::over(claimed, hand))
+        })
+        .await
     }
 
     async fn get(&self, id: JobId) -> Result<JobRecord> {
@@ -517,15 +527,11 @@ impl Store for SqliteStore {
         now: Millis,
         on_commit: warden_store::OnCommit,
     ) -> Result<JobRecord> {
-        let done = self
-            .conn
-            .call_then(completing(lease.clone(), done, now), move |record| {
-                on_commit(&record);
-                record
-            })
-            .await;
-        self.checkpoint.wrote(checkpoint::CALL_BYTES);
-        done
+        self.with_then(completing(lease.clone(), done, now), move |record| {
+            on_commit(&record);
+            record
+        })
+        .await
     }
 
     async fn release(&self, lease: &Lease) -> Result<()> {
