@@ -82,12 +82,9 @@ fn committed_status(path: &Path, id: JobId) -> String {
     .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn what_a_shared_transaction_hands_over_is_committed_by_then() {
-    let (store, dir) = fresh().await;
-    let path = dir.path().join("warden.db");
-    // A slow call holds the store thread while the submissions queue behind it: they then
-    // share one transaction, whose savepoints are released long before its commit.
+/// Holds the store thread with a slow call for a while; the calls queued meanwhile run
+/// together, in one transaction, after it.
+async fn hold_the_store_thread(store: &SqliteStore) -> tokio::task::JoinHandle<Result<()>> {
     let slow = store.clone();
     let holding = tokio::spawn(async move {
         slow.with(|_| {
@@ -97,6 +94,16 @@ async fn what_a_shared_transaction_hands_over_is_committed_by_then() {
         .await
     });
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    holding
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_shared_transaction_hands_over_is_committed_by_then() {
+    let (store, dir) = fresh().await;
+    let path = dir.path().join("warden.db");
+    // A slow call holds the store thread while the submissions queue behind it: they then
+    // share one transaction, whose savepoints are released long before its commit.
+    let holding = hold_the_store_thread(&store).await;
     let slot = ClaimFor {
         worker: "w".into(),
         job_types: None,
@@ -133,15 +140,7 @@ async fn what_a_shared_transaction_hands_over_is_committed_by_then() {
 
     // The same for completions: told only once another connection sees the job ended.
     let told = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let slow = store.clone();
-    let holding = tokio::spawn(async move {
-        slow.with(|_| {
-            std::thread::sleep(std::time::Duration::from_millis(200));
-            Ok(())
-        })
-        .await
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let holding = hold_the_store_thread(&store).await;
     let mut completions = Vec::new();
     for id in ended {
         let rec = store.get(id).await.unwrap();

@@ -25,6 +25,15 @@ impl<S: Store + ?Sized> MeteredStore<S> {
         }
     }
 
+    fn count_completed(&self, r: &Result<JobRecord>, telemetry: &RunTelemetry) {
+        if let Ok(job) = r {
+            self.metrics.forget(job.id);
+            self.metrics.finished_job(job);
+            self.metrics
+                .ran(&job.job_type, job.reason.as_deref(), telemetry);
+        }
+    }
+
     fn timed(&self, call: &'static str, since: Instant) {
         self.metrics
             .store_calls
@@ -170,12 +179,7 @@ impl<S: Store + ?Sized> Store for MeteredStore<S> {
     async fn complete(&self, lease: &Lease, done: Completion, now: Millis) -> Result<JobRecord> {
         let telemetry = done.telemetry;
         let r = timed!(self, complete(lease, done, now));
-        if let Ok(job) = &r {
-            self.metrics.forget(job.id);
-            self.metrics.finished_job(job);
-            self.metrics
-                .ran(&job.job_type, job.reason.as_deref(), &telemetry);
-        }
+        self.count_completed(&r, &telemetry);
         r
     }
     async fn complete_then(
@@ -190,12 +194,7 @@ impl<S: Store + ?Sized> Store for MeteredStore<S> {
         let since = Instant::now();
         let r = self.inner.complete_then(lease, done, now, on_commit).await;
         self.timed("complete", since);
-        if let Ok(job) = &r {
-            self.metrics.forget(job.id);
-            self.metrics.finished_job(job);
-            self.metrics
-                .ran(&job.job_type, job.reason.as_deref(), &telemetry);
-        }
+        self.count_completed(&r, &telemetry);
         r
     }
     async fn release(&self, lease: &Lease) -> Result<()> {
