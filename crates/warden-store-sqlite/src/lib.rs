@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, params};
-use warden_core::state::can_transition;
 use warden_core::{JobId, JobStatus};
 use warden_store::{
     AuditEntry, AuditFilter, AuditRecord, CancelOutcome, ClaimFor, Claimed, Completion, Delivery,
@@ -35,7 +34,7 @@ mod thread;
 
 pub use backup::{BackupInfo, backup, check_backup};
 
-use self::queue::{claim_in, submit_in};
+use self::queue::{claim_in, completing, submit_in};
 use self::rows::{COLUMNS, load, load_leased, row_to_job, to_json};
 use self::thread::Tx;
 
@@ -222,56 +221,6 @@ fn requeue(conn: &Connection, id: JobId, count_attempt: bool) -> Result<()> {
     )
     .map_err(backend)?;
     Ok(())
-}
-
-/// A completion's one transaction (see [`Store::complete`]).
-fn completing(
-    lease: Lease,
-    done: Completion,
-    now: Millis,
-) -> impl FnOnce(&mut Connection) -> Result<JobRecord> + Send + 'static {
-    move |conn| {
-        let tx = Tx::begin(conn)?;
-        let job = load_leased(&tx, &lease)?;
-        let status = done.status.unwrap_or(JobStatus::Error);
-        if !status.is_terminal() || !can_transition(job.status, status) {
-            return Err(StoreError::Backend(format!(
-                "job {} cannot move from {} to {status}",
-                job.id, job.status
-            )));
-        }
-        exec(
-            &tx,
-            "UPDATE jobs SET status = ?2, reason = ?3, exit_code = ?4, signal = ?5,
-                     warnings = ?6, resources = ?7, log_truncated = ?8, finished_at = ?9,
-                     enforcement = ?10, invariants = ?11, stages = ?12, tests = ?13,
-                     artifact_bytes = ?14, lease_owner = NULL,
-                     lease_expires_at = NULL
-                 WHERE id = ?1",
-            params![
-                lease.job_id.to_string(),
-                status.as_str(),
-                done.reason,
-                done.exit_code,
-                done.signal,
-                to_json(&done.warnings)?,
-                done.resources.as_ref().map(to_json).transpose()?,
-                done.log_truncated,
-                now,
-                to_json(&done.enforcement)?,
-                done.invariants.as_ref().map(to_json).transpose()?,
-                (!done.stages.is_empty())
-                    .then(|| to_json(&done.stages))
-                    .transpose()?,
-                done.tests.as_ref().map(to_json).transpose()?,
-                done.artifact_bytes.min(i64::MAX as u64) as i64,
-            ],
-        )
-        .map_err(backend)?;
-        let record = load(&tx, lease.job_id)?;
-        tx.commit()?;
-        Ok(record)
-    }
 }
 
 impl SqliteStore {

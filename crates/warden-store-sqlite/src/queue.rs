@@ -1,11 +1,17 @@
 //! The queue's two ends inside the caller's transaction: a submission, and claims in fair-share
 //! order. `submit`, `claim_many` and `submit_and_claim` are each one transaction around them.
+//! And a job's end: a completion's one transaction.
 
 use rusqlite::{Connection, OptionalExtension, params};
-use warden_core::JobId;
-use warden_store::{Claimed, FairShare, Lease, Millis, NewJob, Result, StoreError, SubmitOutcome};
+use warden_core::state::can_transition;
+use warden_core::{JobId, JobStatus};
+use warden_store::{
+    Claimed, Completion, FairShare, JobRecord, Lease, Millis, NewJob, Result, StoreError,
+    SubmitOutcome,
+};
 
-use crate::rows::{load, to_json};
+use crate::rows::{load, load_leased, to_json};
+use crate::thread::Tx;
 use crate::{backend, exec, perimeter, query_row};
 
 /// A submission inside the caller's transaction (see [`Store::submit`]).
@@ -118,4 +124,54 @@ pub(crate) fn claim_in(
         claimed.push(Claimed { job, lease });
     }
     Ok(claimed)
+}
+
+/// A completion's one transaction (see [`Store::complete`]).
+pub(crate) fn completing(
+    lease: Lease,
+    done: Completion,
+    now: Millis,
+) -> impl FnOnce(&mut Connection) -> Result<JobRecord> + Send + 'static {
+    move |conn| {
+        let tx = Tx::begin(conn)?;
+        let job = load_leased(&tx, &lease)?;
+        let status = done.status.unwrap_or(JobStatus::Error);
+        if !status.is_terminal() || !can_transition(job.status, status) {
+            return Err(StoreError::Backend(format!(
+                "job {} cannot move from {} to {status}",
+                job.id, job.status
+            )));
+        }
+        exec(
+            &tx,
+            "UPDATE jobs SET status = ?2, reason = ?3, exit_code = ?4, signal = ?5,
+                     warnings = ?6, resources = ?7, log_truncated = ?8, finished_at = ?9,
+                     enforcement = ?10, invariants = ?11, stages = ?12, tests = ?13,
+                     artifact_bytes = ?14, lease_owner = NULL,
+                     lease_expires_at = NULL
+                 WHERE id = ?1",
+            params![
+                lease.job_id.to_string(),
+                status.as_str(),
+                done.reason,
+                done.exit_code,
+                done.signal,
+                to_json(&done.warnings)?,
+                done.resources.as_ref().map(to_json).transpose()?,
+                done.log_truncated,
+                now,
+                to_json(&done.enforcement)?,
+                done.invariants.as_ref().map(to_json).transpose()?,
+                (!done.stages.is_empty())
+                    .then(|| to_json(&done.stages))
+                    .transpose()?,
+                done.tests.as_ref().map(to_json).transpose()?,
+                done.artifact_bytes.min(i64::MAX as u64) as i64,
+            ],
+        )
+        .map_err(backend)?;
+        let record = load(&tx, lease.job_id)?;
+        tx.commit()?;
+        Ok(record)
+    }
 }
