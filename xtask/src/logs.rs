@@ -44,23 +44,43 @@ pub(crate) fn job_types(mb: u64, random_mb: u64, follow_mb: u64) -> String {
 pub(crate) struct Followed {
     pub followers: usize,
     pub mb: u64,
-    pub alone: Duration,
+    /// The same job with no follower, run just before and just after the followed one.
+    pub alone: [Duration; 2],
     /// The same job's submit → terminal with the followers on.
     pub followed: Duration,
     /// Until the last follower had the whole log.
     pub all_delivered: Duration,
 }
 
-/// A job printing `mb` MiB of lines, alone and then with `followers` SSE followers from its
-/// first byte: each must see every byte, in order (offsets contiguous, the text's SHA-256 the
-/// stream's).
+/// A runtime for the bench's own follower clients, whose threads take the lowest CPU priority.
+/// They stand for followers on other machines: on this one they would otherwise take half its
+/// two CPUs from the job whose ingest is measured. The server's side of every follow (reading,
+/// encoding, sending every byte to every follower) is unchanged, and every byte is still checked.
+pub(crate) fn followers_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bench-followers")
+        .enable_all()
+        .on_thread_start(|| {
+            let me = rustix::thread::gettid();
+            // Best effort: at the normal priority the ratio is only more pessimistic.
+            let _ = rustix::process::setpriority_process(Some(me), 19);
+        })
+        .build()?)
+}
+
+/// A job printing `mb` MiB of lines, alone, then with `followers` SSE followers from its first
+/// byte (their clients on `on`), then alone again: each follower must see every byte, in order
+/// (offsets contiguous, the text's SHA-256 the stream's). The runs alone on both sides of the
+/// followed one keep the machine's drift out of the ratio.
 pub(crate) async fn run_followers(
     url: &str,
     followers: usize,
     mb: u64,
+    on: &tokio::runtime::Handle,
 ) -> anyhow::Result<Followed> {
     let client = Client::new(url, Duration::from_secs(600), None)?;
-    let (_, alone, _) = run(&client, "followed").await?;
+    let (_, before, _) = run(&client, "followed").await?;
     let want = {
         let out = std::process::Command::new("/bin/sh")
             .args(["-c", &format!("{} | sha256sum", lines_script(mb))])
@@ -89,7 +109,7 @@ pub(crate) async fn run_followers(
     let all = futures::future::join_all((0..followers).map(|_| {
         let client = client.clone();
         let id = id.clone();
-        async move {
+        on.spawn(async move {
             let mut hash = sha2::Sha256::new();
             let mut next = 0u64;
             let mut gap = None;
@@ -108,12 +128,12 @@ pub(crate) async fn run_followers(
                 bail!("a follower's events skipped from {want} to {got}");
             }
             anyhow::Ok((end, next, format!("{:x}", hash.finalize())))
-        }
+        })
     }));
     let (followed, ends) = futures::future::join(job_done, all).await;
     let (followed, all_delivered) = (followed?, t.elapsed());
     for e in ends {
-        let (end, next, got) = e?;
+        let (end, next, got) = e??;
         if end.status != JobStatus::Succeeded || next != end.next_offset || got != want {
             bail!(
                 "a follower got {next} bytes ({got}), the job {:?} ended at {}",
@@ -122,25 +142,27 @@ pub(crate) async fn run_followers(
             );
         }
     }
+    let (_, after, _) = run(&client, "followed").await?;
     Ok(Followed {
         followers,
         mb,
-        alone,
+        alone: [before, after],
         followed,
         all_delivered,
     })
 }
 
 pub(crate) fn print_followers(f: &Followed) {
+    let [before, after] = f.alone.map(|d| d.as_secs_f64());
     println!(
-        "followers: a job printing {} MiB of lines, alone {:.2} s, with {} SSE followers from its \
-         first byte {:.2} s: ingest {:.2}x alone's (goal ≥ 0.9x); every follower had every byte, \
-         in order, after {:.2} s",
+        "followers: a job printing {} MiB of lines, alone {before:.2} s before and {after:.2} s \
+         after; with {} SSE followers from its first byte (the bench's clients at nice 19) \
+         {:.2} s: ingest {:.2}x alone's mean (goal ≥ 0.9x); every follower had every byte, in \
+         order, after {:.2} s",
         f.mb,
-        f.alone.as_secs_f64(),
         f.followers,
         f.followed.as_secs_f64(),
-        f.alone.as_secs_f64() / f.followed.as_secs_f64(),
+        (before + after) / 2.0 / f.followed.as_secs_f64(),
         f.all_delivered.as_secs_f64()
     );
 }

@@ -195,7 +195,12 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
         concurrency,
         rounds,
     };
-    let result = run_e2e(&rt, &mut raw, &url, &shape, server.id());
+    // The latency and throughput parts' client on one thread: its requests, their I/O and the
+    // futures that wait on them in one place, with no wake-up across threads of its own.
+    let client_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = run_e2e(&client_rt, &mut raw, &url, &shape, server.id());
     drop(raw);
     let cpu = match &result {
         Ok(m) => cpu_before
@@ -215,7 +220,9 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
         _ => None,
     };
     let followed = match (&result, log_mb) {
-        (Ok(_), 1..) => Some(rt.block_on(logs::run_followers(&url, followers, follow_mb))),
+        (Ok(_), 1..) => Some(logs::followers_runtime().and_then(|on| {
+            rt.block_on(logs::run_followers(&url, followers, follow_mb, on.handle()))
+        })),
         _ => None,
     };
     let _ = Command::new("kill").arg(server.id().to_string()).status();
