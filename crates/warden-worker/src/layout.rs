@@ -210,7 +210,8 @@ mod tests {
         let took = fd.is_ok_and(|fd| {
             rustix::fs::ioctl_getflags(&fd)
                 .and_then(|f| rustix::fs::ioctl_setflags(&fd, f | IFlags::TOPDIR))
-                .is_ok()
+                .and_then(|()| rustix::fs::ioctl_getflags(&fd))
+                .is_ok_and(|f| f.contains(IFlags::TOPDIR))
         });
         std::fs::remove_dir(&probe).unwrap();
         took
