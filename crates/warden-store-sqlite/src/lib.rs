@@ -53,6 +53,7 @@ const MIGRATIONS: Migrations = &[
     (11, include_str!("../migrations/0011_webhooks.sql")),
     (12, include_str!("../migrations/0012_tool_bundle.sql")),
     (13, include_str!("../migrations/0013_log_chunks_rowid.sql")),
+    (14, include_str!("../migrations/0014_lean_job_indexes.sql")),
 ];
 
 #[derive(Clone)]

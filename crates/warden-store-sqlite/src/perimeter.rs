@@ -16,6 +16,11 @@ fn parse_id(s: String) -> Result<JobId> {
         .map_err(|e| StoreError::Corrupt(format!("job id: {e}")))
 }
 
+pub(crate) const NEXT_OF: &str = "SELECT id FROM jobs WHERE status = 'queued' AND tenant = ?1
+         AND (?2 IS NULL OR job_type IN (SELECT value FROM json_each(?2)))
+         AND (?3 IS NULL OR id > ?3)
+     ORDER BY id LIMIT 1";
+
 /// The oldest queued job of `tenant` (of the claimer's job types) after `after`.
 fn next_of(
     conn: &Connection,
@@ -23,21 +28,16 @@ fn next_of(
     job_types: Option<&str>,
     after: Option<JobId>,
 ) -> Result<Option<JobId>> {
-    conn.prepare_cached(
-        "SELECT id FROM jobs WHERE status = 'queued' AND tenant = ?1
-             AND (?2 IS NULL OR job_type IN (SELECT value FROM json_each(?2)))
-             AND (?3 IS NULL OR id > ?3)
-         ORDER BY id LIMIT 1",
-    )
-    .map_err(backend)?
-    .query_row(
-        params![tenant, job_types, after.map(|a| a.to_string())],
-        |r| r.get::<_, String>(0),
-    )
-    .optional()
-    .map_err(backend)?
-    .map(parse_id)
-    .transpose()
+    conn.prepare_cached(NEXT_OF)
+        .map_err(backend)?
+        .query_row(
+            params![tenant, job_types, after.map(|a| a.to_string())],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()
+        .map_err(backend)?
+        .map(parse_id)
+        .transpose()
 }
 
 /// Tenants with queued jobs, one index seek each (a skip scan of `jobs_queued_tenant`). The
@@ -111,6 +111,10 @@ pub(crate) fn pick_fairly(
         let c = &mut candidates[i];
         picked.push(c.oldest);
         fair.charge(&mut v, c);
+        if picked.len() == max {
+            // Its next job is looked up only for another pick.
+            break;
+        }
         match next_of(conn, &c.tenant, job_types, Some(c.oldest))? {
             Some(next) => c.oldest = next,
             None => exhausted.push(candidates.swap_remove(i)),

@@ -10,7 +10,7 @@ use warden_store::{
     SubmitOutcome,
 };
 
-use crate::rows::{load, load_leased, to_json};
+use crate::rows::{COLUMNS, load, load_leased, row_to_job, to_json};
 use crate::thread::Tx;
 use crate::{backend, exec, perimeter, query_row};
 
@@ -55,13 +55,10 @@ pub(crate) fn submit_in(tx: &Connection, job: &NewJob) -> Result<SubmitOutcome> 
             });
         }
     }
-    exec(
+    // The row as stored comes back from the insert itself (`RETURNING`): no second seek.
+    let record = returning(
         tx,
-        "INSERT INTO jobs (id, tenant, job_type, repo_name, remote_url, sha, params,
-                 idempotency_key, status, max_attempts, unsafe_fallback, created_at, git_ref,
-                 inline_argv, image, tool_bundle, tool_env_var)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10, ?11, ?12, ?13, ?14,
-                 ?15, ?16)",
+        insert_sql(),
         params![
             job.id.to_string(),
             job.tenant,
@@ -80,8 +77,7 @@ pub(crate) fn submit_in(tx: &Connection, job: &NewJob) -> Result<SubmitOutcome> 
             job.tool_bundle.as_ref().map(|b| &b.sha256),
             job.tool_bundle.as_ref().map(|b| &b.env_var),
         ],
-    )
-    .map_err(backend)?;
+    )?;
     if let Some(url) = &job.callback_url {
         exec(
             tx,
@@ -91,7 +87,57 @@ pub(crate) fn submit_in(tx: &Connection, job: &NewJob) -> Result<SubmitOutcome> 
         .map_err(backend)?;
     }
     perimeter::insert_audit(tx, job.audit.as_slice())?;
-    Ok(SubmitOutcome::Created(load(tx, job.id)?))
+    Ok(SubmitOutcome::Created(record))
+}
+
+/// Runs a statement that changes one job's row and returns it (`… RETURNING` [`COLUMNS`]).
+fn returning(tx: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<JobRecord> {
+    tx.prepare_cached(sql)
+        .map_err(backend)?
+        .query_row(params, row_to_job)
+        .map_err(backend)
+}
+
+/// Statements built once, each with the row's columns to return.
+fn insert_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "INSERT INTO jobs (id, tenant, job_type, repo_name, remote_url, sha, params,
+                 idempotency_key, status, max_attempts, unsafe_fallback, created_at, git_ref,
+                 inline_argv, image, tool_bundle, tool_env_var)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?10, ?11, ?12, ?13, ?14,
+                 ?15, ?16)
+             RETURNING {COLUMNS}"
+        )
+    })
+}
+
+fn claim_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?2,
+                 lease_owner = ?3, lease_token = lease_token + 1, lease_expires_at = ?4
+             WHERE id = ?1
+             RETURNING {COLUMNS}"
+        )
+    })
+}
+
+fn complete_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "UPDATE jobs SET status = ?2, reason = ?3, exit_code = ?4, signal = ?5,
+                     warnings = ?6, resources = ?7, log_truncated = ?8, finished_at = ?9,
+                     enforcement = ?10, invariants = ?11, stages = ?12, tests = ?13,
+                     artifact_bytes = ?14, lease_owner = NULL,
+                     lease_expires_at = NULL
+                 WHERE id = ?1
+                 RETURNING {COLUMNS}"
+        )
+    })
 }
 
 /// Up to `max` claims for `worker` inside the caller's transaction (see [`Store::claim_many`]).
@@ -107,15 +153,11 @@ pub(crate) fn claim_in(
     let ids = perimeter::pick_fairly(tx, fair, job_types, max)?;
     let mut claimed = Vec::with_capacity(ids.len());
     for id in ids {
-        exec(
+        let job = returning(
             tx,
-            "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?2,
-                 lease_owner = ?3, lease_token = lease_token + 1, lease_expires_at = ?4
-             WHERE id = ?1",
+            claim_sql(),
             params![id.to_string(), now, worker, now + lease_ms],
-        )
-        .map_err(backend)?;
-        let job = load(tx, id)?;
+        )?;
         let lease = Lease {
             job_id: id,
             worker: worker.to_string(),
@@ -142,14 +184,9 @@ pub(crate) fn completing(
                 job.id, job.status
             )));
         }
-        exec(
+        let record = returning(
             &tx,
-            "UPDATE jobs SET status = ?2, reason = ?3, exit_code = ?4, signal = ?5,
-                     warnings = ?6, resources = ?7, log_truncated = ?8, finished_at = ?9,
-                     enforcement = ?10, invariants = ?11, stages = ?12, tests = ?13,
-                     artifact_bytes = ?14, lease_owner = NULL,
-                     lease_expires_at = NULL
-                 WHERE id = ?1",
+            complete_sql(),
             params![
                 lease.job_id.to_string(),
                 status.as_str(),
@@ -168,9 +205,7 @@ pub(crate) fn completing(
                 done.tests.as_ref().map(to_json).transpose()?,
                 done.artifact_bytes.min(i64::MAX as u64) as i64,
             ],
-        )
-        .map_err(backend)?;
-        let record = load(&tx, lease.job_id)?;
+        )?;
         tx.commit()?;
         Ok(record)
     }

@@ -80,23 +80,22 @@ pub(crate) fn tests(conn: &Connection, q: &TestsQuery) -> Result<Vec<TestResult>
     rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
 }
 
+/// Tests that both passed and failed in a job type's runs at one commit (along `jobs_commit`).
+pub(crate) const FLAKY_AT_COMMIT: &str = "SELECT r.suite, r.classname, r.name FROM test_results r
+     JOIN jobs j ON j.id = r.job_id AND r.attempt = j.attempts
+     WHERE j.job_type = ?1 AND j.sha = ?2 AND j.repo_name IS ?3
+     GROUP BY r.suite, r.classname, r.name
+     HAVING SUM(r.status = 'passed') > 0
+        AND SUM(r.status IN ('failed', 'error')) > 0
+     LIMIT 10000";
+
 pub(crate) fn flaky_tests(
     conn: &Connection,
     job_type: &str,
     repo_name: Option<&str>,
     sha: &str,
 ) -> Result<Vec<(String, String, String)>> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT r.suite, r.classname, r.name FROM test_results r
-             JOIN jobs j ON j.id = r.job_id AND r.attempt = j.attempts
-             WHERE j.job_type = ?1 AND j.sha = ?2 AND j.repo_name IS ?3
-             GROUP BY r.suite, r.classname, r.name
-             HAVING SUM(r.status = 'passed') > 0
-                AND SUM(r.status IN ('failed', 'error')) > 0
-             LIMIT 10000",
-        )
-        .map_err(backend)?;
+    let mut stmt = conn.prepare_cached(FLAKY_AT_COMMIT).map_err(backend)?;
     let rows = stmt
         .query_map(params![job_type, sha, repo_name], |row| {
             Ok((row.get(0)?, row.get(1)?, row.get(2)?))

@@ -71,6 +71,56 @@ async fn the_claims_tenant_scan_seeks_the_queued_index_whatever_the_statistics()
     assert_eq!(tenants, ["a", "b"]);
 }
 
+/// Each read a job's path runs has an index of its own: the next queued job of a tenant, and a
+/// commit's flaky tests (which only jobs with a commit enter).
+#[tokio::test]
+async fn the_queue_and_a_commits_tests_are_read_along_their_indexes() {
+    let (store, _dir) = fresh().await;
+    store.submit(NewJob::plain("t", 1)).await.unwrap();
+    let plan = |sql: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .with(move |c| {
+                    let mut s = c
+                        .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                        .map_err(backend)?;
+                    let n = s.parameter_count();
+                    let nulls = vec![rusqlite::types::Null; n];
+                    let rows = s
+                        .query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(3))
+                        .map_err(backend)?;
+                    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let next = plan(perimeter::NEXT_OF).await;
+    assert!(
+        next.iter().any(|p| p.contains("INDEX jobs_queued_tenant")),
+        "{next:?}"
+    );
+    let flaky = plan(crate::results::FLAKY_AT_COMMIT).await;
+    assert!(
+        flaky.iter().any(|p| p.contains("INDEX jobs_commit")),
+        "{flaky:?}"
+    );
+    let indexes: Vec<String> = store
+        .with(|c| {
+            let mut s = c
+                .prepare(
+                    "SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'jobs'",
+                )
+                .map_err(backend)?;
+            let rows = s.query_map([], |r| r.get(0)).map_err(backend)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(backend)
+        })
+        .await
+        .unwrap();
+    assert!(!indexes.iter().any(|i| i == "jobs_queued"), "{indexes:?}");
+}
+
 /// A job's status as another connection sees it: what is committed.
 fn committed_status(path: &Path, id: JobId) -> String {
     let conn = Connection::open(path).unwrap();

@@ -174,6 +174,8 @@ pub async fn claim_is_fifo_and_exclusive(store: &dyn Store) {
     assert_eq!(ca.job.started_at, Some(10));
     assert_eq!(ca.lease.worker, "w1");
     assert_eq!(ca.job.lease_expires_at, Some(10 + LEASE_MS));
+    // A claim returns the row as it stands after the claim.
+    assert_eq!(store.get(a.id).await.unwrap(), ca.job);
 }
 
 pub async fn claim_honours_job_types(store: &dyn Store) {
