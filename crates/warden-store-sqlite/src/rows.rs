@@ -1,4 +1,4 @@
-//! Rows to records, and the reads every state change starts with.
+//! Rows to records, and the read of a job a completion starts with.
 
 use std::collections::BTreeMap;
 
@@ -98,7 +98,8 @@ pub(crate) fn row_to_job(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
     })
 }
 
-/// `SELECT <all columns> FROM jobs WHERE id = ?1`, built once: every state change reads the row.
+/// `SELECT <all columns> FROM jobs WHERE id = ?1`, built once: a completion checks its lease
+/// against the row, and every `GET` of a job reads it.
 pub(crate) fn select_by_id() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"))
