@@ -291,12 +291,58 @@ pub(crate) async fn run_logs(
 
 /// The server's peak resident set so far (`VmHWM`), in KiB.
 pub(crate) fn peak_rss_kb(pid: u32) -> Option<u64> {
+    status_kb(pid, "VmHWM:")
+}
+
+/// The server's resident set once it has been idle for a while, in KiB: all of it (`VmRSS`) and
+/// its anonymous part (`RssAnon`: the heap and stacks, not the binary's pages mapped from the
+/// page cache). Read after three seconds (an idle server gives back its caches and free heap
+/// within two: see `start_memory_keeper` in warden-server), then every 250 ms until two
+/// readings are within 64 KiB of each other (at most 5 s more).
+pub(crate) fn idle_rss_kb(pid: u32) -> Option<(u64, u64)> {
+    let read = || Some((status_kb(pid, "VmRSS:")?, status_kb(pid, "RssAnon:")?));
+    std::thread::sleep(Duration::from_secs(3));
+    let mut last = read()?;
+    for _ in 0..16 {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = read()?;
+        if now.0.abs_diff(last.0) < 64 {
+            return Some(now);
+        }
+        last = now;
+    }
+    Some(last)
+}
+
+/// A `/proc/{pid}/status` field given in kB.
+fn status_kb(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
+
+/// The idle server's resident set at start and after every part of the bench.
+pub(crate) fn print_idle(kb: [Option<(u64, u64)>; 2]) {
+    let mib = |k: u64| k as f64 / 1024.0;
+    let [start, end] = kb.map(|k| {
+        k.map_or("unknown".into(), |(rss, anon)| {
+            format!("{:.1} MiB (anonymous {:.1})", mib(rss), mib(anon))
+        })
+    });
+    let met = kb
+        .iter()
+        .all(|k| k.is_some_and(|(rss, _)| rss <= IDLE_GOAL_KB));
+    println!(
+        "server RSS when idle: {start} after start, {end} after every part above (goal ≤ 30 \
+         MiB: {})",
+        if met { "met" } else { "not met" }
+    );
+}
+
+/// Idle server RSS goal (issue 19): 30 MiB.
+const IDLE_GOAL_KB: u64 = 30 << 10;
 
 pub(crate) fn print(r: &LogResult) {
     println!();

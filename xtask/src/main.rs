@@ -184,6 +184,7 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
         ),
     )?;
     let (mut server, url) = start_server(&warden, &config)?;
+    let idle_at_start = logs::idle_rss_kb(server.id());
     let rt = tokio::runtime::Runtime::new()?;
     // The limit: the same job through the sandbox alone, as many at once as the server has
     // slots, measured in turn with the server.
@@ -225,6 +226,7 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
         })),
         _ => None,
     };
+    let idle = [idle_at_start, logs::idle_rss_kb(server.id())];
     let _ = Command::new("kill").arg(server.id().to_string()).status();
     let _ = server.wait();
     let _ = std::fs::remove_dir_all(&dir);
@@ -343,6 +345,7 @@ fn bench_e2e(rest: &[&str]) -> anyhow::Result<()> {
     if let Some(f) = followed {
         logs::print_followers(&f?);
     }
+    logs::print_idle(idle);
     Ok(())
 }
 

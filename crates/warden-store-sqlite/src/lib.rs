@@ -334,6 +334,18 @@ impl Store for SqliteStore {
         *self.fair.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fair);
     }
 
+    async fn release_memory(&self) {
+        self.buffers.clear();
+        // The connection's page cache, freed page by page (it fills again as it is read).
+        let shrunk = self
+            .conn
+            .call_alone(|conn| conn.execute_batch("PRAGMA shrink_memory").map_err(backend))
+            .await;
+        if let Err(e) = shrunk {
+            tracing::warn!(error = %e, "could not shrink the store's page cache");
+        }
+    }
+
     async fn claim(
         &self,
         worker: &str,

@@ -33,6 +33,17 @@ impl Buffers {
         buf
     }
 
+    /// Drops the kept buffers (an idle store gives its memory back).
+    pub(crate) fn clear(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// How many buffers are kept.
+    #[cfg(test)]
+    pub(crate) fn kept(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// `buf` is done with.
     pub(crate) fn give_back(&self, mut buf: Vec<u8>) {
         if buf.capacity() > KEPT_BYTES {

@@ -217,3 +217,37 @@ async fn what_a_shared_transaction_hands_over_is_committed_by_then() {
     }
     assert_eq!(*told.lock().unwrap(), vec!["succeeded"; 8]);
 }
+
+/// An idle store's memory goes back (its pooled log buffers, its page cache) and it answers as
+/// before: the logs written before are read back whole, and new ones are written.
+#[tokio::test]
+async fn a_store_that_gave_its_memory_back_answers_as_before() {
+    let (store, _dir) = fresh().await;
+    store.submit(NewJob::plain("t", 1)).await.unwrap();
+    let c = store.claim("w", None, 60_000, 2).await.unwrap().unwrap();
+    let chunk = vec![b'x'; 100_000];
+    for i in 0..4u64 {
+        store
+            .append_log(&c.lease, LogStream::Stdout, i * 100_000, &chunk)
+            .await
+            .unwrap();
+    }
+    assert!(store.buffers.kept() > 0, "no buffer was kept to give back");
+    store.release_memory().await;
+    assert_eq!(store.buffers.kept(), 0, "the pooled buffers were kept");
+    let read = store
+        .read_log(c.job.id, LogStream::Stdout, 0, 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 400_000);
+    assert!(read.iter().all(|&b| b == b'x'));
+    store
+        .append_log(&c.lease, LogStream::Stdout, 400_000, b"after\n")
+        .await
+        .unwrap();
+    let tail = store
+        .read_log(c.job.id, LogStream::Stdout, 400_000, 100)
+        .await
+        .unwrap();
+    assert_eq!(tail, b"after\n");
+}

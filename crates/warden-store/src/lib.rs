@@ -263,6 +263,10 @@ pub trait Store: Send + Sync + 'static {
     /// The tenants' shares, used by every later claim (the server sets them from its config).
     fn set_fair_share(&self, fair: FairShare);
 
+    /// Gives back what the store keeps only to be faster (page caches, pooled buffers): called
+    /// when its replica has gone idle. Nothing is lost; the next calls are a little slower.
+    async fn release_memory(&self) {}
+
     /// Records a new job as `queued`, or returns the earlier job with the same
     /// `(tenant, idempotency_key)`; a different request under the same key is a conflict. Over
     /// `job.max_queued`, nothing is written and the answer is `QueueFull`.

@@ -52,13 +52,26 @@ macro_rules! timed {
     }};
 }
 
+/// [`timed!`], for a call made for a job or a caller: counted as work (see
+/// [`Metrics::work_done`]).
+macro_rules! worked {
+    ($self:ident, $call:ident ( $($arg:expr),* )) => {{
+        let r = timed!($self, $call($($arg),*));
+        $self.metrics.worked();
+        r
+    }};
+}
+
 #[async_trait]
 impl<S: Store + ?Sized> Store for MeteredStore<S> {
     fn set_fair_share(&self, fair: FairShare) {
         self.inner.set_fair_share(fair)
     }
+    async fn release_memory(&self) {
+        self.inner.release_memory().await
+    }
     async fn submit(&self, job: NewJob) -> Result<SubmitOutcome> {
-        let r = timed!(self, submit(job));
+        let r = worked!(self, submit(job));
         if let Ok(outcome) = &r {
             self.count_submitted(outcome);
         }
@@ -70,7 +83,7 @@ impl<S: Store + ?Sized> Store for MeteredStore<S> {
         to: &ClaimFor,
         now: Millis,
     ) -> Result<(SubmitOutcome, Option<Claimed>)> {
-        let r = timed!(self, submit_and_claim(job, to, now));
+        let r = worked!(self, submit_and_claim(job, to, now));
         if let Ok((outcome, claimed)) = &r {
             self.count_submitted(outcome);
             if let Some(c) = claimed {
@@ -96,16 +109,17 @@ impl<S: Store + ?Sized> Store for MeteredStore<S> {
         let since = Instant::now();
         let r = self.inner.submit_and_hand(job, to, now, hand).await;
         self.timed("submit_and_claim", since);
+        self.metrics.worked();
         if let Ok((outcome, _)) = &r {
             self.count_submitted(outcome);
         }
         r
     }
     async fn get(&self, id: JobId) -> Result<JobRecord> {
-        timed!(self, get(id))
+        worked!(self, get(id))
     }
     async fn list(&self, filter: &ListFilter) -> Result<Vec<JobRecord>> {
-        timed!(self, list(filter))
+        worked!(self, list(filter))
     }
     async fn claim(
         &self,
@@ -117,6 +131,7 @@ impl<S: Store + ?Sized> Store for MeteredStore<S> {
         let r = timed!(self, claim(worker, job_types, lease_ms, now));
         if let Ok(Some(c)) = &r {
             self.metrics.claimed(c);
+            self.metrics.worked();
         }
         r
     }
@@ -132,6 +147,7 @@ impl<S: Store + ?Sized> Store for MeteredStore<S> {
         if let Ok(claimed) = &r {
             for c in claimed {
                 self.metrics.claimed(c);
+                self.metrics.worked();
             }
         }
         r
@@ -146,7 +162,7 @@ impl<S: Store + ?Sized> Store for MeteredStore<S> {
         offset: u64,
         data: &[u8],
     ) -> Result<()> {
-        let r = timed!(self, append_log(lease, stream, offset, data));
+        let r = worked!(self, append_log(lease, stream, offset, data));
         if r.is_ok() && offset == 0 && !data.is_empty() {
             self.metrics.first_byte(lease.job_id);
         }
@@ -163,10 +179,10 @@ impl<S: Store + ?Sized> Store for MeteredStore<S> {
         r
     }
     async fn append_tests(&self, lease: &Lease, first: u32, tests: Vec<TestResult>) -> Result<()> {
-        timed!(self, append_tests(lease, first, tests))
+        worked!(self, append_tests(lease, first, tests))
     }
     async fn tests(&self, query: &TestsQuery) -> Result<Vec<TestResult>> {
-        timed!(self, tests(query))
+        worked!(self, tests(query))
     }
     async fn flaky_tests(
         &self,
@@ -174,11 +190,11 @@ impl<S: Store + ?Sized> Store for MeteredStore<S> {
         repo_name: Option<&str>,
         sha: &str,
     ) -> Result<Vec<(String, String, String)>> {
-        timed!(self, flaky_tests(job_type, repo_name, sha))
+        worked!(self, flaky_tests(job_type, repo_name, sha))
     }
     async fn complete(&self, lease: &Lease, done: Completion, now: Millis) -> Result<JobRecord> {
         let telemetry = done.telemetry;
-        let r = timed!(self, complete(lease, done, now));
+        let r = worked!(self, complete(lease, done, now));
         self.count_completed(&r, &telemetry);
         r
     }
@@ -194,15 +210,16 @@ impl<S: Store + ?Sized> Store for MeteredStore<S> {
         let since = Instant::now();
         let r = self.inner.complete_then(lease, done, now, on_commit).await;
         self.timed("complete", since);
+        self.metrics.worked();
         self.count_completed(&r, &telemetry);
         r
     }
     async fn release(&self, lease: &Lease) -> Result<()> {
         self.metrics.forget(lease.job_id);
-        timed!(self, release(lease))
+        worked!(self, release(lease))
     }
     async fn request_cancel(&self, id: JobId, now: Millis) -> Result<CancelOutcome> {
-        let r = timed!(self, request_cancel(id, now));
+        let r = worked!(self, request_cancel(id, now));
         if let Ok(CancelOutcome::Cancelled(job)) = &r {
             self.metrics.finished_job(job);
         }
@@ -233,7 +250,7 @@ impl<S: Store + ?Sized> Store for MeteredStore<S> {
         offset: u64,
         max: usize,
     ) -> Result<Vec<u8>> {
-        timed!(self, read_log(id, stream, offset, max))
+        worked!(self, read_log(id, stream, offset, max))
     }
     async fn create_token(&self, token: TokenRecord) -> Result<()> {
         timed!(self, create_token(token))

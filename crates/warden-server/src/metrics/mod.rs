@@ -120,6 +120,10 @@ pub struct Metrics {
     checkout_bytes: Counter,
     cache_evictions: Counter,
     pending: Pending,
+    /// Store calls made for a job or a caller so far (not exported): how the memory keeper
+    /// tells that work stopped. Not the idle polling: a claim that found nothing, the reaper's
+    /// and the collector's rounds, the outbox's.
+    work_done: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Metrics {
@@ -129,6 +133,16 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Store calls this replica has made for a job or a caller so far.
+    pub(crate) fn work_done(&self) -> u64 {
+        self.work_done.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn worked(&self) {
+        self.work_done
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn new() -> Metrics {
         let mut m = Metrics {
             registry: Registry::with_prefix("warden"),
@@ -154,6 +168,7 @@ impl Metrics {
             checkout_bytes: Counter::default(),
             cache_evictions: Counter::default(),
             pending: Pending::default(),
+            work_done: Default::default(),
         };
         let r = &mut m.registry;
         r.register(
