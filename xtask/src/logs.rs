@@ -297,7 +297,7 @@ pub(crate) fn peak_rss_kb(pid: u32) -> Option<u64> {
 /// The server's resident set once it has been idle for a while, in KiB: all of it (`VmRSS`) and
 /// its anonymous part (`RssAnon`: the heap and stacks, not the binary's pages mapped from the
 /// page cache). Read after three seconds (an idle server gives back its caches and free heap
-/// within two: see `start_memory_keeper` in warden-server), then every 250 ms until two
+/// within two: see `memory.rs` in warden-server), then every 250 ms until two
 /// readings are within 64 KiB of each other (at most 5 s more).
 pub(crate) fn idle_rss_kb(pid: u32) -> Option<(u64, u64)> {
     let read = || Some((status_kb(pid, "VmRSS:")?, status_kb(pid, "RssAnon:")?));

@@ -12,6 +12,7 @@ pub mod gc;
 pub mod grpc;
 pub mod http;
 pub mod mcp;
+mod memory;
 pub mod metrics;
 pub mod serve;
 pub mod service;
