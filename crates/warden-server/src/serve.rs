@@ -241,7 +241,7 @@ pub async fn run(
         ),
     };
     service.s3 = s3;
-    service.metrics = Some(metrics);
+    service.metrics = Some(metrics.clone());
     let service = Arc::new(service);
     // Wake-ups from the other replicas: queued jobs, changed jobs.
     let listener_task = pg.map(|pg| {
@@ -249,10 +249,7 @@ pub async fn run(
         pg.listen(move || svc.job_queued(), move |id| events.job_changed(id))
     });
     let reaper = start_reaper(store.clone(), service.clone());
-    let keeper = service
-        .metrics
-        .clone()
-        .map(|m| crate::memory::start_keeper(store.clone(), m, options.release_heap));
+    let keeper = crate::memory::start_keeper(store.clone(), metrics, options.release_heap);
     let collector = crate::gc::start(crate::gc::Collector {
         store: store.clone(),
         config: config.clone(),
@@ -312,9 +309,7 @@ pub async fn run(
     .await;
     reaper.abort();
     collector.abort();
-    if let Some(k) = keeper {
-        k.abort();
-    }
+    keeper.abort();
     if let Some(d) = dispatcher {
         d.abort();
     }
